@@ -1,0 +1,32 @@
+//! chat-core: the model, identifiers, limits, sync cursor, presence state machine, wire
+//! protocol and boundary traits of the chat crate family.
+//!
+//! Nothing here does I/O or reads a clock: time comes in as a [`Timestamp`] argument, bytes
+//! come in as slices, and every rule is a plain function or state machine that tests drive
+//! directly. The server and client crates are thin drivers around it.
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod error;
+mod ids;
+pub mod limits;
+mod model;
+mod store;
+mod time;
+mod wire;
+
+pub use error::ErrorCode;
+pub use ids::{
+    AttachmentId, ClientKey, ConversationId, DeviceAddress, DeviceId, IdError, InboxPos, MAX_ID,
+    MessageId, UserId, Username,
+};
+pub use model::{
+    Appended, AttachmentMeta, Conversation, ConversationKind, Credentials, Device, DeviceKeys,
+    DeviceMismatch, Direction, Envelope, InboxEntry, NewMessage, OneTimePrekey, PrekeyBundle,
+    PushToken, ReceiptKind, ReceiptPosition, Recipient, SignedPrekey, TokenHash, User,
+};
+pub use store::{
+    AccountStore, ConversationStore, KeyStore, MessageStore, MetaStore, ReceiptStore, Store,
+    StoreError, StoreResult,
+};
+pub use time::Timestamp;

@@ -1,0 +1,301 @@
+//! The storage boundary: small traits split by concern, implemented by chat-storage for
+//! memory, SQLite and PostgreSQL, and checked by one conformance suite.
+//!
+//! Every method is a single atomic step. Where a rule involves several rows (ID allocation
+//! and inbox entries, the member limit, one-time prekey claims, idempotency), the store
+//! enforces it inside one transaction, so it holds with many concurrent callers and with
+//! several server processes sharing one database.
+
+use async_trait::async_trait;
+
+use crate::error::ErrorCode;
+use crate::ids::{AttachmentId, ConversationId, DeviceAddress, InboxPos, MessageId, UserId, Username};
+use crate::model::{
+    Appended, AttachmentMeta, Conversation, Credentials, Device, DeviceKeys, DeviceMismatch,
+    Direction, Envelope, InboxEntry, NewMessage, OneTimePrekey, PrekeyBundle, PushToken,
+    ReceiptKind, ReceiptPosition, TokenHash, User,
+};
+use crate::time::Timestamp;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The user, device, conversation or message does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The user is not a member of the conversation.
+    #[error("not a member of the conversation")]
+    NotMember,
+    /// Adding would take the group past its member limit.
+    #[error("group is full ({limit} members)")]
+    GroupFull {
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The recipients do not match the conversation's current devices.
+    #[error("recipient devices are stale")]
+    StaleDevices(DeviceMismatch),
+    /// A unique name is taken.
+    #[error("already exists")]
+    Conflict,
+    /// The user already has `MAX_DEVICES_PER_USER` devices.
+    #[error("too many devices")]
+    TooManyDevices,
+    /// The request breaks a rule of the model (for example adding members to a 1:1).
+    #[error("invalid request: {0}")]
+    Invalid(&'static str),
+    /// The database was written by a newer version of this software.
+    #[error("store schema version {found} is newer than this build supports ({supported})")]
+    SchemaTooNew {
+        /// The version found in the database.
+        found: u32,
+        /// The newest version this build knows.
+        supported: u32,
+    },
+    /// The backend failed (I/O, connection, corruption). The operation did not happen, or
+    /// happened atomically in full; retrying an append with the same client key is safe.
+    #[error("storage backend failed: {0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// Wraps a backend error.
+    pub fn backend(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Backend(Box::new(err))
+    }
+
+    /// The wire error code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::NotFound => ErrorCode::NotFound,
+            Self::NotMember => ErrorCode::NotMember,
+            Self::GroupFull { .. } => ErrorCode::GroupFull,
+            Self::StaleDevices(_) => ErrorCode::StaleDevices,
+            Self::Conflict => ErrorCode::Conflict,
+            Self::TooManyDevices => ErrorCode::TooManyDevices,
+            Self::Invalid(_) => ErrorCode::InvalidRequest,
+            Self::SchemaTooNew { .. } | Self::Backend(_) => ErrorCode::Unavailable,
+        }
+    }
+}
+
+/// Shorthand for store results.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Users, devices and bearer tokens (R-ACC-1, R-ACC-2).
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Creates a user; [`StoreError::Conflict`] when the username is taken.
+    async fn create_user(
+        &self,
+        username: &Username,
+        password_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<User>;
+
+    /// The login record for a username.
+    async fn credentials(&self, username: &Username) -> StoreResult<Option<Credentials>>;
+
+    /// A user by ID.
+    async fn user(&self, user: UserId) -> StoreResult<Option<User>>;
+
+    /// Registers a new device for `user` together with its first token, atomically.
+    /// [`StoreError::TooManyDevices`] at `MAX_DEVICES_PER_USER`.
+    async fn add_device(
+        &self,
+        user: UserId,
+        name: &str,
+        token: TokenHash,
+        now: Timestamp,
+    ) -> StoreResult<Device>;
+
+    /// Adds another token for an existing device of `user` (logging in again on it).
+    async fn add_token(&self, device: DeviceAddress, token: TokenHash, now: Timestamp)
+    -> StoreResult<()>;
+
+    /// The user's current devices, by device ID.
+    async fn devices(&self, user: UserId) -> StoreResult<Vec<Device>>;
+
+    /// Removes a device: its tokens stop working at once, its keys, push token and inbox go.
+    /// [`StoreError::NotFound`] if the device is not the user's.
+    async fn remove_device(&self, device: DeviceAddress) -> StoreResult<()>;
+
+    /// The device a token belongs to, if the token is live.
+    async fn authenticate(&self, token: TokenHash) -> StoreResult<Option<DeviceAddress>>;
+
+    /// Revokes one token (log-out). Returns whether it existed.
+    async fn revoke_token(&self, token: TokenHash) -> StoreResult<bool>;
+
+    /// Records when the user was last active (presence); never moves backwards.
+    async fn set_last_active(&self, user: UserId, at: Timestamp) -> StoreResult<()>;
+
+    /// When the user was last active, if ever.
+    async fn last_active(&self, user: UserId) -> StoreResult<Option<Timestamp>>;
+}
+
+/// The public-key directory (R-E2E-1).
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Sets (or replaces) the device's identity and signed prekey.
+    async fn set_device_keys(&self, device: DeviceAddress, keys: &DeviceKeys) -> StoreResult<()>;
+
+    /// Adds one-time prekeys to the device's pool; a key ID already in the pool is ignored.
+    async fn add_one_time_prekeys(
+        &self,
+        device: DeviceAddress,
+        keys: &[OneTimePrekey],
+    ) -> StoreResult<()>;
+
+    /// Claims a bundle for every device of `user` that has published keys, removing one
+    /// one-time prekey from each pool. No prekey is ever handed out twice, even to
+    /// concurrent callers.
+    async fn claim_bundles(&self, user: UserId) -> StoreResult<Vec<PrekeyBundle>>;
+
+    /// How many one-time prekeys the device has left.
+    async fn one_time_prekey_count(&self, device: DeviceAddress) -> StoreResult<u64>;
+}
+
+/// Conversations and their members (R-CONV).
+#[async_trait]
+pub trait ConversationStore: Send + Sync {
+    /// The one-to-one conversation of `a` and `b`, created on first call; the same ID for
+    /// `(a, b)` and `(b, a)`, even when both open it at once.
+    async fn open_direct(&self, a: UserId, b: UserId, now: Timestamp)
+    -> StoreResult<Conversation>;
+
+    /// Creates a group with `creator` and `members` (duplicates ignored).
+    /// [`StoreError::GroupFull`] if that is more than `limit`.
+    async fn create_group(
+        &self,
+        creator: UserId,
+        members: &[UserId],
+        limit: usize,
+        now: Timestamp,
+    ) -> StoreResult<Conversation>;
+
+    /// Adds users to a group; existing members are ignored. All or nothing: if the result
+    /// would exceed `limit`, nothing is added and [`StoreError::GroupFull`] is returned.
+    async fn add_members(
+        &self,
+        conversation: ConversationId,
+        users: &[UserId],
+        limit: usize,
+    ) -> StoreResult<()>;
+
+    /// Removes a member from a group. Returns whether they were a member.
+    async fn remove_member(&self, conversation: ConversationId, user: UserId) -> StoreResult<bool>;
+
+    /// A conversation's record.
+    async fn conversation(&self, conversation: ConversationId)
+    -> StoreResult<Option<Conversation>>;
+
+    /// The current members, by user ID.
+    async fn members(&self, conversation: ConversationId) -> StoreResult<Vec<UserId>>;
+
+    /// Whether `user` is a current member.
+    async fn is_member(&self, conversation: ConversationId, user: UserId) -> StoreResult<bool>;
+
+    /// The conversations `user` is a member of, by conversation ID.
+    async fn conversations_of(&self, user: UserId) -> StoreResult<Vec<Conversation>>;
+}
+
+/// Messages, inboxes and cursors (R-MSG, R-SYNC).
+#[async_trait]
+pub trait MessageStore: Send + Sync {
+    /// Appends a message durably, in one atomic step:
+    /// - if `(sender.device, client_key)` was used before, returns that message's ID with
+    ///   `duplicate: true` and writes nothing;
+    /// - else checks that the sender is a member ([`StoreError::NotMember`]) and that the
+    ///   recipients are exactly the current devices of all members minus the sending device
+    ///   ([`StoreError::StaleDevices`]);
+    /// - assigns the next message ID of the conversation and the next inbox position of
+    ///   every recipient device, and writes the message and the inbox entries.
+    ///
+    /// Returns only after the commit is durable. Concurrent appends share commits.
+    async fn append(&self, message: NewMessage) -> StoreResult<Appended>;
+
+    /// Up to `limit` entries of the device's inbox after `after`, in order.
+    async fn inbox(
+        &self,
+        device: DeviceAddress,
+        after: InboxPos,
+        limit: usize,
+    ) -> StoreResult<Vec<InboxEntry>>;
+
+    /// The device's newest inbox position (`InboxPos::ZERO` when empty).
+    async fn inbox_head(&self, device: DeviceAddress) -> StoreResult<InboxPos>;
+
+    /// Moves the device's acknowledged cursor forward (never backwards); returns the stored
+    /// cursor.
+    async fn ack(&self, device: DeviceAddress, up_to: InboxPos) -> StoreResult<InboxPos>;
+
+    /// The device's acknowledged cursor.
+    async fn cursor(&self, device: DeviceAddress) -> StoreResult<InboxPos>;
+
+    /// Up to `limit` messages of a conversation strictly before or after `anchor`: `Before`
+    /// newest first, `After` oldest first. `anchor` need not exist.
+    async fn history(
+        &self,
+        conversation: ConversationId,
+        anchor: MessageId,
+        direction: Direction,
+        limit: usize,
+    ) -> StoreResult<Vec<Envelope>>;
+
+    /// One message by ID (an index lookup).
+    async fn message(
+        &self,
+        conversation: ConversationId,
+        id: MessageId,
+    ) -> StoreResult<Option<Envelope>>;
+}
+
+/// Delivered and read positions (R-MSG-6, R-MSG-8).
+#[async_trait]
+pub trait ReceiptStore: Send + Sync {
+    /// Raises the user's position of `kind` in the conversation to `up_to` if that is
+    /// higher; never lowers it. Returns the stored position.
+    async fn set_receipt(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        kind: ReceiptKind,
+        up_to: MessageId,
+    ) -> StoreResult<MessageId>;
+
+    /// Every member's stored positions in the conversation.
+    async fn receipts(&self, conversation: ConversationId) -> StoreResult<Vec<ReceiptPosition>>;
+}
+
+/// Attachment records and push tokens: small per-object metadata (R-ATT-2, R-PUSH-1).
+#[async_trait]
+pub trait MetaStore: Send + Sync {
+    /// Records a completed upload.
+    async fn insert_attachment(&self, meta: &AttachmentMeta) -> StoreResult<()>;
+
+    /// An attachment's record.
+    async fn attachment(&self, id: AttachmentId) -> StoreResult<Option<AttachmentMeta>>;
+
+    /// Sets or (with `None`) removes the device's push token.
+    async fn set_push_token(
+        &self,
+        device: DeviceAddress,
+        token: Option<&PushToken>,
+    ) -> StoreResult<()>;
+
+    /// The device's push token.
+    async fn push_token(&self, device: DeviceAddress) -> StoreResult<Option<PushToken>>;
+}
+
+/// Everything a chat node needs from storage. Implemented automatically for any type that
+/// implements the parts.
+pub trait Store:
+    AccountStore + KeyStore + ConversationStore + MessageStore + ReceiptStore + MetaStore
+{
+}
+
+impl<T> Store for T where
+    T: AccountStore + KeyStore + ConversationStore + MessageStore + ReceiptStore + MetaStore
+{
+}

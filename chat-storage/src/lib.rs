@@ -1,0 +1,1 @@
+//! chat-storage: storage backends for the chat crate family. Being written.
