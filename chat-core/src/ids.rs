@@ -62,7 +62,7 @@ macro_rules! numeric_id {
         }
 
         impl From<$name> for u64 {
-            fn from(id: $name) -> u64 {
+            fn from(id: $name) -> Self {
                 id.0
             }
         }
@@ -137,14 +137,22 @@ impl InboxPos {
 
     /// The position after this one, or `None` past [`MAX_ID`].
     pub const fn next(self) -> Option<Self> {
-        if self.0 >= MAX_ID { None } else { Some(Self(self.0 + 1)) }
+        if self.0 >= MAX_ID {
+            None
+        } else {
+            Some(Self(self.0 + 1))
+        }
     }
 }
 
 impl MessageId {
     /// The ID after this one, or `None` past [`MAX_ID`].
     pub const fn next(self) -> Option<Self> {
-        if self.0 >= MAX_ID { None } else { Some(Self(self.0 + 1)) }
+        if self.0 >= MAX_ID {
+            None
+        } else {
+            Some(Self(self.0 + 1))
+        }
     }
 }
 
@@ -254,7 +262,11 @@ impl Username {
         let ok_chars = name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
-        if ok_len && ok_chars { Ok(Self(name)) } else { Err(IdError::Username) }
+        if ok_len && ok_chars {
+            Ok(Self(name))
+        } else {
+            Err(IdError::Username)
+        }
     }
 
     /// The name as a string slice.
@@ -271,7 +283,7 @@ impl TryFrom<String> for Username {
 }
 
 impl From<Username> for String {
-    fn from(name: Username) -> String {
+    fn from(name: Username) -> Self {
         name.0
     }
 }
@@ -283,8 +295,9 @@ impl fmt::Display for Username {
 }
 
 /// A device together with the user who owns it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[derive(Encode, Decode)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode, Decode,
+)]
 #[cbor(map)]
 pub struct DeviceAddress {
     /// The owner.

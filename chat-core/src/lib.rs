@@ -5,16 +5,35 @@
 //! come in as slices, and every rule is a plain function or state machine that tests drive
 //! directly. The server and client crates are thin drivers around it.
 #![forbid(unsafe_code)]
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
+mod blob;
+mod bus;
+mod content;
+mod cursor;
 mod error;
 mod ids;
 pub mod limits;
 mod model;
+mod presence;
+pub mod protocol;
+mod push;
 mod store;
 mod time;
+mod transport;
 mod wire;
 
+pub use blob::{BlobError, BlobStore, ByteStream};
+pub use bus::{Bus, BusError, BusMessage, BusSink, SubscriptionId, Topic};
+pub use content::{
+    AttachmentKey, AttachmentPointer, Content, ContentError, GroupAction, GroupChange, Text,
+};
+pub use cursor::{SyncCursor, Verdict};
 pub use error::ErrorCode;
 pub use ids::{
     AttachmentId, ClientKey, ConversationId, DeviceAddress, DeviceId, IdError, InboxPos, MAX_ID,
@@ -25,8 +44,11 @@ pub use model::{
     DeviceMismatch, Direction, Envelope, InboxEntry, NewMessage, OneTimePrekey, PrekeyBundle,
     PushToken, ReceiptKind, ReceiptPosition, Recipient, SignedPrekey, TokenHash, User,
 };
+pub use presence::{PresenceChange, PresenceConfig, PresenceTracker};
+pub use push::{Notification, PushError, PushNotifier};
 pub use store::{
     AccountStore, ConversationStore, KeyStore, MessageStore, MetaStore, ReceiptStore, Store,
     StoreError, StoreResult,
 };
 pub use time::Timestamp;
+pub use transport::{Transport, TransportError};

@@ -323,3 +323,22 @@ impl std::fmt::Debug for PushToken {
             .finish()
     }
 }
+
+impl<C> minicbor::Encode<C> for ReceiptKind {
+    fn encode<W: minicbor::encode::Write>(
+        &self,
+        e: &mut minicbor::Encoder<W>,
+        _: &mut C,
+    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        e.u8(self.number())?;
+        Ok(())
+    }
+}
+
+impl<'b, C> minicbor::Decode<'b, C> for ReceiptKind {
+    fn decode(d: &mut minicbor::Decoder<'b>, _: &mut C) -> Result<Self, minicbor::decode::Error> {
+        let p = d.position();
+        Self::from_number(d.u8()?)
+            .ok_or_else(|| minicbor::decode::Error::message("unknown receipt kind").at(p))
+    }
+}

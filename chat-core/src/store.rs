@@ -9,7 +9,9 @@
 use async_trait::async_trait;
 
 use crate::error::ErrorCode;
-use crate::ids::{AttachmentId, ConversationId, DeviceAddress, InboxPos, MessageId, UserId, Username};
+use crate::ids::{
+    AttachmentId, ConversationId, DeviceAddress, InboxPos, MessageId, UserId, Username,
+};
 use crate::model::{
     Appended, AttachmentMeta, Conversation, Credentials, Device, DeviceKeys, DeviceMismatch,
     Direction, Envelope, InboxEntry, NewMessage, OneTimePrekey, PrekeyBundle, PushToken,
@@ -111,8 +113,12 @@ pub trait AccountStore: Send + Sync {
     ) -> StoreResult<Device>;
 
     /// Adds another token for an existing device of `user` (logging in again on it).
-    async fn add_token(&self, device: DeviceAddress, token: TokenHash, now: Timestamp)
-    -> StoreResult<()>;
+    async fn add_token(
+        &self,
+        device: DeviceAddress,
+        token: TokenHash,
+        now: Timestamp,
+    ) -> StoreResult<()>;
 
     /// The user's current devices, by device ID.
     async fn devices(&self, user: UserId) -> StoreResult<Vec<Device>>;
@@ -161,8 +167,7 @@ pub trait KeyStore: Send + Sync {
 pub trait ConversationStore: Send + Sync {
     /// The one-to-one conversation of `a` and `b`, created on first call; the same ID for
     /// `(a, b)` and `(b, a)`, even when both open it at once.
-    async fn open_direct(&self, a: UserId, b: UserId, now: Timestamp)
-    -> StoreResult<Conversation>;
+    async fn open_direct(&self, a: UserId, b: UserId, now: Timestamp) -> StoreResult<Conversation>;
 
     /// Creates a group with `creator` and `members` (duplicates ignored).
     /// [`StoreError::GroupFull`] if that is more than `limit`.

@@ -8,8 +8,20 @@ use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch, UTC. Used for `sent_at`, `last_active_at` and
 /// deadlines; ordering of messages never depends on it (that is what IDs are for).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
-#[derive(Encode, Decode)]
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    Encode,
+    Decode,
+)]
 #[cbor(transparent)]
 #[serde(transparent)]
 pub struct Timestamp(#[n(0)] u64);

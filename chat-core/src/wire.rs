@@ -31,6 +31,8 @@ pub(crate) mod hex_bytes {
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        hex::decode(s.as_ref()).map(Bytes::from).map_err(serde::de::Error::custom)
+        hex::decode(s.as_ref())
+            .map(Bytes::from)
+            .map_err(serde::de::Error::custom)
     }
 }

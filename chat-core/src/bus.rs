@@ -1,0 +1,73 @@
+//! The bus boundary (R-SYNC-3, R-PRES-2): routing an event to whichever node holds the
+//! connections interested in it.
+//!
+//! A node subscribes a [`BusSink`] to a [`Topic`] when a device connects (its device topic)
+//! or when a client subscribes to someone's presence, and unsubscribes when that ends.
+//! Publishing reaches every sink subscribed to the topic on any node. The bus is at most
+//! once: durability is the store's job, and a device that misses a live event catches up
+//! from its inbox. The in-process bus lives in chat-server; a Redis one fits the same trait.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::ErrorCode;
+use crate::ids::{DeviceId, UserId};
+
+/// What an event is addressed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Topic {
+    /// One device's connection: deliveries, receipts, typing, closing.
+    Device(DeviceId),
+    /// A user's presence changes, for their subscribers.
+    Presence(UserId),
+}
+
+/// An event on the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BusMessage {
+    /// An encoded server frame to forward as it is. Encoded once, shared by every
+    /// subscriber.
+    Frame(Bytes),
+    /// Close the connection with this code (device removed, token revoked).
+    Close(ErrorCode),
+}
+
+/// Identifies one subscription, for unsubscribing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriptionId(pub u64);
+
+/// Receives events for the topics it is subscribed to. Called on the bus's task: it must
+/// not block (enqueue and return).
+pub trait BusSink: Send + Sync {
+    /// Takes one event. Returns false when the sink can no longer take events (its
+    /// connection is gone or its queue is full); the caller then stops delivering to it.
+    fn deliver(&self, topic: Topic, message: &BusMessage) -> bool;
+}
+
+/// Why a bus operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// The bus backend is unreachable.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Routes events between nodes.
+#[async_trait]
+pub trait Bus: Send + Sync {
+    /// Sends `message` to every sink subscribed to `topic`, on any node.
+    async fn publish(&self, topic: Topic, message: BusMessage) -> Result<(), BusError>;
+
+    /// Starts delivering `topic` to `sink`.
+    async fn subscribe(
+        &self,
+        topic: Topic,
+        sink: std::sync::Arc<dyn BusSink>,
+    ) -> Result<SubscriptionId, BusError>;
+
+    /// Stops a subscription. Unknown IDs are ignored.
+    async fn unsubscribe(&self, topic: Topic, id: SubscriptionId) -> Result<(), BusError>;
+}

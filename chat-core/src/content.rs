@@ -1,0 +1,207 @@
+//! Plaintext content: what a client finds inside a message body after decrypting it.
+//!
+//! The server never sees these. They use the same encoding as frames (a CBOR array of a type
+//! number and a map body) so that clients in any language agree on them; an unknown content
+//! type decodes as [`Content::Unknown`] rather than failing, so old clients can show
+//! "unsupported message" for types added later.
+
+use minicbor::{Decode, Encode};
+
+use crate::ids::{AttachmentId, MessageId, UserId};
+use crate::limits::{MAX_CONTENT_BYTES, MAX_TEXT_CHARS};
+
+/// The decrypted content of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Content {
+    /// A text message, possibly replying to another (type 1).
+    Text(Text),
+    /// A file, encrypted and uploaded separately (type 2).
+    Attachment(AttachmentPointer),
+    /// Members joined or left a group (type 3).
+    GroupChange(GroupChange),
+    /// A content type this build does not know.
+    Unknown {
+        /// Its type number.
+        kind: u32,
+    },
+}
+
+/// Why content is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContentError {
+    /// The text has more than [`MAX_TEXT_CHARS`] characters.
+    #[error("text has {chars} characters; the limit is {MAX_TEXT_CHARS}")]
+    TextTooLong {
+        /// How many it has.
+        chars: usize,
+    },
+    /// The encoded content is larger than [`MAX_CONTENT_BYTES`].
+    #[error("content too large")]
+    TooLarge,
+    /// The bytes are not a well-formed content.
+    #[error("malformed content: {0}")]
+    Malformed(String),
+}
+
+/// A text message (R-MSG-4).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Text {
+    /// The text; at most [`MAX_TEXT_CHARS`] characters.
+    #[n(0)]
+    pub body: String,
+    /// The message this replies to, in the same conversation.
+    #[n(1)]
+    pub reply_to: Option<MessageId>,
+}
+
+/// The symmetric key of one attachment. Its `Debug` output is redacted.
+#[derive(Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(transparent)]
+pub struct AttachmentKey(
+    #[n(0)]
+    #[cbor(with = "minicbor::bytes")]
+    pub [u8; 32],
+);
+
+impl std::fmt::Debug for AttachmentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AttachmentKey(<redacted>)")
+    }
+}
+
+/// Where an encrypted attachment is and how to open it (R-ATT-1).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct AttachmentPointer {
+    /// The blob's ID on the server.
+    #[n(0)]
+    pub id: AttachmentId,
+    /// The key the file was encrypted with.
+    #[n(1)]
+    pub key: AttachmentKey,
+    /// The plaintext size in bytes.
+    #[n(2)]
+    pub size: u64,
+    /// SHA-256 of the ciphertext blob, checked before decrypting.
+    #[n(3)]
+    #[cbor(with = "minicbor::bytes")]
+    pub sha256: [u8; 32],
+    /// The media type ("image/jpeg").
+    #[n(4)]
+    pub mime: String,
+    /// The file name, if any.
+    #[n(5)]
+    pub name: Option<String>,
+    /// A caption, if any.
+    #[n(6)]
+    pub caption: Option<String>,
+}
+
+/// What happened to a group's membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[cbor(index_only)]
+#[non_exhaustive]
+pub enum GroupAction {
+    /// The group was created with these members.
+    #[n(0)]
+    Created,
+    /// These users were added.
+    #[n(1)]
+    Added,
+    /// These users were removed.
+    #[n(2)]
+    Removed,
+    /// The sender left.
+    #[n(3)]
+    Left,
+}
+
+/// A membership change, announced by the member who made it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct GroupChange {
+    /// What happened.
+    #[n(0)]
+    pub action: GroupAction,
+    /// To whom.
+    #[n(1)]
+    pub users: Vec<UserId>,
+    /// The group's name after the change, if it was set or changed.
+    #[n(2)]
+    pub name: Option<String>,
+}
+
+impl Content {
+    /// The content's type number.
+    pub const fn kind(&self) -> u32 {
+        match self {
+            Self::Text(_) => 1,
+            Self::Attachment(_) => 2,
+            Self::GroupChange(_) => 3,
+            Self::Unknown { kind } => *kind,
+        }
+    }
+
+    /// Checks the limits a sending client enforces: at most [`MAX_TEXT_CHARS`] characters
+    /// of text.
+    pub fn validate(&self) -> Result<(), ContentError> {
+        if let Self::Text(text) = self {
+            let chars = text.body.chars().count();
+            if chars > MAX_TEXT_CHARS {
+                return Err(ContentError::TextTooLong { chars });
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes the content; refuses content that fails [`Content::validate`] or an
+    /// [`Content::Unknown`], which has no body to encode.
+    pub fn encode(&self) -> Result<Vec<u8>, ContentError> {
+        self.validate()?;
+        let mut buf = Vec::new();
+        let mut e = minicbor::Encoder::new(&mut buf);
+        let written = match self {
+            Self::Text(b) => e.array(2).and_then(|e| e.u32(1)).and_then(|e| e.encode(b)),
+            Self::Attachment(b) => e.array(2).and_then(|e| e.u32(2)).and_then(|e| e.encode(b)),
+            Self::GroupChange(b) => e.array(2).and_then(|e| e.u32(3)).and_then(|e| e.encode(b)),
+            Self::Unknown { .. } => {
+                return Err(ContentError::Malformed(
+                    "unknown content cannot be encoded".into(),
+                ));
+            }
+        };
+        debug_assert!(written.is_ok());
+        if buf.len() > MAX_CONTENT_BYTES {
+            return Err(ContentError::TooLarge);
+        }
+        Ok(buf)
+    }
+
+    /// Decodes content. Total: never panics; an unknown type gives [`Content::Unknown`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, ContentError> {
+        if bytes.len() > MAX_CONTENT_BYTES {
+            return Err(ContentError::TooLarge);
+        }
+        let malformed = |e: minicbor::decode::Error| ContentError::Malformed(e.to_string());
+        let mut d = minicbor::Decoder::new(bytes);
+        match d.array().map_err(malformed)? {
+            Some(n) if n >= 2 => {}
+            _ => {
+                return Err(ContentError::Malformed(
+                    "content is an array [type, body]".into(),
+                ));
+            }
+        }
+        let content = match d.u32().map_err(malformed)? {
+            1 => Self::Text(d.decode().map_err(malformed)?),
+            2 => Self::Attachment(d.decode().map_err(malformed)?),
+            3 => Self::GroupChange(d.decode().map_err(malformed)?),
+            kind => return Ok(Self::Unknown { kind }),
+        };
+        content.validate()?;
+        Ok(content)
+    }
+}

@@ -1,0 +1,302 @@
+//! Frames the server sends.
+
+use bytes::Bytes;
+use minicbor::{Decode, Decoder, Encode, Encoder, decode, encode};
+
+use super::frames;
+use crate::error::ErrorCode;
+use crate::ids::{ClientKey, ConversationId, DeviceAddress, InboxPos, MessageId, UserId};
+use crate::model::{Envelope, InboxEntry, ReceiptKind};
+use crate::time::Timestamp;
+use crate::wire::bytes_field;
+
+frames! {
+    /// A frame from the server to a client.
+    ServerFrame {
+        /// Authentication succeeded; the backlog follows.
+        1 => Welcome(Welcome),
+        /// A send was stored durably (the send-ack).
+        2 => Sent(Sent),
+        /// One inbox entry: a message for this device.
+        3 => Deliver(Deliver),
+        /// The backlog up to `head` has been sent; live deliveries follow.
+        4 => SyncEnd(SyncEnd),
+        /// A member's delivered or read position moved.
+        5 => Receipt(ReceiptEvent),
+        /// A member started or stopped typing.
+        6 => Typing(TypingEvent),
+        /// A subscribed user's presence changed.
+        7 => Presence(PresenceEvent),
+        /// A request failed.
+        8 => Error(ErrorFrame),
+        /// A send's recipients did not match the current devices (R-E2E-4).
+        9 => StaleDevices(StaleDevices),
+        /// The server cannot serve the inbox from the given cursor (R-SYNC-2).
+        10 => ResyncRequired(ResyncRequired),
+        /// The server is about to close the connection, and why.
+        11 => Closing(Closing),
+    }
+}
+
+/// `welcome` (type 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Welcome {
+    /// The protocol version the server speaks.
+    #[n(0)]
+    pub version: u16,
+    /// The authenticated device.
+    #[n(1)]
+    pub device: DeviceAddress,
+    /// How often the client must send `heartbeat`, in milliseconds.
+    #[n(2)]
+    pub heartbeat_ms: u32,
+    /// The largest frame the server accepts, in bytes.
+    #[n(3)]
+    pub max_frame: u32,
+    /// The device's inbox head at authentication.
+    #[n(4)]
+    pub head: InboxPos,
+}
+
+/// `sent` (type 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Sent {
+    /// The `req` of the `send`.
+    #[n(0)]
+    pub req: u32,
+    /// The conversation.
+    #[n(1)]
+    pub conversation: ConversationId,
+    /// The message's ID.
+    #[n(2)]
+    pub id: MessageId,
+    /// Server time at commit.
+    #[n(3)]
+    pub sent_at: Timestamp,
+    /// True when the client key had been used: this is the first message's ID.
+    #[n(4)]
+    pub duplicate: bool,
+}
+
+/// `deliver` (type 3).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Deliver {
+    /// The entry's position in this device's inbox.
+    #[n(0)]
+    pub pos: InboxPos,
+    /// The conversation.
+    #[n(1)]
+    pub conversation: ConversationId,
+    /// The message's ID.
+    #[n(2)]
+    pub id: MessageId,
+    /// The sending device.
+    #[n(3)]
+    pub sender: DeviceAddress,
+    /// The sender's idempotency key (lets the sender's other devices match their outbox).
+    #[n(4)]
+    pub client_key: ClientKey,
+    /// Server time at commit.
+    #[n(5)]
+    pub sent_at: Timestamp,
+    /// The per-device ciphertext.
+    #[n(6)]
+    #[cbor(with = "bytes_field")]
+    pub header: Bytes,
+    /// The shared ciphertext.
+    #[n(7)]
+    #[cbor(with = "bytes_field")]
+    pub body: Bytes,
+}
+
+impl From<InboxEntry> for Deliver {
+    fn from(entry: InboxEntry) -> Self {
+        let Envelope {
+            conversation,
+            id,
+            sender,
+            client_key,
+            sent_at,
+            body,
+        } = entry.envelope;
+        Self {
+            pos: entry.pos,
+            conversation,
+            id,
+            sender,
+            client_key,
+            sent_at,
+            header: entry.header,
+            body,
+        }
+    }
+}
+
+/// `sync_end` (type 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct SyncEnd {
+    /// Every entry up to this position has been sent.
+    #[n(0)]
+    pub head: InboxPos,
+}
+
+/// `receipt` (type 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct ReceiptEvent {
+    /// The conversation.
+    #[n(0)]
+    pub conversation: ConversationId,
+    /// Whose position moved.
+    #[n(1)]
+    pub user: UserId,
+    /// Delivered or read.
+    #[n(2)]
+    pub kind: ReceiptKind,
+    /// The new position.
+    #[n(3)]
+    pub up_to: MessageId,
+}
+
+/// `typing` (type 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct TypingEvent {
+    /// The conversation.
+    #[n(0)]
+    pub conversation: ConversationId,
+    /// The typing device.
+    #[n(1)]
+    pub from: DeviceAddress,
+    /// Started (true) or stopped (false).
+    #[n(2)]
+    pub active: bool,
+    /// The indicator expires by itself after this many milliseconds.
+    #[n(3)]
+    pub ttl_ms: u32,
+}
+
+/// `presence` (type 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct PresenceEvent {
+    /// The user.
+    #[n(0)]
+    pub user: UserId,
+    /// Whether any of their devices is online.
+    #[n(1)]
+    pub online: bool,
+    /// When they were last active, if known.
+    #[n(2)]
+    pub last_active_at: Option<Timestamp>,
+}
+
+/// `error` (type 8).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct ErrorFrame {
+    /// The `req` of the failed request, when it had one.
+    #[n(0)]
+    pub req: Option<u32>,
+    /// What went wrong.
+    #[n(1)]
+    pub code: ErrorCode,
+    /// A human-readable explanation (for logs, not for matching).
+    #[n(2)]
+    pub message: String,
+    /// For `rate_limited`: when to retry, in milliseconds.
+    #[n(3)]
+    pub retry_after_ms: Option<u32>,
+}
+
+/// `stale_devices` (type 9).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct StaleDevices {
+    /// The `req` of the `send`.
+    #[n(0)]
+    pub req: u32,
+    /// Devices to add: encrypt for them too.
+    #[n(1)]
+    pub missing: Vec<DeviceAddress>,
+    /// Devices to drop.
+    #[n(2)]
+    pub extra: Vec<DeviceAddress>,
+}
+
+/// Why the server cannot serve from a cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ResyncReason {
+    /// The entries after the cursor are past retention and gone from the inbox.
+    InboxTrimmed,
+    /// The cursor is ahead of the inbox head (for example after a server restore).
+    CursorAhead,
+    /// A reason this build does not know.
+    Other(u8),
+}
+
+impl ResyncReason {
+    /// The wire number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::InboxTrimmed => 0,
+            Self::CursorAhead => 1,
+            Self::Other(n) => n,
+        }
+    }
+
+    /// The reason for a wire number.
+    pub const fn from_number(n: u8) -> Self {
+        match n {
+            0 => Self::InboxTrimmed,
+            1 => Self::CursorAhead,
+            other => Self::Other(other),
+        }
+    }
+}
+
+impl<C> Encode<C> for ResyncReason {
+    fn encode<W: encode::Write>(
+        &self,
+        e: &mut Encoder<W>,
+        _: &mut C,
+    ) -> Result<(), encode::Error<W::Error>> {
+        e.u8(self.number())?;
+        Ok(())
+    }
+}
+
+impl<'b, C> Decode<'b, C> for ResyncReason {
+    fn decode(d: &mut Decoder<'b>, _: &mut C) -> Result<Self, decode::Error> {
+        d.u8().map(Self::from_number)
+    }
+}
+
+/// `resync_required` (type 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct ResyncRequired {
+    /// Why.
+    #[n(0)]
+    pub reason: ResyncReason,
+    /// The inbox head now: resume with this as the new cursor after fetching history.
+    #[n(1)]
+    pub head: InboxPos,
+}
+
+/// `closing` (type 11).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Closing {
+    /// Why the server closes (`slow_consumer`, `invalid_token`, `shutting_down`, ...).
+    #[n(0)]
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    #[n(1)]
+    pub message: String,
+}
