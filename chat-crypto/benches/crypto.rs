@@ -1,0 +1,2 @@
+//! Criterion benchmarks (written below).
+fn main() {}

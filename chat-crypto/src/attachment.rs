@@ -1,0 +1,1 @@
+//! Attachments (placeholder, filled in below).

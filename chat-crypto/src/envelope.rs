@@ -1,0 +1,251 @@
+//! The multi-recipient wire shape: one shared body, one small header per device.
+//!
+//! One-to-one: the sender picks a fresh 32-byte content key, seals the plaintext once into the
+//! body with XChaCha20-Poly1305 (random nonce), and ratchet-encrypts `content key ||
+//! SHA-256(body)` into each recipient device's header. A receiver checks the body hash before
+//! opening the body, so a server cannot swap bodies between headers. Groups put the sender-key
+//! ciphertext in the body and use the headers only to carry sender keys (see [`crate::group`]).
+//!
+//! Header payloads start with a kind byte: `1` content key, `2` sender key distribution.
+
+use std::fmt;
+
+use rand_core::CryptoRng;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::codec::{Reader, Writer};
+use crate::group::SenderKeyDistribution;
+use crate::identity::{Account, len_u32};
+use crate::primitives::{self, Key32, NONCE_LEN, TAG_LEN, ad_context};
+use crate::session::{DeviceAddress, MESSAGE_VERSION, Session};
+use crate::{Error, MAX_DEVICE_HEADER_BYTES};
+
+/// Bytes a pairwise body adds to its plaintext: version, nonce, tag.
+pub const PAIRWISE_BODY_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
+
+const PAYLOAD_CONTENT_KEY: u8 = 1;
+const PAYLOAD_SENDER_KEY: u8 = 2;
+const OUTGOING_TAG: u8 = 0xA5;
+const OUTGOING_VERSION: u8 = 1;
+
+/// The body key and body hash of one outgoing message.
+struct ContentKey {
+    key: Key32,
+    body_hash: [u8; 32],
+}
+
+impl ContentKey {
+    fn payload(&self) -> Zeroizing<Vec<u8>> {
+        let mut w = Writer::with_capacity(65);
+        w.u8(PAYLOAD_CONTENT_KEY)
+            .raw(&*self.key)
+            .raw(&self.body_hash);
+        w.into_secret()
+    }
+}
+
+/// One message ready for the server: the shared body and a header per device.
+///
+/// Persist it (with [`OutgoingMessage::pickle`]) together with the sessions before sending; a
+/// retried send sends these same bytes. When the server answers that devices are missing or
+/// extra, call [`OutgoingMessage::add_devices`] / [`OutgoingMessage::remove_devices`]: the body
+/// stays the same.
+pub struct OutgoingMessage {
+    /// The shared ciphertext, sent once.
+    pub body: Vec<u8>,
+    /// One header per recipient device, each at most [`MAX_DEVICE_HEADER_BYTES`] bytes.
+    pub headers: Vec<(DeviceAddress, Vec<u8>)>,
+    content: ContentKey,
+}
+
+/// Encrypts `plaintext` once for every device that `sessions` lead to (the recipients' devices
+/// and the sender's own other devices).
+///
+/// Each session advances; save them all before the message leaves the device.
+pub fn encrypt_for_devices<'s, R: CryptoRng + ?Sized>(
+    rng: &mut R,
+    plaintext: &[u8],
+    sessions: impl IntoIterator<Item = &'s mut Session>,
+) -> Result<OutgoingMessage, Error> {
+    let key = primitives::random32(rng);
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill_bytes(&mut nonce);
+    let mut body = Vec::with_capacity(PAIRWISE_BODY_OVERHEAD + plaintext.len());
+    body.push(MESSAGE_VERSION);
+    body.extend_from_slice(&nonce);
+    body.extend_from_slice(&primitives::seal(
+        &key,
+        &nonce,
+        ad_context::BODY,
+        plaintext,
+    )?);
+    let content = ContentKey {
+        key,
+        body_hash: primitives::sha256(&body),
+    };
+    let mut out = OutgoingMessage {
+        body,
+        headers: Vec::new(),
+        content,
+    };
+    out.add_devices(rng, sessions)?;
+    Ok(out)
+}
+
+impl OutgoingMessage {
+    /// Adds (or replaces) the headers for the devices `sessions` lead to, reusing the body.
+    pub fn add_devices<'s, R: CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        sessions: impl IntoIterator<Item = &'s mut Session>,
+    ) -> Result<(), Error> {
+        let payload = self.content.payload();
+        for session in sessions {
+            let header = session.encrypt_payload(rng, &payload)?;
+            let to = session.their_address();
+            self.headers.retain(|(a, _)| *a != to);
+            self.headers.push((to, header));
+        }
+        Ok(())
+    }
+
+    /// Drops the headers for devices the server says are gone.
+    pub fn remove_devices(&mut self, extra: &[DeviceAddress]) {
+        self.headers.retain(|(a, _)| !extra.contains(a));
+    }
+
+    /// Versioned secret bytes (they contain the content key).
+    pub fn pickle(&self) -> Zeroizing<Vec<u8>> {
+        let size = self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(_, h)| 24 + h.len())
+                .sum::<usize>();
+        let mut w = Writer::with_capacity(80 + size);
+        w.u8(OUTGOING_TAG).u8(OUTGOING_VERSION);
+        w.raw(&*self.content.key)
+            .raw(&self.content.body_hash)
+            .var(&self.body);
+        w.u32(len_u32(self.headers.len()));
+        for (a, h) in &self.headers {
+            w.u64(a.user).u64(a.device).var(h);
+        }
+        w.into_secret()
+    }
+
+    /// Restores [`OutgoingMessage::pickle`].
+    pub fn from_pickle(bytes: &[u8]) -> Result<Self, Error> {
+        let mut r = Reader::new(bytes, "outgoing message pickle");
+        r.expect_header(OUTGOING_TAG, OUTGOING_VERSION)?;
+        let key = Zeroizing::new(r.array()?);
+        let body_hash = r.array()?;
+        let body = r.var(bytes.len())?.to_vec();
+        let n = r.u32()?;
+        let mut headers = Vec::new();
+        for _ in 0..n {
+            let a = DeviceAddress::read(&mut r)?;
+            headers.push((a, r.var(MAX_DEVICE_HEADER_BYTES)?.to_vec()));
+        }
+        r.finish()?;
+        Ok(Self {
+            body,
+            headers,
+            content: ContentKey { key, body_hash },
+        })
+    }
+}
+
+impl fmt::Debug for OutgoingMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutgoingMessage")
+            .field("body_len", &self.body.len())
+            .field(
+                "devices",
+                &self.headers.iter().map(|(a, _)| a).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Wraps a sender key distribution into a header for each device `sessions` lead to; send them
+/// with the group body (or with an empty body).
+pub fn sender_key_headers<'s, R: CryptoRng + ?Sized>(
+    rng: &mut R,
+    distribution: &SenderKeyDistribution,
+    sessions: impl IntoIterator<Item = &'s mut Session>,
+) -> Result<Vec<(DeviceAddress, Vec<u8>)>, Error> {
+    let mut w = Writer::with_capacity(160);
+    w.u8(PAYLOAD_SENDER_KEY);
+    distribution.write(&mut w);
+    let payload = w.into_secret();
+    sessions
+        .into_iter()
+        .map(|s| Ok((s.their_address(), s.encrypt_payload(rng, &payload)?)))
+        .collect()
+}
+
+/// What a device header carried.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Decrypted {
+    /// The plaintext of a one-to-one (pairwise) message.
+    Message(Vec<u8>),
+    /// A sender key of the session's remote device; pass it to
+    /// [`crate::SenderKeyReceiver`] and open the group body with that.
+    SenderKey(SenderKeyDistribution),
+}
+
+fn open_payload(payload: &[u8], body: &[u8]) -> Result<Decrypted, Error> {
+    let mut r = Reader::new(payload, "header payload");
+    match r.u8()? {
+        PAYLOAD_CONTENT_KEY => {
+            let key = Zeroizing::new(r.array::<32>()?);
+            let hash: [u8; 32] = r.array()?;
+            r.finish()?;
+            if !bool::from(primitives::sha256(body).ct_eq(&hash)) {
+                return Err(Error::BodyMismatch);
+            }
+            let mut br = Reader::new(body, "body");
+            let version = br.u8()?;
+            if version != MESSAGE_VERSION {
+                return Err(Error::UnsupportedVersion(version));
+            }
+            let nonce = br.array()?;
+            let plaintext = primitives::open(&key, &nonce, ad_context::BODY, br.rest())?;
+            Ok(Decrypted::Message(plaintext))
+        }
+        PAYLOAD_SENDER_KEY => {
+            let d = SenderKeyDistribution::read(&mut r)?;
+            r.finish()?;
+            Ok(Decrypted::SenderKey(d))
+        }
+        _ => Err(Error::Malformed("header payload")),
+    }
+}
+
+impl Session {
+    /// Opens this device's `header` and the shared `body` of a message from the session's
+    /// remote device. The session changes only if everything verified and decrypted.
+    pub fn decrypt(&mut self, header: &[u8], body: &[u8]) -> Result<Decrypted, Error> {
+        self.decrypt_with(header, |payload| open_payload(payload, body))
+    }
+
+    /// Starts the responder's side of a session from a prekey message (see
+    /// [`crate::is_prekey_message`]) and opens it. `their_address` is the sender device as the
+    /// server reported it. Consumes the one-time prekey it used only on success; save the
+    /// account and the session afterwards. Compare [`Session::their_identity`] with the
+    /// identity you knew for that device.
+    pub fn accept(
+        account: &mut Account,
+        our_address: DeviceAddress,
+        their_address: DeviceAddress,
+        header: &[u8],
+        body: &[u8],
+    ) -> Result<(Self, Decrypted), Error> {
+        Self::accept_with(account, our_address, their_address, header, |payload| {
+            open_payload(payload, body)
+        })
+    }
+}

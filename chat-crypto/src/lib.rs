@@ -1,0 +1,69 @@
+//! chat-crypto: end-to-end encryption for the chat crate family.
+//!
+//! Pure, in the style of vodozemac: no I/O, no storage, no clock; randomness comes in as
+//! `&mut impl CryptoRng` (rand_core 0.10, the generation of x25519-dalek 3 / ed25519-dalek 3).
+//! Every stateful value ([`Account`], [`Session`], [`SenderKey`], [`SenderKeyReceiver`],
+//! [`OutgoingMessage`]) is a plain value the caller persists with `pickle()` / `from_pickle()`.
+//!
+//! - Identity and prekeys: [`Account`], [`PrekeyBundle`].
+//! - One-to-one: X3DH ([`Session::initiate`], [`Session::accept`]) and the Double Ratchet.
+//! - The multi-recipient wire shape: [`encrypt_for_devices`] gives one shared body and one
+//!   header per device; [`Session::decrypt`] opens them.
+//! - Groups: [`SenderKey`], [`SenderKeyReceiver`], [`sender_key_headers`].
+//! - Attachments: [`attachment`] (STREAM over 64 KiB chunks).
+//! - Safety numbers: [`safety_number`].
+//!
+//! See `docs/SECURITY.md` for the threat model, the constructions and the limits.
+//!
+//! # State contract for the client
+//! Save the state a call changed *before* its output leaves the device, and make a retried
+//! send reuse the saved ciphertext; never encrypt the same message twice. A call that returns an
+//! error changed nothing.
+
+#![forbid(unsafe_code)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+pub mod attachment;
+mod codec;
+mod envelope;
+mod error;
+mod group;
+mod identity;
+mod primitives;
+mod safety;
+mod session;
+
+pub use envelope::{
+    Decrypted, OutgoingMessage, PAIRWISE_BODY_OVERHEAD, encrypt_for_devices, sender_key_headers,
+};
+pub use error::Error;
+pub use group::{
+    GROUP_BODY_OVERHEAD, MAX_GROUP_ID_BYTES, MAX_SENDER_KEY_STATES, SenderKey,
+    SenderKeyDistribution, SenderKeyReceiver,
+};
+pub use identity::{
+    Account, IdentityKeys, IdentityPublic, MAX_ONE_TIME_PREKEYS, OneTimePrekey,
+    PREVIOUS_SIGNED_PREKEYS_KEPT, PrekeyBundle, SignedPrekey,
+};
+pub use rand_core::CryptoRng;
+pub use safety::{SafetyNumber, safety_number};
+pub use session::{
+    DeviceAddress, MAX_FORWARD_JUMP, MAX_RECEIVER_CHAINS, MAX_SKIPPED_PER_CHAIN, MAX_SKIPPED_TOTAL,
+    Session, is_prekey_message,
+};
+pub use zeroize::Zeroizing;
+
+/// The server's limit on one device header, in bytes. Every header this crate makes fits.
+pub const MAX_DEVICE_HEADER_BYTES: usize = 2048;
+
+/// The server's limit on a body's crypto overhead (everything but the plaintext), in bytes.
+/// Pairwise bodies use [`PAIRWISE_BODY_OVERHEAD`], group bodies [`GROUP_BODY_OVERHEAD`].
+pub const BODY_OVERHEAD_MAX: usize = 1024;
+
+const _: () = assert!(PAIRWISE_BODY_OVERHEAD <= BODY_OVERHEAD_MAX);
+const _: () = assert!(GROUP_BODY_OVERHEAD <= BODY_OVERHEAD_MAX);
