@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::ErrorCode;
-use crate::ids::{DeviceId, UserId};
+use crate::ids::{DeviceId, InboxPos, UserId};
 
 /// What an event is addressed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,7 +27,15 @@ pub enum Topic {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BusMessage {
-    /// An encoded server frame to forward as it is. Encoded once, shared by every
+    /// An encoded `deliver` frame for one device, with its inbox position so the receiving
+    /// connection can drop duplicates and notice gaps without decoding it.
+    Deliver {
+        /// The entry's inbox position.
+        pos: InboxPos,
+        /// The encoded frame.
+        frame: Bytes,
+    },
+    /// Any other encoded server frame to forward as it is. Encoded once, shared by every
     /// subscriber.
     Frame(Bytes),
     /// Close the connection with this code (device removed, token revoked).
