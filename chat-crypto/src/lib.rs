@@ -30,6 +30,7 @@
 
 pub mod attachment;
 mod codec;
+mod device_sessions;
 mod envelope;
 mod error;
 mod group;
@@ -38,6 +39,7 @@ mod primitives;
 mod safety;
 mod session;
 
+pub use device_sessions::{DeviceSessions, MAX_SESSIONS_PER_DEVICE};
 pub use envelope::{
     Decrypted, OutgoingMessage, PAIRWISE_BODY_OVERHEAD, encrypt_for_devices, sender_key_headers,
 };

@@ -339,3 +339,57 @@ fn several_devices_and_a_device_list_mismatch() {
         assert_eq!(text(d), b"to everyone");
     }
 }
+
+#[test]
+fn simultaneous_initiation_converges() {
+    use chat_crypto::DeviceSessions;
+    let mut rng = rng(18);
+    let mut a_acct = Account::new(&mut rng);
+    let mut b_acct = Account::new(&mut rng);
+    let (mut a, mut b) = (DeviceSessions::new(), DeviceSessions::new());
+    // Both fetch the other's bundle and send before hearing anything.
+    a.add(Session::initiate(&mut rng, &a_acct, ALICE, BOB, &b_acct.bundle(None).unwrap()).unwrap());
+    b.add(Session::initiate(&mut rng, &b_acct, BOB, ALICE, &a_acct.bundle(None).unwrap()).unwrap());
+    let (ha, ba) = send(&mut rng, a.active().unwrap(), b"from a");
+    let (hb, bb) = send(&mut rng, b.active().unwrap(), b"from b");
+    assert_eq!(
+        text(a.decrypt(&mut a_acct, ALICE, BOB, &hb, &bb).unwrap()),
+        b"from b"
+    );
+    assert_eq!(
+        text(b.decrypt(&mut b_acct, BOB, ALICE, &ha, &ba).unwrap()),
+        b"from a"
+    );
+    assert_eq!((a.len(), b.len()), (2, 2));
+    // One round trip that does not cross.
+    let (h, bd) = send(&mut rng, a.active().unwrap(), b"ping");
+    assert_eq!(
+        text(b.decrypt(&mut b_acct, BOB, ALICE, &h, &bd).unwrap()),
+        b"ping"
+    );
+    let (h, bd) = send(&mut rng, b.active().unwrap(), b"pong");
+    assert_eq!(
+        text(a.decrypt(&mut a_acct, ALICE, BOB, &h, &bd).unwrap()),
+        b"pong"
+    );
+    assert_eq!(a.active().unwrap().id(), b.active().unwrap().id());
+    // From here on both send on the same session, and it survives a restart.
+    let mut a = DeviceSessions::from_pickle(&a.pickle()).unwrap();
+    for i in 0..3u8 {
+        let (h, bd) = send(&mut rng, a.active().unwrap(), &[i]);
+        assert_eq!(
+            text(b.decrypt(&mut b_acct, BOB, ALICE, &h, &bd).unwrap()),
+            [i]
+        );
+        let (h, bd) = send(&mut rng, b.active().unwrap(), &[i]);
+        assert_eq!(
+            text(a.decrypt(&mut a_acct, ALICE, BOB, &h, &bd).unwrap()),
+            [i]
+        );
+        assert_eq!(a.active().unwrap().id(), b.active().unwrap().id());
+    }
+    // A replayed first message neither opens nor starts a new session.
+    let before = b.pickle();
+    assert!(b.decrypt(&mut b_acct, BOB, ALICE, &ha, &ba).is_err());
+    assert_eq!(*b.pickle(), *before);
+}

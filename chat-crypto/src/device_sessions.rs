@@ -1,0 +1,139 @@
+//! All sessions with one remote device, and the rule that makes simultaneous starts converge.
+//!
+//! Two devices can start sessions with each other at the same time (each fetched the other's
+//! bundle), so a device may hold several sessions with one peer. The rule, as in Signal: send
+//! on the session that most recently decrypted a message (or was most recently started);
+//! accept on any of them. After one message in each direction that does not cross, both ends
+//! send on the same session.
+
+use std::fmt;
+
+use zeroize::Zeroizing;
+
+use crate::codec::{Reader, Writer};
+use crate::envelope::Decrypted;
+use crate::identity::{Account, len_u32};
+use crate::session::{DeviceAddress, Session, is_prekey_message};
+use crate::{Error, IdentityPublic};
+
+/// Sessions kept per remote device (the active one and three older ones).
+pub const MAX_SESSIONS_PER_DEVICE: usize = 4;
+
+const TAG: u8 = 0xA6;
+const VERSION: u8 = 1;
+
+/// The sessions with one remote device, the active one first.
+#[derive(Default)]
+pub struct DeviceSessions {
+    sessions: Vec<Session>,
+}
+
+impl DeviceSessions {
+    /// No sessions yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The session to encrypt with, if any (else fetch a bundle and [`DeviceSessions::add`]).
+    pub fn active(&mut self) -> Option<&mut Session> {
+        self.sessions.first_mut()
+    }
+
+    /// Makes a new session (from [`Session::initiate`]) the active one.
+    pub fn add(&mut self, session: Session) {
+        self.sessions.insert(0, session);
+        self.sessions.truncate(MAX_SESSIONS_PER_DEVICE);
+    }
+
+    /// Number of sessions held.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// True when there is no session.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// The identity the remote device used in its sessions (the active one's).
+    pub fn their_identity(&self) -> Option<IdentityPublic> {
+        self.sessions.first().map(Session::their_identity)
+    }
+
+    /// Opens a message from the remote device with whichever session it belongs to, starting a
+    /// new one (and consuming a one-time prekey from `account`) for a prekey message of an
+    /// unknown session. The session that opened it becomes the active one. Changes nothing
+    /// on error. Check the identity of a newly accepted session against the one you know.
+    pub fn decrypt(
+        &mut self,
+        account: &mut Account,
+        our_address: DeviceAddress,
+        their_address: DeviceAddress,
+        header: &[u8],
+        body: &[u8],
+    ) -> Result<Decrypted, Error> {
+        let mut errors = Vec::with_capacity(self.sessions.len());
+        for i in 0..self.sessions.len() {
+            let Some(session) = self.sessions.get_mut(i) else {
+                break;
+            };
+            match session.decrypt(header, body) {
+                Ok(d) => {
+                    self.promote(i);
+                    return Ok(d);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if is_prekey_message(header) && errors.iter().all(|e| *e == Error::SessionMismatch) {
+            let (session, d) = Session::accept(account, our_address, their_address, header, body)?;
+            self.add(session);
+            return Ok(d);
+        }
+        // The most telling error: one from a session the message could belong to.
+        Err(errors
+            .into_iter()
+            .find(|e| *e != Error::SessionMismatch)
+            .unwrap_or(Error::SessionMismatch))
+    }
+
+    fn promote(&mut self, i: usize) {
+        if i > 0 && i < self.sessions.len() {
+            let s = self.sessions.remove(i);
+            self.sessions.insert(0, s);
+        }
+    }
+
+    /// Versioned secret bytes.
+    pub fn pickle(&self) -> Zeroizing<Vec<u8>> {
+        let pickles: Vec<_> = self.sessions.iter().map(Session::pickle).collect();
+        let mut w = Writer::with_capacity(8 + pickles.iter().map(|p| 4 + p.len()).sum::<usize>());
+        w.u8(TAG).u8(VERSION).u32(len_u32(pickles.len()));
+        for p in &pickles {
+            w.var(p);
+        }
+        w.into_secret()
+    }
+
+    /// Restores [`DeviceSessions::pickle`].
+    pub fn from_pickle(bytes: &[u8]) -> Result<Self, Error> {
+        let mut r = Reader::new(bytes, "device sessions pickle");
+        r.expect_header(TAG, VERSION)?;
+        let n = r.u32()? as usize;
+        if n > MAX_SESSIONS_PER_DEVICE {
+            return Err(Error::Malformed("device sessions pickle"));
+        }
+        let mut sessions = Vec::with_capacity(n);
+        for _ in 0..n {
+            sessions.push(Session::from_pickle(r.var(bytes.len())?)?);
+        }
+        r.finish()?;
+        Ok(Self { sessions })
+    }
+}
+
+impl fmt::Debug for DeviceSessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(&self.sessions).finish()
+    }
+}
