@@ -115,7 +115,7 @@ impl SenderKey {
                 key: primitives::random32(rng),
                 index: 0,
             },
-            signing: SigningKey::from_bytes(&seed),
+            signing: primitives::signing_key(&seed),
         })
     }
 
@@ -202,7 +202,7 @@ impl SenderKey {
             sender,
             key_id,
             chain,
-            signing: SigningKey::from_bytes(&seed),
+            signing: primitives::signing_key(&seed),
         })
     }
 }

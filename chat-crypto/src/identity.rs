@@ -94,7 +94,7 @@ impl IdentityKeys {
     pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
         let seed = primitives::random32(rng);
         Self {
-            signing: SigningKey::from_bytes(&seed),
+            signing: primitives::signing_key(&seed),
             dh: primitives::x25519_secret(rng),
         }
     }
@@ -129,7 +129,7 @@ impl IdentityKeys {
         let seed = Zeroizing::new(r.array::<32>()?);
         let dh = Zeroizing::new(r.array::<32>()?);
         Ok(Self {
-            signing: SigningKey::from_bytes(&seed),
+            signing: primitives::signing_key(&seed),
             dh: StaticSecret::from(*dh),
         })
     }

@@ -196,6 +196,11 @@ pub(crate) fn sign(key: &SigningKey, context: &[u8], fields: &[&[u8]]) -> [u8; 6
     key.sign(&labelled(context, fields)).to_bytes()
 }
 
+/// An Ed25519 signing key from its 32-byte seed (RFC 8032 "secret key").
+pub(crate) fn signing_key(seed: &[u8; 32]) -> SigningKey {
+    SigningKey::from_bytes(seed)
+}
+
 /// Strict Ed25519 verification (rejects small-order keys and non-canonical signatures).
 pub(crate) fn verify(
     key: &[u8; 32],
@@ -203,9 +208,13 @@ pub(crate) fn verify(
     context: &[u8],
     fields: &[&[u8]],
 ) -> Result<(), Error> {
+    verify_raw(key, signature, &labelled(context, fields))
+}
+
+fn verify_raw(key: &[u8; 32], signature: &[u8; 64], message: &[u8]) -> Result<(), Error> {
     let key = VerifyingKey::from_bytes(key).map_err(|_| Error::InvalidKey)?;
     let sig = Signature::from_bytes(signature);
-    key.verify_strict(&labelled(context, fields), &sig)
+    key.verify_strict(message, &sig)
         .map_err(|_| Error::BadSignature)
 }
 
@@ -324,6 +333,103 @@ mod tests {
             "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
         );
         assert_eq!(*dh(&b, &x25519_public(&a)).unwrap(), *k);
+    }
+
+    const RFC8439_KEY: &str = "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f";
+    const RFC8439_AAD: &str = "50515253c0c1c2c3c4c5c6c7";
+    const RFC8439_PLAINTEXT: &[u8] = b"Ladies and Gentlemen of the class of '99: If I could offer \
+        you only one tip for the future, sunscreen would be it.";
+
+    #[test]
+    fn rfc8439_chacha20_poly1305() {
+        // RFC 8439 section 2.8.2: the AEAD that attachments use through STREAM.
+        use chacha20poly1305::ChaCha20Poly1305;
+        let cipher = ChaCha20Poly1305::new(&arr::<32>(RFC8439_KEY).into());
+        let nonce = arr::<12>("070000004041424344454647");
+        let aad = decode(RFC8439_AAD).unwrap();
+        let out = cipher
+            .encrypt(
+                &nonce.into(),
+                Payload {
+                    msg: RFC8439_PLAINTEXT,
+                    aad: &aad,
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            hex::encode(&out),
+            "d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d63dbea45e8ca96712\
+             82fafb69da92728b1a71de0a9e060b2905d6a5b67ecd3b3692ddbd7f2d778b8c9803aee328091b58\
+             fab324e4fad675945585808b4831d7bc3ff4def08e4b7a9de576d26586cec64b6116\
+             1ae10b594f09e26a7e902ecbd0600691"
+        );
+    }
+
+    #[test]
+    fn xchacha20_poly1305_draft_vector_through_seal_and_open() {
+        // draft-irtf-cfrg-xchacha section A.3.1 (same key, AAD and plaintext as RFC 8439).
+        let key = arr::<32>(RFC8439_KEY);
+        let nonce = arr::<24>("404142434445464748494a4b4c4d4e4f5051525354555657");
+        let aad = decode(RFC8439_AAD).unwrap();
+        let out = seal(&key, &nonce, &aad, RFC8439_PLAINTEXT).unwrap();
+        assert_eq!(
+            hex::encode(&out),
+            "bd6d179d3e83d43b9576579493c0e939572a1700252bfaccbed2902c21396cbb731c7f1b0b4aa644\
+             0bf3a82f4eda7e39ae64c6708c54c216cb96b72e1213b4522f8c9ba40db5d945b11b69b982c1bb9e\
+             3f3fac2bc369488f76b2383565d3fff921f9664c97637da9768812f615c68b13b52e\
+             c0875924c1c7987947deafd8780acf49"
+        );
+        assert_eq!(open(&key, &nonce, &aad, &out).unwrap(), RFC8439_PLAINTEXT);
+        let mut bad = out.clone();
+        bad[0] ^= 1;
+        assert_eq!(
+            open(&key, &nonce, &aad, &bad).unwrap_err(),
+            Error::DecryptionFailed
+        );
+    }
+
+    #[test]
+    fn rfc8032_ed25519() {
+        // RFC 8032 section 7.1, TEST 1 and TEST 2: key derivation from the seed as our
+        // pickles restore it, signing, and strict verification.
+        for (seed, public, msg, sig) in [
+            (
+                "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+                "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+                "",
+                "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bac\
+                 c61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b",
+            ),
+            (
+                "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+                "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
+                "72",
+                "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e\
+                 458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00",
+            ),
+        ] {
+            let key = signing_key(&arr::<32>(seed));
+            assert_eq!(hex::encode(key.verifying_key().to_bytes()), public);
+            let msg = decode(msg).unwrap();
+            let signature = key.sign(&msg).to_bytes();
+            assert_eq!(hex::encode(signature), sig);
+            verify_raw(&arr::<32>(public), &signature, &msg).unwrap();
+            let mut bad = signature;
+            bad[63] ^= 0x10;
+            assert!(verify_raw(&arr::<32>(public), &bad, &msg).is_err());
+        }
+    }
+
+    #[test]
+    fn labelled_encoding_is_unambiguous() {
+        assert_ne!(
+            labelled(b"c", &[b"ab", b"c"]),
+            labelled(b"c", &[b"a", b"bc"])
+        );
+        assert_eq!(
+            labelled(b"c", &[b"x"]),
+            [0, 0, 0, 1, b'c', 0, 0, 0, 1, b'x']
+        );
     }
 
     #[test]
