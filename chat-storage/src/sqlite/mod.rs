@@ -1,0 +1,471 @@
+//! The embedded SQLite backend (the default): one file, nothing to install.
+//!
+//! Writes go to one writer thread that owns the only write connection and commits queued
+//! requests together (see [`writer`]): with many concurrent senders, one fsync covers a whole
+//! batch. Reads run on a few read-only connections on the blocking pool; in WAL mode they
+//! never wait for the writer and always see every commit that was acknowledged before they
+//! started, so a revoked token or a new message is visible at once.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chat_core::{
+    AccountStore, Appended, AttachmentId, AttachmentMeta, Conversation, ConversationId,
+    ConversationStore, Credentials, Device, DeviceAddress, DeviceKeys, Direction, Envelope,
+    InboxEntry, InboxPos, KeyStore, MessageId, MessageStore, MetaStore, NewMessage, OneTimePrekey,
+    PrekeyBundle, PushToken, ReceiptKind, ReceiptPosition, ReceiptStore, StoreError, StoreResult,
+    Timestamp, TokenHash, User, UserId, Username,
+};
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::common::failure;
+
+mod ops;
+mod schema;
+mod writer;
+
+/// How hard SQLite pushes each commit to stable storage (`PRAGMA synchronous`).
+///
+/// Every setting keeps an acknowledged message across a crash of the process: the commit
+/// has reached the operating system before the caller is answered. They differ on power loss
+/// or a kernel crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Synchronous {
+    /// `FULL`: the WAL is fsynced at every commit, so an acknowledged message also survives
+    /// power loss. Group commit makes that one fsync per batch, not per message. The default.
+    #[default]
+    Full,
+    /// `NORMAL`: the WAL is fsynced only at checkpoints. Survives a process crash; on power
+    /// loss the last commits before it may be lost (never corrupted).
+    Normal,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Self::Full => "FULL",
+            Self::Normal => "NORMAL",
+        }
+    }
+}
+
+/// Settings for [`SqliteStore::open`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    synchronous: Synchronous,
+    readers: usize,
+    max_batch: usize,
+    queue: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Full,
+            readers: 4,
+            max_batch: 1024,
+            queue: 8192,
+        }
+    }
+}
+
+impl SqliteOptions {
+    /// Sets the durability level (default [`Synchronous::Full`]).
+    pub fn synchronous(mut self, level: Synchronous) -> Self {
+        self.synchronous = level;
+        self
+    }
+
+    /// Sets how many read-only connections serve reads at once (default 4, at least 1).
+    pub fn readers(mut self, readers: usize) -> Self {
+        self.readers = readers.max(1);
+        self
+    }
+
+    /// Sets the most writes committed together (default 1024, at least 1).
+    pub fn max_batch(mut self, max_batch: usize) -> Self {
+        self.max_batch = max_batch.max(1);
+        self
+    }
+
+    /// Sets how many writes may wait for the writer before callers wait to enqueue (default
+    /// 8192, at least 1): back-pressure instead of unbounded memory.
+    pub fn queue(mut self, queue: usize) -> Self {
+        self.queue = queue.max(1);
+        self
+    }
+}
+
+/// The embedded SQLite store. Cheap to share behind an `Arc`; dropping the last handle stops
+/// the writer thread after it has answered every queued write.
+pub struct SqliteStore {
+    queue: mpsc::Sender<writer::Job>,
+    readers: Arc<Readers>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.readers.path)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, applies pending migrations and
+    /// starts the writer thread. [`StoreError::SchemaTooNew`] if a newer build wrote it.
+    pub async fn open(path: impl AsRef<Path>, options: SqliteOptions) -> StoreResult<Self> {
+        let path = path.as_ref().to_path_buf();
+        let open_path = path.clone();
+        let sync = options.synchronous;
+        let conn = tokio::task::spawn_blocking(move || open_writer(&open_path, sync))
+            .await
+            .map_err(|e| failure(format!("open task failed: {e}")))??;
+        let (tx, rx) = mpsc::channel(options.queue);
+        let max_batch = options.max_batch;
+        std::thread::Builder::new()
+            .name("chat-sqlite-writer".into())
+            .spawn(move || writer::run(conn, rx, max_batch))
+            .map_err(StoreError::backend)?;
+        let readers = Readers {
+            path,
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(options.readers),
+        };
+        Ok(Self {
+            queue: tx,
+            readers: Arc::new(readers),
+        })
+    }
+
+    /// Queues a write and waits until the batch holding it has committed.
+    async fn write<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (job, reply) = writer::Pending::job(op);
+        self.queue
+            .send(job)
+            .await
+            .map_err(|_| writer::writer_gone())?;
+        reply.await.map_err(|_| writer::writer_gone())?
+    }
+
+    /// Runs a read on a read-only connection on the blocking pool.
+    async fn read<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let permit = self
+            .readers
+            .permits
+            .acquire()
+            .await
+            .map_err(StoreError::backend)?;
+        let readers = Arc::clone(&self.readers);
+        let result = tokio::task::spawn_blocking(move || {
+            let idle = readers.idle.lock().ok().and_then(|mut idle| idle.pop());
+            let conn = match idle {
+                Some(conn) => conn,
+                None => open_reader(&readers.path)?,
+            };
+            let result = op(&conn);
+            if let Ok(mut idle) = readers.idle.lock() {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| failure(format!("read task failed: {e}")))?;
+        drop(permit);
+        result
+    }
+}
+
+fn open_writer(path: &Path, sync: Synchronous) -> StoreResult<Connection> {
+    let mut conn = Connection::open(path).map_err(StoreError::backend)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(StoreError::backend)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(failure(format!(
+            "could not switch the database to WAL (got {mode})"
+        )));
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {};
+         PRAGMA busy_timeout = 5000;
+         PRAGMA cache_size = -65536;
+         PRAGMA temp_store = MEMORY;",
+        sync.pragma()
+    ))
+    .map_err(StoreError::backend)?;
+    conn.set_prepared_statement_cache_capacity(128);
+    schema::migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn open_reader(path: &Path) -> StoreResult<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(StoreError::backend)?;
+    conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA cache_size = -32768;")
+        .map_err(StoreError::backend)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+#[async_trait]
+impl AccountStore for SqliteStore {
+    async fn create_user(
+        &self,
+        username: &Username,
+        password_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<User> {
+        let (username, hash) = (username.clone(), password_hash.to_owned());
+        self.write(move |c| ops::create_user(c, &username, &hash, now))
+            .await
+    }
+
+    async fn credentials(&self, username: &Username) -> StoreResult<Option<Credentials>> {
+        let username = username.clone();
+        self.read(move |c| ops::credentials(c, &username)).await
+    }
+
+    async fn user(&self, user: UserId) -> StoreResult<Option<User>> {
+        self.read(move |c| ops::user(c, user)).await
+    }
+
+    async fn add_device(
+        &self,
+        user: UserId,
+        name: &str,
+        token: TokenHash,
+        now: Timestamp,
+    ) -> StoreResult<Device> {
+        let name = name.to_owned();
+        self.write(move |c| ops::add_device(c, user, &name, token, now))
+            .await
+    }
+
+    async fn add_token(
+        &self,
+        device: DeviceAddress,
+        token: TokenHash,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        self.write(move |c| ops::add_token(c, device, token, now))
+            .await
+    }
+
+    async fn devices(&self, user: UserId) -> StoreResult<Vec<Device>> {
+        self.read(move |c| ops::devices(c, user)).await
+    }
+
+    async fn remove_device(&self, device: DeviceAddress) -> StoreResult<()> {
+        self.write(move |c| ops::remove_device(c, device)).await
+    }
+
+    async fn authenticate(&self, token: TokenHash) -> StoreResult<Option<DeviceAddress>> {
+        self.read(move |c| ops::authenticate(c, token)).await
+    }
+
+    async fn revoke_token(&self, token: TokenHash) -> StoreResult<bool> {
+        self.write(move |c| ops::revoke_token(c, token)).await
+    }
+
+    async fn set_last_active(&self, user: UserId, at: Timestamp) -> StoreResult<()> {
+        self.write(move |c| ops::set_last_active(c, user, at)).await
+    }
+
+    async fn last_active(&self, user: UserId) -> StoreResult<Option<Timestamp>> {
+        self.read(move |c| ops::last_active(c, user)).await
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn set_device_keys(&self, device: DeviceAddress, keys: &DeviceKeys) -> StoreResult<()> {
+        let keys = keys.clone();
+        self.write(move |c| ops::set_device_keys(c, device, &keys))
+            .await
+    }
+
+    async fn add_one_time_prekeys(
+        &self,
+        device: DeviceAddress,
+        keys: &[OneTimePrekey],
+    ) -> StoreResult<()> {
+        let keys = keys.to_vec();
+        self.write(move |c| ops::add_one_time_prekeys(c, device, &keys))
+            .await
+    }
+
+    async fn claim_bundles(&self, user: UserId) -> StoreResult<Vec<PrekeyBundle>> {
+        self.write(move |c| ops::claim_bundles(c, user)).await
+    }
+
+    async fn one_time_prekey_count(&self, device: DeviceAddress) -> StoreResult<u64> {
+        self.read(move |c| ops::one_time_prekey_count(c, device))
+            .await
+    }
+}
+
+#[async_trait]
+impl ConversationStore for SqliteStore {
+    async fn open_direct(&self, a: UserId, b: UserId, now: Timestamp) -> StoreResult<Conversation> {
+        self.write(move |c| ops::open_direct(c, a, b, now)).await
+    }
+
+    async fn create_group(
+        &self,
+        creator: UserId,
+        members: &[UserId],
+        limit: usize,
+        now: Timestamp,
+    ) -> StoreResult<Conversation> {
+        let members = members.to_vec();
+        self.write(move |c| ops::create_group(c, creator, &members, limit, now))
+            .await
+    }
+
+    async fn add_members(
+        &self,
+        conversation: ConversationId,
+        users: &[UserId],
+        limit: usize,
+    ) -> StoreResult<()> {
+        let users = users.to_vec();
+        self.write(move |c| ops::add_members(c, conversation, &users, limit))
+            .await
+    }
+
+    async fn remove_member(&self, conversation: ConversationId, user: UserId) -> StoreResult<bool> {
+        self.write(move |c| ops::remove_member(c, conversation, user))
+            .await
+    }
+
+    async fn conversation(
+        &self,
+        conversation: ConversationId,
+    ) -> StoreResult<Option<Conversation>> {
+        self.read(move |c| ops::conversation(c, conversation)).await
+    }
+
+    async fn members(&self, conversation: ConversationId) -> StoreResult<Vec<UserId>> {
+        self.read(move |c| ops::members(c, conversation)).await
+    }
+
+    async fn is_member(&self, conversation: ConversationId, user: UserId) -> StoreResult<bool> {
+        self.read(move |c| ops::is_member(c, conversation, user))
+            .await
+    }
+
+    async fn conversations_of(&self, user: UserId) -> StoreResult<Vec<Conversation>> {
+        self.read(move |c| ops::conversations_of(c, user)).await
+    }
+}
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
+        self.write(move |c| ops::append(c, &message)).await
+    }
+
+    async fn inbox(
+        &self,
+        device: DeviceAddress,
+        after: InboxPos,
+        limit: usize,
+    ) -> StoreResult<Vec<InboxEntry>> {
+        self.read(move |c| ops::inbox(c, device, after, limit))
+            .await
+    }
+
+    async fn inbox_head(&self, device: DeviceAddress) -> StoreResult<InboxPos> {
+        self.read(move |c| ops::inbox_head(c, device)).await
+    }
+
+    async fn ack(&self, device: DeviceAddress, up_to: InboxPos) -> StoreResult<InboxPos> {
+        self.write(move |c| ops::ack(c, device, up_to)).await
+    }
+
+    async fn cursor(&self, device: DeviceAddress) -> StoreResult<InboxPos> {
+        self.read(move |c| ops::cursor(c, device)).await
+    }
+
+    async fn history(
+        &self,
+        conversation: ConversationId,
+        anchor: MessageId,
+        direction: Direction,
+        limit: usize,
+    ) -> StoreResult<Vec<Envelope>> {
+        self.read(move |c| ops::history(c, conversation, anchor, direction, limit))
+            .await
+    }
+
+    async fn message(
+        &self,
+        conversation: ConversationId,
+        id: MessageId,
+    ) -> StoreResult<Option<Envelope>> {
+        self.read(move |c| ops::message(c, conversation, id)).await
+    }
+}
+
+#[async_trait]
+impl ReceiptStore for SqliteStore {
+    async fn set_receipt(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        kind: ReceiptKind,
+        up_to: MessageId,
+    ) -> StoreResult<MessageId> {
+        self.write(move |c| ops::set_receipt(c, conversation, user, kind, up_to))
+            .await
+    }
+
+    async fn receipts(&self, conversation: ConversationId) -> StoreResult<Vec<ReceiptPosition>> {
+        self.read(move |c| ops::receipts(c, conversation)).await
+    }
+}
+
+#[async_trait]
+impl MetaStore for SqliteStore {
+    async fn insert_attachment(&self, meta: &AttachmentMeta) -> StoreResult<()> {
+        let meta = meta.clone();
+        self.write(move |c| ops::insert_attachment(c, &meta)).await
+    }
+
+    async fn attachment(&self, id: AttachmentId) -> StoreResult<Option<AttachmentMeta>> {
+        self.read(move |c| ops::attachment(c, id)).await
+    }
+
+    async fn set_push_token(
+        &self,
+        device: DeviceAddress,
+        token: Option<&PushToken>,
+    ) -> StoreResult<()> {
+        let token = token.cloned();
+        self.write(move |c| ops::set_push_token(c, device, token.as_ref()))
+            .await
+    }
+
+    async fn push_token(&self, device: DeviceAddress) -> StoreResult<Option<PushToken>> {
+        self.read(move |c| ops::push_token(c, device)).await
+    }
+}

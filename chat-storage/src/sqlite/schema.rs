@@ -1,0 +1,137 @@
+//! The SQLite schema and its versioned migrations.
+//!
+//! The version lives in `PRAGMA user_version`. Migration `i` of [`MIGRATIONS`] takes the
+//! schema from version `i` to `i + 1`; each runs in its own transaction together with the
+//! version bump, so a crash mid-migration leaves the previous version intact. A database
+//! whose version is newer than [`LATEST`] was written by a newer build and is refused.
+
+use chat_core::{StoreError, StoreResult};
+use rusqlite::{Connection, TransactionBehavior};
+
+/// The migrations, oldest first.
+const MIGRATIONS: &[&str] = &[
+    // Version 1.
+    "
+    CREATE TABLE users (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        username      TEXT    NOT NULL UNIQUE,
+        password_hash TEXT    NOT NULL,
+        created_at    INTEGER NOT NULL,
+        last_active   INTEGER
+    );
+    -- A device row carries its inbox head and cursor, its public keys and its push token,
+    -- so removing the row removes them all.
+    CREATE TABLE devices (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id       INTEGER NOT NULL,
+        name          TEXT    NOT NULL,
+        created_at    INTEGER NOT NULL,
+        inbox_head    INTEGER NOT NULL DEFAULT 0,
+        cursor        INTEGER NOT NULL DEFAULT 0,
+        identity      BLOB,
+        spk_id        INTEGER,
+        spk_public    BLOB,
+        spk_signature BLOB,
+        push_platform TEXT,
+        push_token    TEXT
+    );
+    CREATE INDEX devices_by_user ON devices (user_id, id);
+    CREATE TABLE tokens (
+        hash       BLOB    PRIMARY KEY,
+        user_id    INTEGER NOT NULL,
+        device_id  INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX tokens_by_device ON tokens (device_id);
+    CREATE TABLE one_time_prekeys (
+        device_id INTEGER NOT NULL,
+        key_id    INTEGER NOT NULL,
+        public    BLOB    NOT NULL,
+        PRIMARY KEY (device_id, key_id)
+    ) WITHOUT ROWID;
+    -- kind: 0 direct, 1 group. A direct conversation records its pair, low user ID first.
+    CREATE TABLE conversations (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind        INTEGER NOT NULL,
+        created_at  INTEGER NOT NULL,
+        last_id     INTEGER NOT NULL DEFAULT 0,
+        direct_low  INTEGER,
+        direct_high INTEGER
+    );
+    CREATE UNIQUE INDEX direct_pairs ON conversations (direct_low, direct_high)
+        WHERE direct_low IS NOT NULL;
+    CREATE TABLE members (
+        conversation_id INTEGER NOT NULL,
+        user_id         INTEGER NOT NULL,
+        PRIMARY KEY (conversation_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX members_by_user ON members (user_id, conversation_id);
+    -- seq is the row's internal key, which inbox entries point at (one B-tree probe per
+    -- entry on catch-up); (conversation_id, id) is the message's public identity.
+    CREATE TABLE messages (
+        seq             INTEGER PRIMARY KEY,
+        conversation_id INTEGER NOT NULL,
+        id              INTEGER NOT NULL,
+        sender_user     INTEGER NOT NULL,
+        sender_device   INTEGER NOT NULL,
+        client_key      BLOB    NOT NULL,
+        sent_at         INTEGER NOT NULL,
+        body            BLOB    NOT NULL
+    );
+    CREATE UNIQUE INDEX messages_by_id ON messages (conversation_id, id);
+    CREATE UNIQUE INDEX messages_by_client_key ON messages (sender_device, client_key);
+    CREATE TABLE inbox (
+        device_id   INTEGER NOT NULL,
+        pos         INTEGER NOT NULL,
+        message_seq INTEGER NOT NULL,
+        header      BLOB    NOT NULL,
+        PRIMARY KEY (device_id, pos)
+    ) WITHOUT ROWID;
+    -- kind: 0 delivered, 1 read.
+    CREATE TABLE receipts (
+        conversation_id INTEGER NOT NULL,
+        user_id         INTEGER NOT NULL,
+        kind            INTEGER NOT NULL,
+        up_to           INTEGER NOT NULL,
+        PRIMARY KEY (conversation_id, user_id, kind)
+    ) WITHOUT ROWID;
+    CREATE TABLE attachments (
+        id              BLOB    PRIMARY KEY,
+        conversation_id INTEGER NOT NULL,
+        uploader_user   INTEGER NOT NULL,
+        uploader_device INTEGER NOT NULL,
+        size            INTEGER NOT NULL,
+        created_at      INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ",
+];
+
+/// The schema version this build writes.
+pub(crate) const LATEST: u32 = MIGRATIONS.len() as u32;
+
+/// Brings the database up to [`LATEST`], or refuses one that is newer. Each step takes the
+/// write lock first, so processes opening a new database at once apply each step once.
+pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    loop {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::backend)?;
+        let found: u32 = tx
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(StoreError::backend)?;
+        if found > LATEST {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: LATEST,
+            });
+        }
+        let Some(sql) = MIGRATIONS.get(found as usize) else {
+            return Ok(());
+        };
+        tx.execute_batch(sql).map_err(StoreError::backend)?;
+        tx.pragma_update(None, "user_version", found + 1)
+            .map_err(StoreError::backend)?;
+        tx.commit().map_err(StoreError::backend)?;
+        tracing::info!(version = found + 1, "applied store migration");
+    }
+}

@@ -1,0 +1,73 @@
+//! The conformance suite on the SQLite backend, plus what only SQLite has: its schema
+//! version check and reopening a file.
+
+use std::sync::Arc;
+
+use chat_core::{InboxPos, StoreError};
+use chat_storage::testing::{self, Fixture};
+use chat_storage::{SqliteOptions, SqliteStore};
+
+async fn fresh() -> Option<Fixture> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path().join("chat.db"), SqliteOptions::default())
+        .await
+        .expect("open");
+    Some(Fixture::with_guard(Arc::new(store), dir))
+}
+
+chat_storage::conformance_tests!(fresh());
+
+#[tokio::test]
+async fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("chat.db");
+    drop(
+        SqliteStore::open(&path, SqliteOptions::default())
+            .await
+            .expect("open"),
+    );
+    let conn = rusqlite::Connection::open(&path).expect("raw open");
+    let current: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert!(current >= 1);
+    conn.pragma_update(None, "user_version", current + 1)
+        .expect("bump");
+    drop(conn);
+    let err = SqliteStore::open(&path, SqliteOptions::default())
+        .await
+        .expect_err("refused");
+    match err {
+        StoreError::SchemaTooNew { found, supported } => {
+            assert_eq!((found, supported), (current + 1, current));
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_reopening() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("chat.db").display());
+    let store = chat_storage::open(&url).await.expect("open");
+    let (conv_user, devices) = testing::user_with_devices(&*store, 1).await;
+    let (_, others) = testing::user_with_devices(&*store, 1).await;
+    let other_user = others[0].user;
+    let conv = store
+        .open_direct(conv_user, other_user, testing::NOW)
+        .await
+        .expect("direct");
+    let msg = testing::message(conv.id, devices[0], &others);
+    store.append(msg.clone()).await.expect("append");
+    drop(store);
+
+    let store = chat_storage::open(&url).await.expect("reopen");
+    let entries = store
+        .inbox(others[0], InboxPos::ZERO, 10)
+        .await
+        .expect("inbox");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].envelope.body, msg.body);
+    let retry = store.append(msg).await.expect("retry after reopen");
+    assert!(retry.duplicate);
+}
