@@ -1,0 +1,211 @@
+//! Known-answer vectors of this crate's own constructions: fixed randomness in, exact bytes
+//! out. The file `tests/vectors/v1.json` is the published artefact (see docs/SECURITY.md);
+//! this test recomputes every value and compares. Regenerate (only on a deliberate format
+//! change, with a new version) with `CHAT_CRYPTO_WRITE_VECTORS=1 cargo test -p chat-crypto
+//! --test vectors`.
+//!
+//! The randomness is a byte tape: block `i` is SHA-256("chat-crypto/v1/test-tape" || u32 BE i),
+//! the blocks are concatenated, and every random draw takes the next bytes of the tape. Each
+//! draw is also listed in the file, in order, with what it was used for.
+
+use std::convert::Infallible;
+
+use chat_crypto::attachment;
+use chat_crypto::{
+    Account, Decrypted, DeviceAddress, IdentityKeys, SenderKey, SenderKeyReceiver, Session,
+    encrypt_for_devices, safety_number, sender_key_headers,
+};
+use rand_core::{TryCryptoRng, TryRng};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+struct Tape {
+    buf: Vec<u8>,
+    block: u32,
+    draws: Vec<Value>,
+    label: &'static str,
+}
+
+impl Tape {
+    fn new() -> Self {
+        Self {
+            buf: Vec::new(),
+            block: 0,
+            draws: Vec::new(),
+            label: "",
+        }
+    }
+
+    fn for_(&mut self, label: &'static str) -> &mut Self {
+        self.label = label;
+        self
+    }
+}
+
+impl TryRng for Tape {
+    type Error = Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        let mut b = [0; 4];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u32::from_be_bytes(b))
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        let mut b = [0; 8];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u64::from_be_bytes(b))
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
+        while self.buf.len() < dst.len() {
+            let mut h = Sha256::new();
+            h.update(b"chat-crypto/v1/test-tape");
+            h.update(self.block.to_be_bytes());
+            self.buf.extend_from_slice(&h.finalize());
+            self.block += 1;
+        }
+        dst.copy_from_slice(&self.buf[..dst.len()]);
+        self.buf.drain(..dst.len());
+        self.draws
+            .push(json!({ "for": self.label, "bytes": hex::encode(&*dst) }));
+        Ok(())
+    }
+}
+
+impl TryCryptoRng for Tape {}
+
+fn text(d: Decrypted) -> Vec<u8> {
+    match d {
+        Decrypted::Message(m) => m,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+fn compute() -> Value {
+    let mut t = Tape::new();
+    let alice_addr = DeviceAddress::new(1, 1);
+    let bob_addr = DeviceAddress::new(2, 7);
+
+    // Pairwise: accounts, bundle, X3DH, first message, reply.
+    let mut bob = Account::new(t.for_("bob: ed25519 seed, x25519 identity, signed prekey 1"));
+    let otk = bob.generate_one_time_prekeys(t.for_("bob: one-time prekey 2"), 1);
+    let alice = Account::new(t.for_("alice: ed25519 seed, x25519 identity, signed prekey 1"));
+    let bundle = bob.bundle(otk.first().copied()).unwrap();
+    let mut a = Session::initiate(
+        t.for_("alice: X3DH ephemeral, then first ratchet key"),
+        &alice,
+        alice_addr,
+        bob_addr,
+        &bundle,
+    )
+    .unwrap();
+    let m1 = encrypt_for_devices(
+        t.for_("message 1: content key, body nonce, header nonce"),
+        b"hello bob",
+        [&mut a],
+    )
+    .unwrap();
+    let (mut b, d1) =
+        Session::accept(&mut bob, bob_addr, alice_addr, &m1.headers[0].1, &m1.body).unwrap();
+    assert_eq!(text(d1), b"hello bob");
+    let m2 = encrypt_for_devices(
+        t.for_("message 2: content key, body nonce, bob's new ratchet key, header nonce"),
+        b"hello alice",
+        [&mut b],
+    )
+    .unwrap();
+    assert_eq!(
+        text(a.decrypt(&m2.headers[0].1, &m2.body).unwrap()),
+        b"hello alice"
+    );
+
+    // Group: a sender key, its distribution to bob over the pairwise session, one message.
+    let group_id = b"group-1";
+    let mut sk = SenderKey::new(
+        t.for_("sender key: key id (4), signing seed, chain key"),
+        group_id,
+        alice_addr,
+    )
+    .unwrap();
+    let skdm = sender_key_headers(
+        t.for_("distribution header: header nonce"),
+        &sk.distribution(),
+        [&mut a],
+    )
+    .unwrap();
+    let Decrypted::SenderKey(d) = b.decrypt(&skdm[0].1, &[]).unwrap() else {
+        panic!()
+    };
+    let mut receiver = SenderKeyReceiver::new(alice_addr, &d);
+    let g1 = sk
+        .encrypt(t.for_("group message: nonce"), b"hello group")
+        .unwrap();
+    assert_eq!(receiver.decrypt(&g1).unwrap(), b"hello group");
+
+    // Attachment: 70,000 bytes (two chunks), byte i = i mod 251.
+    let file: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    let (ct, ptr) = attachment::encrypt(t.for_("attachment: file key"), &file).unwrap();
+    assert_eq!(attachment::decrypt(&ptr, &ct).unwrap(), file);
+
+    // Safety number of alice's and bob's identities (one device each).
+    let sn = safety_number(
+        b"alice",
+        &[alice.identity().public()],
+        b"bob",
+        &[bob.identity().public()],
+    );
+    let other =
+        IdentityKeys::generate(t.for_("unused identity (safety number sensitivity)")).public();
+    assert_ne!(
+        sn,
+        safety_number(b"alice", &[other], b"bob", &[bob.identity().public()])
+    );
+
+    json!({
+        "version": 1,
+        "rng": "byte tape: block i = SHA-256(\"chat-crypto/v1/test-tape\" || u32 BE i), concatenated; each draw takes the next bytes",
+        "draws": t.draws,
+        "pairwise": {
+            "alice_address": [alice_addr.user, alice_addr.device],
+            "bob_address": [bob_addr.user, bob_addr.device],
+            "alice_identity": hex::encode(alice.identity().public().to_bytes()),
+            "alice_identity_signature": hex::encode(alice.identity().binding_signature()),
+            "bob_bundle": hex::encode(bundle.to_bytes()),
+            "message_1": { "plaintext": "hello bob", "header": hex::encode(&m1.headers[0].1), "body": hex::encode(&m1.body) },
+            "message_2": { "plaintext": "hello alice", "header": hex::encode(&m2.headers[0].1), "body": hex::encode(&m2.body) },
+            "session_id": hex::encode(a.id()),
+        },
+        "group": {
+            "group_id": hex::encode(group_id),
+            "sender": [alice_addr.user, alice_addr.device],
+            "key_id": sk.key_id(),
+            "distribution_header_for_bob": hex::encode(&skdm[0].1),
+            "message": { "plaintext": "hello group", "body": hex::encode(&g1) },
+        },
+        "attachment": {
+            "plaintext": "70000 bytes, byte i = i mod 251",
+            "pointer": hex::encode(&*ptr.to_bytes()),
+            "ciphertext_len": ct.len(),
+            "ciphertext_sha256": hex::encode(ptr.sha256),
+            "ciphertext_first_32": hex::encode(&ct[..32]),
+            "ciphertext_last_32": hex::encode(&ct[ct.len() - 32..]),
+        },
+        "safety_number": { "alice_user": "alice", "bob_user": "bob", "digits": sn.digits() },
+    })
+}
+
+#[test]
+fn known_answer_vectors_match_the_published_file() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/v1.json");
+    let computed = compute();
+    if std::env::var_os("CHAT_CRYPTO_WRITE_VECTORS").is_some() {
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&computed).unwrap() + "\n",
+        )
+        .unwrap();
+    }
+    let published: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(
+        computed, published,
+        "tests/vectors/v1.json does not match this build"
+    );
+}
