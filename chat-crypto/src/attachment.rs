@@ -104,11 +104,10 @@ pub fn encrypt<R: CryptoRng + ?Sized>(
     plaintext: &[u8],
 ) -> Result<(Vec<u8>, AttachmentPointer), Error> {
     let mut e = Encryptor::new(rng);
-    let mut out =
-        Vec::with_capacity(usize::try_from(encrypted_size(plaintext.len() as u64)).unwrap_or(0));
-    out.extend(e.update(plaintext)?);
-    let (tail, pointer) = e.finish()?;
-    out.extend(tail);
+    let capacity = usize::try_from(encrypted_size(plaintext.len() as u64)).unwrap_or(0);
+    let mut out = Vec::with_capacity(capacity);
+    e.update_into(plaintext, &mut out)?;
+    let pointer = e.finish_into(&mut out)?;
     Ok((out, pointer))
 }
 
@@ -118,9 +117,57 @@ pub fn decrypt(pointer: &AttachmentPointer, ciphertext: &[u8]) -> Result<Vec<u8>
         return Err(Error::AttachmentDigest);
     }
     let mut d = Decryptor::new(pointer);
-    let mut out = d.update(ciphertext)?;
-    out.extend(d.finish()?);
+    // The digest was just checked over the whole ciphertext.
+    d.check_digest = false;
+    let mut out = Vec::with_capacity(ciphertext.len());
+    d.update_into(ciphertext, &mut out)?;
+    d.finish_into(&mut out)?;
     Ok(out)
+}
+
+/// The part of a `Vec` from `start` on, as an AEAD in-place buffer, so chunks are encrypted and
+/// decrypted where they will stay (no per-chunk allocation or copy).
+struct Tail<'a> {
+    vec: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl AsRef<[u8]> for Tail<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.vec.get(self.start..).unwrap_or_default()
+    }
+}
+
+impl AsMut<[u8]> for Tail<'_> {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.vec.get_mut(self.start..).unwrap_or_default()
+    }
+}
+
+impl aead_stream::aead::Buffer for Tail<'_> {
+    fn extend_from_slice(&mut self, other: &[u8]) -> aead_stream::aead::Result<()> {
+        self.vec.extend_from_slice(other);
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.vec.truncate(self.start.saturating_add(len));
+    }
+}
+
+/// Moves the next `want` bytes, from `pending` first and then from `data`, to the end of
+/// `out`; returns the rest of `data`.
+fn take_into<'d>(
+    pending: &mut Vec<u8>,
+    data: &'d [u8],
+    want: usize,
+    out: &mut Vec<u8>,
+) -> &'d [u8] {
+    out.extend_from_slice(pending);
+    let (now, rest) = data.split_at(want.saturating_sub(pending.len()).min(data.len()));
+    out.extend_from_slice(now);
+    pending.clear();
+    rest
 }
 
 /// Streaming encryption: feed the file in pieces of any size, get ciphertext back in whole
@@ -128,6 +175,8 @@ pub fn decrypt(pointer: &AttachmentPointer, ciphertext: &[u8]) -> Result<Vec<u8>
 pub struct Encryptor {
     key: Zeroizing<[u8; 32]>,
     stream: EncryptorBE32<ChaCha20Poly1305>,
+    /// Plaintext not yet encrypted: at most one chunk, held until more data shows it is not
+    /// the last one.
     pending: Zeroizing<Vec<u8>>,
     digest: Sha256,
     size: u64,
@@ -141,7 +190,7 @@ impl Encryptor {
         Self {
             key,
             stream,
-            pending: Zeroizing::new(Vec::with_capacity(CHUNK_SIZE * 2)),
+            pending: Zeroizing::new(Vec::with_capacity(CHUNK_SIZE)),
             digest: Sha256::new(),
             size: 0,
         }
@@ -150,30 +199,35 @@ impl Encryptor {
     /// Encrypts the next piece; returns the chunks completed so far. A full chunk is held
     /// back until more data arrives, since only `finish` knows which chunk is last.
     pub fn update(&mut self, data: &[u8]) -> Result<Vec<u8>, Error> {
-        self.size += data.len() as u64;
         let mut out = Vec::new();
-        let mut data = data;
-        while !data.is_empty() {
-            let room = (CHUNK_SIZE + 1).saturating_sub(self.pending.len());
-            let (now, later) = data.split_at(room.min(data.len()));
-            self.pending.extend_from_slice(now);
-            data = later;
-            if self.pending.len() > CHUNK_SIZE {
-                let chunk = self.pending.get(..CHUNK_SIZE).unwrap_or_default();
-                let ct = self
-                    .stream
-                    .encrypt_next(chunk)
-                    .map_err(|_| Error::TooLarge("attachment"))?;
-                self.digest.update(&ct);
-                out.extend_from_slice(&ct);
-                self.pending.drain(..CHUNK_SIZE);
-            }
-        }
+        self.update_into(data, &mut out)?;
         Ok(out)
+    }
+
+    fn update_into(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        self.size += data.len() as u64;
+        let mut data = data;
+        // Emit a chunk only when more than a chunk is available: the last one may be full.
+        while self.pending.len() + data.len() > CHUNK_SIZE {
+            let start = out.len();
+            data = take_into(&mut self.pending, data, CHUNK_SIZE, out);
+            self.stream
+                .encrypt_next_in_place(b"", &mut Tail { vec: out, start })
+                .map_err(|_| Error::TooLarge("attachment"))?;
+            self.digest.update(out.get(start..).unwrap_or_default());
+        }
+        self.pending.extend_from_slice(data);
+        Ok(())
     }
 
     /// Encrypts the last chunk and returns it with the pointer.
     pub fn finish(self) -> Result<(Vec<u8>, AttachmentPointer), Error> {
+        let mut out = Vec::with_capacity(self.pending.len() + TAG_LEN);
+        let pointer = self.finish_into(&mut out)?;
+        Ok((out, pointer))
+    }
+
+    fn finish_into(self, out: &mut Vec<u8>) -> Result<AttachmentPointer, Error> {
         let Self {
             key,
             stream,
@@ -181,16 +235,17 @@ impl Encryptor {
             mut digest,
             size,
         } = self;
-        let ct = stream
-            .encrypt_last(pending.as_slice())
+        let start = out.len();
+        out.extend_from_slice(&pending);
+        stream
+            .encrypt_last_in_place(b"", &mut Tail { vec: out, start })
             .map_err(|_| Error::TooLarge("attachment"))?;
-        digest.update(&ct);
-        let pointer = AttachmentPointer {
+        digest.update(out.get(start..).unwrap_or_default());
+        Ok(AttachmentPointer {
             key,
             size,
             sha256: digest.finalize().into(),
-        };
-        Ok((ct, pointer))
+        })
     }
 }
 
@@ -209,6 +264,7 @@ pub struct Decryptor {
     stream: DecryptorBE32<ChaCha20Poly1305>,
     pending: Vec<u8>,
     digest: Sha256,
+    check_digest: bool,
     expected_size: u64,
     expected_digest: [u8; 32],
     size: u64,
@@ -219,8 +275,9 @@ impl Decryptor {
     pub fn new(pointer: &AttachmentPointer) -> Self {
         Self {
             stream: DecryptorBE32::new(&(*pointer.key).into(), &NONCE_PREFIX.into()),
-            pending: Vec::with_capacity(ENCRYPTED_CHUNK_SIZE * 2),
+            pending: Vec::with_capacity(ENCRYPTED_CHUNK_SIZE),
             digest: Sha256::new(),
+            check_digest: true,
             expected_size: pointer.size,
             expected_digest: pointer.sha256,
             size: 0,
@@ -229,52 +286,72 @@ impl Decryptor {
 
     /// Decrypts the next piece of ciphertext; returns the plaintext of the chunks completed.
     pub fn update(&mut self, data: &[u8]) -> Result<Vec<u8>, Error> {
-        self.digest.update(data);
         let mut out = Vec::new();
+        self.update_into(data, &mut out)?;
+        Ok(out)
+    }
+
+    fn update_into(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
         let mut data = data;
-        while !data.is_empty() {
-            let room = (ENCRYPTED_CHUNK_SIZE + 1).saturating_sub(self.pending.len());
-            let (now, later) = data.split_at(room.min(data.len()));
-            self.pending.extend_from_slice(now);
-            data = later;
-            if self.pending.len() > ENCRYPTED_CHUNK_SIZE {
-                let chunk = self.pending.get(..ENCRYPTED_CHUNK_SIZE).unwrap_or_default();
-                let pt = self
-                    .stream
-                    .decrypt_next(chunk)
-                    .map_err(|_| Error::DecryptionFailed)?;
-                self.size += pt.len() as u64;
-                if self.size > self.expected_size {
-                    return Err(Error::AttachmentSize);
-                }
-                out.extend_from_slice(&pt);
-                self.pending.drain(..ENCRYPTED_CHUNK_SIZE);
+        while self.pending.len() + data.len() > ENCRYPTED_CHUNK_SIZE {
+            let start = out.len();
+            data = take_into(&mut self.pending, data, ENCRYPTED_CHUNK_SIZE, out);
+            if self.check_digest {
+                self.digest.update(out.get(start..).unwrap_or_default());
+            }
+            let result = self
+                .stream
+                .decrypt_next_in_place(b"", &mut Tail { vec: out, start });
+            if result.is_err() {
+                out.truncate(start);
+                return Err(Error::DecryptionFailed);
+            }
+            self.size += (out.len() - start) as u64;
+            if self.size > self.expected_size {
+                return Err(Error::AttachmentSize);
             }
         }
-        Ok(out)
+        self.pending.extend_from_slice(data);
+        Ok(())
     }
 
     /// Decrypts the last chunk and checks size and digest.
     pub fn finish(self) -> Result<Vec<u8>, Error> {
+        let mut out = Vec::with_capacity(self.pending.len());
+        self.finish_into(&mut out)?;
+        Ok(out)
+    }
+
+    fn finish_into(self, out: &mut Vec<u8>) -> Result<(), Error> {
         let Self {
             stream,
             pending,
-            digest,
+            mut digest,
+            check_digest,
             expected_size,
             expected_digest,
             size,
         } = self;
-        let digest: [u8; 32] = digest.finalize().into();
-        if !bool::from(digest.ct_eq(&expected_digest)) {
-            return Err(Error::AttachmentDigest);
+        if check_digest {
+            digest.update(&pending);
+            let digest: [u8; 32] = digest.finalize().into();
+            if !bool::from(digest.ct_eq(&expected_digest)) {
+                return Err(Error::AttachmentDigest);
+            }
         }
-        let pt = stream
-            .decrypt_last(pending.as_slice())
-            .map_err(|_| Error::DecryptionFailed)?;
-        if size + pt.len() as u64 != expected_size {
+        let start = out.len();
+        out.extend_from_slice(&pending);
+        if stream
+            .decrypt_last_in_place(b"", &mut Tail { vec: out, start })
+            .is_err()
+        {
+            out.truncate(start);
+            return Err(Error::DecryptionFailed);
+        }
+        if size + (out.len() - start) as u64 != expected_size {
             return Err(Error::AttachmentSize);
         }
-        Ok(pt)
+        Ok(())
     }
 }
 

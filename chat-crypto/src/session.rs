@@ -118,6 +118,8 @@ pub struct Session {
     base_key: [u8; 32],
     root_key: Key32,
     our_ratchet: StaticSecret,
+    /// Cached public half of `our_ratchet` (a base-point multiplication saved per message).
+    our_ratchet_public: [u8; 32],
     their_ratchet: [u8; 32],
     /// `None` when a DH ratchet step is due before the next encryption.
     sending: Option<Chain>,
@@ -237,6 +239,7 @@ impl Session {
         let sk = x3dh_secret(&dh1, &dh2, &dh3, dh4.as_ref())?;
 
         let our_ratchet = primitives::x25519_secret(rng);
+        let our_ratchet_public = primitives::x25519_public(&our_ratchet);
         let (root_key, chain_key) =
             primitives::root_step(&LABELS, &sk, &*primitives::dh(&our_ratchet, &spk)?)?;
         Ok(Self {
@@ -247,6 +250,7 @@ impl Session {
             base_key,
             root_key,
             our_ratchet,
+            our_ratchet_public,
             their_ratchet: spk,
             sending: Some(Chain {
                 key: chain_key,
@@ -295,6 +299,7 @@ impl Session {
             base_key: pm.base_key,
             root_key: sk,
             our_ratchet: spk.clone(),
+            our_ratchet_public: primitives::x25519_public(spk),
             // Set by the first ratchet step below, before anything can be sent.
             their_ratchet: [0; 32],
             sending: None,
@@ -354,21 +359,19 @@ impl Session {
                 let ratchet = primitives::x25519_secret(rng);
                 let dh = primitives::dh(&ratchet, &self.their_ratchet)?;
                 let (root, chain) = primitives::root_step(&LABELS, &self.root_key, &dh)?;
-                Some((ratchet, root, chain))
+                let public = primitives::x25519_public(&ratchet);
+                Some((ratchet, public, root, chain))
             }
         };
         let (ratchet_public, chain) = match (&step, &self.sending) {
-            (Some((ratchet, _, key)), _) => (
-                primitives::x25519_public(ratchet),
+            (Some((_, public, _, key)), _) => (
+                *public,
                 Chain {
                     key: key.clone(),
                     index: 0,
                 },
             ),
-            (None, Some(chain)) => (
-                primitives::x25519_public(&self.our_ratchet),
-                chain.duplicate(),
-            ),
+            (None, Some(chain)) => (self.our_ratchet_public, chain.duplicate()),
             (None, None) => return Err(Error::ChainExhausted),
         };
         let counter = chain.index;
@@ -410,8 +413,9 @@ impl Session {
             return Err(Error::TooLarge("device header"));
         }
 
-        if let Some((ratchet, root, _)) = step {
+        if let Some((ratchet, public, root, _)) = step {
             self.our_ratchet = ratchet;
+            self.our_ratchet_public = public;
             self.root_key = root;
         }
         self.sending = Some(Chain {
@@ -722,6 +726,7 @@ impl Session {
             their_identity,
             base_key,
             root_key,
+            our_ratchet_public: primitives::x25519_public(&our_ratchet),
             our_ratchet,
             their_ratchet,
             sending,
