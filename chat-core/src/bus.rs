@@ -1,8 +1,8 @@
 //! The bus boundary (R-SYNC-3, R-PRES-2): routing an event to whichever node holds the
 //! connections interested in it.
 //!
-//! A node subscribes a [`BusSink`] to a [`Topic`] when a device connects (its device topic)
-//! or when a client subscribes to someone's presence, and unsubscribes when that ends.
+//! A node subscribes a [`BusSink`] to a [`Topic`] when a device connects (its device and
+//! user topics) or when a client subscribes to someone's presence, and unsubscribes when that ends.
 //! Publishing reaches every sink subscribed to the topic on any node. The bus is at most
 //! once: durability is the store's job, and a device that misses a live event catches up
 //! from its inbox. The in-process bus lives in chat-server; a Redis one fits the same trait.
@@ -17,8 +17,10 @@ use crate::ids::{DeviceId, InboxPos, UserId};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Topic {
-    /// One device's connection: deliveries, receipts, typing, closing.
+    /// One device's connection: its deliveries, and closing it.
     Device(DeviceId),
+    /// Every connection of a user: receipts and typing in their conversations.
+    User(UserId),
     /// A user's presence changes, for their subscribers.
     Presence(UserId),
 }

@@ -1,5 +1,30 @@
-//! chat-server: the WebSocket chat node and its HTTP API.
+//! chat-server: the chat node, as a library to embed and as the `chat-server` binary.
 //!
-//! **Not built yet.** This crate is reserved in the workspace so the layout is stable; the
-//! gateway, HTTP routes and binary are tracked as open work (see `docs/ARCHITECTURE.md`). It
-//! exports nothing, so nothing can depend on behaviour that does not exist.
+//! A node serves the HTTP API (accounts, devices, keys, conversations, history) and the
+//! WebSocket gateway (authentication, backlog from a cursor, durable sends, live delivery)
+//! over one listener. It stores through [`chat_core::Store`] (SQLite by default) and routes
+//! live events through [`chat_core::Bus`] (in-process here; the trait lets a multi-node bus
+//! take its place without changing the gateway).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), chat_server::ServerError> {
+//! let server = chat_server::Server::bind(chat_server::Config::default()).await?;
+//! println!("listening on {}", server.local_addr());
+//! server.run_until(async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+
+mod api;
+mod auth;
+mod bus;
+mod config;
+mod gateway;
+mod limiter;
+mod server;
+mod state;
+
+pub use api::keys::{IDENTITY_BYTES, identity_blob};
+pub use bus::LocalBus;
+pub use config::{Config, ConfigError, TlsConfig};
+pub use server::{Server, ServerError};

@@ -1,0 +1,231 @@
+//! Registration, log-in, log-out and devices (R-ACC-1, R-ACC-2).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use chat_core::{
+    BusMessage, DeviceAddress, DeviceId, ErrorCode, Timestamp, Topic, UserId, Username,
+};
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApiError, ApiResult};
+use super::{Json, Path};
+use crate::auth::{self, Authed, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
+use crate::state::{Shared, now};
+
+/// The longest device name accepted, in bytes.
+const MAX_DEVICE_NAME: usize = 64;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RegisterRequest {
+    username: Username,
+    password: String,
+}
+
+#[derive(Serialize)]
+pub(crate) struct UserView {
+    user_id: UserId,
+    username: Username,
+}
+
+pub(crate) async fn register(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(req): Json<RegisterRequest>,
+) -> ApiResult<(StatusCode, Json<UserView>)> {
+    shared
+        .limits
+        .login_addr
+        .check(&peer.ip(), Instant::now())
+        .map_err(ApiError::rate_limited)?;
+    check_password(&req.password)?;
+    let hash = auth::hash_password(&shared, req.password).await?;
+    let user = shared
+        .store
+        .create_user(&req.username, &hash, now())
+        .await?;
+    tracing::info!(user = %user.id, "registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(UserView {
+            user_id: user.id,
+            username: user.username,
+        }),
+    ))
+}
+
+fn check_password(password: &str) -> ApiResult<()> {
+    if (MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&password.len()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "passwords are 8 to 1024 bytes",
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LoginRequest {
+    username: Username,
+    password: String,
+    /// A new device's name; ignored when `device_id` is given.
+    #[serde(default)]
+    device_name: Option<String>,
+    /// Log in again on an existing device instead of registering a new one.
+    #[serde(default)]
+    device_id: Option<DeviceId>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct LoginResponse {
+    token: String,
+    user_id: UserId,
+    device_id: DeviceId,
+}
+
+pub(crate) async fn login(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(req): Json<LoginRequest>,
+) -> ApiResult<Json<LoginResponse>> {
+    let t = Instant::now();
+    shared
+        .limits
+        .login_addr
+        .check(&peer.ip(), t)
+        .map_err(ApiError::rate_limited)?;
+    shared
+        .limits
+        .login_user
+        .check(&req.username.as_str().to_owned(), t)
+        .map_err(ApiError::rate_limited)?;
+    if req.password.len() > MAX_PASSWORD_LEN {
+        return Err(ApiError::new(
+            ErrorCode::BadCredentials,
+            "wrong username or password",
+        ));
+    }
+    let credentials = shared.store.credentials(&req.username).await?;
+    let phc = credentials.as_ref().map(|c| c.password_hash.clone());
+    if !auth::verify_password(&shared, req.password, phc).await {
+        return Err(ApiError::new(
+            ErrorCode::BadCredentials,
+            "wrong username or password",
+        ));
+    }
+    let Some(credentials) = credentials else {
+        return Err(ApiError::new(
+            ErrorCode::BadCredentials,
+            "wrong username or password",
+        ));
+    };
+    let user = credentials.user.id;
+    let (token, hash) = auth::new_token()?;
+    let device = match req.device_id {
+        Some(device) => {
+            let address = DeviceAddress { user, device };
+            shared.store.add_token(address, hash, now()).await?;
+            device
+        }
+        None => {
+            let name = req.device_name.unwrap_or_default();
+            if name.len() > MAX_DEVICE_NAME || name.chars().any(char::is_control) {
+                return Err(ApiError::new(ErrorCode::InvalidRequest, "bad device name"));
+            }
+            shared
+                .store
+                .add_device(user, &name, hash, now())
+                .await?
+                .address
+                .device
+        }
+    };
+    tracing::info!(user = %user, device = %device, "logged in");
+    Ok(Json(LoginResponse {
+        token,
+        user_id: user,
+        device_id: device,
+    }))
+}
+
+pub(crate) async fn logout(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+) -> ApiResult<StatusCode> {
+    shared.store.revoke_token(authed.token).await?;
+    disconnect(&shared, authed.device.device).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+pub(crate) struct DeviceView {
+    device_id: DeviceId,
+    name: String,
+    created_at: Timestamp,
+}
+
+pub(crate) async fn devices(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+) -> ApiResult<Json<Vec<DeviceView>>> {
+    let devices = shared.store.devices(authed.device.user).await?;
+    Ok(Json(
+        devices
+            .into_iter()
+            .map(|d| DeviceView {
+                device_id: d.address.device,
+                name: d.name,
+                created_at: d.created_at,
+            })
+            .collect(),
+    ))
+}
+
+pub(crate) async fn remove_device(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+    Path(device): Path<DeviceId>,
+) -> ApiResult<StatusCode> {
+    shared
+        .store
+        .remove_device(DeviceAddress {
+            user: authed.device.user,
+            device,
+        })
+        .await?;
+    disconnect(&shared, device).await;
+    tracing::info!(user = %authed.device.user, device = %device, "device removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Closes the device's live connections (on any node), since its token no longer works.
+async fn disconnect(shared: &Shared, device: DeviceId) {
+    let close = BusMessage::Close(ErrorCode::InvalidToken);
+    if let Err(err) = shared.bus.publish(Topic::Device(device), close).await {
+        tracing::warn!(cause = %err, device = %device, "could not close revoked connections");
+    }
+}
+
+pub(crate) async fn user_by_name(
+    State(shared): State<Arc<Shared>>,
+    _authed: Authed,
+    Path(username): Path<String>,
+) -> ApiResult<Json<UserView>> {
+    let name =
+        Username::new(username).map_err(|_| ApiError::new(ErrorCode::NotFound, "no such user"))?;
+    let credentials = shared
+        .store
+        .credentials(&name)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such user"))?;
+    Ok(Json(UserView {
+        user_id: credentials.user.id,
+        username: credentials.user.username,
+    }))
+}

@@ -1,0 +1,293 @@
+//! Conversations, members, history and receipts (R-CONV, R-MSG-5, R-MSG-8). Every handler
+//! checks membership first: only members see or change a conversation.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chat_core::{
+    ClientKey, Conversation, ConversationId, ConversationKind, DeviceAddress, Direction, Envelope,
+    ErrorCode, MAX_ID, MessageId, ReceiptPosition, Timestamp, UserId,
+};
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApiError, ApiResult};
+use super::{Json, Path, Query};
+use crate::auth::Authed;
+use crate::state::{Shared, now};
+
+/// The most messages one history page returns.
+pub(crate) const MAX_HISTORY_PAGE: usize = 100;
+
+async fn require_member(
+    shared: &Shared,
+    conversation: ConversationId,
+    user: UserId,
+) -> ApiResult<()> {
+    if shared.store.is_member(conversation, user).await? {
+        Ok(())
+    } else {
+        // Non-members cannot tell a conversation they are not in from one that does not exist.
+        Err(ApiError::new(
+            ErrorCode::NotMember,
+            "not a member of this conversation",
+        ))
+    }
+}
+
+async fn require_users_exist(shared: &Shared, users: &[UserId]) -> ApiResult<()> {
+    for &user in users {
+        if shared.store.user(user).await?.is_none() {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no user {user}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DirectRequest {
+    user_id: UserId,
+}
+
+pub(crate) async fn open_direct(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+    Json(req): Json<DirectRequest>,
+) -> ApiResult<Json<Conversation>> {
+    require_users_exist(&shared, &[req.user_id]).await?;
+    let conversation = shared
+        .store
+        .open_direct(authed.device.user, req.user_id, now())
+        .await?;
+    Ok(Json(conversation))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MembersRequest {
+    members: Vec<UserId>,
+}
+
+pub(crate) async fn create_group(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+    Json(req): Json<MembersRequest>,
+) -> ApiResult<(StatusCode, Json<Conversation>)> {
+    if req.members.len() > shared.config.max_group_members {
+        return Err(ApiError::new(ErrorCode::GroupFull, "too many members"));
+    }
+    require_users_exist(&shared, &req.members).await?;
+    let limit = shared.config.max_group_members;
+    let group = shared
+        .store
+        .create_group(authed.device.user, &req.members, limit, now())
+        .await?;
+    Ok((StatusCode::CREATED, Json(group)))
+}
+
+pub(crate) async fn list(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+) -> ApiResult<Json<Vec<Conversation>>> {
+    Ok(Json(
+        shared.store.conversations_of(authed.device.user).await?,
+    ))
+}
+
+pub(crate) async fn get(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+    Path(id): Path<ConversationId>,
+) -> ApiResult<Json<Conversation>> {
+    require_member(&shared, id, authed.device.user).await?;
+    let conversation = shared.store.conversation(id).await?;
+    conversation
+        .map(Json)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such conversation"))
+}
+
+#[derive(Serialize)]
+pub(crate) struct Members {
+    members: Vec<UserId>,
+}
+
+pub(crate) async fn members(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+    Path(id): Path<ConversationId>,
+) -> ApiResult<Json<Members>> {
+    require_member(&shared, id, authed.device.user).await?;
+    Ok(Json(Members {
+        members: shared.store.members(id).await?,
+    }))
+}
+
+#[derive(Serialize)]
+pub(crate) struct Devices {
+    devices: Vec<DeviceAddress>,
+}
+
+/// The current devices of every member: the recipient set a `send` must cover (minus the
+/// sending device).
+pub(crate) async fn devices(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+    Path(id): Path<ConversationId>,
+) -> ApiResult<Json<Devices>> {
+    require_member(&shared, id, authed.device.user).await?;
+    let mut devices = Vec::new();
+    for user in shared.store.members(id).await? {
+        devices.extend(
+            shared
+                .store
+                .devices(user)
+                .await?
+                .into_iter()
+                .map(|d| d.address),
+        );
+    }
+    Ok(Json(Devices { devices }))
+}
+
+pub(crate) async fn add_members(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+    Path(id): Path<ConversationId>,
+    Json(req): Json<MembersRequest>,
+) -> ApiResult<StatusCode> {
+    require_member(&shared, id, authed.device.user).await?;
+    let conversation = shared.store.conversation(id).await?;
+    if conversation.is_some_and(|c| c.kind == ConversationKind::Direct) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "one-to-one conversations have two members",
+        ));
+    }
+    require_users_exist(&shared, &req.members).await?;
+    shared
+        .store
+        .add_members(id, &req.members, shared.config.max_group_members)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes a member; removing oneself is leaving. Any member may remove another (the
+/// crate has no admin roles yet).
+pub(crate) async fn remove_member(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+    Path((id, user)): Path<(ConversationId, UserId)>,
+) -> ApiResult<StatusCode> {
+    require_member(&shared, id, authed.device.user).await?;
+    let conversation = shared.store.conversation(id).await?;
+    if conversation.is_some_and(|c| c.kind == ConversationKind::Direct) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "cannot leave a one-to-one conversation",
+        ));
+    }
+    if !shared.store.remove_member(id, user).await? {
+        return Err(ApiError::new(ErrorCode::NotFound, "not a member"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A message as HTTP shows it: ciphertext in hex.
+#[derive(Serialize)]
+pub(crate) struct MessageView {
+    conversation: ConversationId,
+    id: MessageId,
+    sender: DeviceAddress,
+    client_key: ClientKey,
+    sent_at: Timestamp,
+    body: String,
+}
+
+impl From<Envelope> for MessageView {
+    fn from(e: Envelope) -> Self {
+        Self {
+            conversation: e.conversation,
+            id: e.id,
+            sender: e.sender,
+            client_key: e.client_key,
+            sent_at: e.sent_at,
+            body: hex::encode(&e.body),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Page {
+    before: Option<MessageId>,
+    after: Option<MessageId>,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Messages {
+    messages: Vec<MessageView>,
+}
+
+/// A page of history strictly before or after a message ID (newest first for `before`,
+/// oldest first for `after`); the newest page without either.
+pub(crate) async fn history(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+    Path(id): Path<ConversationId>,
+    Query(page): Query<Page>,
+) -> ApiResult<Json<Messages>> {
+    require_member(&shared, id, authed.device.user).await?;
+    let limit = page.limit.unwrap_or(50).clamp(1, MAX_HISTORY_PAGE);
+    let (anchor, direction) = match (page.before, page.after) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "give before or after, not both",
+            ));
+        }
+        (Some(before), None) => (before, Direction::Before),
+        (None, Some(after)) => (after, Direction::After),
+        (None, None) => {
+            let newest =
+                MessageId::new(MAX_ID).map_err(|_| ApiError::new(ErrorCode::Internal, ""))?;
+            (newest, Direction::Before)
+        }
+    };
+    let messages = shared.store.history(id, anchor, direction, limit).await?;
+    Ok(Json(Messages {
+        messages: messages.into_iter().map(MessageView::from).collect(),
+    }))
+}
+
+pub(crate) async fn message(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+    Path((id, message)): Path<(ConversationId, MessageId)>,
+) -> ApiResult<Json<MessageView>> {
+    require_member(&shared, id, authed.device.user).await?;
+    let envelope = shared.store.message(id, message).await?;
+    envelope
+        .map(|e| Json(e.into()))
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such message"))
+}
+
+#[derive(Serialize)]
+pub(crate) struct Receipts {
+    receipts: Vec<ReceiptPosition>,
+}
+
+pub(crate) async fn receipts(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+    Path(id): Path<ConversationId>,
+) -> ApiResult<Json<Receipts>> {
+    require_member(&shared, id, authed.device.user).await?;
+    Ok(Json(Receipts {
+        receipts: shared.store.receipts(id).await?,
+    }))
+}

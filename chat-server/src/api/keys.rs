@@ -1,0 +1,141 @@
+//! The public-key directory (R-E2E-1): devices publish keys; senders claim bundles.
+//!
+//! The identity blob a device publishes is 128 bytes: its Ed25519 key (32), its X25519
+//! identity key (32) and the Ed25519 signature binding them (64). The server checks that
+//! binding and the signed prekey's signature before storing either, so a client can never
+//! fetch a bundle the server would have had to vouch for blindly.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use bytes::Bytes;
+use chat_core::{DeviceKeys, ErrorCode, OneTimePrekey, PrekeyBundle, UserId};
+use chat_crypto::{IdentityPublic, MAX_ONE_TIME_PREKEYS, SignedPrekey};
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApiError, ApiResult};
+use super::{Json, Path};
+use crate::auth::Authed;
+use crate::state::Shared;
+
+/// Length of the published identity blob.
+pub const IDENTITY_BYTES: usize = 128;
+
+pub(crate) async fn put_keys(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+    Json(keys): Json<DeviceKeys>,
+) -> ApiResult<StatusCode> {
+    verify_keys(&keys)?;
+    shared.store.set_device_keys(authed.device, &keys).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Checks the identity binding and the signed prekey's signature (strict Ed25519).
+fn verify_keys(keys: &DeviceKeys) -> ApiResult<()> {
+    let bad = |m: &str| ApiError::new(ErrorCode::InvalidRequest, m);
+    let identity: &[u8; IDENTITY_BYTES] = keys
+        .identity
+        .as_ref()
+        .try_into()
+        .map_err(|_| bad("identity must be 128 bytes"))?;
+    let (public, binding) = identity.split_at(64);
+    let public = IdentityPublic::from_bytes(public.try_into().map_err(|_| bad("identity"))?);
+    let binding: [u8; 64] = binding.try_into().map_err(|_| bad("identity"))?;
+    public
+        .verify_binding(&binding)
+        .map_err(|_| bad("identity signature does not verify"))?;
+    let spk = &keys.signed_prekey;
+    let signed = SignedPrekey {
+        id: spk.id,
+        key: spk
+            .public
+            .as_ref()
+            .try_into()
+            .map_err(|_| bad("prekeys are 32 bytes"))?,
+        signature: spk
+            .signature
+            .as_ref()
+            .try_into()
+            .map_err(|_| bad("signatures are 64 bytes"))?,
+    };
+    signed
+        .verify(&public)
+        .map_err(|_| bad("signed prekey signature does not verify"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OneTimeKeys {
+    keys: Vec<OneTimePrekey>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Count {
+    count: u64,
+}
+
+pub(crate) async fn add_one_time(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+    Json(req): Json<OneTimeKeys>,
+) -> ApiResult<Json<Count>> {
+    if req.keys.len() > MAX_ONE_TIME_PREKEYS {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "at most 1000 keys per upload",
+        ));
+    }
+    if req.keys.iter().any(|k| k.public.len() != 32) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "prekeys are 32 bytes",
+        ));
+    }
+    shared
+        .store
+        .add_one_time_prekeys(authed.device, &req.keys)
+        .await?;
+    let count = shared.store.one_time_prekey_count(authed.device).await?;
+    Ok(Json(Count { count }))
+}
+
+pub(crate) async fn count(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+) -> ApiResult<Json<Count>> {
+    let count = shared.store.one_time_prekey_count(authed.device).await?;
+    Ok(Json(Count { count }))
+}
+
+#[derive(Serialize)]
+pub(crate) struct Bundles {
+    bundles: Vec<PrekeyBundle>,
+}
+
+pub(crate) async fn bundles(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+    Path(user): Path<UserId>,
+) -> ApiResult<Json<Bundles>> {
+    shared
+        .limits
+        .bundles
+        .check(&(authed.device.user, user), Instant::now())
+        .map_err(ApiError::rate_limited)?;
+    if shared.store.user(user).await?.is_none() {
+        return Err(ApiError::new(ErrorCode::NotFound, "no such user"));
+    }
+    let bundles = shared.store.claim_bundles(user).await?;
+    Ok(Json(Bundles { bundles }))
+}
+
+/// The identity blob for `public` and its binding signature, as [`put_keys`] expects it.
+pub fn identity_blob(public: &IdentityPublic, binding: &[u8; 64]) -> Bytes {
+    let mut blob = Vec::with_capacity(IDENTITY_BYTES);
+    blob.extend_from_slice(&public.to_bytes());
+    blob.extend_from_slice(binding);
+    Bytes::from(blob)
+}

@@ -1,0 +1,129 @@
+//! The HTTP API (JSON): accounts, devices, keys, conversations, history, health and metrics.
+//! docs/PROTOCOL.md lists every route.
+
+pub(crate) mod accounts;
+pub(crate) mod conversations;
+pub(crate) mod error;
+pub(crate) mod keys;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post, put};
+use chat_core::ErrorCode;
+
+use self::error::ApiError;
+use crate::gateway;
+use crate::state::Shared;
+
+/// The largest JSON request body accepted (1,000 one-time prekeys fit).
+const MAX_JSON_BODY: usize = 256 * 1024;
+
+/// The node's router: every route, with its state.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    use conversations as c;
+    Router::new()
+        .route("/v1/register", post(accounts::register))
+        .route("/v1/login", post(accounts::login))
+        .route("/v1/logout", post(accounts::logout))
+        .route("/v1/devices", get(accounts::devices))
+        .route("/v1/devices/{device_id}", delete(accounts::remove_device))
+        .route("/v1/users/by-name/{username}", get(accounts::user_by_name))
+        .route("/v1/users/{user_id}/bundles", get(keys::bundles))
+        .route("/v1/keys", put(keys::put_keys))
+        .route("/v1/keys/one-time", post(keys::add_one_time))
+        .route("/v1/keys/count", get(keys::count))
+        .route("/v1/conversations", get(c::list))
+        .route("/v1/conversations/direct", post(c::open_direct))
+        .route("/v1/conversations/groups", post(c::create_group))
+        .route("/v1/conversations/{id}", get(c::get))
+        .route(
+            "/v1/conversations/{id}/members",
+            get(c::members).post(c::add_members),
+        )
+        .route(
+            "/v1/conversations/{id}/members/{user_id}",
+            delete(c::remove_member),
+        )
+        .route("/v1/conversations/{id}/devices", get(c::devices))
+        .route("/v1/conversations/{id}/messages", get(c::history))
+        .route(
+            "/v1/conversations/{id}/messages/{message_id}",
+            get(c::message),
+        )
+        .route("/v1/conversations/{id}/receipts", get(c::receipts))
+        .route("/v1/ws", get(gateway::upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .with_state(shared)
+}
+
+/// Ready when the store answers and the node is not shutting down.
+async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    if *shared.shutdown.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    match shared.store.user(chat_core::UserId::MIN).await {
+        Ok(_) => (StatusCode::OK, "ready"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    match &shared.metrics {
+        Some(render) => (StatusCode::OK, render()),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled".to_owned()),
+    }
+}
+
+/// `axum::Json` whose rejections are [`ApiError`]s, so malformed bodies get the documented
+/// JSON error.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub(crate) struct Json<T>(pub(crate) T);
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let code = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorCode::PayloadTooLarge
+        } else {
+            ErrorCode::InvalidRequest
+        };
+        Self::new(code, r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        Self::new(ErrorCode::InvalidRequest, r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::new(ErrorCode::InvalidRequest, r.body_text())
+    }
+}
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> axum::response::Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// `axum::extract::Path` with [`ApiError`] rejections.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub(crate) struct Path<T>(pub(crate) T);
+
+/// `axum::extract::Query` with [`ApiError`] rejections.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub(crate) struct Query<T>(pub(crate) T);

@@ -1,0 +1,110 @@
+//! Server configuration. The binary layers command-line flags over environment variables
+//! over a JSON config file over these defaults (see `main.rs`); embedders build a [`Config`]
+//! directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chat_core::limits::MAX_GROUP_MEMBERS;
+use serde::Deserialize;
+
+/// Everything a node needs to run. `Config::default()` is the embedded single-node setup.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where to listen for HTTP and WebSocket.
+    pub listen: SocketAddr,
+    /// The store URL: `sqlite://PATH`, `postgres://…` (with the `postgres` feature) or
+    /// `memory:`.
+    pub store: String,
+    /// TLS certificate chain and private key (PEM). Plain TCP when absent.
+    pub tls: Option<TlsConfig>,
+    /// How often clients must send heartbeats, in milliseconds.
+    pub heartbeat_interval_ms: u32,
+    /// Heartbeats a device may miss before it counts as offline and is disconnected.
+    pub missed_heartbeats: u32,
+    /// The member limit of groups on this deployment; at most `MAX_GROUP_MEMBERS`.
+    pub max_group_members: usize,
+    /// Frames queued for one connection before it counts as a slow consumer.
+    pub outbound_queue: usize,
+    /// Frames per second one connection may send (sustained).
+    pub frames_per_second: f64,
+    /// Frames one connection may send in a burst.
+    pub frame_burst: u32,
+    /// Log-in and registration attempts one source address may make in a burst; refills at
+    /// one every two seconds.
+    pub auth_burst_per_address: u32,
+    /// Log-in attempts one account may receive in a burst; refills at one every ten seconds.
+    pub auth_burst_per_account: u32,
+    /// Argon2id memory cost in KiB (OWASP's minimum, 19 MiB, by default).
+    pub argon2_memory_kib: u32,
+    /// Argon2id iterations.
+    pub argon2_iterations: u32,
+    /// How long a shutdown waits for connections to finish their in-flight work, in ms.
+    pub shutdown_grace_ms: u64,
+}
+
+/// PEM files for TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            store: "sqlite://data/chat.db".into(),
+            tls: None,
+            heartbeat_interval_ms: 5_000,
+            missed_heartbeats: 3,
+            max_group_members: MAX_GROUP_MEMBERS,
+            outbound_queue: 256,
+            frames_per_second: 50.0,
+            frame_burst: 200,
+            auth_burst_per_address: 30,
+            auth_burst_per_account: 10,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// A configuration value is out of range.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Checks ranges that the types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError(m.into()));
+        if self.max_group_members == 0 || self.max_group_members > MAX_GROUP_MEMBERS {
+            return bad("max_group_members must be between 1 and 100");
+        }
+        if self.heartbeat_interval_ms == 0 || self.missed_heartbeats == 0 {
+            return bad("heartbeat_interval_ms and missed_heartbeats must be positive");
+        }
+        if self.outbound_queue == 0 || self.frame_burst == 0 || self.frames_per_second <= 0.0 {
+            return bad("outbound_queue, frame_burst and frames_per_second must be positive");
+        }
+        Ok(())
+    }
+
+    /// The heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(u64::from(self.heartbeat_interval_ms))
+    }
+
+    /// How long a connection may stay silent before it is closed.
+    pub fn idle_timeout(&self) -> Duration {
+        self.heartbeat_interval()
+            .saturating_mul(self.missed_heartbeats)
+    }
+}

@@ -1,0 +1,587 @@
+//! One connection's driver: authentication, backlog from the cursor, then the live loop.
+//!
+//! The store is the source of truth; the bus is only a fast path. The driver remembers the
+//! last inbox position it sent (`sent`): a live delivery at `sent + 1` goes out at once, one
+//! at or below `sent` is a duplicate and is dropped, and one beyond `sent + 1` means the bus
+//! skipped something, so the driver reads the gap from the store. While reading from the
+//! store it discards queued deliveries (each was committed before it was published, so the
+//! read covers it) but forwards every other queued event.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
+use chat_core::limits::{MAX_FRAME_BYTES, MAX_SYNC_PAGE};
+use chat_core::protocol::{
+    self, Auth, ClientFrame, Closing, DecodeError, Deliver, ErrorFrame, PROTOCOL_VERSION,
+    ReceiptEvent, ReceiptUpdate, ResyncReason, ResyncRequired, Sent, ServerFrame, StaleDevices,
+    SyncEnd, TypingEvent, TypingUpdate, Welcome,
+};
+use chat_core::{
+    BusMessage, DeviceAddress, Envelope, ErrorCode, InboxPos, NewMessage, StoreError, Topic,
+};
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant as TokioInstant, timeout_at};
+
+use super::sink::ConnSink;
+use crate::auth;
+use crate::limiter::{Bucket, Rate};
+use crate::state::{Shared, now};
+
+/// How long the final `closing` and close frames may take to write.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a typing indicator lasts unless renewed or stopped.
+const TYPING_TTL_MS: u32 = 6_000;
+
+/// Why a connection ends.
+#[derive(Debug)]
+enum End {
+    /// The peer closed or the socket failed; nothing more can be sent.
+    Gone,
+    /// The server closes with this code.
+    Close(ErrorCode, &'static str),
+}
+
+type Step = Result<(), End>;
+
+/// Runs one connection to its end.
+pub(super) async fn run(shared: Arc<Shared>, socket: WebSocket) {
+    metrics::gauge!("chat_connections").increment(1.0);
+    let mut conn = Conn::new(shared, socket);
+    let end = match conn.handshake().await {
+        Ok(auth) => conn.serve(auth).await,
+        Err(end) => end,
+    };
+    conn.finish(end).await;
+    metrics::gauge!("chat_connections").decrement(1.0);
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    socket: WebSocket,
+    /// The idle deadline: reset by every frame from the client.
+    deadline: TokioInstant,
+    frames: Bucket,
+    rate: Rate,
+    /// The last inbox position sent on this connection.
+    sent: InboxPos,
+    device: Option<DeviceAddress>,
+    subscriptions: Vec<(Topic, chat_core::SubscriptionId)>,
+    /// This connection's bus sink, once authenticated: a write blocked on a client that
+    /// does not read is abandoned as soon as the sink overflows.
+    sink: Option<Arc<ConnSink>>,
+}
+
+impl Conn {
+    fn new(shared: Arc<Shared>, socket: WebSocket) -> Self {
+        let rate = Rate::new(shared.config.frame_burst, shared.config.frames_per_second);
+        let deadline = TokioInstant::now() + shared.config.idle_timeout();
+        Self {
+            shared,
+            socket,
+            deadline,
+            frames: Bucket::full(rate, Instant::now()),
+            rate,
+            sent: InboxPos::ZERO,
+            device: None,
+            subscriptions: Vec::new(),
+            sink: None,
+        }
+    }
+
+    /// Waits for `auth` and checks it.
+    async fn handshake(&mut self) -> Result<Auth, End> {
+        let frame = match timeout_at(self.deadline, self.socket.next()).await {
+            Err(_) => return Err(End::Close(ErrorCode::HeartbeatTimeout, "no auth frame")),
+            Ok(None | Some(Err(_))) => return Err(End::Gone),
+            Ok(Some(Ok(message))) => message,
+        };
+        let auth = match frame {
+            Message::Binary(bytes) => match ClientFrame::decode(&bytes) {
+                Ok(ClientFrame::Auth(auth)) => auth,
+                Ok(_) => {
+                    return Err(End::Close(
+                        ErrorCode::UnexpectedFrame,
+                        "auth must come first",
+                    ));
+                }
+                Err(err) => return Err(End::Close(err.code(), "malformed auth frame")),
+            },
+            Message::Close(_) => return Err(End::Gone),
+            _ => return Err(End::Close(ErrorCode::MalformedFrame, "frames are binary")),
+        };
+        if auth.version != PROTOCOL_VERSION {
+            return Err(End::Close(
+                ErrorCode::UnsupportedVersion,
+                "unsupported protocol version",
+            ));
+        }
+        let device = auth::authenticate(&self.shared, &auth.token)
+            .await
+            .map_err(|e| End::Close(e.code, "invalid or revoked token"))?;
+        self.device = Some(device);
+        Ok(auth)
+    }
+
+    async fn serve(&mut self, auth: Auth) -> End {
+        let Some(device) = self.device else {
+            return End::Gone;
+        };
+        let (sink, mut rx) = ConnSink::new(self.shared.config.outbound_queue);
+        let sink = Arc::new(sink);
+        self.sink = Some(sink.clone());
+        for topic in [Topic::Device(device.device), Topic::User(device.user)] {
+            match self.shared.bus.subscribe(topic, sink.clone()).await {
+                Ok(id) => self.subscriptions.push((topic, id)),
+                Err(_) => return End::Close(ErrorCode::Unavailable, "bus unavailable"),
+            }
+        }
+        tracing::debug!(user = %device.user, device = %device.device, "connected");
+        match self.start(device, auth.cursor, &mut rx).await {
+            Ok(()) => {}
+            Err(end) => return end,
+        }
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = async { shutdown.wait_for(|down| *down).await.is_ok() } => {
+                    Err(End::Close(ErrorCode::ShuttingDown, "server shutting down"))
+                }
+                () = sink.overflowed() => {
+                    Err(End::Close(ErrorCode::SlowConsumer, "outbound queue full; resume from your cursor"))
+                }
+                message = rx.recv() => match message {
+                    Some(message) => self.outbound(device, message, &mut rx).await,
+                    None => Err(End::Gone),
+                },
+                incoming = timeout_at(self.deadline, self.socket.next()) => match incoming {
+                    Err(_) => Err(End::Close(ErrorCode::HeartbeatTimeout, "no heartbeat")),
+                    Ok(None | Some(Err(_))) => Err(End::Gone),
+                    Ok(Some(Ok(message))) => self.inbound(device, message, &mut rx).await,
+                },
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Sends `welcome`, then the backlog after `cursor` (or `resync_required`), then
+    /// `sync_end`.
+    async fn start(
+        &mut self,
+        device: DeviceAddress,
+        cursor: InboxPos,
+        rx: &mut mpsc::Receiver<BusMessage>,
+    ) -> Step {
+        let head = self
+            .shared
+            .store
+            .inbox_head(device)
+            .await
+            .map_err(unavailable)?;
+        let welcome = Welcome {
+            version: PROTOCOL_VERSION,
+            device,
+            heartbeat_ms: self.shared.config.heartbeat_interval_ms,
+            max_frame: u32::try_from(MAX_FRAME_BYTES).unwrap_or(u32::MAX),
+            head,
+        };
+        self.send_frame(&welcome.into()).await?;
+        if cursor > head {
+            let resync = ResyncRequired {
+                reason: ResyncReason::CursorAhead,
+                head,
+            };
+            self.sent = head;
+            self.send_frame(&resync.into()).await?;
+        } else {
+            self.sent = cursor;
+            self.catch_up(device, rx).await?;
+        }
+        self.send_frame(&SyncEnd { head: self.sent }.into()).await
+    }
+
+    /// Streams the inbox after `self.sent` from the store until it is exhausted.
+    async fn catch_up(
+        &mut self,
+        device: DeviceAddress,
+        rx: &mut mpsc::Receiver<BusMessage>,
+    ) -> Step {
+        loop {
+            // Anything queued now was committed before this read, so the read covers it.
+            while let Ok(message) = rx.try_recv() {
+                match message {
+                    BusMessage::Deliver { .. } => {}
+                    other => self.outbound(device, other, rx).await?,
+                }
+            }
+            let page = self
+                .shared
+                .store
+                .inbox(device, self.sent, MAX_SYNC_PAGE)
+                .await
+                .map_err(unavailable)?;
+            let done = page.len() < MAX_SYNC_PAGE;
+            for entry in page {
+                let pos = entry.pos;
+                let frame = ServerFrame::Deliver(Deliver::from(entry)).encode();
+                self.feed(Bytes::from(frame)).await?;
+                self.sent = pos;
+            }
+            self.flush().await?;
+            metrics::counter!("chat_backlog_pages_total").increment(1);
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Handles one event from the bus.
+    async fn outbound(
+        &mut self,
+        device: DeviceAddress,
+        message: BusMessage,
+        rx: &mut mpsc::Receiver<BusMessage>,
+    ) -> Step {
+        match message {
+            BusMessage::Deliver { pos, frame } => {
+                if pos <= self.sent {
+                    return Ok(());
+                }
+                if Some(pos) == self.sent.next() {
+                    self.sent = pos;
+                    metrics::counter!("chat_deliveries_total").increment(1);
+                    return self.send_bytes(frame).await;
+                }
+                Box::pin(self.catch_up(device, rx)).await
+            }
+            BusMessage::Frame(frame) => self.send_bytes(frame).await,
+            BusMessage::Close(code) => Err(End::Close(code, "closed by the server")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Handles one WebSocket message from the client.
+    async fn inbound(
+        &mut self,
+        device: DeviceAddress,
+        message: Message,
+        rx: &mut mpsc::Receiver<BusMessage>,
+    ) -> Step {
+        self.deadline = TokioInstant::now() + self.shared.config.idle_timeout();
+        let bytes = match message {
+            Message::Binary(bytes) => bytes,
+            Message::Close(_) => return Err(End::Gone),
+            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+            Message::Text(_) => {
+                return self
+                    .error(None, ErrorCode::MalformedFrame, "frames are binary")
+                    .await;
+            }
+        };
+        metrics::counter!("chat_frames_in_total").increment(1);
+        if let Err(wait) = self.frames.take(self.rate, Instant::now()) {
+            let frame = ErrorFrame {
+                req: None,
+                code: ErrorCode::RateLimited,
+                message: "too many frames".into(),
+                retry_after_ms: Some(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX)),
+            };
+            return self.send_frame(&frame.into()).await;
+        }
+        let frame = match ClientFrame::decode(&bytes) {
+            Ok(frame) => frame,
+            Err(err) => {
+                let message = match &err {
+                    DecodeError::UnknownType(_) | DecodeError::TooLarge { .. } => err.to_string(),
+                    DecodeError::Malformed(_) => "malformed frame".into(),
+                    _ => err.to_string(),
+                };
+                return self.error(None, err.code(), &message).await;
+            }
+        };
+        match frame {
+            ClientFrame::Send(send) => self.send(device, send).await,
+            ClientFrame::Ack(ack) => {
+                let up_to = ack.up_to.min(self.sent);
+                self.shared
+                    .store
+                    .ack(device, up_to)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(())
+            }
+            ClientFrame::Sync(sync) => {
+                self.sent = sync.after;
+                self.catch_up(device, rx).await?;
+                self.send_frame(&SyncEnd { head: self.sent }.into()).await
+            }
+            ClientFrame::Receipt(receipt) => self.receipt(device, receipt).await,
+            ClientFrame::Typing(typing) => self.typing(device, typing).await,
+            ClientFrame::Heartbeat(_) => Ok(()),
+            ClientFrame::Subscribe(_) | ClientFrame::Unsubscribe(_) => {
+                self.error(
+                    None,
+                    ErrorCode::UnexpectedFrame,
+                    "presence is not available on this server yet",
+                )
+                .await
+            }
+            ClientFrame::Auth(_) => {
+                self.error(None, ErrorCode::UnexpectedFrame, "already authenticated")
+                    .await
+            }
+            _ => {
+                self.error(None, ErrorCode::UnknownFrameType, "unsupported frame")
+                    .await
+            }
+        }
+    }
+
+    /// Validates, appends durably, acknowledges, then fans out.
+    async fn send(&mut self, device: DeviceAddress, send: protocol::Send) -> Step {
+        let req = Some(send.req);
+        if let Err(code) = send.validate() {
+            return self.error(req, code, "send refused by a limit").await;
+        }
+        metrics::counter!("chat_messages_in_total").increment(1);
+        let headers = send.recipients.clone();
+        let message = NewMessage {
+            conversation: send.conversation,
+            sender: device,
+            client_key: send.client_key,
+            body: send.body,
+            recipients: send.recipients,
+            sent_at: now(),
+        };
+        let body = message.body.clone();
+        let started = Instant::now();
+        let appended = match self.shared.store.append(message).await {
+            Ok(appended) => appended,
+            Err(StoreError::StaleDevices(mismatch)) => {
+                let stale = StaleDevices {
+                    req: send.req,
+                    missing: mismatch.missing,
+                    extra: mismatch.extra,
+                };
+                return self.send_frame(&stale.into()).await;
+            }
+            Err(err) => {
+                let code = err.code();
+                if code == ErrorCode::Unavailable {
+                    tracing::error!(cause = %err, "append failed");
+                }
+                return self.error(req, code, &err.to_string()).await;
+            }
+        };
+        metrics::histogram!("chat_append_seconds").record(started.elapsed().as_secs_f64());
+        let sent = Sent {
+            req: send.req,
+            conversation: send.conversation,
+            id: appended.id,
+            sent_at: appended.sent_at,
+            duplicate: appended.duplicate,
+        };
+        // The ack goes out before any delivery, so a sender never sees its own message
+        // arrive on another device before it knows the message is stored.
+        self.send_frame(&sent.into()).await?;
+        let envelope = Envelope {
+            conversation: send.conversation,
+            id: appended.id,
+            sender: device,
+            client_key: send.client_key,
+            sent_at: appended.sent_at,
+            body,
+        };
+        for (recipient, pos) in appended.deliveries {
+            let header = headers
+                .iter()
+                .find(|r| r.device == recipient)
+                .map(|r| r.header.clone())
+                .unwrap_or_default();
+            let entry = chat_core::InboxEntry {
+                pos,
+                envelope: envelope.clone(),
+                header,
+            };
+            let frame = Bytes::from(ServerFrame::Deliver(Deliver::from(entry)).encode());
+            let event = BusMessage::Deliver { pos, frame };
+            if let Err(err) = self
+                .shared
+                .bus
+                .publish(Topic::Device(recipient.device), event)
+                .await
+            {
+                // The entry is in the inbox; the device gets it on its next sync.
+                tracing::warn!(cause = %err, "live delivery failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn receipt(&mut self, device: DeviceAddress, r: ReceiptUpdate) -> Step {
+        let store = &self.shared.store;
+        if !store
+            .is_member(r.conversation, device.user)
+            .await
+            .map_err(unavailable)?
+        {
+            return self.error(None, ErrorCode::NotMember, "not a member").await;
+        }
+        let stored = store
+            .set_receipt(r.conversation, device.user, r.kind, r.up_to)
+            .await;
+        let up_to = stored.map_err(unavailable)?;
+        if up_to != r.up_to {
+            return Ok(()); // Lower than the stored position: nothing moved.
+        }
+        let event = ReceiptEvent {
+            conversation: r.conversation,
+            user: device.user,
+            kind: r.kind,
+            up_to,
+        };
+        self.relay_to_members(r.conversation, None, ServerFrame::Receipt(event))
+            .await
+    }
+
+    async fn typing(&mut self, device: DeviceAddress, t: TypingUpdate) -> Step {
+        if !self
+            .shared
+            .store
+            .is_member(t.conversation, device.user)
+            .await
+            .map_err(unavailable)?
+        {
+            return self.error(None, ErrorCode::NotMember, "not a member").await;
+        }
+        let event = TypingEvent {
+            conversation: t.conversation,
+            from: device,
+            active: t.active,
+            ttl_ms: TYPING_TTL_MS,
+        };
+        self.relay_to_members(
+            t.conversation,
+            Some(device.user),
+            ServerFrame::Typing(event),
+        )
+        .await
+    }
+
+    /// Publishes a frame, encoded once, to every member's connections except `skip`'s.
+    async fn relay_to_members(
+        &mut self,
+        conversation: chat_core::ConversationId,
+        skip: Option<chat_core::UserId>,
+        frame: ServerFrame,
+    ) -> Step {
+        let members = self
+            .shared
+            .store
+            .members(conversation)
+            .await
+            .map_err(unavailable)?;
+        let frame = Bytes::from(frame.encode());
+        for member in members.into_iter().filter(|m| Some(*m) != skip) {
+            let message = BusMessage::Frame(frame.clone());
+            if let Err(err) = self.shared.bus.publish(Topic::User(member), message).await {
+                tracing::warn!(cause = %err, "relay failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn error(&mut self, req: Option<u32>, code: ErrorCode, message: &str) -> Step {
+        let frame = ErrorFrame {
+            req,
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        };
+        self.send_frame(&frame.into()).await
+    }
+
+    async fn send_frame(&mut self, frame: &ServerFrame) -> Step {
+        self.send_bytes(Bytes::from(frame.encode())).await
+    }
+
+    async fn send_bytes(&mut self, frame: Bytes) -> Step {
+        let sink = self.sink.clone();
+        let write = self.socket.send(Message::Binary(frame));
+        unless_overflowed(sink.as_deref(), write).await
+    }
+
+    async fn feed(&mut self, frame: Bytes) -> Step {
+        let sink = self.sink.clone();
+        let write = self.socket.feed(Message::Binary(frame));
+        unless_overflowed(sink.as_deref(), write).await
+    }
+
+    async fn flush(&mut self) -> Step {
+        let sink = self.sink.clone();
+        let write = self.socket.flush();
+        unless_overflowed(sink.as_deref(), write).await
+    }
+
+    /// Unsubscribes and, when the server ends the connection, says why before closing.
+    async fn finish(&mut self, end: End) {
+        for (topic, id) in self.subscriptions.drain(..) {
+            let _ = self.shared.bus.unsubscribe(topic, id).await;
+        }
+        if let End::Close(code, message) = end {
+            if let Some(device) = self.device {
+                tracing::debug!(device = %device.device, code = %code, "closing connection");
+            }
+            let closing = Bytes::from(
+                ServerFrame::from(Closing {
+                    code,
+                    message: message.into(),
+                })
+                .encode(),
+            );
+            let close_code = if code == ErrorCode::ShuttingDown {
+                1001
+            } else {
+                1008
+            };
+            let frame = CloseFrame {
+                code: close_code,
+                reason: code.name().into(),
+            };
+            // A client that does not read gets a short grace, not a hung task.
+            let goodbye = async {
+                self.socket.send(Message::Binary(closing)).await?;
+                self.socket.send(Message::Close(Some(frame))).await
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
+        }
+    }
+}
+
+/// Runs a socket write, abandoning it with `slow_consumer` if the outbound queue overflows
+/// meanwhile (the client stopped reading).
+async fn unless_overflowed<E>(
+    sink: Option<&ConnSink>,
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> Step {
+    let Some(sink) = sink else {
+        return write.await.map_err(|_| End::Gone);
+    };
+    tokio::select! {
+        result = write => result.map_err(|_| End::Gone),
+        () = sink.overflowed() => {
+            Err(End::Close(ErrorCode::SlowConsumer, "outbound queue full; resume from your cursor"))
+        }
+    }
+}
+
+fn unavailable(err: StoreError) -> End {
+    tracing::error!(cause = %err, "store failed during a connection");
+    End::Close(ErrorCode::Unavailable, "storage unavailable")
+}

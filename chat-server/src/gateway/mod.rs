@@ -1,0 +1,41 @@
+//! The WebSocket gateway: the upgrade and one driver task per connection.
+//!
+//! Buffers are set deliberately small: an idle chat connection needs a few KiB, not the
+//! WebSocket library's default of 128 KiB read and write buffers.
+
+mod conn;
+mod sink;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::response::{IntoResponse, Response};
+use chat_core::ErrorCode;
+use chat_core::limits::MAX_FRAME_BYTES;
+use chat_core::protocol::SUBPROTOCOL;
+
+use crate::api::error::ApiError;
+use crate::state::Shared;
+
+/// Initial read buffer per connection; grows only while a large frame arrives.
+const READ_BUFFER: usize = 4 * 1024;
+/// Outgoing bytes gathered before a write to the socket.
+const WRITE_BUFFER: usize = 8 * 1024;
+/// The largest WebSocket message read at all. Messages between `MAX_FRAME_BYTES` and this
+/// are read and answered with `frame_too_large`, keeping the connection; larger ones end it.
+const MAX_MESSAGE: usize = 2 * MAX_FRAME_BYTES;
+
+/// `GET /v1/ws`.
+pub(crate) async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
+    if *shared.shutdown.borrow() {
+        return ApiError::new(ErrorCode::ShuttingDown, "shutting down").into_response();
+    }
+    ws.protocols([SUBPROTOCOL])
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(MAX_MESSAGE + WRITE_BUFFER)
+        .max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| conn::run(shared, socket))
+}

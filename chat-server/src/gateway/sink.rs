@@ -1,0 +1,54 @@
+//! The bus sink of one connection: a bounded queue, and a flag raised when it overflows.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chat_core::{BusMessage, BusSink, Topic};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, mpsc};
+
+/// Feeds bus events into a connection's bounded queue without ever blocking the publisher.
+#[derive(Debug)]
+pub(super) struct ConnSink {
+    tx: mpsc::Sender<BusMessage>,
+    lagged: AtomicBool,
+    wake: Notify,
+}
+
+impl ConnSink {
+    pub(super) fn new(capacity: usize) -> (Self, mpsc::Receiver<BusMessage>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (
+            Self {
+                tx,
+                lagged: AtomicBool::new(false),
+                wake: Notify::new(),
+            },
+            rx,
+        )
+    }
+
+    /// Resolves once the queue has overflowed: the connection is a slow consumer.
+    pub(super) async fn overflowed(&self) {
+        loop {
+            let notified = self.wake.notified();
+            if self.lagged.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl BusSink for ConnSink {
+    fn deliver(&self, _topic: Topic, message: &BusMessage) -> bool {
+        match self.tx.try_send(message.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.lagged.store(true, Ordering::Release);
+                self.wake.notify_one();
+                false
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+}

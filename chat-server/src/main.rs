@@ -1,0 +1,120 @@
+//! The `chat-server` binary: one chat node.
+//!
+//! With no flags it serves on 127.0.0.1:8080 with an embedded SQLite store in `data/`.
+//! Settings come from, in rising priority: built-in defaults, a JSON file (`--config`),
+//! environment variables (`CHAT_*`), and flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use chat_server::{Config, Server, TlsConfig};
+use clap::Parser;
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tracing_subscriber::EnvFilter;
+
+/// A chat node: HTTP API and WebSocket gateway.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// A JSON file with any of the configuration keys (see docs/OPERATIONS.md).
+    #[arg(long, env = "CHAT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "CHAT_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Store URL: sqlite://PATH, postgres://… or memory:.
+    #[arg(long, env = "CHAT_STORE")]
+    store: Option<String>,
+    /// TLS certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "CHAT_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); needs --tls-cert.
+    #[arg(long, env = "CHAT_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "CHAT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(cause = %err, "cannot start the runtime");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(cause = %err, "chat-server failed");
+            eprintln!("chat-server: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = EnvFilter::try_from_env("CHAT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = match &args.config {
+        Some(path) => serde_json::from_slice(&std::fs::read(path)?)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(store) = args.store {
+        config.store = store;
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(TlsConfig { cert, key });
+    }
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let store = config.store.clone();
+    let mut server = Server::bind(config).await?;
+    if let Ok(handle) = PrometheusBuilder::new().install_recorder() {
+        server.set_metrics(move || handle.render());
+    }
+    let addr = server.local_addr();
+    tracing::info!(%addr, %store, "listening");
+    println!("chat-server listening on {scheme}://{addr} (WebSocket at /v1/ws, store {store})");
+    server.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

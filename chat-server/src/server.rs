@@ -1,0 +1,188 @@
+//! Binding, serving and graceful shutdown of one node.
+//!
+//! Shutdown: the signal flips a watch channel; the listener stops accepting; every
+//! connection finishes the request it is handling (an append in flight completes and is
+//! acknowledged), sends `closing {shutting_down}` and closes; the node then waits, up to
+//! `shutdown_grace_ms`, until every holder of the shared state is gone. Acknowledged
+//! messages are already durable, so nothing acknowledged is lost.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_core::{Store, StoreError};
+use tokio::sync::{mpsc, watch};
+
+use crate::api;
+use crate::auth;
+use crate::bus::LocalBus;
+use crate::config::{Config, ConfigError};
+use crate::state::{Limits, Shared};
+
+/// Why a node could not start or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// Binding or serving failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A bound, not yet running node.
+pub struct Server {
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    shutdown: watch::Sender<bool>,
+    alive: mpsc::Receiver<()>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Opens the configured store and binds the listener.
+    pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        config.validate()?;
+        // The embedded default keeps its database in a folder that may not exist yet.
+        let sqlite_dir = config
+            .store
+            .strip_prefix("sqlite://")
+            .and_then(|p| std::path::Path::new(p).parent());
+        if let Some(dir) = sqlite_dir.filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let store = chat_storage::open(&config.store).await?;
+        Self::with_store(config, store).await
+    }
+
+    /// Binds the listener over an already opened store.
+    pub async fn with_store(config: Config, store: Arc<dyn Store>) -> Result<Self, ServerError> {
+        config.validate()?;
+        let argon2 = auth::argon2(config.argon2_memory_kib, config.argon2_iterations)
+            .map_err(ConfigError)?;
+        let dummy_hash = {
+            use argon2::password_hash::PasswordHasher;
+            let argon2 = argon2.clone();
+            tokio::task::spawn_blocking(move || {
+                argon2
+                    .hash_password(b"timing equaliser")
+                    .map(|h| h.to_string())
+            })
+            .await
+            .map_err(|e| ConfigError(e.to_string()))?
+            .map_err(|e| ConfigError(e.to_string()))?
+        };
+        let listener = std::net::TcpListener::bind(config.listen)?;
+        listener.set_nonblocking(true)?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (alive_tx, alive) = mpsc::channel(1);
+        let limits = Limits::new(&config);
+        let shared = Arc::new(Shared {
+            store,
+            bus: Arc::new(LocalBus::new()),
+            config,
+            argon2,
+            dummy_hash,
+            limits,
+            shutdown: shutdown_rx,
+            alive: alive_tx,
+            metrics: None,
+        });
+        Ok(Self {
+            shared,
+            listener,
+            shutdown,
+            alive,
+        })
+    }
+
+    /// Serves `/metrics` with this renderer (for example a Prometheus recorder's).
+    pub fn set_metrics(&mut self, render: impl Fn() -> String + Send + Sync + 'static) {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.metrics = Some(Arc::new(render));
+        }
+    }
+
+    /// The address the node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.shared.config.listen)
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully.
+    pub async fn run_until(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let Self {
+            shared,
+            listener,
+            shutdown,
+            mut alive,
+        } = self;
+        let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
+        let tls = shared.config.tls.clone();
+        let app = api::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        drop(shared);
+        let stop = async move {
+            signal.await;
+            tracing::info!("shutting down");
+            let _ = shutdown.send(true);
+            shutdown
+        };
+        match tls {
+            None => {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                let (keep_tx, keep_rx) = tokio::sync::oneshot::channel();
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let shutdown = stop.await;
+                        let _ = keep_tx.send(shutdown);
+                    })
+                    .await?;
+                let _shutdown = keep_rx.await;
+                wait_for_connections(&mut alive, grace).await;
+            }
+            Some(tls) => {
+                let config =
+                    axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+                        .await?;
+                let handle = axum_server::Handle::new();
+                let stopper = handle.clone();
+                let watcher = tokio::spawn(async move {
+                    let shutdown = stop.await;
+                    stopper.graceful_shutdown(Some(grace));
+                    shutdown
+                });
+                axum_server::from_tcp_rustls(listener, config)?
+                    .handle(handle)
+                    .serve(app)
+                    .await?;
+                let _shutdown = watcher.await;
+                wait_for_connections(&mut alive, grace).await;
+            }
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn wait_for_connections(alive: &mut mpsc::Receiver<()>, grace: Duration) {
+    // Every connection holds the shared state, whose sender half keeps `alive` open.
+    if tokio::time::timeout(grace, alive.recv()).await.is_err() {
+        tracing::warn!("connections still open after the shutdown grace period");
+    }
+}

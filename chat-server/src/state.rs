@@ -1,0 +1,69 @@
+//! The state shared by every handler and connection of one node.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use argon2::Argon2;
+use chat_core::{Bus, Store, Timestamp, UserId};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::limiter::{KeyedLimiter, Rate};
+
+/// Keys of the rate limits that span requests.
+#[derive(Debug)]
+pub(crate) struct Limits {
+    /// Log-in attempts per username.
+    pub(crate) login_user: KeyedLimiter<String>,
+    /// Log-in and registration attempts per source address.
+    pub(crate) login_addr: KeyedLimiter<IpAddr>,
+    /// Key-bundle fetches per (requester, target user), so one-time prekeys cannot be
+    /// drained.
+    pub(crate) bundles: KeyedLimiter<(UserId, UserId)>,
+}
+
+impl Limits {
+    pub(crate) fn new(config: &Config) -> Self {
+        Self {
+            login_user: KeyedLimiter::new(Rate::new(config.auth_burst_per_account, 0.1), 100_000),
+            login_addr: KeyedLimiter::new(Rate::new(config.auth_burst_per_address, 0.5), 100_000),
+            bundles: KeyedLimiter::new(Rate::new(20, 0.2), 100_000),
+        }
+    }
+}
+
+/// Everything a handler or connection needs.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) config: Config,
+    pub(crate) argon2: Argon2<'static>,
+    /// A hash to verify against when the user does not exist (equal timing).
+    pub(crate) dummy_hash: String,
+    pub(crate) limits: Limits,
+    /// Flips to true when the node starts shutting down.
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Never sent on: the node waits until it is dropped with the last holder of `Shared`
+    /// (every live connection holds one).
+    #[allow(dead_code)]
+    pub(crate) alive: mpsc::Sender<()>,
+    /// Renders Prometheus metrics, when a recorder is installed.
+    pub(crate) metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The wall clock as a [`Timestamp`]; the only clock read of the node's logic.
+pub(crate) fn now() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    Timestamp::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+}

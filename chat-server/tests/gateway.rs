@@ -1,0 +1,610 @@
+//! The node over real sockets on 127.0.0.1: accounts, conversations, sends, delivery, sync
+//! from cursors, and bad input.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chat_core::protocol::{Ack, ClientFrame, Send, ServerFrame, SyncRequest};
+use chat_core::{
+    ClientKey, ConversationId, DeviceAddress, DeviceId, ErrorCode, InboxPos, Recipient, UserId,
+};
+use common::{Account, Client, TestServer, test_config};
+use serde_json::{Value, json};
+
+fn conversation_id(body: &Value) -> ConversationId {
+    ConversationId::new(body["id"].as_u64().expect("conversation id")).unwrap()
+}
+
+async fn direct(server: &TestServer, a: &Account, b: &Account) -> ConversationId {
+    let (status, body) = server
+        .http(
+            "POST",
+            "/v1/conversations/direct",
+            Some(&a.token),
+            Some(json!({"user_id": b.user()})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    conversation_id(&body)
+}
+
+/// The devices a send from `from` must cover.
+async fn recipients(
+    server: &TestServer,
+    from: &Account,
+    conversation: ConversationId,
+    header: &[u8],
+) -> Vec<Recipient> {
+    let (status, body) = server
+        .http(
+            "GET",
+            &format!("/v1/conversations/{conversation}/devices"),
+            Some(&from.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| DeviceAddress {
+            user: UserId::new(d["user"].as_u64().unwrap()).unwrap(),
+            device: DeviceId::new(d["device"].as_u64().unwrap()).unwrap(),
+        })
+        .filter(|d| *d != from.device)
+        .map(|device| Recipient {
+            device,
+            header: Bytes::copy_from_slice(header),
+        })
+        .collect()
+}
+
+fn send_frame(
+    req: u32,
+    conversation: ConversationId,
+    key: u8,
+    body: &[u8],
+    recipients: Vec<Recipient>,
+) -> ClientFrame {
+    Send {
+        req,
+        conversation,
+        client_key: ClientKey::from_bytes([key; 16]),
+        body: Bytes::copy_from_slice(body),
+        recipients,
+    }
+    .into()
+}
+
+/// Reads frames until the backlog ends; returns the deliveries (pos, body).
+async fn backlog(client: &mut Client) -> Vec<(u64, Bytes)> {
+    let (before, end) = client.until(|f| matches!(f, ServerFrame::SyncEnd(_))).await;
+    let ServerFrame::SyncEnd(end) = end else {
+        unreachable!()
+    };
+    let deliveries: Vec<_> = before
+        .into_iter()
+        .filter_map(|f| match f {
+            ServerFrame::Deliver(d) => Some((d.pos.get(), d.body)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        deliveries.last().map_or(0, |d| d.0),
+        end.head.get().max(deliveries.last().map_or(0, |d| d.0))
+    );
+    deliveries
+}
+
+#[tokio::test]
+async fn one_to_one_reaches_every_device_and_ack_comes_first() {
+    let server = TestServer::start(test_config()).await;
+    let alice1 = server.account("alice").await;
+    let alice2 = server.login("alice").await;
+    let bob1 = server.account("bob").await;
+    let bob2 = server.login("bob").await;
+    let conversation = direct(&server, &alice1, &bob1).await;
+
+    let mut clients = Vec::new();
+    for account in [&alice1, &alice2, &bob1, &bob2] {
+        let mut client = server.connect(account, 0).await;
+        assert!(backlog(&mut client).await.is_empty());
+        clients.push(client);
+    }
+    let recipients = recipients(&server, &alice1, conversation, b"hdr").await;
+    assert_eq!(
+        recipients.len(),
+        3,
+        "alice's other device and both of bob's"
+    );
+    clients[0]
+        .send(send_frame(1, conversation, 1, b"ciphertext", recipients))
+        .await;
+    let ServerFrame::Sent(sent) = clients[0].recv().await else {
+        panic!("ack first")
+    };
+    assert_eq!((sent.req, sent.duplicate, sent.id.get()), (1, false, 1));
+    for client in &mut clients[1..] {
+        match client.recv().await {
+            ServerFrame::Deliver(d) => {
+                assert_eq!(
+                    (d.id, d.conversation, d.sender),
+                    (sent.id, conversation, alice1.device)
+                );
+                assert_eq!(
+                    (&d.body[..], &d.header[..], d.pos.get()),
+                    (&b"ciphertext"[..], &b"hdr"[..], 1)
+                );
+            }
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+    // History over HTTP shows the same message to members only.
+    let (status, body) = server
+        .http(
+            "GET",
+            &format!("/v1/conversations/{conversation}/messages"),
+            Some(&bob2.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["messages"][0]["body"], hex::encode(b"ciphertext"));
+    let eve = server.account("eve").await;
+    let (status, body) = server
+        .http(
+            "GET",
+            &format!("/v1/conversations/{conversation}/messages"),
+            Some(&eve.token),
+            None,
+        )
+        .await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("not_member")));
+}
+
+#[tokio::test]
+async fn group_of_100_receives_and_the_101st_member_is_refused() {
+    let server = TestServer::start(test_config()).await;
+    let mut accounts = Vec::new();
+    for i in 0..100 {
+        accounts.push(server.account(&format!("member{i:03}")).await);
+    }
+    let others: Vec<UserId> = accounts[1..].iter().map(Account::user).collect();
+    let (status, body) = server
+        .http(
+            "POST",
+            "/v1/conversations/groups",
+            Some(&accounts[0].token),
+            Some(json!({"members": others})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let group = conversation_id(&body);
+    let extra = server.account("one_too_many").await;
+    let (status, body) = server
+        .http(
+            "POST",
+            &format!("/v1/conversations/{group}/members"),
+            Some(&accounts[0].token),
+            Some(json!({"members": [extra.user()]})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("group_full")),
+        "{body}"
+    );
+
+    let mut clients = Vec::new();
+    for account in &accounts {
+        let mut client = server.connect(account, 0).await;
+        backlog(&mut client).await;
+        clients.push(client);
+    }
+    let recipients = recipients(&server, &accounts[0], group, b"").await;
+    assert_eq!(recipients.len(), 99);
+    clients[0]
+        .send(send_frame(9, group, 9, b"to everyone", recipients))
+        .await;
+    assert!(matches!(clients[0].recv().await, ServerFrame::Sent(s) if s.req == 9));
+    for client in &mut clients[1..] {
+        assert!(
+            matches!(client.recv().await, ServerFrame::Deliver(d) if &d.body[..] == b"to everyone")
+        );
+    }
+}
+
+#[tokio::test]
+async fn offline_device_catches_up_in_order_without_duplicates() {
+    let server = TestServer::start(test_config()).await;
+    let alice = server.account("alice").await;
+    let bob = server.account("bob").await;
+    let conversation = direct(&server, &alice, &bob).await;
+    let mut sender = server.connect(&alice, 0).await;
+    backlog(&mut sender).await;
+    let recipients = recipients(&server, &alice, conversation, b"").await;
+    for i in 0..30u8 {
+        sender
+            .send(send_frame(
+                u32::from(i),
+                conversation,
+                i,
+                &[i],
+                recipients.clone(),
+            ))
+            .await;
+        assert!(matches!(sender.recv().await, ServerFrame::Sent(_)));
+    }
+    // Bob has processed up to 10; he gets 11..=30 in order, then live ones.
+    let mut bob_client = server.connect(&bob, 10).await;
+    let got = backlog(&mut bob_client).await;
+    assert_eq!(
+        got.iter().map(|d| d.0).collect::<Vec<_>>(),
+        (11..=30).collect::<Vec<_>>()
+    );
+    assert_eq!(got[0].1[..], [10u8]);
+    sender
+        .send(send_frame(
+            99,
+            conversation,
+            99,
+            b"live",
+            recipients.clone(),
+        ))
+        .await;
+    assert!(matches!(bob_client.recv().await, ServerFrame::Deliver(d) if d.pos.get() == 31));
+    // Acked cursor is stored; a sync from an old cursor re-sends (the client dedupes).
+    bob_client
+        .send(
+            Ack {
+                up_to: InboxPos::new(31).unwrap(),
+            }
+            .into(),
+        )
+        .await;
+    bob_client
+        .send(
+            SyncRequest {
+                after: InboxPos::new(29).unwrap(),
+            }
+            .into(),
+        )
+        .await;
+    let again = backlog(&mut bob_client).await;
+    assert_eq!(again.iter().map(|d| d.0).collect::<Vec<_>>(), vec![30, 31]);
+}
+
+#[tokio::test]
+async fn retried_send_gets_the_first_id_and_no_second_message() {
+    let server = TestServer::start(test_config()).await;
+    let alice = server.account("alice").await;
+    let bob = server.account("bob").await;
+    let conversation = direct(&server, &alice, &bob).await;
+    let mut client = server.connect(&alice, 0).await;
+    backlog(&mut client).await;
+    let recipients = recipients(&server, &alice, conversation, b"").await;
+    client
+        .send(send_frame(1, conversation, 7, b"once", recipients.clone()))
+        .await;
+    let ServerFrame::Sent(first) = client.recv().await else {
+        panic!()
+    };
+    // The retry arrives on a new connection, as after a reconnect.
+    drop(client);
+    let mut client = server.connect(&alice, 0).await;
+    backlog(&mut client).await;
+    client
+        .send(send_frame(2, conversation, 7, b"once", recipients))
+        .await;
+    let ServerFrame::Sent(retry) = client.recv().await else {
+        panic!()
+    };
+    assert_eq!((retry.id, retry.duplicate, retry.req), (first.id, true, 2));
+    let mut bob_client = server.connect(&bob, 0).await;
+    assert_eq!(backlog(&mut bob_client).await.len(), 1);
+}
+
+#[tokio::test]
+async fn stale_device_list_gets_exact_missing_and_extra_sets() {
+    let server = TestServer::start(test_config()).await;
+    let alice = server.account("alice").await;
+    let bob1 = server.account("bob").await;
+    let conversation = direct(&server, &alice, &bob1).await;
+    let old = recipients(&server, &alice, conversation, b"").await;
+    let bob2 = server.login("bob").await;
+    let mallory = server.account("mallory").await;
+    let mut stale = old.clone();
+    stale.push(Recipient {
+        device: mallory.device,
+        header: Bytes::new(),
+    });
+    let mut client = server.connect(&alice, 0).await;
+    backlog(&mut client).await;
+    client
+        .send(send_frame(5, conversation, 5, b"x", stale))
+        .await;
+    match client.recv().await {
+        ServerFrame::StaleDevices(s) => {
+            assert_eq!(s.req, 5);
+            assert_eq!(s.missing, vec![bob2.device]);
+            assert_eq!(s.extra, vec![mallory.device]);
+        }
+        other => panic!("expected stale_devices, got {other:?}"),
+    }
+    // Re-encrypted for the right set, the same client key goes through.
+    let fixed = recipients(&server, &alice, conversation, b"").await;
+    client
+        .send(send_frame(6, conversation, 5, b"x", fixed))
+        .await;
+    assert!(matches!(client.recv().await, ServerFrame::Sent(s) if s.req == 6 && !s.duplicate));
+}
+
+#[tokio::test]
+async fn revoked_token_is_refused_everywhere() {
+    let server = TestServer::start(test_config()).await;
+    let alice = server.account("alice").await;
+    let bob = server.account("bob").await;
+    let conversation = direct(&server, &alice, &bob).await;
+    let mut live = server.connect(&alice, 0).await;
+    backlog(&mut live).await;
+    let (status, _) = server
+        .http("POST", "/v1/logout", Some(&alice.token), None)
+        .await;
+    assert_eq!(status, 204);
+    // The live connection is closed with the reason.
+    assert!(
+        matches!(live.recv().await, ServerFrame::Closing(c) if c.code == ErrorCode::InvalidToken)
+    );
+    let t = Some(alice.token.as_str());
+    let routes = [
+        ("GET", "/v1/devices".to_owned()),
+        ("POST", "/v1/logout".to_owned()),
+        ("GET", "/v1/conversations".to_owned()),
+        ("GET", format!("/v1/conversations/{conversation}")),
+        ("GET", format!("/v1/conversations/{conversation}/members")),
+        ("GET", format!("/v1/conversations/{conversation}/devices")),
+        ("GET", format!("/v1/conversations/{conversation}/messages")),
+        ("GET", format!("/v1/conversations/{conversation}/receipts")),
+        ("GET", format!("/v1/users/{}/bundles", bob.user())),
+        ("GET", "/v1/keys/count".to_owned()),
+        ("GET", "/v1/users/by-name/bob".to_owned()),
+        ("DELETE", format!("/v1/devices/{}", alice.device.device)),
+    ];
+    for (method, path) in routes {
+        let (status, body) = server.http(method, &path, t, None).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_token")),
+            "{method} {path}"
+        );
+    }
+    for (method, path, body) in [
+        (
+            "POST",
+            "/v1/conversations/direct",
+            json!({"user_id": bob.user()}),
+        ),
+        (
+            "POST",
+            "/v1/conversations/groups",
+            json!({"members": [bob.user()]}),
+        ),
+        ("POST", "/v1/keys/one-time", json!({"keys": []})),
+    ] {
+        let (status, _) = server.http(method, path, t, Some(body)).await;
+        assert_eq!(status, 401, "{method} {path}");
+    }
+    let mut ws = Client::raw(server.addr).await;
+    ws.send(
+        chat_core::protocol::Auth {
+            version: 1,
+            token: alice.token.clone(),
+            cursor: InboxPos::ZERO,
+        }
+        .into(),
+    )
+    .await;
+    assert!(
+        matches!(ws.recv().await, ServerFrame::Closing(c) if c.code == ErrorCode::InvalidToken)
+    );
+}
+
+#[tokio::test]
+async fn bad_frames_get_codes_and_the_connection_lives_on() {
+    let server = TestServer::start(test_config()).await;
+    let alice = server.account("alice").await;
+    let bob = server.account("bob").await;
+    let conversation = direct(&server, &alice, &bob).await;
+    let mut client = server.connect(&alice, 0).await;
+    backlog(&mut client).await;
+    let expect_error = |f: ServerFrame, code: ErrorCode| match f {
+        ServerFrame::Error(e) => assert_eq!(e.code, code, "{e:?}"),
+        other => panic!("expected {code:?}, got {other:?}"),
+    };
+    client.send_raw(vec![0xff, 0x00, 0x13]).await;
+    expect_error(client.recv().await, ErrorCode::MalformedFrame);
+    client.send_raw(vec![0x82, 0x18, 0x63, 0xa0]).await;
+    expect_error(client.recv().await, ErrorCode::UnknownFrameType);
+    client
+        .send_raw(vec![0; chat_core::limits::MAX_FRAME_BYTES + 1])
+        .await;
+    expect_error(client.recv().await, ErrorCode::FrameTooLarge);
+    let recipients = recipients(&server, &alice, conversation, b"").await;
+    let too_big = vec![0u8; chat_core::limits::MAX_BODY_BYTES + 1];
+    client
+        .send(send_frame(3, conversation, 3, &too_big, recipients.clone()))
+        .await;
+    expect_error(client.recv().await, ErrorCode::BodyTooLarge);
+    let other = ConversationId::new(999).unwrap();
+    client
+        .send(send_frame(4, other, 4, b"x", recipients.clone()))
+        .await;
+    match client.recv().await {
+        ServerFrame::Error(e) => assert!(
+            matches!(e.code, ErrorCode::NotMember | ErrorCode::NotFound) && e.req == Some(4)
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Still usable.
+    client
+        .send(send_frame(5, conversation, 5, b"fine", recipients))
+        .await;
+    assert!(matches!(client.recv().await, ServerFrame::Sent(s) if s.req == 5));
+}
+
+#[tokio::test]
+async fn floods_are_rate_limited() {
+    let config = common::test_config();
+    let config = chat_server::Config {
+        frame_burst: 5,
+        frames_per_second: 0.001,
+        ..config
+    };
+    let server = TestServer::start(config).await;
+    let alice = server.account("alice").await;
+    let mut client = server.connect(&alice, 0).await;
+    backlog(&mut client).await;
+    for _ in 0..6 {
+        client.send(chat_core::protocol::Heartbeat {}.into()).await;
+    }
+    match client.recv().await {
+        ServerFrame::Error(e) => {
+            assert_eq!(e.code, ErrorCode::RateLimited);
+            assert!(e.retry_after_ms.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn slow_consumer_is_cut_off_and_resumes_losing_nothing() {
+    let config = chat_server::Config {
+        outbound_queue: 4,
+        ..common::test_config()
+    };
+    let server = TestServer::start(config).await;
+    let alice = server.account("alice").await;
+    let bob = server.account("bob").await;
+    let conversation = direct(&server, &alice, &bob).await;
+    let mut slow = server.connect(&bob, 0).await;
+    backlog(&mut slow).await;
+    let mut sender = server.connect(&alice, 0).await;
+    backlog(&mut sender).await;
+    let recipients = recipients(&server, &alice, conversation, b"").await;
+    // Bob stops reading; 300 KB messages fill the socket buffers, then his queue.
+    let body = vec![7u8; 300_000];
+    let total = 60u32;
+    for i in 0..total {
+        sender
+            .send(send_frame(
+                i,
+                conversation,
+                i as u8,
+                &body,
+                recipients.clone(),
+            ))
+            .await;
+        assert!(matches!(sender.recv().await, ServerFrame::Sent(_)));
+    }
+    // Bob's connection ends with slow_consumer somewhere in his stream.
+    let mut closed = false;
+    while let Some(frame) = slow.try_recv(common::WAIT).await {
+        if let ServerFrame::Closing(c) = frame {
+            assert_eq!(c.code, ErrorCode::SlowConsumer);
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the slow consumer was cut off");
+    let mut resumed = server.connect(&bob, 0).await;
+    let got = backlog(&mut resumed).await;
+    assert_eq!(got.len(), total as usize);
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, d)| d.0 == i as u64 + 1 && d.1.len() == body.len())
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}/chat.db", dir.path().display());
+    let config = chat_server::Config {
+        store: store.clone(),
+        ..test_config()
+    };
+    let server = TestServer::start(config.clone()).await;
+    let alice = server.account("alice").await;
+    let bob = server.account("bob").await;
+    let conversation = direct(&server, &alice, &bob).await;
+    let recipients = recipients(&server, &alice, conversation, b"").await;
+    let mut sender = server.connect(&alice, 0).await;
+    backlog(&mut sender).await;
+    // Pipeline sends, then shut down while they are in flight.
+    for i in 0..200u32 {
+        sender
+            .send(send_frame(
+                i,
+                conversation,
+                i as u8,
+                &i.to_be_bytes(),
+                recipients.clone(),
+            ))
+            .await;
+    }
+    let shutdown = tokio::spawn(server.shutdown());
+    let mut acked = BTreeSet::new();
+    while let Some(frame) = sender.try_recv(Duration::from_secs(10)).await {
+        match frame {
+            ServerFrame::Sent(s) => {
+                acked.insert(s.id.get());
+            }
+            ServerFrame::Closing(c) => assert_eq!(c.code, ErrorCode::ShuttingDown),
+            _ => {}
+        }
+    }
+    shutdown.await.unwrap();
+    let server = TestServer::start(config).await;
+    let mut bob_client = server.connect(&bob, 0).await;
+    let got: BTreeSet<u64> = backlog(&mut bob_client).await.iter().map(|d| d.0).collect();
+    assert!(!acked.is_empty());
+    for id in &acked {
+        assert!(
+            got.contains(id),
+            "acknowledged message {id} survived the shutdown"
+        );
+    }
+}
+
+#[tokio::test]
+async fn failed_logins_are_rate_limited_per_account() {
+    let server = TestServer::start(test_config()).await;
+    server.account("alice").await;
+    let attempt = json!({"username": "alice", "password": "wrong password"});
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let (status, _) = server
+            .http("POST", "/v1/login", None, Some(attempt.clone()))
+            .await;
+        statuses.push(status);
+    }
+    assert!(statuses[..9].iter().all(|s| *s == 401), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&429));
+    let (status, body) = server
+        .http(
+            "POST",
+            "/v1/login",
+            None,
+            Some(json!({"username": "nobody", "password": "whatever1"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("bad_credentials"))
+    );
+}
