@@ -87,30 +87,47 @@ impl fmt::Debug for IdentityPublic {
 pub struct IdentityKeys {
     signing: SigningKey,
     dh: StaticSecret,
+    /// Derived once: the public keys and the (deterministic) binding signature.
+    public: IdentityPublic,
+    binding: [u8; 64],
 }
 
 impl IdentityKeys {
     /// Fresh identity keys.
     pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
         let seed = primitives::random32(rng);
+        Self::from_secrets(
+            primitives::signing_key(&seed),
+            primitives::x25519_secret(rng),
+        )
+    }
+
+    fn from_secrets(signing: SigningKey, dh: StaticSecret) -> Self {
+        let public = IdentityPublic {
+            signing: signing.verifying_key().to_bytes(),
+            dh: primitives::x25519_public(&dh),
+        };
+        let binding = primitives::sign(
+            &signing,
+            sig_context::IDENTITY,
+            &[&public.signing, &public.dh],
+        );
         Self {
-            signing: primitives::signing_key(&seed),
-            dh: primitives::x25519_secret(rng),
+            signing,
+            dh,
+            public,
+            binding,
         }
     }
 
     /// The public half.
     pub fn public(&self) -> IdentityPublic {
-        IdentityPublic {
-            signing: self.signing.verifying_key().to_bytes(),
-            dh: primitives::x25519_public(&self.dh),
-        }
+        self.public
     }
 
     /// The signature binding the X25519 identity key to the Ed25519 key (deterministic).
     pub fn binding_signature(&self) -> [u8; 64] {
-        let p = self.public();
-        primitives::sign(&self.signing, sig_context::IDENTITY, &[&p.signing, &p.dh])
+        self.binding
     }
 
     pub(crate) fn dh_secret(&self) -> &StaticSecret {
@@ -128,10 +145,10 @@ impl IdentityKeys {
     fn read(r: &mut Reader<'_>) -> Result<Self, Error> {
         let seed = Zeroizing::new(r.array::<32>()?);
         let dh = Zeroizing::new(r.array::<32>()?);
-        Ok(Self {
-            signing: primitives::signing_key(&seed),
-            dh: StaticSecret::from(*dh),
-        })
+        Ok(Self::from_secrets(
+            primitives::signing_key(&seed),
+            StaticSecret::from(*dh),
+        ))
     }
 }
 
@@ -244,8 +261,9 @@ impl PrekeyBundle {
 }
 
 struct PrekeySecret {
-    id: u32,
     secret: StaticSecret,
+    /// The published half, signed (derived once).
+    signed: SignedPrekey,
 }
 
 /// A device's secret keys: identity, signed prekeys and the one-time prekey pool.
@@ -281,18 +299,17 @@ impl Account {
 
     /// The current signed prekey, signed.
     pub fn signed_prekey(&self) -> Option<SignedPrekey> {
-        self.signed_prekeys.first().map(|spk| self.sign_prekey(spk))
+        self.signed_prekeys.first().map(|spk| spk.signed)
     }
 
     /// Makes a new current signed prekey (call on a schedule, e.g. weekly); keeps the previous
     /// [`PREVIOUS_SIGNED_PREKEYS_KEPT`] so in-flight first messages still open.
     pub fn rotate_signed_prekey<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) -> SignedPrekey {
-        let spk = PrekeySecret {
-            id: self.take_id(),
-            secret: primitives::x25519_secret(rng),
-        };
-        let signed = self.sign_prekey(&spk);
-        self.signed_prekeys.insert(0, spk);
+        let id = self.take_id();
+        let secret = primitives::x25519_secret(rng);
+        let signed = sign_prekey(&self.identity, id, &secret);
+        self.signed_prekeys
+            .insert(0, PrekeySecret { secret, signed });
         self.signed_prekeys
             .truncate(1 + PREVIOUS_SIGNED_PREKEYS_KEPT);
         signed
@@ -332,11 +349,12 @@ impl Account {
         })
     }
 
-    pub(crate) fn signed_prekey_secret(&self, id: u32) -> Result<&StaticSecret, Error> {
+    /// The secret and public key of a signed prekey still held.
+    pub(crate) fn signed_prekey_secret(&self, id: u32) -> Result<(&StaticSecret, [u8; 32]), Error> {
         self.signed_prekeys
             .iter()
-            .find(|s| s.id == id)
-            .map(|s| &s.secret)
+            .find(|s| s.signed.id == id)
+            .map(|s| (&s.secret, s.signed.key))
             .ok_or(Error::UnknownSignedPrekey)
     }
 
@@ -354,20 +372,6 @@ impl Account {
         id
     }
 
-    fn sign_prekey(&self, spk: &PrekeySecret) -> SignedPrekey {
-        let key = primitives::x25519_public(&spk.secret);
-        let identity = self.identity.public();
-        let signature = self.identity.sign(
-            sig_context::SIGNED_PREKEY,
-            &[&identity.signing, &spk.id.to_be_bytes(), &key],
-        );
-        SignedPrekey {
-            id: spk.id,
-            key,
-            signature,
-        }
-    }
-
     /// Versioned secret bytes; keep them encrypted at rest.
     pub fn pickle(&self) -> Zeroizing<Vec<u8>> {
         let mut w =
@@ -377,7 +381,7 @@ impl Account {
         w.u32(self.next_id);
         w.u32(len_u32(self.signed_prekeys.len()));
         for spk in &self.signed_prekeys {
-            w.u32(spk.id).raw(spk.secret.as_bytes());
+            w.u32(spk.signed.id).raw(spk.secret.as_bytes());
         }
         w.u32(len_u32(self.one_time.len()));
         for (id, secret) in &self.one_time {
@@ -400,7 +404,8 @@ impl Account {
         for _ in 0..n {
             let id = r.u32()?;
             let secret = StaticSecret::from(*Zeroizing::new(r.array::<32>()?));
-            signed_prekeys.push(PrekeySecret { id, secret });
+            let signed = sign_prekey(&identity, id, &secret);
+            signed_prekeys.push(PrekeySecret { secret, signed });
         }
         let n = r.u32()?;
         if n as usize > MAX_ONE_TIME_PREKEYS {
@@ -429,6 +434,16 @@ impl fmt::Debug for Account {
             .field("one_time_prekeys", &self.one_time.len())
             .finish_non_exhaustive()
     }
+}
+
+fn sign_prekey(identity: &IdentityKeys, id: u32, secret: &StaticSecret) -> SignedPrekey {
+    let key = primitives::x25519_public(secret);
+    let public = identity.public();
+    let signature = identity.sign(
+        sig_context::SIGNED_PREKEY,
+        &[&public.signing, &id.to_be_bytes(), &key],
+    );
+    SignedPrekey { id, key, signature }
 }
 
 pub(crate) fn len_u32(n: usize) -> u32 {

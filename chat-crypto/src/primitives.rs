@@ -66,22 +66,34 @@ pub(crate) fn hkdf(salt: &[u8], ikm: &[u8], info: &[u8], out: &mut [u8]) -> Resu
         .map_err(|_| Error::TooLarge("hkdf output"))
 }
 
-/// HMAC-SHA256.
-pub(crate) fn hmac_sha256(key: &[u8], data: &[u8]) -> Key32 {
-    // HMAC accepts keys of any length, so this never fails; keep the fallback total anyway.
+/// HMAC-SHA256 keyed with `key`. HMAC accepts keys of any length, so this cannot fail.
+fn hmac_keyed(key: &[u8]) -> Option<Hmac<Sha256>> {
+    <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key).ok()
+}
+
+/// Finishes a keyed HMAC over `data`.
+fn hmac_finish(mac: Option<Hmac<Sha256>>, data: &[u8]) -> Key32 {
     let mut out = Zeroizing::new([0u8; 32]);
-    if let Ok(mut mac) = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key) {
+    if let Some(mut mac) = mac {
         mac.update(data);
         out.copy_from_slice(&mac.finalize().into_bytes());
     }
     out
 }
 
+/// HMAC-SHA256 (the construction KDF_CK uses; checked against RFC 4231).
+#[cfg(test)]
+pub(crate) fn hmac_sha256(key: &[u8], data: &[u8]) -> Key32 {
+    hmac_finish(hmac_keyed(key), data)
+}
+
 /// KDF_CK: returns (message key seed, next chain key): HMAC(CK, 0x01), HMAC(CK, 0x02).
 pub(crate) fn chain_step(chain_key: &[u8; 32]) -> (Key32, Key32) {
+    // Key the HMAC once and reuse the keyed state for both outputs.
+    let keyed = hmac_keyed(chain_key);
     (
-        hmac_sha256(chain_key, &[0x01]),
-        hmac_sha256(chain_key, &[0x02]),
+        hmac_finish(keyed.clone(), &[0x01]),
+        hmac_finish(keyed, &[0x02]),
     )
 }
 

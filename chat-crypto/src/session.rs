@@ -278,7 +278,7 @@ impl Session {
     ) -> Result<(Self, T), Error> {
         let pm = PrekeyMessage::parse(message)?;
         pm.identity.verify_binding(&pm.identity_signature)?;
-        let spk = account.signed_prekey_secret(pm.signed_prekey_id)?;
+        let (spk, spk_public) = account.signed_prekey_secret(pm.signed_prekey_id)?;
         let ours = account.identity();
         let dh1 = primitives::dh(spk, &pm.identity.dh)?;
         let dh2 = primitives::dh(ours.dh_secret(), &pm.base_key)?;
@@ -299,7 +299,7 @@ impl Session {
             base_key: pm.base_key,
             root_key: sk,
             our_ratchet: spk.clone(),
-            our_ratchet_public: primitives::x25519_public(spk),
+            our_ratchet_public: spk_public,
             // Set by the first ratchet step below, before anything can be sent.
             their_ratchet: [0; 32],
             sending: None,
