@@ -32,6 +32,10 @@ pub struct Config {
     pub frames_per_second: f64,
     /// Frames one connection may send in a burst.
     pub frame_burst: u32,
+    /// Messages one account may send per second across all its devices (sustained).
+    pub sends_per_account_per_second: f64,
+    /// Messages one account may send in a burst.
+    pub send_burst_per_account: u32,
     /// Log-in and registration attempts one source address may make in a burst; refills at
     /// one every two seconds.
     pub auth_burst_per_address: u32,
@@ -67,6 +71,8 @@ impl Default for Config {
             outbound_queue: 256,
             frames_per_second: 50.0,
             frame_burst: 200,
+            sends_per_account_per_second: 20.0,
+            send_burst_per_account: 200,
             auth_burst_per_address: 30,
             auth_burst_per_account: 10,
             argon2_memory_kib: 19 * 1024,
@@ -90,6 +96,9 @@ impl Config {
         }
         if self.heartbeat_interval_ms == 0 || self.missed_heartbeats == 0 {
             return bad("heartbeat_interval_ms and missed_heartbeats must be positive");
+        }
+        if self.send_burst_per_account == 0 || self.sends_per_account_per_second <= 0.0 {
+            return bad("send_burst_per_account and sends_per_account_per_second must be positive");
         }
         if self.outbound_queue == 0 || self.frame_burst == 0 || self.frames_per_second <= 0.0 {
             return bad("outbound_queue, frame_burst and frames_per_second must be positive");

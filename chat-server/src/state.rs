@@ -18,6 +18,8 @@ pub(crate) struct Limits {
     pub(crate) login_user: KeyedLimiter<String>,
     /// Log-in and registration attempts per source address.
     pub(crate) login_addr: KeyedLimiter<IpAddr>,
+    /// Messages per sending account, across its devices and connections.
+    pub(crate) sends: KeyedLimiter<UserId>,
     /// Key-bundle fetches per (requester, target user), so one-time prekeys cannot be
     /// drained.
     pub(crate) bundles: KeyedLimiter<(UserId, UserId)>,
@@ -28,6 +30,13 @@ impl Limits {
         Self {
             login_user: KeyedLimiter::new(Rate::new(config.auth_burst_per_account, 0.1), 100_000),
             login_addr: KeyedLimiter::new(Rate::new(config.auth_burst_per_address, 0.5), 100_000),
+            sends: KeyedLimiter::new(
+                Rate::new(
+                    config.send_burst_per_account,
+                    config.sends_per_account_per_second,
+                ),
+                1_000_000,
+            ),
             bundles: KeyedLimiter::new(Rate::new(20, 0.2), 100_000),
         }
     }

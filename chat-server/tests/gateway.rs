@@ -608,3 +608,37 @@ async fn failed_logins_are_rate_limited_per_account() {
         (401, Some("bad_credentials"))
     );
 }
+
+#[tokio::test]
+async fn sends_are_rate_limited_per_account_across_devices() {
+    let config = chat_server::Config {
+        send_burst_per_account: 3,
+        sends_per_account_per_second: 0.001,
+        ..test_config()
+    };
+    let server = TestServer::start(config).await;
+    let alice1 = server.account("alice").await;
+    let alice2 = server.login("alice").await;
+    let bob = server.account("bob").await;
+    let conversation = direct(&server, &alice1, &bob).await;
+    let mut first = server.connect(&alice1, 0).await;
+    backlog(&mut first).await;
+    let mut second = server.connect(&alice2, 0).await;
+    backlog(&mut second).await;
+    for i in 0..3u8 {
+        let recipients = recipients(&server, &alice1, conversation, b"").await;
+        first
+            .send(send_frame(u32::from(i), conversation, i, b"x", recipients))
+            .await;
+        assert!(matches!(first.recv().await, ServerFrame::Sent(_)));
+    }
+    // The account's budget is spent; the other device is limited too.
+    let recipients = recipients(&server, &alice2, conversation, b"").await;
+    second
+        .send(send_frame(9, conversation, 9, b"x", recipients))
+        .await;
+    let (_, frame) = second.until(|f| matches!(f, ServerFrame::Error(_))).await;
+    assert!(
+        matches!(frame, ServerFrame::Error(e) if e.code == ErrorCode::RateLimited && e.req == Some(9))
+    );
+}

@@ -8,7 +8,7 @@
 //! read covers it) but forwards every other queued event.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
@@ -31,7 +31,7 @@ use crate::limiter::{Bucket, Rate};
 use crate::state::{Shared, now};
 
 /// How long the final `closing` and close frames may take to write.
-const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a typing indicator lasts unless renewed or stopped.
 const TYPING_TTL_MS: u32 = 6_000;
@@ -286,13 +286,7 @@ impl Conn {
         };
         metrics::counter!("chat_frames_in_total").increment(1);
         if let Err(wait) = self.frames.take(self.rate, Instant::now()) {
-            let frame = ErrorFrame {
-                req: None,
-                code: ErrorCode::RateLimited,
-                message: "too many frames".into(),
-                retry_after_ms: Some(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX)),
-            };
-            return self.send_frame(&frame.into()).await;
+            return self.rate_limited(None, wait, "too many frames").await;
         }
         let frame = match ClientFrame::decode(&bytes) {
             Ok(frame) => frame,
@@ -348,6 +342,11 @@ impl Conn {
         let req = Some(send.req);
         if let Err(code) = send.validate() {
             return self.error(req, code, "send refused by a limit").await;
+        }
+        if let Err(wait) = self.shared.limits.sends.check(&device.user, Instant::now()) {
+            return self
+                .rate_limited(req, wait, "too many messages from this account")
+                .await;
         }
         metrics::counter!("chat_messages_in_total").increment(1);
         let headers = send.recipients.clone();
@@ -495,6 +494,16 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    async fn rate_limited(&mut self, req: Option<u32>, wait: Duration, message: &str) -> Step {
+        let frame = ErrorFrame {
+            req,
+            code: ErrorCode::RateLimited,
+            message: message.into(),
+            retry_after_ms: Some(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX)),
+        };
+        self.send_frame(&frame.into()).await
     }
 
     async fn error(&mut self, req: Option<u32>, code: ErrorCode, message: &str) -> Step {

@@ -31,6 +31,7 @@ pub fn test_config() -> Config {
         shutdown_grace_ms: 5_000,
         // Every test client comes from 127.0.0.1.
         auth_burst_per_address: 10_000,
+        send_burst_per_account: 10_000,
         ..Config::default()
     }
 }
