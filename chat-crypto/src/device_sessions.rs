@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use crate::codec::{Reader, Writer};
 use crate::envelope::Decrypted;
 use crate::identity::{Account, len_u32};
-use crate::session::{DeviceAddress, Session, is_prekey_message};
+use crate::session::{DeviceAddress, Session, is_prekey_message, prekey_identity};
 use crate::{Error, IdentityPublic};
 
 /// Sessions kept per remote device (the active one and three older ones).
@@ -39,8 +39,27 @@ impl DeviceSessions {
         self.sessions.first_mut()
     }
 
-    /// Makes a new session (from [`Session::initiate`]) the active one.
-    pub fn add(&mut self, session: Session) {
+    /// Makes a new session (from [`Session::initiate`]) the active one. Refused with
+    /// [`Error::IdentityChanged`] if the held sessions were made with another identity of
+    /// that device: an identity change is never accepted silently.
+    pub fn add(&mut self, session: Session) -> Result<(), Error> {
+        if self
+            .their_identity()
+            .is_some_and(|known| known != session.their_identity())
+        {
+            return Err(Error::IdentityChanged);
+        }
+        self.push(session);
+        Ok(())
+    }
+
+    /// Forgets every session, after the user (or the app's policy) accepted an identity change
+    /// of the remote device, or when the device was removed.
+    pub fn clear(&mut self) {
+        self.sessions.clear();
+    }
+
+    fn push(&mut self, session: Session) {
         self.sessions.insert(0, session);
         self.sessions.truncate(MAX_SESSIONS_PER_DEVICE);
     }
@@ -63,7 +82,9 @@ impl DeviceSessions {
     /// Opens a message from the remote device with whichever session it belongs to, starting a
     /// new one (and consuming a one-time prekey from `account`) for a prekey message of an
     /// unknown session. The session that opened it becomes the active one. Changes nothing
-    /// on error. Check the identity of a newly accepted session against the one you know.
+    /// on error. A new session whose identity differs from the held sessions' is refused with
+    /// [`Error::IdentityChanged`] (nothing consumed): surface it, then [`DeviceSessions::clear`]
+    /// and decrypt again once accepted.
     pub fn decrypt(
         &mut self,
         account: &mut Account,
@@ -86,8 +107,13 @@ impl DeviceSessions {
             }
         }
         if is_prekey_message(header) && errors.iter().all(|e| *e == Error::SessionMismatch) {
+            // Checked before accepting, so a refused identity consumes no one-time prekey.
+            let claimed = prekey_identity(header)?;
+            if self.their_identity().is_some_and(|known| known != claimed) {
+                return Err(Error::IdentityChanged);
+            }
             let (session, d) = Session::accept(account, our_address, their_address, header, body)?;
-            self.add(session);
+            self.push(session);
             return Ok(d);
         }
         // The most telling error: one from a session the message could belong to.

@@ -187,7 +187,6 @@ pub fn sender_key_headers<'s, R: CryptoRng + ?Sized>(
 }
 
 /// What a device header carried.
-#[derive(Debug)]
 #[non_exhaustive]
 pub enum Decrypted {
     /// The plaintext of a one-to-one (pairwise) message.
@@ -195,6 +194,16 @@ pub enum Decrypted {
     /// A sender key of the session's remote device; pass it to
     /// [`crate::SenderKeyReceiver`] and open the group body with that.
     SenderKey(SenderKeyDistribution),
+}
+
+impl fmt::Debug for Decrypted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print plaintext.
+        match self {
+            Self::Message(m) => write!(f, "Message({} bytes)", m.len()),
+            Self::SenderKey(d) => f.debug_tuple("SenderKey").field(d).finish(),
+        }
+    }
 }
 
 fn open_payload(payload: &[u8], body: &[u8]) -> Result<Decrypted, Error> {

@@ -46,6 +46,10 @@ pub enum Error {
     /// A prekey message names a one-time prekey that was already used or never existed.
     #[error("unknown one-time prekey")]
     UnknownOneTimePrekey,
+    /// A remote device presents an identity other than the one its sessions were made with;
+    /// surface it to the user (see `DeviceSessions::clear`).
+    #[error("identity key changed")]
+    IdentityChanged,
     /// A chain counter would overflow; start a new session or sender key.
     #[error("chain exhausted")]
     ChainExhausted,

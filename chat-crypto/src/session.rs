@@ -77,6 +77,11 @@ pub fn is_prekey_message(header: &[u8]) -> bool {
     header.get(..2) == Some(&[MESSAGE_VERSION, KIND_PREKEY][..])
 }
 
+/// The identity a prekey message claims (verified later by `accept`).
+pub(crate) fn prekey_identity(header: &[u8]) -> Result<IdentityPublic, Error> {
+    Ok(PrekeyMessage::parse(header)?.identity)
+}
+
 pub(crate) struct Chain {
     pub(crate) key: Key32,
     pub(crate) index: u32,

@@ -348,8 +348,10 @@ fn simultaneous_initiation_converges() {
     let mut b_acct = Account::new(&mut rng);
     let (mut a, mut b) = (DeviceSessions::new(), DeviceSessions::new());
     // Both fetch the other's bundle and send before hearing anything.
-    a.add(Session::initiate(&mut rng, &a_acct, ALICE, BOB, &b_acct.bundle(None).unwrap()).unwrap());
-    b.add(Session::initiate(&mut rng, &b_acct, BOB, ALICE, &a_acct.bundle(None).unwrap()).unwrap());
+    a.add(Session::initiate(&mut rng, &a_acct, ALICE, BOB, &b_acct.bundle(None).unwrap()).unwrap())
+        .unwrap();
+    b.add(Session::initiate(&mut rng, &b_acct, BOB, ALICE, &a_acct.bundle(None).unwrap()).unwrap())
+        .unwrap();
     let (ha, ba) = send(&mut rng, a.active().unwrap(), b"from a");
     let (hb, bb) = send(&mut rng, b.active().unwrap(), b"from b");
     assert_eq!(
@@ -392,4 +394,50 @@ fn simultaneous_initiation_converges() {
     let before = b.pickle();
     assert!(b.decrypt(&mut b_acct, BOB, ALICE, &ha, &ba).is_err());
     assert_eq!(*b.pickle(), *before);
+}
+
+#[test]
+fn an_identity_change_is_refused_until_cleared() {
+    use chat_crypto::DeviceSessions;
+    let mut rng = rng(19);
+    let p = pair(&mut rng);
+    let mut alice_account = p.alice_account;
+    let mut at_alice = DeviceSessions::new();
+    at_alice.add(p.alice).unwrap();
+    // Bob's device is reinstalled with a new identity and starts a new session.
+    let new_bob = Account::new(&mut rng);
+    let mut s = Session::initiate(
+        &mut rng,
+        &new_bob,
+        BOB,
+        ALICE,
+        &alice_account.bundle(None).unwrap(),
+    )
+    .unwrap();
+    let (h, b) = send(&mut rng, &mut s, b"it's me, new bob");
+    let before = (at_alice.pickle(), alice_account.pickle());
+    assert_eq!(
+        at_alice
+            .decrypt(&mut alice_account, ALICE, BOB, &h, &b)
+            .unwrap_err(),
+        Error::IdentityChanged
+    );
+    assert_eq!((at_alice.pickle(), alice_account.pickle()), before);
+    // Initiating towards the new identity is refused the same way.
+    let other = Session::initiate(
+        &mut rng,
+        &alice_account,
+        ALICE,
+        BOB,
+        &new_bob.bundle(None).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(at_alice.add(other).unwrap_err(), Error::IdentityChanged);
+    // The user accepts the change.
+    at_alice.clear();
+    let d = at_alice
+        .decrypt(&mut alice_account, ALICE, BOB, &h, &b)
+        .unwrap();
+    assert_eq!(text(d), b"it's me, new bob");
+    assert_eq!(at_alice.their_identity(), Some(new_bob.identity().public()));
 }
