@@ -68,8 +68,10 @@ pub enum BusError {
 /// Routes events between nodes.
 #[async_trait]
 pub trait Bus: Send + Sync {
-    /// Sends `message` to every sink subscribed to `topic`, on any node.
-    async fn publish(&self, topic: Topic, message: BusMessage) -> Result<(), BusError>;
+    /// Sends `message` to every sink subscribed to `topic`, on any node. Returns how many
+    /// subscriptions took it (0 means nobody is listening: for a device topic, the device is
+    /// offline).
+    async fn publish(&self, topic: Topic, message: BusMessage) -> Result<usize, BusError>;
 
     /// Starts delivering `topic` to `sink`.
     async fn subscribe(

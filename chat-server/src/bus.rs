@@ -52,14 +52,22 @@ impl LocalBus {
 
     /// Delivers to local sinks without going through the async trait (the publish path of
     /// the in-process deployment).
-    pub fn publish_local(&self, topic: Topic, message: &BusMessage) {
+    /// Returns how many sinks took the message.
+    pub fn publish_local(&self, topic: Topic, message: &BusMessage) -> usize {
         let mut shard = lock(self.shard(&topic));
-        if let Some(sinks) = shard.get_mut(&topic) {
-            sinks.retain(|(_, sink)| sink.deliver(topic, message));
-            if sinks.is_empty() {
-                shard.remove(&topic);
-            }
+        let Some(sinks) = shard.get_mut(&topic) else {
+            return 0;
+        };
+        let mut taken = 0;
+        sinks.retain(|(_, sink)| {
+            let ok = sink.deliver(topic, message);
+            taken += usize::from(ok);
+            ok
+        });
+        if sinks.is_empty() {
+            shard.remove(&topic);
         }
+        taken
     }
 }
 
@@ -71,9 +79,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[async_trait]
 impl Bus for LocalBus {
-    async fn publish(&self, topic: Topic, message: BusMessage) -> Result<(), BusError> {
-        self.publish_local(topic, &message);
-        Ok(())
+    async fn publish(&self, topic: Topic, message: BusMessage) -> Result<usize, BusError> {
+        Ok(self.publish_local(topic, &message))
     }
 
     async fn subscribe(
@@ -128,9 +135,9 @@ mod tests {
         let id = bus.subscribe(dev, a.clone()).await.unwrap();
         bus.subscribe(dev, closed.clone()).await.unwrap();
         let msg = BusMessage::Frame(Bytes::from_static(b"x"));
-        bus.publish(dev, msg.clone()).await.unwrap();
-        bus.publish(dev, msg.clone()).await.unwrap();
-        bus.publish(pres, msg.clone()).await.unwrap();
+        assert_eq!(bus.publish(dev, msg.clone()).await.unwrap(), 1);
+        assert_eq!(bus.publish(dev, msg.clone()).await.unwrap(), 1);
+        assert_eq!(bus.publish(pres, msg.clone()).await.unwrap(), 0);
         assert_eq!(a.0.load(Ordering::Relaxed), 2);
         assert_eq!(
             closed.0.load(Ordering::Relaxed),
@@ -138,7 +145,7 @@ mod tests {
             "a sink that refused is dropped"
         );
         bus.unsubscribe(dev, id).await.unwrap();
-        bus.publish(dev, msg).await.unwrap();
+        assert_eq!(bus.publish(dev, msg).await.unwrap(), 0);
         assert_eq!(a.0.load(Ordering::Relaxed), 2);
     }
 }

@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use chat_core::{Store, StoreError};
@@ -98,6 +99,7 @@ impl Server {
             limits,
             shutdown: shutdown_rx,
             alive: alive_tx,
+            connections: AtomicUsize::new(0),
             metrics: None,
         });
         Ok(Self {

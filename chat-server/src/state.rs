@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use argon2::Argon2;
@@ -57,6 +58,8 @@ pub(crate) struct Shared {
     /// (every live connection holds one).
     #[allow(dead_code)]
     pub(crate) alive: mpsc::Sender<()>,
+    /// Live WebSocket connections on this node.
+    pub(crate) connections: AtomicUsize,
     /// Renders Prometheus metrics, when a recorder is installed.
     pub(crate) metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }

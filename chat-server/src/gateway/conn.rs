@@ -8,6 +8,7 @@
 //! read covers it) but forwards every other queued event.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -50,12 +51,14 @@ type Step = Result<(), End>;
 /// Runs one connection to its end.
 pub(super) async fn run(shared: Arc<Shared>, socket: WebSocket) {
     metrics::gauge!("chat_connections").increment(1.0);
+    shared.connections.fetch_add(1, Ordering::Relaxed);
     let mut conn = Conn::new(shared, socket);
     let end = match conn.handshake().await {
         Ok(auth) => conn.serve(auth).await,
         Err(end) => end,
     };
     conn.finish(end).await;
+    conn.shared.connections.fetch_sub(1, Ordering::Relaxed);
     metrics::gauge!("chat_connections").decrement(1.0);
 }
 
