@@ -1,25 +1,4 @@
-//! chat-crypto: end-to-end encryption for the chat crate family.
-//!
-//! Pure, in the style of vodozemac: no I/O, no storage, no clock; randomness comes in as
-//! `&mut impl CryptoRng` (rand_core 0.10, the generation of x25519-dalek 3 / ed25519-dalek 3).
-//! Every stateful value ([`Account`], [`Session`], [`SenderKey`], [`SenderKeyReceiver`],
-//! [`OutgoingMessage`]) is a plain value the caller persists with `pickle()` / `from_pickle()`.
-//!
-//! - Identity and prekeys: [`Account`], [`PrekeyBundle`].
-//! - One-to-one: X3DH ([`Session::initiate`], [`Session::accept`]) and the Double Ratchet.
-//! - The multi-recipient wire shape: [`encrypt_for_devices`] gives one shared body and one
-//!   header per device; [`Session::decrypt`] opens them.
-//! - Groups: [`SenderKey`], [`SenderKeyReceiver`], [`sender_key_headers`].
-//! - Attachments: [`attachment`] (STREAM over 64 KiB chunks).
-//! - Safety numbers: [`safety_number`].
-//!
-//! See `docs/SECURITY.md` for the threat model, the constructions and the limits.
-//!
-//! # State contract for the client
-//! Save the state a call changed *before* its output leaves the device, and make a retried
-//! send reuse the saved ciphertext; never encrypt the same message twice. A call that returns an
-//! error changed nothing.
-
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![deny(
     clippy::unwrap_used,
