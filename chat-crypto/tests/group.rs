@@ -200,3 +200,43 @@ fn a_late_joiner_cannot_read_earlier_messages_and_jumps_are_capped() {
         Error::TooFarAhead { .. }
     ));
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+
+        /// Any delivery order with duplicates and loss: each message opens exactly once.
+        #[test]
+        fn any_order_opens_exactly_once(
+            deliveries in prop::collection::vec(0usize..20, 1..40),
+            seed in any::<u64>(),
+        ) {
+            let mut rng = rng(seed);
+            let alice = member(&mut rng, 1);
+            let mut others = vec![member(&mut rng, 2)];
+            let mut key = SenderKey::new(&mut rng, GROUP, alice.addr).unwrap();
+            let mut r = distribute(&mut rng, &alice, &key, &mut others).pop().unwrap();
+            let bodies: Vec<Vec<u8>> =
+                (0..20u8).map(|i| key.encrypt(&mut rng, &[i]).unwrap()).collect();
+            let mut opened = [false; 20];
+            for i in deliveries {
+                let before = r.pickle();
+                match r.decrypt(&bodies[i]) {
+                    Ok(p) => {
+                        prop_assert!(!opened[i]);
+                        prop_assert_eq!(p, vec![i as u8]);
+                        opened[i] = true;
+                    }
+                    Err(e) => {
+                        prop_assert!(opened[i], "fresh message {} failed: {:?}", i, e);
+                        prop_assert_eq!(e, Error::DuplicateMessage);
+                        prop_assert_eq!(&*r.pickle(), &*before);
+                    }
+                }
+            }
+        }
+    }
+}
