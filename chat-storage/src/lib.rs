@@ -31,7 +31,7 @@ pub mod testing;
 
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
-// pub use postgres::{PostgresOptions, PostgresStore};
+pub use postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
@@ -54,6 +54,11 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
         .or_else(|| url.strip_prefix("sqlite:"))
     {
         let store = SqliteStore::open(path, SqliteOptions::default()).await?;
+        return Ok(Arc::new(store));
+    }
+    #[cfg(feature = "postgres")]
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PostgresStore::connect(url, PostgresOptions::default()).await?;
         return Ok(Arc::new(store));
     }
     Err(StoreError::Invalid(

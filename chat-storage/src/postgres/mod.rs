@@ -1,1 +1,405 @@
-//! PostgreSQL backend (being written).
+//! The PostgreSQL backend: for several server nodes sharing one store.
+//!
+//! Every rule that spans rows holds through row locks inside one transaction (see
+//! [`ops`]), at READ COMMITTED, so it holds across any number of nodes. Concurrent commits
+//! share WAL flushes inside PostgreSQL itself (its group commit), so durable throughput is
+//! not one fsync per message. A transaction that loses a deadlock or a race on a unique key
+//! is run again, a few times at most.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use chat_core::{
+    AccountStore, Appended, AttachmentId, AttachmentMeta, Conversation, ConversationId,
+    ConversationStore, Credentials, Device, DeviceAddress, DeviceKeys, Direction, Envelope,
+    InboxEntry, InboxPos, KeyStore, MessageId, MessageStore, MetaStore, NewMessage, OneTimePrekey,
+    PrekeyBundle, PushToken, ReceiptKind, ReceiptPosition, ReceiptStore, StoreError, StoreResult,
+    Timestamp, TokenHash, User, UserId, Username,
+};
+use tokio_postgres::Config;
+
+use ops::Db;
+use pool::Pool;
+
+mod ops;
+mod pool;
+mod schema;
+
+/// How many times a transaction that lost a race is run again before giving up.
+const MAX_RETRIES: u32 = 8;
+
+/// Settings for [`PostgresStore::connect`].
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    pool_size: usize,
+    schema: Option<String>,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: 16,
+            schema: None,
+        }
+    }
+}
+
+impl PostgresOptions {
+    /// Sets the most connections held open (default 16, at least 1).
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// Keeps the store's tables in this schema (created if missing) instead of the
+    /// connection's default search path: several stores can share one database, and tests
+    /// can run in parallel. The name must be 1 to 63 characters of `a-z`, `0-9` and `_`.
+    pub fn schema(mut self, name: impl Into<String>) -> Self {
+        self.schema = Some(name.into());
+        self
+    }
+}
+
+/// The PostgreSQL store. Cheap to share behind an `Arc`.
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` (a `postgres://` URL or a libpq key-value string), applies pending
+    /// migrations and returns the store. [`StoreError::SchemaTooNew`] if a newer build has
+    /// migrated the database.
+    pub async fn connect(url: &str, options: PostgresOptions) -> StoreResult<Self> {
+        let mut config: Config = url.parse().map_err(StoreError::backend)?;
+        if config.get_application_name().is_none() {
+            config.application_name("chat-storage");
+        }
+        if let Some(schema) = &options.schema {
+            let valid = !schema.is_empty()
+                && schema.len() <= 63
+                && schema
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !valid {
+                return Err(StoreError::Invalid("schema names are a-z, 0-9 and _"));
+            }
+            let setup = pool::connect(&config).await?;
+            setup
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .await
+                .map_err(StoreError::backend)?;
+            config.options(format!("-c search_path={schema}"));
+        }
+        let mut first = pool::connect(&config).await?;
+        schema::migrate(&mut first).await?;
+        drop(first);
+        Ok(Self {
+            pool: Pool::new(config, options.pool_size),
+        })
+    }
+}
+
+/// Runs `$body` with `$db` bound to a [`Db`] over a fresh transaction, commits, and runs it
+/// again when it lost a race ([`ops::should_retry`]).
+macro_rules! in_tx {
+    ($store:expr, |$db:ident| $body:expr) => {{
+        let mut pooled = $store.pool.get().await?;
+        let conn = pooled.conn()?;
+        let mut attempt = 0;
+        loop {
+            let tx = conn
+                .client
+                .transaction()
+                .await
+                .map_err(StoreError::backend)?;
+            let result = {
+                let $db = Db::tx(&tx, &conn.statements);
+                $body
+            };
+            let result = match result {
+                Ok(value) => tx
+                    .commit()
+                    .await
+                    .map(|()| value)
+                    .map_err(StoreError::backend),
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    Err(e)
+                }
+            };
+            match result {
+                Err(e) if attempt < MAX_RETRIES && ops::should_retry(&e) => attempt += 1,
+                other => break other,
+            }
+        }
+    }};
+}
+
+/// Runs `$body` with `$db` bound to a [`Db`] over a pooled connection, each statement in
+/// its own implicit transaction.
+macro_rules! on_conn {
+    ($store:expr, |$db:ident| $body:expr) => {{
+        let mut pooled = $store.pool.get().await?;
+        let conn = pooled.conn()?;
+        let $db = Db::client(&conn.client, &conn.statements);
+        $body
+    }};
+}
+
+#[async_trait]
+impl AccountStore for PostgresStore {
+    async fn create_user(
+        &self,
+        username: &Username,
+        password_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<User> {
+        on_conn!(self, |db| ops::create_user(
+            &db,
+            username,
+            password_hash,
+            now
+        )
+        .await)
+    }
+
+    async fn credentials(&self, username: &Username) -> StoreResult<Option<Credentials>> {
+        on_conn!(self, |db| ops::credentials(&db, username).await)
+    }
+
+    async fn user(&self, user: UserId) -> StoreResult<Option<User>> {
+        on_conn!(self, |db| ops::user(&db, user).await)
+    }
+
+    async fn add_device(
+        &self,
+        user: UserId,
+        name: &str,
+        token: TokenHash,
+        now: Timestamp,
+    ) -> StoreResult<Device> {
+        in_tx!(self, |db| ops::add_device(&db, user, name, token, now)
+            .await)
+    }
+
+    async fn add_token(
+        &self,
+        device: DeviceAddress,
+        token: TokenHash,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        in_tx!(self, |db| ops::add_token(&db, device, token, now).await)
+    }
+
+    async fn devices(&self, user: UserId) -> StoreResult<Vec<Device>> {
+        on_conn!(self, |db| ops::devices(&db, user).await)
+    }
+
+    async fn remove_device(&self, device: DeviceAddress) -> StoreResult<()> {
+        in_tx!(self, |db| ops::remove_device(&db, device).await)
+    }
+
+    async fn authenticate(&self, token: TokenHash) -> StoreResult<Option<DeviceAddress>> {
+        on_conn!(self, |db| ops::authenticate(&db, token).await)
+    }
+
+    async fn revoke_token(&self, token: TokenHash) -> StoreResult<bool> {
+        on_conn!(self, |db| ops::revoke_token(&db, token).await)
+    }
+
+    async fn set_last_active(&self, user: UserId, at: Timestamp) -> StoreResult<()> {
+        on_conn!(self, |db| ops::set_last_active(&db, user, at).await)
+    }
+
+    async fn last_active(&self, user: UserId) -> StoreResult<Option<Timestamp>> {
+        on_conn!(self, |db| ops::last_active(&db, user).await)
+    }
+}
+
+#[async_trait]
+impl KeyStore for PostgresStore {
+    async fn set_device_keys(&self, device: DeviceAddress, keys: &DeviceKeys) -> StoreResult<()> {
+        on_conn!(self, |db| ops::set_device_keys(&db, device, keys).await)
+    }
+
+    async fn add_one_time_prekeys(
+        &self,
+        device: DeviceAddress,
+        keys: &[OneTimePrekey],
+    ) -> StoreResult<()> {
+        in_tx!(self, |db| ops::add_one_time_prekeys(&db, device, keys)
+            .await)
+    }
+
+    async fn claim_bundles(&self, user: UserId) -> StoreResult<Vec<PrekeyBundle>> {
+        on_conn!(self, |db| ops::claim_bundles(&db, user).await)
+    }
+
+    async fn one_time_prekey_count(&self, device: DeviceAddress) -> StoreResult<u64> {
+        on_conn!(self, |db| ops::one_time_prekey_count(&db, device).await)
+    }
+}
+
+#[async_trait]
+impl ConversationStore for PostgresStore {
+    async fn open_direct(&self, a: UserId, b: UserId, now: Timestamp) -> StoreResult<Conversation> {
+        in_tx!(self, |db| ops::open_direct(&db, a, b, now).await)
+    }
+
+    async fn create_group(
+        &self,
+        creator: UserId,
+        members: &[UserId],
+        limit: usize,
+        now: Timestamp,
+    ) -> StoreResult<Conversation> {
+        in_tx!(self, |db| ops::create_group(
+            &db, creator, members, limit, now
+        )
+        .await)
+    }
+
+    async fn add_members(
+        &self,
+        conversation: ConversationId,
+        users: &[UserId],
+        limit: usize,
+    ) -> StoreResult<()> {
+        in_tx!(self, |db| ops::add_members(&db, conversation, users, limit)
+            .await)
+    }
+
+    async fn remove_member(&self, conversation: ConversationId, user: UserId) -> StoreResult<bool> {
+        in_tx!(self, |db| ops::remove_member(&db, conversation, user).await)
+    }
+
+    async fn conversation(
+        &self,
+        conversation: ConversationId,
+    ) -> StoreResult<Option<Conversation>> {
+        on_conn!(self, |db| ops::conversation(&db, conversation).await)
+    }
+
+    async fn members(&self, conversation: ConversationId) -> StoreResult<Vec<UserId>> {
+        on_conn!(self, |db| ops::members(&db, conversation).await)
+    }
+
+    async fn is_member(&self, conversation: ConversationId, user: UserId) -> StoreResult<bool> {
+        on_conn!(self, |db| ops::is_member(&db, conversation, user).await)
+    }
+
+    async fn conversations_of(&self, user: UserId) -> StoreResult<Vec<Conversation>> {
+        on_conn!(self, |db| ops::conversations_of(&db, user).await)
+    }
+}
+
+#[async_trait]
+impl MessageStore for PostgresStore {
+    async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
+        // A retry of a committed send needs no transaction and takes no lock.
+        let first = on_conn!(self, |db| ops::find_duplicate(&db, &message).await)?;
+        if let Some(first) = first {
+            return Ok(first);
+        }
+        in_tx!(self, |db| ops::append(&db, &message).await)
+    }
+
+    async fn inbox(
+        &self,
+        device: DeviceAddress,
+        after: InboxPos,
+        limit: usize,
+    ) -> StoreResult<Vec<InboxEntry>> {
+        on_conn!(self, |db| ops::inbox(&db, device, after, limit).await)
+    }
+
+    async fn inbox_head(&self, device: DeviceAddress) -> StoreResult<InboxPos> {
+        on_conn!(self, |db| ops::inbox_head(&db, device).await)
+    }
+
+    async fn ack(&self, device: DeviceAddress, up_to: InboxPos) -> StoreResult<InboxPos> {
+        on_conn!(self, |db| ops::ack(&db, device, up_to).await)
+    }
+
+    async fn cursor(&self, device: DeviceAddress) -> StoreResult<InboxPos> {
+        on_conn!(self, |db| ops::cursor(&db, device).await)
+    }
+
+    async fn history(
+        &self,
+        conversation: ConversationId,
+        anchor: MessageId,
+        direction: Direction,
+        limit: usize,
+    ) -> StoreResult<Vec<Envelope>> {
+        on_conn!(self, |db| ops::history(
+            &db,
+            conversation,
+            anchor,
+            direction,
+            limit
+        )
+        .await)
+    }
+
+    async fn message(
+        &self,
+        conversation: ConversationId,
+        id: MessageId,
+    ) -> StoreResult<Option<Envelope>> {
+        on_conn!(self, |db| ops::message(&db, conversation, id).await)
+    }
+}
+
+#[async_trait]
+impl ReceiptStore for PostgresStore {
+    async fn set_receipt(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        kind: ReceiptKind,
+        up_to: MessageId,
+    ) -> StoreResult<MessageId> {
+        in_tx!(self, |db| ops::set_receipt(
+            &db,
+            conversation,
+            user,
+            kind,
+            up_to
+        )
+        .await)
+    }
+
+    async fn receipts(&self, conversation: ConversationId) -> StoreResult<Vec<ReceiptPosition>> {
+        on_conn!(self, |db| ops::receipts(&db, conversation).await)
+    }
+}
+
+#[async_trait]
+impl MetaStore for PostgresStore {
+    async fn insert_attachment(&self, meta: &AttachmentMeta) -> StoreResult<()> {
+        on_conn!(self, |db| ops::insert_attachment(&db, meta).await)
+    }
+
+    async fn attachment(&self, id: AttachmentId) -> StoreResult<Option<AttachmentMeta>> {
+        on_conn!(self, |db| ops::attachment(&db, id).await)
+    }
+
+    async fn set_push_token(
+        &self,
+        device: DeviceAddress,
+        token: Option<&PushToken>,
+    ) -> StoreResult<()> {
+        on_conn!(self, |db| ops::set_push_token(&db, device, token).await)
+    }
+
+    async fn push_token(&self, device: DeviceAddress) -> StoreResult<Option<PushToken>> {
+        on_conn!(self, |db| ops::push_token(&db, device).await)
+    }
+}

@@ -1,0 +1,1141 @@
+//! The SQL of every operation. Each statement is a constant listed in [`STATEMENTS`] and
+//! prepared once per connection.
+//!
+//! Locking, in one global order so that concurrent transactions cannot deadlock on each
+//! other's rows (PostgreSQL would detect it, and the store retries, but it costs): a user's
+//! row, then conversation rows in ID order, then device rows in ID order.
+//! - `append` locks its conversation row (`UPDATE … SET last_id = last_id + 1`), which
+//!   serialises appends per conversation and allocates the ID, then the recipients' device
+//!   rows in device order to take their inbox positions.
+//! - Membership changes lock the conversation row, so they serialise with appends and the
+//!   member count is checked in the same transaction as the add.
+//! - Adding or removing a device locks the user's row and then the rows of the user's
+//!   conversations, so no append can commit with a device list that the change made stale.
+
+use bytes::Bytes;
+use chat_core::limits::MAX_DEVICES_PER_USER;
+use chat_core::{
+    Appended, AttachmentId, AttachmentMeta, ClientKey, Conversation, ConversationId,
+    ConversationKind, Credentials, Device, DeviceAddress, DeviceKeys, Direction, Envelope,
+    InboxEntry, InboxPos, MessageId, NewMessage, OneTimePrekey, PrekeyBundle, PushToken,
+    ReceiptKind, ReceiptPosition, SignedPrekey, StoreError, StoreResult, Timestamp, TokenHash,
+    User, UserId, Username,
+};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{FromSql, ToSql};
+use tokio_postgres::{Client, Row, Statement, Transaction};
+
+use super::pool::Statements;
+use crate::common::{
+    array_from_sql, check_coverage, check_distinct_recipients, effective_limit, failure, from_sql,
+    limit_sql, to_sql, u32_from_sql,
+};
+
+/// Tells the retry loop to run the transaction again: a concurrent transaction committed a
+/// row this one needs to see (a direct pair, a client key).
+#[derive(Debug, thiserror::Error)]
+#[error("concurrent insert; retrying")]
+pub(crate) struct Retry;
+
+/// Whether a failed transaction should simply run again.
+pub(crate) fn should_retry(err: &StoreError) -> bool {
+    let StoreError::Backend(inner) = err else {
+        return false;
+    };
+    if inner.is::<Retry>() {
+        return true;
+    }
+    inner
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(|e| e.code())
+        .is_some_and(|code| {
+            *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        })
+}
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    StoreError::backend(e)
+}
+
+fn conflict_or_pg(e: tokio_postgres::Error) -> StoreError {
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        StoreError::Conflict
+    } else {
+        pg(e)
+    }
+}
+
+type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+
+enum Exec<'a> {
+    Client(&'a Client),
+    Tx(&'a Transaction<'a>),
+}
+
+/// A connection or transaction with its prepared statements.
+pub(crate) struct Db<'a> {
+    exec: Exec<'a>,
+    statements: &'a Statements,
+}
+
+impl<'a> Db<'a> {
+    pub(crate) fn client(client: &'a Client, statements: &'a Statements) -> Self {
+        Self {
+            exec: Exec::Client(client),
+            statements,
+        }
+    }
+
+    pub(crate) fn tx(tx: &'a Transaction<'a>, statements: &'a Statements) -> Self {
+        Self {
+            exec: Exec::Tx(tx),
+            statements,
+        }
+    }
+
+    fn statement(&self, sql: &'static str) -> StoreResult<&Statement> {
+        self.statements
+            .get(sql)
+            .ok_or_else(|| failure("statement was not prepared"))
+    }
+
+    async fn query(&self, sql: &'static str, params: Params<'_>) -> StoreResult<Vec<Row>> {
+        let st = self.statement(sql)?;
+        match self.exec {
+            Exec::Client(c) => c.query(st, params).await,
+            Exec::Tx(t) => t.query(st, params).await,
+        }
+        .map_err(pg)
+    }
+
+    async fn opt(&self, sql: &'static str, params: Params<'_>) -> StoreResult<Option<Row>> {
+        let st = self.statement(sql)?;
+        match self.exec {
+            Exec::Client(c) => c.query_opt(st, params).await,
+            Exec::Tx(t) => t.query_opt(st, params).await,
+        }
+        .map_err(pg)
+    }
+
+    async fn exec_raw(
+        &self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let st = self.statements.get(sql);
+        let Some(st) = st else { return Ok(0) };
+        match self.exec {
+            Exec::Client(c) => c.execute(st, params).await,
+            Exec::Tx(t) => t.execute(st, params).await,
+        }
+    }
+
+    async fn exec(&self, sql: &'static str, params: Params<'_>) -> StoreResult<u64> {
+        self.statement(sql)?;
+        self.exec_raw(sql, params).await.map_err(pg)
+    }
+
+    /// Like [`Self::exec`], mapping a uniqueness violation to [`StoreError::Conflict`].
+    async fn exec_unique(&self, sql: &'static str, params: Params<'_>) -> StoreResult<u64> {
+        self.statement(sql)?;
+        self.exec_raw(sql, params).await.map_err(conflict_or_pg)
+    }
+}
+
+fn get<'r, T: FromSql<'r>>(row: &'r Row, index: usize) -> StoreResult<T> {
+    row.try_get(index).map_err(pg)
+}
+
+fn ts(value: i64) -> Timestamp {
+    Timestamp::from_millis(u64::try_from(value).unwrap_or(0))
+}
+
+fn ts_sql(at: Timestamp) -> i64 {
+    to_sql(at.as_millis())
+}
+
+fn kind_sql(kind: ConversationKind) -> i16 {
+    match kind {
+        ConversationKind::Direct => 0,
+        ConversationKind::Group => 1,
+    }
+}
+
+fn kind_from_sql(value: i16) -> StoreResult<ConversationKind> {
+    match value {
+        0 => Ok(ConversationKind::Direct),
+        1 => Ok(ConversationKind::Group),
+        other => Err(failure(format!(
+            "stored conversation kind {other} is unknown"
+        ))),
+    }
+}
+
+fn ids_sql<T: Copy + Into<u64>>(ids: &[T]) -> Vec<i64> {
+    ids.iter().map(|&id| to_sql(id.into())).collect()
+}
+
+// ---- statements -----------------------------------------------------------------------
+
+const CREATE_USER: &str = "INSERT INTO users (username, password_hash, created_at)
+    VALUES ($1, $2, $3) RETURNING id";
+const CREDENTIALS: &str = "SELECT id, password_hash, created_at FROM users WHERE username = $1";
+const USER: &str = "SELECT username, created_at FROM users WHERE id = $1";
+const LOCK_USER: &str = "SELECT 1 FROM users WHERE id = $1 FOR UPDATE";
+const COUNT_USERS: &str = "SELECT count(*) FROM users WHERE id = ANY($1)";
+const COUNT_DEVICES: &str = "SELECT count(*) FROM devices WHERE user_id = $1";
+const INSERT_DEVICE: &str = "INSERT INTO devices (user_id, name, created_at)
+    VALUES ($1, $2, $3) RETURNING id";
+const INSERT_TOKEN: &str = "INSERT INTO tokens (hash, user_id, device_id, created_at)
+    VALUES ($1, $2, $3, $4)";
+const DEVICE_EXISTS: &str = "SELECT 1 FROM devices WHERE id = $1 AND user_id = $2";
+const LOCK_DEVICE_SHARE: &str = "SELECT 1 FROM devices WHERE id = $1 AND user_id = $2 FOR SHARE";
+const DEVICES: &str = "SELECT id, name, created_at FROM devices WHERE user_id = $1 ORDER BY id";
+const LOCK_CONVERSATIONS_OF: &str = "SELECT id FROM conversations
+    WHERE id IN (SELECT conversation_id FROM members WHERE user_id = $1) ORDER BY id FOR UPDATE";
+const DELETE_TOKENS_OF: &str = "DELETE FROM tokens WHERE device_id = $1";
+const DELETE_PREKEYS_OF: &str = "DELETE FROM one_time_prekeys WHERE device_id = $1";
+const DELETE_INBOX_OF: &str = "DELETE FROM inbox WHERE device_id = $1";
+const DELETE_DEVICE: &str = "DELETE FROM devices WHERE id = $1";
+const AUTHENTICATE: &str = "SELECT user_id, device_id FROM tokens WHERE hash = $1";
+const REVOKE: &str = "DELETE FROM tokens WHERE hash = $1";
+const SET_LAST_ACTIVE: &str = "UPDATE users
+    SET last_active = GREATEST(coalesce(last_active, $2), $2) WHERE id = $1";
+const LAST_ACTIVE: &str = "SELECT last_active FROM users WHERE id = $1";
+
+const SET_KEYS: &str = "UPDATE devices
+    SET identity = $3, spk_id = $4, spk_public = $5, spk_signature = $6
+    WHERE id = $1 AND user_id = $2";
+const ADD_PREKEYS: &str = "INSERT INTO one_time_prekeys (device_id, key_id, public)
+    SELECT $1, k, p FROM unnest($2::bigint[], $3::bytea[]) AS t (k, p)
+    ON CONFLICT DO NOTHING";
+const KEYED_DEVICES: &str = "SELECT id, identity, spk_id, spk_public, spk_signature
+    FROM devices WHERE user_id = $1 AND identity IS NOT NULL ORDER BY id";
+const CLAIM_PREKEY: &str = "DELETE FROM one_time_prekeys
+    WHERE (device_id, key_id) = (
+        SELECT device_id, key_id FROM one_time_prekeys WHERE device_id = $1
+        ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED)
+    RETURNING key_id, public";
+const PREKEY_COUNT: &str = "SELECT count(*) FROM one_time_prekeys k
+    JOIN devices d ON d.id = k.device_id WHERE k.device_id = $1 AND d.user_id = $2";
+
+const FIND_DIRECT: &str = "SELECT c.id, c.kind, c.created_at, c.last_id
+    FROM direct_pairs p JOIN conversations c ON c.id = p.conversation_id
+    WHERE p.low = $1 AND p.high = $2";
+const INSERT_CONVERSATION: &str =
+    "INSERT INTO conversations (kind, created_at) VALUES ($1, $2) RETURNING id";
+const INSERT_DIRECT_PAIR: &str = "INSERT INTO direct_pairs (low, high, conversation_id)
+    VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+const INSERT_MEMBERS: &str = "INSERT INTO members (conversation_id, user_id)
+    SELECT $1, u FROM unnest($2::bigint[]) AS u ON CONFLICT DO NOTHING";
+const LOCK_CONVERSATION: &str = "SELECT kind FROM conversations WHERE id = $1 FOR UPDATE";
+const COUNT_MEMBERS: &str = "SELECT count(*) FROM members WHERE conversation_id = $1";
+const REMOVE_MEMBER: &str = "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2";
+const CONVERSATION: &str = "SELECT id, kind, created_at, last_id FROM conversations WHERE id = $1";
+const MEMBERS: &str = "SELECT user_id FROM members WHERE conversation_id = $1 ORDER BY user_id";
+const IS_MEMBER: &str = "SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2";
+const CONVERSATIONS_OF: &str = "SELECT c.id, c.kind, c.created_at, c.last_id
+    FROM members m JOIN conversations c ON c.id = m.conversation_id
+    WHERE m.user_id = $1 ORDER BY c.id";
+
+const FIND_CLIENT_KEY: &str =
+    "SELECT message_id, sent_at FROM client_keys WHERE sender_device = $1 AND client_key = $2";
+const ALLOCATE_ID: &str =
+    "UPDATE conversations SET last_id = last_id + 1 WHERE id = $1 RETURNING last_id";
+const CURRENT_DEVICES: &str = "SELECT d.user_id, d.id
+    FROM members m JOIN devices d ON d.user_id = m.user_id WHERE m.conversation_id = $1";
+const INSERT_MESSAGE: &str = "WITH k AS (
+        INSERT INTO client_keys (sender_device, client_key, conversation_id, message_id, sent_at)
+        VALUES ($4, $5, $1, $2, $6) ON CONFLICT DO NOTHING RETURNING 1)
+    INSERT INTO messages
+        (conversation_id, id, sender_user, sender_device, client_key, sent_at, body)
+    SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM k)";
+const BUMP_HEADS: &str = "WITH locked AS (
+        SELECT id FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE)
+    UPDATE devices d SET inbox_head = d.inbox_head + 1 FROM locked
+    WHERE d.id = locked.id RETURNING d.id, d.inbox_head";
+const INSERT_INBOX: &str = "INSERT INTO inbox (device_id, pos, conversation_id, message_id, header)
+    SELECT d, p, $1, $2, h FROM unnest($3::bigint[], $4::bigint[], $5::bytea[]) AS t (d, p, h)";
+const INBOX: &str = "SELECT i.pos, i.header, m.conversation_id, m.id, m.sender_user,
+        m.sender_device, m.client_key, m.sent_at, m.body
+    FROM inbox i JOIN messages m ON m.conversation_id = i.conversation_id AND m.id = i.message_id
+    WHERE i.device_id = $1 AND i.pos > $2 ORDER BY i.pos LIMIT $3";
+const DEVICE_POSITIONS: &str =
+    "SELECT inbox_head, cursor FROM devices WHERE id = $1 AND user_id = $2";
+const ACK: &str = "UPDATE devices SET cursor = GREATEST(cursor, $3)
+    WHERE id = $1 AND user_id = $2 RETURNING cursor";
+const HISTORY_BEFORE: &str = "SELECT conversation_id, id, sender_user, sender_device,
+        client_key, sent_at, body
+    FROM messages WHERE conversation_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3";
+const HISTORY_AFTER: &str = "SELECT conversation_id, id, sender_user, sender_device,
+        client_key, sent_at, body
+    FROM messages WHERE conversation_id = $1 AND id > $2 ORDER BY id ASC LIMIT $3";
+const MESSAGE: &str = "SELECT conversation_id, id, sender_user, sender_device,
+        client_key, sent_at, body
+    FROM messages WHERE conversation_id = $1 AND id = $2";
+
+const SET_RECEIPT: &str = "INSERT INTO receipts (conversation_id, user_id, kind, up_to)
+    VALUES ($1, $2, $3, $4)
+    ON CONFLICT (conversation_id, user_id, kind)
+    DO UPDATE SET up_to = GREATEST(receipts.up_to, EXCLUDED.up_to)
+    RETURNING up_to";
+const RECEIPTS: &str = "SELECT r.user_id, r.kind, r.up_to FROM receipts r
+    JOIN members m ON m.conversation_id = r.conversation_id AND m.user_id = r.user_id
+    WHERE r.conversation_id = $1 ORDER BY r.user_id, r.kind";
+
+const INSERT_ATTACHMENT: &str = "INSERT INTO attachments
+        (id, conversation_id, uploader_user, uploader_device, size, created_at)
+    VALUES ($1, $2, $3, $4, $5, $6)";
+const ATTACHMENT: &str = "SELECT conversation_id, uploader_user, uploader_device, size,
+        created_at
+    FROM attachments WHERE id = $1";
+const SET_PUSH: &str = "UPDATE devices SET push_platform = $3, push_token = $4
+    WHERE id = $1 AND user_id = $2";
+const PUSH: &str = "SELECT push_platform, push_token FROM devices WHERE id = $1 AND user_id = $2";
+
+/// Every statement, prepared on each new connection.
+pub(crate) const STATEMENTS: &[&str] = &[
+    CREATE_USER,
+    CREDENTIALS,
+    USER,
+    LOCK_USER,
+    COUNT_USERS,
+    COUNT_DEVICES,
+    INSERT_DEVICE,
+    INSERT_TOKEN,
+    DEVICE_EXISTS,
+    LOCK_DEVICE_SHARE,
+    DEVICES,
+    LOCK_CONVERSATIONS_OF,
+    DELETE_TOKENS_OF,
+    DELETE_PREKEYS_OF,
+    DELETE_INBOX_OF,
+    DELETE_DEVICE,
+    AUTHENTICATE,
+    REVOKE,
+    SET_LAST_ACTIVE,
+    LAST_ACTIVE,
+    SET_KEYS,
+    ADD_PREKEYS,
+    KEYED_DEVICES,
+    CLAIM_PREKEY,
+    PREKEY_COUNT,
+    FIND_DIRECT,
+    INSERT_CONVERSATION,
+    INSERT_DIRECT_PAIR,
+    INSERT_MEMBERS,
+    LOCK_CONVERSATION,
+    COUNT_MEMBERS,
+    REMOVE_MEMBER,
+    CONVERSATION,
+    MEMBERS,
+    IS_MEMBER,
+    CONVERSATIONS_OF,
+    FIND_CLIENT_KEY,
+    ALLOCATE_ID,
+    CURRENT_DEVICES,
+    INSERT_MESSAGE,
+    BUMP_HEADS,
+    INSERT_INBOX,
+    INBOX,
+    DEVICE_POSITIONS,
+    ACK,
+    HISTORY_BEFORE,
+    HISTORY_AFTER,
+    MESSAGE,
+    SET_RECEIPT,
+    RECEIPTS,
+    INSERT_ATTACHMENT,
+    ATTACHMENT,
+    SET_PUSH,
+    PUSH,
+];
+
+// ---- accounts -------------------------------------------------------------------------
+
+pub(crate) async fn create_user(
+    db: &Db<'_>,
+    username: &Username,
+    password_hash: &str,
+    now: Timestamp,
+) -> StoreResult<User> {
+    let st = db.statement(CREATE_USER)?;
+    let params: Params<'_> = &[&username.as_str(), &password_hash, &ts_sql(now)];
+    let row = match db.exec {
+        Exec::Client(c) => c.query_one(st, params).await,
+        Exec::Tx(t) => t.query_one(st, params).await,
+    }
+    .map_err(conflict_or_pg)?;
+    let id = from_sql(get(&row, 0)?, "user ID")?;
+    Ok(User {
+        id,
+        username: username.clone(),
+        created_at: now,
+    })
+}
+
+pub(crate) async fn credentials(
+    db: &Db<'_>,
+    username: &Username,
+) -> StoreResult<Option<Credentials>> {
+    let Some(row) = db.opt(CREDENTIALS, &[&username.as_str()]).await? else {
+        return Ok(None);
+    };
+    let user = User {
+        id: from_sql(get(&row, 0)?, "user ID")?,
+        username: username.clone(),
+        created_at: ts(get(&row, 2)?),
+    };
+    Ok(Some(Credentials {
+        user,
+        password_hash: get(&row, 1)?,
+    }))
+}
+
+pub(crate) async fn user(db: &Db<'_>, user: UserId) -> StoreResult<Option<User>> {
+    let Some(row) = db.opt(USER, &[&to_sql(user.get())]).await? else {
+        return Ok(None);
+    };
+    let name: String = get(&row, 0)?;
+    let username = Username::new(name).map_err(|e| failure(format!("stored username: {e}")))?;
+    Ok(Some(User {
+        id: user,
+        username,
+        created_at: ts(get(&row, 1)?),
+    }))
+}
+
+async fn require_device(db: &Db<'_>, device: DeviceAddress) -> StoreResult<()> {
+    let params: Params<'_> = &[&to_sql(device.device.get()), &to_sql(device.user.get())];
+    match db.opt(DEVICE_EXISTS, params).await? {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NotFound),
+    }
+}
+
+/// Share-locks the device's row until commit: a concurrent removal waits for this
+/// transaction, so nothing it adds (a token, a prekey) can outlive the device.
+async fn lock_device_share(db: &Db<'_>, device: DeviceAddress) -> StoreResult<()> {
+    let params: Params<'_> = &[&to_sql(device.device.get()), &to_sql(device.user.get())];
+    match db.opt(LOCK_DEVICE_SHARE, params).await? {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NotFound),
+    }
+}
+
+/// Locks the user's row and then their conversations' rows: see the module docs.
+async fn lock_user_and_conversations(db: &Db<'_>, user: UserId) -> StoreResult<()> {
+    let id = to_sql(user.get());
+    if db.opt(LOCK_USER, &[&id]).await?.is_none() {
+        return Err(StoreError::NotFound);
+    }
+    db.query(LOCK_CONVERSATIONS_OF, &[&id]).await?;
+    Ok(())
+}
+
+pub(crate) async fn add_device(
+    db: &Db<'_>,
+    user: UserId,
+    name: &str,
+    token: TokenHash,
+    now: Timestamp,
+) -> StoreResult<Device> {
+    lock_user_and_conversations(db, user).await?;
+    let count = db.opt(COUNT_DEVICES, &[&to_sql(user.get())]).await?;
+    let n: i64 = count.map(|r| get(&r, 0)).transpose()?.unwrap_or(0);
+    if usize::try_from(n).unwrap_or(usize::MAX) >= MAX_DEVICES_PER_USER {
+        return Err(StoreError::TooManyDevices);
+    }
+    let row = db
+        .opt(INSERT_DEVICE, &[&to_sql(user.get()), &name, &ts_sql(now)])
+        .await?
+        .ok_or_else(|| failure("insert returned no row"))?;
+    let address = DeviceAddress {
+        user,
+        device: from_sql(get(&row, 0)?, "device ID")?,
+    };
+    insert_token(db, address, token, now).await?;
+    Ok(Device {
+        address,
+        name: name.to_owned(),
+        created_at: now,
+    })
+}
+
+async fn insert_token(
+    db: &Db<'_>,
+    device: DeviceAddress,
+    token: TokenHash,
+    now: Timestamp,
+) -> StoreResult<()> {
+    let params: Params<'_> = &[
+        &&token.0[..],
+        &to_sql(device.user.get()),
+        &to_sql(device.device.get()),
+        &ts_sql(now),
+    ];
+    db.exec_unique(INSERT_TOKEN, params).await.map(drop)
+}
+
+pub(crate) async fn add_token(
+    db: &Db<'_>,
+    device: DeviceAddress,
+    token: TokenHash,
+    now: Timestamp,
+) -> StoreResult<()> {
+    lock_device_share(db, device).await?;
+    if authenticate(db, token).await? == Some(device) {
+        return Ok(());
+    }
+    insert_token(db, device, token, now).await
+}
+
+pub(crate) async fn devices(db: &Db<'_>, user: UserId) -> StoreResult<Vec<Device>> {
+    let rows = db.query(DEVICES, &[&to_sql(user.get())]).await?;
+    rows.iter()
+        .map(|row| {
+            let address = DeviceAddress {
+                user,
+                device: from_sql(get(row, 0)?, "device ID")?,
+            };
+            Ok(Device {
+                address,
+                name: get(row, 1)?,
+                created_at: ts(get(row, 2)?),
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn remove_device(db: &Db<'_>, device: DeviceAddress) -> StoreResult<()> {
+    lock_user_and_conversations(db, device.user).await?;
+    require_device(db, device).await?;
+    let id = to_sql(device.device.get());
+    for sql in [
+        DELETE_TOKENS_OF,
+        DELETE_PREKEYS_OF,
+        DELETE_INBOX_OF,
+        DELETE_DEVICE,
+    ] {
+        db.exec(sql, &[&id]).await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn authenticate(
+    db: &Db<'_>,
+    token: TokenHash,
+) -> StoreResult<Option<DeviceAddress>> {
+    let Some(row) = db.opt(AUTHENTICATE, &[&&token.0[..]]).await? else {
+        return Ok(None);
+    };
+    Ok(Some(DeviceAddress {
+        user: from_sql(get(&row, 0)?, "user ID")?,
+        device: from_sql(get(&row, 1)?, "device ID")?,
+    }))
+}
+
+pub(crate) async fn revoke_token(db: &Db<'_>, token: TokenHash) -> StoreResult<bool> {
+    Ok(db.exec(REVOKE, &[&&token.0[..]]).await? > 0)
+}
+
+pub(crate) async fn set_last_active(db: &Db<'_>, user: UserId, at: Timestamp) -> StoreResult<()> {
+    match db
+        .exec(SET_LAST_ACTIVE, &[&to_sql(user.get()), &ts_sql(at)])
+        .await?
+    {
+        0 => Err(StoreError::NotFound),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) async fn last_active(db: &Db<'_>, user: UserId) -> StoreResult<Option<Timestamp>> {
+    let Some(row) = db.opt(LAST_ACTIVE, &[&to_sql(user.get())]).await? else {
+        return Ok(None);
+    };
+    Ok(get::<Option<i64>>(&row, 0)?.map(ts))
+}
+
+// ---- keys -----------------------------------------------------------------------------
+
+pub(crate) async fn set_device_keys(
+    db: &Db<'_>,
+    device: DeviceAddress,
+    keys: &DeviceKeys,
+) -> StoreResult<()> {
+    let spk = &keys.signed_prekey;
+    let params: Params<'_> = &[
+        &to_sql(device.device.get()),
+        &to_sql(device.user.get()),
+        &&keys.identity[..],
+        &i64::from(spk.id),
+        &&spk.public[..],
+        &&spk.signature[..],
+    ];
+    match db.exec(SET_KEYS, params).await? {
+        0 => Err(StoreError::NotFound),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) async fn add_one_time_prekeys(
+    db: &Db<'_>,
+    device: DeviceAddress,
+    keys: &[OneTimePrekey],
+) -> StoreResult<()> {
+    lock_device_share(db, device).await?;
+    let ids: Vec<i64> = keys.iter().map(|k| i64::from(k.id)).collect();
+    let publics: Vec<&[u8]> = keys.iter().map(|k| &k.public[..]).collect();
+    db.exec(ADD_PREKEYS, &[&to_sql(device.device.get()), &ids, &publics])
+        .await?;
+    Ok(())
+}
+
+pub(crate) async fn claim_bundles(db: &Db<'_>, user: UserId) -> StoreResult<Vec<PrekeyBundle>> {
+    let rows = db.query(KEYED_DEVICES, &[&to_sql(user.get())]).await?;
+    let mut bundles = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: i64 = get(&row, 0)?;
+        // Each claim is one statement; SKIP LOCKED makes concurrent claimers take
+        // different keys instead of waiting for (and then missing) the same one.
+        let one_time_prekey = match db.opt(CLAIM_PREKEY, &[&id]).await? {
+            Some(k) => Some(OneTimePrekey {
+                id: u32_from_sql(get(&k, 0)?, "prekey ID")?,
+                public: Bytes::from(get::<Vec<u8>>(&k, 1)?),
+            }),
+            None => None,
+        };
+        bundles.push(PrekeyBundle {
+            device: DeviceAddress {
+                user,
+                device: from_sql(id, "device ID")?,
+            },
+            identity: Bytes::from(get::<Vec<u8>>(&row, 1)?),
+            signed_prekey: SignedPrekey {
+                id: u32_from_sql(get(&row, 2)?, "signed prekey ID")?,
+                public: Bytes::from(get::<Vec<u8>>(&row, 3)?),
+                signature: Bytes::from(get::<Vec<u8>>(&row, 4)?),
+            },
+            one_time_prekey,
+        });
+    }
+    Ok(bundles)
+}
+
+pub(crate) async fn one_time_prekey_count(db: &Db<'_>, device: DeviceAddress) -> StoreResult<u64> {
+    let params: Params<'_> = &[&to_sql(device.device.get()), &to_sql(device.user.get())];
+    let row = db.opt(PREKEY_COUNT, params).await?;
+    let n: i64 = row.map(|r| get(&r, 0)).transpose()?.unwrap_or(0);
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+// ---- conversations --------------------------------------------------------------------
+
+fn conversation_from_row(row: &Row) -> StoreResult<Conversation> {
+    let last_id: i64 = get(row, 3)?;
+    Ok(Conversation {
+        id: from_sql(get(row, 0)?, "conversation ID")?,
+        kind: kind_from_sql(get(row, 1)?)?,
+        created_at: ts(get(row, 2)?),
+        last_message: if last_id == 0 {
+            None
+        } else {
+            Some(from_sql(last_id, "message ID")?)
+        },
+    })
+}
+
+async fn require_users(db: &Db<'_>, users: &[UserId]) -> StoreResult<()> {
+    let mut ids = ids_sql(users);
+    ids.sort_unstable();
+    ids.dedup();
+    let row = db.opt(COUNT_USERS, &[&ids]).await?;
+    let n: i64 = row.map(|r| get(&r, 0)).transpose()?.unwrap_or(0);
+    if usize::try_from(n).ok() == Some(ids.len()) {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound)
+    }
+}
+
+async fn new_conversation(
+    db: &Db<'_>,
+    kind: ConversationKind,
+    members: &[UserId],
+    now: Timestamp,
+) -> StoreResult<Conversation> {
+    let row = db
+        .opt(INSERT_CONVERSATION, &[&kind_sql(kind), &ts_sql(now)])
+        .await?
+        .ok_or_else(|| failure("insert returned no row"))?;
+    let id: i64 = get(&row, 0)?;
+    db.exec(INSERT_MEMBERS, &[&id, &ids_sql(members)]).await?;
+    let id = from_sql(id, "conversation ID")?;
+    Ok(Conversation {
+        id,
+        kind,
+        created_at: now,
+        last_message: None,
+    })
+}
+
+pub(crate) async fn open_direct(
+    db: &Db<'_>,
+    a: UserId,
+    b: UserId,
+    now: Timestamp,
+) -> StoreResult<Conversation> {
+    require_users(db, &[a, b]).await?;
+    let (low, high) = (a.min(b), a.max(b));
+    let pair: Params<'_> = &[&to_sql(low.get()), &to_sql(high.get())];
+    if let Some(row) = db.opt(FIND_DIRECT, pair).await? {
+        return conversation_from_row(&row);
+    }
+    let conversation = new_conversation(db, ConversationKind::Direct, &[low, high], now).await?;
+    let params: Params<'_> = &[
+        &to_sql(low.get()),
+        &to_sql(high.get()),
+        &to_sql(conversation.id.get()),
+    ];
+    if db.exec(INSERT_DIRECT_PAIR, params).await? == 0 {
+        // Another transaction opened it first; run again to find theirs.
+        return Err(StoreError::backend(Retry));
+    }
+    Ok(conversation)
+}
+
+pub(crate) async fn create_group(
+    db: &Db<'_>,
+    creator: UserId,
+    members: &[UserId],
+    limit: usize,
+    now: Timestamp,
+) -> StoreResult<Conversation> {
+    let mut all: Vec<UserId> = members.iter().copied().chain([creator]).collect();
+    all.sort_unstable();
+    all.dedup();
+    let limit = effective_limit(limit);
+    if all.len() > limit {
+        return Err(StoreError::GroupFull { limit });
+    }
+    require_users(db, &all).await?;
+    new_conversation(db, ConversationKind::Group, &all, now).await
+}
+
+/// Locks a group's row (serialising with appends and other membership changes).
+async fn lock_group(db: &Db<'_>, conversation: ConversationId) -> StoreResult<()> {
+    let row = db
+        .opt(LOCK_CONVERSATION, &[&to_sql(conversation.get())])
+        .await?;
+    match kind_from_sql(get(&row.ok_or(StoreError::NotFound)?, 0)?)? {
+        ConversationKind::Group => Ok(()),
+        ConversationKind::Direct => Err(StoreError::Invalid(
+            "members of a one-to-one conversation are fixed",
+        )),
+    }
+}
+
+pub(crate) async fn add_members(
+    db: &Db<'_>,
+    conversation: ConversationId,
+    users: &[UserId],
+    limit: usize,
+) -> StoreResult<()> {
+    require_users(db, users).await?;
+    lock_group(db, conversation).await?;
+    let id = to_sql(conversation.get());
+    db.exec(INSERT_MEMBERS, &[&id, &ids_sql(users)]).await?;
+    // Counted under the conversation's row lock, in the transaction that adds: over the
+    // limit, the transaction rolls back and nothing was added.
+    let row = db.opt(COUNT_MEMBERS, &[&id]).await?;
+    let n: i64 = row.map(|r| get(&r, 0)).transpose()?.unwrap_or(0);
+    let limit = effective_limit(limit);
+    if usize::try_from(n).unwrap_or(usize::MAX) > limit {
+        return Err(StoreError::GroupFull { limit });
+    }
+    Ok(())
+}
+
+pub(crate) async fn remove_member(
+    db: &Db<'_>,
+    conversation: ConversationId,
+    user: UserId,
+) -> StoreResult<bool> {
+    lock_group(db, conversation).await?;
+    let params: Params<'_> = &[&to_sql(conversation.get()), &to_sql(user.get())];
+    Ok(db.exec(REMOVE_MEMBER, params).await? > 0)
+}
+
+pub(crate) async fn conversation(
+    db: &Db<'_>,
+    conversation: ConversationId,
+) -> StoreResult<Option<Conversation>> {
+    let row = db.opt(CONVERSATION, &[&to_sql(conversation.get())]).await?;
+    row.as_ref().map(conversation_from_row).transpose()
+}
+
+async fn require_conversation(db: &Db<'_>, id: ConversationId) -> StoreResult<()> {
+    match conversation(db, id).await? {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NotFound),
+    }
+}
+
+pub(crate) async fn members(db: &Db<'_>, conversation: ConversationId) -> StoreResult<Vec<UserId>> {
+    require_conversation(db, conversation).await?;
+    let rows = db.query(MEMBERS, &[&to_sql(conversation.get())]).await?;
+    rows.iter()
+        .map(|r| from_sql(get(r, 0)?, "user ID"))
+        .collect()
+}
+
+pub(crate) async fn is_member(
+    db: &Db<'_>,
+    conversation: ConversationId,
+    user: UserId,
+) -> StoreResult<bool> {
+    let params: Params<'_> = &[&to_sql(conversation.get()), &to_sql(user.get())];
+    Ok(db.opt(IS_MEMBER, params).await?.is_some())
+}
+
+pub(crate) async fn conversations_of(db: &Db<'_>, user: UserId) -> StoreResult<Vec<Conversation>> {
+    let rows = db.query(CONVERSATIONS_OF, &[&to_sql(user.get())]).await?;
+    rows.iter().map(conversation_from_row).collect()
+}
+
+// ---- messages -------------------------------------------------------------------------
+
+/// Looks up an earlier send with the same key.
+pub(crate) async fn find_duplicate(
+    db: &Db<'_>,
+    message: &NewMessage,
+) -> StoreResult<Option<Appended>> {
+    let key = &message.client_key.as_bytes()[..];
+    let params: Params<'_> = &[&to_sql(message.sender.device.get()), &key];
+    let Some(row) = db.opt(FIND_CLIENT_KEY, params).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Appended {
+        id: from_sql(get(&row, 0)?, "message ID")?,
+        sent_at: ts(get(&row, 1)?),
+        duplicate: true,
+        deliveries: Vec::new(),
+    }))
+}
+
+pub(crate) async fn append(db: &Db<'_>, message: &NewMessage) -> StoreResult<Appended> {
+    if let Some(first) = find_duplicate(db, message).await? {
+        return Ok(first);
+    }
+    check_distinct_recipients(message)?;
+    let conv = to_sql(message.conversation.get());
+    // Locks the conversation row until commit: appends to one conversation serialise here,
+    // so IDs are gapless and increasing in commit order.
+    let row = db
+        .opt(ALLOCATE_ID, &[&conv])
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    let id_sql: i64 = get(&row, 0)?;
+    let id: MessageId = from_sql(id_sql, "message ID")?;
+    let rows = db.query(CURRENT_DEVICES, &[&conv]).await?;
+    let current = rows
+        .iter()
+        .map(|r| {
+            Ok(DeviceAddress {
+                user: from_sql(get(r, 0)?, "user ID")?,
+                device: from_sql(get(r, 1)?, "device ID")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    // The sender's own device is among the current devices exactly when the device exists
+    // and its user is a member.
+    if !current.contains(&message.sender) {
+        require_device(db, message.sender).await?;
+        return Err(StoreError::NotMember);
+    }
+    check_coverage(&current, message)?;
+
+    let sender_device = to_sql(message.sender.device.get());
+    let key = &message.client_key.as_bytes()[..];
+    let params: Params<'_> = &[
+        &conv,
+        &id_sql,
+        &to_sql(message.sender.user.get()),
+        &sender_device,
+        &key,
+        &ts_sql(message.sent_at),
+        &&message.body[..],
+    ];
+    if db.exec(INSERT_MESSAGE, params).await? == 0 {
+        // The same key committed meanwhile (to another conversation): run again, and the
+        // first lookup returns it.
+        return Err(StoreError::backend(Retry));
+    }
+
+    let mut devices: Vec<i64> = message
+        .recipients
+        .iter()
+        .map(|r| to_sql(r.device.device.get()))
+        .collect();
+    devices.sort_unstable();
+    let heads = db.query(BUMP_HEADS, &[&devices]).await?;
+    let mut positions = std::collections::HashMap::with_capacity(heads.len());
+    for row in &heads {
+        positions.insert(get::<i64>(row, 0)?, get::<i64>(row, 1)?);
+    }
+    let mut device_ids = Vec::with_capacity(message.recipients.len());
+    let mut pos_ids = Vec::with_capacity(message.recipients.len());
+    let mut headers = Vec::with_capacity(message.recipients.len());
+    let mut deliveries = Vec::with_capacity(message.recipients.len());
+    for recipient in &message.recipients {
+        let device = to_sql(recipient.device.device.get());
+        let pos = *positions
+            .get(&device)
+            .ok_or_else(|| failure("recipient device vanished"))?;
+        device_ids.push(device);
+        pos_ids.push(pos);
+        headers.push(&recipient.header[..]);
+        deliveries.push((
+            recipient.device,
+            from_sql::<InboxPos>(pos, "inbox position")?,
+        ));
+    }
+    db.exec(
+        INSERT_INBOX,
+        &[&conv, &id_sql, &device_ids, &pos_ids, &headers],
+    )
+    .await?;
+    Ok(Appended {
+        id,
+        sent_at: message.sent_at,
+        duplicate: false,
+        deliveries,
+    })
+}
+
+fn envelope(row: &Row, start: usize) -> StoreResult<Envelope> {
+    let client_key: Vec<u8> = get(row, start + 4)?;
+    Ok(Envelope {
+        conversation: from_sql(get(row, start)?, "conversation ID")?,
+        id: from_sql(get(row, start + 1)?, "message ID")?,
+        sender: DeviceAddress {
+            user: from_sql(get(row, start + 2)?, "user ID")?,
+            device: from_sql(get(row, start + 3)?, "device ID")?,
+        },
+        client_key: ClientKey::from_bytes(array_from_sql(&client_key, "client key")?),
+        sent_at: ts(get(row, start + 5)?),
+        body: Bytes::from(get::<Vec<u8>>(row, start + 6)?),
+    })
+}
+
+pub(crate) async fn inbox(
+    db: &Db<'_>,
+    device: DeviceAddress,
+    after: InboxPos,
+    limit: usize,
+) -> StoreResult<Vec<InboxEntry>> {
+    let params: Params<'_> = &[
+        &to_sql(device.device.get()),
+        &to_sql(after.get()),
+        &limit_sql(limit),
+    ];
+    let rows = db.query(INBOX, params).await?;
+    if rows.is_empty() {
+        // Only an empty page needs to tell "nothing new" from "no such device".
+        require_device(db, device).await?;
+    }
+    rows.iter()
+        .map(|row| {
+            Ok(InboxEntry {
+                pos: from_sql(get(row, 0)?, "inbox position")?,
+                header: Bytes::from(get::<Vec<u8>>(row, 1)?),
+                envelope: envelope(row, 2)?,
+            })
+        })
+        .collect()
+}
+
+async fn positions(db: &Db<'_>, device: DeviceAddress) -> StoreResult<(InboxPos, InboxPos)> {
+    let params: Params<'_> = &[&to_sql(device.device.get()), &to_sql(device.user.get())];
+    let row = db
+        .opt(DEVICE_POSITIONS, params)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    Ok((
+        from_sql(get(&row, 0)?, "inbox head")?,
+        from_sql(get(&row, 1)?, "cursor")?,
+    ))
+}
+
+pub(crate) async fn inbox_head(db: &Db<'_>, device: DeviceAddress) -> StoreResult<InboxPos> {
+    Ok(positions(db, device).await?.0)
+}
+
+pub(crate) async fn cursor(db: &Db<'_>, device: DeviceAddress) -> StoreResult<InboxPos> {
+    Ok(positions(db, device).await?.1)
+}
+
+pub(crate) async fn ack(
+    db: &Db<'_>,
+    device: DeviceAddress,
+    up_to: InboxPos,
+) -> StoreResult<InboxPos> {
+    let params: Params<'_> = &[
+        &to_sql(device.device.get()),
+        &to_sql(device.user.get()),
+        &to_sql(up_to.get()),
+    ];
+    let row = db.opt(ACK, params).await?.ok_or(StoreError::NotFound)?;
+    from_sql(get(&row, 0)?, "cursor")
+}
+
+pub(crate) async fn history(
+    db: &Db<'_>,
+    conversation: ConversationId,
+    anchor: MessageId,
+    direction: Direction,
+    limit: usize,
+) -> StoreResult<Vec<Envelope>> {
+    let sql = match direction {
+        Direction::Before => HISTORY_BEFORE,
+        Direction::After => HISTORY_AFTER,
+    };
+    let params: Params<'_> = &[
+        &to_sql(conversation.get()),
+        &to_sql(anchor.get()),
+        &limit_sql(limit),
+    ];
+    let rows = db.query(sql, params).await?;
+    if rows.is_empty() {
+        require_conversation(db, conversation).await?;
+    }
+    rows.iter().map(|row| envelope(row, 0)).collect()
+}
+
+pub(crate) async fn message(
+    db: &Db<'_>,
+    conversation: ConversationId,
+    id: MessageId,
+) -> StoreResult<Option<Envelope>> {
+    let params: Params<'_> = &[&to_sql(conversation.get()), &to_sql(id.get())];
+    db.opt(MESSAGE, params)
+        .await?
+        .map(|row| envelope(&row, 0))
+        .transpose()
+}
+
+// ---- receipts -------------------------------------------------------------------------
+
+pub(crate) async fn set_receipt(
+    db: &Db<'_>,
+    conversation: ConversationId,
+    user: UserId,
+    kind: ReceiptKind,
+    up_to: MessageId,
+) -> StoreResult<MessageId> {
+    require_conversation(db, conversation).await?;
+    if !is_member(db, conversation, user).await? {
+        return Err(StoreError::NotMember);
+    }
+    let params: Params<'_> = &[
+        &to_sql(conversation.get()),
+        &to_sql(user.get()),
+        &i16::from(kind.number()),
+        &to_sql(up_to.get()),
+    ];
+    let row = db
+        .opt(SET_RECEIPT, params)
+        .await?
+        .ok_or_else(|| failure("upsert returned no row"))?;
+    from_sql(get(&row, 0)?, "receipt position")
+}
+
+pub(crate) async fn receipts(
+    db: &Db<'_>,
+    conversation: ConversationId,
+) -> StoreResult<Vec<ReceiptPosition>> {
+    require_conversation(db, conversation).await?;
+    let rows = db.query(RECEIPTS, &[&to_sql(conversation.get())]).await?;
+    rows.iter()
+        .map(|row| {
+            let kind: i16 = get(row, 1)?;
+            let kind = u8::try_from(kind)
+                .ok()
+                .and_then(ReceiptKind::from_number)
+                .ok_or_else(|| failure(format!("stored receipt kind {kind} is unknown")))?;
+            Ok(ReceiptPosition {
+                user: from_sql(get(row, 0)?, "user ID")?,
+                kind,
+                up_to: from_sql(get(row, 2)?, "receipt position")?,
+            })
+        })
+        .collect()
+}
+
+// ---- attachments and push tokens ------------------------------------------------------
+
+pub(crate) async fn insert_attachment(db: &Db<'_>, meta: &AttachmentMeta) -> StoreResult<()> {
+    let params: Params<'_> = &[
+        &&meta.id.as_bytes()[..],
+        &to_sql(meta.conversation.get()),
+        &to_sql(meta.uploader.user.get()),
+        &to_sql(meta.uploader.device.get()),
+        &to_sql(meta.size),
+        &ts_sql(meta.created_at),
+    ];
+    db.exec_unique(INSERT_ATTACHMENT, params).await.map(drop)
+}
+
+pub(crate) async fn attachment(
+    db: &Db<'_>,
+    id: AttachmentId,
+) -> StoreResult<Option<AttachmentMeta>> {
+    let Some(row) = db.opt(ATTACHMENT, &[&&id.as_bytes()[..]]).await? else {
+        return Ok(None);
+    };
+    let size: i64 = get(&row, 3)?;
+    Ok(Some(AttachmentMeta {
+        id,
+        conversation: from_sql(get(&row, 0)?, "conversation ID")?,
+        uploader: DeviceAddress {
+            user: from_sql(get(&row, 1)?, "user ID")?,
+            device: from_sql(get(&row, 2)?, "device ID")?,
+        },
+        size: u64::try_from(size).map_err(|_| failure("stored attachment size is negative"))?,
+        created_at: ts(get(&row, 4)?),
+    }))
+}
+
+pub(crate) async fn set_push_token(
+    db: &Db<'_>,
+    device: DeviceAddress,
+    token: Option<&PushToken>,
+) -> StoreResult<()> {
+    let platform = token.map(|t| t.platform.as_str());
+    let value = token.map(|t| t.token.as_str());
+    let params: Params<'_> = &[
+        &to_sql(device.device.get()),
+        &to_sql(device.user.get()),
+        &platform,
+        &value,
+    ];
+    match db.exec(SET_PUSH, params).await? {
+        0 => Err(StoreError::NotFound),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) async fn push_token(
+    db: &Db<'_>,
+    device: DeviceAddress,
+) -> StoreResult<Option<PushToken>> {
+    let params: Params<'_> = &[&to_sql(device.device.get()), &to_sql(device.user.get())];
+    let Some(row) = db.opt(PUSH, params).await? else {
+        return Ok(None);
+    };
+    let platform: Option<String> = get(&row, 0)?;
+    let token: Option<String> = get(&row, 1)?;
+    Ok(platform
+        .zip(token)
+        .map(|(platform, token)| PushToken { platform, token }))
+}

@@ -1,0 +1,172 @@
+//! The PostgreSQL schema and its versioned migrations.
+//!
+//! Messages, members and receipts are keyed by conversation first; inbox entries, one-time
+//! prekeys and client keys by device first: the shard keys (see docs/STORAGE.md). The
+//! version lives in `schema_version`; migrations run under a transaction-scoped advisory
+//! lock, so several nodes starting at once apply each step exactly once.
+
+use chat_core::{StoreError, StoreResult};
+use tokio_postgres::{Client, Transaction};
+
+/// The migrations, oldest first; migration `i` takes the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // Version 1.
+    "
+    CREATE TABLE users (
+        id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        username      text   NOT NULL UNIQUE,
+        password_hash text   NOT NULL,
+        created_at    bigint NOT NULL,
+        last_active   bigint
+    );
+    CREATE TABLE devices (
+        id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        user_id       bigint NOT NULL,
+        name          text   NOT NULL,
+        created_at    bigint NOT NULL,
+        inbox_head    bigint NOT NULL DEFAULT 0,
+        cursor        bigint NOT NULL DEFAULT 0,
+        identity      bytea,
+        spk_id        bigint,
+        spk_public    bytea,
+        spk_signature bytea,
+        push_platform text,
+        push_token    text
+    );
+    CREATE INDEX devices_by_user ON devices (user_id, id);
+    CREATE TABLE tokens (
+        hash       bytea  PRIMARY KEY,
+        user_id    bigint NOT NULL,
+        device_id  bigint NOT NULL,
+        created_at bigint NOT NULL
+    );
+    CREATE INDEX tokens_by_device ON tokens (device_id);
+    CREATE TABLE one_time_prekeys (
+        device_id bigint NOT NULL,
+        key_id    bigint NOT NULL,
+        public    bytea  NOT NULL,
+        PRIMARY KEY (device_id, key_id)
+    );
+    -- kind: 0 direct, 1 group.
+    CREATE TABLE conversations (
+        id         bigint   GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        kind       smallint NOT NULL,
+        created_at bigint   NOT NULL,
+        last_id    bigint   NOT NULL DEFAULT 0
+    );
+    CREATE TABLE direct_pairs (
+        low             bigint NOT NULL,
+        high            bigint NOT NULL,
+        conversation_id bigint NOT NULL,
+        PRIMARY KEY (low, high)
+    );
+    CREATE TABLE members (
+        conversation_id bigint NOT NULL,
+        user_id         bigint NOT NULL,
+        PRIMARY KEY (conversation_id, user_id)
+    );
+    CREATE INDEX members_by_user ON members (user_id, conversation_id);
+    CREATE TABLE messages (
+        conversation_id bigint NOT NULL,
+        id              bigint NOT NULL,
+        sender_user     bigint NOT NULL,
+        sender_device   bigint NOT NULL,
+        client_key      bytea  NOT NULL,
+        sent_at         bigint NOT NULL,
+        body            bytea  NOT NULL,
+        PRIMARY KEY (conversation_id, id)
+    );
+    -- Idempotency (R-MSG-2), keyed by the sending device so it shards with devices.
+    CREATE TABLE client_keys (
+        sender_device   bigint NOT NULL,
+        client_key      bytea  NOT NULL,
+        conversation_id bigint NOT NULL,
+        message_id      bigint NOT NULL,
+        sent_at         bigint NOT NULL,
+        PRIMARY KEY (sender_device, client_key)
+    );
+    CREATE TABLE inbox (
+        device_id       bigint NOT NULL,
+        pos             bigint NOT NULL,
+        conversation_id bigint NOT NULL,
+        message_id      bigint NOT NULL,
+        header          bytea  NOT NULL,
+        PRIMARY KEY (device_id, pos)
+    );
+    -- kind: 0 delivered, 1 read.
+    CREATE TABLE receipts (
+        conversation_id bigint   NOT NULL,
+        user_id         bigint   NOT NULL,
+        kind            smallint NOT NULL,
+        up_to           bigint   NOT NULL,
+        PRIMARY KEY (conversation_id, user_id, kind)
+    );
+    CREATE TABLE attachments (
+        id              bytea  PRIMARY KEY,
+        conversation_id bigint NOT NULL,
+        uploader_user   bigint NOT NULL,
+        uploader_device bigint NOT NULL,
+        size            bigint NOT NULL,
+        created_at      bigint NOT NULL
+    );
+    ",
+];
+
+/// The schema version this build writes.
+pub(crate) const LATEST: u32 = MIGRATIONS.len() as u32;
+
+/// Brings the schema (the first one on the search path) up to [`LATEST`], or refuses one
+/// that is newer.
+pub(crate) async fn migrate(client: &mut Client) -> StoreResult<()> {
+    let tx = client.transaction().await.map_err(StoreError::backend)?;
+    match apply(&tx).await {
+        Ok(()) => tx.commit().await.map_err(StoreError::backend),
+        Err(e) => {
+            // Roll back now rather than on drop: the advisory lock goes with it.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+async fn apply(tx: &Transaction<'_>) -> StoreResult<()> {
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(hashtext('chat-storage migrate ' || current_schema()));
+         CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL);",
+    )
+    .await
+    .map_err(StoreError::backend)?;
+    let row = tx
+        .query_opt("SELECT max(version) FROM schema_version", &[])
+        .await
+        .map_err(StoreError::backend)?;
+    let found: Option<i32> = match row {
+        Some(r) => r.try_get(0).map_err(StoreError::backend)?,
+        None => None,
+    };
+    let found = found.unwrap_or(0);
+    let found = u32::try_from(found).unwrap_or(0);
+    if found > LATEST {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: LATEST,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.batch_execute(sql).await.map_err(StoreError::backend)?;
+        tracing::info!(version = version + 1, "applied store migration");
+    }
+    if found < LATEST {
+        tx.execute("DELETE FROM schema_version", &[])
+            .await
+            .map_err(StoreError::backend)?;
+        let latest = i32::try_from(LATEST).unwrap_or(i32::MAX);
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES ($1)",
+            &[&latest],
+        )
+        .await
+        .map_err(StoreError::backend)?;
+    }
+    Ok(())
+}
