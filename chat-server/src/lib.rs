@@ -21,6 +21,7 @@ mod bus;
 mod config;
 mod gateway;
 mod limiter;
+mod presence;
 mod server;
 mod state;
 

@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use chat_core::{Store, StoreError};
+use chat_core::{PresenceConfig, Store, StoreError};
 use tokio::sync::{mpsc, watch};
 
 use crate::api;
 use crate::auth;
 use crate::bus::LocalBus;
 use crate::config::{Config, ConfigError};
+use crate::presence::Presence;
 use crate::state::{Limits, Shared};
 
 /// Why a node could not start or run.
@@ -90,9 +91,16 @@ impl Server {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (alive_tx, alive) = mpsc::channel(1);
         let limits = Limits::new(&config);
+        let bus: Arc<dyn chat_core::Bus> = Arc::new(LocalBus::new());
+        let presence_config = PresenceConfig {
+            heartbeat_interval: config.heartbeat_interval(),
+            missed_heartbeats: config.missed_heartbeats,
+        };
+        let presence = Arc::new(Presence::new(presence_config, bus.clone(), store.clone()));
         let shared = Arc::new(Shared {
             store,
-            bus: Arc::new(LocalBus::new()),
+            bus,
+            presence,
             config,
             argon2,
             dummy_hash,
@@ -138,6 +146,7 @@ impl Server {
         let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
         let tls = shared.config.tls.clone();
         let app = api::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(shared.presence.clone().run(shared.shutdown.clone()));
         drop(shared);
         let stop = async move {
             signal.await;

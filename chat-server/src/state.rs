@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::limiter::{KeyedLimiter, Rate};
+use crate::presence::Presence;
 
 /// Keys of the rate limits that span requests.
 #[derive(Debug)]
@@ -58,6 +59,8 @@ pub(crate) struct Shared {
     /// (every live connection holds one).
     #[allow(dead_code)]
     pub(crate) alive: mpsc::Sender<()>,
+    /// Presence of the devices connected to this node.
+    pub(crate) presence: Arc<Presence>,
     /// Live WebSocket connections on this node.
     pub(crate) connections: AtomicUsize,
     /// Renders Prometheus metrics, when a recorder is installed.

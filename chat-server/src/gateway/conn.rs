@@ -13,14 +13,17 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
-use chat_core::limits::{MAX_FRAME_BYTES, MAX_SYNC_PAGE};
+use std::collections::{BTreeSet, HashSet};
+
+use chat_core::limits::{MAX_FRAME_BYTES, MAX_PRESENCE_SUBSCRIPTIONS, MAX_SYNC_PAGE};
 use chat_core::protocol::{
     self, Auth, ClientFrame, Closing, DecodeError, Deliver, ErrorFrame, PROTOCOL_VERSION,
     ReceiptEvent, ReceiptUpdate, ResyncReason, ResyncRequired, Sent, ServerFrame, StaleDevices,
-    SyncEnd, TypingEvent, TypingUpdate, Welcome,
+    Subscribe, SyncEnd, TypingEvent, TypingUpdate, Welcome,
 };
 use chat_core::{
-    BusMessage, DeviceAddress, Envelope, ErrorCode, InboxPos, NewMessage, StoreError, Topic,
+    BusMessage, DeviceAddress, Envelope, ErrorCode, InboxPos, NewMessage, Store, StoreError, Topic,
+    UserId,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -73,6 +76,8 @@ struct Conn {
     sent: InboxPos,
     device: Option<DeviceAddress>,
     subscriptions: Vec<(Topic, chat_core::SubscriptionId)>,
+    /// Users sharing a conversation with this device's user, loaded when first needed.
+    contacts: HashSet<UserId>,
     /// This connection's bus sink, once authenticated: a write blocked on a client that
     /// does not read is abandoned as soon as the sink overflows.
     sink: Option<Arc<ConnSink>>,
@@ -92,6 +97,7 @@ impl Conn {
             device: None,
             subscriptions: Vec::new(),
             sink: None,
+            contacts: HashSet::new(),
         }
     }
 
@@ -143,6 +149,7 @@ impl Conn {
             }
         }
         tracing::debug!(user = %device.user, device = %device.device, "connected");
+        self.shared.presence.connect(device).await;
         match self.start(device, auth.cursor, &mut rx).await {
             Ok(()) => {}
             Err(end) => return end,
@@ -320,14 +327,14 @@ impl Conn {
             }
             ClientFrame::Receipt(receipt) => self.receipt(device, receipt).await,
             ClientFrame::Typing(typing) => self.typing(device, typing).await,
-            ClientFrame::Heartbeat(_) => Ok(()),
-            ClientFrame::Subscribe(_) | ClientFrame::Unsubscribe(_) => {
-                self.error(
-                    None,
-                    ErrorCode::UnexpectedFrame,
-                    "presence is not available on this server yet",
-                )
-                .await
+            ClientFrame::Heartbeat(_) => {
+                self.shared.presence.heartbeat(device).await;
+                Ok(())
+            }
+            ClientFrame::Subscribe(subscribe) => self.subscribe(device, subscribe).await,
+            ClientFrame::Unsubscribe(unsubscribe) => {
+                self.unsubscribe(&unsubscribe.users).await;
+                Ok(())
             }
             ClientFrame::Auth(_) => {
                 self.error(None, ErrorCode::UnexpectedFrame, "already authenticated")
@@ -424,6 +431,70 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// Subscribes to the presence of contacts (users sharing a conversation with the caller),
+    /// answering with each one's current state; anyone else is refused with `forbidden`.
+    async fn subscribe(&mut self, device: DeviceAddress, subscribe: Subscribe) -> Step {
+        if let Err(code) = subscribe.validate() {
+            return self
+                .error(None, code, "too many users in one subscribe")
+                .await;
+        }
+        let Some(sink) = self.sink.clone() else {
+            return Err(End::Gone);
+        };
+        let wanted: BTreeSet<UserId> = subscribe.users.into_iter().collect();
+        if wanted.iter().any(|u| !self.contacts.contains(u)) {
+            // Conversations may have been joined since the last look: refresh once.
+            self.contacts = load_contacts(self.shared.store.as_ref(), device.user).await?;
+        }
+        let (allowed, refused): (Vec<UserId>, Vec<UserId>) =
+            wanted.into_iter().partition(|u| self.contacts.contains(u));
+        for user in allowed {
+            let topic = Topic::Presence(user);
+            if self.subscriptions.iter().any(|(t, _)| *t == topic) {
+                continue;
+            }
+            if self.subscriptions.len() >= MAX_PRESENCE_SUBSCRIPTIONS + 2 {
+                return self
+                    .error(
+                        None,
+                        ErrorCode::InvalidRequest,
+                        "too many presence subscriptions",
+                    )
+                    .await;
+            }
+            let id = self
+                .shared
+                .bus
+                .subscribe(topic, sink.clone())
+                .await
+                .map_err(|_| End::Close(ErrorCode::Unavailable, "bus unavailable"))?;
+            self.subscriptions.push((topic, id));
+            let snapshot = self.shared.presence.snapshot(user).await;
+            self.send_frame(&snapshot.into()).await?;
+        }
+        if refused.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = refused.iter().map(ToString::to_string).collect();
+        let message = format!("not a contact: {}", ids.join(", "));
+        self.error(None, ErrorCode::Forbidden, &message).await
+    }
+
+    async fn unsubscribe(&mut self, users: &[UserId]) {
+        let mut dropped = Vec::new();
+        self.subscriptions.retain(|(topic, id)| match topic {
+            Topic::Presence(user) if users.contains(user) => {
+                dropped.push((*topic, *id));
+                false
+            }
+            _ => true,
+        });
+        for (topic, id) in dropped {
+            let _ = self.shared.bus.unsubscribe(topic, id).await;
+        }
     }
 
     async fn receipt(&mut self, device: DeviceAddress, r: ReceiptUpdate) -> Step {
@@ -546,6 +617,14 @@ impl Conn {
         for (topic, id) in self.subscriptions.drain(..) {
             let _ = self.shared.bus.unsubscribe(topic, id).await;
         }
+        if let Some(device) = self.device {
+            match end {
+                End::Close(ErrorCode::InvalidToken, _) => {
+                    self.shared.presence.sign_out(device).await
+                }
+                _ => self.shared.presence.disconnect(device).await,
+            }
+        }
         if let End::Close(code, message) = end {
             if let Some(device) = self.device {
                 tracing::debug!(device = %device.device, code = %code, "closing connection");
@@ -591,6 +670,16 @@ async fn unless_overflowed<E>(
             Err(End::Close(ErrorCode::SlowConsumer, "outbound queue full; resume from your cursor"))
         }
     }
+}
+
+/// Everyone who shares a conversation with `user`.
+async fn load_contacts(store: &dyn Store, user: UserId) -> Result<HashSet<UserId>, End> {
+    let mut contacts = HashSet::new();
+    for conversation in store.conversations_of(user).await.map_err(unavailable)? {
+        contacts.extend(store.members(conversation.id).await.map_err(unavailable)?);
+    }
+    contacts.remove(&user);
+    Ok(contacts)
 }
 
 fn unavailable(err: StoreError) -> End {
