@@ -171,7 +171,7 @@ fn run(ops: Vec<Op>, seed: u64) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(48))]
 
     #[test]
     fn every_delivered_message_opens_exactly_once(
@@ -183,7 +183,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// Decoders never panic on arbitrary bytes, and nothing opens.
     #[test]
@@ -210,5 +210,73 @@ proptest! {
         prop_assert!(p.bob.decrypt(&header, &body).is_err());
         let mut acct = chat_crypto::Account::new(&mut rng);
         prop_assert!(Session::accept(&mut acct, BOB, ALICE, &header, &body).is_err());
+    }
+}
+
+/// Per device, the (header, body, plaintext) of the messages on their way to it, in order.
+type Queues = [Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>; 2];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// Both devices start a session at the same time, then exchange messages in any
+    /// interleaving (each direction in order): every message opens exactly once, and after one
+    /// exchange that does not cross, both send on the same session.
+    #[test]
+    fn simultaneous_initiation_converges(
+        ops in prop::collection::vec((any::<bool>(), any::<bool>()), 0..24),
+        seed in any::<u64>(),
+    ) {
+        use chat_crypto::{Account, DeviceSessions};
+        let mut rng = rng(seed);
+        let mut accts = [Account::new(&mut rng), Account::new(&mut rng)];
+        let addrs = [ALICE, BOB];
+        let mut sets = [DeviceSessions::new(), DeviceSessions::new()];
+        for me in 0..2 {
+            let bundle = accts[1 - me].bundle(None).unwrap();
+            let s = Session::initiate(&mut rng, &accts[me], addrs[me], addrs[1 - me], &bundle).unwrap();
+            sets[me].add(s).unwrap();
+        }
+        // queues[i]: messages to device i, in order.
+        let mut queues: Queues = [Vec::new(), Vec::new()];
+        let mut n = 0u32;
+        let mut step = |sets: &mut [DeviceSessions; 2],
+                        accts: &mut [Account; 2],
+                        queues: &mut Queues,
+                        from: usize,
+                        deliver: bool,
+                        rng: &mut StdRng| {
+            if deliver {
+                let to = 1 - from;
+                if !queues[to].is_empty() {
+                    let (h, b, p) = queues[to].remove(0);
+                    let d = sets[to].decrypt(&mut accts[to], addrs[to], addrs[from], &h, &b).unwrap();
+                    assert_eq!(text(d), p);
+                    assert!(sets[to].decrypt(&mut accts[to], addrs[to], addrs[from], &h, &b).is_err());
+                }
+            } else {
+                n += 1;
+                let p = n.to_be_bytes().to_vec();
+                let (h, b) = send(rng, sets[from].active().unwrap(), &p);
+                queues[1 - from].push((h, b, p));
+            }
+        };
+        // Both first messages cross.
+        step(&mut sets, &mut accts, &mut queues, 0, false, &mut rng);
+        step(&mut sets, &mut accts, &mut queues, 1, false, &mut rng);
+        for (a_acts, deliver) in ops {
+            step(&mut sets, &mut accts, &mut queues, usize::from(!a_acts), deliver, &mut rng);
+        }
+        // Drain, then one exchange that does not cross.
+        while !queues[0].is_empty() || !queues[1].is_empty() {
+            step(&mut sets, &mut accts, &mut queues, 1, true, &mut rng);
+            step(&mut sets, &mut accts, &mut queues, 0, true, &mut rng);
+        }
+        for from in [0, 1] {
+            step(&mut sets, &mut accts, &mut queues, from, false, &mut rng);
+            step(&mut sets, &mut accts, &mut queues, from, true, &mut rng);
+        }
+        let [a, b] = &mut sets;
+        prop_assert_eq!(a.active().unwrap().id(), b.active().unwrap().id());
     }
 }
