@@ -444,6 +444,91 @@ mod tests {
         );
     }
 
+    /// Known-answer vectors of our KDF chain (X3DH, KDF_RK, KDF_CK, message keys) in
+    /// `tests/vectors/kdf-v1.json`; regenerate with CHAT_CRYPTO_WRITE_VECTORS=1.
+    #[test]
+    fn kdf_vectors_match_the_published_file() {
+        use serde_json::{Value, json};
+        let secret = |n: u8| StaticSecret::from([n; 32]);
+        let public = |n: u8| hex::encode(x25519_public(&secret(n)));
+        // Initiator A: identity 0x11, ephemeral 0x22. Responder B: identity 0x33, signed
+        // prekey 0x44, one-time prekey 0x55.
+        let (ik_a, ek_a, ik_b, spk_b, opk_b) = (0x11, 0x22, 0x33, 0x44, 0x55);
+        let d = |a: u8, b: u8| dh(&secret(a), &x25519_public(&secret(b))).unwrap();
+        let (dh1, dh2, dh3, dh4) = (
+            d(ik_a, spk_b),
+            d(ek_a, ik_b),
+            d(ek_a, spk_b),
+            d(ek_a, opk_b),
+        );
+        // Both sides agree.
+        assert_eq!(*dh1, *d(spk_b, ik_a));
+        assert_eq!(*dh4, *d(opk_b, ek_a));
+        // The X3DH derivation exactly as sessions use it.
+        let x3dh = |dh4: Option<&Key32>| {
+            hex::encode(*crate::session::x3dh_secret(&dh1, &dh2, &dh3, dh4).unwrap())
+        };
+        let root_key = [0x66u8; 32];
+        let dh_out = d(0x77, 0x88);
+        let (rk, ck) = root_step(&LABELS, &root_key, &dh_out).unwrap();
+        let (mk_seed, next_ck) = chain_step(&ck);
+        let mut key = [0u8; 32];
+        message_key(LABELS.message_key, &mk_seed, &mut key).unwrap();
+        let mut group_key = [0u8; 32];
+        message_key(LABELS.sender_message_key, &mk_seed, &mut group_key).unwrap();
+        let computed = json!({
+            "version": 1,
+            "note": "X25519 secrets are 32 repetitions of one byte (clamped by X25519 as usual)",
+            "labels": {
+                "x3dh": String::from_utf8_lossy(LABELS.x3dh),
+                "root": String::from_utf8_lossy(LABELS.root),
+                "message_key": String::from_utf8_lossy(LABELS.message_key),
+                "sender_message_key": String::from_utf8_lossy(LABELS.sender_message_key),
+            },
+            "x3dh": {
+                "secrets": { "ik_a": "11", "ek_a": "22", "ik_b": "33", "spk_b": "44", "opk_b": "55" },
+                "publics": {
+                    "ik_a": public(ik_a), "ek_a": public(ek_a), "ik_b": public(ik_b),
+                    "spk_b": public(spk_b), "opk_b": public(opk_b),
+                },
+                "dh1_ik_a_spk_b": hex::encode(*dh1),
+                "dh2_ek_a_ik_b": hex::encode(*dh2),
+                "dh3_ek_a_spk_b": hex::encode(*dh3),
+                "dh4_ek_a_opk_b": hex::encode(*dh4),
+                "sk_with_opk": x3dh(Some(&dh4)),
+                "sk_without_opk": x3dh(None),
+            },
+            "kdf_rk": {
+                "root_key": hex::encode(root_key),
+                "dh_secrets": ["77", "88"],
+                "dh_output": hex::encode(*dh_out),
+                "new_root_key": hex::encode(*rk),
+                "chain_key": hex::encode(*ck),
+            },
+            "kdf_ck": {
+                "chain_key": hex::encode(*ck),
+                "message_key_seed": hex::encode(*mk_seed),
+                "next_chain_key": hex::encode(*next_ck),
+                "aead_key": hex::encode(key),
+                "group_aead_key": hex::encode(group_key),
+            },
+        });
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/kdf-v1.json");
+        if std::env::var_os("CHAT_CRYPTO_WRITE_VECTORS").is_some() {
+            std::fs::write(
+                path,
+                serde_json::to_string_pretty(&computed).unwrap() + "\n",
+            )
+            .unwrap();
+        }
+        let published: Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(
+            computed, published,
+            "tests/vectors/kdf-v1.json does not match"
+        );
+    }
+
     #[test]
     fn x25519_rejects_low_order_points() {
         let a = StaticSecret::from([7u8; 32]);

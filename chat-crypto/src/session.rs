@@ -759,7 +759,12 @@ impl fmt::Debug for Session {
 pub(crate) type Skipped = Vec<(u32, Key32)>;
 
 /// SK = HKDF(salt = 0^32, ikm = 0xFF^32 || DH1 || DH2 || DH3 [|| DH4], info = x3dh label).
-fn x3dh_secret(dh1: &Key32, dh2: &Key32, dh3: &Key32, dh4: Option<&Key32>) -> Result<Key32, Error> {
+pub(crate) fn x3dh_secret(
+    dh1: &Key32,
+    dh2: &Key32,
+    dh3: &Key32,
+    dh4: Option<&Key32>,
+) -> Result<Key32, Error> {
     let mut ikm = Zeroizing::new(Vec::with_capacity(160));
     ikm.extend_from_slice(&[0xFF; 32]);
     for dh in [Some(dh1), Some(dh2), Some(dh3), dh4].into_iter().flatten() {
