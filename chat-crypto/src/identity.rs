@@ -22,6 +22,9 @@ pub const PREVIOUS_SIGNED_PREKEYS_KEPT: usize = 2;
 /// The largest one-time prekey pool an account holds.
 pub const MAX_ONE_TIME_PREKEYS: usize = 1000;
 
+/// Length of a published identity: Ed25519 key, X25519 key, binding signature.
+pub const PUBLISHED_IDENTITY_BYTES: usize = 128;
+
 const ACCOUNT_TAG: u8 = 0xA1;
 const ACCOUNT_VERSION: u8 = 1;
 const BUNDLE_VERSION: u8 = 1;
@@ -130,6 +133,16 @@ impl IdentityKeys {
         self.binding
     }
 
+    /// What the device publishes in the key directory: `signing || dh || binding signature`
+    /// ([`PUBLISHED_IDENTITY_BYTES`]).
+    pub fn published(&self) -> [u8; PUBLISHED_IDENTITY_BYTES] {
+        let mut out = [0u8; PUBLISHED_IDENTITY_BYTES];
+        let (public, binding) = out.split_at_mut(64);
+        public.copy_from_slice(&self.public.to_bytes());
+        binding.copy_from_slice(&self.binding);
+        out
+    }
+
     pub(crate) fn dh_secret(&self) -> &StaticSecret {
         &self.dh
     }
@@ -206,6 +219,42 @@ pub struct PrekeyBundle {
 }
 
 impl PrekeyBundle {
+    /// A bundle from the key directory's fields (the published identity of
+    /// [`IdentityKeys::published`], the signed prekey, an optional one-time prekey), checking
+    /// lengths and both signatures.
+    pub fn from_parts(
+        published_identity: &[u8],
+        signed_prekey_id: u32,
+        signed_prekey: &[u8],
+        signed_prekey_signature: &[u8],
+        one_time_prekey: Option<(u32, &[u8])>,
+    ) -> Result<Self, Error> {
+        let bad = || Error::Malformed("prekey bundle");
+        let mut r = Reader::new(published_identity, "published identity");
+        let identity = IdentityPublic::read(&mut r)?;
+        let identity_signature = r.array()?;
+        r.finish()?;
+        let one_time_prekey = match one_time_prekey {
+            Some((id, key)) => Some(OneTimePrekey {
+                id,
+                key: key.try_into().map_err(|_| bad())?,
+            }),
+            None => None,
+        };
+        let bundle = Self {
+            identity,
+            identity_signature,
+            signed_prekey: SignedPrekey {
+                id: signed_prekey_id,
+                key: signed_prekey.try_into().map_err(|_| bad())?,
+                signature: signed_prekey_signature.try_into().map_err(|_| bad())?,
+            },
+            one_time_prekey,
+        };
+        bundle.verify()?;
+        Ok(bundle)
+    }
+
     /// Verifies both signatures (strict Ed25519).
     pub fn verify(&self) -> Result<(), Error> {
         self.identity.verify_binding(&self.identity_signature)?;
@@ -498,6 +547,38 @@ mod tests {
         );
         assert!(Account::from_pickle(&p[..p.len() - 1]).is_err());
         assert!(!format!("{acct:?}").contains(&hex::encode(&p[2..10])));
+    }
+
+    #[test]
+    fn bundle_from_directory_parts() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let mut acct = Account::new(&mut rng);
+        let otk = acct.generate_one_time_prekeys(&mut rng, 1)[0];
+        let spk = acct.signed_prekey().unwrap();
+        let published = acct.identity().published();
+        let bundle = PrekeyBundle::from_parts(
+            &published,
+            spk.id,
+            &spk.key,
+            &spk.signature,
+            Some((otk.id, &otk.key)),
+        )
+        .unwrap();
+        assert_eq!(bundle, acct.bundle(Some(otk)).unwrap());
+        let mut bad = published;
+        bad[100] ^= 1;
+        assert_eq!(
+            PrekeyBundle::from_parts(&bad, spk.id, &spk.key, &spk.signature, None).unwrap_err(),
+            Error::BadSignature
+        );
+        assert!(
+            PrekeyBundle::from_parts(&published[..127], spk.id, &spk.key, &spk.signature, None)
+                .is_err()
+        );
+        assert!(
+            PrekeyBundle::from_parts(&published, spk.id, &spk.key[..31], &spk.signature, None)
+                .is_err()
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub use group::{
 };
 pub use identity::{
     Account, IdentityKeys, IdentityPublic, MAX_ONE_TIME_PREKEYS, OneTimePrekey,
-    PREVIOUS_SIGNED_PREKEYS_KEPT, PrekeyBundle, SignedPrekey,
+    PREVIOUS_SIGNED_PREKEYS_KEPT, PUBLISHED_IDENTITY_BYTES, PrekeyBundle, SignedPrekey,
 };
 pub use rand_core::CryptoRng;
 pub use safety::{SafetyNumber, safety_number};
