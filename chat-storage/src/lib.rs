@@ -33,7 +33,7 @@ pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+pub use sqlite::{SqliteOptions, SqliteStats, SqliteStore, Synchronous};
 
 /// Opens the store a URL-like string names:
 /// - `memory:` a fresh [`MemoryStore`];

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -105,6 +106,19 @@ impl SqliteOptions {
 pub struct SqliteStore {
     queue: mpsc::Sender<writer::Job>,
     readers: Arc<Readers>,
+    counters: Arc<writer::Counters>,
+}
+
+/// What the writer thread has done since the store was opened: with many concurrent
+/// writers, `writes / commits` is the average group-commit batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqliteStats {
+    /// Transactions committed (with [`Synchronous::Full`], one WAL fsync each).
+    pub commits: u64,
+    /// Write requests committed (including ones that were refused and rolled back to their
+    /// savepoint).
+    pub writes: u64,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -133,9 +147,11 @@ impl SqliteStore {
             .map_err(|e| failure(format!("open task failed: {e}")))??;
         let (tx, rx) = mpsc::channel(options.queue);
         let max_batch = options.max_batch;
+        let counters = Arc::new(writer::Counters::default());
+        let writer_counters = Arc::clone(&counters);
         std::thread::Builder::new()
             .name("chat-sqlite-writer".into())
-            .spawn(move || writer::run(conn, rx, max_batch))
+            .spawn(move || writer::run(conn, rx, max_batch, &writer_counters))
             .map_err(StoreError::backend)?;
         let readers = Readers {
             path,
@@ -145,7 +161,16 @@ impl SqliteStore {
         Ok(Self {
             queue: tx,
             readers: Arc::new(readers),
+            counters,
         })
+    }
+
+    /// The writer's counters so far.
+    pub fn stats(&self) -> SqliteStats {
+        SqliteStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            writes: self.counters.writes.load(Ordering::Relaxed),
+        }
     }
 
     /// Queues a write and waits until the batch holding it has committed.

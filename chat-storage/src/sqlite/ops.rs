@@ -722,19 +722,7 @@ pub(crate) fn append(conn: &Connection, message: &NewMessage) -> StoreResult<App
         });
     }
     check_distinct_recipients(message)?;
-    require_device(conn, message.sender)?;
     let conv = to_sql(message.conversation.get());
-    let mut last = conn
-        .prepare_cached("SELECT last_id FROM conversations WHERE id = ?1")
-        .map_err(backend)?;
-    let last_id: i64 = last
-        .query_row([conv], |r| r.get(0))
-        .optional()
-        .map_err(backend)?
-        .ok_or(StoreError::NotFound)?;
-    if !is_member(conn, message.conversation, message.sender.user)? {
-        return Err(StoreError::NotMember);
-    }
     let mut current = conn
         .prepare_cached(
             "SELECT d.user_id, d.id FROM members m JOIN devices d ON d.user_id = m.user_id
@@ -752,13 +740,22 @@ pub(crate) fn append(conn: &Connection, message: &NewMessage) -> StoreResult<App
             })
         })
         .collect::<StoreResult<Vec<_>>>()?;
+    // The sending device is among the current devices exactly when it exists, the
+    // conversation exists and the sender is a member; only a refusal needs to say which.
+    if !devices.contains(&message.sender) {
+        require_device(conn, message.sender)?;
+        conversation_kind(conn, message.conversation)?;
+        return Err(StoreError::NotMember);
+    }
     check_coverage(&devices, message)?;
 
-    let id_sql = last_id + 1;
-    let id: MessageId = from_sql(id_sql, "message ID")?;
-    conn.prepare_cached("UPDATE conversations SET last_id = ?2 WHERE id = ?1")
-        .and_then(|mut s| s.execute([conv, id_sql]))
+    let mut allocate = conn
+        .prepare_cached(
+            "UPDATE conversations SET last_id = last_id + 1 WHERE id = ?1 RETURNING last_id",
+        )
         .map_err(backend)?;
+    let id_sql: i64 = allocate.query_row([conv], |r| r.get(0)).map_err(backend)?;
+    let id: MessageId = from_sql(id_sql, "message ID")?;
     let mut insert = conn
         .prepare_cached(
             "INSERT INTO messages

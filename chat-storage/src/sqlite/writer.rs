@@ -7,6 +7,8 @@
 //! Every caller is answered only after the commit, so an acknowledged write is durable; if
 //! the commit fails, every request of the batch gets the error (none of them happened).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use chat_core::{StoreError, StoreResult};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -78,14 +80,25 @@ where
     }
 }
 
+/// What the writer has done since it started, for metrics, tests and the benchmark.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) commits: AtomicU64,
+    pub(crate) writes: AtomicU64,
+}
+
 /// Runs the writer loop until every sender is dropped, then closes the connection.
-pub(crate) fn run(conn: Connection, mut queue: mpsc::Receiver<Job>, max_batch: usize) {
+pub(crate) fn run(
+    conn: Connection,
+    mut queue: mpsc::Receiver<Job>,
+    max_batch: usize,
+    counters: &Counters,
+) {
     while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let why = e.to_string();
-            tracing::error!(cause = %why, "store write transaction failed to start");
-            batch.into_iter().for_each(|job| job.finish(Err(&why)));
+        if let Err(e) = exec_cached(&conn, "BEGIN IMMEDIATE") {
+            tracing::error!(cause = %e, "store write transaction failed to start");
+            batch.into_iter().for_each(|job| job.finish(Err(&e)));
             continue;
         }
         let mut broken = None;
@@ -96,6 +109,7 @@ pub(crate) fn run(conn: Connection, mut queue: mpsc::Receiver<Job>, max_batch: u
                 break;
             }
             next += 1;
+            // Take whatever queued up meanwhile into this transaction.
             if next == batch.len()
                 && batch.len() < max_batch
                 && let Ok(job) = queue.try_recv()
@@ -104,17 +118,19 @@ pub(crate) fn run(conn: Connection, mut queue: mpsc::Receiver<Job>, max_batch: u
             }
         }
         let outcome = match broken {
-            Some(why) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                Err(why)
-            }
-            None => conn.execute_batch("COMMIT").map_err(|e| {
-                let _ = conn.execute_batch("ROLLBACK");
-                e.to_string()
-            }),
+            Some(why) => Err(why),
+            None => exec_cached(&conn, "COMMIT"),
         };
         if let Err(why) = &outcome {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
             tracing::error!(cause = %why, batch = batch.len(), "store group commit failed");
+        } else {
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+            counters
+                .writes
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
         }
         let committed = outcome.as_ref().map(|_| ()).map_err(String::as_str);
         batch.into_iter().for_each(|job| job.finish(committed));
@@ -124,23 +140,89 @@ pub(crate) fn run(conn: Connection, mut queue: mpsc::Receiver<Job>, max_batch: u
 /// Runs one job inside its own savepoint. An error from the job itself is the job's; an
 /// error here means the transaction is no longer usable and the whole batch fails.
 fn run_one(conn: &Connection, job: &mut dyn PendingWrite) -> Result<(), String> {
-    conn.execute_batch("SAVEPOINT request")
-        .map_err(|e| e.to_string())?;
+    exec_cached(conn, "SAVEPOINT request")?;
     let ok = job.run(conn);
     if conn.is_autocommit() {
         // SQLite rolled the whole transaction back (I/O error, disk full): the earlier
         // requests of the batch are gone too.
         return Err("transaction rolled back by SQLite".into());
     }
-    let end = if ok {
-        "RELEASE request"
-    } else {
-        "ROLLBACK TO request; RELEASE request"
-    };
-    conn.execute_batch(end).map_err(|e| e.to_string())
+    if !ok {
+        exec_cached(conn, "ROLLBACK TO request")?;
+    }
+    exec_cached(conn, "RELEASE request")
+}
+
+/// Runs a parameterless statement through the statement cache (parsed once, not per
+/// request).
+fn exec_cached(conn: &Connection, sql: &str) -> Result<(), String> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// The error for a caller whose write never got an answer (the writer thread stopped).
 pub(crate) fn writer_gone() -> StoreError {
     failure("store writer thread stopped")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// Requests queued while the writer is busy share one commit, and a failing request in
+    /// the middle of a batch does not undo the others.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_writes_share_a_commit_and_failures_stay_isolated() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+            .unwrap();
+        let (tx, rx) = mpsc::channel(1024);
+        let counters = std::sync::Arc::new(Counters::default());
+        let thread_counters = std::sync::Arc::clone(&counters);
+        let writer = std::thread::spawn(move || run(conn, rx, 1024, &thread_counters));
+
+        // The first job holds the writer until every other request is queued.
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let (job, first) = Pending::job(move |_| wait.recv().map_err(StoreError::backend));
+        tx.send(job).await.unwrap();
+        let mut replies = Vec::new();
+        for k in 0..100i64 {
+            let (job, reply) = Pending::job(move |c: &Connection| {
+                c.execute("INSERT INTO t (k) VALUES (?1)", [k])
+                    .map_err(StoreError::backend)?;
+                if k == 50 {
+                    // Writes, then fails: its row must go, the others must stay.
+                    return Err(StoreError::Invalid("refused after writing"));
+                }
+                Ok(k)
+            });
+            tx.send(job).await.unwrap();
+            replies.push(reply);
+        }
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        for (k, reply) in replies.into_iter().enumerate() {
+            let result = reply.await.unwrap();
+            if k == 50 {
+                assert!(matches!(result, Err(StoreError::Invalid(_))));
+            } else {
+                assert_eq!(result.unwrap(), k as i64);
+            }
+        }
+        let (job, count) = Pending::job(|c: &Connection| {
+            c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+                .map_err(StoreError::backend)
+        });
+        tx.send(job).await.unwrap();
+        assert_eq!(count.await.unwrap().unwrap(), 99);
+        drop(tx);
+        writer.join().unwrap();
+        // The holder's batch took all 100 queued writes with it: 2 commits for the first
+        // 101 requests, 1 for the count.
+        assert_eq!(counters.writes.load(Ordering::Relaxed), 102);
+        assert!(counters.commits.load(Ordering::Relaxed) <= 3);
+    }
 }

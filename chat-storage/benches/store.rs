@@ -1,0 +1,365 @@
+//! Storage benchmark: `cargo bench -p chat-storage --bench store`.
+//!
+//! For SQLite, and for PostgreSQL when `CHAT_TEST_POSTGRES_URL` is set:
+//! - durable 1:1 appends/s with 1, 16 and 256 concurrent writers (each writer its own
+//!   one-to-one conversation; every append is acknowledged only after its commit);
+//! - 100-member group appends/s (one message and 99 inbox entries each; 16 writers);
+//! - inbox catch-up entries/s for a device 100,000 messages behind (pages of 1,000).
+//!
+//! Each figure is the median of `CHAT_BENCH_RUNS` runs (default 3) of `CHAT_BENCH_SECS`
+//! seconds each (default 2). Prints a table and one JSON line.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chat_core::limits::{MAX_GROUP_MEMBERS, MAX_SYNC_PAGE};
+use chat_core::{ConversationId, DeviceAddress, InboxPos, NewMessage, Recipient, Store};
+use chat_storage::testing::{self, NOW};
+use chat_storage::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
+
+/// The SQLite store under test, to report its group-commit batch size.
+static LAST_SQLITE: std::sync::Mutex<Option<Arc<SqliteStore>>> = std::sync::Mutex::new(None);
+
+const BODY: usize = 256;
+const HEADER: usize = 96;
+const BEHIND: usize = 100_000;
+
+struct Settings {
+    runs: usize,
+    secs: f64,
+}
+
+#[derive(Debug)]
+struct Figure {
+    backend: &'static str,
+    case: &'static str,
+    writers: usize,
+    per_sec: f64,
+    unit: &'static str,
+}
+
+fn main() {
+    let settings = Settings {
+        runs: env_or("CHAT_BENCH_RUNS", 3.0) as usize,
+        secs: env_or("CHAT_BENCH_SECS", 2.0),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut figures = Vec::new();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut n = 0;
+        let sqlite = || {
+            n += 1;
+            let path = dir.path().join(format!("bench{n}.db"));
+            async move {
+                let store = SqliteStore::open(path, SqliteOptions::default())
+                    .await
+                    .expect("open");
+                Arc::new(store) as Arc<dyn Store>
+            }
+        };
+        figures.extend(run_backend("sqlite", sqlite, &settings).await);
+        *LAST_SQLITE.lock().expect("lock") = None;
+
+        match std::env::var("CHAT_TEST_POSTGRES_URL") {
+            Ok(url) if !url.is_empty() => {
+                let schema = format!("chat_bench_{}", std::process::id());
+                let mut n = 0;
+                let postgres = || {
+                    n += 1;
+                    let (url, schema) = (url.clone(), format!("{schema}_{n}"));
+                    async move {
+                        let options = PostgresOptions::default().schema(schema);
+                        let store = PostgresStore::connect(&url, options)
+                            .await
+                            .expect("connect");
+                        Arc::new(store) as Arc<dyn Store>
+                    }
+                };
+                figures.extend(run_backend("postgres", postgres, &settings).await);
+                drop_bench_schemas(&url, &schema).await;
+            }
+            _ => println!("postgres: skipped (set CHAT_TEST_POSTGRES_URL to include it)"),
+        }
+    });
+
+    println!("\n| backend  | case                      | writers | per second          |");
+    println!("|----------|---------------------------|---------|---------------------|");
+    for f in &figures {
+        println!(
+            "| {:<8} | {:<25} | {:>7} | {:>10.0} {:<8} |",
+            f.backend, f.case, f.writers, f.per_sec, f.unit
+        );
+    }
+    let json: Vec<String> = figures
+        .iter()
+        .map(|f| {
+            format!(
+                "{{\"backend\":\"{}\",\"case\":\"{}\",\"writers\":{},\"per_sec\":{:.0},\"unit\":\"{}\"}}",
+                f.backend, f.case, f.writers, f.per_sec, f.unit
+            )
+        })
+        .collect();
+    println!(
+        "{{\"bench\":\"chat-storage\",\"runs\":{},\"secs\":{},\"results\":[{}]}}",
+        settings.runs,
+        settings.secs,
+        json.join(",")
+    );
+}
+
+fn env_or(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn run_backend<F, Fut>(
+    backend: &'static str,
+    mut fresh: F,
+    settings: &Settings,
+) -> Vec<Figure>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Store>>,
+{
+    let mut figures = Vec::new();
+    for writers in [1, 16, 256] {
+        let store = fresh().await;
+        let pairs = direct_pairs(&*store, writers).await;
+        let before = sqlite_stats();
+        let per_sec = median(settings.runs, || append_for(&store, &pairs, settings.secs)).await;
+        println!(
+            "{backend}: 1:1 appends, {writers} writers: {per_sec:.0}/s{}",
+            batch_note(before)
+        );
+        figures.push(Figure {
+            backend,
+            case: "append_1to1",
+            writers,
+            per_sec,
+            unit: "msg",
+        });
+    }
+
+    let store = fresh().await;
+    let group = group_of(&*store, MAX_GROUP_MEMBERS).await;
+    let senders: Vec<(ConversationId, DeviceAddress, Vec<DeviceAddress>)> = group
+        .1
+        .iter()
+        .take(16)
+        .map(|&s| {
+            (
+                group.0,
+                s,
+                group.1.iter().copied().filter(|&d| d != s).collect(),
+            )
+        })
+        .collect();
+    let per_sec = median(settings.runs, || {
+        append_for(&store, &senders, settings.secs)
+    })
+    .await;
+    println!("{backend}: 100-member group appends, 16 writers: {per_sec:.0}/s");
+    figures.push(Figure {
+        backend,
+        case: "append_group_100",
+        writers: 16,
+        per_sec,
+        unit: "msg",
+    });
+
+    let store = fresh().await;
+    let pairs = direct_pairs(&*store, 1).await;
+    let reader = pairs[0].2[0];
+    let started = Instant::now();
+    fill(&store, &pairs[0], BEHIND).await;
+    println!(
+        "{backend}: wrote {BEHIND} messages to one device in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let per_sec = median(settings.runs, || catch_up(&store, reader)).await;
+    println!("{backend}: catch-up of {BEHIND} entries: {per_sec:.0} entries/s");
+    figures.push(Figure {
+        backend,
+        case: "inbox_catch_up_100k",
+        writers: 1,
+        per_sec,
+        unit: "entry",
+    });
+    figures
+}
+
+/// The counters of the SQLite store under test, if the backend is SQLite.
+fn sqlite_stats() -> Option<(u64, u64)> {
+    let store = LAST_SQLITE.lock().expect("lock");
+    store
+        .as_ref()
+        .map(|s| (s.stats().commits, s.stats().writes))
+}
+
+/// The average group-commit batch since `before`, for SQLite.
+fn batch_note(before: Option<(u64, u64)>) -> String {
+    match (before, sqlite_stats()) {
+        (Some((c0, w0)), Some((c1, w1))) => format!(
+            " ({} commits, {:.1} writes per commit)",
+            c1 - c0,
+            (w1 - w0) as f64 / (c1 - c0).max(1) as f64
+        ),
+        _ => String::new(),
+    }
+}
+
+async fn median<F, Fut>(runs: usize, mut run: F) -> f64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    let mut rates = Vec::new();
+    for _ in 0..runs.max(1) {
+        rates.push(run().await);
+    }
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
+/// `n` one-to-one conversations, each with a sending device and one receiving device.
+async fn direct_pairs(
+    store: &dyn Store,
+    n: usize,
+) -> Vec<(ConversationId, DeviceAddress, Vec<DeviceAddress>)> {
+    let mut pairs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (a, da) = testing::user_with_devices(store, 1).await;
+        let (b, db) = testing::user_with_devices(store, 1).await;
+        let conv = store.open_direct(a, b, NOW).await.expect("direct").id;
+        pairs.push((conv, da[0], db));
+    }
+    pairs
+}
+
+/// A group of `members` users with one device each.
+async fn group_of(store: &dyn Store, members: usize) -> (ConversationId, Vec<DeviceAddress>) {
+    let mut users = Vec::with_capacity(members);
+    let mut devices = Vec::with_capacity(members);
+    for _ in 0..members {
+        let (u, d) = testing::user_with_devices(store, 1).await;
+        users.push(u);
+        devices.push(d[0]);
+    }
+    let conv = store
+        .create_group(users[0], &users[1..], members, NOW)
+        .await
+        .expect("group")
+        .id;
+    (conv, devices)
+}
+
+fn message(conv: ConversationId, sender: DeviceAddress, to: &[DeviceAddress]) -> NewMessage {
+    NewMessage {
+        conversation: conv,
+        sender,
+        client_key: testing::client_key(),
+        body: Bytes::from(vec![0xa5; BODY]),
+        recipients: to
+            .iter()
+            .map(|&device| Recipient {
+                device,
+                header: Bytes::from(vec![0x5a; HEADER]),
+            })
+            .collect(),
+        sent_at: NOW,
+    }
+}
+
+/// One writer task per entry of `writers`, appending back to back for `secs` seconds;
+/// returns acknowledged appends per second.
+async fn append_for(
+    store: &Arc<dyn Store>,
+    writers: &[(ConversationId, DeviceAddress, Vec<DeviceAddress>)],
+    secs: f64,
+) -> f64 {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (conv, sender, to) in writers.iter().cloned() {
+        let store = Arc::clone(store);
+        tasks.spawn(async move {
+            let mut done = 0u64;
+            while Instant::now() < deadline {
+                store
+                    .append(message(conv, sender, &to))
+                    .await
+                    .expect("append");
+                done += 1;
+            }
+            done
+        });
+    }
+    let mut total = 0;
+    while let Some(done) = tasks.join_next().await {
+        total += done.expect("writer");
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Appends `count` messages to the pair's receiving device from 256 concurrent tasks.
+async fn fill(
+    store: &Arc<dyn Store>,
+    pair: &(ConversationId, DeviceAddress, Vec<DeviceAddress>),
+    count: usize,
+) {
+    const TASKS: usize = 256;
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..TASKS {
+        let store = Arc::clone(store);
+        let (conv, sender, to) = pair.clone();
+        let share = count / TASKS + usize::from(t < count % TASKS);
+        tasks.spawn(async move {
+            for _ in 0..share {
+                store
+                    .append(message(conv, sender, &to))
+                    .await
+                    .expect("append");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("filler");
+    }
+}
+
+/// Reads the device's whole inbox from the start, a page at a time; entries per second.
+async fn catch_up(store: &Arc<dyn Store>, device: DeviceAddress) -> f64 {
+    let started = Instant::now();
+    let mut after = InboxPos::ZERO;
+    let mut read = 0usize;
+    loop {
+        let page = store
+            .inbox(device, after, MAX_SYNC_PAGE)
+            .await
+            .expect("inbox");
+        let Some(last) = page.last() else { break };
+        after = last.pos;
+        read += page.len();
+    }
+    assert_eq!(read, BEHIND, "the whole backlog was read");
+    read as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn drop_bench_schemas(url: &str, prefix: &str) {
+    let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await else {
+        return;
+    };
+    tokio::spawn(conn);
+    for n in 1..=5 {
+        let _ = client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {prefix}_{n} CASCADE"))
+            .await;
+    }
+}
