@@ -69,8 +69,8 @@ fn group(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(2);
     let (mut a, mut b) = pair(&mut rng);
     let mut key = SenderKey::new(&mut rng, b"g", A).unwrap();
-    let headers = sender_key_headers(&mut rng, &key.distribution(), [&mut a]).unwrap();
-    let Ok(Decrypted::SenderKey(d)) = b.decrypt(&headers[0].1, &[]) else {
+    let headers = sender_key_headers(&mut rng, &key.distribution(), [&mut a]);
+    let Ok(Decrypted::SenderKey(d)) = b.decrypt(headers[0].1.as_ref().unwrap(), &[]) else {
         panic!()
     };
     let mut receiver = SenderKeyReceiver::new(A, &d);

@@ -56,13 +56,18 @@ pub struct OutgoingMessage {
     pub body: Vec<u8>,
     /// One header per recipient device, each at most [`MAX_DEVICE_HEADER_BYTES`] bytes.
     pub headers: Vec<(DeviceAddress, Vec<u8>)>,
+    /// Devices whose session could not encrypt (it is unchanged; e.g. start a new session with
+    /// a fresh bundle and call [`OutgoingMessage::add_devices`]). Not pickled.
+    pub failed: Vec<(DeviceAddress, Error)>,
     content: ContentKey,
 }
 
 /// Encrypts `plaintext` once for every device that `sessions` lead to (the recipients' devices
 /// and the sender's own other devices).
 ///
-/// Each session advances; save them all before the message leaves the device.
+/// Each session that made a header advances; save them all before the message leaves the
+/// device. A session that fails is left unchanged and listed in
+/// [`OutgoingMessage::failed`], so one broken session never blocks the others.
 pub fn encrypt_for_devices<'s, R: CryptoRng + ?Sized>(
     rng: &mut R,
     plaintext: &[u8],
@@ -87,27 +92,31 @@ pub fn encrypt_for_devices<'s, R: CryptoRng + ?Sized>(
     let mut out = OutgoingMessage {
         body,
         headers: Vec::new(),
+        failed: Vec::new(),
         content,
     };
-    out.add_devices(rng, sessions)?;
+    out.add_devices(rng, sessions);
     Ok(out)
 }
 
 impl OutgoingMessage {
     /// Adds (or replaces) the headers for the devices `sessions` lead to, reusing the body.
+    /// Sessions that fail are listed in [`OutgoingMessage::failed`] and left unchanged.
     pub fn add_devices<'s, R: CryptoRng + ?Sized>(
         &mut self,
         rng: &mut R,
         sessions: impl IntoIterator<Item = &'s mut Session>,
-    ) -> Result<(), Error> {
+    ) {
         let payload = self.content.payload();
         for session in sessions {
-            let header = session.encrypt_payload(rng, &payload)?;
             let to = session.their_address();
             self.headers.retain(|(a, _)| *a != to);
-            self.headers.push((to, header));
+            self.failed.retain(|(a, _)| *a != to);
+            match session.encrypt_payload(rng, &payload) {
+                Ok(header) => self.headers.push((to, header)),
+                Err(e) => self.failed.push((to, e)),
+            }
         }
-        Ok(())
     }
 
     /// Drops the headers for devices the server says are gone.
@@ -152,6 +161,7 @@ impl OutgoingMessage {
         Ok(Self {
             body,
             headers,
+            failed: Vec::new(),
             content: ContentKey { key, body_hash },
         })
     }
@@ -165,24 +175,26 @@ impl fmt::Debug for OutgoingMessage {
                 "devices",
                 &self.headers.iter().map(|(a, _)| a).collect::<Vec<_>>(),
             )
+            .field("failed", &self.failed)
             .finish_non_exhaustive()
     }
 }
 
 /// Wraps a sender key distribution into a header for each device `sessions` lead to; send them
-/// with the group body (or with an empty body).
+/// with the group body (or with an empty body). A session that fails is left unchanged and
+/// its entry carries the error.
 pub fn sender_key_headers<'s, R: CryptoRng + ?Sized>(
     rng: &mut R,
     distribution: &SenderKeyDistribution,
     sessions: impl IntoIterator<Item = &'s mut Session>,
-) -> Result<Vec<(DeviceAddress, Vec<u8>)>, Error> {
+) -> Vec<(DeviceAddress, Result<Vec<u8>, Error>)> {
     let mut w = Writer::with_capacity(160);
     w.u8(PAYLOAD_SENDER_KEY);
     distribution.write(&mut w);
     let payload = w.into_secret();
     sessions
         .into_iter()
-        .map(|s| Ok((s.their_address(), s.encrypt_payload(rng, &payload)?)))
+        .map(|s| (s.their_address(), s.encrypt_payload(rng, &payload)))
         .collect()
 }
 

@@ -43,14 +43,20 @@ fn distribute(
             .unwrap()
         })
         .collect();
-    let headers = sender_key_headers(rng, &key.distribution(), sessions.iter_mut()).unwrap();
+    let headers = sender_key_headers(rng, &key.distribution(), sessions.iter_mut());
     headers
         .iter()
         .zip(to.iter_mut())
         .map(|((addr, header), m)| {
             assert_eq!(*addr, m.addr);
-            let (session, d) =
-                Session::accept(&mut m.account, m.addr, from.addr, header, &[]).unwrap();
+            let (session, d) = Session::accept(
+                &mut m.account,
+                m.addr,
+                from.addr,
+                header.as_ref().unwrap(),
+                &[],
+            )
+            .unwrap();
             match d {
                 Decrypted::SenderKey(d) => {
                     assert_eq!(d.group_id(), GROUP);

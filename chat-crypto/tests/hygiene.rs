@@ -64,8 +64,9 @@ fn debug_output_shows_no_secret_or_plaintext() {
     }
 
     let mut key = SenderKey::new(&mut rng, b"g", ALICE).unwrap();
-    let headers = sender_key_headers(&mut rng, &key.distribution(), [&mut p.alice]).unwrap();
-    let Decrypted::SenderKey(dist) = p.bob.decrypt(&headers[0].1, &[]).unwrap() else {
+    let headers = sender_key_headers(&mut rng, &key.distribution(), [&mut p.alice]);
+    let Decrypted::SenderKey(dist) = p.bob.decrypt(headers[0].1.as_ref().unwrap(), &[]).unwrap()
+    else {
         panic!()
     };
     let receiver = SenderKeyReceiver::new(ALICE, &dist);

@@ -327,8 +327,7 @@ fn several_devices_and_a_device_list_mismatch() {
     // The server says (1, 2) is missing and (2, 2) is gone: re-address, same body.
     let body = m.body.clone();
     m.remove_devices(&[DeviceAddress::new(2, 2)]);
-    m.add_devices(&mut rng, sessions.iter_mut().skip(2))
-        .unwrap();
+    m.add_devices(&mut rng, sessions.iter_mut().skip(2));
     let m = OutgoingMessage::from_pickle(&m.pickle()).unwrap();
     assert_eq!(m.body, body);
     let addrs: Vec<_> = m.headers.iter().map(|(a, _)| *a).collect();
@@ -440,4 +439,36 @@ fn an_identity_change_is_refused_until_cleared() {
         .unwrap();
     assert_eq!(text(d), b"it's me, new bob");
     assert_eq!(at_alice.their_identity(), Some(new_bob.identity().public()));
+}
+
+#[test]
+fn a_failing_session_does_not_block_the_others_and_is_unchanged() {
+    let mut rng = rng(20);
+    let mut p = pair(&mut rng);
+    let carol = DeviceAddress::new(3, 1);
+    let carol_account = Account::new(&mut rng);
+    let to_carol = Session::initiate(
+        &mut rng,
+        &p.alice_account,
+        ALICE,
+        carol,
+        &carol_account.bundle(None).unwrap(),
+    )
+    .unwrap();
+    // Drive the sending chain to its last counter through a doctored pickle (layout: tag,
+    // version, addresses, identities, base key, root key, ratchet secret, their ratchet key,
+    // then the sending chain: flag, key, index).
+    let mut bytes = to_carol.pickle().to_vec();
+    assert_eq!(bytes[290], 1);
+    bytes[323..327].copy_from_slice(&u32::MAX.to_be_bytes());
+    let mut exhausted = Session::from_pickle(&bytes).unwrap();
+    let before = exhausted.pickle();
+    let m = encrypt_for_devices(&mut rng, b"to both", [&mut exhausted, &mut p.alice]).unwrap();
+    assert_eq!(m.headers.len(), 1);
+    assert_eq!(m.failed, [(carol, Error::ChainExhausted)]);
+    assert_eq!(*exhausted.pickle(), *before);
+    assert_eq!(
+        text(p.bob.decrypt(&m.headers[0].1, &m.body).unwrap()),
+        b"to both"
+    );
 }

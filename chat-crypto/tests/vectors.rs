@@ -129,9 +129,9 @@ fn compute() -> Value {
         t.for_("distribution header: header nonce"),
         &sk.distribution(),
         [&mut a],
-    )
-    .unwrap();
-    let Decrypted::SenderKey(d) = b.decrypt(&skdm[0].1, &[]).unwrap() else {
+    );
+    let skdm = skdm[0].1.clone().unwrap();
+    let Decrypted::SenderKey(d) = b.decrypt(&skdm, &[]).unwrap() else {
         panic!()
     };
     let mut receiver = SenderKeyReceiver::new(alice_addr, &d);
@@ -177,7 +177,7 @@ fn compute() -> Value {
             "group_id": hex::encode(group_id),
             "sender": [alice_addr.user, alice_addr.device],
             "key_id": sk.key_id(),
-            "distribution_header_for_bob": hex::encode(&skdm[0].1),
+            "distribution_header_for_bob": hex::encode(&skdm),
             "message": { "plaintext": "hello group", "body": hex::encode(&g1) },
         },
         "attachment": {
