@@ -132,3 +132,52 @@ fn keys_are_fresh_and_not_in_debug() {
     assert_ne!(a.key(), b.key());
     assert!(!format!("{a:?}").contains(&hex::encode(&a.key()[..4])));
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(8))]
+
+        /// Any file size and any way of cutting the input into pieces round-trips, and the
+        /// ciphertext does not depend on how the plaintext was cut.
+        #[test]
+        fn streaming_round_trips_for_any_cuts(
+            len in 0usize..(2 * CHUNK_SIZE + 100),
+            cuts in prop::collection::vec(1usize..30_000, 1..8),
+            seed in any::<u64>(),
+        ) {
+            let plain = data(len);
+            let (one_shot, ptr) = attachment::encrypt(&mut rng(seed), &plain).unwrap();
+            let mut e = Encryptor::new(&mut rng(seed));
+            let mut ct = Vec::new();
+            let mut rest = plain.as_slice();
+            for cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let n = (*cut).min(rest.len());
+                ct.extend(e.update(&rest[..n]).unwrap());
+                rest = &rest[n..];
+            }
+            let (tail, ptr2) = e.finish().unwrap();
+            ct.extend(tail);
+            prop_assert_eq!(&ct, &one_shot);
+            prop_assert_eq!(ptr2.sha256, ptr.sha256);
+            let mut d = Decryptor::new(&ptr);
+            let mut out = Vec::new();
+            let mut rest = ct.as_slice();
+            for cut in cuts.iter().rev().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let n = (*cut).min(rest.len());
+                out.extend(d.update(&rest[..n]).unwrap());
+                rest = &rest[n..];
+            }
+            out.extend(d.finish().unwrap());
+            prop_assert_eq!(out, plain);
+        }
+    }
+}
