@@ -197,14 +197,33 @@ fn a_late_joiner_cannot_read_earlier_messages_and_jumps_are_capped() {
     let mut late = vec![member(&mut rng, 2)];
     let mut r = distribute(&mut rng, &alice, &key, &mut late).pop().unwrap();
     assert_eq!(r.decrypt(&early).unwrap_err(), Error::DuplicateMessage);
-    for _ in 0..=MAX_FORWARD_JUMP {
-        key.encrypt(&mut rng, b"lost").unwrap();
-    }
-    let far = key.encrypt(&mut rng, b"far").unwrap();
-    assert!(matches!(
+    // A sender far ahead: move the iteration in the pickle (layout: tag, version, group id
+    // with its length, sender, key id, chain key, iteration, signing seed) instead of
+    // encrypting 2,001 messages; the receiver refuses before deriving anything.
+    let mut bytes = key.pickle().to_vec();
+    let at = 2 + 4 + GROUP.len() + 16 + 4 + 32;
+    let next = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+    bytes[at..at + 4].copy_from_slice(&(next + MAX_FORWARD_JUMP + 1).to_be_bytes());
+    let mut far_key = SenderKey::from_pickle(&bytes).unwrap();
+    let far = far_key.encrypt(&mut rng, b"far").unwrap();
+    let before = r.pickle();
+    assert_eq!(
         r.decrypt(&far).unwrap_err(),
-        Error::TooFarAhead { .. }
-    ));
+        Error::TooFarAhead {
+            jump: MAX_FORWARD_JUMP + 1,
+            max: MAX_FORWARD_JUMP
+        }
+    );
+    assert_eq!(*r.pickle(), *before);
+    // A jump of exactly the cap passes the cap check (the doctored chain key then does not
+    // match, so the AEAD refuses it).
+    bytes[at..at + 4].copy_from_slice(&(next + MAX_FORWARD_JUMP).to_be_bytes());
+    let near = SenderKey::from_pickle(&bytes)
+        .unwrap()
+        .encrypt(&mut rng, b"near")
+        .unwrap();
+    assert_eq!(r.decrypt(&near).unwrap_err(), Error::DecryptionFailed);
+    assert_eq!(*r.pickle(), *before);
 }
 
 mod props {
