@@ -245,8 +245,9 @@ impl SenderKeyReceiver {
         r
     }
 
-    /// Adds a newer (rotated) sender key from the same sender for the same group. A key id
-    /// already known is ignored, so a replayed distribution cannot rewind the chain.
+    /// Adds a newer (rotated) sender key from the same sender for the same group. A key
+    /// already known (same id and signing key) is ignored, so a re-sent distribution cannot
+    /// rewind the chain.
     pub fn add(
         &mut self,
         sender: DeviceAddress,
@@ -255,10 +256,22 @@ impl SenderKeyReceiver {
         if sender != self.sender || distribution.group_id != self.group_id {
             return Err(Error::SenderKeyMismatch);
         }
-        if self.states.iter().any(|s| s.key_id == distribution.key_id) {
-            return Ok(());
+        match self
+            .states
+            .iter()
+            .position(|s| s.key_id == distribution.key_id)
+        {
+            // The same key again (a re-sent distribution): keep our position.
+            Some(i)
+                if self.states.get(i).map(|s| s.signing_public)
+                    == Some(distribution.signing_public) => {}
+            // A new key whose random id collides with an old one: it replaces the old one.
+            Some(i) => {
+                self.states.remove(i);
+                self.insert(distribution);
+            }
+            None => self.insert(distribution),
         }
-        self.insert(distribution);
         Ok(())
     }
 

@@ -175,6 +175,10 @@ fn rotation_keeps_in_flight_messages_of_the_old_key() {
         b"new"
     );
     assert_eq!(r.decrypt(&in_flight).unwrap(), b"old");
+    // Re-adding a known key does not rewind it: the old message stays a duplicate.
+    let old_dist_again = old.distribution();
+    r.add(alice.addr, &old_dist_again).unwrap();
+    assert_eq!(r.decrypt(&in_flight).unwrap_err(), Error::DuplicateMessage);
     // A distribution for another sender or group is refused.
     let bob = DeviceAddress::new(9, 9);
     assert_eq!(
