@@ -59,7 +59,9 @@ fn main() {
                 let store = SqliteStore::open(path, SqliteOptions::default())
                     .await
                     .expect("open");
-                Arc::new(store) as Arc<dyn Store>
+                let store = Arc::new(store);
+                *LAST_SQLITE.lock().expect("lock") = Some(Arc::clone(&store));
+                store as Arc<dyn Store>
             }
         };
         figures.extend(run_backend("sqlite", sqlite, &settings).await);

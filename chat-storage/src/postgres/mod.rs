@@ -302,11 +302,6 @@ impl ConversationStore for PostgresStore {
 #[async_trait]
 impl MessageStore for PostgresStore {
     async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
-        // A retry of a committed send needs no transaction and takes no lock.
-        let first = on_conn!(self, |db| ops::find_duplicate(&db, &message).await)?;
-        if let Some(first) = first {
-            return Ok(first);
-        }
         in_tx!(self, |db| ops::append(&db, &message).await)
     }
 

@@ -1,0 +1,436 @@
+//! Conversations, membership, messages, inboxes and receipts.
+
+use super::*;
+
+// ---- conversations --------------------------------------------------------------------
+
+fn conversation_from_row(row: &Row) -> StoreResult<Conversation> {
+    let last_id: i64 = get(row, 3)?;
+    Ok(Conversation {
+        id: from_sql(get(row, 0)?, "conversation ID")?,
+        kind: kind_from_sql(get(row, 1)?)?,
+        created_at: ts(get(row, 2)?),
+        last_message: if last_id == 0 {
+            None
+        } else {
+            Some(from_sql(last_id, "message ID")?)
+        },
+    })
+}
+
+async fn require_users(db: &Db<'_>, users: &[UserId]) -> StoreResult<()> {
+    let mut ids = ids_sql(users);
+    ids.sort_unstable();
+    ids.dedup();
+    let row = db.opt(COUNT_USERS, &[&ids]).await?;
+    let n: i64 = row.map(|r| get(&r, 0)).transpose()?.unwrap_or(0);
+    if usize::try_from(n).ok() == Some(ids.len()) {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound)
+    }
+}
+
+async fn new_conversation(
+    db: &Db<'_>,
+    kind: ConversationKind,
+    members: &[UserId],
+    now: Timestamp,
+) -> StoreResult<Conversation> {
+    let row = db
+        .opt(INSERT_CONVERSATION, &[&kind_sql(kind), &ts_sql(now)])
+        .await?
+        .ok_or_else(|| failure("insert returned no row"))?;
+    let id: i64 = get(&row, 0)?;
+    db.exec(INSERT_MEMBERS, &[&id, &ids_sql(members)]).await?;
+    let id = from_sql(id, "conversation ID")?;
+    Ok(Conversation {
+        id,
+        kind,
+        created_at: now,
+        last_message: None,
+    })
+}
+
+pub(crate) async fn open_direct(
+    db: &Db<'_>,
+    a: UserId,
+    b: UserId,
+    now: Timestamp,
+) -> StoreResult<Conversation> {
+    require_users(db, &[a, b]).await?;
+    let (low, high) = (a.min(b), a.max(b));
+    let pair: Params<'_> = &[&to_sql(low.get()), &to_sql(high.get())];
+    if let Some(row) = db.opt(FIND_DIRECT, pair).await? {
+        return conversation_from_row(&row);
+    }
+    let conversation = new_conversation(db, ConversationKind::Direct, &[low, high], now).await?;
+    let params: Params<'_> = &[
+        &to_sql(low.get()),
+        &to_sql(high.get()),
+        &to_sql(conversation.id.get()),
+    ];
+    if db.exec(INSERT_DIRECT_PAIR, params).await? == 0 {
+        // Another transaction opened it first; run again to find theirs.
+        return Err(StoreError::backend(Retry));
+    }
+    Ok(conversation)
+}
+
+pub(crate) async fn create_group(
+    db: &Db<'_>,
+    creator: UserId,
+    members: &[UserId],
+    limit: usize,
+    now: Timestamp,
+) -> StoreResult<Conversation> {
+    let mut all: Vec<UserId> = members.iter().copied().chain([creator]).collect();
+    all.sort_unstable();
+    all.dedup();
+    let limit = effective_limit(limit);
+    if all.len() > limit {
+        return Err(StoreError::GroupFull { limit });
+    }
+    require_users(db, &all).await?;
+    new_conversation(db, ConversationKind::Group, &all, now).await
+}
+
+/// Locks a group's row (serialising with appends and other membership changes).
+async fn lock_group(db: &Db<'_>, conversation: ConversationId) -> StoreResult<()> {
+    let row = db
+        .opt(LOCK_CONVERSATION, &[&to_sql(conversation.get())])
+        .await?;
+    match kind_from_sql(get(&row.ok_or(StoreError::NotFound)?, 0)?)? {
+        ConversationKind::Group => Ok(()),
+        ConversationKind::Direct => Err(StoreError::Invalid(
+            "members of a one-to-one conversation are fixed",
+        )),
+    }
+}
+
+pub(crate) async fn add_members(
+    db: &Db<'_>,
+    conversation: ConversationId,
+    users: &[UserId],
+    limit: usize,
+) -> StoreResult<()> {
+    require_users(db, users).await?;
+    lock_group(db, conversation).await?;
+    let id = to_sql(conversation.get());
+    db.exec(INSERT_MEMBERS, &[&id, &ids_sql(users)]).await?;
+    // Counted under the conversation's row lock, in the transaction that adds: over the
+    // limit, the transaction rolls back and nothing was added.
+    let row = db.opt(COUNT_MEMBERS, &[&id]).await?;
+    let n: i64 = row.map(|r| get(&r, 0)).transpose()?.unwrap_or(0);
+    let limit = effective_limit(limit);
+    if usize::try_from(n).unwrap_or(usize::MAX) > limit {
+        return Err(StoreError::GroupFull { limit });
+    }
+    Ok(())
+}
+
+pub(crate) async fn remove_member(
+    db: &Db<'_>,
+    conversation: ConversationId,
+    user: UserId,
+) -> StoreResult<bool> {
+    lock_group(db, conversation).await?;
+    let params: Params<'_> = &[&to_sql(conversation.get()), &to_sql(user.get())];
+    Ok(db.exec(REMOVE_MEMBER, params).await? > 0)
+}
+
+pub(crate) async fn conversation(
+    db: &Db<'_>,
+    conversation: ConversationId,
+) -> StoreResult<Option<Conversation>> {
+    let row = db.opt(CONVERSATION, &[&to_sql(conversation.get())]).await?;
+    row.as_ref().map(conversation_from_row).transpose()
+}
+
+async fn require_conversation(db: &Db<'_>, id: ConversationId) -> StoreResult<()> {
+    match conversation(db, id).await? {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NotFound),
+    }
+}
+
+pub(crate) async fn members(db: &Db<'_>, conversation: ConversationId) -> StoreResult<Vec<UserId>> {
+    require_conversation(db, conversation).await?;
+    let rows = db.query(MEMBERS, &[&to_sql(conversation.get())]).await?;
+    rows.iter()
+        .map(|r| from_sql(get(r, 0)?, "user ID"))
+        .collect()
+}
+
+pub(crate) async fn is_member(
+    db: &Db<'_>,
+    conversation: ConversationId,
+    user: UserId,
+) -> StoreResult<bool> {
+    let params: Params<'_> = &[&to_sql(conversation.get()), &to_sql(user.get())];
+    Ok(db.opt(IS_MEMBER, params).await?.is_some())
+}
+
+pub(crate) async fn conversations_of(db: &Db<'_>, user: UserId) -> StoreResult<Vec<Conversation>> {
+    let rows = db.query(CONVERSATIONS_OF, &[&to_sql(user.get())]).await?;
+    rows.iter().map(conversation_from_row).collect()
+}
+
+// ---- messages -------------------------------------------------------------------------
+
+/// Looks up an earlier send with the same key.
+async fn find_duplicate(db: &Db<'_>, message: &NewMessage) -> StoreResult<Option<Appended>> {
+    let key = &message.client_key.as_bytes()[..];
+    let params: Params<'_> = &[&to_sql(message.sender.device.get()), &key];
+    let Some(row) = db.opt(FIND_CLIENT_KEY, params).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Appended {
+        id: from_sql(get(&row, 0)?, "message ID")?,
+        sent_at: ts(get(&row, 1)?),
+        duplicate: true,
+        deliveries: Vec::new(),
+    }))
+}
+
+pub(crate) async fn append(db: &Db<'_>, message: &NewMessage) -> StoreResult<Appended> {
+    if let Some(first) = find_duplicate(db, message).await? {
+        return Ok(first);
+    }
+    check_distinct_recipients(message)?;
+    let conv = to_sql(message.conversation.get());
+    // Locks the conversation row until commit: appends to one conversation serialise here,
+    // so IDs are gapless and increasing in commit order.
+    let row = db
+        .opt(ALLOCATE_ID, &[&conv])
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    let id_sql: i64 = get(&row, 0)?;
+    let id: MessageId = from_sql(id_sql, "message ID")?;
+    let rows = db.query(CURRENT_DEVICES, &[&conv]).await?;
+    let current = rows
+        .iter()
+        .map(|r| {
+            Ok(DeviceAddress {
+                user: from_sql(get(r, 0)?, "user ID")?,
+                device: from_sql(get(r, 1)?, "device ID")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    // The sender's own device is among the current devices exactly when the device exists
+    // and its user is a member.
+    if !current.contains(&message.sender) {
+        require_device(db, message.sender).await?;
+        return Err(StoreError::NotMember);
+    }
+    check_coverage(&current, message)?;
+
+    let sender_device = to_sql(message.sender.device.get());
+    let key = &message.client_key.as_bytes()[..];
+    let devices: Vec<i64> = message
+        .recipients
+        .iter()
+        .map(|r| to_sql(r.device.device.get()))
+        .collect();
+    let headers: Vec<&[u8]> = message.recipients.iter().map(|r| &r.header[..]).collect();
+    let params: Params<'_> = &[
+        &conv,
+        &id_sql,
+        &to_sql(message.sender.user.get()),
+        &sender_device,
+        &key,
+        &ts_sql(message.sent_at),
+        &&message.body[..],
+        &devices,
+        &headers,
+    ];
+    // One round trip: the client key, the message, the recipients' heads (locked in
+    // device order) and their inbox entries.
+    let rows = db.query(WRITE_MESSAGE, params).await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| failure("message write returned no row"))?;
+    if get::<i64>(row, 0)? == 0 {
+        // The same key committed meanwhile (to another conversation): run again, and the
+        // first lookup returns it.
+        return Err(StoreError::backend(Retry));
+    }
+    let heads: Vec<i64> = get::<Option<Vec<i64>>>(row, 1)?.unwrap_or_default();
+    let positions: Vec<i64> = get::<Option<Vec<i64>>>(row, 2)?.unwrap_or_default();
+    let positions: std::collections::HashMap<i64, i64> = heads.into_iter().zip(positions).collect();
+    let mut deliveries = Vec::with_capacity(message.recipients.len());
+    for (recipient, device) in message.recipients.iter().zip(&devices) {
+        let pos = *positions
+            .get(device)
+            .ok_or_else(|| failure("recipient device vanished"))?;
+        deliveries.push((
+            recipient.device,
+            from_sql::<InboxPos>(pos, "inbox position")?,
+        ));
+    }
+    Ok(Appended {
+        id,
+        sent_at: message.sent_at,
+        duplicate: false,
+        deliveries,
+    })
+}
+
+fn envelope(row: &Row, start: usize) -> StoreResult<Envelope> {
+    let client_key: Vec<u8> = get(row, start + 4)?;
+    Ok(Envelope {
+        conversation: from_sql(get(row, start)?, "conversation ID")?,
+        id: from_sql(get(row, start + 1)?, "message ID")?,
+        sender: DeviceAddress {
+            user: from_sql(get(row, start + 2)?, "user ID")?,
+            device: from_sql(get(row, start + 3)?, "device ID")?,
+        },
+        client_key: ClientKey::from_bytes(array_from_sql(&client_key, "client key")?),
+        sent_at: ts(get(row, start + 5)?),
+        body: Bytes::from(get::<Vec<u8>>(row, start + 6)?),
+    })
+}
+
+pub(crate) async fn inbox(
+    db: &Db<'_>,
+    device: DeviceAddress,
+    after: InboxPos,
+    limit: usize,
+) -> StoreResult<Vec<InboxEntry>> {
+    let params: Params<'_> = &[
+        &to_sql(device.device.get()),
+        &to_sql(after.get()),
+        &limit_sql(limit),
+    ];
+    let rows = db.query(INBOX, params).await?;
+    if rows.is_empty() {
+        // Only an empty page needs to tell "nothing new" from "no such device".
+        require_device(db, device).await?;
+    }
+    rows.iter()
+        .map(|row| {
+            Ok(InboxEntry {
+                pos: from_sql(get(row, 0)?, "inbox position")?,
+                header: Bytes::from(get::<Vec<u8>>(row, 1)?),
+                envelope: envelope(row, 2)?,
+            })
+        })
+        .collect()
+}
+
+async fn positions(db: &Db<'_>, device: DeviceAddress) -> StoreResult<(InboxPos, InboxPos)> {
+    let params: Params<'_> = &[&to_sql(device.device.get()), &to_sql(device.user.get())];
+    let row = db
+        .opt(DEVICE_POSITIONS, params)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    Ok((
+        from_sql(get(&row, 0)?, "inbox head")?,
+        from_sql(get(&row, 1)?, "cursor")?,
+    ))
+}
+
+pub(crate) async fn inbox_head(db: &Db<'_>, device: DeviceAddress) -> StoreResult<InboxPos> {
+    Ok(positions(db, device).await?.0)
+}
+
+pub(crate) async fn cursor(db: &Db<'_>, device: DeviceAddress) -> StoreResult<InboxPos> {
+    Ok(positions(db, device).await?.1)
+}
+
+pub(crate) async fn ack(
+    db: &Db<'_>,
+    device: DeviceAddress,
+    up_to: InboxPos,
+) -> StoreResult<InboxPos> {
+    let params: Params<'_> = &[
+        &to_sql(device.device.get()),
+        &to_sql(device.user.get()),
+        &to_sql(up_to.get()),
+    ];
+    let row = db.opt(ACK, params).await?.ok_or(StoreError::NotFound)?;
+    from_sql(get(&row, 0)?, "cursor")
+}
+
+pub(crate) async fn history(
+    db: &Db<'_>,
+    conversation: ConversationId,
+    anchor: MessageId,
+    direction: Direction,
+    limit: usize,
+) -> StoreResult<Vec<Envelope>> {
+    let sql = match direction {
+        Direction::Before => HISTORY_BEFORE,
+        Direction::After => HISTORY_AFTER,
+    };
+    let params: Params<'_> = &[
+        &to_sql(conversation.get()),
+        &to_sql(anchor.get()),
+        &limit_sql(limit),
+    ];
+    let rows = db.query(sql, params).await?;
+    if rows.is_empty() {
+        require_conversation(db, conversation).await?;
+    }
+    rows.iter().map(|row| envelope(row, 0)).collect()
+}
+
+pub(crate) async fn message(
+    db: &Db<'_>,
+    conversation: ConversationId,
+    id: MessageId,
+) -> StoreResult<Option<Envelope>> {
+    let params: Params<'_> = &[&to_sql(conversation.get()), &to_sql(id.get())];
+    db.opt(MESSAGE, params)
+        .await?
+        .map(|row| envelope(&row, 0))
+        .transpose()
+}
+
+// ---- receipts -------------------------------------------------------------------------
+
+pub(crate) async fn set_receipt(
+    db: &Db<'_>,
+    conversation: ConversationId,
+    user: UserId,
+    kind: ReceiptKind,
+    up_to: MessageId,
+) -> StoreResult<MessageId> {
+    require_conversation(db, conversation).await?;
+    if !is_member(db, conversation, user).await? {
+        return Err(StoreError::NotMember);
+    }
+    let params: Params<'_> = &[
+        &to_sql(conversation.get()),
+        &to_sql(user.get()),
+        &i16::from(kind.number()),
+        &to_sql(up_to.get()),
+    ];
+    let row = db
+        .opt(SET_RECEIPT, params)
+        .await?
+        .ok_or_else(|| failure("upsert returned no row"))?;
+    from_sql(get(&row, 0)?, "receipt position")
+}
+
+pub(crate) async fn receipts(
+    db: &Db<'_>,
+    conversation: ConversationId,
+) -> StoreResult<Vec<ReceiptPosition>> {
+    require_conversation(db, conversation).await?;
+    let rows = db.query(RECEIPTS, &[&to_sql(conversation.get())]).await?;
+    rows.iter()
+        .map(|row| {
+            let kind: i16 = get(row, 1)?;
+            let kind = u8::try_from(kind)
+                .ok()
+                .and_then(ReceiptKind::from_number)
+                .ok_or_else(|| failure(format!("stored receipt kind {kind} is unknown")))?;
+            Ok(ReceiptPosition {
+                user: from_sql(get(row, 0)?, "user ID")?,
+                kind,
+                up_to: from_sql(get(row, 2)?, "receipt position")?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,569 @@
+//! Conversations, membership, messages, inboxes and receipts.
+
+use super::*;
+
+// ---- conversations --------------------------------------------------------------------
+
+fn conversation_from_row(r: &Row<'_>) -> rusqlite::Result<(i64, i64, i64, i64)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn make_conversation(
+    (id, kind, created_at, last_id): (i64, i64, i64, i64),
+) -> StoreResult<Conversation> {
+    Ok(Conversation {
+        id: from_sql(id, "conversation ID")?,
+        kind: kind_from_sql(kind)?,
+        created_at: ts(created_at),
+        last_message: if last_id == 0 {
+            None
+        } else {
+            Some(from_sql(last_id, "message ID")?)
+        },
+    })
+}
+
+fn new_conversation(
+    conn: &Connection,
+    kind: ConversationKind,
+    pair: Option<(UserId, UserId)>,
+    members: &[UserId],
+    now: Timestamp,
+) -> StoreResult<Conversation> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO conversations (kind, created_at, direct_low, direct_high)
+             VALUES (?1, ?2, ?3, ?4) RETURNING id",
+        )
+        .map_err(backend)?;
+    let (low, high) = pair.map_or((None, None), |(a, b)| {
+        (Some(to_sql(a.get())), Some(to_sql(b.get())))
+    });
+    let id: i64 = stmt
+        .query_row(params![kind_sql(kind), ts_sql(now), low, high], |r| {
+            r.get(0)
+        })
+        .map_err(backend)?;
+    let mut add = conn
+        .prepare_cached("INSERT OR IGNORE INTO members (conversation_id, user_id) VALUES (?1, ?2)")
+        .map_err(backend)?;
+    for user in members {
+        add.execute([id, to_sql(user.get())]).map_err(backend)?;
+    }
+    Ok(Conversation {
+        id: from_sql(id, "conversation ID")?,
+        kind,
+        created_at: now,
+        last_message: None,
+    })
+}
+
+fn require_users(conn: &Connection, users: &[UserId]) -> StoreResult<()> {
+    for &u in users {
+        if !user_exists(conn, u)? {
+            return Err(StoreError::NotFound);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn open_direct(
+    conn: &Connection,
+    a: UserId,
+    b: UserId,
+    now: Timestamp,
+) -> StoreResult<Conversation> {
+    require_users(conn, &[a, b])?;
+    let (low, high) = (a.min(b), a.max(b));
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, kind, created_at, last_id FROM conversations
+             WHERE direct_low = ?1 AND direct_high = ?2",
+        )
+        .map_err(backend)?;
+    let found = stmt
+        .query_row(
+            [to_sql(low.get()), to_sql(high.get())],
+            conversation_from_row,
+        )
+        .optional()
+        .map_err(backend)?;
+    match found {
+        Some(row) => make_conversation(row),
+        None => new_conversation(
+            conn,
+            ConversationKind::Direct,
+            Some((low, high)),
+            &[low, high],
+            now,
+        ),
+    }
+}
+
+pub(crate) fn create_group(
+    conn: &Connection,
+    creator: UserId,
+    members: &[UserId],
+    limit: usize,
+    now: Timestamp,
+) -> StoreResult<Conversation> {
+    let mut all: Vec<UserId> = members.iter().copied().chain([creator]).collect();
+    all.sort_unstable();
+    all.dedup();
+    let limit = effective_limit(limit);
+    if all.len() > limit {
+        return Err(StoreError::GroupFull { limit });
+    }
+    require_users(conn, &all)?;
+    new_conversation(conn, ConversationKind::Group, None, &all, now)
+}
+
+fn conversation_kind(
+    conn: &Connection,
+    conversation: ConversationId,
+) -> StoreResult<ConversationKind> {
+    let mut stmt = conn
+        .prepare_cached("SELECT kind FROM conversations WHERE id = ?1")
+        .map_err(backend)?;
+    let kind: Option<i64> = stmt
+        .query_row([to_sql(conversation.get())], |r| r.get(0))
+        .optional()
+        .map_err(backend)?;
+    kind_from_sql(kind.ok_or(StoreError::NotFound)?)
+}
+
+fn require_group(conn: &Connection, conversation: ConversationId) -> StoreResult<()> {
+    match conversation_kind(conn, conversation)? {
+        ConversationKind::Group => Ok(()),
+        ConversationKind::Direct => Err(StoreError::Invalid(
+            "members of a one-to-one conversation are fixed",
+        )),
+    }
+}
+
+pub(crate) fn add_members(
+    conn: &Connection,
+    conversation: ConversationId,
+    users: &[UserId],
+    limit: usize,
+) -> StoreResult<()> {
+    require_users(conn, users)?;
+    require_group(conn, conversation)?;
+    let mut add = conn
+        .prepare_cached("INSERT OR IGNORE INTO members (conversation_id, user_id) VALUES (?1, ?2)")
+        .map_err(backend)?;
+    for user in users {
+        add.execute([to_sql(conversation.get()), to_sql(user.get())])
+            .map_err(backend)?;
+    }
+    // Counted inside the same transaction (this request's savepoint): over the limit, the
+    // savepoint is rolled back and nothing was added.
+    let mut count = conn
+        .prepare_cached("SELECT count(*) FROM members WHERE conversation_id = ?1")
+        .map_err(backend)?;
+    let n: i64 = count
+        .query_row([to_sql(conversation.get())], |r| r.get(0))
+        .map_err(backend)?;
+    let limit = effective_limit(limit);
+    if usize::try_from(n).unwrap_or(usize::MAX) > limit {
+        return Err(StoreError::GroupFull { limit });
+    }
+    Ok(())
+}
+
+pub(crate) fn remove_member(
+    conn: &Connection,
+    conversation: ConversationId,
+    user: UserId,
+) -> StoreResult<bool> {
+    require_group(conn, conversation)?;
+    let mut stmt = conn
+        .prepare_cached("DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2")
+        .map_err(backend)?;
+    Ok(stmt
+        .execute([to_sql(conversation.get()), to_sql(user.get())])
+        .map_err(backend)?
+        > 0)
+}
+
+pub(crate) fn conversation(
+    conn: &Connection,
+    conversation: ConversationId,
+) -> StoreResult<Option<Conversation>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id, kind, created_at, last_id FROM conversations WHERE id = ?1")
+        .map_err(backend)?;
+    let row = stmt
+        .query_row([to_sql(conversation.get())], conversation_from_row)
+        .optional()
+        .map_err(backend)?;
+    row.map(make_conversation).transpose()
+}
+
+pub(crate) fn members(conn: &Connection, conversation: ConversationId) -> StoreResult<Vec<UserId>> {
+    conversation_kind(conn, conversation)?;
+    let mut stmt = conn
+        .prepare_cached("SELECT user_id FROM members WHERE conversation_id = ?1 ORDER BY user_id")
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([to_sql(conversation.get())], |r| r.get::<_, i64>(0))
+        .map_err(backend)?;
+    rows.map(|r| from_sql(r.map_err(backend)?, "user ID"))
+        .collect()
+}
+
+pub(crate) fn is_member(
+    conn: &Connection,
+    conversation: ConversationId,
+    user: UserId,
+) -> StoreResult<bool> {
+    let mut stmt = conn
+        .prepare_cached("SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?2")
+        .map_err(backend)?;
+    stmt.exists([to_sql(conversation.get()), to_sql(user.get())])
+        .map_err(backend)
+}
+
+pub(crate) fn conversations_of(conn: &Connection, user: UserId) -> StoreResult<Vec<Conversation>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT c.id, c.kind, c.created_at, c.last_id FROM members m
+             JOIN conversations c ON c.id = m.conversation_id
+             WHERE m.user_id = ?1 ORDER BY c.id",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([to_sql(user.get())], conversation_from_row)
+        .map_err(backend)?;
+    rows.map(|r| make_conversation(r.map_err(backend)?))
+        .collect()
+}
+
+// ---- messages -------------------------------------------------------------------------
+
+pub(crate) fn append(conn: &Connection, message: &NewMessage) -> StoreResult<Appended> {
+    let sender_device = to_sql(message.sender.device.get());
+    let mut dup = conn
+        .prepare_cached(
+            "SELECT id, sent_at FROM messages WHERE sender_device = ?1 AND client_key = ?2",
+        )
+        .map_err(backend)?;
+    let first = dup
+        .query_row(
+            params![sender_device, &message.client_key.as_bytes()[..]],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        )
+        .optional()
+        .map_err(backend)?;
+    if let Some((id, sent_at)) = first {
+        let id = from_sql(id, "message ID")?;
+        return Ok(Appended {
+            id,
+            sent_at: ts(sent_at),
+            duplicate: true,
+            deliveries: Vec::new(),
+        });
+    }
+    check_distinct_recipients(message)?;
+    let conv = to_sql(message.conversation.get());
+    let mut current = conn
+        .prepare_cached(
+            "SELECT d.user_id, d.id FROM members m JOIN devices d ON d.user_id = m.user_id
+             WHERE m.conversation_id = ?1",
+        )
+        .map_err(backend)?;
+    let devices = current
+        .query_map([conv], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(backend)?
+        .map(|row| {
+            let (user, device) = row.map_err(backend)?;
+            Ok(DeviceAddress {
+                user: from_sql(user, "user ID")?,
+                device: from_sql(device, "device ID")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    // The sending device is among the current devices exactly when it exists, the
+    // conversation exists and the sender is a member; only a refusal needs to say which.
+    if !devices.contains(&message.sender) {
+        require_device(conn, message.sender)?;
+        conversation_kind(conn, message.conversation)?;
+        return Err(StoreError::NotMember);
+    }
+    check_coverage(&devices, message)?;
+
+    let mut allocate = conn
+        .prepare_cached(
+            "UPDATE conversations SET last_id = last_id + 1 WHERE id = ?1 RETURNING last_id",
+        )
+        .map_err(backend)?;
+    let id_sql: i64 = allocate.query_row([conv], |r| r.get(0)).map_err(backend)?;
+    let id: MessageId = from_sql(id_sql, "message ID")?;
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO messages
+                 (conversation_id, id, sender_user, sender_device, client_key, sent_at, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(backend)?;
+    insert
+        .execute(params![
+            conv,
+            id_sql,
+            to_sql(message.sender.user.get()),
+            sender_device,
+            &message.client_key.as_bytes()[..],
+            ts_sql(message.sent_at),
+            &message.body[..],
+        ])
+        .map_err(backend)?;
+    let seq = conn.last_insert_rowid();
+    let mut head = conn
+        .prepare_cached(
+            "UPDATE devices SET inbox_head = inbox_head + 1 WHERE id = ?1 RETURNING inbox_head",
+        )
+        .map_err(backend)?;
+    let mut entry = conn
+        .prepare_cached(
+            "INSERT INTO inbox (device_id, pos, message_seq, header) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(backend)?;
+    let mut deliveries = Vec::with_capacity(message.recipients.len());
+    for recipient in &message.recipients {
+        let device = to_sql(recipient.device.device.get());
+        let pos: i64 = head.query_row([device], |r| r.get(0)).map_err(backend)?;
+        entry
+            .execute(params![device, pos, seq, &recipient.header[..]])
+            .map_err(backend)?;
+        deliveries.push((recipient.device, from_sql(pos, "inbox position")?));
+    }
+    Ok(Appended {
+        id,
+        sent_at: message.sent_at,
+        duplicate: false,
+        deliveries,
+    })
+}
+
+/// The columns of an envelope, in the order [`envelope`] reads them from `start`.
+const ENVELOPE_COLUMNS: &str =
+    "m.conversation_id, m.id, m.sender_user, m.sender_device, m.client_key, m.sent_at, m.body";
+
+fn envelope(r: &Row<'_>, start: usize) -> StoreResult<Envelope> {
+    let get_i64 = |i: usize| r.get::<_, i64>(start + i).map_err(backend);
+    let client_key: Vec<u8> = r.get(start + 4).map_err(backend)?;
+    let body: Vec<u8> = r.get(start + 6).map_err(backend)?;
+    Ok(Envelope {
+        conversation: from_sql(get_i64(0)?, "conversation ID")?,
+        id: from_sql(get_i64(1)?, "message ID")?,
+        sender: DeviceAddress {
+            user: from_sql(get_i64(2)?, "user ID")?,
+            device: from_sql(get_i64(3)?, "device ID")?,
+        },
+        client_key: ClientKey::from_bytes(array_from_sql(&client_key, "client key")?),
+        sent_at: ts(get_i64(5)?),
+        body: Bytes::from(body),
+    })
+}
+
+pub(crate) fn inbox(
+    conn: &Connection,
+    device: DeviceAddress,
+    after: InboxPos,
+    limit: usize,
+) -> StoreResult<Vec<InboxEntry>> {
+    require_device(conn, device)?;
+    let sql = format!(
+        "SELECT i.pos, i.header, {ENVELOPE_COLUMNS} FROM inbox i
+         JOIN messages m ON m.seq = i.message_seq
+         WHERE i.device_id = ?1 AND i.pos > ?2 ORDER BY i.pos LIMIT ?3"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    let mut rows = stmt
+        .query([
+            to_sql(device.device.get()),
+            to_sql(after.get()),
+            limit_sql(limit),
+        ])
+        .map_err(backend)?;
+    let mut entries = Vec::with_capacity(limit.min(1024));
+    while let Some(r) = rows.next().map_err(backend)? {
+        let pos: i64 = r.get(0).map_err(backend)?;
+        let header: Vec<u8> = r.get(1).map_err(backend)?;
+        entries.push(InboxEntry {
+            pos: from_sql(pos, "inbox position")?,
+            envelope: envelope(r, 2)?,
+            header: Bytes::from(header),
+        });
+    }
+    Ok(entries)
+}
+
+fn device_column(conn: &Connection, device: DeviceAddress, column: &str) -> StoreResult<InboxPos> {
+    let sql = format!("SELECT {column} FROM devices WHERE id = ?1 AND user_id = ?2");
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    let value: Option<i64> = stmt
+        .query_row(
+            [to_sql(device.device.get()), to_sql(device.user.get())],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    from_sql(value.ok_or(StoreError::NotFound)?, column)
+}
+
+pub(crate) fn inbox_head(conn: &Connection, device: DeviceAddress) -> StoreResult<InboxPos> {
+    device_column(conn, device, "inbox_head")
+}
+
+pub(crate) fn cursor(conn: &Connection, device: DeviceAddress) -> StoreResult<InboxPos> {
+    device_column(conn, device, "cursor")
+}
+
+pub(crate) fn ack(
+    conn: &Connection,
+    device: DeviceAddress,
+    up_to: InboxPos,
+) -> StoreResult<InboxPos> {
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE devices SET cursor = max(cursor, ?3) WHERE id = ?1 AND user_id = ?2
+             RETURNING cursor",
+        )
+        .map_err(backend)?;
+    let value: Option<i64> = stmt
+        .query_row(
+            [
+                to_sql(device.device.get()),
+                to_sql(device.user.get()),
+                to_sql(up_to.get()),
+            ],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    from_sql(value.ok_or(StoreError::NotFound)?, "cursor")
+}
+
+pub(crate) fn history(
+    conn: &Connection,
+    conversation: ConversationId,
+    anchor: MessageId,
+    direction: Direction,
+    limit: usize,
+) -> StoreResult<Vec<Envelope>> {
+    conversation_kind(conn, conversation)?;
+    let (cmp, order) = match direction {
+        Direction::Before => ("<", "DESC"),
+        Direction::After => (">", "ASC"),
+    };
+    let sql = format!(
+        "SELECT {ENVELOPE_COLUMNS} FROM messages m
+         WHERE m.conversation_id = ?1 AND m.id {cmp} ?2 ORDER BY m.id {order} LIMIT ?3"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    let mut rows = stmt
+        .query([
+            to_sql(conversation.get()),
+            to_sql(anchor.get()),
+            limit_sql(limit),
+        ])
+        .map_err(backend)?;
+    let mut page = Vec::with_capacity(limit.min(1024));
+    while let Some(r) = rows.next().map_err(backend)? {
+        page.push(envelope(r, 0)?);
+    }
+    Ok(page)
+}
+
+pub(crate) fn message(
+    conn: &Connection,
+    conversation: ConversationId,
+    id: MessageId,
+) -> StoreResult<Option<Envelope>> {
+    let sql = format!(
+        "SELECT {ENVELOPE_COLUMNS} FROM messages m WHERE m.conversation_id = ?1 AND m.id = ?2"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    let mut rows = stmt
+        .query([to_sql(conversation.get()), to_sql(id.get())])
+        .map_err(backend)?;
+    match rows.next().map_err(backend)? {
+        Some(r) => envelope(r, 0).map(Some),
+        None => Ok(None),
+    }
+}
+
+// ---- receipts -------------------------------------------------------------------------
+
+fn receipt_kind_from_sql(value: i64) -> StoreResult<ReceiptKind> {
+    u8::try_from(value)
+        .ok()
+        .and_then(ReceiptKind::from_number)
+        .ok_or_else(|| failure(format!("stored receipt kind {value} is unknown")))
+}
+
+pub(crate) fn set_receipt(
+    conn: &Connection,
+    conversation: ConversationId,
+    user: UserId,
+    kind: ReceiptKind,
+    up_to: MessageId,
+) -> StoreResult<MessageId> {
+    conversation_kind(conn, conversation)?;
+    if !is_member(conn, conversation, user)? {
+        return Err(StoreError::NotMember);
+    }
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO receipts (conversation_id, user_id, kind, up_to) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (conversation_id, user_id, kind)
+             DO UPDATE SET up_to = max(up_to, excluded.up_to)
+             RETURNING up_to",
+        )
+        .map_err(backend)?;
+    let stored: i64 = stmt
+        .query_row(
+            [
+                to_sql(conversation.get()),
+                to_sql(user.get()),
+                i64::from(kind.number()),
+                to_sql(up_to.get()),
+            ],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    from_sql(stored, "receipt position")
+}
+
+pub(crate) fn receipts(
+    conn: &Connection,
+    conversation: ConversationId,
+) -> StoreResult<Vec<ReceiptPosition>> {
+    conversation_kind(conn, conversation)?;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT r.user_id, r.kind, r.up_to FROM receipts r
+             JOIN members m ON m.conversation_id = r.conversation_id AND m.user_id = r.user_id
+             WHERE r.conversation_id = ?1 ORDER BY r.user_id, r.kind",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([to_sql(conversation.get())], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .map_err(backend)?;
+    rows.map(|row| {
+        let (user, kind, up_to) = row.map_err(backend)?;
+        Ok(ReceiptPosition {
+            user: from_sql(user, "user ID")?,
+            kind: receipt_kind_from_sql(kind)?,
+            up_to: from_sql(up_to, "receipt position")?,
+        })
+    })
+    .collect()
+}

@@ -1,0 +1,363 @@
+//! Accounts, devices, tokens, keys, attachments and push tokens.
+
+use super::*;
+
+/// Users, devices and tokens: creation, conflicts, lookup, revocation, last-active.
+pub async fn accounts_and_tokens(store: Arc<dyn Store>) {
+    let name = Username::new(format!("alice{}", unique())).expect("name");
+    let alice = store
+        .create_user(&name, "$argon2id$x", NOW)
+        .await
+        .expect("create");
+    assert!(matches!(
+        store.create_user(&name, "$other", NOW).await,
+        Err(StoreError::Conflict)
+    ));
+    let creds = store
+        .credentials(&name)
+        .await
+        .expect("credentials")
+        .expect("exists");
+    assert_eq!(creds.user, alice);
+    assert_eq!(creds.password_hash, "$argon2id$x");
+    let nobody = Username::new(format!("nobody{}", unique())).expect("name");
+    assert!(
+        store
+            .credentials(&nobody)
+            .await
+            .expect("credentials")
+            .is_none()
+    );
+    assert_eq!(
+        store.user(alice.id).await.expect("user"),
+        Some(alice.clone())
+    );
+
+    let t1 = token();
+    let phone = store
+        .add_device(alice.id, "phone", t1, NOW)
+        .await
+        .expect("device");
+    assert_eq!(phone.address.user, alice.id);
+    assert_eq!(phone.name, "phone");
+    let laptop = device(&*store, alice.id).await;
+    let listed: Vec<_> = store.devices(alice.id).await.expect("devices");
+    assert_eq!(
+        listed.iter().map(|d| d.address).collect::<Vec<_>>(),
+        vec![phone.address, laptop]
+    );
+
+    assert_eq!(
+        store.authenticate(t1).await.expect("auth"),
+        Some(phone.address)
+    );
+    let t2 = token();
+    store
+        .add_token(phone.address, t2, NOW)
+        .await
+        .expect("add token");
+    assert_eq!(
+        store.authenticate(t2).await.expect("auth"),
+        Some(phone.address)
+    );
+    // A token hash already bound to another device is refused.
+    assert!(matches!(
+        store.add_token(laptop, t1, NOW).await,
+        Err(StoreError::Conflict)
+    ));
+    let wrong_owner = DeviceAddress {
+        user: user(&*store).await,
+        device: phone.address.device,
+    };
+    assert!(matches!(
+        store.add_token(wrong_owner, token(), NOW).await,
+        Err(StoreError::NotFound)
+    ));
+
+    // Revocation is visible to the very next lookup.
+    assert!(store.revoke_token(t1).await.expect("revoke"));
+    assert_eq!(store.authenticate(t1).await.expect("auth"), None);
+    assert!(!store.revoke_token(t1).await.expect("revoke again"));
+    assert_eq!(
+        store.authenticate(t2).await.expect("auth"),
+        Some(phone.address)
+    );
+    assert_eq!(store.authenticate(token()).await.expect("auth"), None);
+
+    assert_eq!(
+        store.last_active(alice.id).await.expect("last active"),
+        None
+    );
+    let later = Timestamp::from_millis(NOW.as_millis() + 5_000);
+    store.set_last_active(alice.id, later).await.expect("set");
+    store
+        .set_last_active(alice.id, NOW)
+        .await
+        .expect("set older");
+    assert_eq!(
+        store.last_active(alice.id).await.expect("last active"),
+        Some(later)
+    );
+    let ghost = UserId::new(MAX_ID).expect("id");
+    assert!(matches!(
+        store.set_last_active(ghost, NOW).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(store.user(ghost).await.expect("user").is_none());
+    assert!(matches!(
+        store.add_device(ghost, "x", token(), NOW).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+/// The device limit per user.
+pub async fn too_many_devices(store: Arc<dyn Store>) {
+    let (alice, _) = user_with_devices(&*store, MAX_DEVICES_PER_USER).await;
+    let extra = store.add_device(alice, "one too many", token(), NOW).await;
+    assert!(
+        matches!(extra, Err(StoreError::TooManyDevices)),
+        "{extra:?}"
+    );
+    assert_eq!(
+        store.devices(alice).await.expect("devices").len(),
+        MAX_DEVICES_PER_USER
+    );
+}
+
+fn keys(spk: u32) -> DeviceKeys {
+    DeviceKeys {
+        identity: Bytes::from_static(b"identity-key-bundle"),
+        signed_prekey: SignedPrekey {
+            id: spk,
+            public: Bytes::from_static(&[7; 32]),
+            signature: Bytes::from_static(&[9; 64]),
+        },
+    }
+}
+
+fn one_time(ids: std::ops::Range<u32>) -> Vec<OneTimePrekey> {
+    ids.map(|id| OneTimePrekey {
+        id,
+        public: Bytes::from(id.to_be_bytes().repeat(8)),
+    })
+    .collect()
+}
+
+/// Removing a device revokes its tokens at once and drops its keys, push token and inbox;
+/// later messages must not name it.
+pub async fn device_removal_revokes_everything(store: Arc<dyn Store>) {
+    let (alice, alice_devices) = user_with_devices(&*store, 1).await;
+    let sender = alice_devices[0];
+    let bob = user(&*store).await;
+    let t = token();
+    let phone = store
+        .add_device(bob, "phone", t, NOW)
+        .await
+        .expect("device")
+        .address;
+    let laptop = device(&*store, bob).await;
+    store.set_device_keys(phone, &keys(1)).await.expect("keys");
+    store
+        .add_one_time_prekeys(phone, &one_time(0..3))
+        .await
+        .expect("otks");
+    let push = PushToken {
+        platform: "webhook".into(),
+        token: "secret".into(),
+    };
+    store
+        .set_push_token(phone, Some(&push))
+        .await
+        .expect("push");
+    let conv = store.open_direct(alice, bob, NOW).await.expect("direct").id;
+    store
+        .append(message(conv, sender, &[phone, laptop]))
+        .await
+        .expect("append");
+
+    let stranger = DeviceAddress {
+        user: alice,
+        device: phone.device,
+    };
+    assert!(matches!(
+        store.remove_device(stranger).await,
+        Err(StoreError::NotFound)
+    ));
+    store.remove_device(phone).await.expect("remove");
+
+    assert_eq!(store.authenticate(t).await.expect("auth"), None);
+    assert_eq!(store.devices(bob).await.expect("devices").len(), 1);
+    assert!(store.claim_bundles(bob).await.expect("claim").is_empty());
+    assert_eq!(store.one_time_prekey_count(phone).await.expect("count"), 0);
+    assert_eq!(store.push_token(phone).await.expect("push"), None);
+    assert!(matches!(
+        store.inbox(phone, InboxPos::ZERO, 10).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.inbox_head(phone).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.remove_device(phone).await,
+        Err(StoreError::NotFound)
+    ));
+
+    let err = store.append(message(conv, sender, &[phone, laptop])).await;
+    match err {
+        Err(StoreError::StaleDevices(m)) => {
+            assert!(m.missing.is_empty());
+            assert_eq!(m.extra, vec![phone]);
+        }
+        other => panic!("expected stale devices, got {other:?}"),
+    }
+    store
+        .append(message(conv, sender, &[laptop]))
+        .await
+        .expect("append");
+    assert_eq!(store.inbox_head(laptop).await.expect("head"), pos(2));
+}
+
+/// Many concurrent claims never hand out one one-time prekey twice; the signed prekey
+/// remains the fallback once the pool is empty.
+pub async fn prekeys_are_claimed_at_most_once_concurrently(store: Arc<dyn Store>) {
+    let (bob, devices) = user_with_devices(&*store, 2).await;
+    for (i, d) in devices.iter().enumerate() {
+        store
+            .set_device_keys(*d, &keys(i as u32))
+            .await
+            .expect("keys");
+        store
+            .add_one_time_prekeys(*d, &one_time(0..20))
+            .await
+            .expect("otks");
+    }
+    // A key ID already in the pool is ignored.
+    store
+        .add_one_time_prekeys(devices[0], &one_time(10..25))
+        .await
+        .expect("otks");
+    assert_eq!(
+        store
+            .one_time_prekey_count(devices[0])
+            .await
+            .expect("count"),
+        25
+    );
+    assert_eq!(
+        store
+            .one_time_prekey_count(devices[1])
+            .await
+            .expect("count"),
+        20
+    );
+
+    let mut tasks = JoinSet::new();
+    for _ in 0..32 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move { store.claim_bundles(bob).await.expect("claim") });
+    }
+    let mut handed_out = BTreeSet::new();
+    let mut fallbacks = 0;
+    while let Some(bundles) = tasks.join_next().await {
+        let bundles = bundles.expect("task");
+        assert_eq!(
+            bundles.iter().map(|b| b.device).collect::<Vec<_>>(),
+            devices
+        );
+        for b in bundles {
+            assert_eq!(b.identity, keys(0).identity);
+            match b.one_time_prekey {
+                Some(k) => assert!(
+                    handed_out.insert((b.device, k.id)),
+                    "{k:?} handed out twice"
+                ),
+                None => fallbacks += 1,
+            }
+        }
+    }
+    assert_eq!(handed_out.len(), 45);
+    assert_eq!(fallbacks, 64 - 45);
+    for d in &devices {
+        assert_eq!(store.one_time_prekey_count(*d).await.expect("count"), 0);
+    }
+}
+
+/// Devices without published keys get no bundle; with an empty pool the bundle carries
+/// only the signed prekey; replacing keys replaces the signed prekey.
+pub async fn signed_prekey_is_the_fallback(store: Arc<dyn Store>) {
+    let (bob, devices) = user_with_devices(&*store, 2).await;
+    assert!(store.claim_bundles(bob).await.expect("claim").is_empty());
+    store
+        .set_device_keys(devices[1], &keys(1))
+        .await
+        .expect("keys");
+    store
+        .set_device_keys(devices[1], &keys(2))
+        .await
+        .expect("replace keys");
+    let bundles = store.claim_bundles(bob).await.expect("claim");
+    assert_eq!(bundles.len(), 1);
+    assert_eq!(bundles[0].device, devices[1]);
+    assert_eq!(bundles[0].signed_prekey, keys(2).signed_prekey);
+    assert_eq!(bundles[0].one_time_prekey, None);
+    store
+        .add_one_time_prekeys(devices[1], &one_time(5..6))
+        .await
+        .expect("otk");
+    let bundles = store.claim_bundles(bob).await.expect("claim");
+    assert_eq!(bundles[0].one_time_prekey, Some(one_time(5..6).remove(0)));
+    let ghost = DeviceAddress {
+        user: bob,
+        device: chat_core::DeviceId::new(MAX_ID).expect("id"),
+    };
+    assert!(matches!(
+        store.set_device_keys(ghost, &keys(1)).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.add_one_time_prekeys(ghost, &one_time(0..1)).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+/// Attachment records and push tokens.
+pub async fn attachments_and_push_tokens(store: Arc<dyn Store>) {
+    let (conv, _, all) = group(&*store, 2, 1).await;
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&unique().to_be_bytes());
+    let meta = AttachmentMeta {
+        id: AttachmentId::from_bytes(id),
+        conversation: conv,
+        uploader: all[0],
+        size: 123_456,
+        created_at: NOW,
+    };
+    assert_eq!(store.attachment(meta.id).await.expect("attachment"), None);
+    store.insert_attachment(&meta).await.expect("insert");
+    assert_eq!(
+        store.attachment(meta.id).await.expect("attachment"),
+        Some(meta.clone())
+    );
+    assert!(matches!(
+        store.insert_attachment(&meta).await,
+        Err(StoreError::Conflict)
+    ));
+
+    let d = all[1];
+    assert_eq!(store.push_token(d).await.expect("push"), None);
+    let t = PushToken {
+        platform: "fcm".into(),
+        token: "abc".into(),
+    };
+    store.set_push_token(d, Some(&t)).await.expect("set");
+    assert_eq!(store.push_token(d).await.expect("push"), Some(t));
+    let t2 = PushToken {
+        platform: "apns".into(),
+        token: "def".into(),
+    };
+    store.set_push_token(d, Some(&t2)).await.expect("replace");
+    assert_eq!(store.push_token(d).await.expect("push"), Some(t2));
+    store.set_push_token(d, None).await.expect("clear");
+    assert_eq!(store.push_token(d).await.expect("push"), None);
+}

@@ -1,0 +1,181 @@
+//! Conversations, membership and the member limit.
+
+use super::*;
+
+/// Concurrent adds at the limit never take a group past it.
+pub async fn member_limit_holds_under_concurrent_adds(store: Arc<dyn Store>) {
+    let creator = user(&*store).await;
+    let conv = store
+        .create_group(creator, &[], MAX_GROUP_MEMBERS, NOW)
+        .await
+        .expect("group")
+        .id;
+    let mut candidates = Vec::new();
+    for _ in 0..MAX_GROUP_MEMBERS + 20 {
+        candidates.push(user(&*store).await);
+    }
+    let mut tasks = JoinSet::new();
+    for chunk in candidates.chunks(2) {
+        let store = Arc::clone(&store);
+        let chunk = chunk.to_vec();
+        // A limit above the build's is capped at the build's.
+        tasks.spawn(async move { store.add_members(conv, &chunk, 1_000).await });
+    }
+    let (mut ok, mut full) = (0, 0);
+    while let Some(result) = tasks.join_next().await {
+        match result.expect("task") {
+            Ok(()) => ok += 1,
+            Err(StoreError::GroupFull { limit }) => {
+                assert_eq!(limit, MAX_GROUP_MEMBERS);
+                full += 1;
+            }
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    // Pairs all-or-nothing: 49 pairs fit beside the creator, then one slot stays free.
+    assert_eq!((ok, full), (49, 11));
+    assert_eq!(store.members(conv).await.expect("members").len(), 99);
+    let last = candidates.last().copied().expect("candidate");
+    if store.is_member(conv, last).await.expect("is member") {
+        store.remove_member(conv, last).await.expect("remove");
+    }
+    let mut tasks = JoinSet::new();
+    for &u in &candidates {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move { store.add_members(conv, &[u], MAX_GROUP_MEMBERS).await });
+    }
+    while let Some(result) = tasks.join_next().await {
+        let _ = result.expect("task");
+    }
+    assert_eq!(
+        store.members(conv).await.expect("members").len(),
+        MAX_GROUP_MEMBERS
+    );
+}
+
+/// Group creation and adds refuse going past the limit as a whole; adding existing
+/// members is a no-op; one-to-one membership is fixed.
+pub async fn member_limit_is_all_or_nothing(store: Arc<dyn Store>) {
+    let mut users = Vec::new();
+    for _ in 0..6 {
+        users.push(user(&*store).await);
+    }
+    let too_many = store.create_group(users[0], &users[1..], 5, NOW).await;
+    assert!(
+        matches!(too_many, Err(StoreError::GroupFull { limit: 5 })),
+        "{too_many:?}"
+    );
+    let conv = store
+        .create_group(users[0], &users[1..3], 5, NOW)
+        .await
+        .expect("group");
+    assert_eq!(conv.kind, ConversationKind::Group);
+    let err = store.add_members(conv.id, &users[3..6], 5).await;
+    assert!(
+        matches!(err, Err(StoreError::GroupFull { limit: 5 })),
+        "{err:?}"
+    );
+    assert_eq!(
+        store.members(conv.id).await.expect("members"),
+        users[..3].to_vec()
+    );
+    store
+        .add_members(conv.id, &[users[1], users[3], users[3], users[4]], 5)
+        .await
+        .expect("add");
+    assert_eq!(
+        store.members(conv.id).await.expect("members"),
+        users[..5].to_vec()
+    );
+    let ghost = UserId::new(MAX_ID).expect("id");
+    assert!(matches!(
+        store.add_members(conv.id, &[ghost], 100).await,
+        Err(StoreError::NotFound)
+    ));
+    let direct = store
+        .open_direct(users[0], users[1], NOW)
+        .await
+        .expect("direct");
+    let err = store.add_members(direct.id, &[users[2]], 100).await;
+    assert!(matches!(err, Err(StoreError::Invalid(_))), "{err:?}");
+    let err = store.remove_member(direct.id, users[1]).await;
+    assert!(matches!(err, Err(StoreError::Invalid(_))), "{err:?}");
+}
+
+/// One direct conversation per pair, the same from both sides, even when opened at once.
+pub async fn direct_conversation_is_one_per_pair_concurrently(store: Arc<dyn Store>) {
+    let a = user(&*store).await;
+    let b = user(&*store).await;
+    let mut tasks = JoinSet::new();
+    for i in 0..16 {
+        let store = Arc::clone(&store);
+        let (x, y) = if i % 2 == 0 { (a, b) } else { (b, a) };
+        tasks.spawn(async move { store.open_direct(x, y, NOW).await.expect("open") });
+    }
+    let mut ids = BTreeSet::new();
+    while let Some(conv) = tasks.join_next().await {
+        let conv = conv.expect("task");
+        assert_eq!(conv.kind, ConversationKind::Direct);
+        ids.insert(conv.id);
+    }
+    assert_eq!(ids.len(), 1);
+    let id = ids.first().copied().expect("one ID");
+    let mut both = vec![a, b];
+    both.sort();
+    assert_eq!(store.members(id).await.expect("members"), both);
+    let c = user(&*store).await;
+    assert_ne!(store.open_direct(a, c, NOW).await.expect("open").id, id);
+    let ghost = UserId::new(MAX_ID).expect("id");
+    assert!(matches!(
+        store.open_direct(a, ghost, NOW).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+/// Conversation records, membership queries and listings.
+pub async fn conversation_records(store: Arc<dyn Store>) {
+    let (conv, users, all) = group(&*store, 3, 1).await;
+    let record = store
+        .conversation(conv)
+        .await
+        .expect("conversation")
+        .expect("exists");
+    assert_eq!(
+        (record.id, record.kind, record.created_at),
+        (conv, ConversationKind::Group, NOW)
+    );
+    assert_eq!(record.last_message, None);
+    assert!(store.is_member(conv, users[1]).await.expect("is member"));
+    let outsider = user(&*store).await;
+    assert!(!store.is_member(conv, outsider).await.expect("is member"));
+    let direct = store
+        .open_direct(users[0], users[1], NOW)
+        .await
+        .expect("direct")
+        .id;
+    let listed: Vec<_> = store.conversations_of(users[0]).await.expect("list");
+    let mut expected = vec![conv, direct];
+    expected.sort();
+    assert_eq!(listed.iter().map(|c| c.id).collect::<Vec<_>>(), expected);
+    assert_eq!(
+        store.conversations_of(users[2]).await.expect("list").len(),
+        1
+    );
+    store
+        .append(message(conv, all[0], &all[1..]))
+        .await
+        .expect("append");
+    let record = store
+        .conversation(conv)
+        .await
+        .expect("conversation")
+        .expect("exists");
+    assert_eq!(record.last_message, Some(mid(1)));
+    let ghost = ConversationId::new(MAX_ID).expect("id");
+    assert_eq!(store.conversation(ghost).await.expect("conversation"), None);
+    assert!(matches!(
+        store.members(ghost).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(!store.is_member(ghost, users[0]).await.expect("is member"));
+}

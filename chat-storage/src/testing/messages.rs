@@ -1,0 +1,486 @@
+//! Appends, idempotency, device coverage, inboxes, history, receipts and cursors.
+
+use super::*;
+
+/// Concurrent appenders to one conversation: IDs are exactly 1..=N, every inbox is gapless
+/// from 1 and lists the conversation's messages in ID order.
+pub async fn concurrent_appends_are_gapless_and_ordered(store: Arc<dyn Store>) {
+    let (conv, _, all) = group(&*store, 4, 2).await;
+    const PER_TASK: usize = 20;
+    let mut tasks = JoinSet::new();
+    for &sender in &all {
+        let store = Arc::clone(&store);
+        let recipients = others(&all, sender);
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..PER_TASK {
+                let done = store
+                    .append(message(conv, sender, &recipients))
+                    .await
+                    .expect("append");
+                assert!(!done.duplicate);
+                assert_eq!(done.deliveries.len(), recipients.len());
+                ids.push(done.id.get());
+            }
+            ids
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(batch) = tasks.join_next().await {
+        let batch = batch.expect("task");
+        assert!(
+            batch.windows(2).all(|w| w[0] < w[1]),
+            "one sender's IDs must increase"
+        );
+        ids.extend(batch);
+    }
+    ids.sort_unstable();
+    let total = (all.len() * PER_TASK) as u64;
+    assert_eq!(ids, (1..=total).collect::<Vec<_>>());
+    let record = store
+        .conversation(conv)
+        .await
+        .expect("conversation")
+        .expect("exists");
+    assert_eq!(record.last_message, Some(mid(total)));
+
+    for &d in &all {
+        let expected = total - PER_TASK as u64;
+        assert_eq!(store.inbox_head(d).await.expect("head"), pos(expected));
+        let entries = store.inbox(d, InboxPos::ZERO, 10_000).await.expect("inbox");
+        let positions: Vec<u64> = entries.iter().map(|e| e.pos.get()).collect();
+        assert_eq!(positions, (1..=expected).collect::<Vec<_>>());
+        let msg_ids: Vec<MessageId> = entries.iter().map(|e| e.envelope.id).collect();
+        assert!(
+            msg_ids.windows(2).all(|w| w[0] < w[1]),
+            "inbox out of message order"
+        );
+        assert!(entries.iter().all(|e| e.envelope.sender != d));
+        assert!(
+            entries
+                .iter()
+                .all(|e| e.header == format!("to {d:?}").as_bytes())
+        );
+    }
+}
+
+/// A retry with the same client key returns the first ID and writes nothing.
+pub async fn idempotent_retries_write_nothing(store: Arc<dyn Store>) {
+    let (conv, _, all) = group(&*store, 2, 2).await;
+    let sender = all[0];
+    let first = message(conv, sender, &others(&all, sender));
+    let done = store.append(first.clone()).await.expect("append");
+    assert_eq!((done.id, done.duplicate), (mid(1), false));
+    let heads: Vec<_> = others(&all, sender).iter().map(|&d| (d, pos(1))).collect();
+    assert_eq!(done.deliveries, heads);
+
+    let mut retry = first.clone();
+    retry.body = Bytes::from_static(b"a different body");
+    retry.sent_at = Timestamp::from_millis(NOW.as_millis() + 1);
+    let again = store.append(retry).await.expect("retry");
+    assert_eq!(
+        (again.id, again.sent_at, again.duplicate),
+        (mid(1), NOW, true)
+    );
+    assert!(again.deliveries.is_empty());
+    // Even a now-stale recipient list is a duplicate: the key decides, before any check.
+    let mut stale = first.clone();
+    stale.recipients.clear();
+    assert!(store.append(stale).await.expect("stale retry").duplicate);
+
+    for d in others(&all, sender) {
+        assert_eq!(store.inbox_head(d).await.expect("head"), pos(1));
+    }
+    let history = store
+        .history(conv, mid(MAX_ID), Direction::Before, 10)
+        .await
+        .expect("history");
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].body, first.body);
+    assert_eq!(history[0].client_key, first.client_key);
+
+    // The same key from another device is a different message.
+    let mut other_device = first.clone();
+    other_device.sender = all[1];
+    other_device.recipients = message(conv, all[1], &others(&all, all[1])).recipients;
+    assert_eq!(store.append(other_device).await.expect("append").id, mid(2));
+}
+
+/// Many concurrent sends of one message (same key) make exactly one message.
+pub async fn concurrent_retries_make_one_message(store: Arc<dyn Store>) {
+    let (conv, _, all) = group(&*store, 2, 1).await;
+    let msg = message(conv, all[0], &all[1..]);
+    let mut tasks = JoinSet::new();
+    for _ in 0..16 {
+        let store = Arc::clone(&store);
+        let msg = msg.clone();
+        tasks.spawn(async move { store.append(msg).await.expect("append") });
+    }
+    let mut firsts = 0;
+    while let Some(done) = tasks.join_next().await {
+        let done = done.expect("task");
+        assert_eq!(done.id, mid(1));
+        firsts += usize::from(!done.duplicate);
+    }
+    assert_eq!(firsts, 1);
+    assert_eq!(store.inbox_head(all[1]).await.expect("head"), pos(1));
+}
+
+/// A stale recipient list is refused with the exact missing and extra sets and writes
+/// nothing; a duplicate recipient is invalid.
+pub async fn stale_devices_are_reported_exactly(store: Arc<dyn Store>) {
+    let (conv, users, all) = group(&*store, 3, 2).await;
+    let sender = all[0];
+    let (_, outsider) = user_with_devices(&*store, 1).await;
+    // Missing the sender's own other device and one of user 2's; includes the sender itself
+    // and an outsider.
+    let given = [sender, all[2], all[4], all[5], outsider[0]];
+    let err = store.append(message(conv, sender, &given)).await;
+    let Err(StoreError::StaleDevices(m)) = err else {
+        panic!("expected stale devices: {err:?}")
+    };
+    let mut missing = vec![all[1], all[3]];
+    missing.sort();
+    let mut extra = vec![sender, outsider[0]];
+    extra.sort();
+    assert_eq!((m.missing, m.extra), (missing, extra));
+
+    let mut twice = message(conv, sender, &others(&all, sender));
+    twice.recipients.push(twice.recipients[0].clone());
+    assert!(matches!(
+        store.append(twice).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // Nothing was written: no message, no inbox entry, the key is still free.
+    let failed = message(conv, sender, &all[1..2]);
+    assert!(store.append(failed.clone()).await.is_err());
+    for &d in &all {
+        assert_eq!(store.inbox_head(d).await.expect("head"), InboxPos::ZERO);
+    }
+    let record = store
+        .conversation(conv)
+        .await
+        .expect("conversation")
+        .expect("exists");
+    assert_eq!(record.last_message, None);
+    let mut fixed = failed;
+    fixed.recipients = message(conv, sender, &others(&all, sender)).recipients;
+    let done = store.append(fixed).await.expect("append with the same key");
+    assert_eq!((done.id, done.duplicate), (mid(1), false));
+
+    // A new device of a member makes the old list stale.
+    let new = device(&*store, users[2]).await;
+    let err = store
+        .append(message(conv, sender, &others(&all, sender)))
+        .await;
+    let Err(StoreError::StaleDevices(m)) = err else {
+        panic!("expected stale devices: {err:?}")
+    };
+    assert_eq!((m.missing, m.extra), (vec![new], vec![]));
+}
+
+/// Only members send; unknown conversations and devices are not found.
+pub async fn non_members_cannot_send(store: Arc<dyn Store>) {
+    let (conv, _, all) = group(&*store, 2, 1).await;
+    let (_, outsider) = user_with_devices(&*store, 1).await;
+    let err = store.append(message(conv, outsider[0], &all)).await;
+    assert!(matches!(err, Err(StoreError::NotMember)), "{err:?}");
+    let ghost = ConversationId::new(MAX_ID).expect("id");
+    let err = store.append(message(ghost, all[0], &all[1..])).await;
+    assert!(matches!(err, Err(StoreError::NotFound)), "{err:?}");
+    assert_eq!(
+        store.inbox_head(all[1]).await.expect("head"),
+        InboxPos::ZERO
+    );
+}
+
+/// After removal a member is sent nothing, and can no longer send.
+pub async fn removed_member_gets_nothing_after_removal(store: Arc<dyn Store>) {
+    let (conv, users, all) = group(&*store, 3, 1).await;
+    store
+        .append(message(conv, all[0], &all[1..]))
+        .await
+        .expect("append");
+    assert!(store.remove_member(conv, users[2]).await.expect("remove"));
+    assert!(
+        !store
+            .remove_member(conv, users[2])
+            .await
+            .expect("remove again")
+    );
+    assert!(!store.is_member(conv, users[2]).await.expect("is member"));
+    assert_eq!(
+        store.members(conv).await.expect("members"),
+        users[..2].to_vec()
+    );
+
+    let err = store.append(message(conv, all[0], &all[1..])).await;
+    let Err(StoreError::StaleDevices(m)) = err else {
+        panic!("expected stale devices: {err:?}")
+    };
+    assert_eq!((m.missing, m.extra), (vec![], vec![all[2]]));
+    store
+        .append(message(conv, all[0], &all[1..2]))
+        .await
+        .expect("append");
+    assert_eq!(store.inbox_head(all[2]).await.expect("head"), pos(1));
+    assert_eq!(store.inbox_head(all[1]).await.expect("head"), pos(2));
+    let err = store.append(message(conv, all[2], &all[..2])).await;
+    assert!(matches!(err, Err(StoreError::NotMember)), "{err:?}");
+    assert!(
+        store
+            .conversations_of(users[2])
+            .await
+            .expect("conversations")
+            .is_empty()
+    );
+}
+
+/// Inbox pages: empty, one entry, exact page size, past the end, zero limit.
+pub async fn inbox_paging_edges(store: Arc<dyn Store>) {
+    let (conv, _, all) = group(&*store, 2, 1).await;
+    let (sender, reader) = (all[0], all[1]);
+    assert!(
+        store
+            .inbox(reader, InboxPos::ZERO, 5)
+            .await
+            .expect("inbox")
+            .is_empty()
+    );
+    assert_eq!(
+        store.inbox_head(reader).await.expect("head"),
+        InboxPos::ZERO
+    );
+
+    let first = message(conv, sender, &[reader]);
+    store.append(first.clone()).await.expect("append");
+    let one = store.inbox(reader, InboxPos::ZERO, 5).await.expect("inbox");
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].pos, pos(1));
+    assert_eq!(one[0].header, first.recipients[0].header);
+    assert_eq!(one[0].envelope.body, first.body);
+    assert_eq!(one[0].envelope.sender, sender);
+    assert_eq!(one[0].envelope.client_key, first.client_key);
+    assert_eq!(one[0].envelope.sent_at, NOW);
+    assert_eq!(one[0].envelope.conversation, conv);
+    assert!(
+        store
+            .inbox(reader, pos(1), 5)
+            .await
+            .expect("inbox")
+            .is_empty()
+    );
+
+    for _ in 0..9 {
+        store
+            .append(message(conv, sender, &[reader]))
+            .await
+            .expect("append");
+    }
+    let page = store.inbox(reader, InboxPos::ZERO, 5).await.expect("inbox");
+    assert_eq!(
+        page.iter().map(|e| e.pos.get()).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    let page = store.inbox(reader, pos(5), 5).await.expect("inbox");
+    assert_eq!(
+        page.iter().map(|e| e.pos.get()).collect::<Vec<_>>(),
+        vec![6, 7, 8, 9, 10]
+    );
+    assert!(
+        store
+            .inbox(reader, pos(10), 5)
+            .await
+            .expect("inbox")
+            .is_empty()
+    );
+    assert!(
+        store
+            .inbox(reader, pos(1_000), 5)
+            .await
+            .expect("inbox")
+            .is_empty()
+    );
+    assert!(
+        store
+            .inbox(reader, InboxPos::ZERO, 0)
+            .await
+            .expect("inbox")
+            .is_empty()
+    );
+    assert_eq!(
+        store.inbox(reader, pos(8), 100).await.expect("inbox").len(),
+        2
+    );
+    assert_eq!(store.inbox_head(reader).await.expect("head"), pos(10));
+    // The sender's own inbox is untouched.
+    assert_eq!(
+        store.inbox_head(sender).await.expect("head"),
+        InboxPos::ZERO
+    );
+}
+
+/// History pages backwards and forwards from any anchor, with every edge.
+pub async fn history_paging_edges(store: Arc<dyn Store>) {
+    let (conv, _, all) = group(&*store, 2, 1).await;
+    let top = mid(MAX_ID);
+    let ids = |page: Vec<chat_core::Envelope>| page.iter().map(|e| e.id.get()).collect::<Vec<_>>();
+    assert!(
+        store
+            .history(conv, top, Direction::Before, 5)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+    assert!(
+        store
+            .history(conv, mid(1), Direction::After, 5)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+
+    store
+        .append(message(conv, all[0], &all[1..]))
+        .await
+        .expect("append");
+    assert_eq!(
+        ids(store
+            .history(conv, top, Direction::Before, 5)
+            .await
+            .expect("h")),
+        vec![1]
+    );
+    assert!(
+        store
+            .history(conv, mid(1), Direction::Before, 5)
+            .await
+            .expect("h")
+            .is_empty()
+    );
+    assert!(
+        store
+            .history(conv, mid(1), Direction::After, 5)
+            .await
+            .expect("h")
+            .is_empty()
+    );
+
+    for _ in 0..9 {
+        store
+            .append(message(conv, all[1], &all[..1]))
+            .await
+            .expect("append");
+    }
+    let before = |anchor, limit| store.history(conv, mid(anchor), Direction::Before, limit);
+    assert_eq!(ids(before(11, 3).await.expect("h")), vec![10, 9, 8]);
+    assert_eq!(ids(before(4, 3).await.expect("h")), vec![3, 2, 1]);
+    assert_eq!(ids(before(3, 3).await.expect("h")), vec![2, 1]);
+    assert_eq!(ids(before(6, 0).await.expect("h")), Vec::<u64>::new());
+    assert_eq!(ids(before(MAX_ID, 100).await.expect("h")).len(), 10);
+    let after = |anchor, limit| store.history(conv, mid(anchor), Direction::After, limit);
+    assert_eq!(ids(after(1, 3).await.expect("h")), vec![2, 3, 4]);
+    assert_eq!(ids(after(7, 3).await.expect("h")), vec![8, 9, 10]);
+    assert_eq!(ids(after(8, 3).await.expect("h")), vec![9, 10]);
+    assert_eq!(ids(after(10, 3).await.expect("h")), Vec::<u64>::new());
+    assert_eq!(ids(after(500, 3).await.expect("h")), Vec::<u64>::new());
+    let ghost = ConversationId::new(MAX_ID).expect("id");
+    let err = store.history(ghost, top, Direction::Before, 5).await;
+    assert!(matches!(err, Err(StoreError::NotFound)), "{err:?}");
+}
+
+/// A message by ID, and absent IDs.
+pub async fn message_lookup(store: Arc<dyn Store>) {
+    let (conv, _, all) = group(&*store, 2, 1).await;
+    let mut sent = Vec::new();
+    for _ in 0..3 {
+        let msg = message(conv, all[0], &all[1..]);
+        store.append(msg.clone()).await.expect("append");
+        sent.push(msg);
+    }
+    let found = store
+        .message(conv, mid(2))
+        .await
+        .expect("message")
+        .expect("exists");
+    assert_eq!(
+        (found.id, found.conversation, found.sender),
+        (mid(2), conv, all[0])
+    );
+    assert_eq!(
+        (found.body, found.client_key),
+        (sent[1].body.clone(), sent[1].client_key)
+    );
+    assert_eq!(store.message(conv, mid(4)).await.expect("message"), None);
+    let ghost = ConversationId::new(MAX_ID).expect("id");
+    assert_eq!(store.message(ghost, mid(1)).await.expect("message"), None);
+}
+
+/// Receipt positions only move forward, per user and kind; only members have them.
+pub async fn receipts_are_monotonic(store: Arc<dyn Store>) {
+    let (conv, users, _) = group(&*store, 3, 1).await;
+    let set = |u, kind, n| store.set_receipt(conv, u, kind, mid(n));
+    assert_eq!(
+        set(users[0], ReceiptKind::Read, 5).await.expect("set"),
+        mid(5)
+    );
+    assert_eq!(
+        set(users[0], ReceiptKind::Read, 3).await.expect("set"),
+        mid(5)
+    );
+    assert_eq!(
+        set(users[0], ReceiptKind::Delivered, 7).await.expect("set"),
+        mid(7)
+    );
+    assert_eq!(
+        set(users[1], ReceiptKind::Delivered, 2).await.expect("set"),
+        mid(2)
+    );
+    assert_eq!(
+        set(users[0], ReceiptKind::Read, 6).await.expect("set"),
+        mid(6)
+    );
+    let mut got = store.receipts(conv).await.expect("receipts");
+    got.sort_by_key(|r| (r.user, r.kind));
+    let got: Vec<_> = got
+        .iter()
+        .map(|r| (r.user, r.kind, r.up_to.get()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (users[0], ReceiptKind::Delivered, 7),
+            (users[0], ReceiptKind::Read, 6),
+            (users[1], ReceiptKind::Delivered, 2),
+        ]
+    );
+    let outsider = user(&*store).await;
+    let err = store
+        .set_receipt(conv, outsider, ReceiptKind::Read, mid(1))
+        .await;
+    assert!(matches!(err, Err(StoreError::NotMember)), "{err:?}");
+}
+
+/// The acknowledged cursor only moves forward.
+pub async fn cursor_ack_is_monotonic(store: Arc<dyn Store>) {
+    let (_, devices) = user_with_devices(&*store, 1).await;
+    let d = devices[0];
+    assert_eq!(store.cursor(d).await.expect("cursor"), InboxPos::ZERO);
+    assert_eq!(store.ack(d, pos(3)).await.expect("ack"), pos(3));
+    assert_eq!(store.ack(d, pos(1)).await.expect("ack"), pos(3));
+    assert_eq!(store.ack(d, pos(4)).await.expect("ack"), pos(4));
+    assert_eq!(store.cursor(d).await.expect("cursor"), pos(4));
+    let ghost = DeviceAddress {
+        user: d.user,
+        device: chat_core::DeviceId::new(MAX_ID).expect("id"),
+    };
+    assert!(matches!(
+        store.ack(ghost, pos(1)).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.cursor(ghost).await,
+        Err(StoreError::NotFound)
+    ));
+}
