@@ -40,9 +40,15 @@ impl DeviceSessions {
     }
 
     /// Makes a new session (from [`Session::initiate`]) the active one. Refused with
+    /// [`Error::SessionMismatch`] if it is with another device than the held sessions, and with
     /// [`Error::IdentityChanged`] if the held sessions were made with another identity of
     /// that device: an identity change is never accepted silently.
     pub fn add(&mut self, session: Session) -> Result<(), Error> {
+        let other_device = |s: &Session| s.their_address() != session.their_address();
+        if self.sessions.first().is_some_and(other_device) {
+            // All sessions here are with one remote device.
+            return Err(Error::SessionMismatch);
+        }
         if self
             .their_identity()
             .is_some_and(|known| known != session.their_identity())

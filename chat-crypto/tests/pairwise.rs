@@ -432,6 +432,17 @@ fn an_identity_change_is_refused_until_cleared() {
     )
     .unwrap();
     assert_eq!(at_alice.add(other).unwrap_err(), Error::IdentityChanged);
+    // A session with another device does not belong here.
+    let carol = Account::new(&mut rng);
+    let to_carol = Session::initiate(
+        &mut rng,
+        &alice_account,
+        ALICE,
+        DeviceAddress::new(3, 1),
+        &carol.bundle(None).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(at_alice.add(to_carol).unwrap_err(), Error::SessionMismatch);
     // The user accepts the change.
     at_alice.clear();
     let d = at_alice
