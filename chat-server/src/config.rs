@@ -47,6 +47,30 @@ pub struct Config {
     pub argon2_iterations: u32,
     /// How long a shutdown waits for connections to finish their in-flight work, in ms.
     pub shutdown_grace_ms: u64,
+    /// Where the filesystem blob store keeps attachment ciphertext. Created on the first
+    /// upload; unfinished uploads (`*.tmp`) found there at start-up are removed.
+    pub blob_dir: PathBuf,
+    /// The largest attachment upload, in bytes (100 MiB by default).
+    pub max_attachment_bytes: u64,
+    /// The push gateway to POST notifications to (`http://host:port/path`; plain HTTP, as
+    /// the gateway is usually a sidecar on the same host or network). Without it, the
+    /// logging notifier only writes a log line per notification.
+    pub push_webhook_url: Option<String>,
+    /// How long one webhook request may take, in milliseconds.
+    pub push_timeout_ms: u64,
+    /// Attempts per notification before it is given up (with a log line).
+    pub push_attempts: u32,
+    /// The first retry delay, in milliseconds; it doubles per attempt (capped at 60 s) and
+    /// a random part of it (full jitter) is used.
+    pub push_backoff_ms: u64,
+    /// Notifications being sent at once; more wait, coalescing further.
+    pub push_concurrency: usize,
+    /// Offline deliveries queued for the push dispatcher (and devices with a notification
+    /// pending); beyond it they are dropped and counted, never blocking delivery.
+    pub push_queue: usize,
+    /// How long a device's first offline delivery waits for more before its notification
+    /// goes out, in milliseconds: a burst becomes one notification with a count.
+    pub push_coalesce_ms: u64,
 }
 
 /// PEM files for TLS.
@@ -78,6 +102,15 @@ impl Default for Config {
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
             shutdown_grace_ms: 10_000,
+            blob_dir: PathBuf::from("data/blobs"),
+            max_attachment_bytes: 100 * 1024 * 1024,
+            push_webhook_url: None,
+            push_timeout_ms: 5_000,
+            push_attempts: 5,
+            push_backoff_ms: 250,
+            push_concurrency: 16,
+            push_queue: 10_000,
+            push_coalesce_ms: 1_000,
         }
     }
 }
@@ -102,6 +135,14 @@ impl Config {
         }
         if self.outbound_queue == 0 || self.frame_burst == 0 || self.frames_per_second <= 0.0 {
             return bad("outbound_queue, frame_burst and frames_per_second must be positive");
+        }
+        if self.push_attempts == 0 || self.push_concurrency == 0 || self.push_queue == 0 {
+            return bad("push_attempts, push_concurrency and push_queue must be positive");
+        }
+        if let Some(url) = &self.push_webhook_url
+            && crate::push::Target::parse(url).is_none()
+        {
+            return bad("push_webhook_url must be an http://host[:port][/path] URL");
         }
         Ok(())
     }

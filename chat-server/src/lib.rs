@@ -17,15 +17,18 @@
 
 mod api;
 mod auth;
+mod blob;
 mod bus;
 mod config;
 mod gateway;
 mod limiter;
 mod presence;
+mod push;
 mod server;
 mod state;
 
 pub use api::keys::{IDENTITY_BYTES, identity_blob};
+pub use blob::FsBlobStore;
 pub use bus::LocalBus;
 pub use config::{Config, ConfigError, TlsConfig};
 pub use server::{Server, ServerError};

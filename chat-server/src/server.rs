@@ -12,14 +12,16 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use chat_core::{PresenceConfig, Store, StoreError};
+use chat_core::{BlobStore, PresenceConfig, PushNotifier, Store, StoreError};
 use tokio::sync::{mpsc, watch};
 
 use crate::api;
 use crate::auth;
+use crate::blob::FsBlobStore;
 use crate::bus::LocalBus;
 use crate::config::{Config, ConfigError};
 use crate::presence::Presence;
+use crate::push::{PushDispatcher, Worker};
 use crate::state::{Limits, Shared};
 
 /// Why a node could not start or run.
@@ -43,6 +45,8 @@ pub struct Server {
     listener: std::net::TcpListener,
     shutdown: watch::Sender<bool>,
     alive: mpsc::Receiver<()>,
+    /// The push dispatcher's task, started by `run_until`.
+    push: Worker,
 }
 
 impl std::fmt::Debug for Server {
@@ -86,6 +90,8 @@ impl Server {
             .map_err(|e| ConfigError(e.to_string()))?
             .map_err(|e| ConfigError(e.to_string()))?
         };
+        let blobs = Arc::new(FsBlobStore::open(&config.blob_dir)?);
+        let (push, push_worker) = PushDispatcher::new(&config, store.clone());
         let listener = std::net::TcpListener::bind(config.listen)?;
         listener.set_nonblocking(true)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -108,6 +114,8 @@ impl Server {
             shutdown: shutdown_rx,
             alive: alive_tx,
             connections: AtomicUsize::new(0),
+            blobs,
+            push,
             metrics: None,
         });
         Ok(Self {
@@ -115,6 +123,7 @@ impl Server {
             listener,
             shutdown,
             alive,
+            push: push_worker,
         })
     }
 
@@ -123,6 +132,19 @@ impl Server {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.metrics = Some(Arc::new(render));
         }
+    }
+
+    /// Keeps attachments in `blobs` instead of the filesystem store under `blob_dir`.
+    pub fn set_blob_store(&mut self, blobs: Arc<dyn BlobStore>) {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.blobs = blobs;
+        }
+    }
+
+    /// Sends push notifications through `notifier` instead of the configured webhook or
+    /// logging notifier.
+    pub fn set_push_notifier(&mut self, notifier: Arc<dyn PushNotifier>) {
+        self.push.set_notifier(notifier);
     }
 
     /// The address the node listens on.
@@ -142,11 +164,13 @@ impl Server {
             listener,
             shutdown,
             mut alive,
+            push,
         } = self;
         let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
         let tls = shared.config.tls.clone();
         let app = api::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
         tokio::spawn(shared.presence.clone().run(shared.shutdown.clone()));
+        tokio::spawn(push.run());
         drop(shared);
         let stop = async move {
             signal.await;

@@ -6,12 +6,13 @@ use std::sync::atomic::AtomicUsize;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use argon2::Argon2;
-use chat_core::{Bus, Store, Timestamp, UserId};
+use chat_core::{BlobStore, Bus, Store, Timestamp, UserId};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::limiter::{KeyedLimiter, Rate};
 use crate::presence::Presence;
+use crate::push::PushDispatcher;
 
 /// Keys of the rate limits that span requests.
 #[derive(Debug)]
@@ -63,6 +64,10 @@ pub(crate) struct Shared {
     pub(crate) presence: Arc<Presence>,
     /// Live WebSocket connections on this node.
     pub(crate) connections: AtomicUsize,
+    /// Attachment ciphertext.
+    pub(crate) blobs: Arc<dyn BlobStore>,
+    /// Wakes devices that have messages waiting and no live connection.
+    pub(crate) push: PushDispatcher,
     /// Renders Prometheus metrics, when a recorder is installed.
     pub(crate) metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }

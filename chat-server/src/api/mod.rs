@@ -2,9 +2,11 @@
 //! docs/PROTOCOL.md lists every route.
 
 pub(crate) mod accounts;
+pub(crate) mod attachments;
 pub(crate) mod conversations;
 pub(crate) mod error;
 pub(crate) mod keys;
+pub(crate) mod push;
 
 use std::sync::Arc;
 
@@ -37,6 +39,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/keys", put(keys::put_keys))
         .route("/v1/keys/one-time", post(keys::add_one_time))
         .route("/v1/keys/count", get(keys::count))
+        .route("/v1/push", put(push::register).delete(push::unregister))
         .route("/v1/conversations", get(c::list))
         .route("/v1/conversations/direct", post(c::open_direct))
         .route("/v1/conversations/groups", post(c::create_group))
@@ -56,6 +59,15 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(c::message),
         )
         .route("/v1/conversations/{id}/receipts", get(c::receipts))
+        .route(
+            "/v1/attachments",
+            // The upload streams to the blob store under its own limit, checked as it goes.
+            post(attachments::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/v1/attachments/{id}",
+            get(attachments::download).head(attachments::head),
+        )
         .route("/v1/ws", get(gateway::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))

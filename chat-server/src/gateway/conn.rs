@@ -420,14 +420,17 @@ impl Conn {
             };
             let frame = Bytes::from(ServerFrame::Deliver(Deliver::from(entry)).encode());
             let event = BusMessage::Deliver { pos, frame };
-            if let Err(err) = self
+            match self
                 .shared
                 .bus
                 .publish(Topic::Device(recipient.device), event)
                 .await
             {
+                // No live connection took it: wake the device (queued, never waits).
+                Ok(0) => self.shared.push.offline(recipient, send.conversation),
+                Ok(_) => {}
                 // The entry is in the inbox; the device gets it on its next sync.
-                tracing::warn!(cause = %err, "live delivery failed");
+                Err(err) => tracing::warn!(cause = %err, "live delivery failed"),
             }
         }
         Ok(())

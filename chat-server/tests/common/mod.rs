@@ -269,3 +269,239 @@ impl Client {
         }
     }
 }
+
+/// Deterministic pseudo-random bytes generated on the fly, so tests can stream and check
+/// large bodies without holding them: byte `i` of the stream for `seed` is always the same.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    seed: u64,
+    pos: u64,
+}
+
+impl Pattern {
+    pub fn new(seed: u64) -> Self {
+        Self { seed, pos: 0 }
+    }
+
+    fn byte(&self, i: u64) -> u8 {
+        // splitmix64 of the 8-byte word index, one byte of it per position.
+        let mut z = (i / 8)
+            .wrapping_add(self.seed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        z.to_le_bytes()[(i % 8) as usize]
+    }
+
+    /// The next `len` bytes.
+    pub fn next_chunk(&mut self, len: usize) -> Vec<u8> {
+        let start = self.pos;
+        self.pos += len as u64;
+        (start..self.pos).map(|i| self.byte(i)).collect()
+    }
+
+    /// Whether `data` is the next part of the stream (and moves past it).
+    pub fn check(&mut self, data: &[u8]) -> bool {
+        let start = self.pos;
+        self.pos += data.len() as u64;
+        data.iter().zip(start..).all(|(&b, i)| b == self.byte(i))
+    }
+}
+
+/// How an upload declares its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `Content-Length: n` (may differ from what is sent, to test refusal up front).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// Streams a request body of `total` pattern bytes generated chunk by chunk (never held
+/// whole), while reading the response concurrently; returns the status and JSON body. The
+/// server may answer before the body is complete (a refusal); write errors are ignored then.
+pub async fn upload(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    framing: Framing,
+    total: u64,
+    seed: u64,
+) -> (u16, Value) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let length = match framing {
+        Framing::Length(n) => format!("Content-Length: {n}\r\n"),
+        Framing::Chunked => "Transfer-Encoding: chunked\r\n".to_owned(),
+    };
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\n{length}\r\n"
+    );
+    let writer = tokio::spawn(async move {
+        write.write_all(head.as_bytes()).await?;
+        let mut pattern = Pattern::new(seed);
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(64 * 1024);
+            left -= n;
+            let chunk = pattern.next_chunk(n as usize);
+            if framing == Framing::Chunked {
+                write.write_all(format!("{n:x}\r\n").as_bytes()).await?;
+                write.write_all(&chunk).await?;
+                write.write_all(b"\r\n").await?;
+            } else {
+                write.write_all(&chunk).await?;
+            }
+        }
+        if framing == Framing::Chunked {
+            write.write_all(b"0\r\n\r\n").await?;
+        }
+        // Keep the write half open until the response is read.
+        Ok::<_, std::io::Error>(write)
+    });
+    let mut response = Vec::new();
+    // A refusal may be followed by a reset; what arrived before it is kept.
+    let _ = tokio::time::timeout(WAIT, read.read_to_end(&mut response))
+        .await
+        .expect("response in time");
+    writer.abort();
+    parse_response(&response)
+}
+
+/// The status and JSON body of a complete small response.
+pub fn parse_response(response: &[u8]) -> (u16, Value) {
+    let text = String::from_utf8_lossy(response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// What a streamed download got.
+#[derive(Debug)]
+pub struct Download {
+    pub status: u16,
+    pub content_length: Option<u64>,
+    /// Body bytes received.
+    pub received: u64,
+    /// Whether the body was the pattern for the seed (on success).
+    pub matches: bool,
+    /// The JSON body (errors only).
+    pub json: Value,
+}
+
+/// `GET` or `HEAD` of `path`, reading the body in chunks and checking it against the
+/// pattern for `seed` without keeping it.
+pub async fn download(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    seed: u64,
+) -> Download {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let read = async {
+        let mut head = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let body_start = loop {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "connection closed inside the response head");
+            head.extend_from_slice(&buf[..n]);
+            if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let text = String::from_utf8_lossy(&head[..body_start]).to_string();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let content_length = text.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        });
+        let mut pattern = Pattern::new(seed);
+        let mut matches = true;
+        let mut small = Vec::new();
+        let mut received = 0u64;
+        let mut take = |data: &[u8]| {
+            received += data.len() as u64;
+            matches &= pattern.check(data);
+            if small.len() < 64 * 1024 {
+                small.extend_from_slice(data);
+            }
+        };
+        take(&head[body_start..]);
+        loop {
+            let n = stream.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            take(&buf[..n]);
+        }
+        Download {
+            status,
+            content_length,
+            received,
+            matches,
+            json: serde_json::from_slice(&small).unwrap_or(Value::Null),
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("download in time")
+}
+
+/// Waits until `cond` holds, checking every few milliseconds; fails the test after [`WAIT`].
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Every file below `dir`, relative to it.
+pub fn files_under(dir: &std::path::Path) -> Vec<String> {
+    fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else if let Ok(rel) = path.strip_prefix(root) {
+                out.push(rel.display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// The process' peak resident set size (`VmHWM`), in bytes.
+pub fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        * 1024
+}
