@@ -1,5 +1,25 @@
-//! chat-client: the SDK that applications embed.
-//!
-//! **Not built yet.** This crate is reserved in the workspace so the layout is stable; the
-//! client is tracked as open work (see `docs/ARCHITECTURE.md`). It exports nothing, so nothing
-//! can depend on behaviour that does not exist.
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod client;
+mod driver;
+mod e2e;
+mod error;
+mod event;
+mod http;
+mod sqlite;
+mod store;
+
+pub use chat_core::{
+    Content, ConversationId, ConversationKind, DeviceAddress, DeviceId, MessageId, ReceiptKind,
+    Text, UserId,
+};
+pub use chat_crypto::SafetyNumber;
+pub use client::Client;
+pub use error::{Error, Result};
+pub use event::{ConnectionState, Event, Events, Message};
+pub use sqlite::SqliteStore;
+pub use store::{
+    ClientStore, ConversationRecord, DeviceRecord, MemoryStore, OutboxEntry, Secret, StoredMessage,
+    Write,
+};

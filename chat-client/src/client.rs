@@ -1,0 +1,689 @@
+//! [`Client`]: the app's handle. Accounts, conversations and sending live here; receiving
+//! lives in the driver task (`driver.rs`) the client starts and stops with itself.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chat_core::protocol::{ClientFrame, ReceiptUpdate, Subscribe, TypingUpdate, Unsubscribe};
+use chat_core::{
+    ClientKey, Content, Conversation, ConversationId, ConversationKind, DeviceAddress, DeviceId,
+    ErrorCode, MessageId, ReceiptKind, Text, UserId, Username,
+};
+use chat_crypto::{Account, SafetyNumber};
+use hyper::Method;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::driver::{self, Command};
+use crate::e2e::{self, Crypto};
+use crate::error::{Error, Result};
+use crate::event::{Event, Events, Message};
+use crate::http::{Http, ServerAddr};
+use crate::store::{ClientStore, ConversationRecord, DeviceRecord, OutboxEntry, Write};
+
+/// One-time prekeys uploaded at a time, and the pool size below which the client refills.
+const PREKEY_BATCH: usize = 100;
+const PREKEY_LOW: u64 = 25;
+/// Events buffered for a receiver that is not reading.
+const EVENT_BUFFER: usize = 1 << 16;
+
+/// A logged-in device: send with its methods, receive with [`Client::events`].
+///
+/// Dropping the client stops its connection; its store keeps everything, and
+/// [`Client::open`] resumes where it stopped, resending what the server had not acknowledged.
+#[derive(Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+    first_events: Mutex<Option<broadcast::Receiver<Event>>>,
+    driver: JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// State shared by the client and its driver.
+pub(crate) struct Inner {
+    pub(crate) me: DeviceAddress,
+    pub(crate) http: Http,
+    pub(crate) server: ServerAddr,
+    pub(crate) token: String,
+    pub(crate) store: Arc<dyn ClientStore>,
+    pub(crate) crypto: Crypto,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    /// The devices a send must cover, per conversation (the server corrects it).
+    devices: Mutex<HashMap<ConversationId, Vec<DeviceAddress>>>,
+    /// Callers waiting for `sent`, by client key.
+    waiters: Mutex<HashMap<ClientKey, oneshot::Sender<Result<MessageId>>>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("me", &self.me)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginResponse {
+    token: String,
+    user_id: UserId,
+    device_id: DeviceId,
+}
+
+#[derive(Deserialize)]
+struct UserView {
+    user_id: UserId,
+}
+
+#[derive(Deserialize)]
+struct DevicesView {
+    devices: Vec<DeviceAddress>,
+}
+
+#[derive(Deserialize)]
+struct BundlesView {
+    bundles: Vec<chat_core::PrekeyBundle>,
+}
+
+#[derive(Deserialize)]
+struct MembersView {
+    members: Vec<UserId>,
+}
+
+#[derive(Deserialize)]
+struct Count {
+    count: u64,
+}
+
+impl Client {
+    /// Registers `username`, logs in a first device named `device_name`, creates its keys and
+    /// publishes them. `server` is `host:port` or `http://host:port`.
+    ///
+    /// ```no_run
+    /// # async fn run() -> chat_client::Result<()> {
+    /// use chat_client::{Client, MemoryStore};
+    /// let alice = Client::register("127.0.0.1:8080", "alice", "correct horse", "laptop",
+    ///     MemoryStore::new()).await?;
+    /// let bob = alice.user_by_name("bob").await?;
+    /// let chat = alice.open_direct(bob).await?;
+    /// let id = alice.send_text(chat, "hi Bob").await?; // returns once the server stored it
+    /// # let _ = id; Ok(()) }
+    /// ```
+    pub async fn register(
+        server: &str,
+        username: &str,
+        password: &str,
+        device_name: &str,
+        store: impl ClientStore,
+    ) -> Result<Self> {
+        let addr = ServerAddr::parse(server)?;
+        let username = Username::new(username)?;
+        let http = Http::new(addr.clone(), None);
+        let _: IgnoredAny = http
+            .call(
+                Method::POST,
+                "/v1/register",
+                Some(&json!({"username": username, "password": password})),
+            )
+            .await?;
+        Self::login(server, username.as_str(), password, device_name, store).await
+    }
+
+    /// Logs in a new device of an existing user, creating and publishing its keys.
+    pub async fn login(
+        server: &str,
+        username: &str,
+        password: &str,
+        device_name: &str,
+        store: impl ClientStore,
+    ) -> Result<Self> {
+        let body = json!({"username": username, "password": password, "device_name": device_name});
+        Self::login_with(server, body, store).await
+    }
+
+    /// Logs in again on an existing device (after a reinstall, with an empty store): new
+    /// keys replace the device's old ones, and its peers see an identity change.
+    pub async fn relogin(
+        server: &str,
+        username: &str,
+        password: &str,
+        device: DeviceId,
+        store: impl ClientStore,
+    ) -> Result<Self> {
+        let body = json!({"username": username, "password": password, "device_id": device});
+        Self::login_with(server, body, store).await
+    }
+
+    async fn login_with(
+        server: &str,
+        body: serde_json::Value,
+        store: impl ClientStore,
+    ) -> Result<Self> {
+        let addr = ServerAddr::parse(server)?;
+        let http = Http::new(addr.clone(), None);
+        let login: LoginResponse = http.call(Method::POST, "/v1/login", Some(&body)).await?;
+        let me = DeviceAddress {
+            user: login.user_id,
+            device: login.device_id,
+        };
+        let mut account = Account::new(&mut rand::rng());
+        let otks = account.generate_one_time_prekeys(&mut rand::rng(), PREKEY_BATCH);
+        let keys = e2e::device_keys(&account)?;
+        // Saved before anything is published: a key the server hands out must have its
+        // secret on this device.
+        store.commit(vec![
+            Write::Device(DeviceRecord {
+                server: addr.as_str().to_owned(),
+                address: me,
+                token: login.token.clone(),
+            }),
+            Write::Account(account.pickle()),
+        ])?;
+        let http = http.with_token(login.token.clone());
+        let _: IgnoredAny = http.call(Method::PUT, "/v1/keys", Some(&keys)).await?;
+        let _: IgnoredAny = http
+            .call(
+                Method::POST,
+                "/v1/keys/one-time",
+                Some(&json!({"keys": e2e::one_time_keys(&otks)})),
+            )
+            .await?;
+        let store: Arc<dyn ClientStore> = Arc::new(store);
+        let crypto = Crypto::new(me, store.clone(), account);
+        Ok(Self::start(addr, me, login.token, store, crypto))
+    }
+
+    /// Resumes the device kept in `store` (after a restart), connecting to `server` (which may
+    /// differ from the address it was registered with).
+    pub async fn open(server: &str, store: impl ClientStore) -> Result<Self> {
+        let addr = ServerAddr::parse(server)?;
+        let record = store.device()?.ok_or(Error::NotLoggedIn)?;
+        let store: Arc<dyn ClientStore> = Arc::new(store);
+        let crypto = Crypto::load(record.address, store.clone())?;
+        Ok(Self::start(
+            addr,
+            record.address,
+            record.token,
+            store,
+            crypto,
+        ))
+    }
+
+    fn start(
+        server: ServerAddr,
+        me: DeviceAddress,
+        token: String,
+        store: Arc<dyn ClientStore>,
+        crypto: Crypto,
+    ) -> Self {
+        let (events, first) = broadcast::channel(EVENT_BUFFER);
+        let (commands, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            me,
+            http: Http::new(server.clone(), Some(token.clone())),
+            server,
+            token,
+            store,
+            crypto,
+            events,
+            commands,
+            devices: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(HashMap::new()),
+        });
+        let driver = tokio::spawn(driver::run(inner.clone(), rx));
+        Self {
+            inner,
+            first_events: Mutex::new(Some(first)),
+            driver,
+        }
+    }
+
+    /// The event stream. The first call sees every event since the client was created; later
+    /// calls see events from then on.
+    pub fn events(&self) -> Events {
+        let first = self.first_events.lock().ok().and_then(|mut f| f.take());
+        Events {
+            rx: first.unwrap_or_else(|| self.inner.events.subscribe()),
+        }
+    }
+
+    /// This device and its user.
+    pub fn device(&self) -> DeviceAddress {
+        self.inner.me
+    }
+
+    /// This user.
+    pub fn user(&self) -> UserId {
+        self.inner.me.user
+    }
+
+    /// Finds a user by exact username.
+    pub async fn user_by_name(&self, username: &str) -> Result<UserId> {
+        let name = Username::new(username)?;
+        let v: UserView = self
+            .inner
+            .http
+            .call(
+                Method::GET,
+                &format!("/v1/users/by-name/{name}"),
+                None::<&()>,
+            )
+            .await?;
+        Ok(v.user_id)
+    }
+
+    /// Opens (or finds) the one-to-one conversation with `user`.
+    pub async fn open_direct(&self, user: UserId) -> Result<ConversationId> {
+        let c: Conversation = self
+            .inner
+            .http
+            .call(
+                Method::POST,
+                "/v1/conversations/direct",
+                Some(&json!({"user_id": user})),
+            )
+            .await?;
+        self.remember(&c)?;
+        Ok(c.id)
+    }
+
+    /// Creates a group with this user and `members` (at most 100 in all).
+    pub async fn create_group(&self, members: &[UserId]) -> Result<ConversationId> {
+        let c: Conversation = self
+            .inner
+            .http
+            .call(
+                Method::POST,
+                "/v1/conversations/groups",
+                Some(&json!({"members": members})),
+            )
+            .await?;
+        self.remember(&c)?;
+        Ok(c.id)
+    }
+
+    /// Adds members to a group; all or none (`group_full` past the limit).
+    pub async fn add_members(&self, group: ConversationId, members: &[UserId]) -> Result<()> {
+        let _: IgnoredAny = self
+            .inner
+            .http
+            .call(
+                Method::POST,
+                &format!("/v1/conversations/{group}/members"),
+                Some(&json!({"members": members})),
+            )
+            .await?;
+        self.inner.forget_devices(group);
+        Ok(())
+    }
+
+    /// Removes a member (or leaves, for this user). This device's next message to the group
+    /// uses a new sender key that the removed member never gets.
+    pub async fn remove_member(&self, group: ConversationId, user: UserId) -> Result<()> {
+        let _: IgnoredAny = self
+            .inner
+            .http
+            .call(
+                Method::DELETE,
+                &format!("/v1/conversations/{group}/members/{user}"),
+                None::<&()>,
+            )
+            .await?;
+        self.inner.forget_devices(group);
+        Ok(())
+    }
+
+    /// The members of a conversation.
+    pub async fn members(&self, conversation: ConversationId) -> Result<Vec<UserId>> {
+        let m: MembersView = self
+            .inner
+            .http
+            .call(
+                Method::GET,
+                &format!("/v1/conversations/{conversation}/members"),
+                None::<&()>,
+            )
+            .await?;
+        Ok(m.members)
+    }
+
+    /// The conversations this user is in (and remembers them locally).
+    pub async fn conversations(&self) -> Result<Vec<ConversationId>> {
+        let list: Vec<Conversation> = self
+            .inner
+            .http
+            .call(Method::GET, "/v1/conversations", None::<&()>)
+            .await?;
+        for c in &list {
+            self.remember(c)?;
+        }
+        Ok(list.into_iter().map(|c| c.id).collect())
+    }
+
+    /// Stored history of a conversation after `after` (exclusive), oldest first.
+    pub fn history(
+        &self,
+        conversation: ConversationId,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Message>> {
+        Ok(self
+            .inner
+            .store
+            .messages(conversation, after, limit)?
+            .iter()
+            .map(Message::from_stored)
+            .collect())
+    }
+
+    /// Messages written to the outbox and not yet acknowledged by the server.
+    pub fn pending(&self) -> Result<usize> {
+        Ok(self.inner.store.outbox()?.len())
+    }
+
+    fn remember(&self, c: &Conversation) -> Result<()> {
+        self.inner
+            .store
+            .commit(vec![Write::Conversation(ConversationRecord {
+                id: c.id,
+                kind: c.kind,
+            })])
+    }
+
+    /// Sends a text message; returns its ID once the server has stored it.
+    ///
+    /// Encrypted for every device of every member and this user's other devices; sessions
+    /// are set up on first use and the device list is repaired when the server says it is
+    /// stale. The message is in the local outbox before it leaves the device, so it is sent
+    /// even if the app restarts first (then [`Event::Sent`] reports it).
+    pub async fn send_text(&self, conversation: ConversationId, text: &str) -> Result<MessageId> {
+        let content = Content::Text(Text {
+            body: text.to_owned(),
+            reply_to: None,
+        });
+        self.send(conversation, &content).await
+    }
+
+    /// Sends any content (see [`send_text`](Self::send_text)).
+    pub async fn send(&self, conversation: ConversationId, content: &Content) -> Result<MessageId> {
+        let plaintext = content.encode()?;
+        let entry = self.inner.encrypt(conversation, plaintext).await?;
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .waiters
+            .lock()
+            .map_err(|_| Error::Closed)?
+            .insert(entry.client_key, tx);
+        self.inner
+            .commands
+            .send(Command::Send(entry.client_key))
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Raises this user's delivered or read position in a conversation.
+    pub fn send_receipt(
+        &self,
+        conversation: ConversationId,
+        kind: ReceiptKind,
+        up_to: MessageId,
+    ) -> Result<()> {
+        self.frame(ClientFrame::Receipt(ReceiptUpdate {
+            conversation,
+            kind,
+            up_to,
+        }))
+    }
+
+    /// Starts or stops the typing indicator (the server expires it by itself).
+    pub fn send_typing(&self, conversation: ConversationId, active: bool) -> Result<()> {
+        self.frame(ClientFrame::Typing(TypingUpdate {
+            conversation,
+            active,
+        }))
+    }
+
+    /// Subscribes to users' presence ([`Event::Presence`]); only users sharing a
+    /// conversation with this user are accepted by the server.
+    pub fn subscribe_presence(&self, users: &[UserId]) -> Result<()> {
+        self.frame(ClientFrame::Subscribe(Subscribe {
+            users: users.to_vec(),
+        }))
+    }
+
+    /// Stops presence events for `users`.
+    pub fn unsubscribe_presence(&self, users: &[UserId]) -> Result<()> {
+        self.frame(ClientFrame::Unsubscribe(Unsubscribe {
+            users: users.to_vec(),
+        }))
+    }
+
+    fn frame(&self, frame: ClientFrame) -> Result<()> {
+        self.inner
+            .commands
+            .send(Command::Frame(frame))
+            .map_err(|_| Error::Closed)
+    }
+
+    /// The safety number of this user and `other`, over every device of both (compare it
+    /// out of band; it changes when a device is added or re-keyed). Fetching it uses one
+    /// bundle of each device.
+    pub async fn safety_number(&self, other: UserId) -> Result<SafetyNumber> {
+        let identities = |b: BundlesView| -> Result<Vec<_>> {
+            b.bundles
+                .iter()
+                .map(|b| e2e::crypto_bundle(b).map(|c| c.identity))
+                .collect()
+        };
+        let mine: BundlesView = self.inner.bundles(self.user()).await?;
+        let theirs: BundlesView = self.inner.bundles(other).await?;
+        Ok(chat_crypto::safety_number(
+            &self.user().get().to_be_bytes(),
+            &identities(mine)?,
+            &other.get().to_be_bytes(),
+            &identities(theirs)?,
+        ))
+    }
+
+    /// Logs this device out on the server and stops the client.
+    pub async fn logout(self) -> Result<()> {
+        let _: IgnoredAny = self
+            .inner
+            .http
+            .call(Method::POST, "/v1/logout", None::<&()>)
+            .await?;
+        Ok(())
+    }
+}
+
+impl Inner {
+    async fn bundles(&self, user: UserId) -> Result<BundlesView> {
+        self.http
+            .call(
+                Method::GET,
+                &format!("/v1/users/{user}/bundles"),
+                None::<&()>,
+            )
+            .await
+    }
+
+    fn forget_devices(&self, conversation: ConversationId) {
+        if let Ok(mut d) = self.devices.lock() {
+            d.remove(&conversation);
+        }
+    }
+
+    async fn kind(&self, conversation: ConversationId) -> Result<ConversationKind> {
+        if let Some(c) = self
+            .store
+            .conversations()?
+            .into_iter()
+            .find(|c| c.id == conversation)
+        {
+            return Ok(c.kind);
+        }
+        let c: Conversation = self
+            .http
+            .call(
+                Method::GET,
+                &format!("/v1/conversations/{conversation}"),
+                None::<&()>,
+            )
+            .await?;
+        self.store
+            .commit(vec![Write::Conversation(ConversationRecord {
+                id: c.id,
+                kind: c.kind,
+            })])?;
+        Ok(c.kind)
+    }
+
+    /// The devices a send to `conversation` must cover (every member device but this one).
+    async fn devices(&self, conversation: ConversationId) -> Result<Vec<DeviceAddress>> {
+        if let Some(d) = self
+            .devices
+            .lock()
+            .map_err(|_| Error::Closed)?
+            .get(&conversation)
+        {
+            return Ok(d.clone());
+        }
+        let v: DevicesView = self
+            .http
+            .call(
+                Method::GET,
+                &format!("/v1/conversations/{conversation}/devices"),
+                None::<&()>,
+            )
+            .await?;
+        let list: Vec<_> = v.devices.into_iter().filter(|d| *d != self.me).collect();
+        self.devices
+            .lock()
+            .map_err(|_| Error::Closed)?
+            .insert(conversation, list.clone());
+        Ok(list)
+    }
+
+    /// Fetches bundles and starts sessions for the devices that have none.
+    async fn ensure_sessions(&self, devices: &[DeviceAddress]) -> Result<()> {
+        let missing = self.crypto.without_session(devices)?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut users: Vec<UserId> = missing.iter().map(|d| d.user).collect();
+        users.sort_unstable();
+        users.dedup();
+        // A few users at a time: a group's first message may need 99 directories.
+        for chunk in users.chunks(16) {
+            let fetched = futures::future::join_all(chunk.iter().map(|u| self.bundles(*u))).await;
+            let mut bundles = Vec::new();
+            for f in fetched {
+                match f {
+                    Ok(b) => bundles.extend(b.bundles),
+                    // A user deleted in the meantime: the server's device check says so.
+                    Err(Error::Server {
+                        code: ErrorCode::NotFound,
+                        ..
+                    }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.crypto.add_bundles(&bundles, &missing)?;
+        }
+        Ok(())
+    }
+
+    /// Encrypts for the conversation's devices and commits the outbox entry.
+    async fn encrypt(
+        &self,
+        conversation: ConversationId,
+        plaintext: Vec<u8>,
+    ) -> Result<OutboxEntry> {
+        let kind = self.kind(conversation).await?;
+        let devices = self.devices(conversation).await?;
+        match kind {
+            ConversationKind::Group => {
+                let holders = self
+                    .store
+                    .sender_key(conversation)?
+                    .map(|(_, h)| h)
+                    .unwrap_or_default();
+                let need: Vec<_> = devices
+                    .iter()
+                    .filter(|d| !holders.contains(d))
+                    .copied()
+                    .collect();
+                self.ensure_sessions(&need).await?;
+                self.crypto.encrypt_group(conversation, &devices, plaintext)
+            }
+            ConversationKind::Direct => {
+                self.ensure_sessions(&devices).await?;
+                self.crypto
+                    .encrypt_direct(conversation, &devices, plaintext)
+            }
+        }
+    }
+
+    /// Makes an outbox entry match the server's device list, then queues it again.
+    pub(crate) async fn repair(
+        &self,
+        entry: &OutboxEntry,
+        missing: Vec<DeviceAddress>,
+        extra: Vec<DeviceAddress>,
+    ) -> Result<()> {
+        if let Ok(mut cache) = self.devices.lock()
+            && let Some(list) = cache.get_mut(&entry.conversation)
+        {
+            list.retain(|d| !extra.contains(d));
+            list.extend(missing.iter().filter(|d| **d != self.me));
+        }
+        self.ensure_sessions(&missing).await?;
+        self.crypto.repair(entry.client_key, &missing, &extra)
+    }
+
+    /// Reports the end of a send to its waiter, if one is still waiting.
+    pub(crate) fn finish(&self, client_key: ClientKey, result: Result<MessageId>) {
+        let waiter = self
+            .waiters
+            .lock()
+            .ok()
+            .and_then(|mut w| w.remove(&client_key));
+        if let Some(w) = waiter {
+            let _ = w.send(result);
+        }
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    /// Tops up the one-time prekey pool on the server when it runs low.
+    pub(crate) async fn refill_prekeys(&self) -> Result<()> {
+        let c: Count = self
+            .http
+            .call(Method::GET, "/v1/keys/count", None::<&()>)
+            .await?;
+        if c.count >= PREKEY_LOW {
+            return Ok(());
+        }
+        let keys = self.crypto.new_one_time_keys(PREKEY_BATCH)?;
+        let _: IgnoredAny = self
+            .http
+            .call(
+                Method::POST,
+                "/v1/keys/one-time",
+                Some(&json!({"keys": e2e::one_time_keys(&keys)})),
+            )
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,573 @@
+//! The driver: one task per client that owns the WebSocket.
+//!
+//! It connects, authenticates with the stored cursor, processes the backlog and live
+//! deliveries through [`SyncCursor`] (duplicates dropped, a gap answered with `sync`), stores
+//! each decrypted message with its session state and cursor in one commit before acking,
+//! sends the outbox (again after every reconnect, with the same client keys and bytes),
+//! sends heartbeats on the interval from `welcome`, and reconnects with exponential backoff
+//! and full jitter.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_core::protocol::{
+    Ack, Auth, ClientFrame, Deliver, ErrorFrame, Heartbeat, PROTOCOL_VERSION, SUBPROTOCOL,
+    ServerFrame, StaleDevices, SyncRequest,
+};
+use chat_core::{ClientKey, ErrorCode, Recipient, SyncCursor, Verdict};
+use futures::{SinkExt, StreamExt};
+use rand::RngExt as _;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use crate::client::Inner;
+use crate::e2e::{Opened, Payload};
+use crate::error::Error;
+use crate::event::{ConnectionState, Event, Message};
+use crate::store::{OutboxEntry, StoredMessage, Write};
+
+/// How long connecting and the `welcome` may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first reconnect delay; doubled per failed attempt up to [`MAX_BACKOFF`].
+const BASE_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Ack at least every this many processed entries, and otherwise on a short timer.
+const ACK_EVERY: u64 = 64;
+const ACK_INTERVAL: Duration = Duration::from_millis(250);
+/// Frames (receipts, typing) kept while disconnected.
+const MAX_QUEUED_FRAMES: usize = 256;
+
+/// What the client asks its driver to do.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// An outbox entry is ready: send it unless it is in flight.
+    Send(ClientKey),
+    /// An outbox entry was repaired or may be retried: send it again.
+    Retry(ClientKey),
+    /// Send a frame (receipt, typing, presence subscription).
+    Frame(ClientFrame),
+}
+
+enum End {
+    /// The client was dropped.
+    Closed,
+    /// The token was refused.
+    LoggedOut,
+    /// The connection was lost; `synced` if it had got past the backlog.
+    Lost { reason: String, synced: bool },
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Runs until the client is dropped or logged out.
+pub(crate) async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) {
+    let mut attempt: u32 = 0;
+    let mut queued: Vec<ClientFrame> = Vec::new();
+    loop {
+        inner.emit(Event::Connection(ConnectionState::Connecting));
+        let end = Conn::new(inner.clone())
+            .run(&mut commands, &mut queued)
+            .await;
+        let reason = match end {
+            End::Closed => return,
+            End::LoggedOut => {
+                inner.emit(Event::Connection(ConnectionState::LoggedOut));
+                return;
+            }
+            End::Lost { reason, synced } => {
+                if synced {
+                    attempt = 0;
+                }
+                reason
+            }
+        };
+        let delay = backoff(attempt);
+        attempt = attempt.saturating_add(1);
+        tracing::debug!(%reason, delay_ms = delay.as_millis() as u64, "reconnecting");
+        inner.emit(Event::Connection(ConnectionState::Disconnected {
+            reason,
+            retry_in: delay,
+        }));
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => break,
+                cmd = commands.recv() => match cmd {
+                    None => return,
+                    // The whole outbox is sent after the reconnect anyway.
+                    Some(Command::Send(_) | Command::Retry(_)) => {}
+                    Some(Command::Frame(f)) => {
+                        if queued.len() < MAX_QUEUED_FRAMES {
+                            queued.push(f);
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: a random delay in `[d/2, d]`.
+fn backoff(attempt: u32) -> Duration {
+    let d = BASE_BACKOFF
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(MAX_BACKOFF);
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(2);
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+}
+
+/// One connection's state.
+struct Conn {
+    inner: Arc<Inner>,
+    cursor: SyncCursor,
+    acked: u64,
+    resyncing: bool,
+    synced: bool,
+    next_req: u32,
+    in_flight: HashMap<u32, ClientKey>,
+    /// Entries sent on this connection and not answered, or being repaired.
+    busy: HashSet<ClientKey>,
+}
+
+fn lost(reason: impl std::fmt::Display, synced: bool) -> End {
+    End::Lost {
+        reason: reason.to_string(),
+        synced,
+    }
+}
+
+impl Conn {
+    fn new(inner: Arc<Inner>) -> Self {
+        Self {
+            inner,
+            cursor: SyncCursor::default(),
+            acked: 0,
+            resyncing: false,
+            synced: false,
+            next_req: 1,
+            in_flight: HashMap::new(),
+            busy: HashSet::new(),
+        }
+    }
+
+    async fn run(
+        mut self,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        queued: &mut Vec<ClientFrame>,
+    ) -> End {
+        let mut ws = match self.connect().await {
+            Ok(ws) => ws,
+            Err(end) => return end,
+        };
+        let heartbeat_ms = match self.handshake(&mut ws).await {
+            Ok(ms) => ms,
+            Err(end) => return end,
+        };
+        self.inner
+            .emit(Event::Connection(ConnectionState::Connected));
+        let outbox = match self.inner.store.outbox() {
+            Ok(o) => o,
+            Err(e) => return lost(e, false),
+        };
+        for entry in outbox {
+            if let Err(end) = self.send_entry(&mut ws, &entry).await {
+                return end;
+            }
+        }
+        for f in queued.drain(..) {
+            if let Err(end) = self.send(&mut ws, &f).await {
+                return end;
+            }
+        }
+        let period = Duration::from_millis(u64::from(heartbeat_ms.max(100)));
+        let mut heartbeat = tokio::time::interval(period);
+        let mut ack = tokio::time::interval(ACK_INTERVAL);
+        loop {
+            let step = tokio::select! {
+                incoming = ws.next() => match incoming {
+                    Some(Ok(WsMessage::Binary(bytes))) => match ServerFrame::decode(&bytes) {
+                        Ok(frame) => self.handle(&mut ws, frame).await,
+                        // Unknown frame types are ignored (forward compatibility).
+                        Err(chat_core::protocol::DecodeError::UnknownType(_)) => Ok(()),
+                        Err(e) => Err(lost(e, self.synced)),
+                    },
+                    Some(Ok(WsMessage::Close(_))) | None => Err(lost("closed by the server", self.synced)),
+                    Some(Err(e)) => Err(lost(e, self.synced)),
+                    Some(Ok(_)) => Ok(()),
+                },
+                cmd = commands.recv() => match cmd {
+                    None => {
+                        let _ = ws.close(None).await;
+                        return End::Closed;
+                    }
+                    Some(cmd) => self.command(&mut ws, cmd).await,
+                },
+                _ = heartbeat.tick() => self.send(&mut ws, &Heartbeat {}.into()).await,
+                _ = ack.tick() => self.ack(&mut ws).await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+            // Frames already buffered by the WebSocket never make the task yield on their
+            // own; this keeps a long backlog from hogging a worker thread (and lets a
+            // dropped client stop promptly).
+            tokio::task::consume_budget().await;
+        }
+    }
+
+    async fn connect(&mut self) -> Result<Ws, End> {
+        let mut request = self
+            .inner
+            .server
+            .ws_url()
+            .into_client_request()
+            .map_err(|e| lost(e, false))?;
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await
+        {
+            Ok(Ok((ws, _))) => Ok(ws),
+            Ok(Err(e)) => Err(lost(e, false)),
+            Err(_) => Err(lost("connect timed out", false)),
+        }
+    }
+
+    /// `auth` → `welcome`; returns the heartbeat interval.
+    async fn handshake(&mut self, ws: &mut Ws) -> Result<u32, End> {
+        let cursor = self.inner.store.cursor().map_err(|e| lost(e, false))?;
+        self.cursor = SyncCursor::new(cursor);
+        self.acked = cursor.get();
+        let auth = Auth {
+            version: PROTOCOL_VERSION,
+            token: self.inner.token.clone(),
+            cursor,
+        };
+        self.send(ws, &auth.into()).await?;
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(WsMessage::Binary(b))) => return Some(ServerFrame::decode(&b)),
+                    Some(Ok(WsMessage::Close(_)) | Err(_)) | None => return None,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await;
+        match first {
+            Ok(Some(Ok(ServerFrame::Welcome(w)))) => Ok(w.heartbeat_ms),
+            Ok(Some(Ok(ServerFrame::Closing(c)))) if c.code == ErrorCode::InvalidToken => {
+                Err(End::LoggedOut)
+            }
+            Ok(Some(Ok(ServerFrame::Closing(c)))) => Err(lost(c.message, false)),
+            Ok(_) => Err(lost("no welcome", false)),
+            Err(_) => Err(lost("welcome timed out", false)),
+        }
+    }
+
+    async fn send(&mut self, ws: &mut Ws, frame: &ClientFrame) -> Result<(), End> {
+        ws.send(WsMessage::Binary(frame.encode().into()))
+            .await
+            .map_err(|e| lost(e, self.synced))
+    }
+
+    async fn send_entry(&mut self, ws: &mut Ws, entry: &OutboxEntry) -> Result<(), End> {
+        let payload = match Payload::decode(&entry.payload) {
+            Ok(p) => p,
+            Err(e) => {
+                self.fail(entry.client_key, entry.conversation, ErrorCode::Internal, e);
+                return Ok(());
+            }
+        };
+        let (body, headers) = payload.wire();
+        let req = self.next_req;
+        self.next_req = self.next_req.wrapping_add(1).max(1);
+        self.in_flight.insert(req, entry.client_key);
+        self.busy.insert(entry.client_key);
+        let send = chat_core::protocol::Send {
+            req,
+            conversation: entry.conversation,
+            client_key: entry.client_key,
+            body: body.into(),
+            recipients: headers
+                .into_iter()
+                .map(|(device, header)| Recipient {
+                    device,
+                    header: header.into(),
+                })
+                .collect(),
+        };
+        self.send(ws, &send.into()).await
+    }
+
+    async fn command(&mut self, ws: &mut Ws, cmd: Command) -> Result<(), End> {
+        let key = match cmd {
+            Command::Frame(f) => return self.send(ws, &f).await,
+            Command::Send(k) if self.busy.contains(&k) => return Ok(()),
+            Command::Send(k) => k,
+            Command::Retry(k) => {
+                self.busy.remove(&k);
+                k
+            }
+        };
+        let outbox = self
+            .inner
+            .store
+            .outbox()
+            .map_err(|e| lost(e, self.synced))?;
+        match outbox.iter().find(|e| e.client_key == key) {
+            Some(entry) => self.send_entry(ws, entry).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn ack(&mut self, ws: &mut Ws) -> Result<(), End> {
+        let pos = self.cursor.position();
+        if pos.get() > self.acked {
+            self.acked = pos.get();
+            return self.send(ws, &Ack { up_to: pos }.into()).await;
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, ws: &mut Ws, frame: ServerFrame) -> Result<(), End> {
+        match frame {
+            ServerFrame::Deliver(d) => self.deliver(ws, d).await,
+            ServerFrame::SyncEnd(end) => {
+                self.resyncing = false;
+                if self.cursor.check_backlog_end(end.head).is_err() {
+                    return self.resync(ws).await;
+                }
+                self.ack(ws).await?;
+                if !self.synced {
+                    self.synced = true;
+                    self.inner.emit(Event::Connection(ConnectionState::Synced));
+                    let inner = self.inner.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = inner.refill_prekeys().await {
+                            tracing::warn!(cause = %e, "prekey refill failed");
+                        }
+                    });
+                }
+                Ok(())
+            }
+            ServerFrame::ResyncRequired(r) => {
+                tracing::warn!(head = r.head.get(), "server cannot serve from our cursor");
+                self.inner
+                    .store
+                    .commit(vec![Write::Cursor(r.head)])
+                    .map_err(|e| lost(e, self.synced))?;
+                self.cursor = SyncCursor::new(r.head);
+                self.inner.emit(Event::ResyncRequired);
+                Ok(())
+            }
+            ServerFrame::Sent(s) => {
+                if let Some(key) = self.in_flight.remove(&s.req) {
+                    self.busy.remove(&key);
+                    self.sent(key, &s).map_err(|e| lost(e, self.synced))?;
+                }
+                Ok(())
+            }
+            ServerFrame::StaleDevices(s) => {
+                self.stale(s);
+                Ok(())
+            }
+            ServerFrame::Error(e) => {
+                self.error(e);
+                Ok(())
+            }
+            ServerFrame::Receipt(r) => {
+                self.inner.emit(Event::Receipt {
+                    conversation: r.conversation,
+                    user: r.user,
+                    kind: r.kind,
+                    up_to: r.up_to,
+                });
+                Ok(())
+            }
+            ServerFrame::Typing(t) => {
+                self.inner.emit(Event::Typing {
+                    conversation: t.conversation,
+                    from: t.from,
+                    active: t.active,
+                    ttl: Duration::from_millis(u64::from(t.ttl_ms)),
+                });
+                Ok(())
+            }
+            ServerFrame::Presence(p) => {
+                self.inner.emit(Event::Presence {
+                    user: p.user,
+                    online: p.online,
+                    last_active_at: p.last_active_at,
+                });
+                Ok(())
+            }
+            ServerFrame::Closing(c) if c.code == ErrorCode::InvalidToken => Err(End::LoggedOut),
+            ServerFrame::Closing(c) => Err(lost(
+                format!("{}: {}", c.code.name(), c.message),
+                self.synced,
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn resync(&mut self, ws: &mut Ws) -> Result<(), End> {
+        self.resyncing = true;
+        let after = self.cursor.position();
+        self.send(ws, &SyncRequest { after }.into()).await
+    }
+
+    async fn deliver(&mut self, ws: &mut Ws, d: Deliver) -> Result<(), End> {
+        match self.cursor.check(d.pos) {
+            Verdict::Duplicate => return Ok(()),
+            Verdict::Gap { .. } if self.resyncing => return Ok(()),
+            Verdict::Gap { expected, got } => {
+                tracing::debug!(expected = expected.get(), got = got.get(), "inbox gap");
+                return self.resync(ws).await;
+            }
+            Verdict::Next => {}
+        }
+        // Stored (message, sessions, cursor in one commit) before the cursor moves here
+        // and before the ack.
+        let (opened, changed) = self
+            .inner
+            .crypto
+            .open(&d)
+            .map_err(|e| lost(e, self.synced))?;
+        self.cursor.advance(d.pos);
+        for device in changed {
+            self.inner.emit(Event::IdentityChanged { device });
+        }
+        match opened {
+            Opened::Message(m) => self.inner.emit(Event::Message(Message::from_stored(&m))),
+            Opened::Failed(e) => {
+                tracing::warn!(cause = %e, conversation = %d.conversation, id = %d.id, "undecryptable message");
+                self.inner.emit(Event::Undecryptable {
+                    conversation: d.conversation,
+                    id: d.id,
+                    sender: d.sender,
+                });
+            }
+        }
+        if d.pos.get() >= self.acked + ACK_EVERY {
+            self.ack(ws).await?;
+        }
+        Ok(())
+    }
+
+    /// The server stored an outbox entry: move it to history and tell the waiter.
+    fn sent(&mut self, key: ClientKey, s: &chat_core::protocol::Sent) -> Result<(), Error> {
+        let store = &self.inner.store;
+        if let Some(entry) = store.outbox()?.into_iter().find(|e| e.client_key == key) {
+            store.commit(vec![
+                Write::OutboxRemove(key),
+                Write::Message(StoredMessage {
+                    conversation: s.conversation,
+                    id: s.id,
+                    sender: self.inner.me,
+                    client_key: key,
+                    sent_at: s.sent_at,
+                    plaintext: entry.plaintext,
+                }),
+            ])?;
+        }
+        self.inner.finish(key, Ok(s.id));
+        self.inner.emit(Event::Sent {
+            conversation: s.conversation,
+            id: s.id,
+            client_key: key,
+        });
+        Ok(())
+    }
+
+    /// The device list was stale: repair the entry off the connection's task, then retry.
+    fn stale(&mut self, s: StaleDevices) {
+        let Some(key) = self.in_flight.remove(&s.req) else {
+            return;
+        };
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let entry = inner
+                .store
+                .outbox()
+                .ok()
+                .and_then(|o| o.into_iter().find(|e| e.client_key == key));
+            let Some(entry) = entry else {
+                return;
+            };
+            match inner.repair(&entry, s.missing, s.extra).await {
+                Ok(()) => {
+                    let _ = inner.commands.send(Command::Retry(key));
+                }
+                Err(e) => {
+                    tracing::warn!(cause = %e, "repairing a send failed");
+                    fail(&inner, key, entry.conversation, ErrorCode::Internal, e);
+                }
+            }
+        });
+    }
+
+    fn error(&mut self, e: ErrorFrame) {
+        let Some(key) = e.req.and_then(|r| self.in_flight.remove(&r)) else {
+            tracing::debug!(code = e.code.name(), message = %e.message, "server error");
+            return;
+        };
+        if e.code.is_retryable() {
+            let wait = Duration::from_millis(u64::from(e.retry_after_ms.unwrap_or(1000)));
+            let commands = self.inner.commands.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = commands.send(Command::Retry(key));
+            });
+            return;
+        }
+        self.busy.remove(&key);
+        let conversation = self
+            .inner
+            .store
+            .outbox()
+            .ok()
+            .and_then(|o| o.into_iter().find(|x| x.client_key == key))
+            .map(|x| x.conversation);
+        if let Some(conversation) = conversation {
+            let err = Error::server(e.code, e.message);
+            self.fail(key, conversation, e.code, err);
+        }
+    }
+
+    fn fail(
+        &mut self,
+        key: ClientKey,
+        conversation: chat_core::ConversationId,
+        code: ErrorCode,
+        err: Error,
+    ) {
+        self.busy.remove(&key);
+        fail(&self.inner, key, conversation, code, err);
+    }
+}
+
+/// Drops an entry the server refused for good and tells the waiter and the app.
+fn fail(
+    inner: &Inner,
+    key: ClientKey,
+    conversation: chat_core::ConversationId,
+    code: ErrorCode,
+    err: Error,
+) {
+    if let Err(e) = inner.store.commit(vec![Write::OutboxRemove(key)]) {
+        tracing::warn!(cause = %e, "could not drop a refused send");
+    }
+    inner.finish(key, Err(err));
+    inner.emit(Event::SendFailed {
+        conversation,
+        client_key: key,
+        code,
+    });
+}

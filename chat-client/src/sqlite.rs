@@ -1,0 +1,406 @@
+//! [`SqliteStore`]: the embedded, durable [`ClientStore`].
+//!
+//! One SQLite file in WAL mode; a [`Write`] batch is one transaction. `synchronous=FULL`, so a
+//! committed batch survives a power cut as well as a crash of the app.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use chat_core::{
+    ClientKey, ConversationId, ConversationKind, DeviceAddress, DeviceId, InboxPos, MessageId,
+    Timestamp, UserId,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::{Error, Result};
+use crate::store::{
+    ClientStore, ConversationRecord, DeviceRecord, OutboxEntry, Secret, StoredMessage, Write,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    user INTEGER NOT NULL, device INTEGER NOT NULL, pickle BLOB NOT NULL,
+    PRIMARY KEY (user, device));
+CREATE TABLE IF NOT EXISTS sender_keys (
+    conversation INTEGER PRIMARY KEY, pickle BLOB NOT NULL, distributed BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS receivers (
+    conversation INTEGER NOT NULL, user INTEGER NOT NULL, device INTEGER NOT NULL,
+    pickle BLOB NOT NULL, PRIMARY KEY (conversation, user, device));
+CREATE TABLE IF NOT EXISTS messages (
+    conversation INTEGER NOT NULL, id INTEGER NOT NULL,
+    sender_user INTEGER NOT NULL, sender_device INTEGER NOT NULL,
+    client_key BLOB NOT NULL, sent_at INTEGER NOT NULL, plaintext BLOB NOT NULL,
+    PRIMARY KEY (conversation, id));
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, client_key BLOB NOT NULL UNIQUE,
+    conversation INTEGER NOT NULL, payload BLOB NOT NULL, plaintext BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS conversations (id INTEGER PRIMARY KEY, kind TEXT NOT NULL);
+";
+
+/// A [`ClientStore`] in one SQLite file.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> Result<MutexGuard<'_, Connection>> {
+        // A std mutex: every use is a short synchronous call, never held across an await.
+        self.conn
+            .lock()
+            .map_err(|_| Error::Store("sqlite store poisoned".into()))
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn()?
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+}
+
+fn id(n: u64) -> i64 {
+    // IDs are below 2^63 by construction (chat_core::MAX_ID).
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn uid(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn corrupt(what: &str) -> Error {
+    Error::Store(format!("corrupt {what} in the local store"))
+}
+
+fn address(user: i64, device: i64) -> Result<DeviceAddress> {
+    Ok(DeviceAddress {
+        user: UserId::new(uid(user)).map_err(|_| corrupt("user id"))?,
+        device: DeviceId::new(uid(device)).map_err(|_| corrupt("device id"))?,
+    })
+}
+
+fn encode_addresses(list: &[DeviceAddress]) -> Vec<u8> {
+    list.iter()
+        .flat_map(|a| {
+            let mut b = a.user.get().to_be_bytes().to_vec();
+            b.extend_from_slice(&a.device.get().to_be_bytes());
+            b
+        })
+        .collect()
+}
+
+fn decode_addresses(bytes: &[u8]) -> Result<Vec<DeviceAddress>> {
+    bytes
+        .chunks_exact(16)
+        .map(|c| {
+            let (u, d) = c.split_at(8);
+            let u = u64::from_be_bytes(u.try_into().map_err(|_| corrupt("address"))?);
+            let d = u64::from_be_bytes(d.try_into().map_err(|_| corrupt("address"))?);
+            address(id(u), id(d))
+        })
+        .collect()
+}
+
+fn kind_name(kind: ConversationKind) -> &'static str {
+    match kind {
+        ConversationKind::Direct => "direct",
+        ConversationKind::Group => "group",
+    }
+}
+
+impl ClientStore for SqliteStore {
+    fn commit(&self, writes: Vec<Write>) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        for w in writes {
+            match w {
+                Write::Device(d) => {
+                    let json = serde_json::json!({
+                        "server": d.server,
+                        "user": d.address.user.get(),
+                        "device": d.address.device.get(),
+                        "token": d.token,
+                    });
+                    tx.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('device', ?1)",
+                        [json.to_string().into_bytes()],
+                    )?;
+                }
+                Write::Account(a) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('account', ?1)",
+                        [a.as_slice()],
+                    )?;
+                }
+                Write::Sessions(d, p) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO sessions (user, device, pickle) VALUES (?1, ?2, ?3)",
+                        params![id(d.user.get()), id(d.device.get()), p.as_slice()],
+                    )?;
+                }
+                Write::SenderKey {
+                    conversation,
+                    pickle,
+                    distributed,
+                } => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO sender_keys (conversation, pickle, distributed) VALUES (?1, ?2, ?3)",
+                        params![id(conversation.get()), pickle.as_slice(), encode_addresses(&distributed)],
+                    )?;
+                }
+                Write::Receiver {
+                    conversation,
+                    sender,
+                    pickle,
+                } => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO receivers (conversation, user, device, pickle) VALUES (?1, ?2, ?3, ?4)",
+                        params![
+                            id(conversation.get()),
+                            id(sender.user.get()),
+                            id(sender.device.get()),
+                            pickle.as_slice()
+                        ],
+                    )?;
+                }
+                Write::Cursor(c) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('cursor', ?1)",
+                        [c.get().to_be_bytes().to_vec()],
+                    )?;
+                }
+                Write::Message(m) => {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO messages (conversation, id, sender_user, sender_device, client_key, sent_at, plaintext) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![
+                            id(m.conversation.get()),
+                            id(m.id.get()),
+                            id(m.sender.user.get()),
+                            id(m.sender.device.get()),
+                            m.client_key.as_bytes().as_slice(),
+                            id(m.sent_at.as_millis()),
+                            m.plaintext
+                        ],
+                    )?;
+                }
+                Write::OutboxPut(e) => {
+                    tx.execute(
+                        "INSERT INTO outbox (client_key, conversation, payload, plaintext) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (client_key) DO UPDATE SET payload = excluded.payload",
+                        params![
+                            e.client_key.as_bytes().as_slice(),
+                            id(e.conversation.get()),
+                            e.payload.as_slice(),
+                            e.plaintext
+                        ],
+                    )?;
+                }
+                Write::OutboxRemove(k) => {
+                    tx.execute(
+                        "DELETE FROM outbox WHERE client_key = ?1",
+                        [k.as_bytes().as_slice()],
+                    )?;
+                }
+                Write::Conversation(c) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO conversations (id, kind) VALUES (?1, ?2)",
+                        params![id(c.id.get()), kind_name(c.kind)],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn device(&self) -> Result<Option<DeviceRecord>> {
+        let Some(bytes) = self.meta("device")? else {
+            return Ok(None);
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|_| corrupt("device record"))?;
+        let num = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let text = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| corrupt("device record"))
+        };
+        Ok(Some(DeviceRecord {
+            server: text("server")?,
+            address: address(id(num("user")), id(num("device")))?,
+            token: text("token")?,
+        }))
+    }
+
+    fn account(&self) -> Result<Option<Secret>> {
+        Ok(self.meta("account")?.map(Secret::new))
+    }
+
+    fn sessions(&self, device: DeviceAddress) -> Result<Option<Secret>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT pickle FROM sessions WHERE user = ?1 AND device = ?2",
+                [id(device.user.get()), id(device.device.get())],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()?
+            .map(Secret::new))
+    }
+
+    fn sender_key(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Option<(Secret, Vec<DeviceAddress>)>> {
+        let row = self
+            .conn()?
+            .query_row(
+                "SELECT pickle, distributed FROM sender_keys WHERE conversation = ?1",
+                [id(conversation.get())],
+                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            )
+            .optional()?;
+        match row {
+            Some((p, d)) => Ok(Some((Secret::new(p), decode_addresses(&d)?))),
+            None => Ok(None),
+        }
+    }
+
+    fn receiver(
+        &self,
+        conversation: ConversationId,
+        sender: DeviceAddress,
+    ) -> Result<Option<Secret>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT pickle FROM receivers WHERE conversation = ?1 AND user = ?2 AND device = ?3",
+                [
+                    id(conversation.get()),
+                    id(sender.user.get()),
+                    id(sender.device.get()),
+                ],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()?
+            .map(Secret::new))
+    }
+
+    fn cursor(&self) -> Result<InboxPos> {
+        match self.meta("cursor")? {
+            None => Ok(InboxPos::ZERO),
+            Some(b) => {
+                let n = u64::from_be_bytes(b.try_into().map_err(|_| corrupt("cursor"))?);
+                InboxPos::new(n).map_err(|_| corrupt("cursor"))
+            }
+        }
+    }
+
+    fn outbox(&self) -> Result<Vec<OutboxEntry>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT client_key, conversation, payload, plaintext FROM outbox ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (k, c, p, t) = row?;
+            out.push(OutboxEntry {
+                client_key: ClientKey::from_bytes(k.try_into().map_err(|_| corrupt("client key"))?),
+                conversation: ConversationId::new(uid(c)).map_err(|_| corrupt("conversation"))?,
+                payload: Secret::new(p),
+                plaintext: t,
+            });
+        }
+        Ok(out)
+    }
+
+    fn messages(
+        &self,
+        conversation: ConversationId,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT id, sender_user, sender_device, client_key, sent_at, plaintext FROM messages
+             WHERE conversation = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                id(conversation.get()),
+                id(after.map_or(0, MessageId::get)),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Vec<u8>>(5)?,
+                ))
+            },
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (mid, su, sd, k, at, text) = row?;
+            out.push(StoredMessage {
+                conversation,
+                id: MessageId::new(uid(mid)).map_err(|_| corrupt("message id"))?,
+                sender: address(su, sd)?,
+                client_key: ClientKey::from_bytes(k.try_into().map_err(|_| corrupt("client key"))?),
+                sent_at: Timestamp::from_millis(uid(at)),
+                plaintext: text,
+            });
+        }
+        Ok(out)
+    }
+
+    fn conversations(&self) -> Result<Vec<ConversationRecord>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare("SELECT id, kind FROM conversations ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (cid, kind) = row?;
+            out.push(ConversationRecord {
+                id: ConversationId::new(uid(cid)).map_err(|_| corrupt("conversation"))?,
+                kind: if kind == "group" {
+                    ConversationKind::Group
+                } else {
+                    ConversationKind::Direct
+                },
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,147 @@
+//! Shared helpers for the end-to-end tests: a real node on 127.0.0.1:0 and event waits with
+//! timeouts (never sleeps).
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chat::client::{Client, ConversationId, Event, Events, Message};
+use chat::server::{Config, Server};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The longest any single wait may take before a test fails.
+pub const WAIT: Duration = Duration::from_secs(30);
+pub const PASSWORD: &str = "correct horse";
+
+/// A node configuration for tests: cheap Argon2, limits raised for one busy test process.
+pub fn config(store: &str) -> Config {
+    Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        store: store.into(),
+        argon2_memory_kib: 8,
+        argon2_iterations: 1,
+        shutdown_grace_ms: 5_000,
+        auth_burst_per_address: 100_000,
+        send_burst_per_account: 100_000,
+        sends_per_account_per_second: 100_000.0,
+        frame_burst: 100_000,
+        frames_per_second: 100_000.0,
+        outbound_queue: 4096,
+        ..Config::default()
+    }
+}
+
+/// A node running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> Self {
+        let server = Server::bind(config).await.expect("bind");
+        let addr = server.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run_until(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("serve");
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Graceful shutdown; waits until the node has stopped.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("shutdown in time")
+                .expect("server task");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// The next event matching `pred`, failing the test after [`WAIT`].
+pub async fn wait_for<T>(events: &mut Events, mut pred: impl FnMut(&Event) -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .expect("event in time")
+            .expect("event stream open");
+        if let Some(t) = pred(&event) {
+            return t;
+        }
+    }
+}
+
+/// The next decrypted message in `conversation`.
+pub async fn next_message(events: &mut Events, conversation: ConversationId) -> Message {
+    wait_for(events, |e| match e {
+        Event::Message(m) if m.conversation == conversation => Some(m.clone()),
+        _ => None,
+    })
+    .await
+}
+
+/// Waits until the client has processed its backlog.
+pub async fn synced(events: &mut Events) {
+    wait_for(events, |e| {
+        matches!(e, Event::Connection(chat::client::ConnectionState::Synced)).then_some(())
+    })
+    .await;
+}
+
+/// Registers a user with a first device on a memory store.
+pub async fn user(server: &TestServer, name: &str) -> (Client, Events) {
+    let client = Client::register(
+        &server.url(),
+        name,
+        PASSWORD,
+        "first",
+        chat::client::MemoryStore::new(),
+    )
+    .await
+    .expect("register");
+    let events = client.events();
+    (client, events)
+}
+
+/// Logs in another device of `name` on a memory store.
+pub async fn device(server: &TestServer, name: &str) -> (Client, Events) {
+    let client = Client::login(
+        &server.url(),
+        name,
+        PASSWORD,
+        "another",
+        chat::client::MemoryStore::new(),
+    )
+    .await
+    .expect("login");
+    let events = client.events();
+    (client, events)
+}
