@@ -135,10 +135,11 @@ where
         let store = fresh().await;
         let pairs = direct_pairs(&*store, writers).await;
         let before = sqlite_stats();
+        let cpu_before = writer_cpu_secs();
         let per_sec = median(settings.runs, || append_for(&store, &pairs, settings.secs)).await;
         println!(
             "{backend}: 1:1 appends, {writers} writers: {per_sec:.0}/s{}",
-            batch_note(before)
+            batch_note(before, cpu_before)
         );
         figures.push(Figure {
             backend,
@@ -163,11 +164,16 @@ where
             )
         })
         .collect();
+    let before = sqlite_stats();
+    let cpu_before = writer_cpu_secs();
     let per_sec = median(settings.runs, || {
         append_for(&store, &senders, settings.secs)
     })
     .await;
-    println!("{backend}: 100-member group appends, 16 writers: {per_sec:.0}/s");
+    println!(
+        "{backend}: 100-member group appends, 16 writers: {per_sec:.0}/s{}",
+        batch_note(before, cpu_before)
+    );
     figures.push(Figure {
         backend,
         case: "append_group_100",
@@ -205,16 +211,46 @@ fn sqlite_stats() -> Option<(u64, u64)> {
         .map(|s| (s.stats().commits, s.stats().writes))
 }
 
-/// The average group-commit batch since `before`, for SQLite.
-fn batch_note(before: Option<(u64, u64)>) -> String {
+/// The average group-commit batch since `before`, for SQLite, and the writer thread's CPU
+/// time per write: a figure that does not depend on what else the machine is running.
+fn batch_note(before: Option<(u64, u64)>, cpu_before: Option<f64>) -> String {
     match (before, sqlite_stats()) {
-        (Some((c0, w0)), Some((c1, w1))) => format!(
-            " ({} commits, {:.1} writes per commit)",
-            c1 - c0,
-            (w1 - w0) as f64 / (c1 - c0).max(1) as f64
-        ),
+        (Some((c0, w0)), Some((c1, w1))) => {
+            let writes = (w1 - w0).max(1) as f64;
+            let cpu = match (cpu_before, writer_cpu_secs()) {
+                (Some(a), Some(b)) => {
+                    format!(", writer CPU {:.1} µs per write", (b - a) * 1e6 / writes)
+                }
+                _ => String::new(),
+            };
+            format!(
+                " ({} commits, {:.1} writes per commit{cpu})",
+                c1 - c0,
+                writes / (c1 - c0).max(1) as f64
+            )
+        }
         _ => String::new(),
     }
+}
+
+/// CPU seconds (user and system) used so far by the SQLite writer threads of this process,
+/// from /proc (Linux); `None` elsewhere.
+fn writer_cpu_secs() -> Option<f64> {
+    const TICKS_PER_SEC: f64 = 100.0;
+    let mut ticks = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = task.ok()?.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !comm.starts_with("chat-sqlite-wri") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(ticks as f64 / TICKS_PER_SEC)
 }
 
 async fn median<F, Fut>(runs: usize, mut run: F) -> f64
