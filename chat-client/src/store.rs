@@ -186,6 +186,52 @@ pub trait ClientStore: Send + Sync + 'static {
     fn conversations(&self) -> Result<Vec<ConversationRecord>>;
 }
 
+/// A shared store: the app (or a test) can keep a handle to the store it gave the client.
+impl<S: ClientStore + ?Sized> ClientStore for std::sync::Arc<S> {
+    fn commit(&self, writes: Vec<Write>) -> Result<()> {
+        (**self).commit(writes)
+    }
+    fn device(&self) -> Result<Option<DeviceRecord>> {
+        (**self).device()
+    }
+    fn account(&self) -> Result<Option<Secret>> {
+        (**self).account()
+    }
+    fn sessions(&self, device: DeviceAddress) -> Result<Option<Secret>> {
+        (**self).sessions(device)
+    }
+    fn sender_key(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Option<(Secret, Vec<DeviceAddress>)>> {
+        (**self).sender_key(conversation)
+    }
+    fn receiver(
+        &self,
+        conversation: ConversationId,
+        sender: DeviceAddress,
+    ) -> Result<Option<Secret>> {
+        (**self).receiver(conversation, sender)
+    }
+    fn cursor(&self) -> Result<InboxPos> {
+        (**self).cursor()
+    }
+    fn outbox(&self) -> Result<Vec<OutboxEntry>> {
+        (**self).outbox()
+    }
+    fn messages(
+        &self,
+        conversation: ConversationId,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        (**self).messages(conversation, after, limit)
+    }
+    fn conversations(&self) -> Result<Vec<ConversationRecord>> {
+        (**self).conversations()
+    }
+}
+
 /// A store in memory: for tests, bots and demos; everything is lost with the process.
 #[derive(Default)]
 pub struct MemoryStore {

@@ -1,0 +1,58 @@
+//! A device added to a user receives what is sent afterwards (the sender's device list is
+//! repaired on `stale_devices`), and a device that comes back with new keys is reported as
+//! an identity change.
+
+mod common;
+
+use chat::client::{Client, Event, MemoryStore};
+use common::{PASSWORD, TestServer, config, device, next_message, synced, user, wait_for};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_devices_receive_and_identity_changes_are_reported() {
+    let server = TestServer::start(config("memory:")).await;
+    let (alice, mut a) = user(&server, "alice").await;
+    let (bob1, mut b1) = user(&server, "bob").await;
+    synced(&mut a).await;
+    synced(&mut b1).await;
+    let chat = alice.open_direct(bob1.user()).await.expect("open");
+    alice.send_text(chat, "one").await.expect("send");
+    assert_eq!(next_message(&mut b1, chat).await.text(), Some("one"));
+
+    // Bob adds a phone; Alice's next message reaches it without Alice doing anything.
+    let (bob2, mut b2) = device(&server, "bob").await;
+    synced(&mut b2).await;
+    let two = alice.send_text(chat, "two").await.expect("send");
+    for events in [&mut b1, &mut b2] {
+        let m = next_message(events, chat).await;
+        assert_eq!((m.id, m.text()), (two, Some("two")));
+    }
+
+    // The phone is reinstalled: same device, new keys. Alice is told when it writes.
+    let phone = bob2.device();
+    drop((bob2, b2));
+    let bob2 = Client::relogin(
+        &server.url(),
+        "bob",
+        PASSWORD,
+        phone.device,
+        MemoryStore::new(),
+    )
+    .await
+    .expect("relogin");
+    let mut b2 = bob2.events();
+    synced(&mut b2).await;
+    let three = bob2.send_text(chat, "three").await.expect("send");
+    let changed = wait_for(&mut a, |e| match e {
+        Event::IdentityChanged { device } => Some(*device),
+        _ => None,
+    })
+    .await;
+    assert_eq!(changed, phone);
+    let m = next_message(&mut a, chat).await;
+    assert_eq!((m.id, m.text()), (three, Some("three")));
+
+    // The new keys are used from now on.
+    let four = alice.send_text(chat, "four").await.expect("send");
+    let m = next_message(&mut b2, chat).await;
+    assert_eq!((m.id, m.text()), (four, Some("four")));
+}

@@ -1,0 +1,130 @@
+//! A group of 100 members, each a client in this process: a message reaches every member's
+//! device, the 101st member is refused, and a removed member's client cannot decrypt what
+//! is sent after the removal (the sender key was rotated).
+
+mod common;
+
+use std::sync::Arc;
+
+use chat::client::{Client, ClientStore, ErrorCode, Events, MemoryStore};
+use chat::crypto::{Error as CryptoError, SenderKeyReceiver};
+use common::{PASSWORD, TestServer, config, http_get, next_message, synced};
+use futures::future::join_all;
+
+const MEMBERS: usize = 100;
+
+struct Member {
+    client: Client,
+    events: Events,
+    store: Arc<MemoryStore>,
+}
+
+async fn member(server: &TestServer, i: usize) -> Member {
+    let store = Arc::new(MemoryStore::new());
+    let client = Client::register(
+        &server.url(),
+        &format!("member{i:03}"),
+        PASSWORD,
+        "phone",
+        store.clone(),
+    )
+    .await
+    .expect("register");
+    let mut events = client.events();
+    synced(&mut events).await;
+    Member {
+        client,
+        events,
+        store,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_100() {
+    let server = TestServer::start(config("memory:")).await;
+    let mut members = Vec::new();
+    for chunk in (0..MEMBERS).collect::<Vec<_>>().chunks(20) {
+        members.extend(join_all(chunk.iter().map(|i| member(&server, *i))).await);
+    }
+    let others: Vec<_> = members[1..].iter().map(|m| m.client.user()).collect();
+    let group = members[0]
+        .client
+        .create_group(&others)
+        .await
+        .expect("create");
+
+    // One message reaches all 99 other members.
+    let id = members[0]
+        .client
+        .send_text(group, "hello, 99 of you")
+        .await
+        .expect("send");
+    for m in join_all(
+        members[1..]
+            .iter_mut()
+            .map(|m| next_message(&mut m.events, group)),
+    )
+    .await
+    {
+        assert_eq!((m.id, m.text()), (id, Some("hello, 99 of you")));
+    }
+
+    // The 101st member is refused.
+    let extra = member(&server, MEMBERS).await;
+    let err = members[0]
+        .client
+        .add_members(group, &[extra.client.user()])
+        .await
+        .expect_err("the group is full");
+    assert_eq!(err.code(), Some(ErrorCode::GroupFull));
+
+    // A member is removed; what is sent afterwards is unreadable with what they hold.
+    let removed = members.pop().expect("a member");
+    let sender = members[0].client.device();
+    members[0]
+        .client
+        .remove_member(group, removed.client.user())
+        .await
+        .expect("remove");
+    let after = members[0]
+        .client
+        .send_text(group, "after the removal")
+        .await
+        .expect("send");
+    for m in join_all(
+        members[1..]
+            .iter_mut()
+            .map(|m| next_message(&mut m.events, group)),
+    )
+    .await
+    {
+        assert_eq!((m.id, m.text()), (after, Some("after the removal")));
+    }
+    let token = members[1]
+        .store
+        .device()
+        .expect("store")
+        .expect("device")
+        .token;
+    let history = http_get(
+        server.addr,
+        &format!("/v1/conversations/{group}/messages/{after}"),
+        &token,
+    )
+    .await;
+    let body = hex::decode(history["body"].as_str().expect("body")).expect("hex");
+    let held = removed
+        .store
+        .receiver(group, sender)
+        .expect("store")
+        .expect("the removed member held the old sender key");
+    let mut receiver = SenderKeyReceiver::from_pickle(&held).expect("pickle");
+    assert_eq!(receiver.decrypt(&body), Err(CryptoError::UnknownSenderKey));
+    assert!(
+        removed
+            .client
+            .history(group, Some(id), 10)
+            .expect("history")
+            .is_empty()
+    );
+}
