@@ -16,6 +16,7 @@ mod blob;
 mod bus;
 mod content;
 mod cursor;
+mod discovery;
 mod error;
 mod ids;
 pub mod limits;
@@ -34,6 +35,7 @@ pub use content::{
     AttachmentKey, AttachmentPointer, Content, ContentError, GroupAction, GroupChange, Text,
 };
 pub use cursor::{SyncCursor, Verdict};
+pub use discovery::{NodeId, NodeInfo, NodeRegistry, OVERLOADED_CPU, RegistryError, recommend};
 pub use error::ErrorCode;
 pub use ids::{
     AttachmentId, ClientKey, ConversationId, DeviceAddress, DeviceId, IdError, InboxPos, MAX_ID,

@@ -71,6 +71,18 @@ pub struct Config {
     /// How long a device's first offline delivery waits for more before its notification
     /// goes out, in milliseconds: a burst becomes one notification with a count.
     pub push_coalesce_ms: u64,
+    /// This node's ID in the node registry; random at each start when absent.
+    pub node_id: Option<String>,
+    /// The URL clients reach this node at, as discovery recommends it; by default
+    /// `http://` (or `https://` with TLS) and the bound listen address. Set it when
+    /// listening on a wildcard address or behind a proxy.
+    pub public_url: Option<String>,
+    /// This node's region, for discovery's `?region=` preference.
+    pub region: Option<String>,
+    /// How long a registration in the node registry lives unless refreshed, in ms.
+    pub discovery_ttl_ms: u64,
+    /// How often the node refreshes its registration (connections, CPU), in ms.
+    pub discovery_refresh_ms: u64,
 }
 
 /// PEM files for TLS.
@@ -111,6 +123,11 @@ impl Default for Config {
             push_concurrency: 16,
             push_queue: 10_000,
             push_coalesce_ms: 1_000,
+            node_id: None,
+            public_url: None,
+            region: None,
+            discovery_ttl_ms: 30_000,
+            discovery_refresh_ms: 10_000,
         }
     }
 }
@@ -143,6 +160,14 @@ impl Config {
             && crate::push::Target::parse(url).is_none()
         {
             return bad("push_webhook_url must be an http://host[:port][/path] URL");
+        }
+        if self.discovery_refresh_ms == 0 || self.discovery_ttl_ms <= self.discovery_refresh_ms {
+            return bad("discovery_ttl_ms must be longer than discovery_refresh_ms (> 0)");
+        }
+        if let Some(id) = &self.node_id
+            && chat_core::NodeId::new(id.as_str()).is_err()
+        {
+            return bad("node_id must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-'");
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use chat_core::{BlobStore, PresenceConfig, PushNotifier, Store, StoreError};
+use chat_core::{BlobStore, NodeId, NodeRegistry, PresenceConfig, PushNotifier, Store, StoreError};
 use tokio::sync::{mpsc, watch};
 
 use crate::api;
@@ -20,6 +20,7 @@ use crate::auth;
 use crate::blob::FsBlobStore;
 use crate::bus::LocalBus;
 use crate::config::{Config, ConfigError};
+use crate::discovery::{self, Identity, LocalRegistry};
 use crate::presence::Presence;
 use crate::push::{PushDispatcher, Worker};
 use crate::state::{Limits, Shared};
@@ -47,6 +48,8 @@ pub struct Server {
     alive: mpsc::Receiver<()>,
     /// The push dispatcher's task, started by `run_until`.
     push: Worker,
+    /// What this node announces to the node registry.
+    node: Identity,
 }
 
 impl std::fmt::Debug for Server {
@@ -94,6 +97,7 @@ impl Server {
         let (push, push_worker) = PushDispatcher::new(&config, store.clone());
         let listener = std::net::TcpListener::bind(config.listen)?;
         listener.set_nonblocking(true)?;
+        let node = identity(&config, &listener)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (alive_tx, alive) = mpsc::channel(1);
         let limits = Limits::new(&config);
@@ -116,6 +120,7 @@ impl Server {
             connections: AtomicUsize::new(0),
             blobs,
             push,
+            registry: Arc::new(LocalRegistry::new()),
             metrics: None,
         });
         Ok(Self {
@@ -124,6 +129,7 @@ impl Server {
             shutdown,
             alive,
             push: push_worker,
+            node,
         })
     }
 
@@ -139,6 +145,24 @@ impl Server {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.blobs = blobs;
         }
+    }
+
+    /// Registers this node in `registry` (a shared one, so nodes see each other) instead of
+    /// an in-process registry of its own.
+    pub fn set_registry(&mut self, registry: Arc<dyn NodeRegistry>) {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.registry = registry;
+        }
+    }
+
+    /// The node registry this node registers in and recommends from.
+    pub fn registry(&self) -> Arc<dyn NodeRegistry> {
+        self.shared.registry.clone()
+    }
+
+    /// This node's ID in the registry.
+    pub fn node_id(&self) -> &NodeId {
+        &self.node.id
     }
 
     /// Sends push notifications through `notifier` instead of the configured webhook or
@@ -165,12 +189,18 @@ impl Server {
             shutdown,
             mut alive,
             push,
+            node,
         } = self;
         let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
         let tls = shared.config.tls.clone();
         let app = api::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
         tokio::spawn(shared.presence.clone().run(shared.shutdown.clone()));
         tokio::spawn(push.run());
+        // Registered before serving, so discovery never answers without this node.
+        discovery::register(&shared, &node, 0.0).await;
+        let (registry, node_id) = (shared.registry.clone(), node.id.clone());
+        let weak = Arc::downgrade(&shared);
+        tokio::spawn(discovery::announce(weak, node, shared.shutdown.clone()));
         drop(shared);
         let stop = async move {
             signal.await;
@@ -210,6 +240,11 @@ impl Server {
                 wait_for_connections(&mut alive, grace).await;
             }
         }
+        // The announcer deregisters as the shutdown starts; this covers a node whose state
+        // was already gone by then.
+        if let Err(err) = registry.deregister(&node_id).await {
+            tracing::warn!(cause = %err, "node deregistration failed");
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -220,4 +255,34 @@ async fn wait_for_connections(alive: &mut mpsc::Receiver<()>, grace: Duration) {
     if tokio::time::timeout(grace, alive.recv()).await.is_err() {
         tracing::warn!("connections still open after the shutdown grace period");
     }
+}
+
+/// This node's registry identity: the configured or a random ID, the configured public URL
+/// or one derived from the bound address, the region.
+fn identity(config: &Config, listener: &std::net::TcpListener) -> Result<Identity, ServerError> {
+    let id = match &config.node_id {
+        Some(id) => id.clone(),
+        None => {
+            let mut salt = [0u8; 6];
+            getrandom::fill(&mut salt).map_err(|e| ConfigError(e.to_string()))?;
+            format!("node-{}", hex::encode(salt))
+        }
+    };
+    let id = NodeId::new(id).map_err(|e| ConfigError(format!("node_id: {e}")))?;
+    let url = match &config.public_url {
+        Some(url) => url.clone(),
+        None => {
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}", listener.local_addr()?)
+        }
+    };
+    Ok(Identity {
+        id,
+        url,
+        region: config.region.clone(),
+    })
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use argon2::Argon2;
-use chat_core::{BlobStore, Bus, Store, Timestamp, UserId};
+use chat_core::{BlobStore, Bus, NodeRegistry, Store, Timestamp, UserId};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
@@ -68,6 +68,8 @@ pub(crate) struct Shared {
     pub(crate) blobs: Arc<dyn BlobStore>,
     /// Wakes devices that have messages waiting and no live connection.
     pub(crate) push: PushDispatcher,
+    /// The live chat nodes, for discovery.
+    pub(crate) registry: Arc<dyn NodeRegistry>,
     /// Renders Prometheus metrics, when a recorder is installed.
     pub(crate) metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }

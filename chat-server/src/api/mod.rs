@@ -4,6 +4,7 @@
 pub(crate) mod accounts;
 pub(crate) mod attachments;
 pub(crate) mod conversations;
+pub(crate) mod discovery;
 pub(crate) mod error;
 pub(crate) mod keys;
 pub(crate) mod push;
@@ -68,6 +69,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/v1/attachments/{id}",
             get(attachments::download).head(attachments::head),
         )
+        .route("/v1/discovery", get(discovery::discover))
         .route("/v1/ws", get(gateway::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))

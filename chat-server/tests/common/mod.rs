@@ -53,7 +53,8 @@ impl TestServer {
         Self::run(server)
     }
 
-    fn run(server: Server) -> Self {
+    /// Runs an already bound node (one the test configured further).
+    pub fn run(server: Server) -> Self {
         let addr = server.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
