@@ -1,0 +1,127 @@
+//! The whole system in one process: a chat node on an embedded SQLite store, and two clients
+//! that exchange end-to-end encrypted messages through it.
+//!
+//! ```sh
+//! cargo run --example demo
+//! ```
+
+use std::time::Duration;
+
+use chat::client::{Client, Event, Events, MemoryStore, ReceiptKind};
+use chat::server::{Config, Server};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // A node on a fresh SQLite database in a temporary directory.
+    let dir = std::env::temp_dir().join(format!("chat-demo-{}", std::process::id()));
+    let db = dir.join("chat.db");
+    let config = Config {
+        listen: ([127, 0, 0, 1], 0).into(),
+        store: format!("sqlite://{}", db.display()),
+        // Cheap password hashing so the demo starts at once; keep the defaults in production.
+        argon2_memory_kib: 1024,
+        argon2_iterations: 1,
+        ..Config::default()
+    };
+    let node = Server::bind(config).await?;
+    let server = format!("http://{}", node.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(node.run_until(async {
+        let _ = stopped.await;
+    }));
+    println!("node listening on {server}, store {}", db.display());
+
+    // Two users, each with one device: keys are made and published on registration.
+    let alice = Client::register(
+        &server,
+        "alice",
+        "correct horse",
+        "laptop",
+        MemoryStore::new(),
+    )
+    .await?;
+    let bob = Client::register(
+        &server,
+        "bob",
+        "battery staple",
+        "phone",
+        MemoryStore::new(),
+    )
+    .await?;
+    let (mut alice_events, mut bob_events) = (alice.events(), bob.events());
+    let (a, b) = (alice.device(), bob.device());
+    println!(
+        "alice is user {} device {}, bob is user {} device {}",
+        a.user, a.device, b.user, b.device
+    );
+
+    let chat = alice.open_direct(alice.user_by_name("bob").await?).await?;
+    println!(
+        "safety number (compare it out of band): {}",
+        alice.safety_number(bob.user()).await?
+    );
+
+    let id = alice
+        .send_text(chat, "Hi Bob! Only you can read this.")
+        .await?;
+    println!("alice -> bob: message {id} stored by the server (as ciphertext)");
+    let m = next_text(&mut bob_events).await?;
+    println!("bob decrypted message {}: {:?}", m.0, m.1);
+
+    bob.send_receipt(chat, ReceiptKind::Read, m.0)?;
+    bob.send_typing(chat, true)?;
+    let reply = bob.send_text(chat, "Hi Alice, loud and clear.").await?;
+    println!("bob -> alice: message {reply}");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), alice_events.next()).await? {
+            Some(Event::Receipt {
+                user, kind, up_to, ..
+            }) => {
+                println!("alice sees: user {user} {kind:?} up to message {up_to}");
+            }
+            Some(Event::Typing { from, active, .. }) => {
+                println!("alice sees: user {} typing: {active}", from.user);
+            }
+            Some(Event::Message(m)) => {
+                println!(
+                    "alice decrypted message {}: {:?}",
+                    m.id,
+                    m.text().unwrap_or("")
+                );
+                break;
+            }
+            Some(_) => {}
+            None => return Err("alice's client stopped".into()),
+        }
+    }
+
+    // What the server keeps is ciphertext only.
+    drop((alice, bob));
+    let _ = stop.send(());
+    serving.await??;
+    let mut found = false;
+    for entry in std::fs::read_dir(&dir)? {
+        let bytes = std::fs::read(entry?.path())?;
+        found |= bytes.windows(5).any(|w| w == b"Hi Bo");
+    }
+    println!(
+        "the server's database files contain the plaintext: {}",
+        if found { "YES (bug!)" } else { "no" }
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+async fn next_text(
+    events: &mut Events,
+) -> Result<(chat::client::MessageId, String), Box<dyn std::error::Error>> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.next()).await? {
+            Some(Event::Message(m)) => {
+                return Ok((m.id, m.text().unwrap_or("").to_owned()));
+            }
+            Some(_) => {}
+            None => return Err("client stopped".into()),
+        }
+    }
+}
