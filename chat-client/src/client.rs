@@ -100,6 +100,11 @@ struct MembersView {
 }
 
 #[derive(Deserialize)]
+struct Uploaded {
+    id: chat_core::AttachmentId,
+}
+
+#[derive(Deserialize)]
 struct Count {
     count: u64,
 }
@@ -428,6 +433,67 @@ impl Client {
             .send(Command::Send(entry.client_key))
             .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Encrypts a file with a fresh key, uploads the ciphertext, and sends the pointer (id,
+    /// key, size, digest) inside an end-to-end encrypted message; returns the message's ID.
+    /// The whole file is held in memory while it is encrypted and uploaded.
+    pub async fn send_attachment(
+        &self,
+        conversation: ConversationId,
+        file: &[u8],
+        mime: &str,
+        name: Option<&str>,
+    ) -> Result<MessageId> {
+        let (ciphertext, pointer) = chat_crypto::attachment::encrypt(&mut rand::rng(), file)?;
+        // `to_bytes` is `01 || key (32) || size (u64) || SHA-256 of the ciphertext (32)`.
+        let encoded = pointer.to_bytes();
+        let sha256: [u8; 32] = encoded
+            .get(41..73)
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| Error::Protocol("attachment pointer layout".into()))?;
+        let uploaded: Uploaded = self
+            .inner
+            .http
+            .upload(
+                &format!("/v1/attachments?conversation={conversation}"),
+                ciphertext.into(),
+            )
+            .await?;
+        let content = Content::Attachment(chat_core::AttachmentPointer {
+            id: uploaded.id,
+            key: chat_core::AttachmentKey(*pointer.key()),
+            size: file.len() as u64,
+            sha256,
+            mime: mime.to_owned(),
+            name: name.map(str::to_owned),
+            caption: None,
+        });
+        self.send(conversation, &content).await
+    }
+
+    /// Downloads an attachment received in a message, checks its digest and size, and
+    /// decrypts it. A blob that was changed on the server is refused
+    /// ([`Error::Crypto`] with `AttachmentDigest`).
+    pub async fn download_attachment(
+        &self,
+        pointer: &chat_core::AttachmentPointer,
+    ) -> Result<Vec<u8>> {
+        let max = chat_crypto::attachment::encrypted_size(pointer.size);
+        let ciphertext = self
+            .inner
+            .http
+            .download(
+                &format!("/v1/attachments/{}", pointer.id),
+                usize::try_from(max).unwrap_or(usize::MAX),
+            )
+            .await?;
+        let key = chat_crypto::attachment::AttachmentPointer::from_parts(
+            pointer.key.0,
+            pointer.size,
+            pointer.sha256,
+        );
+        Ok(chat_crypto::attachment::decrypt(&key, &ciphertext)?)
     }
 
     /// Raises this user's delivered or read position in a conversation.

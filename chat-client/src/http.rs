@@ -89,9 +89,47 @@ impl Http {
             }
             None => Bytes::new(),
         };
+        let bytes = self
+            .raw(method, path, body, "application/json", MAX_RESPONSE)
+            .await?;
+        let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        serde_json::from_slice(bytes).map_err(|e| Error::Protocol(format!("{path}: {e}")))
+    }
+
+    /// Uploads raw bytes (`application/octet-stream`); decodes the JSON answer.
+    pub(crate) async fn upload<T: DeserializeOwned>(&self, path: &str, body: Bytes) -> Result<T> {
+        let bytes = self
+            .raw(
+                Method::POST,
+                path,
+                body,
+                "application/octet-stream",
+                MAX_RESPONSE,
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("{path}: {e}")))
+    }
+
+    /// Downloads raw bytes, refusing more than `max`.
+    pub(crate) async fn download(&self, path: &str, max: usize) -> Result<Bytes> {
+        self.raw(Method::GET, path, Bytes::new(), "application/json", max)
+            .await
+    }
+
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        content_type: &str,
+        max: usize,
+    ) -> Result<Bytes> {
         let mut attempt = 0;
         loop {
-            match self.once(method.clone(), path, body.clone()).await {
+            match self
+                .once(method.clone(), path, body.clone(), content_type, max)
+                .await
+            {
                 Err(Retry(wait)) if attempt < RATE_LIMIT_RETRIES => {
                     attempt += 1;
                     tokio::time::sleep(wait).await;
@@ -99,17 +137,19 @@ impl Http {
                 Err(Retry(_)) => {
                     return Err(Error::server(ErrorCode::RateLimited, "rate limited"));
                 }
-                Ok(result) => {
-                    let bytes = result?;
-                    let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
-                    return serde_json::from_slice(bytes)
-                        .map_err(|e| Error::Protocol(format!("{path}: {e}")));
-                }
+                Ok(result) => return result,
             }
         }
     }
 
-    async fn once(&self, method: Method, path: &str, body: Bytes) -> Result<Result<Bytes>, Retry> {
+    async fn once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        content_type: &str,
+        max: usize,
+    ) -> Result<Result<Bytes>, Retry> {
         let net = |e: &dyn std::fmt::Display| Error::Network(e.to_string());
         let stream = match TcpStream::connect(self.addr.as_str()).await {
             Ok(s) => s,
@@ -126,7 +166,7 @@ impl Http {
             .uri(path)
             .header(HOST, self.addr.as_str());
         if !body.is_empty() {
-            request = request.header(CONTENT_TYPE, "application/json");
+            request = request.header(CONTENT_TYPE, content_type);
         }
         if let Some(token) = &self.token {
             request = request.header(AUTHORIZATION, format!("Bearer {token}"));
@@ -145,7 +185,7 @@ impl Http {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let limited = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE);
+        let limited = http_body_util::Limited::new(response.into_body(), max);
         let bytes = match limited.collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) => return Ok(Err(net(&e))),
