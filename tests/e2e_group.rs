@@ -6,9 +6,9 @@ mod common;
 
 use std::sync::Arc;
 
-use chat::client::{Client, ClientStore, ErrorCode, Events, MemoryStore};
+use chat::client::{Client, ClientStore, ErrorCode, Events, GroupAction, MemoryStore};
 use chat::crypto::{Error as CryptoError, SenderKeyReceiver};
-use common::{PASSWORD, TestServer, config, http_get, next_message, synced};
+use common::{PASSWORD, TestServer, config, http_get, next_change, next_text, synced};
 use futures::future::join_all;
 
 const MEMBERS: usize = 100;
@@ -62,7 +62,7 @@ async fn a_group_of_100() {
     for m in join_all(
         members[1..]
             .iter_mut()
-            .map(|m| next_message(&mut m.events, group)),
+            .map(|m| next_text(&mut m.events, group)),
     )
     .await
     {
@@ -91,10 +91,22 @@ async fn a_group_of_100() {
         .send_text(group, "after the removal")
         .await
         .expect("send");
+    for change in join_all(
+        members[1..]
+            .iter_mut()
+            .map(|m| next_change(&mut m.events, group)),
+    )
+    .await
+    {
+        assert_eq!(
+            (change.action, change.users.clone()),
+            (GroupAction::Removed, vec![removed.client.user()])
+        );
+    }
     for m in join_all(
         members[1..]
             .iter_mut()
-            .map(|m| next_message(&mut m.events, group)),
+            .map(|m| next_text(&mut m.events, group)),
     )
     .await
     {

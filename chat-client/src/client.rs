@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use chat_core::protocol::{ClientFrame, ReceiptUpdate, Subscribe, TypingUpdate, Unsubscribe};
 use chat_core::{
     ClientKey, Content, Conversation, ConversationId, ConversationKind, DeviceAddress, DeviceId,
-    ErrorCode, MessageId, ReceiptKind, Text, UserId, Username,
+    ErrorCode, GroupAction, GroupChange, MessageId, ReceiptKind, Text, UserId, Username,
 };
 use chat_crypto::{Account, SafetyNumber};
 use hyper::Method;
@@ -28,7 +28,7 @@ use crate::store::{ClientStore, ConversationRecord, DeviceRecord, OutboxEntry, W
 const PREKEY_BATCH: usize = 100;
 const PREKEY_LOW: u64 = 25;
 /// Events buffered for a receiver that is not reading.
-const EVENT_BUFFER: usize = 1 << 16;
+const EVENT_BUFFER: usize = 4096;
 
 /// A logged-in device: send with its methods, receive with [`Client::events`].
 ///
@@ -301,7 +301,9 @@ impl Client {
         Ok(c.id)
     }
 
-    /// Creates a group with this user and `members` (at most 100 in all).
+    /// Creates a group with this user and `members` (at most 100 in all), and announces it
+    /// to them (a [`GroupChange`](chat_core::GroupChange) message, which also hands them this
+    /// device's sender key).
     pub async fn create_group(&self, members: &[UserId]) -> Result<ConversationId> {
         let c: Conversation = self
             .inner
@@ -313,10 +315,26 @@ impl Client {
             )
             .await?;
         self.remember(&c)?;
+        self.announce(c.id, GroupAction::Created, members).await?;
         Ok(c.id)
     }
 
-    /// Adds members to a group; all or none (`group_full` past the limit).
+    /// Sends a membership change to the group's members, inside the encryption.
+    async fn announce(
+        &self,
+        group: ConversationId,
+        action: GroupAction,
+        users: &[UserId],
+    ) -> Result<MessageId> {
+        let change = Content::GroupChange(GroupChange {
+            action,
+            users: users.to_vec(),
+            name: None,
+        });
+        self.send(group, &change).await
+    }
+
+    /// Adds members to a group, all or none (`group_full` past the limit), and announces it.
     pub async fn add_members(&self, group: ConversationId, members: &[UserId]) -> Result<()> {
         let _: IgnoredAny = self
             .inner
@@ -328,12 +346,18 @@ impl Client {
             )
             .await?;
         self.inner.forget_devices(group);
+        self.announce(group, GroupAction::Added, members).await?;
         Ok(())
     }
 
-    /// Removes a member (or leaves, for this user). This device's next message to the group
-    /// uses a new sender key that the removed member never gets.
+    /// Removes a member and announces it to the others, or leaves (for this user, announced
+    /// first). This device's next message to the group (the announcement) uses a new sender
+    /// key that the removed member never gets.
     pub async fn remove_member(&self, group: ConversationId, user: UserId) -> Result<()> {
+        let leaving = user == self.user();
+        if leaving {
+            self.announce(group, GroupAction::Left, &[user]).await?;
+        }
         let _: IgnoredAny = self
             .inner
             .http
@@ -344,6 +368,9 @@ impl Client {
             )
             .await?;
         self.inner.forget_devices(group);
+        if !leaving {
+            self.announce(group, GroupAction::Removed, &[user]).await?;
+        }
         Ok(())
     }
 

@@ -11,8 +11,8 @@ mod sqlite;
 mod store;
 
 pub use chat_core::{
-    Content, ConversationId, ConversationKind, DeviceAddress, DeviceId, ErrorCode, MessageId,
-    ReceiptKind, Text, UserId,
+    AttachmentPointer, Content, ConversationId, ConversationKind, DeviceAddress, DeviceId,
+    ErrorCode, GroupAction, GroupChange, MessageId, ReceiptKind, Text, UserId,
 };
 pub use chat_crypto::SafetyNumber;
 pub use client::Client;

@@ -164,3 +164,27 @@ pub async fn http_get(addr: SocketAddr, path: &str, token: &str) -> serde_json::
     assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
     serde_json::from_str(body).expect("json")
 }
+
+/// The next text message in `conversation`, skipping other content (group changes).
+pub async fn next_text(events: &mut Events, conversation: ConversationId) -> Message {
+    loop {
+        let m = next_message(events, conversation).await;
+        if m.text().is_some() {
+            return m;
+        }
+    }
+}
+
+/// The next membership change announced in `conversation`.
+pub async fn next_change(
+    events: &mut Events,
+    conversation: ConversationId,
+) -> chat::client::GroupChange {
+    loop {
+        if let chat::client::Content::GroupChange(c) =
+            next_message(events, conversation).await.content
+        {
+            return c;
+        }
+    }
+}
