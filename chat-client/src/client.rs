@@ -447,19 +447,48 @@ impl Client {
 
     /// Sends any content (see [`send_text`](Self::send_text)).
     pub async fn send(&self, conversation: ConversationId, content: &Content) -> Result<MessageId> {
-        let plaintext = content.encode()?;
-        let entry = self.inner.encrypt(conversation, plaintext).await?;
+        let client_key = e2e::random_client_key();
+        // Registered first: a reconnect may send the entry as soon as it is in the outbox.
         let (tx, rx) = oneshot::channel();
         self.inner
             .waiters
             .lock()
             .map_err(|_| Error::Closed)?
-            .insert(entry.client_key, tx);
+            .insert(client_key, tx);
+        if let Err(e) = self.queue_with(client_key, conversation, content).await {
+            self.inner.finish(client_key, Err(Error::Closed));
+            return Err(e);
+        }
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Encrypts a text message into the outbox and returns at once with its client key. The
+    /// client sends it now or after a reconnect or restart, and reports [`Event::Sent`] (or
+    /// [`Event::SendFailed`]) with that key.
+    pub async fn queue_text(&self, conversation: ConversationId, text: &str) -> Result<ClientKey> {
+        let content = Content::Text(Text {
+            body: text.to_owned(),
+            reply_to: None,
+        });
+        let client_key = e2e::random_client_key();
+        self.queue_with(client_key, conversation, &content).await?;
+        Ok(client_key)
+    }
+
+    async fn queue_with(
+        &self,
+        client_key: ClientKey,
+        conversation: ConversationId,
+        content: &Content,
+    ) -> Result<()> {
+        let plaintext = content.encode()?;
+        self.inner
+            .encrypt(client_key, conversation, plaintext)
+            .await?;
         self.inner
             .commands
-            .send(Command::Send(entry.client_key))
-            .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+            .send(Command::Send(client_key))
+            .map_err(|_| Error::Closed)
     }
 
     /// Encrypts a file with a fresh key, uploads the ciphertext, and sends the pointer (id,
@@ -698,6 +727,7 @@ impl Inner {
     /// Encrypts for the conversation's devices and commits the outbox entry.
     async fn encrypt(
         &self,
+        client_key: ClientKey,
         conversation: ConversationId,
         plaintext: Vec<u8>,
     ) -> Result<OutboxEntry> {
@@ -716,12 +746,13 @@ impl Inner {
                     .copied()
                     .collect();
                 self.ensure_sessions(&need).await?;
-                self.crypto.encrypt_group(conversation, &devices, plaintext)
+                self.crypto
+                    .encrypt_group(client_key, conversation, &devices, plaintext)
             }
             ConversationKind::Direct => {
                 self.ensure_sessions(&devices).await?;
                 self.crypto
-                    .encrypt_direct(conversation, &devices, plaintext)
+                    .encrypt_direct(client_key, conversation, &devices, plaintext)
             }
         }
     }

@@ -202,6 +202,7 @@ impl Crypto {
     /// advanced sessions.
     pub(crate) fn encrypt_direct(
         &self,
+        client_key: ClientKey,
         conversation: ConversationId,
         devices: &[DeviceAddress],
         plaintext: Vec<u8>,
@@ -224,7 +225,7 @@ impl Crypto {
         )?;
         take_failed(&mut msg, &mut empty);
         let entry = OutboxEntry {
-            client_key: random_client_key(),
+            client_key,
             conversation,
             payload: Payload::Direct { msg, empty }.encode(),
             plaintext,
@@ -242,6 +243,7 @@ impl Crypto {
     /// that lack it and rotating it first if a device that holds it is no longer a recipient.
     pub(crate) fn encrypt_group(
         &self,
+        client_key: ClientKey,
         conversation: ConversationId,
         devices: &[DeviceAddress],
         plaintext: Vec<u8>,
@@ -276,7 +278,7 @@ impl Crypto {
             headers.entry(*d).or_insert_with(Vec::new);
         }
         let entry = OutboxEntry {
-            client_key: random_client_key(),
+            client_key,
             conversation,
             payload: Payload::Group {
                 key_before: before,

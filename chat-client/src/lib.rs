@@ -11,7 +11,7 @@ mod sqlite;
 mod store;
 
 pub use chat_core::{
-    AttachmentPointer, Content, ConversationId, ConversationKind, DeviceAddress, DeviceId,
+    AttachmentPointer, ClientKey, Content, ConversationId, ConversationKind, DeviceAddress, DeviceId,
     ErrorCode, GroupAction, GroupChange, MessageId, ReceiptKind, Text, UserId,
 };
 pub use chat_crypto::SafetyNumber;

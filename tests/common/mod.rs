@@ -188,3 +188,56 @@ pub async fn next_change(
         }
     }
 }
+
+/// A TCP proxy on a fixed port whose backend can be taken down: `down()` cuts every open
+/// connection and refuses new ones, as if the network were gone; `up()` restores it.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    backend: std::sync::Arc<std::sync::Mutex<Option<SocketAddr>>>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    pub async fn start(backend: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let backend = std::sync::Arc::new(std::sync::Mutex::new(Some(backend)));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (b, c) = (backend.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let Some(to) = *b.lock().expect("lock") else {
+                    continue; // dropped: the client sees the connection close
+                };
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                c.lock().expect("lock").push(task.abort_handle());
+            }
+        });
+        Self {
+            addr,
+            backend,
+            connections,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn down(&self) {
+        *self.backend.lock().expect("lock") = None;
+        for c in self.connections.lock().expect("lock").drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn up(&self, backend: SocketAddr) {
+        *self.backend.lock().expect("lock") = Some(backend);
+    }
+}

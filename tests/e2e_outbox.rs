@@ -1,0 +1,123 @@
+//! Messages written while the network is down survive the app being killed: the reopened
+//! client sends them from its outbox, and each appears once. Presence, typing and receipts
+//! reach the other side.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use chat::client::{Client, ConnectionState, Event, ReceiptKind, SqliteStore};
+use common::{PASSWORD, Proxy, TestServer, config, next_text, synced, user, wait_for};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_survives_an_app_restart() {
+    let server = TestServer::start(config("memory:")).await;
+    let proxy = Proxy::start(server.addr).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("alice.db");
+
+    let alice = Client::register(
+        &proxy.url(),
+        "alice",
+        PASSWORD,
+        "laptop",
+        SqliteStore::open(&path).expect("store"),
+    )
+    .await
+    .expect("alice");
+    let mut a = alice.events();
+    let (bob, mut b) = user(&server, "bob").await;
+    synced(&mut a).await;
+    synced(&mut b).await;
+    let chat = alice.open_direct(bob.user()).await.expect("open");
+    alice.send_text(chat, "online").await.expect("send");
+    assert_eq!(next_text(&mut b, chat).await.text(), Some("online"));
+
+    // The network goes away; Alice writes anyway, then her app is killed.
+    proxy.down();
+    wait_for(&mut a, |e| {
+        matches!(e, Event::Connection(ConnectionState::Disconnected { .. })).then_some(())
+    })
+    .await;
+    let mut keys = Vec::new();
+    for i in 0..5 {
+        keys.push(
+            alice
+                .queue_text(chat, &format!("offline {i}"))
+                .await
+                .expect("queue"),
+        );
+    }
+    assert_eq!(alice.pending().expect("outbox"), 5);
+    drop((alice, a));
+
+    // Back online, the app starts again from its store and sends the outbox.
+    proxy.up(server.addr);
+    let alice = Client::open(&proxy.url(), SqliteStore::open(&path).expect("store"))
+        .await
+        .expect("reopen");
+    let mut a = alice.events();
+    let mut sent = BTreeSet::new();
+    while sent.len() < keys.len() {
+        let key = wait_for(&mut a, |e| match e {
+            Event::Sent { client_key, .. } => Some(*client_key),
+            _ => None,
+        })
+        .await;
+        sent.insert(key);
+    }
+    assert_eq!(sent, keys.iter().copied().collect());
+    assert_eq!(alice.pending().expect("outbox"), 0);
+    for (i, key) in keys.iter().enumerate() {
+        let m = next_text(&mut b, chat).await;
+        assert_eq!(m.text(), Some(format!("offline {i}").as_str()));
+        assert_eq!(m.client_key, *key);
+    }
+    // Exactly once: Alice's history and Bob's both hold six messages.
+    assert_eq!(alice.history(chat, None, 100).expect("history").len(), 6);
+    assert_eq!(bob.history(chat, None, 100).expect("history").len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_typing_and_receipts_reach_the_other_side() {
+    let server = TestServer::start(config("memory:")).await;
+    let (alice, mut a) = user(&server, "alice").await;
+    let (bob, mut b) = user(&server, "bob").await;
+    synced(&mut a).await;
+    synced(&mut b).await;
+    let chat = alice.open_direct(bob.user()).await.expect("open");
+
+    alice.subscribe_presence(&[bob.user()]).expect("subscribe");
+    let online = wait_for(&mut a, |e| match e {
+        Event::Presence { user, online, .. } if *user == bob.user() => Some(*online),
+        _ => None,
+    })
+    .await;
+    assert!(online, "bob is connected");
+
+    bob.send_typing(chat, true).expect("typing");
+    let from = wait_for(&mut a, |e| match e {
+        Event::Typing {
+            from, active: true, ..
+        } => Some(*from),
+        _ => None,
+    })
+    .await;
+    assert_eq!(from, bob.device());
+
+    let id = alice.send_text(chat, "read me").await.expect("send");
+    let m = next_text(&mut b, chat).await;
+    bob.send_receipt(chat, ReceiptKind::Read, m.id)
+        .expect("receipt");
+    let (who, up_to) = wait_for(&mut a, |e| match e {
+        Event::Receipt {
+            user,
+            kind: ReceiptKind::Read,
+            up_to,
+            ..
+        } => Some((*user, *up_to)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((who, up_to), (bob.user(), id));
+}
