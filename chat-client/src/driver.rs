@@ -464,19 +464,21 @@ impl Conn {
     /// The server stored an outbox entry: move it to history and tell the waiter.
     fn sent(&mut self, key: ClientKey, s: &chat_core::protocol::Sent) -> Result<(), Error> {
         let store = &self.inner.store;
-        if let Some(entry) = store.outbox()?.into_iter().find(|e| e.client_key == key) {
-            store.commit(vec![
-                Write::OutboxRemove(key),
-                Write::Message(StoredMessage {
-                    conversation: s.conversation,
-                    id: s.id,
-                    sender: self.inner.me,
-                    client_key: key,
-                    sent_at: s.sent_at,
-                    plaintext: entry.plaintext,
-                }),
-            ])?;
-        }
+        let Some(entry) = store.outbox()?.into_iter().find(|e| e.client_key == key) else {
+            // A second answer for the same key (sent twice across a repair): already done.
+            return Ok(());
+        };
+        store.commit(vec![
+            Write::OutboxRemove(key),
+            Write::Message(StoredMessage {
+                conversation: s.conversation,
+                id: s.id,
+                sender: self.inner.me,
+                client_key: key,
+                sent_at: s.sent_at,
+                plaintext: entry.plaintext,
+            }),
+        ])?;
         self.inner.finish(key, Ok(s.id));
         self.inner.emit(Event::Sent {
             conversation: s.conversation,
@@ -570,4 +572,23 @@ fn fail(
         client_key: key,
         code,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        for attempt in 0..40 {
+            let full = BASE_BACKOFF
+                .saturating_mul(1u32 << attempt.min(16))
+                .min(MAX_BACKOFF);
+            for _ in 0..20 {
+                let d = backoff(attempt);
+                assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
+            }
+        }
+        assert!(backoff(100) <= MAX_BACKOFF);
+    }
 }

@@ -669,3 +669,36 @@ impl<'a> Reader<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(u: u64, d: u64) -> DeviceAddress {
+        DeviceAddress {
+            user: UserId::new(u).unwrap(),
+            device: DeviceId::new(d).unwrap(),
+        }
+    }
+
+    #[test]
+    fn payloads_round_trip() {
+        let mut rng = rand::rng();
+        let msg = encrypt_for_devices(&mut rng, b"hi", std::iter::empty()).unwrap();
+        let direct = Payload::Direct {
+            msg,
+            empty: vec![dev(2, 3)],
+        };
+        let back = Payload::decode(&direct.encode()).unwrap();
+        assert_eq!(back.wire(), direct.wire());
+        let group = Payload::Group {
+            key_before: Secret::new(vec![1, 2, 3]),
+            body: vec![9; 40],
+            headers: vec![(dev(2, 3), vec![]), (dev(4, 5), vec![7; 10])],
+        };
+        let back = Payload::decode(&group.encode()).unwrap();
+        assert_eq!(back.wire(), group.wire());
+        assert!(Payload::decode(&[2, 0, 0]).is_err());
+        assert!(Payload::decode(&[]).is_err());
+    }
+}

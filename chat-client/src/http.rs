@@ -214,3 +214,25 @@ struct ErrorBody {
     #[serde(default)]
     message: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses() {
+        assert_eq!(
+            ServerAddr::parse("http://127.0.0.1:8080/")
+                .unwrap()
+                .as_str(),
+            "127.0.0.1:8080"
+        );
+        assert_eq!(
+            ServerAddr::parse("chat.example:80").unwrap().ws_url(),
+            "ws://chat.example:80/v1/ws"
+        );
+        assert!(ServerAddr::parse("https://chat.example").is_err());
+        assert!(ServerAddr::parse("http://host/path").is_err());
+        assert!(ServerAddr::parse("").is_err());
+    }
+}

@@ -11,8 +11,8 @@ mod sqlite;
 mod store;
 
 pub use chat_core::{
-    AttachmentPointer, ClientKey, Content, ConversationId, ConversationKind, DeviceAddress, DeviceId,
-    ErrorCode, GroupAction, GroupChange, MessageId, ReceiptKind, Text, UserId,
+    AttachmentPointer, ClientKey, Content, ConversationId, ConversationKind, DeviceAddress,
+    DeviceId, ErrorCode, GroupAction, GroupChange, MessageId, ReceiptKind, Text, UserId,
 };
 pub use chat_crypto::SafetyNumber;
 pub use client::Client;
