@@ -69,6 +69,19 @@ async fn a_group_of_100() {
         assert_eq!((m.id, m.text()), (id, Some("hello, 99 of you")));
     }
 
+    // Another member writes too, so the member removed below holds their sender key.
+    let second = members[1].client.device();
+    let id2 = members[1]
+        .client
+        .send_text(group, "from the second member")
+        .await
+        .expect("send");
+    let (first, rest) = members.split_at_mut(2);
+    let readers = first[..1].iter_mut().chain(rest.iter_mut());
+    for m in join_all(readers.map(|m| next_text(&mut m.events, group))).await {
+        assert_eq!(m.id, id2);
+    }
+
     // The 101st member is refused.
     let extra = member(&server, MEMBERS).await;
     let err = members[0]
@@ -112,6 +125,17 @@ async fn a_group_of_100() {
     {
         assert_eq!((m.id, m.text()), (after, Some("after the removal")));
     }
+    // The second member learnt of the removal from the announcement and rotates too.
+    let after2 = members[1]
+        .client
+        .send_text(group, "second after the removal")
+        .await
+        .expect("send");
+    let (first, rest) = members.split_at_mut(2);
+    let readers = first[..1].iter_mut().chain(rest.iter_mut());
+    for m in join_all(readers.map(|m| next_text(&mut m.events, group))).await {
+        assert_eq!(m.id, after2);
+    }
     let token = members[1]
         .store
         .device()
@@ -132,10 +156,24 @@ async fn a_group_of_100() {
         .expect("the removed member held the old sender key");
     let mut receiver = SenderKeyReceiver::from_pickle(&held).expect("pickle");
     assert_eq!(receiver.decrypt(&body), Err(CryptoError::UnknownSenderKey));
+    let history = http_get(
+        server.addr,
+        &format!("/v1/conversations/{group}/messages/{after2}"),
+        &token,
+    )
+    .await;
+    let body = hex::decode(history["body"].as_str().expect("body")).expect("hex");
+    let held = removed
+        .store
+        .receiver(group, second)
+        .expect("store")
+        .expect("the removed member held the second member's old key");
+    let mut receiver = SenderKeyReceiver::from_pickle(&held).expect("pickle");
+    assert_eq!(receiver.decrypt(&body), Err(CryptoError::UnknownSenderKey));
     assert!(
         removed
             .client
-            .history(group, Some(id), 10)
+            .history(group, Some(id2), 10)
             .expect("history")
             .is_empty()
     );

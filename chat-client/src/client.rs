@@ -638,7 +638,7 @@ impl Inner {
             .await
     }
 
-    fn forget_devices(&self, conversation: ConversationId) {
+    pub(crate) fn forget_devices(&self, conversation: ConversationId) {
         if let Ok(mut d) = self.devices.lock() {
             d.remove(&conversation);
         }

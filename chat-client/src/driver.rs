@@ -445,7 +445,15 @@ impl Conn {
             self.inner.emit(Event::IdentityChanged { device });
         }
         match opened {
-            Opened::Message(m) => self.inner.emit(Event::Message(Message::from_stored(&m))),
+            Opened::Message(m) => {
+                let message = Message::from_stored(&m);
+                if let chat_core::Content::GroupChange(_) = message.content {
+                    // Membership changed: the next send reads the device list again, so a
+                    // member who left no longer holds the sender key it uses (rotation).
+                    self.inner.forget_devices(m.conversation);
+                }
+                self.inner.emit(Event::Message(message));
+            }
             Opened::Failed(e) => {
                 tracing::warn!(cause = %e, conversation = %d.conversation, id = %d.id, "undecryptable message");
                 self.inner.emit(Event::Undecryptable {
