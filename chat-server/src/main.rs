@@ -40,10 +40,11 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     init_logging(&args.log_format);
     // Each connection is a file descriptor: allow as many as the hard limit permits.
-    if let Ok((soft, hard)) = rlimit::Resource::NOFILE.get() {
-        if soft < hard && rlimit::Resource::NOFILE.set(hard, hard).is_err() {
-            tracing::warn!(soft, hard, "could not raise the open-file limit");
-        }
+    if let Ok((soft, hard)) = rlimit::Resource::NOFILE.get()
+        && soft < hard
+        && rlimit::Resource::NOFILE.set(hard, hard).is_err()
+    {
+        tracing::warn!(soft, hard, "could not raise the open-file limit");
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
