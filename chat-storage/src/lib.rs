@@ -5,13 +5,24 @@
 //! - [`SqliteStore`] (feature `sqlite`, on by default): the embedded default. Bundled SQLite
 //!   in WAL mode; one writer thread commits concurrent requests together (group commit), and
 //!   a request is answered only after its commit is durable.
-//! - [`PostgresStore`] (feature `postgres`): for several server nodes sharing one store. The
+//! - `PostgresStore` (feature `postgres`): for several server nodes sharing one store. The
 //!   schema keys messages by conversation and inboxes by device, so it can be sharded by
 //!   those keys (see docs/STORAGE.md).
 //!
 //! [`open`] picks a backend from a URL-like string: `memory:`, `sqlite://PATH` or
 //! `postgres://…`. Every backend passes the same conformance suite (feature `testing`,
-//! [`conformance_tests!`]).
+//! `conformance_tests!`).
+//!
+//! ```
+//! # async fn demo() -> Result<(), chat_core::StoreError> {
+//! let store = chat_storage::open("memory:").await?;
+//! let name = chat_core::Username::new("alice").expect("valid name");
+//! let alice = store.create_user(&name, "$argon2id$…", chat_core::Timestamp::EPOCH).await?;
+//! assert_eq!(store.user(alice.id).await?, Some(alice));
+//! # Ok(())
+//! # }
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(demo()).unwrap();
+//! ```
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -39,7 +50,7 @@ pub use sqlite::{SqliteOptions, SqliteStats, SqliteStore, Synchronous};
 /// - `memory:` a fresh [`MemoryStore`];
 /// - `sqlite://PATH` (or `sqlite:PATH`) a [`SqliteStore`] at `PATH` with default options,
 ///   created if missing (feature `sqlite`);
-/// - `postgres://…` or `postgresql://…` a [`PostgresStore`] with default options (feature
+/// - `postgres://…` or `postgresql://…` a `PostgresStore` with default options (feature
 ///   `postgres`).
 ///
 /// Migrations run before this returns; a store written by a newer schema is refused with

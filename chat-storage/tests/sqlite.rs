@@ -71,3 +71,9 @@ async fn data_survives_reopening() {
     let retry = store.append(msg).await.expect("retry after reopen");
     assert!(retry.duplicate);
 }
+
+#[tokio::test]
+async fn in_memory_paths_are_refused() {
+    let err = chat_storage::open("sqlite://:memory:").await.err();
+    assert!(matches!(err, Some(StoreError::Invalid(_))), "{err:?}");
+}

@@ -138,8 +138,14 @@ struct Readers {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, applies pending migrations and
     /// starts the writer thread. [`StoreError::SchemaTooNew`] if a newer build wrote it.
+    /// A path of `:memory:` is refused: each connection would get its own empty database.
     pub async fn open(path: impl AsRef<Path>, options: SqliteOptions) -> StoreResult<Self> {
         let path = path.as_ref().to_path_buf();
+        if path.as_os_str() == ":memory:" || path.as_os_str().is_empty() {
+            return Err(StoreError::Invalid(
+                "SQLite needs a file path (use memory: for tests)",
+            ));
+        }
         let open_path = path.clone();
         let sync = options.synchronous;
         let conn = tokio::task::spawn_blocking(move || open_writer(&open_path, sync))
