@@ -98,4 +98,15 @@ async fn offline_device_catches_up_in_order_once_across_a_restart() {
     assert_eq!(stored.len(), MESSAGES);
     let unique: BTreeSet<_> = stored.iter().map(|m| m.id).collect();
     assert_eq!(unique.len(), MESSAGES);
+
+    // A store holds one device: logging another into it is refused.
+    let again = Client::login(
+        &server.url(),
+        "bob",
+        PASSWORD,
+        "tablet",
+        SqliteStore::open(&path).expect("store"),
+    )
+    .await;
+    assert!(matches!(again, Err(chat::client::Error::Invalid(_))));
 }

@@ -132,6 +132,7 @@ impl Client {
     ) -> Result<Self> {
         let addr = ServerAddr::parse(server)?;
         let username = Username::new(username)?;
+        refuse_used(&store)?;
         let http = Http::new(addr.clone(), None);
         let _: IgnoredAny = http
             .call(
@@ -174,6 +175,7 @@ impl Client {
         store: impl ClientStore,
     ) -> Result<Self> {
         let addr = ServerAddr::parse(server)?;
+        refuse_used(&store)?;
         let http = Http::new(addr.clone(), None);
         let login: LoginResponse = http.call(Method::POST, "/v1/login", Some(&body)).await?;
         let me = DeviceAddress {
@@ -625,6 +627,16 @@ impl Client {
             .await?;
         Ok(())
     }
+}
+
+/// A store holds one device; logging another in would mix their keys and sessions.
+fn refuse_used(store: &impl ClientStore) -> Result<()> {
+    if store.device()?.is_some() {
+        return Err(Error::Invalid(
+            "this store already holds a device: resume it with Client::open".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl Inner {
