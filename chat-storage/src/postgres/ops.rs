@@ -11,6 +11,8 @@
 //!   member count is checked in the same transaction as the add.
 //! - Adding or removing a device locks the user's row and then the rows of the user's
 //!   conversations, so no append can commit with a device list that the change made stale.
+//!   Making users members (a new direct conversation or group, an add) share-locks their
+//!   rows first, so it orders strictly before or after a device change of those users.
 
 use bytes::Bytes;
 use chat_core::limits::MAX_DEVICES_PER_USER;
@@ -186,7 +188,9 @@ const CREATE_USER: &str = "INSERT INTO users (username, password_hash, created_a
 const CREDENTIALS: &str = "SELECT id, password_hash, created_at FROM users WHERE username = $1";
 const USER: &str = "SELECT username, created_at FROM users WHERE id = $1";
 const LOCK_USER: &str = "SELECT 1 FROM users WHERE id = $1 FOR UPDATE";
-const COUNT_USERS: &str = "SELECT count(*) FROM users WHERE id = ANY($1)";
+/// Share-locks the users' rows (in ID order) and counts them.
+const LOCK_USERS_SHARE: &str = "SELECT count(*) FROM (
+        SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR SHARE) AS u";
 const COUNT_DEVICES: &str = "SELECT count(*) FROM devices WHERE user_id = $1";
 const INSERT_DEVICE: &str = "INSERT INTO devices (user_id, name, created_at)
     VALUES ($1, $2, $3) RETURNING id";
@@ -312,7 +316,7 @@ pub(crate) const STATEMENTS: &[&str] = &[
     CREDENTIALS,
     USER,
     LOCK_USER,
-    COUNT_USERS,
+    LOCK_USERS_SHARE,
     COUNT_DEVICES,
     INSERT_DEVICE,
     INSERT_TOKEN,

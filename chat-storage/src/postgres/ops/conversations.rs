@@ -18,11 +18,13 @@ fn conversation_from_row(row: &Row) -> StoreResult<Conversation> {
     })
 }
 
+/// Checks that the users exist and share-locks their rows until commit: see the module
+/// docs on lock order.
 async fn require_users(db: &Db<'_>, users: &[UserId]) -> StoreResult<()> {
     let mut ids = ids_sql(users);
     ids.sort_unstable();
     ids.dedup();
-    let row = db.opt(COUNT_USERS, &[&ids]).await?;
+    let row = db.opt(LOCK_USERS_SHARE, &[&ids]).await?;
     let n: i64 = row.map(|r| get(&r, 0)).transpose()?.unwrap_or(0);
     if usize::try_from(n).ok() == Some(ids.len()) {
         Ok(())
