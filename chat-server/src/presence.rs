@@ -21,7 +21,7 @@ use crate::state::now;
 
 /// The node's presence state and its publisher.
 pub(crate) struct Presence {
-    tracker: Mutex<PresenceTracker>,
+    tracker: Mutex<Tracked>,
     wake: Notify,
     bus: Arc<dyn Bus>,
     store: Arc<dyn Store>,
@@ -33,10 +33,20 @@ impl std::fmt::Debug for Presence {
     }
 }
 
+/// The tracker and the deadline the timer task is sleeping until.
+struct Tracked {
+    tracker: PresenceTracker,
+    armed: Option<Timestamp>,
+}
+
 impl Presence {
     pub(crate) fn new(config: PresenceConfig, bus: Arc<dyn Bus>, store: Arc<dyn Store>) -> Self {
+        let tracked = Tracked {
+            tracker: PresenceTracker::new(config),
+            armed: None,
+        };
         Self {
-            tracker: Mutex::new(PresenceTracker::new(config)),
+            tracker: Mutex::new(tracked),
             wake: Notify::new(),
             bus,
             store,
@@ -66,8 +76,8 @@ impl Presence {
     /// The current state of `user` as a `presence` frame body.
     pub(crate) async fn snapshot(&self, user: UserId) -> PresenceEvent {
         let (online, last_active) = {
-            let tracker = lock(&self.tracker);
-            (tracker.is_online(user), tracker.last_active(user))
+            let t = &lock(&self.tracker).tracker;
+            (t.is_online(user), t.last_active(user))
         };
         let last_active_at = match last_active {
             Some(at) => Some(at),
@@ -83,7 +93,11 @@ impl Presence {
     /// Runs the expiry timer until `shutdown` flips.
     pub(crate) async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         loop {
-            let next = lock(&self.tracker).poll_timeout();
+            let next = {
+                let mut t = lock(&self.tracker);
+                t.armed = t.tracker.poll_timeout();
+                t.armed
+            };
             let wait = next
                 .map(|at| Duration::from_millis(at.as_millis().saturating_sub(now().as_millis())));
             tokio::select! {
@@ -96,12 +110,24 @@ impl Presence {
 
     /// Feeds one input, then publishes what changed and re-arms the timer.
     async fn apply(&self, input: impl FnOnce(&mut PresenceTracker, Timestamp)) {
-        let changes: Vec<PresenceChange> = {
-            let mut tracker = lock(&self.tracker);
-            input(&mut tracker, now());
-            std::iter::from_fn(|| tracker.poll_event()).collect()
+        let (changes, rearm) = {
+            let mut t = lock(&self.tracker);
+            input(&mut t.tracker, now());
+            let changes: Vec<PresenceChange> =
+                std::iter::from_fn(|| t.tracker.poll_event()).collect();
+            // Heartbeats only move deadlines later; wake the timer only when the earliest
+            // deadline is now earlier than the one it sleeps until.
+            let next = t.tracker.poll_timeout();
+            let rearm = match (next, t.armed) {
+                (Some(next), Some(armed)) => next < armed,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            (changes, rearm)
         };
-        self.wake.notify_one();
+        if rearm {
+            self.wake.notify_one();
+        }
         for change in changes {
             self.publish(change).await;
         }
@@ -144,7 +170,7 @@ async fn sleep_or_forever(wait: Option<Duration>) {
     }
 }
 
-fn lock(m: &Mutex<PresenceTracker>) -> std::sync::MutexGuard<'_, PresenceTracker> {
+fn lock(m: &Mutex<Tracked>) -> std::sync::MutexGuard<'_, Tracked> {
     // Every tracker call leaves it consistent, so a poisoned lock is still usable.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -155,23 +155,39 @@ impl Conn {
             Err(end) => return end,
         }
         let mut shutdown = self.shared.shutdown.clone();
+        // The futures that outlive one turn of the loop are created once: re-creating timers
+        // and waiters for every frame is most of what an idle connection's heartbeat costs.
+        let shutting_down = async move {
+            let _ = shutdown.wait_for(|down| *down).await;
+        };
+        let overflowed = sink.overflowed();
+        let idle = tokio::time::sleep_until(self.deadline);
+        tokio::pin!(shutting_down, overflowed, idle);
         loop {
             let step = tokio::select! {
                 biased;
-                _ = async { shutdown.wait_for(|down| *down).await.is_ok() } => {
+                () = &mut shutting_down => {
                     Err(End::Close(ErrorCode::ShuttingDown, "server shutting down"))
                 }
-                () = sink.overflowed() => {
+                () = &mut overflowed => {
                     Err(End::Close(ErrorCode::SlowConsumer, "outbound queue full; resume from your cursor"))
                 }
                 message = rx.recv() => match message {
                     Some(message) => self.outbound(device, message, &mut rx).await,
                     None => Err(End::Gone),
                 },
-                incoming = timeout_at(self.deadline, self.socket.next()) => match incoming {
-                    Err(_) => Err(End::Close(ErrorCode::HeartbeatTimeout, "no heartbeat")),
-                    Ok(None | Some(Err(_))) => Err(End::Gone),
-                    Ok(Some(Ok(message))) => self.inbound(device, message, &mut rx).await,
+                () = &mut idle => {
+                    // Frames move the deadline without touching the timer; check it now.
+                    if self.deadline <= TokioInstant::now() {
+                        Err(End::Close(ErrorCode::HeartbeatTimeout, "no heartbeat"))
+                    } else {
+                        idle.as_mut().reset(self.deadline);
+                        Ok(())
+                    }
+                }
+                incoming = self.socket.next() => match incoming {
+                    None | Some(Err(_)) => Err(End::Gone),
+                    Some(Ok(message)) => self.inbound(device, message, &mut rx).await,
                 },
             };
             if let Err(end) = step {

@@ -18,8 +18,8 @@ use chat_core::protocol::SUBPROTOCOL;
 use crate::api::error::ApiError;
 use crate::state::Shared;
 
-/// Initial read buffer per connection; grows only while a large frame arrives.
-const READ_BUFFER: usize = 4 * 1024;
+/// Read buffer per connection, allocated up front; grows only while a large frame arrives.
+const READ_BUFFER: usize = 1024;
 /// Outgoing bytes gathered before a write to the socket.
 const WRITE_BUFFER: usize = 8 * 1024;
 /// The largest WebSocket message read at all. Messages between `MAX_FRAME_BYTES` and this

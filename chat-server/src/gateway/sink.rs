@@ -30,7 +30,10 @@ impl ConnSink {
     /// Resolves once the queue has overflowed: the connection is a slow consumer.
     pub(super) async fn overflowed(&self) {
         loop {
+            // Registered before the flag is read, so a notification in between is not lost.
             let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             if self.lagged.load(Ordering::Acquire) {
                 return;
             }
@@ -45,7 +48,8 @@ impl BusSink for ConnSink {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 self.lagged.store(true, Ordering::Release);
-                self.wake.notify_one();
+                // Several futures may wait (the live loop and a blocked write); wake all.
+                self.wake.notify_waiters();
                 false
             }
             Err(TrySendError::Closed(_)) => false,
