@@ -56,3 +56,67 @@ async fn new_devices_receive_and_identity_changes_are_reported() {
     let m = next_message(&mut b2, chat).await;
     assert_eq!((m.id, m.text()), (four, Some("four")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_week_old_signed_prekey_is_rotated_and_published() {
+    use std::sync::Arc;
+
+    use chat::client::{ClientStore, SqliteStore, Write};
+    use chat::core::Timestamp;
+
+    let server = TestServer::start(config("memory:")).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bob.db");
+    let bob = Client::register(
+        &server.url(),
+        "bob",
+        PASSWORD,
+        "phone",
+        SqliteStore::open(&path).expect("store"),
+    )
+    .await
+    .expect("register");
+    let alice_store = Arc::new(MemoryStore::new());
+    let alice = Client::register(
+        &server.url(),
+        "alice",
+        PASSWORD,
+        "laptop",
+        alice_store.clone(),
+    )
+    .await
+    .expect("register");
+    let token = alice_store.device().expect("read").expect("device").token;
+    let spk = |bundles: &serde_json::Value| bundles["bundles"][0]["signed_prekey"]["id"].as_u64();
+    let bundles = format!("/v1/users/{}/bundles", bob.user());
+    let before = common::http_get(server.addr, &bundles, &token).await;
+    drop(bob);
+
+    // Pretend the key was made long ago; the reopened client rotates and publishes it
+    // before it reports being up to date.
+    let store = SqliteStore::open(&path).expect("store");
+    store
+        .commit(vec![Write::SignedPrekeyMadeAt(Timestamp::from_millis(0))])
+        .expect("commit");
+    let bob = Client::open(&server.url(), store).await.expect("open");
+    let mut b = bob.events();
+    synced(&mut b).await;
+    let after = common::http_get(server.addr, &bundles, &token).await;
+    assert!(spk(&before).is_some());
+    assert_ne!(
+        spk(&before),
+        spk(&after),
+        "a new signed prekey is published"
+    );
+
+    // A session started on the new key works.
+    let chat = alice.open_direct(bob.user()).await.expect("open");
+    alice
+        .send_text(chat, "on the new prekey")
+        .await
+        .expect("send");
+    assert_eq!(
+        next_message(&mut b, chat).await.text(),
+        Some("on the new prekey")
+    );
+}

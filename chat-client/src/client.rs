@@ -27,6 +27,8 @@ use crate::store::{ClientStore, ConversationRecord, DeviceRecord, OutboxEntry, W
 /// One-time prekeys uploaded at a time, and the pool size below which the client refills.
 const PREKEY_BATCH: usize = 100;
 const PREKEY_LOW: u64 = 25;
+/// How old a signed prekey may get before the client makes a new one (a week).
+const SIGNED_PREKEY_AGE_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Events buffered for a receiver that is not reading.
 const EVENT_BUFFER: usize = 4096;
 
@@ -200,6 +202,7 @@ impl Client {
                 token: login.token.clone(),
             }),
             Write::Account(account.pickle()),
+            Write::SignedPrekeyMadeAt(now()),
         ])?;
         let http = http.with_token(login.token.clone());
         let _: IgnoredAny = http.call(Method::PUT, "/v1/keys", Some(&keys)).await?;
@@ -635,6 +638,14 @@ impl Client {
     }
 }
 
+/// The wall clock, as the protocol's timestamps.
+fn now() -> chat_core::Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    chat_core::Timestamp::from_millis(ms)
+}
+
 /// A store holds one device; logging another in would mix their keys and sessions.
 fn refuse_used(store: &impl ClientStore) -> Result<()> {
     if store.device()?.is_some() {
@@ -808,8 +819,17 @@ impl Inner {
         let _ = self.events.send(event);
     }
 
-    /// Tops up the one-time prekey pool on the server when it runs low.
+    /// Tops up the one-time prekey pool on the server when it runs low, and rotates the
+    /// signed prekey once it is a week old.
     pub(crate) async fn refill_prekeys(&self) -> Result<()> {
+        let made = self.store.signed_prekey_made_at()?;
+        let now = now();
+        if made
+            .is_none_or(|t| now.as_millis().saturating_sub(t.as_millis()) >= SIGNED_PREKEY_AGE_MS)
+        {
+            let keys = self.crypto.rotate_signed_prekey(now)?;
+            let _: IgnoredAny = self.http.call(Method::PUT, "/v1/keys", Some(&keys)).await?;
+        }
         let c: Count = self
             .http
             .call(Method::GET, "/v1/keys/count", None::<&()>)

@@ -37,6 +37,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Ack at least every this many processed entries, and otherwise on a short timer.
 const ACK_EVERY: u64 = 64;
 const ACK_INTERVAL: Duration = Duration::from_millis(250);
+/// How long the key upkeep after the first backlog may take.
+const KEY_UPKEEP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames (receipts, typing) kept while disconnected.
 const MAX_QUEUED_FRAMES: usize = 256;
 
@@ -347,13 +349,17 @@ impl Conn {
                 self.ack(ws).await?;
                 if !self.synced {
                     self.synced = true;
+                    // Key upkeep (one-time prekey refill, weekly signed prekey) before the
+                    // app hears it is up to date; bounded so a slow server cannot stall the
+                    // connection. Frames arriving meanwhile wait in the socket.
+                    match tokio::time::timeout(KEY_UPKEEP_TIMEOUT, self.inner.refill_prekeys())
+                        .await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(cause = %e, "key upkeep failed"),
+                        Err(_) => tracing::warn!("key upkeep timed out"),
+                    }
                     self.inner.emit(Event::Connection(ConnectionState::Synced));
-                    let inner = self.inner.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = inner.refill_prekeys().await {
-                            tracing::warn!(cause = %e, "prekey refill failed");
-                        }
-                    });
                 }
                 Ok(())
             }

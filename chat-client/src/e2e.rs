@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chat_core::protocol::Deliver;
-use chat_core::{ClientKey, ConversationId, DeviceAddress, DeviceId, UserId};
+use chat_core::{ClientKey, ConversationId, DeviceAddress, DeviceId, Timestamp, UserId};
 use chat_crypto::{
     Account, Decrypted, DeviceSessions, IdentityPublic, OneTimePrekey, OutgoingMessage,
     PrekeyBundle, SenderKey, SenderKeyReceiver, Session, SignedPrekey, encrypt_for_devices,
@@ -151,6 +151,18 @@ impl Crypto {
         let keys = account.generate_one_time_prekeys(&mut rand::rng(), count);
         self.store.commit(vec![Write::Account(account.pickle())])?;
         Ok(keys)
+    }
+
+    /// Makes a new signed prekey and saves the account with the time; returns the keys to
+    /// publish. The previous ones stay usable for first messages still in flight.
+    pub(crate) fn rotate_signed_prekey(&self, now: Timestamp) -> Result<chat_core::DeviceKeys> {
+        let mut account = self.lock()?;
+        account.rotate_signed_prekey(&mut rand::rng());
+        self.store.commit(vec![
+            Write::Account(account.pickle()),
+            Write::SignedPrekeyMadeAt(now),
+        ])?;
+        device_keys(&account)
     }
 
     fn sessions(&self, device: DeviceAddress) -> Result<DeviceSessions> {

@@ -220,6 +220,12 @@ impl ClientStore for SqliteStore {
                         [k.as_bytes().as_slice()],
                     )?;
                 }
+                Write::SignedPrekeyMadeAt(t) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('spk_made_at', ?1)",
+                        [t.as_millis().to_be_bytes().to_vec()],
+                    )?;
+                }
                 Write::Conversation(c) => {
                     tx.execute(
                         "INSERT OR REPLACE INTO conversations (id, kind) VALUES (?1, ?2)",
@@ -383,6 +389,16 @@ impl ClientStore for SqliteStore {
             });
         }
         Ok(out)
+    }
+
+    fn signed_prekey_made_at(&self) -> Result<Option<Timestamp>> {
+        match self.meta("spk_made_at")? {
+            None => Ok(None),
+            Some(b) => {
+                let ms = u64::from_be_bytes(b.try_into().map_err(|_| corrupt("timestamp"))?);
+                Ok(Some(Timestamp::from_millis(ms)))
+            }
+        }
     }
 
     fn conversations(&self) -> Result<Vec<ConversationRecord>> {

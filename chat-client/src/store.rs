@@ -147,6 +147,8 @@ pub enum Write {
     OutboxRemove(ClientKey),
     /// Records a conversation.
     Conversation(ConversationRecord),
+    /// Records when the signed prekey was last made (it is rotated weekly).
+    SignedPrekeyMadeAt(Timestamp),
 }
 
 /// Where a client keeps its state. Implementations: [`MemoryStore`] and
@@ -184,6 +186,8 @@ pub trait ClientStore: Send + Sync + 'static {
     ) -> Result<Vec<StoredMessage>>;
     /// Every known conversation.
     fn conversations(&self) -> Result<Vec<ConversationRecord>>;
+    /// When the signed prekey was last made.
+    fn signed_prekey_made_at(&self) -> Result<Option<Timestamp>>;
 }
 
 /// A shared store: the app (or a test) can keep a handle to the store it gave the client.
@@ -230,6 +234,9 @@ impl<S: ClientStore + ?Sized> ClientStore for std::sync::Arc<S> {
     fn conversations(&self) -> Result<Vec<ConversationRecord>> {
         (**self).conversations()
     }
+    fn signed_prekey_made_at(&self) -> Result<Option<Timestamp>> {
+        (**self).signed_prekey_made_at()
+    }
 }
 
 /// A store in memory: for tests, bots and demos; everything is lost with the process.
@@ -255,6 +262,7 @@ struct MemoryInner {
     messages: BTreeMap<(ConversationId, MessageId), StoredMessage>,
     outbox: Vec<OutboxEntry>,
     conversations: BTreeMap<ConversationId, ConversationRecord>,
+    spk_made_at: Option<Timestamp>,
 }
 
 impl Default for MemoryInner {
@@ -269,6 +277,7 @@ impl Default for MemoryInner {
             messages: BTreeMap::new(),
             outbox: Vec::new(),
             conversations: BTreeMap::new(),
+            spk_made_at: None,
         }
     }
 }
@@ -327,6 +336,7 @@ impl ClientStore for MemoryStore {
                 Write::Conversation(c) => {
                     s.conversations.insert(c.id, c);
                 }
+                Write::SignedPrekeyMadeAt(t) => s.spk_made_at = Some(t),
             }
         }
         Ok(())
@@ -386,6 +396,10 @@ impl ClientStore for MemoryStore {
     fn conversations(&self) -> Result<Vec<ConversationRecord>> {
         Ok(self.lock()?.conversations.values().copied().collect())
     }
+
+    fn signed_prekey_made_at(&self) -> Result<Option<Timestamp>> {
+        Ok(self.lock()?.spk_made_at)
+    }
 }
 
 /// The behaviour every [`ClientStore`] must have, run against each implementation.
@@ -418,6 +432,14 @@ pub(crate) mod conformance {
     pub(crate) fn run(store: &dyn ClientStore) {
         let conv = ConversationId::new(3).unwrap();
         assert!(store.device().unwrap().is_none());
+        assert_eq!(store.signed_prekey_made_at().unwrap(), None);
+        store
+            .commit(vec![Write::SignedPrekeyMadeAt(Timestamp::from_millis(77))])
+            .unwrap();
+        assert_eq!(
+            store.signed_prekey_made_at().unwrap(),
+            Some(Timestamp::from_millis(77))
+        );
         assert_eq!(store.cursor().unwrap(), InboxPos::ZERO);
         let record = DeviceRecord {
             server: "127.0.0.1:1".into(),

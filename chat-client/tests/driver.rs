@@ -13,6 +13,7 @@ use chat_core::{
 };
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 
@@ -86,23 +87,34 @@ async fn next_heartbeat(ws: &mut Ws) {
     }
 }
 
-async fn accept(listener: &TcpListener, head: u64) -> (Ws, InboxPos) {
-    // Answer with the subprotocol the client offers, as the real gateway does. Plain HTTP
-    // requests (the client's prekey check) are not upgrades: skip them.
-    let mut ws = loop {
-        let (tcp, _) = listener.accept().await.unwrap();
-        // The callback's error type is tungstenite's, large by design.
-        #[allow(clippy::result_large_err)]
-        let callback = |_: &Request, mut response: Response| {
-            response
-                .headers_mut()
-                .insert("Sec-WebSocket-Protocol", "chat.v1".parse().unwrap());
-            Ok(response)
-        };
-        if let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await {
-            break ws;
+/// Accepts connections in the background: WebSocket upgrades (answered with the subprotocol
+/// the client offers, as the real gateway does) go to the test; anything else (the client's
+/// HTTP key upkeep) is closed at once.
+fn acceptor(listener: TcpListener) -> mpsc::UnboundedReceiver<Ws> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            // The callback's error type is tungstenite's, large by design.
+            #[allow(clippy::result_large_err)]
+            let callback = |_: &Request, mut response: Response| {
+                response
+                    .headers_mut()
+                    .insert("Sec-WebSocket-Protocol", "chat.v1".parse().unwrap());
+                Ok(response)
+            };
+            if let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await {
+                let _ = tx.send(ws);
+            }
         }
-    };
+    });
+    rx
+}
+
+async fn accept(sockets: &mut mpsc::UnboundedReceiver<Ws>, head: u64) -> (Ws, InboxPos) {
+    let mut ws = tokio::time::timeout(WAIT, sockets.recv())
+        .await
+        .unwrap()
+        .unwrap();
     let mut hb = 0;
     let ClientFrame::Auth(auth) = recv(&mut ws, &mut hb).await else {
         panic!("auth first");
@@ -137,6 +149,7 @@ async fn undecryptable(events: &mut chat_client::Events) -> u64 {
 async fn gaps_are_repaired_duplicates_dropped_and_the_cursor_resumes() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let mut sockets = acceptor(listener);
     let store = Arc::new(MemoryStore::new());
     let account = chat_crypto::Account::new(&mut rand::rng());
     store
@@ -154,7 +167,7 @@ async fn gaps_are_repaired_duplicates_dropped_and_the_cursor_resumes() {
         .unwrap();
     let mut events = client.events();
 
-    let (mut ws, cursor) = accept(&listener, 3).await;
+    let (mut ws, cursor) = accept(&mut sockets, 3).await;
     assert_eq!(cursor, InboxPos::ZERO);
     let mut heartbeats = 0;
     // 1, then 3: the gap makes the client ask again from 1, ignoring 3.
@@ -193,7 +206,7 @@ async fn gaps_are_repaired_duplicates_dropped_and_the_cursor_resumes() {
 
     // The connection drops; the client reconnects with its stored cursor.
     drop(ws);
-    let (mut ws, cursor) = accept(&listener, 4).await;
+    let (mut ws, cursor) = accept(&mut sockets, 4).await;
     assert_eq!(cursor, pos(3));
     send(&mut ws, deliver(4)).await;
     send(&mut ws, SyncEnd { head: pos(4) }.into()).await;
