@@ -41,9 +41,25 @@ async fn text_reaches_every_device_and_the_server_stores_no_plaintext() {
         assert_eq!(m.text(), Some(reply));
         assert_eq!(m.id, reply_id);
     }
+    // The text limit: 100,000 characters go through (multi-byte ones too); one more is
+    // refused on the device, before anything is encrypted or sent.
+    let longest = "é".repeat(100_000);
+    let long_id = alice1
+        .send_text(chat, &longest)
+        .await
+        .expect("longest text");
+    let m = next_message(&mut b1, chat).await;
+    assert_eq!((m.id, m.text().map(str::len)), (long_id, Some(200_000)));
+    for events in [&mut b2, &mut a2] {
+        assert_eq!(next_message(events, chat).await.id, long_id);
+    }
+    let too_long = alice1.send_text(chat, &"x".repeat(100_001)).await;
+    assert!(matches!(too_long, Err(chat::client::Error::Content(_))));
+    assert_eq!(alice1.pending().expect("outbox"), 0);
+
     let history = alice1.history(chat, None, 10).expect("history");
     let texts: Vec<_> = history.iter().filter_map(|m| m.text()).collect();
-    assert_eq!(texts, [canary, reply]);
+    assert_eq!(texts, [canary, reply, longest.as_str()]);
 
     drop((alice1, _alice2, bob1, _bob2));
     server.shutdown().await;
