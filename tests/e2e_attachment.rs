@@ -59,7 +59,10 @@ async fn a_large_attachment_round_trips_and_tampering_is_refused() {
 
     // Nothing on the server's disk holds the plaintext.
     for path in files(dir.path()) {
-        let bytes = std::fs::read(&path).expect("read");
+        // A file the store removed meanwhile (a WAL being checkpointed) holds nothing.
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
         assert!(
             !bytes.windows(canary.len()).any(|w| w == canary),
             "plaintext in {}",

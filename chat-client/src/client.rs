@@ -59,8 +59,6 @@ pub(crate) struct Inner {
     pub(crate) crypto: Crypto,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) commands: mpsc::UnboundedSender<Command>,
-    /// The devices a send must cover, per conversation (the server corrects it).
-    devices: Mutex<HashMap<ConversationId, Vec<DeviceAddress>>>,
     /// Callers waiting for `sent`, by client key.
     waiters: Mutex<HashMap<ClientKey, oneshot::Sender<Result<MessageId>>>>,
 }
@@ -252,7 +250,6 @@ impl Client {
             crypto,
             events,
             commands,
-            devices: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
         });
         let driver = tokio::spawn(driver::run(inner.clone(), rx));
@@ -668,8 +665,12 @@ impl Inner {
     }
 
     pub(crate) fn forget_devices(&self, conversation: ConversationId) {
-        if let Ok(mut d) = self.devices.lock() {
-            d.remove(&conversation);
+        let forget = Write::ConversationDevices {
+            conversation,
+            devices: None,
+        };
+        if let Err(e) = self.store.commit(vec![forget]) {
+            tracing::warn!(cause = %e, "could not drop a device list");
         }
     }
 
@@ -700,13 +701,9 @@ impl Inner {
 
     /// The devices a send to `conversation` must cover (every member device but this one).
     async fn devices(&self, conversation: ConversationId) -> Result<Vec<DeviceAddress>> {
-        if let Some(d) = self
-            .devices
-            .lock()
-            .map_err(|_| Error::Closed)?
-            .get(&conversation)
-        {
-            return Ok(d.clone());
+        // Kept in the store, so messages can be written offline after a restart too.
+        if let Some(d) = self.store.conversation_devices(conversation)? {
+            return Ok(d);
         }
         let v: DevicesView = self
             .http
@@ -717,10 +714,10 @@ impl Inner {
             )
             .await?;
         let list: Vec<_> = v.devices.into_iter().filter(|d| *d != self.me).collect();
-        self.devices
-            .lock()
-            .map_err(|_| Error::Closed)?
-            .insert(conversation, list.clone());
+        self.store.commit(vec![Write::ConversationDevices {
+            conversation,
+            devices: Some(list.clone()),
+        }])?;
         Ok(list)
     }
 
@@ -793,11 +790,19 @@ impl Inner {
         missing: Vec<DeviceAddress>,
         extra: Vec<DeviceAddress>,
     ) -> Result<()> {
-        if let Ok(mut cache) = self.devices.lock()
-            && let Some(list) = cache.get_mut(&entry.conversation)
-        {
+        if let Some(mut list) = self.store.conversation_devices(entry.conversation)? {
             list.retain(|d| !extra.contains(d));
-            list.extend(missing.iter().filter(|d| **d != self.me));
+            list.extend(
+                missing
+                    .iter()
+                    .filter(|d| **d != self.me && !list.contains(d))
+                    .copied()
+                    .collect::<Vec<_>>(),
+            );
+            self.store.commit(vec![Write::ConversationDevices {
+                conversation: entry.conversation,
+                devices: Some(list),
+            }])?;
         }
         self.ensure_sessions(&missing).await?;
         self.crypto.repair(entry.client_key, &missing, &extra)

@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, client_key BLOB NOT NULL UNIQUE,
     conversation INTEGER NOT NULL, payload BLOB NOT NULL, plaintext BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS conversations (id INTEGER PRIMARY KEY, kind TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS conversation_devices (
+    conversation INTEGER PRIMARY KEY, devices BLOB NOT NULL);
 ";
 
 /// A [`ClientStore`] in one SQLite file.
@@ -220,6 +222,24 @@ impl ClientStore for SqliteStore {
                         [k.as_bytes().as_slice()],
                     )?;
                 }
+                Write::ConversationDevices {
+                    conversation,
+                    devices: Some(devices),
+                } => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO conversation_devices (conversation, devices) VALUES (?1, ?2)",
+                        params![id(conversation.get()), encode_addresses(&devices)],
+                    )?;
+                }
+                Write::ConversationDevices {
+                    conversation,
+                    devices: None,
+                } => {
+                    tx.execute(
+                        "DELETE FROM conversation_devices WHERE conversation = ?1",
+                        [id(conversation.get())],
+                    )?;
+                }
                 Write::SignedPrekeyMadeAt(t) => {
                     tx.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('spk_made_at', ?1)",
@@ -389,6 +409,21 @@ impl ClientStore for SqliteStore {
             });
         }
         Ok(out)
+    }
+
+    fn conversation_devices(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Option<Vec<DeviceAddress>>> {
+        let row = self
+            .conn()?
+            .query_row(
+                "SELECT devices FROM conversation_devices WHERE conversation = ?1",
+                [id(conversation.get())],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()?;
+        row.map(|b| decode_addresses(&b)).transpose()
     }
 
     fn signed_prekey_made_at(&self) -> Result<Option<Timestamp>> {

@@ -149,6 +149,13 @@ pub enum Write {
     Conversation(ConversationRecord),
     /// Records when the signed prekey was last made (it is rotated weekly).
     SignedPrekeyMadeAt(Timestamp),
+    /// Sets (or, with `None`, forgets) the devices a send to a conversation must cover.
+    ConversationDevices {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Every member device but this one; `None` to fetch it again.
+        devices: Option<Vec<DeviceAddress>>,
+    },
 }
 
 /// Where a client keeps its state. Implementations: [`MemoryStore`] and
@@ -188,6 +195,11 @@ pub trait ClientStore: Send + Sync + 'static {
     fn conversations(&self) -> Result<Vec<ConversationRecord>>;
     /// When the signed prekey was last made.
     fn signed_prekey_made_at(&self) -> Result<Option<Timestamp>>;
+    /// The devices a send to `conversation` must cover, as last known.
+    fn conversation_devices(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Option<Vec<DeviceAddress>>>;
 }
 
 /// A shared store: the app (or a test) can keep a handle to the store it gave the client.
@@ -237,6 +249,12 @@ impl<S: ClientStore + ?Sized> ClientStore for std::sync::Arc<S> {
     fn signed_prekey_made_at(&self) -> Result<Option<Timestamp>> {
         (**self).signed_prekey_made_at()
     }
+    fn conversation_devices(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Option<Vec<DeviceAddress>>> {
+        (**self).conversation_devices(conversation)
+    }
 }
 
 /// A store in memory: for tests, bots and demos; everything is lost with the process.
@@ -263,6 +281,7 @@ struct MemoryInner {
     outbox: Vec<OutboxEntry>,
     conversations: BTreeMap<ConversationId, ConversationRecord>,
     spk_made_at: Option<Timestamp>,
+    conversation_devices: BTreeMap<ConversationId, Vec<DeviceAddress>>,
 }
 
 impl Default for MemoryInner {
@@ -278,6 +297,7 @@ impl Default for MemoryInner {
             outbox: Vec::new(),
             conversations: BTreeMap::new(),
             spk_made_at: None,
+            conversation_devices: BTreeMap::new(),
         }
     }
 }
@@ -337,6 +357,17 @@ impl ClientStore for MemoryStore {
                     s.conversations.insert(c.id, c);
                 }
                 Write::SignedPrekeyMadeAt(t) => s.spk_made_at = Some(t),
+                Write::ConversationDevices {
+                    conversation,
+                    devices,
+                } => match devices {
+                    Some(d) => {
+                        s.conversation_devices.insert(conversation, d);
+                    }
+                    None => {
+                        s.conversation_devices.remove(&conversation);
+                    }
+                },
             }
         }
         Ok(())
@@ -399,6 +430,17 @@ impl ClientStore for MemoryStore {
 
     fn signed_prekey_made_at(&self) -> Result<Option<Timestamp>> {
         Ok(self.lock()?.spk_made_at)
+    }
+
+    fn conversation_devices(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Option<Vec<DeviceAddress>>> {
+        Ok(self
+            .lock()?
+            .conversation_devices
+            .get(&conversation)
+            .cloned())
     }
 }
 
