@@ -42,6 +42,9 @@ pub enum BusMessage {
     Frame(Bytes),
     /// Close the connection with this code (device removed, token revoked).
     Close(ErrorCode),
+    /// Drop the receiving connections' own subscription to this topic, if they hold one
+    /// (a user blocked them: their presence subscription to the blocker ends).
+    Unsubscribe(Topic),
 }
 
 /// Identifies one subscription, for unsubscribing.

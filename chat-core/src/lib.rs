@@ -21,6 +21,7 @@ mod error;
 mod ids;
 pub mod limits;
 mod model;
+mod people;
 mod presence;
 pub mod protocol;
 mod push;
@@ -46,11 +47,15 @@ pub use model::{
     DeviceMismatch, Direction, Envelope, InboxEntry, NewMessage, OneTimePrekey, PrekeyBundle,
     PushToken, ReceiptKind, ReceiptPosition, Recipient, SignedPrekey, TokenHash, User,
 };
+pub use people::{
+    Block, DisplayName, PeopleError, Profile, ProfileUpdate, SearchCursor, SearchKey, SearchPrefix,
+    StatusText,
+};
 pub use presence::{PresenceChange, PresenceConfig, PresenceTracker};
 pub use push::{Notification, PushError, PushNotifier};
 pub use store::{
-    AccountStore, ConversationStore, KeyStore, MessageStore, MetaStore, ReceiptStore, Store,
-    StoreError, StoreResult,
+    AccountStore, BlockStore, ConversationStore, KeyStore, MessageStore, MetaStore, ProfileStore,
+    ReceiptStore, Store, StoreError, StoreResult,
 };
 pub use time::Timestamp;
 pub use transport::{Transport, TransportError};

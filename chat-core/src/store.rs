@@ -17,6 +17,7 @@ use crate::model::{
     Direction, Envelope, InboxEntry, NewMessage, OneTimePrekey, PrekeyBundle, PushToken,
     ReceiptKind, ReceiptPosition, TokenHash, User,
 };
+use crate::people::{Block, Profile, ProfileUpdate, SearchCursor, SearchPrefix};
 use crate::time::Timestamp;
 
 /// Why a store operation failed.
@@ -215,7 +216,11 @@ pub trait MessageStore: Send + Sync {
     ///   recipients are exactly the current devices of all members minus the sending device
     ///   ([`StoreError::StaleDevices`]);
     /// - assigns the next message ID of the conversation and the next inbox position of
-    ///   every recipient device, and writes the message and the inbox entries.
+    ///   every recipient device, and writes the message and the inbox entries;
+    /// - in a one-to-one conversation whose other member blocks the sender, writes no inbox
+    ///   entry for that member's devices (they are still required in `recipients`, so the
+    ///   sender cannot tell) and records the message as withheld from them
+    ///   ([`BlockStore::withheld`]). `deliveries` then lists only the other devices.
     ///
     /// Returns only after the commit is durable. Concurrent appends share commits.
     async fn append(&self, message: NewMessage) -> StoreResult<Appended>;
@@ -293,14 +298,87 @@ pub trait MetaStore: Send + Sync {
     async fn push_token(&self, device: DeviceAddress) -> StoreResult<Option<PushToken>>;
 }
 
+/// Profiles and the display-name directory (R-ACC-3).
+#[async_trait]
+pub trait ProfileStore: Send + Sync {
+    /// Sets the user's whole profile (replacing any earlier one) and its search key;
+    /// [`StoreError::NotFound`] for an unknown user.
+    async fn set_profile(
+        &self,
+        user: UserId,
+        profile: &ProfileUpdate,
+        now: Timestamp,
+    ) -> StoreResult<Profile>;
+
+    /// The user's profile; `None` when they never set one (or do not exist).
+    async fn profile(&self, user: UserId) -> StoreResult<Option<Profile>>;
+
+    /// Up to `limit` profiles whose search key starts with `prefix`, in `(key, user)` order,
+    /// strictly after `after` when given. One index range scan on every backend.
+    async fn search_profiles(
+        &self,
+        prefix: &SearchPrefix,
+        after: Option<&SearchCursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<Profile>>;
+}
+
+/// Blocks between users (R-ACC-4). A block is one-way: `blocker` blocked `blocked`; the
+/// reverse is a separate block.
+#[async_trait]
+pub trait BlockStore: Send + Sync {
+    /// Records that `blocker` blocks `blocked`. Returns false when the block existed
+    /// already. [`StoreError::NotFound`] for an unknown user, [`StoreError::Invalid`] for
+    /// blocking oneself.
+    async fn block(&self, blocker: UserId, blocked: UserId, now: Timestamp) -> StoreResult<bool>;
+
+    /// Removes a block. Returns whether it existed.
+    async fn unblock(&self, blocker: UserId, blocked: UserId) -> StoreResult<bool>;
+
+    /// The users `blocker` blocks, by user ID.
+    async fn blocks(&self, blocker: UserId) -> StoreResult<Vec<Block>>;
+
+    /// Whether `blocker` blocks `blocked`.
+    async fn is_blocked(&self, blocker: UserId, blocked: UserId) -> StoreResult<bool>;
+
+    /// The users who block `user`, by user ID (for the server's checks; never shown to
+    /// `user`).
+    async fn blocked_by(&self, user: UserId) -> StoreResult<Vec<UserId>>;
+
+    /// Which of `ids` in a conversation were withheld from `user`: messages a user they
+    /// block sent them in a one-to-one conversation while the block stood. [`MessageStore::append`]
+    /// decides that in its transaction, writes no inbox entry for the blocker's devices, and
+    /// records it with the message; it never changes afterwards.
+    async fn withheld(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        ids: &[MessageId],
+    ) -> StoreResult<Vec<MessageId>>;
+}
+
 /// Everything a chat node needs from storage. Implemented automatically for any type that
 /// implements the parts.
 pub trait Store:
-    AccountStore + KeyStore + ConversationStore + MessageStore + ReceiptStore + MetaStore
+    AccountStore
+    + KeyStore
+    + ConversationStore
+    + MessageStore
+    + ReceiptStore
+    + MetaStore
+    + ProfileStore
+    + BlockStore
 {
 }
 
 impl<T> Store for T where
-    T: AccountStore + KeyStore + ConversationStore + MessageStore + ReceiptStore + MetaStore
+    T: AccountStore
+        + KeyStore
+        + ConversationStore
+        + MessageStore
+        + ReceiptStore
+        + MetaStore
+        + ProfileStore
+        + BlockStore
 {
 }

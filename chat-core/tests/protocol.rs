@@ -198,6 +198,21 @@ fn any_server_frame() -> impl Strategy<Value = ServerFrame> {
         }
         .into()),
         (any_code(), ".{0,40}").prop_map(|(code, message)| Closing { code, message }.into()),
+        (
+            any_id(),
+            ".{0,70}",
+            prop::option::of(".{0,40}"),
+            prop::option::of(any::<[u8; 16]>()),
+            any::<u64>()
+        )
+            .prop_map(|(user, display_name, status, avatar, t)| ProfileEvent {
+                user,
+                display_name,
+                status,
+                avatar: avatar.map(AttachmentId::from_bytes),
+                updated_at: Timestamp::from_millis(t),
+            }
+            .into()),
     ]
 }
 
@@ -535,6 +550,17 @@ fn golden() -> Vec<(&'static str, Vector)> {
             S(Closing {
                 code: ErrorCode::SlowConsumer,
                 message: "queue full".into(),
+            }
+            .into()),
+        ),
+        (
+            "server.profile",
+            S(ProfileEvent {
+                user: id(2),
+                display_name: "Bob".into(),
+                status: Some("away".into()),
+                avatar: None,
+                updated_at: Timestamp::from_millis(1_700_000_000_000),
             }
             .into()),
         ),

@@ -12,11 +12,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chat_core::limits::MAX_DEVICES_PER_USER;
 use chat_core::{
-    AccountStore, Appended, AttachmentId, AttachmentMeta, ClientKey, Conversation, ConversationId,
-    ConversationKind, ConversationStore, Credentials, Device, DeviceAddress, DeviceId, DeviceKeys,
-    Direction, Envelope, InboxEntry, InboxPos, KeyStore, MessageId, MessageStore, MetaStore,
-    NewMessage, OneTimePrekey, PrekeyBundle, PushToken, ReceiptKind, ReceiptPosition, ReceiptStore,
-    StoreError, StoreResult, Timestamp, TokenHash, User, UserId, Username,
+    AccountStore, Appended, AttachmentId, AttachmentMeta, Block, BlockStore, ClientKey,
+    Conversation, ConversationId, ConversationKind, ConversationStore, Credentials, Device,
+    DeviceAddress, DeviceId, DeviceKeys, Direction, Envelope, InboxEntry, InboxPos, KeyStore,
+    MessageId, MessageStore, MetaStore, NewMessage, OneTimePrekey, PrekeyBundle, Profile,
+    ProfileStore, ProfileUpdate, PushToken, ReceiptKind, ReceiptPosition, ReceiptStore,
+    SearchCursor, SearchKey, SearchPrefix, StoreError, StoreResult, Timestamp, TokenHash, User,
+    UserId, Username,
 };
 
 use crate::common::{check_coverage, check_distinct_recipients, effective_limit, failure};
@@ -54,6 +56,13 @@ struct State {
     directs: HashMap<(UserId, UserId), ConversationId>,
     client_keys: HashMap<(DeviceId, ClientKey), (MessageId, Timestamp)>,
     attachments: HashMap<AttachmentId, AttachmentMeta>,
+    profiles: BTreeMap<UserId, Profile>,
+    /// The directory index: what the SQL backends' `search_key` b-tree is.
+    directory: BTreeSet<(SearchKey, UserId)>,
+    /// `(blocker, blocked)` and when.
+    blocks: BTreeMap<(UserId, UserId), Timestamp>,
+    /// Messages withheld from a blocker, and whom from.
+    withheld: HashMap<(ConversationId, MessageId), UserId>,
 }
 
 #[derive(Debug)]
@@ -459,11 +468,23 @@ impl MessageStore for MemoryStore {
             .flat_map(|&u| s.user_devices(u).map(|d| d.device.address))
             .collect();
         check_coverage(&current, &message)?;
+        let withheld_from = match row.conversation.kind {
+            ConversationKind::Direct => row
+                .members
+                .iter()
+                .copied()
+                .find(|&u| u != message.sender.user)
+                .filter(|&other| s.blocks.contains_key(&(other, message.sender.user))),
+            ConversationKind::Group => None,
+        };
 
         let next = row.messages.len() as u64 + 1;
         let id = MessageId::new(next).map_err(StoreError::backend)?;
         let mut deliveries = Vec::with_capacity(message.recipients.len());
         for recipient in &message.recipients {
+            if Some(recipient.device.user) == withheld_from {
+                continue;
+            }
             let device = s.device_mut(recipient.device)?;
             device
                 .inbox
@@ -489,6 +510,9 @@ impl MessageStore for MemoryStore {
             (message.sender.device, message.client_key),
             (id, message.sent_at),
         );
+        if let Some(user) = withheld_from {
+            s.withheld.insert((message.conversation, id), user);
+        }
         Ok(Appended {
             id,
             sent_at: message.sent_at,
@@ -653,5 +677,126 @@ impl MetaStore for MemoryStore {
             .device(device)
             .ok()
             .and_then(|r| r.push.clone()))
+    }
+}
+
+#[async_trait]
+impl ProfileStore for MemoryStore {
+    async fn set_profile(
+        &self,
+        user: UserId,
+        update: &ProfileUpdate,
+        now: Timestamp,
+    ) -> StoreResult<Profile> {
+        let mut s = self.lock()?;
+        let username = s
+            .users
+            .get(&user)
+            .map(|r| r.user.username.clone())
+            .ok_or(StoreError::NotFound)?;
+        let profile = Profile {
+            user,
+            username,
+            display_name: update.display_name.clone(),
+            status: update.status.clone(),
+            avatar: update.avatar,
+            updated_at: now,
+        };
+        if let Some(old) = s.profiles.insert(user, profile.clone()) {
+            s.directory.remove(&(old.display_name.search_key(), user));
+        }
+        s.directory
+            .insert((profile.display_name.search_key(), user));
+        Ok(profile)
+    }
+
+    async fn profile(&self, user: UserId) -> StoreResult<Option<Profile>> {
+        Ok(self.lock()?.profiles.get(&user).cloned())
+    }
+
+    async fn search_profiles(
+        &self,
+        prefix: &SearchPrefix,
+        after: Option<&SearchCursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<Profile>> {
+        use std::ops::Bound;
+        let s = self.lock()?;
+        let lowest = (SearchKey::from_stored(prefix.as_str().into()), UserId::MIN);
+        // A cursor below the prefix's range (from another search) starts at the range.
+        let start = match after {
+            Some(c) if (&c.key, c.user) >= (&lowest.0, lowest.1) => {
+                Bound::Excluded((c.key.clone(), c.user))
+            }
+            _ => Bound::Included(lowest),
+        };
+        let page = s
+            .directory
+            .range((start, Bound::Unbounded))
+            .take_while(|(key, _)| prefix.matches(key))
+            .take(limit)
+            .filter_map(|(_, user)| s.profiles.get(user).cloned())
+            .collect();
+        Ok(page)
+    }
+}
+
+#[async_trait]
+impl BlockStore for MemoryStore {
+    async fn block(&self, blocker: UserId, blocked: UserId, now: Timestamp) -> StoreResult<bool> {
+        if blocker == blocked {
+            return Err(StoreError::Invalid("cannot block oneself"));
+        }
+        let mut s = self.lock()?;
+        s.require_users([blocker, blocked])?;
+        if s.blocks.contains_key(&(blocker, blocked)) {
+            return Ok(false);
+        }
+        s.blocks.insert((blocker, blocked), now);
+        Ok(true)
+    }
+
+    async fn unblock(&self, blocker: UserId, blocked: UserId) -> StoreResult<bool> {
+        Ok(self.lock()?.blocks.remove(&(blocker, blocked)).is_some())
+    }
+
+    async fn blocks(&self, blocker: UserId) -> StoreResult<Vec<Block>> {
+        let s = self.lock()?;
+        let range = (blocker, UserId::MIN)..;
+        Ok(s.blocks
+            .range(range)
+            .take_while(|((b, _), _)| *b == blocker)
+            .map(|(&(_, user), &created_at)| Block { user, created_at })
+            .collect())
+    }
+
+    async fn is_blocked(&self, blocker: UserId, blocked: UserId) -> StoreResult<bool> {
+        Ok(self.lock()?.blocks.contains_key(&(blocker, blocked)))
+    }
+
+    async fn blocked_by(&self, user: UserId) -> StoreResult<Vec<UserId>> {
+        let s = self.lock()?;
+        let mut by: Vec<UserId> = s
+            .blocks
+            .keys()
+            .filter(|(_, blocked)| *blocked == user)
+            .map(|&(blocker, _)| blocker)
+            .collect();
+        by.sort();
+        Ok(by)
+    }
+
+    async fn withheld(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        ids: &[MessageId],
+    ) -> StoreResult<Vec<MessageId>> {
+        let s = self.lock()?;
+        Ok(ids
+            .iter()
+            .copied()
+            .filter(|&id| s.withheld.get(&(conversation, id)) == Some(&user))
+            .collect())
     }
 }

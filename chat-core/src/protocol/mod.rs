@@ -19,8 +19,8 @@ pub use client::{
     Unsubscribe,
 };
 pub use server::{
-    Closing, Deliver, ErrorFrame, PresenceEvent, ReceiptEvent, ResyncReason, ResyncRequired, Sent,
-    ServerFrame, StaleDevices, SyncEnd, TypingEvent, Welcome,
+    Closing, Deliver, ErrorFrame, PresenceEvent, ProfileEvent, ReceiptEvent, ResyncReason,
+    ResyncRequired, Sent, ServerFrame, StaleDevices, SyncEnd, TypingEvent, Welcome,
 };
 
 use crate::error::ErrorCode;

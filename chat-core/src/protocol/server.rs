@@ -5,7 +5,9 @@ use minicbor::{Decode, Decoder, Encode, Encoder, decode, encode};
 
 use super::frames;
 use crate::error::ErrorCode;
-use crate::ids::{ClientKey, ConversationId, DeviceAddress, InboxPos, MessageId, UserId};
+use crate::ids::{
+    AttachmentId, ClientKey, ConversationId, DeviceAddress, InboxPos, MessageId, UserId,
+};
 use crate::model::{Envelope, InboxEntry, ReceiptKind};
 use crate::time::Timestamp;
 use crate::wire::bytes_field;
@@ -35,6 +37,8 @@ frames! {
         10 => ResyncRequired(ResyncRequired),
         /// The server is about to close the connection, and why.
         11 => Closing(Closing),
+        /// A user sharing a conversation with this one (or this user) changed their profile.
+        12 => Profile(ProfileEvent),
     }
 }
 
@@ -299,4 +303,38 @@ pub struct Closing {
     /// A human-readable explanation.
     #[n(1)]
     pub message: String,
+}
+
+/// `profile` (type 12). The text fields are plain strings on the wire: a client shows them
+/// as they come, whatever validation rules (and Unicode version) the server applied.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct ProfileEvent {
+    /// Whose profile changed.
+    #[n(0)]
+    pub user: UserId,
+    /// The new display name.
+    #[n(1)]
+    pub display_name: String,
+    /// The new status text; absent when cleared.
+    #[n(2)]
+    pub status: Option<String>,
+    /// The new avatar attachment; absent when cleared.
+    #[n(3)]
+    pub avatar: Option<AttachmentId>,
+    /// When the profile changed.
+    #[n(4)]
+    pub updated_at: Timestamp,
+}
+
+impl From<&crate::people::Profile> for ProfileEvent {
+    fn from(p: &crate::people::Profile) -> Self {
+        Self {
+            user: p.user,
+            display_name: p.display_name.as_str().to_owned(),
+            status: p.status.as_ref().map(|s| s.as_str().to_owned()),
+            avatar: p.avatar,
+            updated_at: p.updated_at,
+        }
+    }
 }

@@ -10,11 +10,12 @@ use std::fmt;
 
 use async_trait::async_trait;
 use chat_core::{
-    AccountStore, Appended, AttachmentId, AttachmentMeta, Conversation, ConversationId,
-    ConversationStore, Credentials, Device, DeviceAddress, DeviceKeys, Direction, Envelope,
-    InboxEntry, InboxPos, KeyStore, MessageId, MessageStore, MetaStore, NewMessage, OneTimePrekey,
-    PrekeyBundle, PushToken, ReceiptKind, ReceiptPosition, ReceiptStore, StoreError, StoreResult,
-    Timestamp, TokenHash, User, UserId, Username,
+    AccountStore, Appended, AttachmentId, AttachmentMeta, Block, BlockStore, Conversation,
+    ConversationId, ConversationStore, Credentials, Device, DeviceAddress, DeviceKeys, Direction,
+    Envelope, InboxEntry, InboxPos, KeyStore, MessageId, MessageStore, MetaStore, NewMessage,
+    OneTimePrekey, PrekeyBundle, Profile, ProfileStore, ProfileUpdate, PushToken, ReceiptKind,
+    ReceiptPosition, ReceiptStore, SearchCursor, SearchPrefix, StoreError, StoreResult, Timestamp,
+    TokenHash, User, UserId, Username,
 };
 use tokio_postgres::Config;
 
@@ -396,5 +397,63 @@ impl MetaStore for PostgresStore {
 
     async fn push_token(&self, device: DeviceAddress) -> StoreResult<Option<PushToken>> {
         on_conn!(self, |db| ops::push_token(&db, device).await)
+    }
+}
+
+#[async_trait]
+impl ProfileStore for PostgresStore {
+    async fn set_profile(
+        &self,
+        user: UserId,
+        update: &ProfileUpdate,
+        now: Timestamp,
+    ) -> StoreResult<Profile> {
+        on_conn!(self, |db| ops::set_profile(&db, user, update, now).await)
+    }
+
+    async fn profile(&self, user: UserId) -> StoreResult<Option<Profile>> {
+        on_conn!(self, |db| ops::profile(&db, user).await)
+    }
+
+    async fn search_profiles(
+        &self,
+        prefix: &SearchPrefix,
+        after: Option<&SearchCursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<Profile>> {
+        on_conn!(self, |db| ops::search_profiles(&db, prefix, after, limit)
+            .await)
+    }
+}
+
+#[async_trait]
+impl BlockStore for PostgresStore {
+    async fn block(&self, blocker: UserId, blocked: UserId, now: Timestamp) -> StoreResult<bool> {
+        on_conn!(self, |db| ops::block(&db, blocker, blocked, now).await)
+    }
+
+    async fn unblock(&self, blocker: UserId, blocked: UserId) -> StoreResult<bool> {
+        on_conn!(self, |db| ops::unblock(&db, blocker, blocked).await)
+    }
+
+    async fn blocks(&self, blocker: UserId) -> StoreResult<Vec<Block>> {
+        on_conn!(self, |db| ops::blocks(&db, blocker).await)
+    }
+
+    async fn is_blocked(&self, blocker: UserId, blocked: UserId) -> StoreResult<bool> {
+        on_conn!(self, |db| ops::is_blocked(&db, blocker, blocked).await)
+    }
+
+    async fn blocked_by(&self, user: UserId) -> StoreResult<Vec<UserId>> {
+        on_conn!(self, |db| ops::blocked_by(&db, user).await)
+    }
+
+    async fn withheld(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        ids: &[MessageId],
+    ) -> StoreResult<Vec<MessageId>> {
+        on_conn!(self, |db| ops::withheld(&db, conversation, user, ids).await)
     }
 }

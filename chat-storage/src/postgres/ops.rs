@@ -178,8 +178,10 @@ fn ids_sql<T: Copy + Into<u64>>(ids: &[T]) -> Vec<i64> {
 }
 
 mod conversations;
+mod people;
 
 pub(crate) use conversations::*;
+pub(crate) use people::*;
 
 // ---- statements -----------------------------------------------------------------------
 
@@ -250,8 +252,12 @@ const FIND_CLIENT_KEY: &str =
     "SELECT message_id, sent_at FROM client_keys WHERE sender_device = $1 AND client_key = $2";
 const ALLOCATE_ID: &str =
     "UPDATE conversations SET last_id = last_id + 1 WHERE id = $1 RETURNING last_id";
-const CURRENT_DEVICES: &str = "SELECT d.user_id, d.id
-    FROM members m JOIN devices d ON d.user_id = m.user_id WHERE m.conversation_id = $1";
+/// The members' current devices, each with whether its user blocks the sender ($2) in a
+/// one-to-one conversation (the message is then withheld from that user's devices).
+const CURRENT_DEVICES: &str = "SELECT d.user_id, d.id, c.kind = 0 AND EXISTS (
+        SELECT 1 FROM blocks b WHERE b.blocker = d.user_id AND b.blocked = $2)
+    FROM conversations c JOIN members m ON m.conversation_id = c.id
+    JOIN devices d ON d.user_id = m.user_id WHERE c.id = $1";
 /// Writes a message whose checks passed. `k` claims the client key (nothing else happens
 /// if a concurrent transaction took it); `locked` takes the recipients' device rows in ID
 /// order. Returns whether the message was written and each recipient's new position.
@@ -259,9 +265,9 @@ const WRITE_MESSAGE: &str = "WITH k AS (
         INSERT INTO client_keys (sender_device, client_key, conversation_id, message_id, sent_at)
         VALUES ($4, $5, $1, $2, $6) ON CONFLICT DO NOTHING RETURNING 1),
     m AS (
-        INSERT INTO messages
-            (conversation_id, id, sender_user, sender_device, client_key, sent_at, body)
-        SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM k) RETURNING 1),
+        INSERT INTO messages (conversation_id, id, sender_user, sender_device, client_key,
+            sent_at, body, withheld_from)
+        SELECT $1, $2, $3, $4, $5, $6, $7, $10 WHERE EXISTS (SELECT 1 FROM k) RETURNING 1),
     locked AS (
         SELECT id FROM devices WHERE id = ANY($8::bigint[]) AND EXISTS (SELECT 1 FROM k)
         ORDER BY id FOR UPDATE),
@@ -352,6 +358,17 @@ pub(crate) const STATEMENTS: &[&str] = &[
     ALLOCATE_ID,
     CURRENT_DEVICES,
     WRITE_MESSAGE,
+    people::SET_PROFILE,
+    people::PROFILE,
+    people::SEARCH,
+    people::SEARCH_UNBOUNDED,
+    people::BLOCK,
+    people::UNBLOCK,
+    people::BLOCKS,
+    people::IS_BLOCKED,
+    people::BLOCKED_BY,
+    people::WITHHELD,
+    people::USER_EXISTS,
     INBOX,
     DEVICE_POSITIONS,
     ACK,

@@ -110,6 +110,32 @@ const MIGRATIONS: &[&str] = &[
         created_at      bigint NOT NULL
     );
     ",
+    // Version 2: profiles, the display-name directory, blocks (R-ACC-3, R-ACC-4). Additive
+    // only: nodes still on version 1 keep working against it.
+    "
+    -- search_key is the folded display name (chat_core::SearchKey), in byte (= code point)
+    -- order, so a prefix is the range [prefix, upper bound) of this b-tree: one index range
+    -- scan per page, however many users.
+    CREATE TABLE profiles (
+        user_id      bigint PRIMARY KEY,
+        display_name text   NOT NULL,
+        search_key   text   COLLATE \"C\" NOT NULL,
+        status       text,
+        avatar       bytea,
+        updated_at   bigint NOT NULL
+    );
+    CREATE INDEX profiles_by_search_key ON profiles (search_key, user_id);
+    CREATE TABLE blocks (
+        blocker    bigint NOT NULL,
+        blocked    bigint NOT NULL,
+        created_at bigint NOT NULL,
+        PRIMARY KEY (blocker, blocked)
+    );
+    CREATE INDEX blocks_by_blocked ON blocks (blocked, blocker);
+    -- The blocker a one-to-one message was withheld from (no inbox entry was written).
+    -- Nullable without a default: a catalog-only change, no table rewrite.
+    ALTER TABLE messages ADD COLUMN withheld_from bigint;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -13,11 +13,12 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chat_core::{
-    AccountStore, Appended, AttachmentId, AttachmentMeta, Conversation, ConversationId,
-    ConversationStore, Credentials, Device, DeviceAddress, DeviceKeys, Direction, Envelope,
-    InboxEntry, InboxPos, KeyStore, MessageId, MessageStore, MetaStore, NewMessage, OneTimePrekey,
-    PrekeyBundle, PushToken, ReceiptKind, ReceiptPosition, ReceiptStore, StoreError, StoreResult,
-    Timestamp, TokenHash, User, UserId, Username,
+    AccountStore, Appended, AttachmentId, AttachmentMeta, Block, BlockStore, Conversation,
+    ConversationId, ConversationStore, Credentials, Device, DeviceAddress, DeviceKeys, Direction,
+    Envelope, InboxEntry, InboxPos, KeyStore, MessageId, MessageStore, MetaStore, NewMessage,
+    OneTimePrekey, PrekeyBundle, Profile, ProfileStore, ProfileUpdate, PushToken, ReceiptKind,
+    ReceiptPosition, ReceiptStore, SearchCursor, SearchPrefix, StoreError, StoreResult, Timestamp,
+    TokenHash, User, UserId, Username,
 };
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc};
@@ -498,5 +499,70 @@ impl MetaStore for SqliteStore {
 
     async fn push_token(&self, device: DeviceAddress) -> StoreResult<Option<PushToken>> {
         self.read(move |c| ops::push_token(c, device)).await
+    }
+}
+
+#[async_trait]
+impl ProfileStore for SqliteStore {
+    async fn set_profile(
+        &self,
+        user: UserId,
+        update: &ProfileUpdate,
+        now: Timestamp,
+    ) -> StoreResult<Profile> {
+        let update = update.clone();
+        self.write(move |c| ops::set_profile(c, user, &update, now))
+            .await
+    }
+
+    async fn profile(&self, user: UserId) -> StoreResult<Option<Profile>> {
+        self.read(move |c| ops::profile(c, user)).await
+    }
+
+    async fn search_profiles(
+        &self,
+        prefix: &SearchPrefix,
+        after: Option<&SearchCursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<Profile>> {
+        let (prefix, after) = (prefix.clone(), after.cloned());
+        self.read(move |c| ops::search_profiles(c, &prefix, after.as_ref(), limit))
+            .await
+    }
+}
+
+#[async_trait]
+impl BlockStore for SqliteStore {
+    async fn block(&self, blocker: UserId, blocked: UserId, now: Timestamp) -> StoreResult<bool> {
+        self.write(move |c| ops::block(c, blocker, blocked, now))
+            .await
+    }
+
+    async fn unblock(&self, blocker: UserId, blocked: UserId) -> StoreResult<bool> {
+        self.write(move |c| ops::unblock(c, blocker, blocked)).await
+    }
+
+    async fn blocks(&self, blocker: UserId) -> StoreResult<Vec<Block>> {
+        self.read(move |c| ops::blocks(c, blocker)).await
+    }
+
+    async fn is_blocked(&self, blocker: UserId, blocked: UserId) -> StoreResult<bool> {
+        self.read(move |c| ops::is_blocked(c, blocker, blocked))
+            .await
+    }
+
+    async fn blocked_by(&self, user: UserId) -> StoreResult<Vec<UserId>> {
+        self.read(move |c| ops::blocked_by(c, user)).await
+    }
+
+    async fn withheld(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        ids: &[MessageId],
+    ) -> StoreResult<Vec<MessageId>> {
+        let ids = ids.to_vec();
+        self.read(move |c| ops::withheld(c, conversation, user, &ids))
+            .await
     }
 }

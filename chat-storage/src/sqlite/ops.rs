@@ -59,8 +59,10 @@ fn kind_from_sql(value: i64) -> StoreResult<ConversationKind> {
 }
 
 mod conversations;
+mod people;
 
 pub(crate) use conversations::*;
+pub(crate) use people::*;
 
 // ---- accounts -------------------------------------------------------------------------
 

@@ -104,6 +104,30 @@ const MIGRATIONS: &[&str] = &[
         created_at      INTEGER NOT NULL
     ) WITHOUT ROWID;
     ",
+    // Version 2: profiles, the display-name directory, blocks (R-ACC-3, R-ACC-4).
+    "
+    -- search_key is the folded display name (chat_core::SearchKey). The default BINARY
+    -- collation compares UTF-8 bytes, i.e. code points, so a prefix is the key range
+    -- [prefix, upper bound) and one scan of this index serves a page, however many users.
+    CREATE TABLE profiles (
+        user_id      INTEGER PRIMARY KEY,
+        display_name TEXT    NOT NULL,
+        search_key   TEXT    NOT NULL,
+        status       TEXT,
+        avatar       BLOB,
+        updated_at   INTEGER NOT NULL
+    );
+    CREATE INDEX profiles_by_search_key ON profiles (search_key, user_id);
+    CREATE TABLE blocks (
+        blocker    INTEGER NOT NULL,
+        blocked    INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (blocker, blocked)
+    ) WITHOUT ROWID;
+    CREATE INDEX blocks_by_blocked ON blocks (blocked, blocker);
+    -- The blocker a one-to-one message was withheld from (no inbox entry was written).
+    ALTER TABLE messages ADD COLUMN withheld_from INTEGER;
+    ",
 ];
 
 /// The schema version this build writes.

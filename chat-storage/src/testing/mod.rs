@@ -96,6 +96,10 @@ macro_rules! conformance_tests {
             receipts_are_monotonic,
             cursor_ack_is_monotonic,
             attachments_and_push_tokens,
+            profiles_round_trip,
+            search_pages_by_prefix,
+            blocks_are_one_way,
+            blocked_direct_sends_are_withheld,
         );
     };
     (@each $fixture:expr; $($name:ident),* $(,)?) => {
@@ -221,6 +225,7 @@ async fn group(
 mod accounts;
 mod conversations;
 mod messages;
+mod people;
 
 pub use accounts::{
     accounts_and_tokens, attachments_and_push_tokens, device_removal_revokes_everything,
@@ -235,4 +240,8 @@ pub use messages::{
     cursor_ack_is_monotonic, history_paging_edges, idempotent_retries_write_nothing,
     inbox_paging_edges, message_lookup, non_members_cannot_send, receipts_are_monotonic,
     removed_member_gets_nothing_after_removal, stale_devices_are_reported_exactly,
+};
+pub use people::{
+    blocked_direct_sends_are_withheld, blocks_are_one_way, profiles_round_trip,
+    search_pages_by_prefix,
 };

@@ -209,14 +209,20 @@ pub(crate) async fn append(db: &Db<'_>, message: &NewMessage) -> StoreResult<App
         .ok_or(StoreError::NotFound)?;
     let id_sql: i64 = get(&row, 0)?;
     let id: MessageId = from_sql(id_sql, "message ID")?;
-    let rows = db.query(CURRENT_DEVICES, &[&conv]).await?;
+    let sender_user = to_sql(message.sender.user.get());
+    let rows = db.query(CURRENT_DEVICES, &[&conv, &sender_user]).await?;
+    let mut withheld_from = None;
     let current = rows
         .iter()
         .map(|r| {
-            Ok(DeviceAddress {
+            let device = DeviceAddress {
                 user: from_sql(get(r, 0)?, "user ID")?,
                 device: from_sql(get(r, 1)?, "device ID")?,
-            })
+            };
+            if get::<bool>(r, 2)? {
+                withheld_from = Some(device.user);
+            }
+            Ok(device)
         })
         .collect::<StoreResult<Vec<_>>>()?;
     // The sender's own device is among the current devices exactly when the device exists
@@ -229,12 +235,18 @@ pub(crate) async fn append(db: &Db<'_>, message: &NewMessage) -> StoreResult<App
 
     let sender_device = to_sql(message.sender.device.get());
     let key = &message.client_key.as_bytes()[..];
-    let devices: Vec<i64> = message
+    // A withheld message gets no inbox entry on the blocker's devices.
+    let delivered: Vec<_> = message
         .recipients
+        .iter()
+        .filter(|r| Some(r.device.user) != withheld_from)
+        .collect();
+    let devices: Vec<i64> = delivered
         .iter()
         .map(|r| to_sql(r.device.device.get()))
         .collect();
-    let headers: Vec<&[u8]> = message.recipients.iter().map(|r| &r.header[..]).collect();
+    let headers: Vec<&[u8]> = delivered.iter().map(|r| &r.header[..]).collect();
+    let withheld_sql = withheld_from.map(|u| to_sql(u.get()));
     let params: Params<'_> = &[
         &conv,
         &id_sql,
@@ -245,6 +257,7 @@ pub(crate) async fn append(db: &Db<'_>, message: &NewMessage) -> StoreResult<App
         &&message.body[..],
         &devices,
         &headers,
+        &withheld_sql,
     ];
     // One round trip: the client key, the message, the recipients' heads (locked in
     // device order) and their inbox entries.
@@ -260,8 +273,8 @@ pub(crate) async fn append(db: &Db<'_>, message: &NewMessage) -> StoreResult<App
     let heads: Vec<i64> = get::<Option<Vec<i64>>>(row, 1)?.unwrap_or_default();
     let positions: Vec<i64> = get::<Option<Vec<i64>>>(row, 2)?.unwrap_or_default();
     let positions: std::collections::HashMap<i64, i64> = heads.into_iter().zip(positions).collect();
-    let mut deliveries = Vec::with_capacity(message.recipients.len());
-    for (recipient, device) in message.recipients.iter().zip(&devices) {
+    let mut deliveries = Vec::with_capacity(delivered.len());
+    for (recipient, device) in delivered.iter().zip(&devices) {
         let pos = *positions
             .get(device)
             .ok_or_else(|| failure("recipient device vanished"))?;

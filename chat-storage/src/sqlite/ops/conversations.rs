@@ -291,6 +291,7 @@ pub(crate) fn append(conn: &Connection, message: &NewMessage) -> StoreResult<App
         return Err(StoreError::NotMember);
     }
     check_coverage(&devices, message)?;
+    let withheld_from = super::people::withheld_from(conn, message)?;
 
     let mut allocate = conn
         .prepare_cached(
@@ -301,9 +302,9 @@ pub(crate) fn append(conn: &Connection, message: &NewMessage) -> StoreResult<App
     let id: MessageId = from_sql(id_sql, "message ID")?;
     let mut insert = conn
         .prepare_cached(
-            "INSERT INTO messages
-                 (conversation_id, id, sender_user, sender_device, client_key, sent_at, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO messages (conversation_id, id, sender_user, sender_device, client_key,
+                 sent_at, body, withheld_from)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .map_err(backend)?;
     insert
@@ -315,6 +316,7 @@ pub(crate) fn append(conn: &Connection, message: &NewMessage) -> StoreResult<App
             &message.client_key.as_bytes()[..],
             ts_sql(message.sent_at),
             &message.body[..],
+            withheld_from.map(|u| to_sql(u.get())),
         ])
         .map_err(backend)?;
     let seq = conn.last_insert_rowid();
@@ -330,6 +332,9 @@ pub(crate) fn append(conn: &Connection, message: &NewMessage) -> StoreResult<App
         .map_err(backend)?;
     let mut deliveries = Vec::with_capacity(message.recipients.len());
     for recipient in &message.recipients {
+        if Some(recipient.device.user) == withheld_from {
+            continue;
+        }
         let device = to_sql(recipient.device.device.get());
         let pos: i64 = head.query_row([device], |r| r.get(0)).map_err(backend)?;
         entry
