@@ -149,6 +149,17 @@ async fn send(
     conversation: ConversationId,
     key: u8,
 ) {
+    burst(server, client, from, conversation, key..=key).await;
+}
+
+/// Sends one message per key back to back, then waits for every `sent`.
+async fn burst(
+    server: &TestServer,
+    client: &mut Client,
+    from: &Account,
+    conversation: ConversationId,
+    keys: std::ops::RangeInclusive<u8>,
+) {
     let (status, body) = server
         .http(
             "GET",
@@ -171,20 +182,24 @@ async fn send(
             device,
             header: Bytes::from_static(b"h"),
         })
-        .collect();
-    let frame: ClientFrame = Send {
-        req: u32::from(key),
-        conversation,
-        client_key: ClientKey::from_bytes([key; 16]),
-        body: Bytes::from_static(b"ciphertext"),
-        recipients,
+        .collect::<Vec<_>>();
+    for key in keys.clone() {
+        let frame: ClientFrame = Send {
+            req: u32::from(key),
+            conversation,
+            client_key: ClientKey::from_bytes([key; 16]),
+            body: Bytes::from_static(b"ciphertext"),
+            recipients: recipients.clone(),
+        }
+        .into();
+        client.send(frame).await;
     }
-    .into();
-    client.send(frame).await;
-    let (_, sent) = client
-        .until(|f| matches!(f, ServerFrame::Sent(_) | ServerFrame::Error(_)))
-        .await;
-    assert!(matches!(sent, ServerFrame::Sent(_)), "{sent:?}");
+    for _ in keys {
+        let (_, sent) = client
+            .until(|f| matches!(f, ServerFrame::Sent(_) | ServerFrame::Error(_)))
+            .await;
+        assert!(matches!(sent, ServerFrame::Sent(_)), "{sent:?}");
+    }
 }
 
 async fn online(server: &TestServer, account: &Account) -> Client {
@@ -228,9 +243,9 @@ async fn offline_devices_get_one_notification_per_burst_online_ones_none() {
     let mut bob_ws = online(&server, &bob).await;
 
     // A burst of three: bob gets each live; carol gets one notification for all three.
-    for key in 1..=3 {
-        send(&server, &mut alice_ws, &alice, conversation, key).await;
-        delivered(&mut bob_ws).await;
+    burst(&server, &mut alice_ws, &alice, conversation, 1..=3).await;
+    for id in 1..=3 {
+        assert_eq!(delivered(&mut bob_ws).await, id);
     }
     let first = gateway.next().await;
     assert_eq!(
