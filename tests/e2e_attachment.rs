@@ -86,3 +86,54 @@ async fn a_large_attachment_round_trips_and_tampering_is_refused() {
         ),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_stream_both_ways_and_a_tampered_one_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config("memory:");
+    cfg.blob_dir = dir.path().join("blobs");
+    let server = TestServer::start(cfg).await;
+    let (alice, mut a) = user(&server, "alice").await;
+    let (bob, mut b) = user(&server, "bob").await;
+    synced(&mut a).await;
+    synced(&mut b).await;
+    let chat = alice.open_direct(bob.user()).await.expect("open");
+
+    // Several chunks and a partial last one.
+    let file: Vec<u8> = (0..3 * 1024 * 1024 + 12_345)
+        .map(|i| (i * 7 % 253) as u8)
+        .collect();
+    let source = dir.path().join("photo.raw");
+    std::fs::write(&source, &file).expect("write");
+    let id = alice
+        .send_file(chat, &source, "image/x-raw")
+        .await
+        .expect("send file");
+    let m = next_message(&mut b, chat).await;
+    assert_eq!(m.id, id);
+    let Content::Attachment(pointer) = m.content else {
+        panic!("expected an attachment");
+    };
+    assert_eq!(pointer.name.as_deref(), Some("photo.raw"));
+    let target = dir.path().join("received.raw");
+    bob.download_file(&pointer, &target)
+        .await
+        .expect("download");
+    assert!(std::fs::read(&target).expect("read") == file);
+
+    let blob = files(&dir.path().join("blobs"))
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a blob");
+    let mut bytes = std::fs::read(&blob).expect("read blob");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x80;
+    std::fs::write(&blob, bytes).expect("write blob");
+    let again = dir.path().join("again.raw");
+    match bob.download_file(&pointer, &again).await {
+        Err(Error::Crypto(CryptoError::DecryptionFailed | CryptoError::AttachmentDigest)) => {}
+        other => panic!("a tampered blob must be refused, got {other:?}"),
+    }
+    assert!(!again.exists());
+    assert!(!dir.path().join("again.raw.part").exists());
+}

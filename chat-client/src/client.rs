@@ -4,13 +4,16 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use chat_core::protocol::{ClientFrame, ReceiptUpdate, Subscribe, TypingUpdate, Unsubscribe};
 use chat_core::{
     ClientKey, Content, Conversation, ConversationId, ConversationKind, DeviceAddress, DeviceId,
     ErrorCode, GroupAction, GroupChange, MessageId, ReceiptKind, Text, UserId, Username,
 };
 use chat_crypto::{Account, SafetyNumber};
+use http_body_util::{BodyExt as _, StreamBody};
 use hyper::Method;
+use hyper::body::Frame;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::json;
@@ -558,6 +561,144 @@ impl Client {
             pointer.sha256,
         );
         Ok(chat_crypto::attachment::decrypt(&key, &ciphertext)?)
+    }
+
+    /// Like [`send_attachment`](Self::send_attachment) for a file on disk, streamed: it is
+    /// read, encrypted and uploaded 64 KiB at a time, never held whole in memory.
+    pub async fn send_file(
+        &self,
+        conversation: ConversationId,
+        path: impl AsRef<std::path::Path>,
+        mime: &str,
+    ) -> Result<MessageId> {
+        use tokio::io::AsyncReadExt as _;
+
+        let path = path.as_ref();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let io = |e: std::io::Error| Error::Invalid(format!("{}: {e}", path.display()));
+        let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<std::result::Result<Frame<Bytes>, std::io::Error>>(4);
+        let frames = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let route = format!("/v1/attachments?conversation={conversation}");
+        let upload = self
+            .inner
+            .http
+            .upload_stream::<Uploaded, _>(&route, StreamBody::new(frames));
+        let produce = async move {
+            let mut encryptor = chat_crypto::attachment::Encryptor::new(&mut rand::rng());
+            let mut buf = vec![0u8; chat_crypto::attachment::CHUNK_SIZE];
+            let mut size = 0u64;
+            loop {
+                let n = match file.read(&mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        // An error item aborts the upload: the server keeps nothing.
+                        let message = e.to_string();
+                        let _ = tx.send(Err(e)).await;
+                        return Err(Error::Invalid(message));
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                size += n as u64;
+                let chunk = encryptor.update(buf.get(..n).unwrap_or_default())?;
+                if !chunk.is_empty() && tx.send(Ok(Frame::data(chunk.into()))).await.is_err() {
+                    return Err(Error::Network("upload ended early".into()));
+                }
+            }
+            let (tail, pointer) = encryptor.finish()?;
+            if tx.send(Ok(Frame::data(tail.into()))).await.is_err() {
+                return Err(Error::Network("upload ended early".into()));
+            }
+            Ok((pointer, size))
+        };
+        let (uploaded, produced) = tokio::join!(upload, produce);
+        let (pointer, size) = produced?;
+        let uploaded = uploaded?;
+        let encoded = pointer.to_bytes();
+        let sha256: [u8; 32] = encoded
+            .get(41..73)
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| Error::Protocol("attachment pointer layout".into()))?;
+        let content = Content::Attachment(chat_core::AttachmentPointer {
+            id: uploaded.id,
+            key: chat_core::AttachmentKey(*pointer.key()),
+            size,
+            sha256,
+            mime: mime.to_owned(),
+            name,
+            caption: None,
+        });
+        self.send(conversation, &content).await
+    }
+
+    /// Like [`download_attachment`](Self::download_attachment), streamed into the file at
+    /// `path`: chunks are authenticated as they arrive and written to `path` + `.part`,
+    /// which is renamed to `path` only once the digest and size verified (and removed
+    /// otherwise).
+    pub async fn download_file(
+        &self,
+        pointer: &chat_core::AttachmentPointer,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<()> {
+        let path = path.as_ref();
+        let mut part = path.as_os_str().to_owned();
+        part.push(".part");
+        let part = std::path::PathBuf::from(part);
+        let result = self.download_into(pointer, &part).await;
+        match result {
+            Ok(()) => tokio::fs::rename(&part, path)
+                .await
+                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display()))),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&part).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn download_into(
+        &self,
+        pointer: &chat_core::AttachmentPointer,
+        part: &std::path::Path,
+    ) -> Result<()> {
+        use tokio::io::AsyncWriteExt as _;
+
+        let io = |e: std::io::Error| Error::Invalid(format!("{}: {e}", part.display()));
+        let mut body = self
+            .inner
+            .http
+            .download_stream(&format!("/v1/attachments/{}", pointer.id))
+            .await?;
+        let mut file = tokio::fs::File::create(part).await.map_err(io)?;
+        let key = chat_crypto::attachment::AttachmentPointer::from_parts(
+            pointer.key.0,
+            pointer.size,
+            pointer.sha256,
+        );
+        let mut decryptor = chat_crypto::attachment::Decryptor::new(&key);
+        let max = chat_crypto::attachment::encrypted_size(pointer.size);
+        let mut received = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Error::Network(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            received += data.len() as u64;
+            if received > max {
+                return Err(chat_crypto::Error::AttachmentSize.into());
+            }
+            let plain = decryptor.update(&data)?;
+            file.write_all(&plain).await.map_err(io)?;
+        }
+        let tail = decryptor.finish()?;
+        file.write_all(&tail).await.map_err(io)?;
+        file.sync_all().await.map_err(io)?;
+        Ok(())
     }
 
     /// Raises this user's delivered or read position in a conversation.

@@ -150,59 +150,133 @@ impl Http {
         content_type: &str,
         max: usize,
     ) -> Result<Result<Bytes>, Retry> {
-        let net = |e: &dyn std::fmt::Display| Error::Network(e.to_string());
-        let stream = match TcpStream::connect(self.addr.as_str()).await {
-            Ok(s) => s,
-            Err(e) => return Ok(Err(net(&e))),
+        let has_body = !body.is_empty();
+        let response = match self
+            .request(
+                method,
+                path,
+                Full::new(body),
+                has_body.then_some(content_type),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
         };
-        let (mut sender, conn) =
-            match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-                Ok(pair) => pair,
-                Err(e) => return Ok(Err(net(&e))),
-            };
-        let conn = tokio::spawn(conn);
+        let status = response.status();
+        let retry_after = retry_after(&response);
+        let limited = http_body_util::Limited::new(response.into_body(), max);
+        let bytes = match limited.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => return Ok(Err(Error::Network(e.to_string()))),
+        };
+        if status.is_success() {
+            return Ok(Ok(bytes));
+        }
+        match error_of(status, &bytes) {
+            Error::Server {
+                code: ErrorCode::RateLimited,
+                ..
+            } => Err(Retry(std::time::Duration::from_secs(
+                retry_after.unwrap_or(1).clamp(1, 30),
+            ))),
+            e => Ok(Err(e)),
+        }
+    }
+
+    /// Uploads a streamed body (`application/octet-stream`, chunked); decodes the JSON answer.
+    /// Not retried: a stream cannot be replayed.
+    pub(crate) async fn upload_stream<T, B>(&self, path: &str, body: B) -> Result<T>
+    where
+        T: DeserializeOwned,
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let response = self
+            .request(Method::POST, path, body, Some("application/octet-stream"))
+            .await?;
+        let status = response.status();
+        let limited = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE);
+        let bytes = limited
+            .collect()
+            .await
+            .map_err(|e| Error::Network(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(error_of(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("{path}: {e}")))
+    }
+
+    /// Starts a download and returns its body to stream, once the status says it succeeded.
+    pub(crate) async fn download_stream(&self, path: &str) -> Result<hyper::body::Incoming> {
+        let response = self
+            .request(Method::GET, path, Full::new(Bytes::new()), None)
+            .await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response.into_body());
+        }
+        let limited = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE);
+        let bytes = limited
+            .collect()
+            .await
+            .map_err(|e| Error::Network(e.to_string()))?
+            .to_bytes();
+        Err(error_of(status, &bytes))
+    }
+
+    /// Sends one request on a fresh connection; the connection lives until the response
+    /// body is read or dropped.
+    async fn request<B>(
+        &self,
+        method: Method,
+        path: &str,
+        body: B,
+        content_type: Option<&str>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let net = |e: &dyn std::fmt::Display| Error::Network(e.to_string());
+        let stream = TcpStream::connect(self.addr.as_str())
+            .await
+            .map_err(|e| net(&e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| net(&e))?;
+        tokio::spawn(conn);
         let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(HOST, self.addr.as_str());
-        if !body.is_empty() {
+        if let Some(content_type) = content_type {
             request = request.header(CONTENT_TYPE, content_type);
         }
         if let Some(token) = &self.token {
             request = request.header(AUTHORIZATION, format!("Bearer {token}"));
         }
-        let request = match request.body(Full::new(body)) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(Error::Invalid(e.to_string()))),
-        };
-        let response = match sender.send_request(request).await {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(net(&e))),
-        };
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let limited = http_body_util::Limited::new(response.into_body(), max);
-        let bytes = match limited.collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) => return Ok(Err(net(&e))),
-        };
-        conn.abort();
-        if status.is_success() {
-            return Ok(Ok(bytes));
-        }
-        let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(e) => (ErrorCode::from_number(e.code), e.message),
-            Err(_) => (ErrorCode::Internal, format!("HTTP {status}")),
-        };
-        if code == ErrorCode::RateLimited {
-            let secs = retry_after.unwrap_or(1).clamp(1, 30);
-            return Err(Retry(std::time::Duration::from_secs(secs)));
-        }
-        Ok(Err(Error::server(code, message)))
+        let request = request
+            .body(body)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        sender.send_request(request).await.map_err(|e| net(&e))
+    }
+}
+
+fn retry_after<B>(response: &hyper::Response<B>) -> Option<u64> {
+    response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// The documented JSON error body as an [`Error`].
+fn error_of(status: hyper::StatusCode, bytes: &[u8]) -> Error {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(e) => Error::server(ErrorCode::from_number(e.code), e.message),
+        Err(_) => Error::server(ErrorCode::Internal, format!("HTTP {status}")),
     }
 }
 
