@@ -19,6 +19,8 @@ use tokio::sync::mpsc;
 enum Mode {
     Ok,
     Fail,
+    /// 410 Gone for one token (dead), 204 for the others.
+    Gone(&'static str),
     /// Reads the request, then never answers (and keeps the connection open).
     Hang,
 }
@@ -91,9 +93,12 @@ async fn serve(mut stream: TcpStream, mode: Mode, tx: mpsc::UnboundedSender<Valu
             break data[end + 4..end + 4 + length].to_vec();
         }
     };
-    let _ = tx.send(serde_json::from_slice(&body).expect("JSON body"));
+    let json: Value = serde_json::from_slice(&body).expect("JSON body");
+    let dead = matches!(mode, Mode::Gone(token) if json["token"] == token);
+    let _ = tx.send(json);
     let answer: &[u8] = match mode {
-        Mode::Ok => b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+        _ if dead => b"HTTP/1.1 410 Gone\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        Mode::Ok | Mode::Gone(_) => b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
         Mode::Fail => {
             b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         }
@@ -353,5 +358,37 @@ async fn a_failing_gateway_is_retried_then_given_up_without_holding_up_delivery(
     }
     let body = gateway.next().await;
     assert_eq!(body["device"], device_json(&erin));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_token_the_gateway_calls_gone_is_removed() {
+    let mut gateway = Receiver::start(Mode::Gone("carol-token")).await;
+    let server = TestServer::start(chat_server::Config {
+        push_coalesce_ms: 0,
+        push_concurrency: 1,
+        ..config(&gateway.url)
+    })
+    .await;
+    let alice = server.account("alice").await;
+    let carol = server.account("carol").await;
+    let erin = server.account("erin").await;
+    register_token(&server, &carol, "carol-token").await;
+    register_token(&server, &erin, "erin-token").await;
+    let conversation = group(&server, &alice, &[&carol]).await;
+    let marker = group(&server, &alice, &[&erin]).await;
+    let mut alice_ws = online(&server, &alice).await;
+
+    send(&server, &mut alice_ws, &alice, conversation, 1).await;
+    assert_eq!(gateway.next().await["token"], "carol-token");
+    // Erin's notification is sent after carol's answer was handled (one slot).
+    send(&server, &mut alice_ws, &alice, marker, 2).await;
+    assert_eq!(gateway.next().await["token"], "erin-token");
+
+    // Carol's registration is gone: her next message wakes nobody.
+    send(&server, &mut alice_ws, &alice, conversation, 3).await;
+    send(&server, &mut alice_ws, &alice, marker, 4).await;
+    assert_eq!(gateway.next().await["token"], "erin-token");
+    assert_eq!(gateway.pending(), Vec::<Value>::new());
     server.shutdown().await;
 }
