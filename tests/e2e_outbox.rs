@@ -93,19 +93,40 @@ async fn the_outbox_survives_an_app_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_typing_and_receipts_reach_the_other_side() {
     let server = TestServer::start(config("memory:")).await;
-    let (alice, mut a) = user(&server, "alice").await;
+    let proxy = Proxy::start(server.addr).await;
+    let alice = Client::register(
+        &proxy.url(),
+        "alice",
+        PASSWORD,
+        "laptop",
+        chat::client::MemoryStore::new(),
+    )
+    .await
+    .expect("alice");
+    let mut a = alice.events();
     let (bob, mut b) = user(&server, "bob").await;
     synced(&mut a).await;
     synced(&mut b).await;
     let chat = alice.open_direct(bob.user()).await.expect("open");
 
-    alice.subscribe_presence(&[bob.user()]).expect("subscribe");
-    let online = wait_for(&mut a, |e| match e {
+    let bob_online = |e: &Event| match e {
         Event::Presence { user, online, .. } if *user == bob.user() => Some(*online),
         _ => None,
+    };
+    alice.subscribe_presence(&[bob.user()]).expect("subscribe");
+    assert!(wait_for(&mut a, bob_online).await, "bob is connected");
+
+    // The subscription outlives a reconnect: the server answers the renewed one.
+    proxy.down();
+    wait_for(&mut a, |e| {
+        matches!(e, Event::Connection(ConnectionState::Disconnected { .. })).then_some(())
     })
     .await;
-    assert!(online, "bob is connected");
+    proxy.up(server.addr);
+    assert!(
+        wait_for(&mut a, bob_online).await,
+        "renewed after the reconnect"
+    );
 
     bob.send_typing(chat, true).expect("typing");
     let from = wait_for(&mut a, |e| match e {

@@ -64,6 +64,8 @@ pub(crate) struct Inner {
     pub(crate) commands: mpsc::UnboundedSender<Command>,
     /// Callers waiting for `sent`, by client key.
     waiters: Mutex<HashMap<ClientKey, oneshot::Sender<Result<MessageId>>>>,
+    /// The users whose presence the app asked for; subscribed again on every connection.
+    pub(crate) presence: Mutex<std::collections::BTreeSet<UserId>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -254,6 +256,7 @@ impl Client {
             events,
             commands,
             waiters: Mutex::new(HashMap::new()),
+            presence: Mutex::new(std::collections::BTreeSet::new()),
         });
         let driver = tokio::spawn(driver::run(inner.clone(), rx));
         Self {
@@ -725,7 +728,13 @@ impl Client {
 
     /// Subscribes to users' presence ([`Event::Presence`]); only users sharing a
     /// conversation with this user are accepted by the server.
+    /// The subscription is renewed after every reconnect.
     pub fn subscribe_presence(&self, users: &[UserId]) -> Result<()> {
+        self.inner
+            .presence
+            .lock()
+            .map_err(|_| Error::Closed)?
+            .extend(users.iter().copied());
         self.frame(ClientFrame::Subscribe(Subscribe {
             users: users.to_vec(),
         }))
@@ -733,6 +742,11 @@ impl Client {
 
     /// Stops presence events for `users`.
     pub fn unsubscribe_presence(&self, users: &[UserId]) -> Result<()> {
+        self.inner
+            .presence
+            .lock()
+            .map_err(|_| Error::Closed)?
+            .retain(|u| !users.contains(u));
         self.frame(ClientFrame::Unsubscribe(Unsubscribe {
             users: users.to_vec(),
         }))

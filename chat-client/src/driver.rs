@@ -103,6 +103,8 @@ pub(crate) async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver
                     None => return,
                     // The whole outbox is sent after the reconnect anyway.
                     Some(Command::Send(_) | Command::Retry(_)) => {}
+                    // Presence subscriptions are renewed from the client's set on connect.
+                    Some(Command::Frame(ClientFrame::Subscribe(_) | ClientFrame::Unsubscribe(_))) => {}
                     Some(Command::Frame(f)) => {
                         if queued.len() < MAX_QUEUED_FRAMES {
                             queued.push(f);
@@ -183,6 +185,19 @@ impl Conn {
         }
         for f in queued.drain(..) {
             if let Err(end) = self.send(&mut ws, &f).await {
+                return end;
+            }
+        }
+        // Subscriptions end with a connection: renew them.
+        let watched: Vec<_> = match self.inner.presence.lock() {
+            Ok(set) => set.iter().copied().collect(),
+            Err(_) => Vec::new(),
+        };
+        for users in watched.chunks(chat_core::limits::MAX_PRESENCE_SUBSCRIPTIONS) {
+            let subscribe = chat_core::protocol::Subscribe {
+                users: users.to_vec(),
+            };
+            if let Err(end) = self.send(&mut ws, &subscribe.into()).await {
                 return end;
             }
         }
