@@ -41,6 +41,10 @@ pub struct Config {
     pub auth_burst_per_address: u32,
     /// Log-in attempts one account may receive in a burst; refills at one every ten seconds.
     pub auth_burst_per_account: u32,
+    /// Directory searches one account may make in a burst.
+    pub search_burst_per_account: u32,
+    /// Directory searches one account may make per second (sustained).
+    pub searches_per_account_per_second: f64,
     /// Argon2id memory cost in KiB (OWASP's minimum, 19 MiB, by default).
     pub argon2_memory_kib: u32,
     /// Argon2id iterations.
@@ -111,6 +115,8 @@ impl Default for Config {
             send_burst_per_account: 200,
             auth_burst_per_address: 30,
             auth_burst_per_account: 10,
+            search_burst_per_account: 30,
+            searches_per_account_per_second: 0.5,
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
             shutdown_grace_ms: 10_000,
@@ -149,6 +155,11 @@ impl Config {
         }
         if self.send_burst_per_account == 0 || self.sends_per_account_per_second <= 0.0 {
             return bad("send_burst_per_account and sends_per_account_per_second must be positive");
+        }
+        if self.search_burst_per_account == 0 || self.searches_per_account_per_second <= 0.0 {
+            return bad(
+                "search_burst_per_account and searches_per_account_per_second must be positive",
+            );
         }
         if self.outbound_queue == 0 || self.frame_burst == 0 || self.frames_per_second <= 0.0 {
             return bad("outbound_queue, frame_burst and frames_per_second must be positive");

@@ -26,6 +26,8 @@ pub(crate) struct Limits {
     /// Key-bundle fetches per (requester, target user), so one-time prekeys cannot be
     /// drained.
     pub(crate) bundles: KeyedLimiter<(UserId, UserId)>,
+    /// Directory searches per account, so the directory cannot be scraped quickly.
+    pub(crate) searches: KeyedLimiter<UserId>,
 }
 
 impl Limits {
@@ -41,6 +43,13 @@ impl Limits {
                 1_000_000,
             ),
             bundles: KeyedLimiter::new(Rate::new(20, 0.2), 100_000),
+            searches: KeyedLimiter::new(
+                Rate::new(
+                    config.search_burst_per_account,
+                    config.searches_per_account_per_second,
+                ),
+                100_000,
+            ),
         }
     }
 }

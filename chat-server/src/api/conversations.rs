@@ -19,6 +19,9 @@ use crate::state::{Shared, now};
 /// The most messages one history page returns.
 pub(crate) const MAX_HISTORY_PAGE: usize = 100;
 
+/// The most store pages one history request reads to fill a page around withheld messages.
+const MAX_HISTORY_ROUNDS: usize = 4;
+
 async fn require_member(
     shared: &Shared,
     conversation: ConversationId,
@@ -59,6 +62,9 @@ pub(crate) async fn open_direct(
     Json(req): Json<DirectRequest>,
 ) -> ApiResult<Json<Conversation>> {
     require_users_exist(&shared, &[req.user_id]).await?;
+    // A user who blocks the caller looks like one who does not exist.
+    let missing = || ApiError::new(ErrorCode::NotFound, format!("no user {}", req.user_id));
+    super::people::unless_blocked_by(&shared, req.user_id, authed.device.user, missing).await?;
     let conversation = shared
         .store
         .open_direct(authed.device.user, req.user_id, now())
@@ -258,7 +264,29 @@ pub(crate) async fn history(
             (newest, Direction::Before)
         }
     };
-    let messages = shared.store.history(id, anchor, direction, limit).await?;
+    // Messages withheld from the caller (R-ACC-4) are skipped and the page is filled from
+    // further ones, so a short page still means the end of history. The rounds are
+    // bounded; a long run of withheld messages ends the page early.
+    let mut messages = Vec::with_capacity(limit);
+    let mut anchor = anchor;
+    for _ in 0..MAX_HISTORY_ROUNDS {
+        let page = shared.store.history(id, anchor, direction, limit).await?;
+        let exhausted = page.len() < limit;
+        let Some(last) = page.last().map(|m| m.id) else {
+            break;
+        };
+        let hidden = withheld(&shared, id, authed.device.user, &page).await?;
+        let wanted = limit - messages.len();
+        messages.extend(
+            page.into_iter()
+                .filter(|m| !hidden.contains(&m.id))
+                .take(wanted),
+        );
+        if exhausted || hidden.is_empty() || messages.len() >= limit {
+            break;
+        }
+        anchor = last;
+    }
     Ok(Json(Messages {
         messages: messages.into_iter().map(MessageView::from).collect(),
     }))
@@ -271,9 +299,33 @@ pub(crate) async fn message(
 ) -> ApiResult<Json<MessageView>> {
     require_member(&shared, id, authed.device.user).await?;
     let envelope = shared.store.message(id, message).await?;
+    let hidden = match &envelope {
+        Some(e) => withheld(&shared, id, authed.device.user, std::slice::from_ref(e)).await?,
+        None => Vec::new(),
+    };
     envelope
+        .filter(|_| hidden.is_empty())
         .map(|e| Json(e.into()))
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such message"))
+}
+
+/// The messages of `page` withheld from `viewer` (sent to them by a user they block, in a
+/// one-to-one conversation): the blocker never sees them, not even in history.
+async fn withheld(
+    shared: &Shared,
+    conversation: ConversationId,
+    viewer: UserId,
+    page: &[Envelope],
+) -> ApiResult<Vec<MessageId>> {
+    let ids: Vec<MessageId> = page
+        .iter()
+        .filter(|m| m.sender.user != viewer)
+        .map(|m| m.id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(shared.store.withheld(conversation, viewer, &ids).await?)
 }
 
 #[derive(Serialize)]

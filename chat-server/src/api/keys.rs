@@ -125,9 +125,12 @@ pub(crate) async fn bundles(
         .bundles
         .check(&(authed.device.user, user), Instant::now())
         .map_err(ApiError::rate_limited)?;
+    let missing = || ApiError::new(ErrorCode::NotFound, "no such user");
     if shared.store.user(user).await?.is_none() {
-        return Err(ApiError::new(ErrorCode::NotFound, "no such user"));
+        return Err(missing());
     }
+    // A user who blocks the caller looks like one who does not exist (R-ACC-4).
+    super::people::unless_blocked_by(&shared, user, authed.device.user, missing).await?;
     let bundles = shared.store.claim_bundles(user).await?;
     Ok(Json(Bundles { bundles }))
 }

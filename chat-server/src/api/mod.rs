@@ -7,6 +7,7 @@ pub(crate) mod conversations;
 pub(crate) mod discovery;
 pub(crate) mod error;
 pub(crate) mod keys;
+pub(crate) mod people;
 pub(crate) mod push;
 
 use std::sync::Arc;
@@ -37,6 +38,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/devices/{device_id}", delete(accounts::remove_device))
         .route("/v1/users/by-name/{username}", get(accounts::user_by_name))
         .route("/v1/users/{user_id}/bundles", get(keys::bundles))
+        .route("/v1/users/{user_id}/profile", get(people::of_user))
+        .route("/v1/users/search", get(people::search))
+        .route("/v1/profile", get(people::own).put(people::set))
+        .route("/v1/blocks", get(people::blocks).post(people::block))
+        .route("/v1/blocks/{user_id}", delete(people::unblock))
         .route("/v1/keys", put(keys::put_keys))
         .route("/v1/keys/one-time", post(keys::add_one_time))
         .route("/v1/keys/count", get(keys::count))

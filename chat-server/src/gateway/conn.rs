@@ -288,6 +288,10 @@ impl Conn {
             }
             BusMessage::Frame(frame) => self.send_bytes(frame).await,
             BusMessage::Close(code) => Err(End::Close(code, "closed by the server")),
+            BusMessage::Unsubscribe(Topic::Presence(user)) => {
+                self.unsubscribe(&[user]).await;
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -468,8 +472,17 @@ impl Conn {
             // Conversations may have been joined since the last look: refresh once.
             self.contacts = load_contacts(self.shared.store.as_ref(), device.user).await?;
         }
-        let (allowed, refused): (Vec<UserId>, Vec<UserId>) =
-            wanted.into_iter().partition(|u| self.contacts.contains(u));
+        // Users who block the caller are refused exactly like non-contacts (R-ACC-4). Read
+        // fresh each time: a block may have come since the contacts were loaded.
+        let blockers = self
+            .shared
+            .store
+            .blocked_by(device.user)
+            .await
+            .map_err(unavailable)?;
+        let (allowed, refused): (Vec<UserId>, Vec<UserId>) = wanted
+            .into_iter()
+            .partition(|u| self.contacts.contains(u) && !blockers.contains(u));
         for user in allowed {
             let topic = Topic::Presence(user);
             if self.subscriptions.iter().any(|(t, _)| *t == topic) {
@@ -551,6 +564,9 @@ impl Conn {
             .map_err(unavailable)?
         {
             return self.error(None, ErrorCode::NotMember, "not a member").await;
+        }
+        if blocked_in_direct(self.shared.store.as_ref(), device.user, t.conversation).await? {
+            return Ok(()); // Dropped silently, like a withheld send.
         }
         let event = TypingEvent {
             conversation: t.conversation,
@@ -699,6 +715,28 @@ async fn load_contacts(store: &dyn Store, user: UserId) -> Result<HashSet<UserId
     }
     contacts.remove(&user);
     Ok(contacts)
+}
+
+/// Whether `conversation` is a one-to-one whose other member blocks `user`.
+async fn blocked_in_direct(
+    store: &dyn Store,
+    user: UserId,
+    conversation: chat_core::ConversationId,
+) -> Result<bool, End> {
+    let blockers = store.blocked_by(user).await.map_err(unavailable)?;
+    if blockers.is_empty() {
+        return Ok(false);
+    }
+    let direct = store
+        .conversation(conversation)
+        .await
+        .map_err(unavailable)?
+        .is_some_and(|c| c.kind == chat_core::ConversationKind::Direct);
+    if !direct {
+        return Ok(false);
+    }
+    let members = store.members(conversation).await.map_err(unavailable)?;
+    Ok(members.iter().any(|m| blockers.contains(m)))
 }
 
 fn unavailable(err: StoreError) -> End {
