@@ -87,6 +87,13 @@ macro_rules! text_newtype {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// Wraps text a store wrote after validating it, without checking it again: a
+            /// later build with newer rules (or Unicode tables) must still read every stored
+            /// profile, or one old row would fail whole search pages.
+            pub fn from_stored(text: String) -> Self {
+                Self(text)
+            }
         }
 
         impl TryFrom<String> for $name {

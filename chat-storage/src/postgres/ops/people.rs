@@ -49,19 +49,14 @@ pub(super) const WITHHELD: &str = "SELECT id FROM messages
     WHERE conversation_id = $1 AND id = ANY($2) AND withheld_from = $3";
 
 fn profile_row(row: &Row) -> StoreResult<Profile> {
-    let bad = |what: &'static str| {
-        move |e: chat_core::PeopleError| failure(format!("stored {what}: {e}"))
-    };
     let status: Option<String> = get(row, 3)?;
     let avatar: Option<Vec<u8>> = get(row, 4)?;
     Ok(Profile {
         user: from_sql(get(row, 0)?, "user ID")?,
         username: Username::new(get::<String>(row, 1)?)
             .map_err(|e| failure(format!("stored username: {e}")))?,
-        display_name: DisplayName::new(&get::<String>(row, 2)?).map_err(bad("display name"))?,
-        status: status
-            .map(|s| StatusText::new(&s).map_err(bad("status")))
-            .transpose()?,
+        display_name: DisplayName::from_stored(get(row, 2)?),
+        status: status.map(StatusText::from_stored),
         avatar: avatar
             .map(|a| array_from_sql(&a, "avatar").map(AttachmentId::from_bytes))
             .transpose()?,

@@ -17,17 +17,12 @@ fn profile_row(r: &Row<'_>) -> StoreResult<Profile> {
     let get_text = |i: usize| r.get::<_, String>(i).map_err(backend);
     let status: Option<String> = r.get(3).map_err(backend)?;
     let avatar: Option<Vec<u8>> = r.get(4).map_err(backend)?;
-    let bad = |what: &'static str| {
-        move |e: chat_core::PeopleError| failure(format!("stored {what}: {e}"))
-    };
     Ok(Profile {
         user: from_sql(r.get(0).map_err(backend)?, "user ID")?,
         username: Username::new(get_text(1)?)
             .map_err(|e| failure(format!("stored username: {e}")))?,
-        display_name: DisplayName::new(&get_text(2)?).map_err(bad("display name"))?,
-        status: status
-            .map(|s| StatusText::new(&s).map_err(bad("status")))
-            .transpose()?,
+        display_name: DisplayName::from_stored(get_text(2)?),
+        status: status.map(StatusText::from_stored),
         avatar: avatar
             .map(|a| array_from_sql(&a, "avatar").map(AttachmentId::from_bytes))
             .transpose()?,
