@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 
 /// The largest response body read (a page of history is far smaller).
 const MAX_RESPONSE: usize = 16 * 1024 * 1024;
+/// How long a request may take until the response head arrives (uploads excepted).
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const OCTET_STREAM: &str = "application/octet-stream";
 /// How often a rate-limited request is retried before the error reaches the caller.
 const RATE_LIMIT_RETRIES: u32 = 5;
 
@@ -99,13 +102,7 @@ impl Http {
     /// Uploads raw bytes (`application/octet-stream`); decodes the JSON answer.
     pub(crate) async fn upload<T: DeserializeOwned>(&self, path: &str, body: Bytes) -> Result<T> {
         let bytes = self
-            .raw(
-                Method::POST,
-                path,
-                body,
-                "application/octet-stream",
-                MAX_RESPONSE,
-            )
+            .raw(Method::POST, path, body, OCTET_STREAM, MAX_RESPONSE)
             .await?;
         serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("{path}: {e}")))
     }
@@ -166,9 +163,20 @@ impl Http {
         let status = response.status();
         let retry_after = retry_after(&response);
         let limited = http_body_util::Limited::new(response.into_body(), max);
-        let bytes = match limited.collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) => return Ok(Err(Error::Network(e.to_string()))),
+        // Small JSON answers (or an attachment held in memory, which may take longer).
+        let wait = if max > MAX_RESPONSE {
+            REQUEST_TIMEOUT * 20
+        } else {
+            REQUEST_TIMEOUT
+        };
+        let bytes = match tokio::time::timeout(wait, limited.collect()).await {
+            Ok(Ok(c)) => c.to_bytes(),
+            Ok(Err(e)) => return Ok(Err(Error::Network(e.to_string()))),
+            Err(_) => {
+                return Ok(Err(Error::Network(
+                    "the answer did not arrive in time".into(),
+                )));
+            }
         };
         if status.is_success() {
             return Ok(Ok(bytes));
@@ -193,7 +201,7 @@ impl Http {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let response = self
-            .request(Method::POST, path, body, Some("application/octet-stream"))
+            .request(Method::POST, path, body, Some(OCTET_STREAM))
             .await?;
         let status = response.status();
         let limited = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE);
@@ -240,12 +248,20 @@ impl Http {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let net = |e: &dyn std::fmt::Display| Error::Network(e.to_string());
-        let stream = TcpStream::connect(self.addr.as_str())
+        let started = tokio::time::Instant::now();
+        let deadline = started + REQUEST_TIMEOUT;
+        let timed_out = |_| Error::Network("the server did not answer in time".into());
+        let stream = tokio::time::timeout_at(deadline, TcpStream::connect(self.addr.as_str()))
             .await
+            .map_err(timed_out)?
             .map_err(|e| net(&e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| net(&e))?;
+        let (mut sender, conn) = tokio::time::timeout_at(
+            deadline,
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)),
+        )
+        .await
+        .map_err(timed_out)?
+        .map_err(|e| net(&e))?;
         tokio::spawn(conn);
         let mut request = Request::builder()
             .method(method)
@@ -260,7 +276,15 @@ impl Http {
         let request = request
             .body(body)
             .map_err(|e| Error::Invalid(e.to_string()))?;
-        sender.send_request(request).await.map_err(|e| net(&e))
+        // Until the response head: a body may then take as long as its size needs (an
+        // upload streams its body inside this call, so uploads get no deadline here).
+        if content_type == Some(OCTET_STREAM) {
+            return sender.send_request(request).await.map_err(|e| net(&e));
+        }
+        tokio::time::timeout_at(deadline, sender.send_request(request))
+            .await
+            .map_err(timed_out)?
+            .map_err(|e| net(&e))
     }
 }
 

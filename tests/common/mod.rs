@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// The longest any single wait may take before a test fails.
-pub const WAIT: Duration = Duration::from_secs(30);
+pub const WAIT: Duration = Duration::from_secs(60);
 pub const PASSWORD: &str = "correct horse";
 
 /// A node configuration for tests: cheap Argon2, limits raised for one busy test process.
