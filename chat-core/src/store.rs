@@ -144,7 +144,8 @@ pub trait AccountStore: Send + Sync {
 /// The public-key directory (R-E2E-1).
 #[async_trait]
 pub trait KeyStore: Send + Sync {
-    /// Sets (or replaces) the device's identity and signed prekey.
+    /// Sets (or replaces) the device's identity and signed prekey. When the identity changes,
+    /// the device's one-time prekey pool is emptied: those keys belong to the old identity.
     async fn set_device_keys(&self, device: DeviceAddress, keys: &DeviceKeys) -> StoreResult<()>;
 
     /// Adds one-time prekeys to the device's pool; a key ID already in the pool is ignored.

@@ -287,7 +287,17 @@ impl AccountStore for MemoryStore {
 #[async_trait]
 impl KeyStore for MemoryStore {
     async fn set_device_keys(&self, device: DeviceAddress, keys: &DeviceKeys) -> StoreResult<()> {
-        self.lock()?.device_mut(device)?.keys = Some(keys.clone());
+        let mut s = self.lock()?;
+        let row = s.device_mut(device)?;
+        // One-time prekeys belong to the identity that published them.
+        if row
+            .keys
+            .as_ref()
+            .is_some_and(|old| old.identity != keys.identity)
+        {
+            row.prekeys.clear();
+        }
+        row.keys = Some(keys.clone());
         Ok(())
     }
 

@@ -213,6 +213,10 @@ const SET_LAST_ACTIVE: &str = "UPDATE users
     SET last_active = GREATEST(coalesce(last_active, $2), $2) WHERE id = $1";
 const LAST_ACTIVE: &str = "SELECT last_active FROM users WHERE id = $1";
 
+/// One-time prekeys belong to the identity that published them: a new identity starts with
+/// an empty pool.
+const DROP_STALE_PREKEYS: &str = "DELETE FROM one_time_prekeys WHERE device_id = $1 AND EXISTS
+    (SELECT 1 FROM devices WHERE id = $1 AND identity IS DISTINCT FROM $2)";
 const SET_KEYS: &str = "UPDATE devices
     SET identity = $3, spk_id = $4, spk_public = $5, spk_signature = $6
     WHERE id = $1 AND user_id = $2";
@@ -338,6 +342,7 @@ pub(crate) const STATEMENTS: &[&str] = &[
     REVOKE,
     SET_LAST_ACTIVE,
     LAST_ACTIVE,
+    DROP_STALE_PREKEYS,
     SET_KEYS,
     ADD_PREKEYS,
     KEYED_DEVICES,
@@ -604,6 +609,12 @@ pub(crate) async fn set_device_keys(
         &&spk.public[..],
         &&spk.signature[..],
     ];
+    let identity: &[u8] = &keys.identity[..];
+    db.exec(
+        DROP_STALE_PREKEYS,
+        &[&to_sql(device.device.get()), &identity],
+    )
+    .await?;
     match db.exec(SET_KEYS, params).await? {
         0 => Err(StoreError::NotFound),
         _ => Ok(()),

@@ -346,6 +346,17 @@ pub(crate) fn set_device_keys(
     device: DeviceAddress,
     keys: &DeviceKeys,
 ) -> StoreResult<()> {
+    // One-time prekeys belong to the identity that published them: a new identity starts
+    // with an empty pool, or peers would start sessions on keys the device no longer has.
+    let mut drop_pool = conn
+        .prepare_cached(
+            "DELETE FROM one_time_prekeys WHERE device_id = ?1 AND EXISTS
+                 (SELECT 1 FROM devices WHERE id = ?1 AND identity IS NOT ?2)",
+        )
+        .map_err(backend)?;
+    drop_pool
+        .execute(params![to_sql(device.device.get()), &keys.identity[..]])
+        .map_err(backend)?;
     let mut stmt = conn
         .prepare_cached(
             "UPDATE devices SET identity = ?3, spk_id = ?4, spk_public = ?5, spk_signature = ?6

@@ -321,6 +321,46 @@ pub async fn signed_prekey_is_the_fallback(store: Arc<dyn Store>) {
     ));
 }
 
+/// A new identity empties the one-time prekey pool (its keys belong to the old identity);
+/// replacing only the signed prekey keeps it.
+pub async fn new_identity_empties_the_prekey_pool(store: Arc<dyn Store>) {
+    let (bob, devices) = user_with_devices(&*store, 1).await;
+    let device = devices[0];
+    store.set_device_keys(device, &keys(1)).await.expect("keys");
+    store
+        .add_one_time_prekeys(device, &one_time(0..4))
+        .await
+        .expect("otk");
+    store
+        .set_device_keys(device, &keys(2))
+        .await
+        .expect("new signed prekey");
+    assert_eq!(store.one_time_prekey_count(device).await.expect("count"), 4);
+    let rekeyed = DeviceKeys {
+        identity: Bytes::from_static(b"a new identity"),
+        ..keys(3)
+    };
+    store
+        .set_device_keys(device, &rekeyed)
+        .await
+        .expect("new identity");
+    assert_eq!(store.one_time_prekey_count(device).await.expect("count"), 0);
+    let bundles = store.claim_bundles(bob).await.expect("claim");
+    assert_eq!(
+        (
+            bundles[0].identity.clone(),
+            bundles[0].one_time_prekey.clone()
+        ),
+        (rekeyed.identity.clone(), None)
+    );
+    store
+        .add_one_time_prekeys(device, &one_time(10..12))
+        .await
+        .expect("otk");
+    let bundles = store.claim_bundles(bob).await.expect("claim");
+    assert_eq!(bundles[0].one_time_prekey, Some(one_time(10..11).remove(0)));
+}
+
 /// Attachment records and push tokens.
 pub async fn attachments_and_push_tokens(store: Arc<dyn Store>) {
     let (conv, _, all) = group(&*store, 2, 1).await;
