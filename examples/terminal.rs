@@ -1,5 +1,5 @@
 //! An interactive terminal client: log in, list conversations, chat, see presence, typing
-//! and receipts.
+//! and receipts, set a display name, search the directory and block users.
 //!
 //! ```sh
 //! cargo run -p chat-server &                      # a node on 127.0.0.1:8080
@@ -10,11 +10,12 @@
 //! is kept in `USERNAME.chat.db` (or the path in a fourth argument) and later runs resume it.
 //! Type `/help` for the commands; any other line is sent to the current conversation.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use chat::client::ClientStore as _;
 use chat::client::{
-    Client, ConnectionState, ConversationId, ErrorCode, Event, ReceiptKind, SqliteStore,
+    Client, ConnectionState, ConversationId, ErrorCode, Event, ReceiptKind, SqliteStore, UserId,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -25,6 +26,9 @@ const HELP: &str = "\
 /to ID                 switch to conversation ID and show its latest messages
 /add NAME | /remove NAME   change the current group's members
 /history               the current conversation's latest messages
+/name NAME [| STATUS]  set your display name (and status)
+/search PREFIX         find users by display name
+/block NAME | /unblock NAME   block or unblock a user (by username)
 /quit                  leave (the outbox is kept and sent on the next run)
 anything else          sent to the current conversation";
 
@@ -59,6 +63,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let client = Arc::new(client);
+    // Loads the block list the client hides group messages by.
+    client.blocks().await?;
+    let names = Names::default();
+    for id in client.conversations().await? {
+        for user in client.members(id).await? {
+            names.learn(&client, user).await;
+        }
+    }
     println!(
         "logged in as {username} (user {}); /help for commands",
         client.user()
@@ -70,7 +82,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::select! {
             line = lines.next_line() => {
                 let Some(line) = line? else { break };
-                match command(&client, &mut current, line.trim()).await {
+                match command(&client, &names, &mut current, line.trim()).await {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(e) => println!("! {e}"),
@@ -78,16 +90,42 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             event = events.next() => {
                 let Some(event) = event else { break };
-                show(&client, current, event)?;
+                show(&client, &names, current, event)?;
             }
         }
     }
     Ok(())
 }
 
+/// Display names of the users seen so far, kept fresh by profile events.
+#[derive(Default)]
+struct Names(Mutex<HashMap<UserId, String>>);
+
+impl Names {
+    /// The name to show for `user`.
+    fn of(&self, user: UserId) -> String {
+        let known = self.0.lock().ok().and_then(|n| n.get(&user).cloned());
+        known.unwrap_or_else(|| format!("user {user}"))
+    }
+
+    fn set(&self, user: UserId, name: String) {
+        if let Ok(mut names) = self.0.lock() {
+            names.insert(user, name);
+        }
+    }
+
+    /// Fetches `user`'s profile (best effort: only contacts' profiles are visible).
+    async fn learn(&self, client: &Client, user: UserId) {
+        if let Ok(profile) = client.user_profile(user).await {
+            self.set(user, profile.name().to_owned());
+        }
+    }
+}
+
 /// Runs one input line; `false` to quit.
 async fn command(
     client: &Arc<Client>,
+    names: &Names,
     current: &mut Option<ConversationId>,
     line: &str,
 ) -> Result<bool, Box<dyn std::error::Error>> {
@@ -108,9 +146,10 @@ async fn command(
             let user = client.user_by_name(name).await?;
             let id = client.open_direct(user).await?;
             client.subscribe_presence(&[user])?;
+            names.learn(client, user).await;
             *current = Some(id);
-            println!("now in conversation {id} with {name}");
-            history(client, id)?;
+            println!("now in conversation {id} with {}", names.of(user));
+            history(client, names, id)?;
         }
         Some("/group") => {
             let mut users = Vec::new();
@@ -124,7 +163,10 @@ async fn command(
         Some("/to") => {
             let id: ConversationId = words.next().ok_or("/to ID")?.parse()?;
             *current = Some(id);
-            history(client, id)?;
+            for user in client.members(id).await? {
+                names.learn(client, user).await;
+            }
+            history(client, names, id)?;
         }
         Some(cmd @ ("/add" | "/remove")) => {
             let id = current.ok_or("no current conversation")?;
@@ -138,7 +180,49 @@ async fn command(
             }
             println!("done");
         }
-        Some("/history") => history(client, current.ok_or("no current conversation")?)?,
+        Some("/history") => history(client, names, current.ok_or("no current conversation")?)?,
+        Some("/name") => {
+            let rest = line.strip_prefix("/name").unwrap_or_default();
+            let (name, status) = match rest.split_once('|') {
+                Some((name, status)) => (name, Some(status)),
+                None => (rest, None),
+            };
+            let profile = client.set_profile(name, status, None).await?;
+            names.set(client.user(), profile.name().to_owned());
+            println!("you are now {}", profile.name());
+        }
+        Some("/search") => {
+            let prefix = line
+                .strip_prefix("/search")
+                .unwrap_or_default()
+                .trim_start();
+            let page = client.search_users(prefix, None, 20).await?;
+            for user in &page.users {
+                let status = user.status.as_deref().unwrap_or("");
+                println!(
+                    "  {} (@{}, user {}) {status}",
+                    user.name(),
+                    user.username,
+                    user.user_id
+                );
+            }
+            if page.users.is_empty() {
+                println!("  nobody found");
+            } else if page.next.is_some() {
+                println!("  … more; type more letters");
+            }
+        }
+        Some(cmd @ ("/block" | "/unblock")) => {
+            let user = client
+                .user_by_name(words.next().ok_or("/block NAME")?)
+                .await?;
+            if cmd == "/block" {
+                client.block(user).await?;
+            } else {
+                client.unblock(user).await?;
+            }
+            println!("done");
+        }
         Some(cmd) if cmd.starts_with('/') => println!("unknown command; /help"),
         Some(_) => {
             let id = current.ok_or("no current conversation: /open NAME first")?;
@@ -155,13 +239,17 @@ async fn command(
     Ok(true)
 }
 
-fn history(client: &Client, id: ConversationId) -> Result<(), Box<dyn std::error::Error>> {
+fn history(
+    client: &Client,
+    names: &Names,
+    id: ConversationId,
+) -> Result<(), Box<dyn std::error::Error>> {
     let all = client.history(id, None, 10_000)?;
     for m in all.iter().skip(all.len().saturating_sub(20)) {
         println!(
-            "  [{}] user {}: {}",
+            "  [{}] {}: {}",
             m.id,
-            m.sender.user,
+            names.of(m.sender.user),
             m.text().unwrap_or("<unsupported>")
         );
     }
@@ -170,16 +258,17 @@ fn history(client: &Client, id: ConversationId) -> Result<(), Box<dyn std::error
 
 fn show(
     client: &Client,
+    names: &Names,
     current: Option<ConversationId>,
     event: Event,
 ) -> Result<(), Box<dyn std::error::Error>> {
     match event {
         Event::Message(m) => {
             println!(
-                "[{} #{}] user {}: {}",
+                "[{} #{}] {}: {}",
                 m.conversation,
                 m.id,
-                m.sender.user,
+                names.of(m.sender.user),
                 m.text().unwrap_or("<unsupported message>")
             );
             if Some(m.conversation) == current && m.sender.user != client.user() {
@@ -192,7 +281,10 @@ fn show(
             kind,
             up_to,
         } if user != client.user() => {
-            println!("  [{conversation}] user {user}: {kind:?} up to #{up_to}");
+            println!(
+                "  [{conversation}] {}: {kind:?} up to #{up_to}",
+                names.of(user)
+            );
         }
         Event::Typing {
             conversation,
@@ -200,13 +292,23 @@ fn show(
             active: true,
             ..
         } => {
-            println!("  [{conversation}] user {} is typing…", from.user);
+            println!("  [{conversation}] {} is typing…", names.of(from.user));
         }
         Event::Presence { user, online, .. } => {
             println!(
-                "  user {user} is {}",
+                "  {} is {}",
+                names.of(user),
                 if online { "online" } else { "offline" }
             );
+        }
+        Event::Profile {
+            user, display_name, ..
+        } => {
+            let before = names.of(user);
+            names.set(user, display_name.clone());
+            if user != client.user() && before != display_name {
+                println!("  {before} is now called {display_name}");
+            }
         }
         Event::IdentityChanged { device } => println!(
             "! user {} device {} has a new identity key; compare safety numbers",

@@ -41,7 +41,7 @@ const EVENT_BUFFER: usize = 4096;
 /// [`Client::open`] resumes where it stopped, resending what the server had not acknowledged.
 #[derive(Debug)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     first_events: Mutex<Option<broadcast::Receiver<Event>>>,
     driver: JoinHandle<()>,
 }
@@ -66,6 +66,8 @@ pub(crate) struct Inner {
     waiters: Mutex<HashMap<ClientKey, oneshot::Sender<Result<MessageId>>>>,
     /// The users whose presence the app asked for; subscribed again on every connection.
     pub(crate) presence: Mutex<std::collections::BTreeSet<UserId>>,
+    /// The users this user blocks, whose group messages are hidden (see `people.rs`).
+    pub(crate) blocked: Mutex<std::collections::BTreeSet<UserId>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -257,6 +259,7 @@ impl Client {
             commands,
             waiters: Mutex::new(HashMap::new()),
             presence: Mutex::new(std::collections::BTreeSet::new()),
+            blocked: Mutex::new(std::collections::BTreeSet::new()),
         });
         let driver = tokio::spawn(driver::run(inner.clone(), rx));
         Self {
@@ -427,6 +430,7 @@ impl Client {
             .store
             .messages(conversation, after, limit)?
             .iter()
+            .filter(|m| !self.inner.hides(m.sender.user))
             .map(Message::from_stored)
             .collect())
     }

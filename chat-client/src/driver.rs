@@ -429,6 +429,16 @@ impl Conn {
                 });
                 Ok(())
             }
+            ServerFrame::Profile(p) => {
+                self.inner.emit(Event::Profile {
+                    user: p.user,
+                    display_name: p.display_name,
+                    status: p.status,
+                    avatar: p.avatar,
+                    updated_at: p.updated_at,
+                });
+                Ok(())
+            }
             ServerFrame::Closing(c) if c.code == ErrorCode::InvalidToken => Err(End::LoggedOut),
             ServerFrame::Closing(c) => Err(lost(
                 format!("{}: {}", c.code.name(), c.message),
@@ -473,7 +483,9 @@ impl Conn {
                     // member who left no longer holds the sender key it uses (rotation).
                     self.inner.forget_devices(m.conversation);
                 }
-                self.inner.emit(Event::Message(message));
+                if !self.inner.hides(message.sender.user) {
+                    self.inner.emit(Event::Message(message));
+                }
             }
             Opened::Failed(e) => {
                 tracing::warn!(cause = %e, conversation = %d.conversation, id = %d.id, "undecryptable message");

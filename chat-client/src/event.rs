@@ -149,6 +149,20 @@ pub enum Event {
         /// Their last heartbeat, when offline.
         last_active_at: Option<Timestamp>,
     },
+    /// A user sharing a conversation with this one (or this user, on another device) changed
+    /// their profile.
+    Profile {
+        /// Whose profile.
+        user: UserId,
+        /// The new display name.
+        display_name: String,
+        /// The new status text.
+        status: Option<String>,
+        /// The new avatar attachment.
+        avatar: Option<chat_core::AttachmentId>,
+        /// When it changed.
+        updated_at: Timestamp,
+    },
     /// A remote device presented a new identity key (a reinstall, or an attack). The new key
     /// is used from now on; show it and let the user compare safety numbers.
     IdentityChanged {

@@ -7,17 +7,20 @@ mod e2e;
 mod error;
 mod event;
 mod http;
+mod people;
 mod sqlite;
 mod store;
 
 pub use chat_core::{
-    AttachmentPointer, ClientKey, Content, ConversationId, ConversationKind, DeviceAddress,
-    DeviceId, ErrorCode, GroupAction, GroupChange, MessageId, ReceiptKind, Text, UserId,
+    AttachmentId, AttachmentPointer, ClientKey, Content, ConversationId, ConversationKind,
+    DeviceAddress, DeviceId, ErrorCode, GroupAction, GroupChange, MessageId, ReceiptKind, Text,
+    UserId,
 };
 pub use chat_crypto::SafetyNumber;
 pub use client::Client;
 pub use error::{Error, Result};
 pub use event::{ConnectionState, Event, Events, Message};
+pub use people::{Profile, UserPage};
 pub use sqlite::SqliteStore;
 pub use store::{
     ClientStore, ConversationRecord, DeviceRecord, MemoryStore, OutboxEntry, Secret, StoredMessage,
