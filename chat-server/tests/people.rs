@@ -270,7 +270,25 @@ async fn search_pages_exactly_and_is_rate_limited_per_account() {
 
 #[tokio::test]
 async fn blocked_user_is_refused_or_silently_dropped_everywhere() {
-    let server = server().await;
+    blocked_paths(server().await).await;
+}
+
+/// The same on the embedded SQLite store, where the withholding happens in SQL.
+#[tokio::test]
+async fn blocked_user_is_refused_or_silently_dropped_on_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = format!("sqlite://{}", dir.path().join("chat.db").display());
+    blocked_paths(
+        TestServer::start(chat_server::Config {
+            store,
+            ..test_config()
+        })
+        .await,
+    )
+    .await;
+}
+
+async fn blocked_paths(server: TestServer) {
     let alice = server.account("alice").await;
     let bob = server.account("bob").await;
     let bob2 = server.login("bob").await;
