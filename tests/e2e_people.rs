@@ -5,7 +5,7 @@
 mod common;
 
 use chat::client::{ErrorCode, Event};
-use common::{TestServer, config, next_text, synced, user, wait_for};
+use common::{TestServer, config, next_message, next_text, synced, user, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiles_search_and_blocks_through_the_client() {
@@ -74,4 +74,21 @@ async fn profiles_search_and_blocks_through_the_client() {
             .all(|m| m.sender.user != bob.user())
     );
     let _ = chat;
+
+    // Dave, blocked by Alice before they ever talked, has no session with her device and may
+    // not fetch her bundles; in a group Carol makes, his messages still reach Carol (Alice's
+    // device gets no header it can open; her client would hide the message anyway).
+    let (dave, mut d) = user(&server, "dave").await;
+    synced(&mut d).await;
+    alice.block(dave.user()).await.expect("block dave");
+    let later = carol
+        .create_group(&[alice.user(), dave.user()])
+        .await
+        .expect("group");
+    next_message(&mut d, later).await; // Carol's announcement.
+    let id = dave
+        .send_text(later, "from dave")
+        .await
+        .expect("dave sends");
+    assert_eq!(next_text(&mut c, later).await.id, id);
 }
