@@ -166,11 +166,9 @@ impl Client {
     /// Logs in again on an existing device (after a reinstall, with an empty store): new
     /// keys replace the device's old ones, and its peers see an identity change.
     ///
-    /// Known limitation: the server keeps the device's old one-time prekeys (new ones with
-    /// the same ids are ignored), so a peer that starts a *new* session with the re-keyed
-    /// device gets an old prekey and its first message cannot be decrypted. Peers that
-    /// already talk to the device are not affected (the device's own messages start the new
-    /// sessions). Registering a new device with [`Client::login`] avoids this.
+    /// Publishing a new identity empties the device's one-time prekey pool on the server
+    /// (those keys belonged to the old identity) before the new ones are uploaded, so peers
+    /// starting new sessions get keys this device holds.
     pub async fn relogin(
         server: &str,
         username: &str,
