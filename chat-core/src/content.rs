@@ -20,6 +20,12 @@ pub enum Content {
     Attachment(AttachmentPointer),
     /// Members joined or left a group (type 3).
     GroupChange(GroupChange),
+    /// The sender's new text for one of their earlier messages (type 4).
+    Edit(Edit),
+    /// The sender deletes one of their earlier messages (type 5).
+    Delete(Delete),
+    /// Adds or removes the sender's reaction to a message (type 6).
+    Reaction(Reaction),
     /// A content type this build does not know.
     Unknown {
         /// Its type number.
@@ -40,6 +46,9 @@ pub enum ContentError {
     /// The encoded content is larger than [`MAX_CONTENT_BYTES`].
     #[error("content too large")]
     TooLarge,
+    /// A reaction's emoji is empty or longer than [`MAX_REACTION_BYTES`].
+    #[error("a reaction is 1 to {MAX_REACTION_BYTES} bytes of text")]
+    Reaction,
     /// The bytes are not a well-formed content.
     #[error("malformed content: {0}")]
     Malformed(String),
@@ -55,6 +64,52 @@ pub struct Text {
     /// The message this replies to, in the same conversation.
     #[n(1)]
     pub reply_to: Option<MessageId>,
+}
+
+/// The most UTF-8 bytes of a reaction's emoji: enough for the longest emoji ZWJ sequences
+/// (a family with skin tones is about 40 bytes), small enough that reactions stay cheap to
+/// keep per message.
+pub const MAX_REACTION_BYTES: usize = 64;
+
+/// An edit (R-MSG-7): replaces the text of `target`. Only edits by the target's own sender
+/// count, and of several the one with the highest message ID wins (see [`Timeline`]).
+///
+/// [`Timeline`]: crate::Timeline
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Edit {
+    /// The message edited, in the same conversation.
+    #[n(0)]
+    pub target: MessageId,
+    /// Its new text; at most [`MAX_TEXT_CHARS`] characters.
+    #[n(1)]
+    pub body: String,
+}
+
+/// A delete (R-MSG-7): a tombstone for `target` that also hides its edits and reactions.
+/// Only a delete by the target's own sender counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Delete {
+    /// The message deleted, in the same conversation.
+    #[n(0)]
+    pub target: MessageId,
+}
+
+/// A reaction (R-MSG-7): the sender adds (or, with `remove`, takes back) `emoji` on
+/// `target`. Per sender and emoji, the reaction with the highest message ID wins.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Reaction {
+    /// The message reacted to, in the same conversation.
+    #[n(0)]
+    pub target: MessageId,
+    /// The emoji (any text of 1 to [`MAX_REACTION_BYTES`] bytes; clients show it as is).
+    #[n(1)]
+    pub emoji: String,
+    /// Takes the sender's earlier reaction with this emoji back.
+    #[n(2)]
+    pub remove: bool,
 }
 
 /// The symmetric key of one attachment. Its `Debug` output is redacted.
@@ -141,18 +196,40 @@ impl Content {
             Self::Text(_) => 1,
             Self::Attachment(_) => 2,
             Self::GroupChange(_) => 3,
+            Self::Edit(_) => 4,
+            Self::Delete(_) => 5,
+            Self::Reaction(_) => 6,
             Self::Unknown { kind } => *kind,
         }
     }
 
+    /// The message an edit, delete or reaction points at; `None` for content that stands on
+    /// its own (a reply is a message of its own, so a [`Text`] gives `None` too).
+    pub const fn target(&self) -> Option<MessageId> {
+        match self {
+            Self::Edit(Edit { target, .. })
+            | Self::Delete(Delete { target })
+            | Self::Reaction(Reaction { target, .. }) => Some(*target),
+            _ => None,
+        }
+    }
+
     /// Checks the limits a sending client enforces: at most [`MAX_TEXT_CHARS`] characters
-    /// of text.
+    /// of text (in a text or an edit), a reaction of 1 to [`MAX_REACTION_BYTES`] bytes.
     pub fn validate(&self) -> Result<(), ContentError> {
-        if let Self::Text(text) = self {
-            let chars = text.body.chars().count();
-            if chars > MAX_TEXT_CHARS {
-                return Err(ContentError::TextTooLong { chars });
+        let body = match self {
+            Self::Text(Text { body, .. }) | Self::Edit(Edit { body, .. }) => body,
+            Self::Reaction(Reaction { emoji, .. }) => {
+                if emoji.is_empty() || emoji.len() > MAX_REACTION_BYTES {
+                    return Err(ContentError::Reaction);
+                }
+                return Ok(());
             }
+            _ => return Ok(()),
+        };
+        let chars = body.chars().count();
+        if chars > MAX_TEXT_CHARS {
+            return Err(ContentError::TextTooLong { chars });
         }
         Ok(())
     }
@@ -167,6 +244,9 @@ impl Content {
             Self::Text(b) => e.array(2).and_then(|e| e.u32(1)).and_then(|e| e.encode(b)),
             Self::Attachment(b) => e.array(2).and_then(|e| e.u32(2)).and_then(|e| e.encode(b)),
             Self::GroupChange(b) => e.array(2).and_then(|e| e.u32(3)).and_then(|e| e.encode(b)),
+            Self::Edit(b) => e.array(2).and_then(|e| e.u32(4)).and_then(|e| e.encode(b)),
+            Self::Delete(b) => e.array(2).and_then(|e| e.u32(5)).and_then(|e| e.encode(b)),
+            Self::Reaction(b) => e.array(2).and_then(|e| e.u32(6)).and_then(|e| e.encode(b)),
             Self::Unknown { .. } => {
                 return Err(ContentError::Malformed(
                     "unknown content cannot be encoded".into(),
@@ -199,6 +279,9 @@ impl Content {
             1 => Self::Text(d.decode().map_err(malformed)?),
             2 => Self::Attachment(d.decode().map_err(malformed)?),
             3 => Self::GroupChange(d.decode().map_err(malformed)?),
+            4 => Self::Edit(d.decode().map_err(malformed)?),
+            5 => Self::Delete(d.decode().map_err(malformed)?),
+            6 => Self::Reaction(d.decode().map_err(malformed)?),
             kind => return Ok(Self::Unknown { kind }),
         };
         content.validate()?;

@@ -26,6 +26,7 @@ mod presence;
 pub mod protocol;
 mod push;
 mod store;
+mod thread;
 mod time;
 mod transport;
 mod wire;
@@ -33,7 +34,8 @@ mod wire;
 pub use blob::{BlobError, BlobStore, ByteStream};
 pub use bus::{Bus, BusError, BusMessage, BusSink, SubscriptionId, Topic};
 pub use content::{
-    AttachmentKey, AttachmentPointer, Content, ContentError, GroupAction, GroupChange, Text,
+    AttachmentKey, AttachmentPointer, Content, ContentError, Delete, Edit, GroupAction,
+    GroupChange, MAX_REACTION_BYTES, Reaction, Text,
 };
 pub use cursor::{SyncCursor, Verdict};
 pub use discovery::{NodeId, NodeInfo, NodeRegistry, OVERLOADED_CPU, RegistryError, recommend};
@@ -57,5 +59,6 @@ pub use store::{
     AccountStore, BlockStore, ConversationStore, KeyStore, MessageStore, MetaStore, ProfileStore,
     ReceiptStore, Store, StoreError, StoreResult,
 };
+pub use thread::{DEFAULT_MAX_ORPHANS, MessageView, Timeline};
 pub use time::Timestamp;
 pub use transport::{Transport, TransportError};
