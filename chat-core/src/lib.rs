@@ -29,6 +29,8 @@ mod store;
 mod thread;
 mod time;
 mod transport;
+mod typing;
+mod unread;
 mod wire;
 
 pub use blob::{BlobError, BlobStore, ByteStream};
@@ -62,3 +64,5 @@ pub use store::{
 pub use thread::{DEFAULT_MAX_ORPHANS, MessageView, Timeline};
 pub use time::Timestamp;
 pub use transport::{Transport, TransportError};
+pub use typing::{MAX_TYPING_TTL, TypingTracker};
+pub use unread::{ReadPosition, unread_count};
