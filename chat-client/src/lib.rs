@@ -8,6 +8,7 @@ mod error;
 mod event;
 mod http;
 mod people;
+mod search;
 mod sqlite;
 mod store;
 
@@ -21,6 +22,9 @@ pub use client::Client;
 pub use error::{Error, Result};
 pub use event::{ConnectionState, Event, Events, Message};
 pub use people::{Profile, UserPage};
+pub use search::{
+    MAX_SEARCH_PAGE, SearchError, SearchHit, SearchIndex, SearchPage, SearchPosition, SearchResults,
+};
 pub use sqlite::SqliteStore;
 pub use store::{
     ClientStore, ConversationRecord, DeviceRecord, MemoryStore, OutboxEntry, Secret, StoredMessage,
