@@ -4,7 +4,8 @@
 //! The index is an SQLite FTS5 table with the `trigram` tokenizer: every run of three
 //! characters is a token, so a query finds any substring of at least three characters in any
 //! script, Chinese, Japanese and Korean included (they have no spaces to split words at).
-//! Matching is case-insensitive (for the letters SQLite folds).
+//! Matching is case-insensitive: the trigram tokenizer folds Unicode case; the short-term
+//! fallback below folds ASCII letters only.
 //!
 //! A query is split at whitespace into terms, and a hit contains every term. A term of three
 //! or more characters goes through the trigram index (`MATCH`). A term of one or two
@@ -218,7 +219,7 @@ impl SearchIndex {
                 sql.push_str(" AND body LIKE ? ESCAPE '\\'");
                 args.push(Value::Text(format!("%{}%", escape_like(short))));
             } else {
-                // Nothing to fold: a plain substring test, a few times faster than LIKE.
+                // No ASCII letter to fold: a plain substring test, cheaper than LIKE.
                 sql.push_str(" AND instr(body, ?) > 0");
                 args.push(Value::Text((*short).to_owned()));
             }
