@@ -118,7 +118,7 @@ impl SearchIndex {
 
     /// An index in the database of `conn` (its tables are created if missing).
     pub fn with_connection(conn: Connection) -> Result<Self, SearchError> {
-        conn.execute_batch(SCHEMA)?;
+        create_schema(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -162,15 +162,7 @@ impl SearchIndex {
         message: MessageId,
         text: &str,
     ) -> Result<bool, SearchError> {
-        let conn = self.conn();
-        let Some(rowid) = rowid(&conn, conversation, message)? else {
-            return Ok(false);
-        };
-        conn.execute(
-            "UPDATE search_text SET body = ?2 WHERE rowid = ?1",
-            params![rowid, text],
-        )?;
-        Ok(true)
+        edit(&self.conn(), conversation, message, text)
     }
 
     /// Forgets a message (deleted). Returns whether it was indexed.
@@ -181,81 +173,15 @@ impl SearchIndex {
     ) -> Result<bool, SearchError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let Some(rowid) = rowid(&tx, conversation, message)? else {
-            return Ok(false);
-        };
-        tx.execute("DELETE FROM search_text WHERE rowid = ?1", [rowid])?;
-        tx.execute("DELETE FROM search_keys WHERE rowid = ?1", [rowid])?;
+        let removed = remove(&tx, conversation, message)?;
         tx.commit()?;
-        Ok(true)
+        Ok(removed)
     }
 
     /// The messages containing every whitespace-separated term of `query`, newest indexed
     /// first. An empty query finds nothing.
     pub fn search(&self, query: &str, page: SearchPage) -> Result<SearchResults, SearchError> {
-        let terms: Vec<&str> = query.split_whitespace().collect();
-        let limit = page.limit.min(MAX_SEARCH_PAGE);
-        if terms.is_empty() || limit == 0 {
-            return Ok(SearchResults {
-                hits: Vec::new(),
-                next: None,
-            });
-        }
-        let mut sql = String::from("SELECT rowid, body FROM search_text WHERE 1");
-        let mut args: Vec<Value> = Vec::new();
-        let long: Vec<String> = terms
-            .iter()
-            .filter(|t| t.chars().nth(2).is_some())
-            .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
-            .collect();
-        if !long.is_empty() {
-            // Quoted terms side by side: each is a phrase (a substring), all must match.
-            sql.push_str(" AND search_text MATCH ?");
-            args.push(Value::Text(long.join(" ")));
-        }
-        for short in terms.iter().filter(|t| t.chars().nth(2).is_none()) {
-            if short.chars().any(|c| c.is_ascii_alphabetic()) {
-                // LIKE folds ASCII case, as the trigram index does.
-                sql.push_str(" AND body LIKE ? ESCAPE '\\'");
-                args.push(Value::Text(format!("%{}%", escape_like(short))));
-            } else {
-                // No ASCII letter to fold: a plain substring test, cheaper than LIKE.
-                sql.push_str(" AND instr(body, ?) > 0");
-                args.push(Value::Text((*short).to_owned()));
-            }
-        }
-        if let Some(SearchPosition(after)) = page.after {
-            sql.push_str(" AND rowid < ?");
-            args.push(Value::Integer(after));
-        }
-        sql.push_str(" ORDER BY rowid DESC LIMIT ?");
-        // One more than asked, to know whether there is a next page.
-        args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX) + 1));
-
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params_from_iter(args), |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
-        })?;
-        let mut hits = Vec::new();
-        let mut last = None;
-        let mut next = None;
-        // The keys are looked up per hit (at most a page of primary-key reads) rather than
-        // joined, so the planner always scans the FTS table, newest first, and stops early.
-        let mut keys =
-            conn.prepare_cached("SELECT conversation, message FROM search_keys WHERE rowid = ?1")?;
-        for row in rows {
-            let (rowid, text) = row?;
-            if hits.len() == limit {
-                next = last.map(SearchPosition);
-                break;
-            }
-            last = Some(rowid);
-            let (conversation, message) =
-                keys.query_row([rowid], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            hits.push(hit(conversation, message, text)?);
-        }
-        Ok(SearchResults { hits, next })
+        search(&self.conn(), query, page)
     }
 
     /// How many messages are indexed.
@@ -278,6 +204,113 @@ impl SearchIndex {
     }
 }
 
+/// Creates the index's tables in `conn` if they are missing.
+pub(crate) fn create_schema(conn: &Connection) -> Result<(), SearchError> {
+    conn.execute_batch(SCHEMA)?;
+    Ok(())
+}
+
+/// [`SearchIndex::edit`] on a connection (or inside a caller's transaction).
+pub(crate) fn edit(
+    conn: &Connection,
+    conversation: ConversationId,
+    message: MessageId,
+    text: &str,
+) -> Result<bool, SearchError> {
+    let Some(rowid) = rowid(conn, conversation, message)? else {
+        return Ok(false);
+    };
+    conn.prepare_cached("UPDATE search_text SET body = ?2 WHERE rowid = ?1")?
+        .execute(params![rowid, text])?;
+    Ok(true)
+}
+
+/// [`SearchIndex::delete`] inside a caller's transaction.
+pub(crate) fn remove(
+    conn: &Connection,
+    conversation: ConversationId,
+    message: MessageId,
+) -> Result<bool, SearchError> {
+    let Some(rowid) = rowid(conn, conversation, message)? else {
+        return Ok(false);
+    };
+    conn.prepare_cached("DELETE FROM search_text WHERE rowid = ?1")?
+        .execute([rowid])?;
+    conn.prepare_cached("DELETE FROM search_keys WHERE rowid = ?1")?
+        .execute([rowid])?;
+    Ok(true)
+}
+
+/// [`SearchIndex::search`] on a connection.
+pub(crate) fn search(
+    conn: &Connection,
+    query: &str,
+    page: SearchPage,
+) -> Result<SearchResults, SearchError> {
+    let terms: Vec<&str> = query.split_whitespace().collect();
+    let limit = page.limit.min(MAX_SEARCH_PAGE);
+    if terms.is_empty() || limit == 0 {
+        return Ok(SearchResults {
+            hits: Vec::new(),
+            next: None,
+        });
+    }
+    let mut sql = String::from("SELECT rowid, body FROM search_text WHERE 1");
+    let mut args: Vec<Value> = Vec::new();
+    let long: Vec<String> = terms
+        .iter()
+        .filter(|t| t.chars().nth(2).is_some())
+        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .collect();
+    if !long.is_empty() {
+        // Quoted terms side by side: each is a phrase (a substring), all must match.
+        sql.push_str(" AND search_text MATCH ?");
+        args.push(Value::Text(long.join(" ")));
+    }
+    for short in terms.iter().filter(|t| t.chars().nth(2).is_none()) {
+        if short.chars().any(|c| c.is_ascii_alphabetic()) {
+            // LIKE folds ASCII case, as the trigram index does.
+            sql.push_str(" AND body LIKE ? ESCAPE '\\'");
+            args.push(Value::Text(format!("%{}%", escape_like(short))));
+        } else {
+            // No ASCII letter to fold: a plain substring test, cheaper than LIKE.
+            sql.push_str(" AND instr(body, ?) > 0");
+            args.push(Value::Text((*short).to_owned()));
+        }
+    }
+    if let Some(SearchPosition(after)) = page.after {
+        sql.push_str(" AND rowid < ?");
+        args.push(Value::Integer(after));
+    }
+    sql.push_str(" ORDER BY rowid DESC LIMIT ?");
+    // One more than asked, to know whether there is a next page.
+    args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX) + 1));
+
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(args), |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+    })?;
+    let mut hits = Vec::new();
+    let mut last = None;
+    let mut next = None;
+    // The keys are looked up per hit (at most a page of primary-key reads) rather than
+    // joined, so the planner always scans the FTS table, newest first, and stops early.
+    let mut keys =
+        conn.prepare_cached("SELECT conversation, message FROM search_keys WHERE rowid = ?1")?;
+    for row in rows {
+        let (rowid, text) = row?;
+        if hits.len() == limit {
+            next = last.map(SearchPosition);
+            break;
+        }
+        last = Some(rowid);
+        let (conversation, message) =
+            keys.query_row([rowid], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        hits.push(hit(conversation, message, text)?);
+    }
+    Ok(SearchResults { hits, next })
+}
+
 fn sql_id(id: u64) -> i64 {
     // IDs are at most `chat_core::MAX_ID`, which is `i64::MAX`.
     i64::try_from(id).unwrap_or(i64::MAX)
@@ -297,7 +330,8 @@ fn rowid(
         .optional()?)
 }
 
-fn upsert(
+/// [`SearchIndex::index`] inside a caller's transaction.
+pub(crate) fn upsert(
     conn: &Connection,
     conversation: ConversationId,
     message: MessageId,
