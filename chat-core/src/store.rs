@@ -234,8 +234,33 @@ pub trait MessageStore: Send + Sync {
         limit: usize,
     ) -> StoreResult<Vec<InboxEntry>>;
 
-    /// The device's newest inbox position (`InboxPos::ZERO` when empty).
+    /// The highest inbox position ever assigned to the device (`InboxPos::ZERO` before its
+    /// first entry). Trimming never lowers it: positions are never reused, so the next
+    /// append gets `head + 1` even when every entry was trimmed.
     async fn inbox_head(&self, device: DeviceAddress) -> StoreResult<InboxPos>;
+
+    /// Inbox retention (R-SYNC-2): deletes up to `limit` inbox entries, of any devices,
+    /// whose message was stored before `sent_before` (its `sent_at`), and returns how many
+    /// it deleted.
+    ///
+    /// For every device that lost entries, raises its trim floor
+    /// ([`inbox_floor`](Self::inbox_floor)) to the highest position deleted; the floor is
+    /// never lowered. Entries stored at or after `sent_before` stay, and so do the
+    /// messages themselves: only the per-device pointer and header go, so
+    /// [`history`](Self::history) and [`message`](Self::message) still return them. The
+    /// head and the position counter are untouched (positions are never reused).
+    ///
+    /// Each call is one short transaction; a periodic task calls it until it returns less
+    /// than `limit`. Entries are found through an index on their time, so a call costs
+    /// about `limit` entries, not a scan of every inbox.
+    async fn trim_inboxes(&self, sent_before: Timestamp, limit: usize) -> StoreResult<u64>;
+
+    /// The device's trim floor: the highest inbox position deleted by
+    /// [`trim_inboxes`](Self::trim_inboxes), `InboxPos::ZERO` if nothing was trimmed. A
+    /// cursor below it cannot be served in full: the entries up to the floor may be gone
+    /// (the gateway answers `resync_required {inbox_trimmed, head: floor}` and continues
+    /// after the floor). Never above [`inbox_head`](Self::inbox_head).
+    async fn inbox_floor(&self, device: DeviceAddress) -> StoreResult<InboxPos>;
 
     /// Moves the device's acknowledged cursor forward (never backwards); returns the stored
     /// cursor.

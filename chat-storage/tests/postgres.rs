@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use chat_core::StoreError;
-use chat_storage::testing::Fixture;
+use chat_core::{ConversationStore as _, InboxPos, MessageStore as _, StoreError, Timestamp};
+use chat_storage::testing::{self, Fixture};
 use chat_storage::{PostgresOptions, PostgresStore};
 
 const URL_VAR: &str = "CHAT_TEST_POSTGRES_URL";
@@ -163,4 +163,80 @@ async fn open_accepts_postgres_urls() {
         tables.get::<_, i64>(0) > 0,
         "the store's tables are in the schema from the URL"
     );
+}
+
+/// A version 2 schema (inbox entries without their own time, devices without a floor)
+/// migrates to version 3 with each entry taking its message's time; a version 2 node's
+/// insert (without the new column) still works during a rolling upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_2_inboxes_migrate_with_their_message_times() {
+    let Some(url) = url() else { return };
+    let schema = schema_name();
+    let _cleanup = DropSchema {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let options = PostgresOptions::default()
+        .pool_size(2)
+        .schema(schema.clone());
+    let store = PostgresStore::connect(&url, options.clone())
+        .await
+        .expect("connect");
+    let (a, devices) = testing::user_with_devices(&store, 1).await;
+    let (b, readers) = testing::user_with_devices(&store, 1).await;
+    let conv = store.open_direct(a, b, testing::NOW).await.expect("direct");
+    let at = |ms| Timestamp::from_millis(testing::NOW.as_millis() + ms);
+    for ms in [0, 100] {
+        let mut msg = testing::message(conv.id, devices[0], &readers);
+        msg.sent_at = at(ms);
+        store.append(msg).await.expect("append");
+    }
+    drop(store);
+
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("raw");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "SET search_path = {schema};
+             DROP INDEX inbox_by_time;
+             ALTER TABLE inbox DROP COLUMN sent_at;
+             ALTER TABLE devices DROP COLUMN inbox_floor;
+             UPDATE schema_version SET version = 2;"
+        ))
+        .await
+        .expect("downgrade");
+
+    let store = PostgresStore::connect(&url, options)
+        .await
+        .expect("migrate");
+    let reader = readers[0];
+    assert_eq!(
+        store.inbox_floor(reader).await.expect("floor"),
+        InboxPos::ZERO
+    );
+    // What a version 2 node writes: no sent_at. It takes the time of the insert.
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.inbox (device_id, pos, conversation_id, message_id, header)
+                 VALUES ($1, 3, $2, 2, '\\x00')"
+            ),
+            &[&(reader.device.get() as i64), &(conv.id.get() as i64)],
+        )
+        .await
+        .expect("version 2 insert");
+    assert_eq!(store.trim_inboxes(at(50), 100).await.expect("trim"), 1);
+    assert_eq!(
+        store.inbox_floor(reader).await.expect("floor"),
+        InboxPos::new(1).expect("pos")
+    );
+    let left = store
+        .inbox(reader, InboxPos::ZERO, 10)
+        .await
+        .expect("inbox");
+    let positions: Vec<u64> = left.iter().map(|e| e.pos.get()).collect();
+    assert_eq!(positions, vec![2, 3]);
+    assert_eq!(left[0].envelope.sent_at, at(100));
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use chat_core::{InboxPos, StoreError};
+use chat_core::{ConversationStore as _, InboxPos, MessageStore as _, StoreError, Timestamp};
 use chat_storage::testing::{self, Fixture};
 use chat_storage::{SqliteOptions, SqliteStore};
 
@@ -76,4 +76,56 @@ async fn data_survives_reopening() {
 async fn in_memory_paths_are_refused() {
     let err = chat_storage::open("sqlite://:memory:").await.err();
     assert!(matches!(err, Some(StoreError::Invalid(_))), "{err:?}");
+}
+
+/// A version 2 database (inbox entries without their own time, devices without a floor)
+/// migrates to version 3 with each entry taking its message's time, so retention trims
+/// old entries and keeps newer ones from the first pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_2_inboxes_migrate_with_their_message_times() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("chat.db");
+    let store = SqliteStore::open(&path, SqliteOptions::default())
+        .await
+        .expect("open");
+    let (a, devices) = testing::user_with_devices(&store, 1).await;
+    let (b, readers) = testing::user_with_devices(&store, 1).await;
+    let conv = store.open_direct(a, b, testing::NOW).await.expect("direct");
+    let at = |ms| Timestamp::from_millis(testing::NOW.as_millis() + ms);
+    for ms in [0, 100] {
+        let mut msg = testing::message(conv.id, devices[0], &readers);
+        msg.sent_at = at(ms);
+        store.append(msg).await.expect("append");
+    }
+    drop(store);
+
+    // Back to the version 2 shape: what migration 3 adds, removed.
+    let conn = rusqlite::Connection::open(&path).expect("raw open");
+    conn.execute_batch(
+        "DROP INDEX inbox_by_time;
+         ALTER TABLE inbox DROP COLUMN sent_at;
+         ALTER TABLE devices DROP COLUMN inbox_floor;
+         PRAGMA user_version = 2;",
+    )
+    .expect("downgrade");
+    drop(conn);
+
+    let store = SqliteStore::open(&path, SqliteOptions::default())
+        .await
+        .expect("migrate");
+    assert_eq!(
+        store.inbox_floor(readers[0]).await.expect("floor"),
+        InboxPos::ZERO
+    );
+    assert_eq!(store.trim_inboxes(at(50), 100).await.expect("trim"), 1);
+    assert_eq!(
+        store.inbox_floor(readers[0]).await.expect("floor"),
+        InboxPos::new(1).expect("pos")
+    );
+    let left = store
+        .inbox(readers[0], InboxPos::ZERO, 10)
+        .await
+        .expect("inbox");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].envelope.sent_at, at(100));
 }

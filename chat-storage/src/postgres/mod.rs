@@ -319,6 +319,14 @@ impl MessageStore for PostgresStore {
         on_conn!(self, |db| ops::inbox_head(&db, device).await)
     }
 
+    async fn trim_inboxes(&self, sent_before: Timestamp, limit: usize) -> StoreResult<u64> {
+        in_tx!(self, |db| ops::trim_inboxes(&db, sent_before, limit).await)
+    }
+
+    async fn inbox_floor(&self, device: DeviceAddress) -> StoreResult<InboxPos> {
+        on_conn!(self, |db| ops::inbox_floor(&db, device).await)
+    }
+
     async fn ack(&self, device: DeviceAddress, up_to: InboxPos) -> StoreResult<InboxPos> {
         on_conn!(self, |db| ops::ack(&db, device, up_to).await)
     }

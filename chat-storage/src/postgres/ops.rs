@@ -13,6 +13,8 @@
 //!   conversations, so no append can commit with a device list that the change made stale.
 //!   Making users members (a new direct conversation or group, an add) share-locks their
 //!   rows first, so it orders strictly before or after a device change of those users.
+//! - Trimming inboxes locks the affected device rows in ID order, then deletes their old
+//!   entries; removing a device locks its row before deleting its entries, the same way.
 
 use bytes::Bytes;
 use chat_core::limits::MAX_DEVICES_PER_USER;
@@ -199,6 +201,7 @@ const INSERT_DEVICE: &str = "INSERT INTO devices (user_id, name, created_at)
 const INSERT_TOKEN: &str = "INSERT INTO tokens (hash, user_id, device_id, created_at)
     VALUES ($1, $2, $3, $4)";
 const DEVICE_EXISTS: &str = "SELECT 1 FROM devices WHERE id = $1 AND user_id = $2";
+const LOCK_DEVICE: &str = "SELECT 1 FROM devices WHERE id = $1 AND user_id = $2 FOR UPDATE";
 const LOCK_DEVICE_SHARE: &str = "SELECT 1 FROM devices WHERE id = $1 AND user_id = $2 FOR SHARE";
 const DEVICES: &str = "SELECT id, name, created_at FROM devices WHERE user_id = $1 ORDER BY id";
 const LOCK_CONVERSATIONS_OF: &str = "SELECT id FROM conversations
@@ -279,8 +282,8 @@ const WRITE_MESSAGE: &str = "WITH k AS (
         UPDATE devices d SET inbox_head = d.inbox_head + 1 FROM locked
         WHERE d.id = locked.id RETURNING d.id, d.inbox_head),
     entries AS (
-        INSERT INTO inbox (device_id, pos, conversation_id, message_id, header)
-        SELECT b.id, b.inbox_head, $1, $2, t.h
+        INSERT INTO inbox (device_id, pos, conversation_id, message_id, header, sent_at)
+        SELECT b.id, b.inbox_head, $1, $2, t.h, $6
         FROM bumped b JOIN unnest($8::bigint[], $9::bytea[]) AS t (d, h) ON t.d = b.id)
     SELECT (SELECT count(*) FROM m), array_agg(id), array_agg(inbox_head) FROM bumped";
 const INBOX: &str = "SELECT i.pos, i.header, m.conversation_id, m.id, m.sender_user,
@@ -288,7 +291,24 @@ const INBOX: &str = "SELECT i.pos, i.header, m.conversation_id, m.id, m.sender_u
     FROM inbox i JOIN messages m ON m.conversation_id = i.conversation_id AND m.id = i.message_id
     WHERE i.device_id = $1 AND i.pos > $2 ORDER BY i.pos LIMIT $3";
 const DEVICE_POSITIONS: &str =
-    "SELECT inbox_head, cursor FROM devices WHERE id = $1 AND user_id = $2";
+    "SELECT inbox_head, cursor, inbox_floor FROM devices WHERE id = $1 AND user_id = $2";
+/// The oldest entries stored before $1, at most $2: a range of `inbox_by_time`.
+const TRIM_CANDIDATES: &str =
+    "SELECT device_id, pos FROM inbox WHERE sent_at < $1 ORDER BY sent_at LIMIT $2";
+/// Locks devices in ID order (the global lock order; appends take them the same way).
+const LOCK_DEVICES: &str = "SELECT id FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+/// Deletes the candidates that are still there (by primary key: an entry's time never
+/// changes, so a candidate stays old) and raises each affected device's floor to the
+/// highest position deleted (never lowers it). Returns the count.
+const TRIM: &str = "WITH gone AS (
+        DELETE FROM inbox i USING unnest($1::bigint[], $2::bigint[]) AS t (d, p)
+        WHERE i.device_id = t.d AND i.pos = t.p
+        RETURNING i.device_id, i.pos),
+    tops AS (SELECT device_id, max(pos) AS top FROM gone GROUP BY device_id),
+    raised AS (
+        UPDATE devices d SET inbox_floor = GREATEST(d.inbox_floor, tops.top) FROM tops
+        WHERE d.id = tops.device_id RETURNING 1)
+    SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM raised)";
 const ACK: &str = "UPDATE devices SET cursor = GREATEST(cursor, $3)
     WHERE id = $1 AND user_id = $2 RETURNING cursor";
 const HISTORY_BEFORE: &str = "SELECT conversation_id, id, sender_user, sender_device,
@@ -331,6 +351,7 @@ pub(crate) const STATEMENTS: &[&str] = &[
     INSERT_DEVICE,
     INSERT_TOKEN,
     DEVICE_EXISTS,
+    LOCK_DEVICE,
     LOCK_DEVICE_SHARE,
     DEVICES,
     LOCK_CONVERSATIONS_OF,
@@ -376,6 +397,9 @@ pub(crate) const STATEMENTS: &[&str] = &[
     people::USER_EXISTS,
     INBOX,
     DEVICE_POSITIONS,
+    TRIM_CANDIDATES,
+    LOCK_DEVICES,
+    TRIM,
     ACK,
     HISTORY_BEFORE,
     HISTORY_AFTER,
@@ -546,7 +570,11 @@ pub(crate) async fn devices(db: &Db<'_>, user: UserId) -> StoreResult<Vec<Device
 
 pub(crate) async fn remove_device(db: &Db<'_>, device: DeviceAddress) -> StoreResult<()> {
     lock_user_and_conversations(db, device.user).await?;
-    require_device(db, device).await?;
+    // The device row before its inbox rows, as trimming takes them: no lock cycle.
+    let params: Params<'_> = &[&to_sql(device.device.get()), &to_sql(device.user.get())];
+    if db.opt(LOCK_DEVICE, params).await?.is_none() {
+        return Err(StoreError::NotFound);
+    }
     let id = to_sql(device.device.get());
     for sql in [
         DELETE_TOKENS_OF,

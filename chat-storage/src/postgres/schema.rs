@@ -136,6 +136,26 @@ const MIGRATIONS: &[&str] = &[
     -- Nullable without a default: a catalog-only change, no table rewrite.
     ALTER TABLE messages ADD COLUMN withheld_from bigint;
     ",
+    // Version 3: inbox retention (R-SYNC-2). Additive: nodes still on version 2 keep
+    // working against it (their inbox inserts take the column default below).
+    "
+    -- The highest position trimming deleted; inbox_head stays the highest ever assigned.
+    -- A constant default: a catalog-only change, no table rewrite.
+    ALTER TABLE devices ADD COLUMN inbox_floor bigint NOT NULL DEFAULT 0;
+    -- When the entry's message was stored (its sent_at), copied onto the entry so trimming
+    -- finds old entries through inbox_by_time instead of joining every entry to messages.
+    -- Existing entries take their message's time, in one pass over the inbox (entries
+    -- whose message is missing, which no reader can serve, take 0 and go first).
+    ALTER TABLE inbox ADD COLUMN sent_at bigint;
+    UPDATE inbox i SET sent_at = coalesce((SELECT m.sent_at FROM messages m
+        WHERE m.conversation_id = i.conversation_id AND m.id = i.message_id), 0);
+    -- For inserts by version 2 nodes during a rolling upgrade: the time of the insert.
+    ALTER TABLE inbox ALTER COLUMN sent_at
+        SET DEFAULT (extract(epoch FROM now()) * 1000)::bigint;
+    ALTER TABLE inbox ALTER COLUMN sent_at SET NOT NULL;
+    -- With the primary key columns, so a trim batch is one index-only range scan.
+    CREATE INDEX inbox_by_time ON inbox (sent_at, device_id, pos);
+    ",
 ];
 
 /// The schema version this build writes.

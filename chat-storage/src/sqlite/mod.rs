@@ -430,6 +430,15 @@ impl MessageStore for SqliteStore {
         self.read(move |c| ops::inbox_head(c, device)).await
     }
 
+    async fn trim_inboxes(&self, sent_before: Timestamp, limit: usize) -> StoreResult<u64> {
+        self.write(move |c| ops::trim_inboxes(c, sent_before, limit))
+            .await
+    }
+
+    async fn inbox_floor(&self, device: DeviceAddress) -> StoreResult<InboxPos> {
+        self.read(move |c| ops::inbox_floor(c, device)).await
+    }
+
     async fn ack(&self, device: DeviceAddress, up_to: InboxPos) -> StoreResult<InboxPos> {
         self.write(move |c| ops::ack(c, device, up_to)).await
     }

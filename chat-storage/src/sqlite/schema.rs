@@ -128,6 +128,20 @@ const MIGRATIONS: &[&str] = &[
     -- The blocker a one-to-one message was withheld from (no inbox entry was written).
     ALTER TABLE messages ADD COLUMN withheld_from INTEGER;
     ",
+    // Version 3: inbox retention (R-SYNC-2).
+    "
+    -- When the entry's message was stored (its sent_at), copied onto the entry so trimming
+    -- finds old entries through inbox_by_time instead of joining every entry to messages.
+    -- Existing entries take their message's time (entries whose message is missing, which
+    -- no reader can serve, take 0 and go first).
+    ALTER TABLE inbox ADD COLUMN sent_at INTEGER NOT NULL DEFAULT 0;
+    UPDATE inbox SET sent_at = coalesce(
+        (SELECT m.sent_at FROM messages m WHERE m.seq = inbox.message_seq), 0);
+    -- The index carries the primary key (device_id, pos), so a trim batch is one range scan.
+    CREATE INDEX inbox_by_time ON inbox (sent_at);
+    -- The highest position trimming deleted. inbox_head stays the highest ever assigned.
+    ALTER TABLE devices ADD COLUMN inbox_floor INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -101,6 +101,10 @@ macro_rules! conformance_tests {
             search_pages_by_prefix,
             blocks_are_one_way,
             blocked_direct_sends_are_withheld,
+            trimming_raises_the_floor_and_never_reuses_positions,
+            trimming_is_batched_and_keeps_newer_entries,
+            trim_floor_never_moves_down,
+            concurrent_trims_and_appends_agree,
         );
     };
     (@each $fixture:expr; $($name:ident),* $(,)?) => {
@@ -227,6 +231,7 @@ mod accounts;
 mod conversations;
 mod messages;
 mod people;
+mod retention;
 
 pub use accounts::{
     accounts_and_tokens, attachments_and_push_tokens, device_removal_revokes_everything,
@@ -246,4 +251,9 @@ pub use messages::{
 pub use people::{
     blocked_direct_sends_are_withheld, blocks_are_one_way, profiles_round_trip,
     search_pages_by_prefix,
+};
+pub use retention::{
+    concurrent_trims_and_appends_agree, trim_floor_never_moves_down,
+    trimming_is_batched_and_keeps_newer_entries,
+    trimming_raises_the_floor_and_never_reuses_positions,
 };

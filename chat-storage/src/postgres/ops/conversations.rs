@@ -333,24 +333,65 @@ pub(crate) async fn inbox(
         .collect()
 }
 
-async fn positions(db: &Db<'_>, device: DeviceAddress) -> StoreResult<(InboxPos, InboxPos)> {
+/// A device's inbox head, cursor and trim floor.
+async fn positions(db: &Db<'_>, device: DeviceAddress) -> StoreResult<[InboxPos; 3]> {
     let params: Params<'_> = &[&to_sql(device.device.get()), &to_sql(device.user.get())];
     let row = db
         .opt(DEVICE_POSITIONS, params)
         .await?
         .ok_or(StoreError::NotFound)?;
-    Ok((
+    Ok([
         from_sql(get(&row, 0)?, "inbox head")?,
         from_sql(get(&row, 1)?, "cursor")?,
-    ))
+        from_sql(get(&row, 2)?, "inbox floor")?,
+    ])
 }
 
 pub(crate) async fn inbox_head(db: &Db<'_>, device: DeviceAddress) -> StoreResult<InboxPos> {
-    Ok(positions(db, device).await?.0)
+    let [head, _, _] = positions(db, device).await?;
+    Ok(head)
 }
 
 pub(crate) async fn cursor(db: &Db<'_>, device: DeviceAddress) -> StoreResult<InboxPos> {
-    Ok(positions(db, device).await?.1)
+    let [_, cursor, _] = positions(db, device).await?;
+    Ok(cursor)
+}
+
+pub(crate) async fn inbox_floor(db: &Db<'_>, device: DeviceAddress) -> StoreResult<InboxPos> {
+    let [_, _, floor] = positions(db, device).await?;
+    Ok(floor)
+}
+
+/// One trim batch, in one transaction: the candidates (no locks), their devices locked in
+/// ID order, then the delete and the floors in one statement. A candidate another node
+/// trimmed meanwhile is simply not deleted again.
+pub(crate) async fn trim_inboxes(
+    db: &Db<'_>,
+    sent_before: Timestamp,
+    limit: usize,
+) -> StoreResult<u64> {
+    let cutoff = ts_sql(sent_before);
+    let rows = db
+        .query(TRIM_CANDIDATES, &[&cutoff, &limit_sql(limit)])
+        .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut devices = Vec::with_capacity(rows.len());
+    let mut positions = Vec::with_capacity(rows.len());
+    for row in &rows {
+        devices.push(get::<i64>(row, 0)?);
+        positions.push(get::<i64>(row, 1)?);
+    }
+    let mut lock = devices.clone();
+    lock.sort_unstable();
+    lock.dedup();
+    db.query(LOCK_DEVICES, &[&lock]).await?;
+    let row = db
+        .opt(TRIM, &[&devices, &positions])
+        .await?
+        .ok_or_else(|| failure("trim returned no row"))?;
+    Ok(u64::try_from(get::<i64>(&row, 0)?).unwrap_or(0))
 }
 
 pub(crate) async fn ack(

@@ -327,7 +327,8 @@ pub(crate) fn append(conn: &Connection, message: &NewMessage) -> StoreResult<App
         .map_err(backend)?;
     let mut entry = conn
         .prepare_cached(
-            "INSERT INTO inbox (device_id, pos, message_seq, header) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO inbox (device_id, pos, message_seq, header, sent_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )
         .map_err(backend)?;
     let mut deliveries = Vec::with_capacity(message.recipients.len());
@@ -338,7 +339,13 @@ pub(crate) fn append(conn: &Connection, message: &NewMessage) -> StoreResult<App
         let device = to_sql(recipient.device.device.get());
         let pos: i64 = head.query_row([device], |r| r.get(0)).map_err(backend)?;
         entry
-            .execute(params![device, pos, seq, &recipient.header[..]])
+            .execute(params![
+                device,
+                pos,
+                seq,
+                &recipient.header[..],
+                ts_sql(message.sent_at)
+            ])
             .map_err(backend)?;
         deliveries.push((recipient.device, from_sql(pos, "inbox position")?));
     }
@@ -423,6 +430,45 @@ pub(crate) fn inbox_head(conn: &Connection, device: DeviceAddress) -> StoreResul
 
 pub(crate) fn cursor(conn: &Connection, device: DeviceAddress) -> StoreResult<InboxPos> {
     device_column(conn, device, "cursor")
+}
+
+pub(crate) fn inbox_floor(conn: &Connection, device: DeviceAddress) -> StoreResult<InboxPos> {
+    device_column(conn, device, "inbox_floor")
+}
+
+/// Deletes up to `limit` of the oldest entries stored before `sent_before` (one range of
+/// `inbox_by_time`) and raises each affected device's floor. `inbox_head` is not touched.
+pub(crate) fn trim_inboxes(
+    conn: &Connection,
+    sent_before: Timestamp,
+    limit: usize,
+) -> StoreResult<u64> {
+    let mut delete = conn
+        .prepare_cached(
+            "DELETE FROM inbox WHERE (device_id, pos) IN (
+                 SELECT device_id, pos FROM inbox WHERE sent_at < ?1 ORDER BY sent_at LIMIT ?2)
+             RETURNING device_id, pos",
+        )
+        .map_err(backend)?;
+    let mut tops = std::collections::BTreeMap::<i64, i64>::new();
+    let mut deleted = 0u64;
+    let mut rows = delete
+        .query([ts_sql(sent_before), limit_sql(limit)])
+        .map_err(backend)?;
+    while let Some(r) = rows.next().map_err(backend)? {
+        let (device, pos): (i64, i64) = (r.get(0).map_err(backend)?, r.get(1).map_err(backend)?);
+        let top = tops.entry(device).or_insert(pos);
+        *top = (*top).max(pos);
+        deleted += 1;
+    }
+    drop(rows);
+    let mut raise = conn
+        .prepare_cached("UPDATE devices SET inbox_floor = max(inbox_floor, ?2) WHERE id = ?1")
+        .map_err(backend)?;
+    for (device, top) in tops {
+        raise.execute([device, top]).map_err(backend)?;
+    }
+    Ok(deleted)
 }
 
 pub(crate) fn ack(
