@@ -79,8 +79,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }) => {
                 println!("alice sees: user {user} {kind:?} up to message {up_to}");
             }
-            Some(Event::Typing { from, active, .. }) => {
-                println!("alice sees: user {} typing: {active}", from.user);
+            Some(Event::Typing {
+                conversation,
+                users,
+            }) => {
+                println!("alice sees: typing in {conversation}: {users:?}");
             }
             Some(Event::Message(m)) => {
                 println!(

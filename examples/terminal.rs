@@ -1,5 +1,6 @@
-//! An interactive terminal client: log in, list conversations, chat, see presence, typing
-//! and receipts, set a display name, search the directory and block users.
+//! An interactive terminal client: log in, list conversations with unread counts, chat,
+//! reply, edit, delete and react, search your history, see presence, typing and receipts, set
+//! a display name, find people and block users.
 //!
 //! ```sh
 //! cargo run -p chat-server &                      # a node on 127.0.0.1:8080
@@ -15,19 +16,25 @@ use std::sync::{Arc, Mutex};
 
 use chat::client::ClientStore as _;
 use chat::client::{
-    Client, ConnectionState, ConversationId, ErrorCode, Event, ReceiptKind, SqliteStore, UserId,
+    Client, ConnectionState, Content, ConversationId, ErrorCode, Event, MessageId, SearchPage,
+    SqliteStore, TimelineItem, UserId,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const HELP: &str = "\
-/list                  conversations
+/list                  conversations, newest first, with unread counts
 /open NAME             the one-to-one conversation with NAME (and their presence)
 /group NAME NAME...    a new group with these users
-/to ID                 switch to conversation ID and show its latest messages
+/to ID                 switch to conversation ID, show its latest messages, mark them read
 /add NAME | /remove NAME   change the current group's members
-/history               the current conversation's latest messages
+/history               the current conversation's latest messages (edits, reactions applied)
+/reply ID TEXT         reply to message ID
+/edit ID TEXT          replace the text of your message ID
+/delete ID             delete your message ID for everyone
+/react ID EMOJI | /unreact ID EMOJI   add or take back a reaction
+/search WORDS          search your messages (every word must occur)
 /name NAME [| STATUS]  set your display name (and status)
-/search PREFIX         find users by display name
+/who PREFIX            find users by display name
 /block NAME | /unblock NAME   block or unblock a user (by username)
 /quit                  leave (the outbox is kept and sent on the next run)
 anything else          sent to the current conversation";
@@ -135,10 +142,21 @@ async fn command(
         Some("/help") => println!("{HELP}"),
         Some("/quit") => return Ok(false),
         Some("/list") => {
-            for id in client.conversations().await? {
-                let members = client.members(id).await?;
-                let mark = if Some(id) == *current { "*" } else { " " };
-                println!("{mark} {id}: members {members:?}");
+            // Learns conversations started elsewhere, then lists the local view.
+            client.conversations().await?;
+            for c in client.conversation_list()? {
+                let mark = if Some(c.id) == *current { "*" } else { " " };
+                let unread = if c.unread > 0 {
+                    format!(" ({} unread)", c.unread)
+                } else {
+                    String::new()
+                };
+                let last = c
+                    .last
+                    .as_ref()
+                    .map(|m| format!(": {}: {}", names.of(m.view.sender), summary(m)))
+                    .unwrap_or_default();
+                println!("{mark} {} {:?}{unread}{last}", c.id, c.kind);
             }
         }
         Some("/open") => {
@@ -181,6 +199,34 @@ async fn command(
             println!("done");
         }
         Some("/history") => history(client, names, current.ok_or("no current conversation")?)?,
+        Some(cmd @ ("/reply" | "/edit" | "/delete" | "/react" | "/unreact")) => {
+            let id = current.ok_or("no current conversation")?;
+            let target: MessageId = words.next().ok_or("which message? (its #ID)")?.parse()?;
+            let rest = words.collect::<Vec<_>>().join(" ");
+            let sent = match cmd {
+                "/reply" => client.send_reply(id, target, &rest).await?,
+                "/edit" => client.edit_message(id, target, &rest).await?,
+                "/delete" => client.delete_message(id, target).await?,
+                "/react" => client.react(id, target, &rest).await?,
+                _ => client.unreact(id, target, &rest).await?,
+            };
+            println!("  (sent as {sent})");
+        }
+        Some("/search") => {
+            let query = line
+                .strip_prefix("/search")
+                .unwrap_or_default()
+                .trim_start();
+            let results = client.search(query, SearchPage::first(20))?;
+            for hit in &results.hits {
+                println!("  [{} #{}] {}", hit.conversation, hit.message, hit.text);
+            }
+            if results.hits.is_empty() {
+                println!("  nothing found");
+            } else if results.next.is_some() {
+                println!("  … more; add words to narrow it");
+            }
+        }
         Some("/name") => {
             let rest = line.strip_prefix("/name").unwrap_or_default();
             let (name, status) = match rest.split_once('|') {
@@ -191,11 +237,8 @@ async fn command(
             names.set(client.user(), profile.name().to_owned());
             println!("you are now {}", profile.name());
         }
-        Some("/search") => {
-            let prefix = line
-                .strip_prefix("/search")
-                .unwrap_or_default()
-                .trim_start();
+        Some("/who") => {
+            let prefix = line.strip_prefix("/who").unwrap_or_default().trim_start();
             let page = client.search_users(prefix, None, 20).await?;
             for user in &page.users {
                 let status = user.status.as_deref().unwrap_or("");
@@ -244,16 +287,45 @@ fn history(
     names: &Names,
     id: ConversationId,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let all = client.history(id, None, 10_000)?;
-    for m in all.iter().skip(all.len().saturating_sub(20)) {
-        println!(
-            "  [{}] {}: {}",
-            m.id,
-            names.of(m.sender.user),
-            m.text().unwrap_or("<unsupported>")
-        );
+    let mut page = client.timeline(id, None, 20)?;
+    page.reverse();
+    for m in &page {
+        println!("  {}", line_of(names, m));
+    }
+    if let Some(last) = page.last() {
+        client.mark_read(id, last.id())?;
     }
     Ok(())
+}
+
+/// One message as a line: `[#ID] NAME: TEXT (edited) [👍 2]`, or a tombstone.
+fn line_of(names: &Names, m: &TimelineItem) -> String {
+    let mut line = format!("[#{}] {}: {}", m.id(), names.of(m.view.sender), summary(m));
+    if m.is_edited() {
+        line.push_str(" (edited)");
+    }
+    for (emoji, users) in &m.view.reactions {
+        line.push_str(&format!(" [{emoji} {}]", users.len()));
+    }
+    line
+}
+
+/// What a message says, in a few words.
+fn summary(m: &TimelineItem) -> String {
+    match &m.view.content {
+        None => "<deleted>".to_owned(),
+        Some(Content::Text(t)) => match t.reply_to {
+            Some(to) => format!("(re #{to}) {}", t.body),
+            None => t.body.clone(),
+        },
+        Some(Content::Attachment(a)) => format!(
+            "<file {} ({} bytes)>",
+            a.name.as_deref().unwrap_or("unnamed"),
+            a.size
+        ),
+        Some(Content::GroupChange(g)) => format!("<group: {:?} {:?}>", g.action, g.users),
+        Some(_) => "<unsupported message>".to_owned(),
+    }
 }
 
 fn show(
@@ -264,17 +336,28 @@ fn show(
 ) -> Result<(), Box<dyn std::error::Error>> {
     match event {
         Event::Message(m) => {
+            let unread = client.unread_count(m.conversation)?;
+            let text = match &m.content {
+                Content::Text(t) => match t.reply_to {
+                    Some(to) => format!("(re #{to}) {}", t.body),
+                    None => t.body.clone(),
+                },
+                Content::Attachment(a) => format!("<file {}>", a.name.as_deref().unwrap_or("")),
+                _ => "<unsupported message>".to_owned(),
+            };
             println!(
-                "[{} #{}] {}: {}",
+                "[{} #{}] {}: {text}",
                 m.conversation,
                 m.id,
                 names.of(m.sender.user),
-                m.text().unwrap_or("<unsupported message>")
             );
             if Some(m.conversation) == current && m.sender.user != client.user() {
-                client.send_receipt(m.conversation, ReceiptKind::Read, m.id)?;
+                client.mark_read(m.conversation, m.id)?;
+            } else if unread > 0 {
+                println!("  ({unread} unread in {})", m.conversation);
             }
         }
+        Event::Updated(m) => println!("  [{}] now: {}", m.conversation, line_of(names, &m)),
         Event::Receipt {
             conversation,
             user,
@@ -288,11 +371,23 @@ fn show(
         }
         Event::Typing {
             conversation,
-            from,
-            active: true,
-            ..
+            users,
         } => {
-            println!("  [{conversation}] {} is typing…", names.of(from.user));
+            let who: Vec<String> = users.iter().map(|u| names.of(*u)).collect();
+            if who.is_empty() {
+                println!("  [{conversation}] (nobody typing)");
+            } else {
+                println!("  [{conversation}] {} typing…", who.join(", "));
+            }
+        }
+        Event::ResyncRequired { reason } => {
+            println!("! the server could not sync this device ({reason:?}); recovering history");
+        }
+        Event::Recovered { recovered, missed } => {
+            println!(
+                "  (recovered {recovered} messages; {} cannot be read on this device)",
+                missed.len()
+            );
         }
         Event::Presence { user, online, .. } => {
             println!(

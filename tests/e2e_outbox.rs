@@ -129,14 +129,12 @@ async fn presence_typing_and_receipts_reach_the_other_side() {
     );
 
     bob.send_typing(chat, true).expect("typing");
-    let from = wait_for(&mut a, |e| match e {
-        Event::Typing {
-            from, active: true, ..
-        } => Some(*from),
+    let users = wait_for(&mut a, |e| match e {
+        Event::Typing { users, .. } if !users.is_empty() => Some(users.clone()),
         _ => None,
     })
     .await;
-    assert_eq!(from, bob.device());
+    assert_eq!(users.into_iter().collect::<Vec<_>>(), vec![bob.user()]);
 
     let id = alice.send_text(chat, "read me").await.expect("send");
     let m = next_text(&mut b, chat).await;

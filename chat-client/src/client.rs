@@ -68,6 +68,8 @@ pub(crate) struct Inner {
     pub(crate) presence: Mutex<std::collections::BTreeSet<UserId>>,
     /// The users this user blocks, whose group messages are hidden (see `people.rs`).
     pub(crate) blocked: Mutex<std::collections::BTreeSet<UserId>>,
+    /// Who is typing where; indicators expire by themselves.
+    pub(crate) typing: Mutex<chat_core::TypingTracker>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -258,6 +260,7 @@ impl Client {
             waiters: Mutex::new(HashMap::new()),
             presence: Mutex::new(std::collections::BTreeSet::new()),
             blocked: Mutex::new(std::collections::BTreeSet::new()),
+            typing: Mutex::new(chat_core::TypingTracker::new()),
         });
         let driver = tokio::spawn(driver::run(inner.clone(), rx));
         Self {
@@ -754,7 +757,7 @@ impl Client {
         }))
     }
 
-    fn frame(&self, frame: ClientFrame) -> Result<()> {
+    pub(crate) fn frame(&self, frame: ClientFrame) -> Result<()> {
         self.inner
             .commands
             .send(Command::Frame(frame))
@@ -793,7 +796,7 @@ impl Client {
 }
 
 /// The wall clock, as the protocol's timestamps.
-fn now() -> chat_core::Timestamp {
+pub(crate) fn now() -> chat_core::Timestamp {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));

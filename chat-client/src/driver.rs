@@ -27,7 +27,8 @@ use crate::client::Inner;
 use crate::e2e::{Opened, Payload};
 use crate::error::Error;
 use crate::event::{ConnectionState, Event, Message};
-use crate::store::{OutboxEntry, StoredMessage, Write};
+use crate::store::{OutboxEntry, RecoveryPoint, StoredMessage, Write};
+use crate::thread;
 
 /// How long connecting and the `welcome` may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,6 +82,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver
                 return;
             }
             End::Lost { reason, synced } => {
+                inner.clear_typing();
                 if synced {
                     attempt = 0;
                 }
@@ -116,6 +118,14 @@ pub(crate) async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver
     }
 }
 
+/// Waits `wait`, or forever without one.
+async fn until(wait: Option<Duration>) {
+    match wait {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Exponential backoff with full jitter: a random delay in `[d/2, d]`.
 fn backoff(attempt: u32) -> Duration {
     let d = BASE_BACKOFF
@@ -132,6 +142,8 @@ struct Conn {
     acked: u64,
     resyncing: bool,
     synced: bool,
+    /// A history recovery was started on this connection.
+    recovering: bool,
     next_req: u32,
     in_flight: HashMap<u32, ClientKey>,
     /// Entries sent on this connection and not answered, or being repaired.
@@ -153,6 +165,7 @@ impl Conn {
             acked: 0,
             resyncing: false,
             synced: false,
+            recovering: false,
             next_req: 1,
             in_flight: HashMap::new(),
             busy: HashSet::new(),
@@ -205,6 +218,7 @@ impl Conn {
         let mut heartbeat = tokio::time::interval(period);
         let mut ack = tokio::time::interval(ACK_INTERVAL);
         loop {
+            let typing_expiry = self.inner.typing_wait();
             let step = tokio::select! {
                 incoming = ws.next() => match incoming {
                     Some(Ok(WsMessage::Binary(bytes))) => match ServerFrame::decode(&bytes) {
@@ -225,6 +239,10 @@ impl Conn {
                     Some(cmd) => self.command(&mut ws, cmd).await,
                 },
                 _ = heartbeat.tick() => self.send(&mut ws, &Heartbeat {}.into()).await,
+                () = until(typing_expiry) => {
+                    self.inner.expire_typing();
+                    Ok(())
+                },
                 _ = ack.tick() => self.ack(&mut ws).await,
             };
             if let Err(end) = step {
@@ -376,16 +394,22 @@ impl Conn {
                     }
                     self.inner.emit(Event::Connection(ConnectionState::Synced));
                 }
+                self.start_recovery();
                 Ok(())
             }
             ServerFrame::ResyncRequired(r) => {
-                tracing::warn!(head = r.head.get(), "server cannot serve from our cursor");
+                tracing::warn!(reason = ?r.reason, head = r.head.get(), "server cannot serve from our cursor");
+                // Where each conversation stood, kept with the new cursor in one commit: the
+                // recovery after the backlog reads history after these points, even if the
+                // app stops before it runs.
+                let points = self.recovery_points().map_err(|e| lost(e, self.synced))?;
                 self.inner
                     .store
-                    .commit(vec![Write::Cursor(r.head)])
+                    .commit(vec![Write::Cursor(r.head), Write::Recovery(Some(points))])
                     .map_err(|e| lost(e, self.synced))?;
                 self.cursor = SyncCursor::new(r.head);
-                self.inner.emit(Event::ResyncRequired);
+                self.acked = self.acked.min(r.head.get());
+                self.inner.emit(Event::ResyncRequired { reason: r.reason });
                 Ok(())
             }
             ServerFrame::Sent(s) => {
@@ -404,6 +428,17 @@ impl Conn {
                 Ok(())
             }
             ServerFrame::Receipt(r) => {
+                if r.user == self.inner.me.user && r.kind == chat_core::ReceiptKind::Read {
+                    // Read on another device of this user: unread counts follow everywhere.
+                    let raise = Write::ReadPosition {
+                        conversation: r.conversation,
+                        up_to: r.up_to,
+                    };
+                    self.inner
+                        .store
+                        .commit(vec![raise])
+                        .map_err(|e| lost(e, self.synced))?;
+                }
                 self.inner.emit(Event::Receipt {
                     conversation: r.conversation,
                     user: r.user,
@@ -413,12 +448,9 @@ impl Conn {
                 Ok(())
             }
             ServerFrame::Typing(t) => {
-                self.inner.emit(Event::Typing {
-                    conversation: t.conversation,
-                    from: t.from,
-                    active: t.active,
-                    ttl: Duration::from_millis(u64::from(t.ttl_ms)),
-                });
+                let ttl = Duration::from_millis(u64::from(t.ttl_ms));
+                self.inner
+                    .typing_event(t.conversation, t.from, t.active, ttl);
                 Ok(())
             }
             ServerFrame::Presence(p) => {
@@ -446,6 +478,48 @@ impl Conn {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// The newest stored message of every known conversation (a pending recovery's points
+    /// are kept: they are older).
+    fn recovery_points(&self) -> Result<Vec<RecoveryPoint>, Error> {
+        let store = &self.inner.store;
+        if let Some(pending) = store.recovery()? {
+            return Ok(pending);
+        }
+        store
+            .conversations()?
+            .into_iter()
+            .map(|c| {
+                Ok(RecoveryPoint {
+                    conversation: c.id,
+                    newest: store.newest_message(c.id)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Runs a pending history recovery off the connection's task, once per connection.
+    fn start_recovery(&mut self) {
+        if self.recovering {
+            return;
+        }
+        match self.inner.store.recovery() {
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(cause = %e, "could not read the pending recovery");
+                return;
+            }
+        }
+        self.recovering = true;
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::recovery::run(&inner).await {
+                // Kept in the store: the next connection tries again.
+                tracing::warn!(cause = %e, "history recovery failed");
+            }
+        });
     }
 
     async fn resync(&mut self, ws: &mut Ws) -> Result<(), End> {
@@ -476,17 +550,17 @@ impl Conn {
             self.inner.emit(Event::IdentityChanged { device });
         }
         match opened {
-            Opened::Message(m) => {
+            Opened::Message(opened) => {
+                let (m, derived) = *opened;
                 let message = Message::from_stored(&m);
                 if let chat_core::Content::GroupChange(_) = message.content {
                     // Membership changed: the next send reads the device list again, so a
                     // member who left no longer holds the sender key it uses (rotation).
                     self.inner.forget_devices(m.conversation);
                 }
-                if !self.inner.hides(message.sender.user) {
-                    self.inner.emit(Event::Message(message));
-                }
+                self.inner.report(message, derived);
             }
+            Opened::Known => {}
             Opened::Failed(e) => {
                 tracing::warn!(cause = %e, conversation = %d.conversation, id = %d.id, "undecryptable message");
                 self.inner.emit(Event::Undecryptable {
@@ -509,17 +583,21 @@ impl Conn {
             // A second answer for the same key (sent twice across a repair): already done.
             return Ok(());
         };
-        store.commit(vec![
-            Write::OutboxRemove(key),
-            Write::Message(StoredMessage {
-                conversation: s.conversation,
-                id: s.id,
-                sender: self.inner.me,
-                client_key: key,
-                sent_at: s.sent_at,
-                plaintext: entry.plaintext,
-            }),
-        ])?;
+        let message = StoredMessage {
+            conversation: s.conversation,
+            id: s.id,
+            sender: self.inner.me,
+            client_key: key,
+            sent_at: s.sent_at,
+            plaintext: entry.plaintext,
+        };
+        let mut derived = thread::derive(store.as_ref(), &message)?;
+        let mut writes = vec![Write::OutboxRemove(key), Write::Message(message)];
+        writes.append(&mut derived.writes);
+        store.commit(writes)?;
+        if let Some(item) = derived.updated {
+            self.inner.emit(Event::Updated(item));
+        }
         self.inner.finish(key, Ok(s.id));
         self.inner.emit(Event::Sent {
             conversation: s.conversation,

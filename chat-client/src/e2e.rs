@@ -20,12 +20,15 @@ use chat_crypto::{
 
 use crate::error::{Error, Result};
 use crate::store::{ClientStore, OutboxEntry, Secret, StoredMessage, Write};
+use crate::thread::{self, Derived};
 
 /// What one delivery produced, once committed.
-#[derive(Debug)]
 pub(crate) enum Opened {
-    /// A message was decrypted and stored.
-    Message(StoredMessage),
+    /// A message was decrypted and stored (with the search updates it caused).
+    Message(Box<(StoredMessage, Derived)>),
+    /// The message is stored already (recovered from history, or delivered twice); only the
+    /// cursor moved.
+    Known,
     /// The delivery could not be decrypted; the cursor moved past it.
     Failed(chat_crypto::Error),
 }
@@ -422,8 +425,18 @@ impl Crypto {
     /// opened message and the devices whose identity changed (already accepted).
     pub(crate) fn open(&self, deliver: &Deliver) -> Result<(Opened, Vec<DeviceAddress>)> {
         let mut account = self.lock()?;
-        let otks_before = account.one_time_prekey_count();
         let mut writes = vec![Write::Cursor(deliver.pos)];
+        // Checked under the lock that history recovery takes too: a message is decrypted
+        // once (a second decryption would fail: its key is gone).
+        if self
+            .store
+            .message(deliver.conversation, deliver.id)?
+            .is_some()
+        {
+            self.store.commit(writes)?;
+            return Ok((Opened::Known, Vec::new()));
+        }
+        let otks_before = account.one_time_prekey_count();
         let mut changed = Vec::new();
         let opened = match self.decrypt(&mut account, deliver, &mut writes, &mut changed) {
             Ok(plaintext) => {
@@ -435,8 +448,10 @@ impl Crypto {
                     sent_at: deliver.sent_at,
                     plaintext,
                 };
+                let mut derived = thread::derive(self.store.as_ref(), &m)?;
                 writes.push(Write::Message(m.clone()));
-                Opened::Message(m)
+                writes.append(&mut derived.writes);
+                Opened::Message(Box::new((m, derived)))
             }
             Err(e) => {
                 // Nothing about the state changed; drop the partial writes except the cursor.
@@ -455,6 +470,46 @@ impl Crypto {
             return Err(e);
         }
         Ok((opened, changed))
+    }
+
+    /// Decrypts a message read from history (no per-device header: only group messages under
+    /// a sender key this device holds can be opened) and stores it. `Ok(None)`: it was stored
+    /// already.
+    pub(crate) fn open_history(
+        &self,
+        envelope: StoredMessage,
+        body: &[u8],
+    ) -> Result<Option<Derived>, Error> {
+        let _account = self.lock()?;
+        if self
+            .store
+            .message(envelope.conversation, envelope.id)?
+            .is_some()
+        {
+            return Ok(None);
+        }
+        let pickle = self
+            .store
+            .receiver(envelope.conversation, envelope.sender)?
+            .ok_or(chat_crypto::Error::UnknownSenderKey)?;
+        let mut receiver = SenderKeyReceiver::from_pickle(&pickle)?;
+        let plaintext = receiver.decrypt(body)?;
+        let m = StoredMessage {
+            plaintext,
+            ..envelope
+        };
+        let mut derived = thread::derive(self.store.as_ref(), &m)?;
+        let mut writes = vec![
+            Write::Receiver {
+                conversation: m.conversation,
+                sender: m.sender,
+                pickle: receiver.pickle(),
+            },
+            Write::Message(m),
+        ];
+        writes.append(&mut derived.writes);
+        self.store.commit(writes)?;
+        Ok(Some(derived))
     }
 
     fn decrypt(

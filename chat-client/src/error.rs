@@ -63,6 +63,12 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
+impl From<crate::SearchError> for Error {
+    fn from(e: crate::SearchError) -> Self {
+        Self::Store(e.to_string())
+    }
+}
+
 impl From<chat_core::IdError> for Error {
     fn from(e: chat_core::IdError) -> Self {
         Self::Invalid(e.to_string())

@@ -1,7 +1,9 @@
 //! What the client reports to the app: one stream of [`Event`]s.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use chat_core::protocol::ResyncReason;
 use chat_core::{
     ClientKey, Content, ConversationId, DeviceAddress, ErrorCode, MessageId, ReceiptKind,
     Timestamp, UserId,
@@ -9,6 +11,7 @@ use chat_core::{
 use tokio::sync::broadcast;
 
 use crate::store::StoredMessage;
+use crate::thread::TimelineItem;
 
 /// A decrypted message.
 #[derive(Clone, PartialEq, Eq)]
@@ -86,8 +89,12 @@ pub enum ConnectionState {
 #[non_exhaustive]
 pub enum Event {
     /// A message was decrypted and stored (from another user or from another device of
-    /// this user).
+    /// this user). Edits, deletes and reactions are not reported as messages: they update
+    /// the message they point at ([`Event::Updated`]).
     Message(Message),
+    /// A message's current state changed: an edit, delete or reaction arrived for it (or it
+    /// arrived after relations that point at it). Redraw it from `item`.
+    Updated(TimelineItem),
     /// A message from this device was acknowledged by the server (also for outbox entries
     /// retried after a restart).
     Sent {
@@ -129,16 +136,14 @@ pub enum Event {
         /// Up to and including this message.
         up_to: MessageId,
     },
-    /// A device started or stopped typing; show it until `active: false` or `ttl` passes.
+    /// The set of users typing in a conversation changed: someone started, stopped, or their
+    /// indicator expired (the client expires it by itself when its TTL passes, so it can
+    /// never get stuck). `users` is everyone typing there now; empty when nobody is.
     Typing {
         /// The conversation.
         conversation: ConversationId,
-        /// Who.
-        from: DeviceAddress,
-        /// Typing or not.
-        active: bool,
-        /// How long the indicator may be shown without news.
-        ttl: Duration,
+        /// Who is typing now.
+        users: BTreeSet<UserId>,
     },
     /// A subscribed user's presence.
     Presence {
@@ -169,9 +174,24 @@ pub enum Event {
         /// The device.
         device: DeviceAddress,
     },
-    /// The server could not serve the inbox from the cursor (entries past retention); the
-    /// cursor jumped to `head`, and older messages must be read from history.
-    ResyncRequired,
+    /// The server could not serve the inbox from this device's cursor (entries past the
+    /// inbox retention, or a server restored from a backup). The client continues from the
+    /// position the server gave and, once the backlog is in, recovers what it can from
+    /// history; [`Event::Recovered`] follows.
+    ResyncRequired {
+        /// Why.
+        reason: ResyncReason,
+    },
+    /// History recovery after [`Event::ResyncRequired`] finished. Group messages under a
+    /// sender key this device holds are recovered (and reported as [`Event::Message`]);
+    /// one-to-one messages cannot be (their per-device key went with the inbox entry) and
+    /// are listed in `missed`, so the app can show that they exist.
+    Recovered {
+        /// How many messages were decrypted from history.
+        recovered: usize,
+        /// Messages in history this device cannot read, oldest first per conversation.
+        missed: Vec<(ConversationId, MessageId)>,
+    },
     /// The connection changed state.
     Connection(ConnectionState),
     /// This receiver fell behind and missed `n` events; read history from the store.

@@ -2,23 +2,28 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod conversations;
 mod driver;
 mod e2e;
 mod error;
 mod event;
 mod http;
 mod people;
+mod recovery;
 mod search;
 mod sqlite;
 mod store;
+mod thread;
 
+pub use chat_core::protocol::ResyncReason;
 pub use chat_core::{
-    AttachmentId, AttachmentPointer, ClientKey, Content, ConversationId, ConversationKind,
-    DeviceAddress, DeviceId, ErrorCode, GroupAction, GroupChange, MessageId, ReceiptKind, Text,
-    UserId,
+    AttachmentId, AttachmentPointer, ClientKey, Content, ConversationId, ConversationKind, Delete,
+    DeviceAddress, DeviceId, Edit, ErrorCode, GroupAction, GroupChange, MessageId, MessageView,
+    Reaction, ReadPosition, ReceiptKind, Text, UserId,
 };
 pub use chat_crypto::SafetyNumber;
 pub use client::Client;
+pub use conversations::{ConversationSummary, MAX_TIMELINE_PAGE};
 pub use error::{Error, Result};
 pub use event::{ConnectionState, Event, Events, Message};
 pub use people::{Profile, UserPage};
@@ -27,6 +32,7 @@ pub use search::{
 };
 pub use sqlite::SqliteStore;
 pub use store::{
-    ClientStore, ConversationRecord, DeviceRecord, MemoryStore, OutboxEntry, Secret, StoredMessage,
-    Write,
+    ClientStore, ConversationRecord, DeviceRecord, MemoryStore, OutboxEntry, RecoveryPoint,
+    SearchWrite, Secret, StoredMessage, Write,
 };
+pub use thread::TimelineItem;

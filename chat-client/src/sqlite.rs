@@ -9,13 +9,15 @@ use std::sync::{Mutex, MutexGuard};
 
 use chat_core::{
     ClientKey, ConversationId, ConversationKind, DeviceAddress, DeviceId, InboxPos, MessageId,
-    Timestamp, UserId,
+    ReadPosition, Timestamp, UserId,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{Error, Result};
+use crate::search::{SearchPage, SearchResults};
 use crate::store::{
-    ClientStore, ConversationRecord, DeviceRecord, OutboxEntry, Secret, StoredMessage, Write,
+    ClientStore, ConversationRecord, DeviceRecord, OutboxEntry, RecoveryPoint, Secret,
+    StoredMessage, Write, apply_search, classify,
 };
 
 const SCHEMA: &str = "
@@ -32,13 +34,23 @@ CREATE TABLE IF NOT EXISTS messages (
     conversation INTEGER NOT NULL, id INTEGER NOT NULL,
     sender_user INTEGER NOT NULL, sender_device INTEGER NOT NULL,
     client_key BLOB NOT NULL, sent_at INTEGER NOT NULL, plaintext BLOB NOT NULL,
+    kind INTEGER NOT NULL DEFAULT 0, target INTEGER,
     PRIMARY KEY (conversation, id));
+CREATE TABLE IF NOT EXISTS read_positions (
+    conversation INTEGER PRIMARY KEY, up_to INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, client_key BLOB NOT NULL UNIQUE,
     conversation INTEGER NOT NULL, payload BLOB NOT NULL, plaintext BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS conversations (id INTEGER PRIMARY KEY, kind TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS conversation_devices (
     conversation INTEGER PRIMARY KEY, devices BLOB NOT NULL);
+";
+
+/// Created after the columns they index exist (a store made before them gains the columns in
+/// [`migrate`]).
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS messages_by_target ON messages (conversation, target, id)
+    WHERE target IS NOT NULL;
 ";
 
 /// A [`ClientStore`] in one SQLite file.
@@ -55,11 +67,14 @@ impl fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        crate::search::create_schema(&conn)?;
+        migrate(&mut conn)?;
+        conn.execute_batch(INDEXES)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -78,6 +93,95 @@ impl SqliteStore {
             .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()?)
     }
+}
+
+/// Brings a store made by an earlier version up to date: messages gain their content type and
+/// target (derived from the plaintext), and the search index is filled with every message's
+/// current text. One transaction; a no-op on an up-to-date store.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let has_target: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'target'")?
+        .exists([])?;
+    if has_target {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    tx.execute_batch(
+        "ALTER TABLE messages ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE messages ADD COLUMN target INTEGER;",
+    )?;
+    let rows: Vec<(i64, Vec<u8>)> = tx
+        .prepare("SELECT rowid, plaintext FROM messages")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (rowid, plaintext) in rows {
+        let (kind, target) = classify(&plaintext);
+        tx.execute(
+            "UPDATE messages SET kind = ?2, target = ?3 WHERE rowid = ?1",
+            params![rowid, kind, target.map(|t| id(t.get()))],
+        )?;
+    }
+    let standalone: Vec<StoredMessage> = {
+        let mut stmt = tx.prepare(&format!(
+            "SELECT {COLUMNS} FROM messages WHERE target IS NULL ORDER BY conversation, id"
+        ))?;
+        let rows = stmt.query_map([], row_of)?;
+        rows.map(|r| r.map_err(Error::from).and_then(stored))
+            .collect::<Result<_>>()?
+    };
+    for m in standalone {
+        let relations = select_messages(
+            &tx,
+            "WHERE conversation = ?1 AND target = ?2 ORDER BY id",
+            params![id(m.conversation.get()), id(m.id.get())],
+        )?;
+        if let Some(text) = crate::thread::searchable(&crate::thread::view(&m, &relations)) {
+            crate::search::upsert(&tx, m.conversation, m.id, &text)?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The columns [`row_of`] reads.
+const COLUMNS: &str =
+    "conversation, id, sender_user, sender_device, client_key, sent_at, plaintext";
+
+type Row = (i64, i64, i64, i64, Vec<u8>, i64, Vec<u8>);
+
+fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+fn stored((c, mid, su, sd, k, at, text): Row) -> Result<StoredMessage> {
+    Ok(StoredMessage {
+        conversation: ConversationId::new(uid(c)).map_err(|_| corrupt("conversation"))?,
+        id: MessageId::new(uid(mid)).map_err(|_| corrupt("message id"))?,
+        sender: address(su, sd)?,
+        client_key: ClientKey::from_bytes(k.try_into().map_err(|_| corrupt("client key"))?),
+        sent_at: Timestamp::from_millis(uid(at)),
+        plaintext: text,
+    })
+}
+
+/// Messages selected by `clause` (a `WHERE ... ORDER BY ... LIMIT ...` tail).
+fn select_messages(
+    conn: &Connection,
+    clause: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<StoredMessage>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM messages {clause}"))?;
+    let rows = stmt.query_map(args, row_of)?;
+    rows.map(|r| r.map_err(Error::from).and_then(stored))
+        .collect()
 }
 
 fn id(n: u64) -> i64 {
@@ -191,17 +295,48 @@ impl ClientStore for SqliteStore {
                     )?;
                 }
                 Write::Message(m) => {
+                    let (kind, target) = classify(&m.plaintext);
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO messages (conversation, id, sender_user, sender_device, client_key, sent_at, plaintext, kind, target) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    )?
+                    .execute(params![
+                        id(m.conversation.get()),
+                        id(m.id.get()),
+                        id(m.sender.user.get()),
+                        id(m.sender.device.get()),
+                        m.client_key.as_bytes().as_slice(),
+                        id(m.sent_at.as_millis()),
+                        m.plaintext,
+                        kind,
+                        target.map(|t| id(t.get()))
+                    ])?;
+                }
+                Write::ReadPosition {
+                    conversation,
+                    up_to,
+                } => {
                     tx.execute(
-                        "INSERT OR IGNORE INTO messages (conversation, id, sender_user, sender_device, client_key, sent_at, plaintext) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                        params![
-                            id(m.conversation.get()),
-                            id(m.id.get()),
-                            id(m.sender.user.get()),
-                            id(m.sender.device.get()),
-                            m.client_key.as_bytes().as_slice(),
-                            id(m.sent_at.as_millis()),
-                            m.plaintext
-                        ],
+                        "INSERT INTO read_positions (conversation, up_to) VALUES (?1, ?2)
+                         ON CONFLICT (conversation) DO UPDATE SET up_to = max(up_to, excluded.up_to)",
+                        params![id(conversation.get()), id(up_to.get())],
+                    )?;
+                }
+                Write::Search(w) => apply_search(&tx, &w)?,
+                Write::Recovery(None) => {
+                    tx.execute("DELETE FROM meta WHERE key = 'recovery'", [])?;
+                }
+                Write::Recovery(Some(points)) => {
+                    let bytes: Vec<u8> = points
+                        .iter()
+                        .flat_map(|p| {
+                            let mut b = p.conversation.get().to_be_bytes().to_vec();
+                            b.extend_from_slice(&p.newest.map_or(0, MessageId::get).to_be_bytes());
+                            b
+                        })
+                        .collect();
+                    tx.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('recovery', ?1)",
+                        [bytes],
                     )?;
                 }
                 Write::OutboxPut(e) => {
@@ -374,41 +509,146 @@ impl ClientStore for SqliteStore {
         after: Option<MessageId>,
         limit: usize,
     ) -> Result<Vec<StoredMessage>> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare(
-            "SELECT id, sender_user, sender_device, client_key, sent_at, plaintext FROM messages
-             WHERE conversation = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(
+        select_messages(
+            &*self.conn()?,
+            "WHERE conversation = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
             params![
                 id(conversation.get()),
                 id(after.map_or(0, MessageId::get)),
                 i64::try_from(limit).unwrap_or(i64::MAX)
             ],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, Vec<u8>>(5)?,
-                ))
-            },
+        )
+    }
+
+    fn message(
+        &self,
+        conversation: ConversationId,
+        message: MessageId,
+    ) -> Result<Option<StoredMessage>> {
+        Ok(select_messages(
+            &*self.conn()?,
+            "WHERE conversation = ?1 AND id = ?2",
+            params![id(conversation.get()), id(message.get())],
+        )?
+        .pop())
+    }
+
+    fn newest_message(&self, conversation: ConversationId) -> Result<Option<MessageId>> {
+        let newest: Option<i64> = self.conn()?.query_row(
+            "SELECT max(id) FROM messages WHERE conversation = ?1",
+            [id(conversation.get())],
+            |r| r.get(0),
+        )?;
+        newest
+            .map(|n| MessageId::new(uid(n)).map_err(|_| corrupt("message id")))
+            .transpose()
+    }
+
+    fn standalone(
+        &self,
+        conversation: ConversationId,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        select_messages(
+            &*self.conn()?,
+            "WHERE conversation = ?1 AND id < ?2 AND target IS NULL ORDER BY id DESC LIMIT ?3",
+            params![
+                id(conversation.get()),
+                id(before.map_or(MessageId::MAX, |b| b).get()),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+        )
+    }
+
+    fn relations(
+        &self,
+        conversation: ConversationId,
+        target: MessageId,
+    ) -> Result<Vec<StoredMessage>> {
+        select_messages(
+            &*self.conn()?,
+            "WHERE conversation = ?1 AND target = ?2 ORDER BY id",
+            params![id(conversation.get()), id(target.get())],
+        )
+    }
+
+    fn read_position(&self, conversation: ConversationId) -> Result<ReadPosition> {
+        let up_to: Option<i64> = self
+            .conn()?
+            .query_row(
+                "SELECT up_to FROM read_positions WHERE conversation = ?1",
+                [id(conversation.get())],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match up_to {
+            None => Ok(ReadPosition::NONE),
+            Some(n) => Ok(ReadPosition::up_to(
+                MessageId::new(uid(n)).map_err(|_| corrupt("read position"))?,
+            )),
+        }
+    }
+
+    fn unread(
+        &self,
+        conversation: ConversationId,
+        read: ReadPosition,
+    ) -> Result<Vec<(MessageId, UserId)>> {
+        let conn = self.conn()?;
+        // Texts, attachments and unknown types (see `counts_as_unread`), minus those a delete
+        // by their own sender tombstoned.
+        let mut stmt = conn.prepare_cached(
+            "SELECT m.id, m.sender_user FROM messages m
+             WHERE m.conversation = ?1 AND m.id > ?2 AND m.target IS NULL
+               AND m.kind NOT BETWEEN 3 AND 6
+               AND NOT EXISTS (SELECT 1 FROM messages d
+                   WHERE d.conversation = m.conversation AND d.target = m.id AND d.kind = 5
+                     AND d.sender_user = m.sender_user)
+             ORDER BY m.id",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                id(conversation.get()),
+                id(read.get().map_or(0, MessageId::get))
+            ],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
         )?;
         let mut out = Vec::new();
         for row in rows {
-            let (mid, su, sd, k, at, text) = row?;
-            out.push(StoredMessage {
-                conversation,
-                id: MessageId::new(uid(mid)).map_err(|_| corrupt("message id"))?,
-                sender: address(su, sd)?,
-                client_key: ClientKey::from_bytes(k.try_into().map_err(|_| corrupt("client key"))?),
-                sent_at: Timestamp::from_millis(uid(at)),
-                plaintext: text,
-            });
+            let (m, u) = row?;
+            out.push((
+                MessageId::new(uid(m)).map_err(|_| corrupt("message id"))?,
+                UserId::new(uid(u)).map_err(|_| corrupt("user id"))?,
+            ));
         }
         Ok(out)
+    }
+
+    fn search(&self, query: &str, page: SearchPage) -> Result<SearchResults> {
+        Ok(crate::search::search(&*self.conn()?, query, page)?)
+    }
+
+    fn recovery(&self) -> Result<Option<Vec<RecoveryPoint>>> {
+        let Some(bytes) = self.meta("recovery")? else {
+            return Ok(None);
+        };
+        bytes
+            .chunks_exact(16)
+            .map(|c| {
+                let (conv, newest) = c.split_at(8);
+                let conv = u64::from_be_bytes(conv.try_into().map_err(|_| corrupt("recovery"))?);
+                let newest =
+                    u64::from_be_bytes(newest.try_into().map_err(|_| corrupt("recovery"))?);
+                Ok(RecoveryPoint {
+                    conversation: ConversationId::new(conv).map_err(|_| corrupt("recovery"))?,
+                    newest: (newest != 0)
+                        .then(|| MessageId::new(newest).map_err(|_| corrupt("recovery")))
+                        .transpose()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 
     fn conversation_devices(

@@ -16,11 +16,13 @@ use std::fmt;
 use std::sync::Mutex;
 
 use chat_core::{
-    ClientKey, ConversationId, ConversationKind, DeviceAddress, InboxPos, MessageId, Timestamp,
+    ClientKey, Content, ConversationId, ConversationKind, DeviceAddress, InboxPos, MessageId,
+    ReadPosition, Timestamp, UserId,
 };
 use chat_crypto::Zeroizing;
 
 use crate::error::{Error, Result};
+use crate::search::{SearchPage, SearchResults};
 
 /// Secret bytes (a pickle); wiped on drop.
 pub type Secret = Zeroizing<Vec<u8>>;
@@ -109,6 +111,81 @@ pub struct ConversationRecord {
     pub kind: ConversationKind,
 }
 
+/// A change to the local search index, applied with the batch that caused it (a message
+/// stored, edited or deleted), so the index never disagrees with history.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SearchWrite {
+    /// Indexes a message's current text (replacing what was indexed for it).
+    Index {
+        /// Its conversation.
+        conversation: ConversationId,
+        /// The message.
+        message: MessageId,
+        /// The text to find it by (plaintext: redacted in `Debug`).
+        text: String,
+    },
+    /// Forgets a message (deleted).
+    Remove {
+        /// Its conversation.
+        conversation: ConversationId,
+        /// The message.
+        message: MessageId,
+    },
+}
+
+impl fmt::Debug for SearchWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Index {
+                conversation,
+                message,
+                text,
+            } => f
+                .debug_struct("Index")
+                .field("conversation", conversation)
+                .field("message", message)
+                .field("text", &format_args!("<{} bytes>", text.len()))
+                .finish(),
+            Self::Remove {
+                conversation,
+                message,
+            } => f
+                .debug_struct("Remove")
+                .field("conversation", conversation)
+                .field("message", message)
+                .finish(),
+        }
+    }
+}
+
+/// Where a conversation's history stood locally when the server could not serve the inbox
+/// from the cursor: the newest message stored then. History after it is read from the
+/// server to recover what the inbox no longer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryPoint {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Its newest stored message then (`None`: nothing stored).
+    pub newest: Option<MessageId>,
+}
+
+/// How a stored message relates to others, derived from its plaintext: its content type and,
+/// for an edit, delete or reaction, the message it points at.
+pub(crate) fn classify(plaintext: &[u8]) -> (u32, Option<MessageId>) {
+    match Content::decode(plaintext) {
+        Ok(content) => (content.kind(), content.target()),
+        Err(_) => (0, None),
+    }
+}
+
+/// Whether a message of this content type counts as unread: texts, attachments and types
+/// this build does not know, not membership changes (edits, deletes and reactions are not
+/// messages of their own).
+pub(crate) fn counts_as_unread(kind: u32) -> bool {
+    !matches!(kind, 3..=6)
+}
+
 /// One change to the store; a batch of them is applied atomically by [`ClientStore::commit`].
 #[derive(Debug)]
 #[non_exhaustive]
@@ -141,6 +218,17 @@ pub enum Write {
     Cursor(InboxPos),
     /// Adds a message to history (ignored if `(conversation, id)` is already there).
     Message(StoredMessage),
+    /// Raises this user's read position in a conversation (never lowers it).
+    ReadPosition {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Read up to and including this message.
+        up_to: MessageId,
+    },
+    /// Updates the search index.
+    Search(SearchWrite),
+    /// Sets (or, with `None`, clears) the history recovery still to do after a resync.
+    Recovery(Option<Vec<RecoveryPoint>>),
     /// Adds or replaces an outbox entry.
     OutboxPut(OutboxEntry),
     /// Removes an outbox entry.
@@ -191,6 +279,39 @@ pub trait ClientStore: Send + Sync + 'static {
         after: Option<MessageId>,
         limit: usize,
     ) -> Result<Vec<StoredMessage>>;
+    /// One stored message.
+    fn message(&self, conversation: ConversationId, id: MessageId)
+    -> Result<Option<StoredMessage>>;
+    /// The highest stored message ID of a conversation.
+    fn newest_message(&self, conversation: ConversationId) -> Result<Option<MessageId>>;
+    /// Messages that stand on their own (not edits, deletes or reactions) before `before`
+    /// (exclusive; `None`: the newest), newest first, at most `limit`.
+    fn standalone(
+        &self,
+        conversation: ConversationId,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>>;
+    /// The edits, deletes and reactions that point at `target`, in ID order.
+    fn relations(
+        &self,
+        conversation: ConversationId,
+        target: MessageId,
+    ) -> Result<Vec<StoredMessage>>;
+    /// This user's read position in a conversation.
+    fn read_position(&self, conversation: ConversationId) -> Result<ReadPosition>;
+    /// `(id, sender)` of the messages after `read` that count as unread: standalone texts,
+    /// attachments and unknown types, leaving out those their sender deleted. The caller
+    /// leaves out its own with `chat_core::unread_count`.
+    fn unread(
+        &self,
+        conversation: ConversationId,
+        read: ReadPosition,
+    ) -> Result<Vec<(MessageId, UserId)>>;
+    /// Full-text search over the indexed text (see [`SearchIndex`](crate::SearchIndex)).
+    fn search(&self, query: &str, page: SearchPage) -> Result<SearchResults>;
+    /// The history recovery still to do after a resync, if any.
+    fn recovery(&self) -> Result<Option<Vec<RecoveryPoint>>>;
     /// Every known conversation.
     fn conversations(&self) -> Result<Vec<ConversationRecord>>;
     /// When the signed prekey was last made.
@@ -243,6 +364,47 @@ impl<S: ClientStore + ?Sized> ClientStore for std::sync::Arc<S> {
     ) -> Result<Vec<StoredMessage>> {
         (**self).messages(conversation, after, limit)
     }
+    fn message(
+        &self,
+        conversation: ConversationId,
+        id: MessageId,
+    ) -> Result<Option<StoredMessage>> {
+        (**self).message(conversation, id)
+    }
+    fn newest_message(&self, conversation: ConversationId) -> Result<Option<MessageId>> {
+        (**self).newest_message(conversation)
+    }
+    fn standalone(
+        &self,
+        conversation: ConversationId,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        (**self).standalone(conversation, before, limit)
+    }
+    fn relations(
+        &self,
+        conversation: ConversationId,
+        target: MessageId,
+    ) -> Result<Vec<StoredMessage>> {
+        (**self).relations(conversation, target)
+    }
+    fn read_position(&self, conversation: ConversationId) -> Result<ReadPosition> {
+        (**self).read_position(conversation)
+    }
+    fn unread(
+        &self,
+        conversation: ConversationId,
+        read: ReadPosition,
+    ) -> Result<Vec<(MessageId, UserId)>> {
+        (**self).unread(conversation, read)
+    }
+    fn search(&self, query: &str, page: SearchPage) -> Result<SearchResults> {
+        (**self).search(query, page)
+    }
+    fn recovery(&self) -> Result<Option<Vec<RecoveryPoint>>> {
+        (**self).recovery()
+    }
     fn conversations(&self) -> Result<Vec<ConversationRecord>> {
         (**self).conversations()
     }
@@ -261,6 +423,8 @@ impl<S: ClientStore + ?Sized> ClientStore for std::sync::Arc<S> {
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<MemoryInner>,
+    /// The search index: an in-memory SQLite database, opened on first use.
+    search: Mutex<Option<rusqlite::Connection>>,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -269,7 +433,6 @@ impl fmt::Debug for MemoryStore {
     }
 }
 
-#[derive(Clone)]
 struct MemoryInner {
     device: Option<DeviceRecord>,
     account: Option<Secret>,
@@ -282,6 +445,12 @@ struct MemoryInner {
     conversations: BTreeMap<ConversationId, ConversationRecord>,
     spk_made_at: Option<Timestamp>,
     conversation_devices: BTreeMap<ConversationId, Vec<DeviceAddress>>,
+    /// Content type and target of every stored message.
+    kinds: BTreeMap<(ConversationId, MessageId), (u32, Option<MessageId>)>,
+    /// (conversation, target, relation) of every stored edit, delete and reaction.
+    relations: std::collections::BTreeSet<(ConversationId, MessageId, MessageId)>,
+    read: BTreeMap<ConversationId, ReadPosition>,
+    recovery: Option<Vec<RecoveryPoint>>,
 }
 
 impl Default for MemoryInner {
@@ -298,6 +467,10 @@ impl Default for MemoryInner {
             conversations: BTreeMap::new(),
             spk_made_at: None,
             conversation_devices: BTreeMap::new(),
+            kinds: BTreeMap::new(),
+            relations: std::collections::BTreeSet::new(),
+            read: BTreeMap::new(),
+            recovery: None,
         }
     }
 }
@@ -313,13 +486,53 @@ impl MemoryStore {
             .lock()
             .map_err(|_| Error::Store("memory store poisoned".into()))
     }
+
+    /// Runs `f` on the search index, opening it on first use.
+    fn with_search<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> std::result::Result<T, crate::SearchError>,
+    ) -> Result<T> {
+        let mut slot = self
+            .search
+            .lock()
+            .map_err(|_| Error::Store("memory store poisoned".into()))?;
+        if slot.is_none() {
+            let conn = rusqlite::Connection::open_in_memory()?;
+            crate::search::create_schema(&conn)?;
+            *slot = Some(conn);
+        }
+        match slot.as_ref() {
+            Some(conn) => Ok(f(conn)?),
+            None => Err(Error::Store("search index unavailable".into())),
+        }
+    }
+}
+
+/// Applies one search write inside the caller's transaction.
+pub(crate) fn apply_search(
+    conn: &rusqlite::Connection,
+    write: &SearchWrite,
+) -> std::result::Result<(), crate::SearchError> {
+    match write {
+        SearchWrite::Index {
+            conversation,
+            message,
+            text,
+        } => crate::search::upsert(conn, *conversation, *message, text),
+        SearchWrite::Remove {
+            conversation,
+            message,
+        } => crate::search::remove(conn, *conversation, *message).map(|_| ()),
+    }
 }
 
 impl ClientStore for MemoryStore {
     fn commit(&self, writes: Vec<Write>) -> Result<()> {
         // The std mutex is never held across an await; applying the batch under it makes
-        // the batch atomic for every reader.
+        // the batch atomic for every reader. Search writes go to the index after the rest
+        // (a memory store has nothing to keep consistent across a crash).
         let mut s = self.lock()?;
+        let mut search = Vec::new();
         for w in writes {
             match w {
                 Write::Device(d) => s.device = Some(d),
@@ -343,8 +556,24 @@ impl ClientStore for MemoryStore {
                 }
                 Write::Cursor(c) => s.cursor = c,
                 Write::Message(m) => {
-                    s.messages.entry((m.conversation, m.id)).or_insert(m);
+                    let key = (m.conversation, m.id);
+                    if !s.messages.contains_key(&key) {
+                        let (kind, target) = classify(&m.plaintext);
+                        s.kinds.insert(key, (kind, target));
+                        if let Some(target) = target {
+                            s.relations.insert((m.conversation, target, m.id));
+                        }
+                        s.messages.insert(key, m);
+                    }
                 }
+                Write::ReadPosition {
+                    conversation,
+                    up_to,
+                } => {
+                    s.read.entry(conversation).or_default().raise(up_to);
+                }
+                Write::Search(w) => search.push(w),
+                Write::Recovery(r) => s.recovery = r,
                 Write::OutboxPut(e) => {
                     if let Some(slot) = s.outbox.iter_mut().find(|o| o.client_key == e.client_key) {
                         *slot = e;
@@ -369,6 +598,17 @@ impl ClientStore for MemoryStore {
                     }
                 },
             }
+        }
+        drop(s);
+        if !search.is_empty() {
+            self.with_search(|conn| {
+                let tx = conn.unchecked_transaction()?;
+                for w in &search {
+                    apply_search(&tx, w)?;
+                }
+                tx.commit()?;
+                Ok(())
+            })?;
         }
         Ok(())
     }
@@ -426,6 +666,100 @@ impl ClientStore for MemoryStore {
 
     fn conversations(&self) -> Result<Vec<ConversationRecord>> {
         Ok(self.lock()?.conversations.values().copied().collect())
+    }
+
+    fn message(
+        &self,
+        conversation: ConversationId,
+        id: MessageId,
+    ) -> Result<Option<StoredMessage>> {
+        Ok(self.lock()?.messages.get(&(conversation, id)).cloned())
+    }
+
+    fn newest_message(&self, conversation: ConversationId) -> Result<Option<MessageId>> {
+        let s = self.lock()?;
+        Ok(s.messages
+            .range((conversation, MessageId::MIN)..=(conversation, MessageId::MAX))
+            .next_back()
+            .map(|((_, id), _)| *id))
+    }
+
+    fn standalone(
+        &self,
+        conversation: ConversationId,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        let s = self.lock()?;
+        let end = before.unwrap_or(MessageId::MAX);
+        Ok(s.messages
+            .range((conversation, MessageId::MIN)..(conversation, end))
+            .rev()
+            .filter(|(key, _)| s.kinds.get(key).is_none_or(|(_, target)| target.is_none()))
+            .take(limit)
+            .map(|(_, m)| m.clone())
+            .collect())
+    }
+
+    fn relations(
+        &self,
+        conversation: ConversationId,
+        target: MessageId,
+    ) -> Result<Vec<StoredMessage>> {
+        let s = self.lock()?;
+        Ok(s.relations
+            .range((conversation, target, MessageId::MIN)..=(conversation, target, MessageId::MAX))
+            .filter_map(|(c, _, id)| s.messages.get(&(*c, *id)).cloned())
+            .collect())
+    }
+
+    fn read_position(&self, conversation: ConversationId) -> Result<ReadPosition> {
+        Ok(self
+            .lock()?
+            .read
+            .get(&conversation)
+            .copied()
+            .unwrap_or_default())
+    }
+
+    fn unread(
+        &self,
+        conversation: ConversationId,
+        read: ReadPosition,
+    ) -> Result<Vec<(MessageId, UserId)>> {
+        let s = self.lock()?;
+        let start = read
+            .get()
+            .and_then(MessageId::next)
+            .unwrap_or(MessageId::MIN);
+        let deleted = |id: MessageId, sender: UserId| {
+            s.relations
+                .range((conversation, id, MessageId::MIN)..=(conversation, id, MessageId::MAX))
+                .any(|(c, _, rel)| {
+                    s.kinds.get(&(*c, *rel)).is_some_and(|(kind, _)| *kind == 5)
+                        && s.messages
+                            .get(&(*c, *rel))
+                            .is_some_and(|m| m.sender.user == sender)
+                })
+        };
+        Ok(s.messages
+            .range((conversation, start)..=(conversation, MessageId::MAX))
+            .filter(|(key, _)| {
+                s.kinds
+                    .get(key)
+                    .is_some_and(|(kind, target)| target.is_none() && counts_as_unread(*kind))
+            })
+            .filter(|((_, id), m)| !deleted(*id, m.sender.user))
+            .map(|((_, id), m)| (*id, m.sender.user))
+            .collect())
+    }
+
+    fn search(&self, query: &str, page: SearchPage) -> Result<SearchResults> {
+        self.with_search(|conn| crate::search::search(conn, query, page))
+    }
+
+    fn recovery(&self) -> Result<Option<Vec<RecoveryPoint>>> {
+        Ok(self.lock()?.recovery.clone())
     }
 
     fn signed_prekey_made_at(&self) -> Result<Option<Timestamp>> {
@@ -567,11 +901,234 @@ pub(crate) mod conformance {
             .commit(vec![Write::OutboxRemove(ClientKey::from_bytes([1; 16]))])
             .unwrap();
         assert_eq!(store.outbox().unwrap(), vec![entry(2, 1)]);
+
+        relations_reads_and_search(store);
+    }
+
+    fn content_msg(c: u64, id: u64, user: u64, content: &chat_core::Content) -> StoredMessage {
+        StoredMessage {
+            sender: dev(user, 1),
+            ..msg(c, id, &content.encode().unwrap())
+        }
+    }
+
+    fn text(body: &str) -> chat_core::Content {
+        chat_core::Content::Text(chat_core::Text {
+            body: body.into(),
+            reply_to: None,
+        })
+    }
+
+    fn ids(list: &[StoredMessage]) -> Vec<u64> {
+        list.iter().map(|m| m.id.get()).collect()
+    }
+
+    fn relations_reads_and_search(store: &dyn ClientStore) {
+        use chat_core::{Content, Delete, Edit, Reaction, ReadPosition, UserId};
+
+        let conv = ConversationId::new(9).unwrap();
+        let mid = |n: u64| MessageId::new(n).unwrap();
+        let target = |n: u64| mid(n);
+        let alice = UserId::new(1).unwrap();
+        let bob = UserId::new(2).unwrap();
+        store
+            .commit(vec![
+                Write::Message(content_msg(9, 1, 1, &text("one"))),
+                Write::Message(content_msg(9, 2, 2, &text("two"))),
+                Write::Message(content_msg(
+                    9,
+                    3,
+                    1,
+                    &Content::Edit(Edit {
+                        target: target(1),
+                        body: "uno".into(),
+                    }),
+                )),
+                Write::Message(content_msg(9, 4, 2, &text("four"))),
+                Write::Message(content_msg(
+                    9,
+                    5,
+                    2,
+                    &Content::Reaction(Reaction {
+                        target: target(1),
+                        emoji: "+1".into(),
+                        remove: false,
+                    }),
+                )),
+                // Bob deletes his own message 4; a delete of Alice's 2 by... Alice does not count.
+                Write::Message(content_msg(
+                    9,
+                    6,
+                    2,
+                    &Content::Delete(Delete { target: target(4) }),
+                )),
+                Write::Message(content_msg(
+                    9,
+                    7,
+                    1,
+                    &Content::Delete(Delete { target: target(2) }),
+                )),
+                Write::Message(content_msg(9, 8, 2, &text("eight"))),
+            ])
+            .unwrap();
+
+        assert_eq!(store.message(conv, mid(3)).unwrap().unwrap().id, mid(3));
+        assert!(store.message(conv, mid(99)).unwrap().is_none());
+        assert_eq!(store.newest_message(conv).unwrap(), Some(mid(8)));
+        assert_eq!(
+            store
+                .newest_message(ConversationId::new(77).unwrap())
+                .unwrap(),
+            None
+        );
+
+        // Standalone messages only, newest first, paged by `before`.
+        assert_eq!(
+            ids(&store.standalone(conv, None, 10).unwrap()),
+            [8, 4, 2, 1]
+        );
+        assert_eq!(ids(&store.standalone(conv, Some(mid(4)), 1).unwrap()), [2]);
+        // Relations by target, in ID order.
+        assert_eq!(ids(&store.relations(conv, mid(1)).unwrap()), [3, 5]);
+        assert_eq!(ids(&store.relations(conv, mid(4)).unwrap()), [6]);
+        assert!(store.relations(conv, mid(8)).unwrap().is_empty());
+
+        // Read positions only move forward.
+        assert_eq!(store.read_position(conv).unwrap(), ReadPosition::NONE);
+        store
+            .commit(vec![Write::ReadPosition {
+                conversation: conv,
+                up_to: mid(2),
+            }])
+            .unwrap();
+        store
+            .commit(vec![Write::ReadPosition {
+                conversation: conv,
+                up_to: mid(1),
+            }])
+            .unwrap();
+        let read = store.read_position(conv).unwrap();
+        assert_eq!(read, ReadPosition::up_to(mid(2)));
+
+        // Unread candidates: standalone, after the position, not deleted by their own sender
+        // (4 is; 2 was "deleted" by someone else, but it is before the position anyway).
+        let unread = store.unread(conv, read).unwrap();
+        assert_eq!(unread, vec![(mid(8), bob)]);
+        let all = store.unread(conv, ReadPosition::NONE).unwrap();
+        assert_eq!(all, vec![(mid(1), alice), (mid(2), bob), (mid(8), bob)]);
+
+        // Search writes are applied with the batch; edits replace, removes forget.
+        let page = crate::search::SearchPage::first(10);
+        store
+            .commit(vec![
+                Write::Search(SearchWrite::Index {
+                    conversation: conv,
+                    message: mid(1),
+                    text: "one".into(),
+                }),
+                Write::Search(SearchWrite::Index {
+                    conversation: conv,
+                    message: mid(8),
+                    text: "eight".into(),
+                }),
+            ])
+            .unwrap();
+        store
+            .commit(vec![Write::Search(SearchWrite::Index {
+                conversation: conv,
+                message: mid(1),
+                text: "uno dos".into(),
+            })])
+            .unwrap();
+        assert!(store.search("one", page).unwrap().hits.is_empty());
+        let hits = store.search("uno", page).unwrap().hits;
+        assert_eq!(hits.iter().map(|h| h.message).collect::<Vec<_>>(), [mid(1)]);
+        store
+            .commit(vec![Write::Search(SearchWrite::Remove {
+                conversation: conv,
+                message: mid(8),
+            })])
+            .unwrap();
+        assert!(store.search("eight", page).unwrap().hits.is_empty());
+
+        // A pending recovery is kept until cleared.
+        assert_eq!(store.recovery().unwrap(), None);
+        let points = vec![
+            RecoveryPoint {
+                conversation: conv,
+                newest: Some(mid(8)),
+            },
+            RecoveryPoint {
+                conversation: ConversationId::new(77).unwrap(),
+                newest: None,
+            },
+        ];
+        store
+            .commit(vec![Write::Recovery(Some(points.clone()))])
+            .unwrap();
+        assert_eq!(store.recovery().unwrap(), Some(points));
+        store.commit(vec![Write::Recovery(None)]).unwrap();
+        assert_eq!(store.recovery().unwrap(), None);
     }
 
     #[test]
     fn memory() {
         run(&MemoryStore::new());
+    }
+
+    #[test]
+    fn sqlite_migrates_a_store_made_before_relations() {
+        use chat_core::{Content, Edit};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE messages (
+                    conversation INTEGER NOT NULL, id INTEGER NOT NULL,
+                    sender_user INTEGER NOT NULL, sender_device INTEGER NOT NULL,
+                    client_key BLOB NOT NULL, sent_at INTEGER NOT NULL, plaintext BLOB NOT NULL,
+                    PRIMARY KEY (conversation, id));",
+            )
+            .unwrap();
+            let edit = Content::Edit(Edit {
+                target: MessageId::new(1).unwrap(),
+                body: "edited words".into(),
+            });
+            for m in [
+                content_msg(5, 1, 1, &text("original words")),
+                content_msg(5, 2, 1, &edit),
+            ] {
+                conn.execute(
+                    "INSERT INTO messages VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    rusqlite::params![
+                        5,
+                        i64::try_from(m.id.get()).unwrap(),
+                        1,
+                        1,
+                        m.client_key.as_bytes().as_slice(),
+                        5,
+                        m.plaintext
+                    ],
+                )
+                .unwrap();
+            }
+        }
+        let store = crate::SqliteStore::open(&path).unwrap();
+        let conv = ConversationId::new(5).unwrap();
+        assert_eq!(ids(&store.standalone(conv, None, 10).unwrap()), [1]);
+        assert_eq!(
+            ids(&store.relations(conv, MessageId::new(1).unwrap()).unwrap()),
+            [2]
+        );
+        let page = crate::search::SearchPage::first(10);
+        assert_eq!(store.search("edited", page).unwrap().hits.len(), 1);
+        assert!(store.search("original", page).unwrap().hits.is_empty());
+        // Opening again is a no-op.
+        drop(store);
+        let store = crate::SqliteStore::open(&path).unwrap();
+        assert_eq!(store.search("edited", page).unwrap().hits.len(), 1);
     }
 
     #[test]

@@ -39,6 +39,9 @@ macro_rules! numeric_id {
             /// The smallest valid value.
             pub const MIN: Self = Self($min);
 
+            /// The largest valid value ([`MAX_ID`]).
+            pub const MAX: Self = Self(MAX_ID);
+
             /// Wraps `value`, refusing values above [`MAX_ID`] or below [`Self::MIN`].
             pub const fn new(value: u64) -> Result<Self, IdError> {
                 if value > MAX_ID || value < Self::MIN.0 {

@@ -73,6 +73,11 @@ impl TypingTracker {
         self.deadlines.first().map(|&(deadline, _, _)| deadline)
     }
 
+    /// The conversations where someone is typing, as of the last input.
+    pub fn conversations(&self) -> BTreeSet<ConversationId> {
+        self.active.keys().map(|(c, _)| *c).collect()
+    }
+
     /// The users typing in `conversation` (on any device), as of the last input.
     pub fn typing(&self, conversation: ConversationId) -> BTreeSet<UserId> {
         self.active

@@ -1,0 +1,143 @@
+//! History recovery after `resync_required` (R-SYNC-2).
+//!
+//! When the server cannot serve the inbox from this device's cursor, the driver moves the
+//! cursor to where the server said to continue and records, in the same commit, the newest
+//! stored message of every conversation (the recovery points). Once the backlog after the new
+//! cursor is in, this task reads each conversation's history after its point, newest page
+//! first, and for every message the device does not have:
+//! - a group message under a sender key this device holds is decrypted from its body, stored
+//!   and reported like a delivered one;
+//! - anything else (one-to-one messages: their per-device header went with the inbox entry)
+//!   is reported as missed in [`Event::Recovered`], so the app can show that it exists.
+//!
+//! The points stay in the store until the recovery finished, so an app that stops first
+//! recovers on its next connection. A message that arrives live while this runs is stored
+//! once: both paths check the store under the crypto lock before decrypting.
+
+use chat_core::{ClientKey, ConversationId, DeviceAddress, MessageId, Timestamp};
+use hyper::Method;
+use serde::Deserialize;
+
+use crate::client::Inner;
+use crate::error::{Error, Result};
+use crate::event::{Event, Message};
+use crate::store::{StoredMessage, Write};
+
+/// Messages read from history per request.
+const PAGE: usize = 100;
+/// The most messages recovery reads per conversation; older ones stay in history, where the
+/// app can page them (they are not reported as missed).
+const MAX_PER_CONVERSATION: usize = 5_000;
+
+#[derive(Deserialize)]
+struct HistoryMessage {
+    id: MessageId,
+    sender: DeviceAddress,
+    client_key: ClientKey,
+    sent_at: Timestamp,
+    body: String,
+}
+
+#[derive(Deserialize)]
+struct History {
+    messages: Vec<HistoryMessage>,
+}
+
+/// Runs the pending recovery, if any, and clears it.
+pub(crate) async fn run(inner: &Inner) -> Result<()> {
+    let Some(points) = inner.store.recovery()? else {
+        return Ok(());
+    };
+    let mut recovered = 0;
+    let mut missed = Vec::new();
+    for point in points {
+        let messages = match after(inner, point.conversation, point.newest).await {
+            Ok(m) => m,
+            // No longer a member (removed meanwhile): nothing to read.
+            Err(Error::Server {
+                code: chat_core::ErrorCode::NotMember,
+                ..
+            }) => {
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for m in messages {
+            let body = hex::decode(&m.body)
+                .map_err(|_| Error::Protocol("history body is not hex".into()))?;
+            let envelope = StoredMessage {
+                conversation: point.conversation,
+                id: m.id,
+                sender: m.sender,
+                client_key: m.client_key,
+                sent_at: m.sent_at,
+                plaintext: Vec::new(),
+            };
+            if m.sender == inner.me {
+                // Sent from this device: stored when the server acknowledged it.
+                continue;
+            }
+            match inner.crypto.open_history(envelope, &body) {
+                Ok(Some(derived)) => {
+                    recovered += 1;
+                    if let Some(stored) = inner.store.message(point.conversation, m.id)? {
+                        inner.report(Message::from_stored(&stored), derived);
+                    }
+                }
+                Ok(None) => {}
+                Err(Error::Crypto(e)) => {
+                    tracing::debug!(cause = %e, id = %m.id, "a message in history cannot be read here");
+                    missed.push((point.conversation, m.id));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    // Messages that arrived live meanwhile are not missed.
+    let mut still_missed = Vec::with_capacity(missed.len());
+    for (conversation, id) in missed {
+        if inner.store.message(conversation, id)?.is_none() {
+            still_missed.push((conversation, id));
+        }
+    }
+    inner.store.commit(vec![Write::Recovery(None)])?;
+    inner.emit(Event::Recovered {
+        recovered,
+        missed: still_missed,
+    });
+    Ok(())
+}
+
+/// The conversation's messages after `newest` (all, with `None`), oldest first, at most
+/// [`MAX_PER_CONVERSATION`] (the newest ones).
+async fn after(
+    inner: &Inner,
+    conversation: ConversationId,
+    newest: Option<MessageId>,
+) -> Result<Vec<HistoryMessage>> {
+    let mut out: Vec<HistoryMessage> = Vec::new();
+    let mut before: Option<MessageId> = None;
+    while out.len() < MAX_PER_CONVERSATION {
+        let mut route = format!("/v1/conversations/{conversation}/messages?limit={PAGE}");
+        if let Some(b) = before {
+            route.push_str(&format!("&before={b}"));
+        }
+        let page: History = inner.http.call(Method::GET, &route, None::<&()>).await?;
+        let full = page.messages.len() == PAGE;
+        let mut reached = false;
+        for m in page.messages {
+            if newest.is_some_and(|n| m.id <= n) {
+                reached = true;
+                break;
+            }
+            before = Some(m.id);
+            out.push(m);
+        }
+        if reached || !full {
+            break;
+        }
+    }
+    out.truncate(MAX_PER_CONVERSATION);
+    out.reverse();
+    Ok(out)
+}

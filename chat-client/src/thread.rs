@@ -1,0 +1,324 @@
+//! Relations in the client (R-MSG-7): a message's current state after its edits, reactions
+//! and delete, and what storing a message changes besides history.
+//!
+//! The aggregation rules live in [`chat_core::Timeline`]; this module feeds it from the
+//! store. A message's view is computed from the message and the relations that point at it
+//! (the store indexes them by target), so nothing derived is kept that could drift: the
+//! search index is the one derived copy, and it is updated in the same commit as the message
+//! that changed it.
+
+use chat_core::{
+    Content, ConversationId, DeviceAddress, MessageId, MessageView, Timeline, Timestamp,
+};
+
+use crate::error::Result;
+use crate::store::{ClientStore, SearchWrite, StoredMessage, Write};
+
+/// A message as a conversation view shows it: its current state with who sent it and when.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TimelineItem {
+    /// Its conversation.
+    pub conversation: ConversationId,
+    /// The sending device.
+    pub sender: DeviceAddress,
+    /// When the server stored it.
+    pub sent_at: Timestamp,
+    /// Its current content, edits, reactions and tombstone.
+    pub view: MessageView,
+}
+
+impl TimelineItem {
+    /// Its ID.
+    pub fn id(&self) -> MessageId {
+        self.view.id
+    }
+
+    /// The text to show, if it is a text (after its latest edit) and not deleted.
+    pub fn text(&self) -> Option<&str> {
+        match &self.view.content {
+            Some(Content::Text(t)) => Some(&t.body),
+            _ => None,
+        }
+    }
+
+    /// Whether it was deleted by its sender.
+    pub fn is_deleted(&self) -> bool {
+        self.view.deleted_by.is_some()
+    }
+
+    /// Whether its text was edited.
+    pub fn is_edited(&self) -> bool {
+        self.view.edited_by.is_some()
+    }
+
+    pub(crate) fn new(message: &StoredMessage, view: MessageView) -> Self {
+        Self {
+            conversation: message.conversation,
+            sender: message.sender,
+            sent_at: message.sent_at,
+            view,
+        }
+    }
+}
+
+impl std::fmt::Debug for TimelineItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print plaintext.
+        f.debug_struct("TimelineItem")
+            .field("conversation", &self.conversation)
+            .field("id", &self.view.id)
+            .field("sender", &self.sender)
+            .field("edited", &self.is_edited())
+            .field("deleted", &self.is_deleted())
+            .field("reactions", &self.view.reactions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn content(m: &StoredMessage) -> Content {
+    Content::decode(&m.plaintext).unwrap_or(Content::Unknown { kind: 0 })
+}
+
+/// The view of `message` with `relations` (those pointing at it) applied.
+pub(crate) fn view(message: &StoredMessage, relations: &[StoredMessage]) -> MessageView {
+    let mut timeline = Timeline::with_max_orphans(0);
+    timeline.handle_message(message.id, message.sender.user, content(message));
+    for r in relations {
+        timeline.handle_message(r.id, r.sender.user, content(r));
+    }
+    timeline.message(message.id).unwrap_or(MessageView {
+        id: message.id,
+        sender: message.sender.user,
+        content: None,
+        edited_by: None,
+        deleted_by: None,
+        reactions: Default::default(),
+    })
+}
+
+/// The text a message is found by in search: a text's current body, an attachment's name
+/// and caption; nothing for a deleted message.
+pub(crate) fn searchable(view: &MessageView) -> Option<String> {
+    match view.content.as_ref()? {
+        Content::Text(t) => Some(t.body.clone()),
+        Content::Attachment(a) => {
+            let parts: Vec<&str> = [a.name.as_deref(), a.caption.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect();
+            (!parts.is_empty()).then(|| parts.join(" "))
+        }
+        _ => None,
+    }
+}
+
+/// The current view of one stored message.
+pub(crate) fn item(
+    store: &dyn ClientStore,
+    conversation: ConversationId,
+    id: MessageId,
+) -> Result<Option<TimelineItem>> {
+    let Some(message) = store.message(conversation, id)? else {
+        return Ok(None);
+    };
+    let relations = store.relations(conversation, id)?;
+    Ok(Some(TimelineItem::new(
+        &message,
+        view(&message, &relations),
+    )))
+}
+
+/// What storing `new` changes besides history.
+pub(crate) struct Derived {
+    /// Search index updates, for the same commit as the message.
+    pub(crate) writes: Vec<Write>,
+    /// The message whose view `new` changed, when it is not `new` itself or `new` arrived
+    /// after relations that already point at it.
+    pub(crate) updated: Option<TimelineItem>,
+    /// Whether `new` is a message of its own (not an edit, delete or reaction).
+    pub(crate) standalone: bool,
+}
+
+/// Works out the search updates and the changed view for a message about to be stored
+/// (`new` is not in the store yet; the store holds everything committed before).
+pub(crate) fn derive(store: &dyn ClientStore, new: &StoredMessage) -> Result<Derived> {
+    let conversation = new.conversation;
+    let (target, standalone) = match content(new).target() {
+        Some(target) => (target, false),
+        None => (new.id, true),
+    };
+    let mut relations = store.relations(conversation, target)?;
+    let message = if standalone {
+        new.clone()
+    } else {
+        match store.message(conversation, target)? {
+            Some(m) => m,
+            // The target has not arrived: its own arrival will apply this relation.
+            None => {
+                return Ok(Derived {
+                    writes: Vec::new(),
+                    updated: None,
+                    standalone,
+                });
+            }
+        }
+    };
+    if !standalone {
+        relations.push(new.clone());
+        relations.sort_by_key(|r| r.id);
+    }
+    let view = view(&message, &relations);
+    let write = match searchable(&view) {
+        Some(text) => SearchWrite::Index {
+            conversation,
+            message: target,
+            text,
+        },
+        None => SearchWrite::Remove {
+            conversation,
+            message: target,
+        },
+    };
+    // A standalone message with no relations yet is reported by its own event.
+    let updated = (!standalone || !relations.is_empty()).then(|| TimelineItem::new(&message, view));
+    Ok(Derived {
+        writes: vec![Write::Search(write)],
+        updated,
+        standalone,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use chat_core::{ClientKey, Delete, Edit, Reaction, Text, UserId};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::search::SearchPage;
+
+    fn stored(id: u64, user: u64, content: Content) -> StoredMessage {
+        StoredMessage {
+            conversation: ConversationId::new(1).unwrap(),
+            id: MessageId::new(id).unwrap(),
+            sender: DeviceAddress {
+                user: UserId::new(user).unwrap(),
+                device: chat_core::DeviceId::new(user).unwrap(),
+            },
+            client_key: ClientKey::from_bytes([id as u8; 16]),
+            sent_at: Timestamp::from_millis(id),
+            plaintext: content.encode().unwrap(),
+        }
+    }
+
+    fn reaction(target: u64, emoji: &str, remove: bool) -> Content {
+        Content::Reaction(Reaction {
+            target: MessageId::new(target).unwrap(),
+            emoji: emoji.into(),
+            remove,
+        })
+    }
+
+    fn edit(target: u64, body: &str) -> Content {
+        Content::Edit(Edit {
+            target: MessageId::new(target).unwrap(),
+            body: body.into(),
+        })
+    }
+
+    /// A message by user 1 and its relations: edits by its sender and by someone else,
+    /// reactions added twice and taken back, a reply, and (optionally) a delete.
+    fn scenario(with_delete: bool) -> Vec<StoredMessage> {
+        let mut all = vec![
+            stored(
+                1,
+                1,
+                Content::Text(Text {
+                    body: "first draft".into(),
+                    reply_to: None,
+                }),
+            ),
+            stored(2, 1, edit(1, "second draft")),
+            stored(3, 2, reaction(1, "+1", false)),
+            stored(4, 2, edit(1, "not yours")),
+            stored(5, 2, reaction(1, "+1", false)),
+            stored(6, 3, reaction(1, "heart", false)),
+            stored(7, 3, reaction(1, "heart", true)),
+            stored(8, 1, edit(1, "final words")),
+            stored(
+                9,
+                2,
+                Content::Text(Text {
+                    body: "a reply".into(),
+                    reply_to: Some(MessageId::new(1).unwrap()),
+                }),
+            ),
+        ];
+        if with_delete {
+            all.push(stored(
+                10,
+                1,
+                Content::Delete(Delete {
+                    target: MessageId::new(1).unwrap(),
+                }),
+            ));
+        }
+        all
+    }
+
+    /// Stores `messages` in this order the way the client does (derived writes in the
+    /// same commit) and returns message 1's state and what search finds.
+    fn arrive(store: &dyn ClientStore, messages: &[StoredMessage]) -> (TimelineItem, usize, usize) {
+        for m in messages {
+            let mut derived = derive(store, m).unwrap();
+            let mut writes = vec![Write::Message(m.clone())];
+            writes.append(&mut derived.writes);
+            store.commit(writes).unwrap();
+        }
+        let conv = ConversationId::new(1).unwrap();
+        let item = item(store, conv, MessageId::new(1).unwrap())
+            .unwrap()
+            .unwrap();
+        let page = SearchPage::first(10);
+        let final_hits = store.search("final", page).unwrap().hits.len();
+        let draft_hits = store.search("draft", page).unwrap().hits.len();
+        (item, final_hits, draft_hits)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn any_arrival_order_gives_the_same_state_and_index(
+            with_delete in any::<bool>(),
+            order in Just((0..10usize).collect::<Vec<_>>()).prop_shuffle(),
+        ) {
+            let all = scenario(with_delete);
+            let shuffled: Vec<_> = order.iter().filter_map(|i| all.get(*i).cloned()).collect();
+            let expected = arrive(&crate::MemoryStore::new(), &all);
+            let memory = arrive(&crate::MemoryStore::new(), &shuffled);
+            let dir = tempfile::tempdir().unwrap();
+            let sqlite = arrive(&crate::SqliteStore::open(dir.path().join("s.db")).unwrap(), &shuffled);
+            prop_assert_eq!(&memory, &expected);
+            prop_assert_eq!(&sqlite, &expected);
+            let (item, final_hits, draft_hits) = expected;
+            if with_delete {
+                prop_assert!(item.is_deleted());
+                prop_assert_eq!(item.text(), None);
+                prop_assert!(item.view.reactions.is_empty());
+                prop_assert_eq!(final_hits, 0);
+            } else {
+                // Only the sender's edits count; the newest wins. Bob's +1 (added twice) stays,
+                // Carol's heart was taken back.
+                prop_assert_eq!(item.text(), Some("final words"));
+                prop_assert_eq!(item.view.edited_by, MessageId::new(8).ok());
+                let reactions: Vec<_> = item.view.reactions.iter()
+                    .map(|(e, users)| (e.clone(), users.iter().map(|u| u.get()).collect::<Vec<_>>()))
+                    .collect();
+                prop_assert_eq!(reactions, vec![("+1".to_owned(), vec![2])]);
+                prop_assert_eq!(final_hits, 1);
+            }
+            // Edited-away text is not found; the reply (message 9) has no "draft" either.
+            prop_assert_eq!(draft_hits, 0);
+        }
+    }
+}
