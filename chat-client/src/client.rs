@@ -70,6 +70,8 @@ pub(crate) struct Inner {
     pub(crate) blocked: Mutex<std::collections::BTreeSet<UserId>>,
     /// Who is typing where; indicators expire by themselves.
     pub(crate) typing: Mutex<chat_core::TypingTracker>,
+    /// A history recovery task is running (see `recovery.rs`).
+    pub(crate) recovering: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Inner {
@@ -261,6 +263,7 @@ impl Client {
             presence: Mutex::new(std::collections::BTreeSet::new()),
             blocked: Mutex::new(std::collections::BTreeSet::new()),
             typing: Mutex::new(chat_core::TypingTracker::new()),
+            recovering: std::sync::atomic::AtomicBool::new(false),
         });
         let driver = tokio::spawn(driver::run(inner.clone(), rx));
         Self {

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chat_core::protocol::{
@@ -142,8 +143,6 @@ struct Conn {
     acked: u64,
     resyncing: bool,
     synced: bool,
-    /// A history recovery was started on this connection.
-    recovering: bool,
     next_req: u32,
     in_flight: HashMap<u32, ClientKey>,
     /// Entries sent on this connection and not answered, or being repaired.
@@ -165,7 +164,6 @@ impl Conn {
             acked: 0,
             resyncing: false,
             synced: false,
-            recovering: false,
             next_req: 1,
             in_flight: HashMap::new(),
             busy: HashSet::new(),
@@ -480,30 +478,38 @@ impl Conn {
         }
     }
 
-    /// The newest stored message of every known conversation (a pending recovery's points
-    /// are kept: they are older).
+    /// The newest stored message of every conversation this device has messages of or knows
+    /// (a pending recovery's points are kept: they are older).
     fn recovery_points(&self) -> Result<Vec<RecoveryPoint>, Error> {
         let store = &self.inner.store;
         if let Some(pending) = store.recovery()? {
             return Ok(pending);
         }
-        store
-            .conversations()?
-            .into_iter()
-            .map(|c| {
-                Ok(RecoveryPoint {
-                    conversation: c.id,
-                    newest: store.newest_message(c.id)?,
-                })
+        let newest: std::collections::BTreeMap<_, _> =
+            store.newest_messages()?.into_iter().collect();
+        let mut points: Vec<RecoveryPoint> = newest
+            .iter()
+            .map(|(conversation, id)| RecoveryPoint {
+                conversation: *conversation,
+                newest: Some(*id),
             })
-            .collect()
+            .collect();
+        // Known conversations with nothing stored yet: everything in them is new.
+        points.extend(
+            store
+                .conversations()?
+                .into_iter()
+                .filter(|c| !newest.contains_key(&c.id))
+                .map(|c| RecoveryPoint {
+                    conversation: c.id,
+                    newest: None,
+                }),
+        );
+        Ok(points)
     }
 
-    /// Runs a pending history recovery off the connection's task, once per connection.
+    /// Runs a pending history recovery off the connection's task, unless one is running.
     fn start_recovery(&mut self) {
-        if self.recovering {
-            return;
-        }
         match self.inner.store.recovery() {
             Ok(Some(_)) => {}
             Ok(None) => return,
@@ -512,13 +518,16 @@ impl Conn {
                 return;
             }
         }
-        self.recovering = true;
+        if self.inner.recovering.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let inner = self.inner.clone();
         tokio::spawn(async move {
             if let Err(e) = crate::recovery::run(&inner).await {
                 // Kept in the store: the next connection tries again.
                 tracing::warn!(cause = %e, "history recovery failed");
             }
+            inner.recovering.store(false, Ordering::Release);
         });
     }
 

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use crate::client::Inner;
 use crate::error::{Error, Result};
 use crate::event::{Event, Message};
-use crate::store::{StoredMessage, Write};
+use crate::store::{RecoveryPoint, StoredMessage, Write};
 
 /// Messages read from history per request.
 const PAGE: usize = 100;
@@ -45,9 +45,23 @@ struct History {
 
 /// Runs the pending recovery, if any, and clears it.
 pub(crate) async fn run(inner: &Inner) -> Result<()> {
-    let Some(points) = inner.store.recovery()? else {
+    let Some(mut points) = inner.store.recovery()? else {
         return Ok(());
     };
+    // Conversations this device had not heard of (started while it was away): all of their
+    // history is new to it.
+    let list: Vec<chat_core::Conversation> = inner
+        .http
+        .call(Method::GET, "/v1/conversations", None::<&()>)
+        .await?;
+    for c in list {
+        if !points.iter().any(|p| p.conversation == c.id) {
+            points.push(RecoveryPoint {
+                conversation: c.id,
+                newest: None,
+            });
+        }
+    }
     let mut recovered = 0;
     let mut missed = Vec::new();
     for point in points {

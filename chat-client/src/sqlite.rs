@@ -533,15 +533,20 @@ impl ClientStore for SqliteStore {
         .pop())
     }
 
-    fn newest_message(&self, conversation: ConversationId) -> Result<Option<MessageId>> {
-        let newest: Option<i64> = self.conn()?.query_row(
-            "SELECT max(id) FROM messages WHERE conversation = ?1",
-            [id(conversation.get())],
-            |r| r.get(0),
-        )?;
-        newest
-            .map(|n| MessageId::new(uid(n)).map_err(|_| corrupt("message id")))
-            .transpose()
+    fn newest_messages(&self) -> Result<Vec<(ConversationId, MessageId)>> {
+        let conn = self.conn()?;
+        let mut stmt =
+            conn.prepare("SELECT conversation, max(id) FROM messages GROUP BY conversation")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (c, m) = row?;
+            out.push((
+                ConversationId::new(uid(c)).map_err(|_| corrupt("conversation"))?,
+                MessageId::new(uid(m)).map_err(|_| corrupt("message id"))?,
+            ));
+        }
+        Ok(out)
     }
 
     fn standalone(

@@ -282,8 +282,9 @@ pub trait ClientStore: Send + Sync + 'static {
     /// One stored message.
     fn message(&self, conversation: ConversationId, id: MessageId)
     -> Result<Option<StoredMessage>>;
-    /// The highest stored message ID of a conversation.
-    fn newest_message(&self, conversation: ConversationId) -> Result<Option<MessageId>>;
+    /// The highest stored message ID of every conversation with stored messages, by
+    /// conversation.
+    fn newest_messages(&self) -> Result<Vec<(ConversationId, MessageId)>>;
     /// Messages that stand on their own (not edits, deletes or reactions) before `before`
     /// (exclusive; `None`: the newest), newest first, at most `limit`.
     fn standalone(
@@ -371,8 +372,8 @@ impl<S: ClientStore + ?Sized> ClientStore for std::sync::Arc<S> {
     ) -> Result<Option<StoredMessage>> {
         (**self).message(conversation, id)
     }
-    fn newest_message(&self, conversation: ConversationId) -> Result<Option<MessageId>> {
-        (**self).newest_message(conversation)
+    fn newest_messages(&self) -> Result<Vec<(ConversationId, MessageId)>> {
+        (**self).newest_messages()
     }
     fn standalone(
         &self,
@@ -676,12 +677,13 @@ impl ClientStore for MemoryStore {
         Ok(self.lock()?.messages.get(&(conversation, id)).cloned())
     }
 
-    fn newest_message(&self, conversation: ConversationId) -> Result<Option<MessageId>> {
+    fn newest_messages(&self) -> Result<Vec<(ConversationId, MessageId)>> {
         let s = self.lock()?;
-        Ok(s.messages
-            .range((conversation, MessageId::MIN)..=(conversation, MessageId::MAX))
-            .next_back()
-            .map(|((_, id), _)| *id))
+        let mut newest: BTreeMap<ConversationId, MessageId> = BTreeMap::new();
+        for (conversation, id) in s.messages.keys() {
+            newest.insert(*conversation, *id);
+        }
+        Ok(newest.into_iter().collect())
     }
 
     fn standalone(
@@ -974,13 +976,9 @@ pub(crate) mod conformance {
 
         assert_eq!(store.message(conv, mid(3)).unwrap().unwrap().id, mid(3));
         assert!(store.message(conv, mid(99)).unwrap().is_none());
-        assert_eq!(store.newest_message(conv).unwrap(), Some(mid(8)));
-        assert_eq!(
-            store
-                .newest_message(ConversationId::new(77).unwrap())
-                .unwrap(),
-            None
-        );
+        let newest = store.newest_messages().unwrap();
+        assert!(newest.contains(&(conv, mid(8))), "{newest:?}");
+        assert!(newest.iter().all(|(c, _)| c.get() != 77));
 
         // Standalone messages only, newest first, paged by `before`.
         assert_eq!(

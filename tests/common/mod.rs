@@ -41,7 +41,15 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: Config) -> Self {
-        let server = Server::bind(config).await.expect("bind");
+        Self::serve(Server::bind(config).await.expect("bind"))
+    }
+
+    /// A node over a store the test keeps a handle to (to change it behind the node's back).
+    pub async fn with_store(config: Config, store: std::sync::Arc<dyn chat::core::Store>) -> Self {
+        Self::serve(Server::with_store(config, store).await.expect("bind"))
+    }
+
+    fn serve(server: Server) -> Self {
         let addr = server.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
