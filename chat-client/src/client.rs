@@ -15,7 +15,6 @@ use http_body_util::{BodyExt as _, StreamBody};
 use hyper::Method;
 use hyper::body::Frame;
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -145,13 +144,12 @@ impl Client {
         let username = Username::new(username)?;
         refuse_used(&store)?;
         let http = Http::new(addr.clone(), None);
-        let _: IgnoredAny = http
-            .call(
-                Method::POST,
-                "/v1/register",
-                Some(&json!({"username": username, "password": password})),
-            )
-            .await?;
+        http.send(
+            Method::POST,
+            "/v1/register",
+            Some(&json!({"username": username, "password": password})),
+        )
+        .await?;
         Self::login(server, username.as_str(), password, device_name, store).await
     }
 
@@ -212,14 +210,13 @@ impl Client {
             Write::SignedPrekeyMadeAt(now()),
         ])?;
         let http = http.with_token(login.token.clone());
-        let _: IgnoredAny = http.call(Method::PUT, "/v1/keys", Some(&keys)).await?;
-        let _: IgnoredAny = http
-            .call(
-                Method::POST,
-                "/v1/keys/one-time",
-                Some(&json!({"keys": e2e::one_time_keys(&otks)})),
-            )
-            .await?;
+        http.send(Method::PUT, "/v1/keys", Some(&keys)).await?;
+        http.send(
+            Method::POST,
+            "/v1/keys/one-time",
+            Some(&json!({"keys": e2e::one_time_keys(&otks)})),
+        )
+        .await?;
         let store: Arc<dyn ClientStore> = Arc::new(store);
         let crypto = Crypto::new(me, store.clone(), account);
         Ok(Self::start(addr, me, login.token, store, crypto))
@@ -298,11 +295,7 @@ impl Client {
         let v: UserView = self
             .inner
             .http
-            .call(
-                Method::GET,
-                &format!("/v1/users/by-name/{name}"),
-                None::<&()>,
-            )
+            .get(&format!("/v1/users/by-name/{name}"))
             .await?;
         Ok(v.user_id)
     }
@@ -357,10 +350,9 @@ impl Client {
 
     /// Adds members to a group, all or none (`group_full` past the limit), and announces it.
     pub async fn add_members(&self, group: ConversationId, members: &[UserId]) -> Result<()> {
-        let _: IgnoredAny = self
-            .inner
+        self.inner
             .http
-            .call(
+            .send(
                 Method::POST,
                 &format!("/v1/conversations/{group}/members"),
                 Some(&json!({"members": members})),
@@ -379,10 +371,9 @@ impl Client {
         if leaving {
             self.announce(group, GroupAction::Left, &[user]).await?;
         }
-        let _: IgnoredAny = self
-            .inner
+        self.inner
             .http
-            .call(
+            .send(
                 Method::DELETE,
                 &format!("/v1/conversations/{group}/members/{user}"),
                 None::<&()>,
@@ -400,22 +391,14 @@ impl Client {
         let m: MembersView = self
             .inner
             .http
-            .call(
-                Method::GET,
-                &format!("/v1/conversations/{conversation}/members"),
-                None::<&()>,
-            )
+            .get(&format!("/v1/conversations/{conversation}/members"))
             .await?;
         Ok(m.members)
     }
 
     /// The conversations this user is in (and remembers them locally).
     pub async fn conversations(&self) -> Result<Vec<ConversationId>> {
-        let list: Vec<Conversation> = self
-            .inner
-            .http
-            .call(Method::GET, "/v1/conversations", None::<&()>)
-            .await?;
+        let list: Vec<Conversation> = self.inner.http.get("/v1/conversations").await?;
         for c in &list {
             self.remember(c)?;
         }
@@ -789,10 +772,9 @@ impl Client {
 
     /// Logs this device out on the server and stops the client.
     pub async fn logout(self) -> Result<()> {
-        let _: IgnoredAny = self
-            .inner
+        self.inner
             .http
-            .call(Method::POST, "/v1/logout", None::<&()>)
+            .send(Method::POST, "/v1/logout", None::<&()>)
             .await?;
         Ok(())
     }
@@ -818,13 +800,7 @@ fn refuse_used(store: &impl ClientStore) -> Result<()> {
 
 impl Inner {
     async fn bundles(&self, user: UserId) -> Result<BundlesView> {
-        self.http
-            .call(
-                Method::GET,
-                &format!("/v1/users/{user}/bundles"),
-                None::<&()>,
-            )
-            .await
+        self.http.get(&format!("/v1/users/{user}/bundles")).await
     }
 
     pub(crate) fn forget_devices(&self, conversation: ConversationId) {
@@ -848,11 +824,7 @@ impl Inner {
         }
         let c: Conversation = self
             .http
-            .call(
-                Method::GET,
-                &format!("/v1/conversations/{conversation}"),
-                None::<&()>,
-            )
+            .get(&format!("/v1/conversations/{conversation}"))
             .await?;
         self.store
             .commit(vec![Write::Conversation(ConversationRecord {
@@ -870,11 +842,7 @@ impl Inner {
         }
         let v: DevicesView = self
             .http
-            .call(
-                Method::GET,
-                &format!("/v1/conversations/{conversation}/devices"),
-                None::<&()>,
-            )
+            .get(&format!("/v1/conversations/{conversation}/devices"))
             .await?;
         let list: Vec<_> = v.devices.into_iter().filter(|d| *d != self.me).collect();
         self.store.commit(vec![Write::ConversationDevices {
@@ -996,19 +964,15 @@ impl Inner {
             .is_none_or(|t| now.as_millis().saturating_sub(t.as_millis()) >= SIGNED_PREKEY_AGE_MS)
         {
             let keys = self.crypto.rotate_signed_prekey(now)?;
-            let _: IgnoredAny = self.http.call(Method::PUT, "/v1/keys", Some(&keys)).await?;
+            self.http.send(Method::PUT, "/v1/keys", Some(&keys)).await?;
         }
-        let c: Count = self
-            .http
-            .call(Method::GET, "/v1/keys/count", None::<&()>)
-            .await?;
+        let c: Count = self.http.get("/v1/keys/count").await?;
         if c.count >= PREKEY_LOW {
             return Ok(());
         }
         let keys = self.crypto.new_one_time_keys(PREKEY_BATCH)?;
-        let _: IgnoredAny = self
-            .http
-            .call(
+        self.http
+            .send(
                 Method::POST,
                 "/v1/keys/one-time",
                 Some(&json!({"keys": e2e::one_time_keys(&keys)})),

@@ -99,6 +99,22 @@ impl Http {
         serde_json::from_slice(bytes).map_err(|e| Error::Protocol(format!("{path}: {e}")))
     }
 
+    /// `GET path`, decoding the JSON answer.
+    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+
+    /// A request with a JSON body whose answer is not needed (only its success).
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<()> {
+        let _: serde::de::IgnoredAny = self.call(method, path, body).await?;
+        Ok(())
+    }
+
     /// Uploads raw bytes (`application/octet-stream`); decodes the JSON answer.
     pub(crate) async fn upload<T: DeserializeOwned>(&self, path: &str, body: Bytes) -> Result<T> {
         let bytes = self

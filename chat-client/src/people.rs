@@ -10,7 +10,6 @@
 use chat_core::{AttachmentId, DisplayName, StatusText, Timestamp, UserId};
 use hyper::Method;
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::json;
 
 use crate::client::Client;
@@ -78,10 +77,7 @@ fn encode(value: &str) -> String {
 impl Client {
     /// This user's profile.
     pub async fn profile(&self) -> Result<Profile> {
-        self.inner
-            .http
-            .call(Method::GET, "/v1/profile", None::<&()>)
-            .await
+        self.inner.http.get("/v1/profile").await
     }
 
     /// Replaces this user's profile; peers sharing a conversation get a
@@ -113,11 +109,7 @@ impl Client {
     pub async fn user_profile(&self, user: UserId) -> Result<Profile> {
         self.inner
             .http
-            .call(
-                Method::GET,
-                &format!("/v1/users/{user}/profile"),
-                None::<&()>,
-            )
+            .get(&format!("/v1/users/{user}/profile"))
             .await
     }
 
@@ -134,16 +126,15 @@ impl Client {
         if let Some(after) = after {
             path.push_str(&format!("&after={}", encode(after)));
         }
-        self.inner.http.call(Method::GET, &path, None::<&()>).await
+        self.inner.http.get(&path).await
     }
 
     /// Blocks `user`: they can no longer open a 1:1 with this user, reach them in one, see
     /// their presence or fetch their keys; in groups this client hides their messages.
     pub async fn block(&self, user: UserId) -> Result<()> {
-        let _: IgnoredAny = self
-            .inner
+        self.inner
             .http
-            .call(Method::POST, "/v1/blocks", Some(&json!({"user_id": user})))
+            .send(Method::POST, "/v1/blocks", Some(&json!({"user_id": user})))
             .await?;
         self.inner.set_blocked(user, true);
         Ok(())
@@ -151,10 +142,9 @@ impl Client {
 
     /// Removes a block.
     pub async fn unblock(&self, user: UserId) -> Result<()> {
-        let _: IgnoredAny = self
-            .inner
+        self.inner
             .http
-            .call(Method::DELETE, &format!("/v1/blocks/{user}"), None::<&()>)
+            .send(Method::DELETE, &format!("/v1/blocks/{user}"), None::<&()>)
             .await?;
         self.inner.set_blocked(user, false);
         Ok(())
@@ -163,11 +153,7 @@ impl Client {
     /// The users this user blocks (by user ID); also refreshes the list this client hides
     /// group messages by.
     pub async fn blocks(&self) -> Result<Vec<UserId>> {
-        let list: Blocks = self
-            .inner
-            .http
-            .call(Method::GET, "/v1/blocks", None::<&()>)
-            .await?;
+        let list: Blocks = self.inner.http.get("/v1/blocks").await?;
         let users: Vec<UserId> = list.blocks.into_iter().map(|b| b.user_id).collect();
         self.inner.replace_blocked(&users);
         Ok(users)

@@ -15,7 +15,6 @@
 //! once: both paths check the store under the crypto lock before decrypting.
 
 use chat_core::{ClientKey, ConversationId, DeviceAddress, MessageId, Timestamp};
-use hyper::Method;
 use serde::Deserialize;
 
 use crate::client::Inner;
@@ -50,10 +49,7 @@ pub(crate) async fn run(inner: &Inner) -> Result<()> {
     };
     // Conversations this device had not heard of (started while it was away): all of their
     // history is new to it.
-    let list: Vec<chat_core::Conversation> = inner
-        .http
-        .call(Method::GET, "/v1/conversations", None::<&()>)
-        .await?;
+    let list: Vec<chat_core::Conversation> = inner.http.get("/v1/conversations").await?;
     for c in list {
         if !points.iter().any(|p| p.conversation == c.id) {
             points.push(RecoveryPoint {
@@ -136,7 +132,7 @@ async fn after(
         if let Some(b) = before {
             route.push_str(&format!("&before={b}"));
         }
-        let page: History = inner.http.call(Method::GET, &route, None::<&()>).await?;
+        let page: History = inner.http.get(&route).await?;
         let full = page.messages.len() == PAGE;
         let mut reached = false;
         for m in page.messages {
