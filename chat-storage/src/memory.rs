@@ -589,30 +589,27 @@ impl MessageStore for MemoryStore {
 
     async fn trim_inboxes(&self, sent_before: Timestamp, limit: usize) -> StoreResult<u64> {
         let mut s = self.lock()?;
-        // A walk over every entry: fine for a test backend (the SQL ones use an index).
-        let mut deleted = 0u64;
-        let mut budget = limit;
-        for row in s.devices.values_mut() {
-            if budget == 0 {
-                break;
-            }
-            let old: Vec<InboxPos> = row
-                .inbox
-                .iter()
-                .filter(|(_, entry)| entry.sent_at < sent_before)
-                .map(|(&pos, _)| pos)
-                .take(budget)
-                .collect();
-            for &pos in &old {
+        // Oldest first, like the SQL backends' index; a walk over every entry is fine for a
+        // test backend.
+        let mut old: Vec<(Timestamp, DeviceId, InboxPos)> = s
+            .devices
+            .iter()
+            .flat_map(|(&device, row)| {
+                row.inbox
+                    .iter()
+                    .filter(|(_, entry)| entry.sent_at < sent_before)
+                    .map(move |(&pos, entry)| (entry.sent_at, device, pos))
+            })
+            .collect();
+        old.sort_unstable();
+        old.truncate(limit);
+        for &(_, device, pos) in &old {
+            if let Some(row) = s.devices.get_mut(&device) {
                 row.inbox.remove(&pos);
+                row.floor = row.floor.max(pos);
             }
-            if let Some(&top) = old.last() {
-                row.floor = row.floor.max(top);
-            }
-            budget -= old.len();
-            deleted += old.len() as u64;
         }
-        Ok(deleted)
+        Ok(old.len() as u64)
     }
 
     async fn inbox_floor(&self, device: DeviceAddress) -> StoreResult<InboxPos> {
