@@ -87,6 +87,12 @@ pub struct Config {
     pub discovery_ttl_ms: u64,
     /// How often the node refreshes its registration (connections, CPU), in ms.
     pub discovery_refresh_ms: u64,
+    /// How many days inbox entries are kept (R-SYNC-2); 0 (the default) keeps them
+    /// forever. When set, a background task deletes older entries every few minutes, and a
+    /// device that comes back with a cursor below what was trimmed gets
+    /// `resync_required {inbox_trimmed}` and recovers the rest from history. Messages
+    /// themselves are kept either way.
+    pub inbox_retention_days: u32,
 }
 
 /// PEM files for TLS.
@@ -134,6 +140,7 @@ impl Default for Config {
             region: None,
             discovery_ttl_ms: 30_000,
             discovery_refresh_ms: 10_000,
+            inbox_retention_days: 0,
         }
     }
 }
@@ -188,9 +195,38 @@ impl Config {
         Duration::from_millis(u64::from(self.heartbeat_interval_ms))
     }
 
+    /// How long inbox entries are kept, or `None` when they are kept forever (0 days).
+    pub fn inbox_retention(&self) -> Option<Duration> {
+        match self.inbox_retention_days {
+            0 => None,
+            days => Some(Duration::from_secs(u64::from(days) * 86_400)),
+        }
+    }
+
     /// How long a connection may stay silent before it is closed.
     pub fn idle_timeout(&self) -> Duration {
         self.heartbeat_interval()
             .saturating_mul(self.missed_heartbeats)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbox_retention_is_off_by_default_and_read_from_json() {
+        assert_eq!(Config::default().inbox_retention_days, 0);
+        assert_eq!(Config::default().inbox_retention(), None);
+        let config: Config = serde_json::from_str(r#"{"inbox_retention_days": 30}"#).unwrap();
+        assert_eq!(
+            config.inbox_retention(),
+            Some(Duration::from_secs(30 * 24 * 3600))
+        );
+        config.validate().unwrap();
+        let config: Config = serde_json::from_str(r#"{"inbox_retention_days": 0}"#).unwrap();
+        assert_eq!(config.inbox_retention(), None);
+        assert!(serde_json::from_str::<Config>(r#"{"inbox_retention_days": -1}"#).is_err());
     }
 }

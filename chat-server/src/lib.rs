@@ -25,6 +25,7 @@ mod gateway;
 mod limiter;
 mod presence;
 mod push;
+mod retention;
 mod server;
 mod state;
 

@@ -31,6 +31,9 @@ struct Args {
     /// TLS private key (PEM); needs --tls-cert.
     #[arg(long, env = "CHAT_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Days inbox entries are kept; 0 keeps them forever.
+    #[arg(long, env = "CHAT_INBOX_RETENTION_DAYS")]
+    inbox_retention_days: Option<u32>,
     /// Log format.
     #[arg(long, env = "CHAT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -83,6 +86,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(store) = args.store {
         config.store = store;
+    }
+    if let Some(days) = args.inbox_retention_days {
+        config.inbox_retention_days = days;
     }
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(TlsConfig { cert, key });

@@ -23,6 +23,7 @@ use crate::config::{Config, ConfigError};
 use crate::discovery::{self, Identity, LocalRegistry};
 use crate::presence::Presence;
 use crate::push::{PushDispatcher, Worker};
+use crate::retention;
 use crate::state::{Limits, Shared};
 
 /// Why a node could not start or run.
@@ -196,6 +197,12 @@ impl Server {
         let app = api::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
         tokio::spawn(shared.presence.clone().run(shared.shutdown.clone()));
         tokio::spawn(push.run());
+        // Inbox retention, when configured: holds the store, not the shared state.
+        let _retention = retention::spawn(
+            &shared.config,
+            shared.store.clone(),
+            shared.shutdown.clone(),
+        );
         // Registered before serving, so discovery never answers without this node.
         discovery::register(&shared, &node, 0.0).await;
         let (registry, node_id) = (shared.registry.clone(), node.id.clone());

@@ -642,3 +642,155 @@ async fn sends_are_rate_limited_per_account_across_devices() {
         matches!(frame, ServerFrame::Error(e) if e.code == ErrorCode::RateLimited && e.req == Some(9))
     );
 }
+
+/// The node over a memory store the test keeps, so it can trim inboxes itself: a cutoff in
+/// the future with a limit drives retention without any clock.
+async fn with_trimmable_store() -> (TestServer, std::sync::Arc<chat_storage::MemoryStore>) {
+    let store = std::sync::Arc::new(chat_storage::MemoryStore::new());
+    let server = TestServer::with_store(test_config(), store.clone()).await;
+    (server, store)
+}
+
+/// A cutoff later than any message of the test.
+fn future() -> chat_core::Timestamp {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after the epoch");
+    chat_core::Timestamp::from_millis(u64::try_from(now.as_millis()).unwrap() + 3_600_000)
+}
+
+/// Alice sends one-byte messages (`[i]` for each `i` of `range`, also their client keys) to
+/// Bob's only device.
+async fn send_to_bob(
+    server: &TestServer,
+    alice: &Account,
+    bob: &Account,
+    range: std::ops::Range<u8>,
+) -> ConversationId {
+    let conversation = direct(server, alice, bob).await;
+    let mut sender = server.connect(alice, 0).await;
+    backlog(&mut sender).await;
+    let recipients = recipients(server, alice, conversation, b"").await;
+    for i in range {
+        sender
+            .send(send_frame(
+                u32::from(i),
+                conversation,
+                i,
+                &[i],
+                recipients.clone(),
+            ))
+            .await;
+        assert!(matches!(sender.recv().await, ServerFrame::Sent(_)));
+    }
+    conversation
+}
+
+#[tokio::test]
+async fn cursor_below_the_trim_floor_resyncs_then_gets_the_rest() {
+    use chat_core::MessageStore as _;
+    use chat_core::protocol::{ResyncReason, ResyncRequired};
+    let (server, store) = with_trimmable_store().await;
+    let alice = server.account("alice").await;
+    let bob = server.account("bob").await;
+    // Bob is offline while 8 messages arrive; the 5 oldest entries pass retention.
+    let conversation = send_to_bob(&server, &alice, &bob, 0..8).await;
+    assert_eq!(store.trim_inboxes(future(), 5).await.unwrap(), 5);
+    let floor = InboxPos::new(5).unwrap();
+    assert_eq!(store.inbox_floor(bob.device).await.unwrap(), floor);
+
+    // His old cursor is below the floor: told so, then everything after the floor.
+    let mut client = server.connect(&bob, 2).await;
+    assert_eq!(
+        client.recv().await,
+        ServerFrame::ResyncRequired(ResyncRequired {
+            reason: ResyncReason::InboxTrimmed,
+            head: floor,
+        })
+    );
+    let got = backlog(&mut client).await;
+    assert_eq!(
+        got,
+        vec![
+            (6, Bytes::from_static(&[5])),
+            (7, Bytes::from_static(&[6])),
+            (8, Bytes::from_static(&[7])),
+        ]
+    );
+    drop(client);
+
+    // At or above the floor: no resync, just the backlog.
+    for (cursor, expected) in [(5, vec![6, 7, 8]), (7, vec![8])] {
+        let mut client = server.connect(&bob, cursor).await;
+        let (before, end) = client.until(|f| matches!(f, ServerFrame::SyncEnd(_))).await;
+        assert!(
+            before
+                .iter()
+                .all(|f| !matches!(f, ServerFrame::ResyncRequired(_))),
+            "cursor {cursor}: {before:?}"
+        );
+        let positions: Vec<u64> = before
+            .iter()
+            .filter_map(|f| match f {
+                ServerFrame::Deliver(d) => Some(d.pos.get()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(positions, expected, "cursor {cursor}");
+        assert_eq!(
+            end,
+            ServerFrame::SyncEnd(chat_core::protocol::SyncEnd {
+                head: InboxPos::new(8).unwrap()
+            })
+        );
+    }
+
+    // History still has every message.
+    let (status, body) = server
+        .http(
+            "GET",
+            &format!("/v1/conversations/{conversation}/messages"),
+            Some(&bob.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["messages"].as_array().unwrap().len(), 8);
+}
+
+#[tokio::test]
+async fn sync_below_a_floor_raised_while_connected_resyncs() {
+    use chat_core::MessageStore as _;
+    use chat_core::protocol::{ResyncReason, ResyncRequired, SyncEnd};
+    let (server, store) = with_trimmable_store().await;
+    let alice = server.account("alice").await;
+    let bob = server.account("bob").await;
+    let mut client = server.connect(&bob, 0).await;
+    assert!(backlog(&mut client).await.is_empty());
+    send_to_bob(&server, &alice, &bob, 0..4).await;
+    for pos in 1..=4 {
+        assert!(matches!(client.recv().await, ServerFrame::Deliver(d) if d.pos.get() == pos));
+    }
+    // Everything is trimmed while Bob is connected; he asks again from an old cursor.
+    assert_eq!(store.trim_inboxes(future(), 100).await.unwrap(), 4);
+    client
+        .send(
+            SyncRequest {
+                after: InboxPos::new(1).unwrap(),
+            }
+            .into(),
+        )
+        .await;
+    let head = InboxPos::new(4).unwrap();
+    assert_eq!(
+        client.recv().await,
+        ServerFrame::ResyncRequired(ResyncRequired {
+            reason: ResyncReason::InboxTrimmed,
+            head,
+        })
+    );
+    assert_eq!(client.recv().await, ServerFrame::SyncEnd(SyncEnd { head }));
+    // Positions go on from the head: the next message is 5, live.
+    send_to_bob(&server, &alice, &bob, 4..5).await;
+    assert!(matches!(client.recv().await, ServerFrame::Deliver(d) if d.pos.get() == 5));
+}

@@ -236,7 +236,8 @@ pub struct StaleDevices {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ResyncReason {
-    /// The entries after the cursor are past retention and gone from the inbox.
+    /// Entries after the cursor, up to `head` (the trim floor), passed retention and were
+    /// deleted from the inbox; the entries after `head` follow.
     InboxTrimmed,
     /// The cursor is ahead of the inbox head (for example after a server restore).
     CursorAhead,
@@ -288,7 +289,9 @@ pub struct ResyncRequired {
     /// Why.
     #[n(0)]
     pub reason: ResyncReason,
-    /// The inbox head now: resume with this as the new cursor after fetching history.
+    /// The cursor to continue from: the inbox head for `cursor_ahead`, the trim floor (the
+    /// highest position trimmed) for `inbox_trimmed`, whose entries after it follow. The
+    /// client takes it as its cursor and recovers what it missed from history.
     #[n(1)]
     pub head: InboxPos,
 }

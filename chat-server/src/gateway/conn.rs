@@ -6,6 +6,11 @@
 //! skipped something, so the driver reads the gap from the store. While reading from the
 //! store it discards queued deliveries (each was committed before it was published, so the
 //! read covers it) but forwards every other queued event.
+//!
+//! Inbox retention: every read from the store (the backlog, a `sync`, a gap repair) first
+//! checks the device's trim floor, and again whenever the entries read skip a position. A
+//! device below the floor gets `resync_required {inbox_trimmed, head: floor}` and the
+//! entries after the floor: it is told, never silently moved past what was trimmed.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -196,8 +201,10 @@ impl Conn {
         }
     }
 
-    /// Sends `welcome`, then the backlog after `cursor` (or `resync_required`), then
-    /// `sync_end`.
+    /// Sends `welcome`, then the backlog after `cursor`, then `sync_end`. A cursor ahead of
+    /// the head gets `resync_required {cursor_ahead, head}` instead of a backlog; one below
+    /// the trim floor gets `resync_required {inbox_trimmed, head: floor}` before the
+    /// backlog after the floor (see [`Self::catch_up`]).
     async fn start(
         &mut self,
         device: DeviceAddress,
@@ -232,12 +239,15 @@ impl Conn {
         self.send_frame(&SyncEnd { head: self.sent }.into()).await
     }
 
-    /// Streams the inbox after `self.sent` from the store until it is exhausted.
+    /// Streams the inbox after `self.sent` from the store until it is exhausted. Starting
+    /// below the trim floor, or finding a skipped position on the way (trimming while the
+    /// device was connected), moves `self.sent` to the floor with a `resync_required`.
     async fn catch_up(
         &mut self,
         device: DeviceAddress,
         rx: &mut mpsc::Receiver<BusMessage>,
     ) -> Step {
+        self.skip_trimmed(device).await?;
         loop {
             // Anything queued now was committed before this read, so the read covers it.
             while let Ok(message) = rx.try_recv() {
@@ -255,6 +265,15 @@ impl Conn {
             let done = page.len() < MAX_SYNC_PAGE;
             for entry in page {
                 let pos = entry.pos;
+                if Some(pos) != self.sent.next() {
+                    // A skipped position: trimmed since the floor was read.
+                    self.flush().await?;
+                    self.skip_trimmed(device).await?;
+                    if pos <= self.sent {
+                        // Left below the new floor (trimming goes by time, not position).
+                        continue;
+                    }
+                }
                 let frame = ServerFrame::Deliver(Deliver::from(entry)).encode();
                 self.feed(Bytes::from(frame)).await?;
                 self.sent = pos;
@@ -265,6 +284,33 @@ impl Conn {
                 return Ok(());
             }
         }
+    }
+
+    /// Moves `self.sent` up to the device's trim floor if it is below it, saying so with
+    /// `resync_required {inbox_trimmed, head: floor}`: the client continues from there.
+    async fn skip_trimmed(&mut self, device: DeviceAddress) -> Step {
+        let floor = self
+            .shared
+            .store
+            .inbox_floor(device)
+            .await
+            .map_err(unavailable)?;
+        if floor <= self.sent {
+            return Ok(());
+        }
+        tracing::debug!(
+            device = %device.device,
+            cursor = self.sent.get(),
+            floor = floor.get(),
+            "cursor below the trim floor"
+        );
+        metrics::counter!("chat_resync_trimmed_total").increment(1);
+        self.sent = floor;
+        let resync = ResyncRequired {
+            reason: ResyncReason::InboxTrimmed,
+            head: floor,
+        };
+        self.send_frame(&resync.into()).await
     }
 
     /// Handles one event from the bus.
