@@ -12,6 +12,7 @@ use bytes::Bytes;
 
 use crate::error::ErrorCode;
 use crate::ids::{DeviceId, InboxPos, UserId};
+use crate::time::Timestamp;
 
 /// What an event is addressed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,6 +41,15 @@ pub enum BusMessage {
     /// Any other encoded server frame to forward as it is. Encoded once, shared by every
     /// subscriber.
     Frame(Bytes),
+    /// An encoded frame worth sending only until `expires_at` (a typing indicator, R-MSG-6):
+    /// a connection that gets to it later (its queue was long) drops it instead of showing a
+    /// stale indicator. Wall-clock time, so it means the same on every node.
+    Expiring {
+        /// The encoded frame.
+        frame: Bytes,
+        /// When it stops being worth sending.
+        expires_at: Timestamp,
+    },
     /// Close the connection with this code (device removed, token revoked).
     Close(ErrorCode),
     /// Drop the receiving connections' own subscription to this topic, if they hold one

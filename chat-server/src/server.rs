@@ -161,6 +161,12 @@ impl Server {
         self.shared.registry.clone()
     }
 
+    /// The bus this node's connections subscribe to: what is published on it reaches the
+    /// connections of the topic's device or user on this node.
+    pub fn bus(&self) -> Arc<dyn chat_core::Bus> {
+        self.shared.bus.clone()
+    }
+
     /// This node's ID in the registry.
     pub fn node_id(&self) -> &NodeId {
         &self.node.id

@@ -794,3 +794,49 @@ async fn sync_below_a_floor_raised_while_connected_resyncs() {
     send_to_bob(&server, &alice, &bob, 4..5).await;
     assert!(matches!(client.recv().await, ServerFrame::Deliver(d) if d.pos.get() == 5));
 }
+
+/// A typing indicator that waited in a connection's queue past its TTL is dropped there, not
+/// shown late; one still within its TTL is sent.
+#[tokio::test]
+async fn expired_frames_are_dropped_not_sent_late() {
+    use chat_core::protocol::TypingEvent;
+    use chat_core::{BusMessage, Timestamp, Topic};
+
+    let server = chat_server::Server::bind(test_config())
+        .await
+        .expect("bind");
+    let bus = server.bus();
+    let server = TestServer::run(server);
+    let alice = server.account("alice").await;
+    let mut client = server.connect(&alice, 0).await;
+    client.until(|f| matches!(f, ServerFrame::SyncEnd(_))).await;
+
+    let typing = |active: bool| {
+        let event = TypingEvent {
+            conversation: ConversationId::new(1).unwrap(),
+            from: DeviceAddress {
+                user: UserId::new(99).unwrap(),
+                device: DeviceId::new(99).unwrap(),
+            },
+            active,
+            ttl_ms: 6_000,
+        };
+        Bytes::from(ServerFrame::Typing(event).encode())
+    };
+    let topic = Topic::User(alice.user());
+    let stale = BusMessage::Expiring {
+        frame: typing(true),
+        expires_at: Timestamp::from_millis(1),
+    };
+    let fresh = BusMessage::Expiring {
+        frame: typing(false),
+        expires_at: Timestamp::from_millis(u64::MAX),
+    };
+    assert_eq!(bus.publish(topic, stale).await.expect("publish"), 1);
+    assert_eq!(bus.publish(topic, fresh).await.expect("publish"), 1);
+    // The bus keeps order per connection: the first typing frame to arrive is the fresh one.
+    match client.recv().await {
+        ServerFrame::Typing(t) => assert!(!t.active, "the expired indicator was sent"),
+        other => panic!("expected typing, got {other:?}"),
+    }
+}

@@ -333,6 +333,13 @@ impl Conn {
                 Box::pin(self.catch_up(device, rx)).await
             }
             BusMessage::Frame(frame) => self.send_bytes(frame).await,
+            BusMessage::Expiring { frame, expires_at } => {
+                if now() >= expires_at {
+                    metrics::counter!("chat_expired_frames_dropped_total").increment(1);
+                    return Ok(());
+                }
+                self.send_bytes(frame).await
+            }
             BusMessage::Close(code) => Err(End::Close(code, "closed by the server")),
             BusMessage::Unsubscribe(Topic::Presence(user)) => {
                 self.unsubscribe(&[user]).await;
@@ -597,7 +604,8 @@ impl Conn {
             kind: r.kind,
             up_to,
         };
-        self.relay_to_members(r.conversation, None, ServerFrame::Receipt(event))
+        let frame = Bytes::from(ServerFrame::Receipt(event).encode());
+        self.relay_to_members(r.conversation, None, BusMessage::Frame, frame)
             .await
     }
 
@@ -620,20 +628,26 @@ impl Conn {
             active: t.active,
             ttl_ms: TYPING_TTL_MS,
         };
+        // Never delivered after its own TTL: a stale "typing" would show for a full TTL more.
+        let frame = Bytes::from(ServerFrame::Typing(event).encode());
+        let expires_at = now().saturating_add(Duration::from_millis(u64::from(TYPING_TTL_MS)));
         self.relay_to_members(
             t.conversation,
             Some(device.user),
-            ServerFrame::Typing(event),
+            |frame| BusMessage::Expiring { frame, expires_at },
+            frame,
         )
         .await
     }
 
-    /// Publishes a frame, encoded once, to every member's connections except `skip`'s.
+    /// Publishes an encoded frame to every member's connections except `skip`'s, wrapped by
+    /// `wrap` (as a plain or an expiring frame).
     async fn relay_to_members(
         &mut self,
         conversation: chat_core::ConversationId,
         skip: Option<chat_core::UserId>,
-        frame: ServerFrame,
+        wrap: impl Fn(Bytes) -> BusMessage,
+        frame: Bytes,
     ) -> Step {
         let members = self
             .shared
@@ -641,9 +655,8 @@ impl Conn {
             .members(conversation)
             .await
             .map_err(unavailable)?;
-        let frame = Bytes::from(frame.encode());
         for member in members.into_iter().filter(|m| Some(*m) != skip) {
-            let message = BusMessage::Frame(frame.clone());
+            let message = wrap(frame.clone());
             if let Err(err) = self.shared.bus.publish(Topic::User(member), message).await {
                 tracing::warn!(cause = %err, "relay failed");
             }
