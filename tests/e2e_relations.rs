@@ -114,6 +114,14 @@ async fn relations_read_positions_and_search_across_devices() {
         bob2.read_position(chat).expect("pos"),
         ReadPosition::up_to(m2)
     );
+    // A device added later learns the position with the conversation.
+    let (bob3, _b3) = device(&server, "bob").await;
+    assert_eq!(bob3.read_position(chat).expect("pos"), ReadPosition::NONE);
+    bob3.conversations().await.expect("bob3 learns the chat");
+    assert_eq!(
+        bob3.read_position(chat).expect("pos"),
+        ReadPosition::up_to(m2)
+    );
 
     // Alice deletes m3: a tombstone everywhere, no longer unread, no longer found.
     assert_eq!(found(&bob, "third"), [m3]);

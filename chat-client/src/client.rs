@@ -397,12 +397,49 @@ impl Client {
     }
 
     /// The conversations this user is in (and remembers them locally).
+    ///
+    /// A conversation new to this device also gets this user's read position from the
+    /// server (read on other devices before this one knew the conversation), so its unread
+    /// count starts right.
     pub async fn conversations(&self) -> Result<Vec<ConversationId>> {
         let list: Vec<Conversation> = self.inner.http.get("/v1/conversations").await?;
+        let known: std::collections::BTreeSet<ConversationId> = self
+            .inner
+            .store
+            .conversations()?
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
         for c in &list {
+            if !known.contains(&c.id) {
+                self.learn_read_position(c.id).await?;
+            }
             self.remember(c)?;
         }
         Ok(list.into_iter().map(|c| c.id).collect())
+    }
+
+    async fn learn_read_position(&self, conversation: ConversationId) -> Result<()> {
+        #[derive(Deserialize)]
+        struct Receipts {
+            receipts: Vec<chat_core::ReceiptPosition>,
+        }
+        let r: Receipts = self
+            .inner
+            .http
+            .get(&format!("/v1/conversations/{conversation}/receipts"))
+            .await?;
+        let mine = r
+            .receipts
+            .into_iter()
+            .find(|p| p.user == self.user() && p.kind == ReceiptKind::Read);
+        if let Some(p) = mine {
+            self.inner.store.commit(vec![Write::ReadPosition {
+                conversation,
+                up_to: p.up_to,
+            }])?;
+        }
+        Ok(())
     }
 
     /// Stored history of a conversation after `after` (exclusive), oldest first.
