@@ -163,27 +163,41 @@ pub(crate) fn derive(store: &dyn ClientStore, new: &StoredMessage) -> Result<Der
             }
         }
     };
+    let before = (!standalone).then(|| view(&message, &relations));
     if !standalone {
         relations.push(new.clone());
         relations.sort_by_key(|r| r.id);
     }
-    let view = view(&message, &relations);
-    let write = match searchable(&view) {
-        Some(text) => SearchWrite::Index {
+    let after = view(&message, &relations);
+    let unchanged = before.as_ref() == Some(&after);
+    // A standalone message with no relations yet is reported by its own event; a relation
+    // that changes nothing (a non-sender's edit, a repeated reaction) reports nothing.
+    let report = if standalone {
+        !relations.is_empty()
+    } else {
+        !unchanged
+    };
+    let write = match searchable(&after) {
+        Some(text) => Some(SearchWrite::Index {
             conversation,
             message: target,
             text,
-        },
-        None => SearchWrite::Remove {
+        }),
+        // Nothing was indexed for a new message without text.
+        None if standalone => None,
+        None => Some(SearchWrite::Remove {
             conversation,
             message: target,
-        },
+        }),
     };
-    // A standalone message with no relations yet is reported by its own event.
-    let updated = (!standalone || !relations.is_empty()).then(|| TimelineItem::new(&message, view));
+    let same_text = before.as_ref().map(searchable) == Some(searchable(&after));
     Ok(Derived {
-        writes: vec![Write::Search(write)],
-        updated,
+        writes: write
+            .filter(|_| !same_text)
+            .map(Write::Search)
+            .into_iter()
+            .collect(),
+        updated: report.then(|| TimelineItem::new(&message, after)),
         standalone,
     })
 }
@@ -282,6 +296,28 @@ mod tests {
         let final_hits = store.search("final", page).unwrap().hits.len();
         let draft_hits = store.search("draft", page).unwrap().hits.len();
         (item, final_hits, draft_hits)
+    }
+
+    #[test]
+    fn a_relation_that_changes_nothing_reports_nothing() {
+        let store = crate::MemoryStore::new();
+        let all = scenario(false);
+        arrive(&store, &all[..3]); // the text, its sender's edit, Bob's +1
+        for ignored in [
+            stored(20, 2, edit(1, "not yours")),       // not the sender's
+            stored(21, 2, reaction(1, "+1", false)),   // Bob's +1 again
+            stored(22, 3, reaction(1, "heart", true)), // taking back what was never given
+        ] {
+            let derived = derive(&store, &ignored).unwrap();
+            assert!(derived.updated.is_none(), "message {}", ignored.id);
+            assert!(derived.writes.is_empty(), "message {}", ignored.id);
+        }
+        let counted = derive(&store, &stored(23, 1, edit(1, "third draft"))).unwrap();
+        assert_eq!(
+            counted.updated.as_ref().and_then(TimelineItem::text),
+            Some("third draft")
+        );
+        assert_eq!(counted.writes.len(), 1, "the index follows the edit");
     }
 
     proptest! {
