@@ -164,6 +164,33 @@ async fn one_to_one_reaches_every_device_and_ack_comes_first() {
         )
         .await;
     assert_eq!((status, body["error"].as_str()), (403, Some("not_member")));
+    // Every route under the conversation checks membership.
+    let c = conversation;
+    let routes = [
+        ("GET", format!("/v1/conversations/{c}"), None),
+        ("GET", format!("/v1/conversations/{c}/members"), None),
+        ("GET", format!("/v1/conversations/{c}/devices"), None),
+        ("GET", format!("/v1/conversations/{c}/receipts"), None),
+        ("GET", format!("/v1/conversations/{c}/messages/1"), None),
+        (
+            "POST",
+            format!("/v1/conversations/{c}/members"),
+            Some(json!({"members": [eve.user()]})),
+        ),
+        (
+            "DELETE",
+            format!("/v1/conversations/{c}/members/{}", eve.user()),
+            None,
+        ),
+    ];
+    for (method, path, body) in routes {
+        let (status, answer) = server.http(method, &path, Some(&eve.token), body).await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (403, Some("not_member")),
+            "{method} {path}"
+        );
+    }
 }
 
 #[tokio::test]

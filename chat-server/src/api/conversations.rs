@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use chat_core::{
     ClientKey, Conversation, ConversationId, ConversationKind, DeviceAddress, Direction, Envelope,
     ErrorCode, MAX_ID, MessageId, ReceiptPosition, Timestamp, UserId,
@@ -22,20 +23,48 @@ pub(crate) const MAX_HISTORY_PAGE: usize = 100;
 /// The most store pages one history request reads to fill a page around withheld messages.
 const MAX_HISTORY_ROUNDS: usize = 4;
 
-async fn require_member(
-    shared: &Shared,
-    conversation: ConversationId,
-    user: UserId,
-) -> ApiResult<()> {
-    if shared.store.is_member(conversation, user).await? {
-        Ok(())
-    } else {
-        // Non-members cannot tell a conversation they are not in from one that does not exist.
-        Err(ApiError::new(
-            ErrorCode::NotMember,
-            "not a member of this conversation",
-        ))
+/// A request by a member of the conversation in the path (`{id}`): authenticated, and
+/// checked for membership before the handler runs.
+pub(crate) struct Member {
+    /// The calling device.
+    device: DeviceAddress,
+    /// The conversation in the path.
+    id: ConversationId,
+}
+
+#[derive(Deserialize)]
+struct ConversationPath {
+    id: ConversationId,
+}
+
+impl FromRequestParts<Arc<Shared>> for Member {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, ApiError> {
+        let authed = Authed::from_request_parts(parts, shared).await?;
+        let Path(ConversationPath { id }) = Path::from_request_parts(parts, shared).await?;
+        if !shared.store.is_member(id, authed.device.user).await? {
+            // Non-members cannot tell a conversation they are not in from one that does not
+            // exist.
+            return Err(ApiError::new(
+                ErrorCode::NotMember,
+                "not a member of this conversation",
+            ));
+        }
+        Ok(Self {
+            device: authed.device,
+            id,
+        })
     }
+}
+
+/// Refuses membership changes in a one-to-one conversation.
+async fn require_group(shared: &Shared, id: ConversationId, message: &str) -> ApiResult<()> {
+    let conversation = shared.store.conversation(id).await?;
+    if conversation.is_some_and(|c| c.kind == ConversationKind::Direct) {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, message));
+    }
+    Ok(())
 }
 
 async fn require_users_exist(shared: &Shared, users: &[UserId]) -> ApiResult<()> {
@@ -106,10 +135,8 @@ pub(crate) async fn list(
 
 pub(crate) async fn get(
     State(shared): State<Arc<Shared>>,
-    authed: Authed,
-    Path(id): Path<ConversationId>,
+    Member { id, .. }: Member,
 ) -> ApiResult<Json<Conversation>> {
-    require_member(&shared, id, authed.device.user).await?;
     let conversation = shared.store.conversation(id).await?;
     conversation
         .map(Json)
@@ -123,10 +150,8 @@ pub(crate) struct Members {
 
 pub(crate) async fn members(
     State(shared): State<Arc<Shared>>,
-    authed: Authed,
-    Path(id): Path<ConversationId>,
+    Member { id, .. }: Member,
 ) -> ApiResult<Json<Members>> {
-    require_member(&shared, id, authed.device.user).await?;
     Ok(Json(Members {
         members: shared.store.members(id).await?,
     }))
@@ -141,10 +166,8 @@ pub(crate) struct Devices {
 /// sending device).
 pub(crate) async fn devices(
     State(shared): State<Arc<Shared>>,
-    authed: Authed,
-    Path(id): Path<ConversationId>,
+    Member { id, .. }: Member,
 ) -> ApiResult<Json<Devices>> {
-    require_member(&shared, id, authed.device.user).await?;
     let mut devices = Vec::new();
     for user in shared.store.members(id).await? {
         devices.extend(
@@ -161,18 +184,10 @@ pub(crate) async fn devices(
 
 pub(crate) async fn add_members(
     State(shared): State<Arc<Shared>>,
-    authed: Authed,
-    Path(id): Path<ConversationId>,
+    Member { id, .. }: Member,
     Json(req): Json<MembersRequest>,
 ) -> ApiResult<StatusCode> {
-    require_member(&shared, id, authed.device.user).await?;
-    let conversation = shared.store.conversation(id).await?;
-    if conversation.is_some_and(|c| c.kind == ConversationKind::Direct) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            "one-to-one conversations have two members",
-        ));
-    }
+    require_group(&shared, id, "one-to-one conversations have two members").await?;
     require_users_exist(&shared, &req.members).await?;
     shared
         .store
@@ -185,17 +200,10 @@ pub(crate) async fn add_members(
 /// crate has no admin roles yet).
 pub(crate) async fn remove_member(
     State(shared): State<Arc<Shared>>,
-    authed: Authed,
-    Path((id, user)): Path<(ConversationId, UserId)>,
+    Member { id, .. }: Member,
+    Path((_, user)): Path<(ConversationId, UserId)>,
 ) -> ApiResult<StatusCode> {
-    require_member(&shared, id, authed.device.user).await?;
-    let conversation = shared.store.conversation(id).await?;
-    if conversation.is_some_and(|c| c.kind == ConversationKind::Direct) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            "cannot leave a one-to-one conversation",
-        ));
-    }
+    require_group(&shared, id, "cannot leave a one-to-one conversation").await?;
     if !shared.store.remove_member(id, user).await? {
         return Err(ApiError::new(ErrorCode::NotFound, "not a member"));
     }
@@ -243,11 +251,9 @@ pub(crate) struct Messages {
 /// oldest first for `after`); the newest page without either.
 pub(crate) async fn history(
     State(shared): State<Arc<Shared>>,
-    authed: Authed,
-    Path(id): Path<ConversationId>,
+    Member { device, id }: Member,
     Query(page): Query<Page>,
 ) -> ApiResult<Json<Messages>> {
-    require_member(&shared, id, authed.device.user).await?;
     let limit = page.limit.unwrap_or(50).clamp(1, MAX_HISTORY_PAGE);
     let (anchor, direction) = match (page.before, page.after) {
         (Some(_), Some(_)) => {
@@ -275,7 +281,7 @@ pub(crate) async fn history(
         let Some(last) = page.last().map(|m| m.id) else {
             break;
         };
-        let hidden = withheld(&shared, id, authed.device.user, &page).await?;
+        let hidden = withheld(&shared, id, device.user, &page).await?;
         let wanted = limit - messages.len();
         messages.extend(
             page.into_iter()
@@ -294,13 +300,12 @@ pub(crate) async fn history(
 
 pub(crate) async fn message(
     State(shared): State<Arc<Shared>>,
-    authed: Authed,
-    Path((id, message)): Path<(ConversationId, MessageId)>,
+    Member { device, id }: Member,
+    Path((_, message)): Path<(ConversationId, MessageId)>,
 ) -> ApiResult<Json<MessageView>> {
-    require_member(&shared, id, authed.device.user).await?;
     let envelope = shared.store.message(id, message).await?;
     let hidden = match &envelope {
-        Some(e) => withheld(&shared, id, authed.device.user, std::slice::from_ref(e)).await?,
+        Some(e) => withheld(&shared, id, device.user, std::slice::from_ref(e)).await?,
         None => Vec::new(),
     };
     envelope
@@ -335,10 +340,8 @@ pub(crate) struct Receipts {
 
 pub(crate) async fn receipts(
     State(shared): State<Arc<Shared>>,
-    authed: Authed,
-    Path(id): Path<ConversationId>,
+    Member { id, .. }: Member,
 ) -> ApiResult<Json<Receipts>> {
-    require_member(&shared, id, authed.device.user).await?;
     Ok(Json(Receipts {
         receipts: shared.store.receipts(id).await?,
     }))
