@@ -262,12 +262,19 @@ impl SearchIndex {
 /// by the first version of this module (see the module docs). Meant to run inside the
 /// caller's transaction; the upgrade runs in a savepoint of its own, so it is all or nothing
 /// (and one transaction, not one per message) even when the caller has none.
+/// A removed or replaced text leaves no trace in the index's pages (FTS5 otherwise only marks
+/// it deleted until segments merge): a deleted message must not be recoverable from the file.
+/// A persistent option of the table; setting it again is harmless.
+const SECURE_DELETE: &str =
+    "INSERT INTO search_terms (search_terms, rank) VALUES ('secure-delete', 1)";
+
 pub(crate) fn create_schema(conn: &Connection) -> Result<(), SearchError> {
     let old = conn
         .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'search_text'")?
         .exists([])?;
     if !old {
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(SECURE_DELETE)?;
         return Ok(());
     }
     conn.execute_batch("SAVEPOINT search_upgrade")?;
@@ -294,6 +301,7 @@ fn upgrade(conn: &Connection) -> Result<(), SearchError> {
         conn.execute_batch("ALTER TABLE search_keys ADD COLUMN body TEXT NOT NULL DEFAULT ''")?;
     }
     conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(SECURE_DELETE)?;
     conn.execute_batch(
         "UPDATE search_keys SET body = coalesce(
              (SELECT body FROM search_text WHERE search_text.rowid = search_keys.rowid), '');

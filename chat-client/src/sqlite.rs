@@ -1,7 +1,9 @@
 //! [`SqliteStore`]: the embedded, durable [`ClientStore`].
 //!
 //! One SQLite file in WAL mode; a [`Write`] batch is one transaction. `synchronous=FULL`, so a
-//! committed batch survives a power cut as well as a crash of the app.
+//! committed batch survives a power cut as well as a crash of the app. `secure_delete=ON`, so
+//! the text of a message deleted for everyone (erased by [`Write::Redact`]) and its index
+//! entries do not linger in free pages.
 
 use std::fmt;
 use std::path::Path;
@@ -71,6 +73,8 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Deleted messages are erased, not just unlinked: freed pages are overwritten.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.execute_batch(SCHEMA)?;
         crate::search::create_schema(&conn)?;
         migrate(&mut conn)?;
@@ -322,6 +326,15 @@ impl ClientStore for SqliteStore {
                     )?;
                 }
                 Write::Search(w) => apply_search(&tx, &w)?,
+                Write::Redact {
+                    conversation,
+                    id: message,
+                } => {
+                    tx.prepare_cached(
+                        "UPDATE messages SET plaintext = x'' WHERE conversation = ?1 AND id = ?2",
+                    )?
+                    .execute(params![id(conversation.get()), id(message.get())])?;
+                }
                 Write::Recovery(None) => {
                     tx.execute("DELETE FROM meta WHERE key = 'recovery'", [])?;
                 }

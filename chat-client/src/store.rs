@@ -227,6 +227,14 @@ pub enum Write {
     },
     /// Updates the search index.
     Search(SearchWrite),
+    /// Erases a stored message's plaintext (a message deleted by its sender, or an edit of
+    /// one): its row stays, with its content type and target, so relations still resolve.
+    Redact {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The message.
+        id: MessageId,
+    },
     /// Sets (or, with `None`, clears) the history recovery still to do after a resync.
     Recovery(Option<Vec<RecoveryPoint>>),
     /// Adds or replaces an outbox entry.
@@ -574,6 +582,11 @@ impl ClientStore for MemoryStore {
                     s.read.entry(conversation).or_default().raise(up_to);
                 }
                 Write::Search(w) => search.push(w),
+                Write::Redact { conversation, id } => {
+                    if let Some(m) = s.messages.get_mut(&(conversation, id)) {
+                        m.plaintext = Vec::new();
+                    }
+                }
                 Write::Recovery(r) => s.recovery = r,
                 Write::OutboxPut(e) => {
                     if let Some(slot) = s.outbox.iter_mut().find(|o| o.client_key == e.client_key) {

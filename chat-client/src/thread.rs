@@ -191,12 +191,25 @@ pub(crate) fn derive(store: &dyn ClientStore, new: &StoredMessage) -> Result<Der
         }),
     };
     let same_text = before.as_ref().map(searchable) == Some(searchable(&after));
+    let mut writes: Vec<Write> = write
+        .filter(|_| !same_text)
+        .map(Write::Search)
+        .into_iter()
+        .collect();
+    if after.deleted_by.is_some() {
+        // Deleted for everyone: its text and its edits' texts are erased from this device
+        // too, not only hidden (when the delete lands, or as they arrive after it).
+        let was_deleted = before.as_ref().is_some_and(|b| b.deleted_by.is_some());
+        let erase = relations
+            .iter()
+            .filter(|r| matches!(content(r), Content::Edit(_)))
+            .filter(|r| !was_deleted || r.id == new.id)
+            .map(|r| r.id)
+            .chain((!was_deleted).then_some(target));
+        writes.extend(erase.map(|id| Write::Redact { conversation, id }));
+    }
     Ok(Derived {
-        writes: write
-            .filter(|_| !same_text)
-            .map(Write::Search)
-            .into_iter()
-            .collect(),
+        writes,
         updated: report.then(|| TimelineItem::new(&message, after)),
         standalone,
     })
@@ -281,7 +294,11 @@ mod tests {
 
     /// Stores `messages` in this order the way the client does (derived writes in the
     /// same commit) and returns message 1's state and what search finds.
-    fn arrive(store: &dyn ClientStore, messages: &[StoredMessage]) -> (TimelineItem, usize, usize) {
+    /// Message 1's state, the hits for its final and its drafts' words, and the messages
+    /// whose plaintext was erased.
+    type Arrived = (TimelineItem, usize, usize, Vec<u64>);
+
+    fn arrive(store: &dyn ClientStore, messages: &[StoredMessage]) -> Arrived {
         for m in messages {
             let mut derived = derive(store, m).unwrap();
             let mut writes = vec![Write::Message(m.clone())];
@@ -295,7 +312,14 @@ mod tests {
         let page = SearchPage::first(10);
         let final_hits = store.search("final", page).unwrap().hits.len();
         let draft_hits = store.search("draft", page).unwrap().hits.len();
-        (item, final_hits, draft_hits)
+        let erased = store
+            .messages(conv, None, 100)
+            .unwrap()
+            .iter()
+            .filter(|m| m.plaintext.is_empty())
+            .map(|m| m.id.get())
+            .collect();
+        (item, final_hits, draft_hits, erased)
     }
 
     #[test]
@@ -320,6 +344,39 @@ mod tests {
         assert_eq!(counted.writes.len(), 1, "the index follows the edit");
     }
 
+    #[test]
+    fn a_deleted_text_leaves_no_trace_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let store = crate::SqliteStore::open(&path).unwrap();
+        let secret = "zebra-passphrase-correct-horse";
+        let text = Content::Text(Text {
+            body: format!("the code is {secret}"),
+            reply_to: None,
+        });
+        let delete = Content::Delete(Delete {
+            target: MessageId::new(1).unwrap(),
+        });
+        arrive(
+            &store,
+            &[
+                stored(1, 1, text),
+                stored(2, 1, edit(1, &format!("still {secret}"))),
+            ],
+        );
+        let (item, ..) = arrive(&store, &[stored(3, 1, delete)]);
+        assert!(item.is_deleted());
+        drop(store);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
+        drop(conn);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend(std::fs::read(dir.path().join("c.db-wal")).unwrap_or_default());
+        let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+        assert!(!found, "the deleted text is still in the database file");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -336,8 +393,10 @@ mod tests {
             let sqlite = arrive(&crate::SqliteStore::open(dir.path().join("s.db")).unwrap(), &shuffled);
             prop_assert_eq!(&memory, &expected);
             prop_assert_eq!(&sqlite, &expected);
-            let (item, final_hits, draft_hits) = expected;
+            let (item, final_hits, draft_hits, erased) = expected;
             if with_delete {
+                // The text and every edit of it are erased from the store, not only hidden.
+                prop_assert_eq!(erased, vec![1, 2, 4, 8]);
                 prop_assert!(item.is_deleted());
                 prop_assert_eq!(item.text(), None);
                 prop_assert!(item.view.reactions.is_empty());
@@ -345,6 +404,7 @@ mod tests {
             } else {
                 // Only the sender's edits count; the newest wins. Bob's +1 (added twice) stays,
                 // Carol's heart was taken back.
+                prop_assert!(erased.is_empty());
                 prop_assert_eq!(item.text(), Some("final words"));
                 prop_assert_eq!(item.view.edited_by, MessageId::new(8).ok());
                 let reactions: Vec<_> = item.view.reactions.iter()
