@@ -190,3 +190,35 @@ async fn typing_indicators_stop_and_expire_by_themselves() {
     assert!(typing(&mut a, chat).await.is_empty());
     assert!(alice.typing(chat).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_started_by_someone_else_joins_the_list() {
+    let server = TestServer::start(config("memory:")).await;
+    let (alice, mut a) = user(&server, "alice").await;
+    let (bob, mut b) = user(&server, "bob").await;
+    synced(&mut a).await;
+    synced(&mut b).await;
+    assert!(bob.conversation_list().expect("list").is_empty());
+
+    let group = alice.create_group(&[bob.user()]).await.expect("group");
+    alice.send_text(group, "welcome").await.expect("send");
+    // Both arrive, in either order: the message, and the news of the conversation.
+    let (mut kind, mut text) = (None, false);
+    wait_for(&mut b, |e| {
+        match e {
+            Event::NewConversation { id, kind: k } if *id == group => kind = Some(*k),
+            Event::Message(m) if m.conversation == group && m.text().is_some() => text = true,
+            _ => {}
+        }
+        (kind.is_some() && text).then_some(())
+    })
+    .await;
+    assert_eq!(kind, Some(chat::client::ConversationKind::Group));
+    let list = bob.conversation_list().expect("list");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].id, group);
+    assert_eq!(
+        list[0].unread, 1,
+        "the text counts, the group change does not"
+    );
+}

@@ -71,6 +71,8 @@ pub(crate) struct Inner {
     pub(crate) typing: Mutex<chat_core::TypingTracker>,
     /// A history recovery task is running (see `recovery.rs`).
     pub(crate) recovering: std::sync::atomic::AtomicBool,
+    /// Conversations known to be in the store (a cache for `learn_conversation`).
+    known: Mutex<std::collections::HashSet<ConversationId>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -261,6 +263,7 @@ impl Client {
             blocked: Mutex::new(std::collections::BTreeSet::new()),
             typing: Mutex::new(chat_core::TypingTracker::new()),
             recovering: std::sync::atomic::AtomicBool::new(false),
+            known: Mutex::new(std::collections::HashSet::new()),
         });
         let driver = tokio::spawn(driver::run(inner.clone(), rx));
         Self {
@@ -412,34 +415,11 @@ impl Client {
             .collect();
         for c in &list {
             if !known.contains(&c.id) {
-                self.learn_read_position(c.id).await?;
+                self.inner.learn_read_position(c.id).await?;
             }
             self.remember(c)?;
         }
         Ok(list.into_iter().map(|c| c.id).collect())
-    }
-
-    async fn learn_read_position(&self, conversation: ConversationId) -> Result<()> {
-        #[derive(Deserialize)]
-        struct Receipts {
-            receipts: Vec<chat_core::ReceiptPosition>,
-        }
-        let r: Receipts = self
-            .inner
-            .http
-            .get(&format!("/v1/conversations/{conversation}/receipts"))
-            .await?;
-        let mine = r
-            .receipts
-            .into_iter()
-            .find(|p| p.user == self.user() && p.kind == ReceiptKind::Read);
-        if let Some(p) = mine {
-            self.inner.store.commit(vec![Write::ReadPosition {
-                conversation,
-                up_to: p.up_to,
-            }])?;
-        }
-        Ok(())
     }
 
     /// Stored history of a conversation after `after` (exclusive), oldest first.
@@ -863,12 +843,71 @@ impl Inner {
             .http
             .get(&format!("/v1/conversations/{conversation}"))
             .await?;
+        self.learn_read_position(c.id).await?;
         self.store
             .commit(vec![Write::Conversation(ConversationRecord {
                 id: c.id,
                 kind: c.kind,
             })])?;
         Ok(c.kind)
+    }
+
+    /// Learns a conversation a message arrived in, if this device does not know it yet (one
+    /// started by someone else): it then shows in the conversation list. Off the caller's
+    /// task; a failure is retried with the conversation's next message.
+    pub(crate) fn learn_conversation(self: &Arc<Self>, conversation: ConversationId) {
+        let Ok(mut known) = self.known.lock() else {
+            return;
+        };
+        if known.contains(&conversation) {
+            return;
+        }
+        // The store's list, read again only when a conversation is not in the cache.
+        if let Ok(list) = self.store.conversations() {
+            known.extend(list.iter().map(|c| c.id));
+        }
+        if !known.insert(conversation) {
+            return;
+        }
+        drop(known);
+        let inner = self.clone();
+        tokio::spawn(async move {
+            match inner.kind(conversation).await {
+                Ok(kind) => inner.emit(Event::NewConversation {
+                    id: conversation,
+                    kind,
+                }),
+                Err(e) => {
+                    tracing::debug!(cause = %e, %conversation, "could not learn a conversation");
+                    if let Ok(mut known) = inner.known.lock() {
+                        known.remove(&conversation);
+                    }
+                }
+            }
+        });
+    }
+    /// Takes this user's read position in a conversation new to this device from the server
+    /// (read on other devices before this one knew the conversation).
+    pub(crate) async fn learn_read_position(&self, conversation: ConversationId) -> Result<()> {
+        #[derive(Deserialize)]
+        struct Receipts {
+            receipts: Vec<chat_core::ReceiptPosition>,
+        }
+        let r: Receipts = self
+            .http
+            .get(&format!("/v1/conversations/{conversation}/receipts"))
+            .await?;
+        let mine = r
+            .receipts
+            .into_iter()
+            .find(|p| p.user == self.me.user && p.kind == ReceiptKind::Read);
+        if let Some(p) = mine {
+            self.store.commit(vec![Write::ReadPosition {
+                conversation,
+                up_to: p.up_to,
+            }])?;
+        }
+        Ok(())
     }
 
     /// The devices a send to `conversation` must cover (every member device but this one).

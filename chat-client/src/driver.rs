@@ -561,6 +561,7 @@ impl Conn {
         match opened {
             Opened::Message(opened) => {
                 let (m, derived) = *opened;
+                self.inner.learn_conversation(m.conversation);
                 let message = Message::from_stored(&m);
                 if let chat_core::Content::GroupChange(_) = message.content {
                     // Membership changed: the next send reads the device list again, so a

@@ -92,6 +92,14 @@ pub enum Event {
     /// this user). Edits, deletes and reactions are not reported as messages: they update
     /// the message they point at ([`Event::Updated`]).
     Message(Message),
+    /// A conversation this device did not know appeared (someone started it, or added this
+    /// user): it is in [`Client::conversation_list`](crate::Client::conversation_list) now.
+    NewConversation {
+        /// The conversation.
+        id: ConversationId,
+        /// One-to-one or group.
+        kind: chat_core::ConversationKind,
+    },
     /// A message's current state changed: an edit, delete or reaction arrived for it (or it
     /// arrived after relations that point at it). Redraw it from `item`.
     Updated(TimelineItem),
