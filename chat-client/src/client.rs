@@ -24,6 +24,7 @@ use crate::e2e::{self, Crypto};
 use crate::error::{Error, Result};
 use crate::event::{Event, Events, Message};
 use crate::http::{Http, ServerAddr};
+use crate::net::IntoServer;
 use crate::store::{ClientStore, ConversationRecord, DeviceRecord, OutboxEntry, Write};
 
 /// One-time prekeys uploaded at a time, and the pool size below which the client refills.
@@ -136,13 +137,13 @@ impl Client {
     /// # let _ = id; Ok(()) }
     /// ```
     pub async fn register(
-        server: &str,
+        server: impl IntoServer,
         username: &str,
         password: &str,
         device_name: &str,
         store: impl ClientStore,
     ) -> Result<Self> {
-        let addr = ServerAddr::parse(server)?;
+        let addr = server.into_server()?;
         let username = Username::new(username)?;
         refuse_used(&store)?;
         let http = Http::new(addr.clone(), None);
@@ -152,12 +153,12 @@ impl Client {
             Some(&json!({"username": username, "password": password})),
         )
         .await?;
-        Self::login(server, username.as_str(), password, device_name, store).await
+        Self::login(addr, username.as_str(), password, device_name, store).await
     }
 
     /// Logs in a new device of an existing user, creating and publishing its keys.
     pub async fn login(
-        server: &str,
+        server: impl IntoServer,
         username: &str,
         password: &str,
         device_name: &str,
@@ -174,7 +175,7 @@ impl Client {
     /// (those keys belonged to the old identity) before the new ones are uploaded, so peers
     /// starting new sessions get keys this device holds.
     pub async fn relogin(
-        server: &str,
+        server: impl IntoServer,
         username: &str,
         password: &str,
         device: DeviceId,
@@ -185,11 +186,11 @@ impl Client {
     }
 
     async fn login_with(
-        server: &str,
+        server: impl IntoServer,
         body: serde_json::Value,
         store: impl ClientStore,
     ) -> Result<Self> {
-        let addr = ServerAddr::parse(server)?;
+        let addr = server.into_server()?;
         refuse_used(&store)?;
         let http = Http::new(addr.clone(), None);
         let login: LoginResponse = http.call(Method::POST, "/v1/login", Some(&body)).await?;
@@ -204,7 +205,7 @@ impl Client {
         // secret on this device.
         store.commit(vec![
             Write::Device(DeviceRecord {
-                server: addr.as_str().to_owned(),
+                server: addr.as_url(),
                 address: me,
                 token: login.token.clone(),
             }),
@@ -226,8 +227,8 @@ impl Client {
 
     /// Resumes the device kept in `store` (after a restart), connecting to `server` (which may
     /// differ from the address it was registered with).
-    pub async fn open(server: &str, store: impl ClientStore) -> Result<Self> {
-        let addr = ServerAddr::parse(server)?;
+    pub async fn open(server: impl IntoServer, store: impl ClientStore) -> Result<Self> {
+        let addr = server.into_server()?;
         let record = store.device()?.ok_or(Error::NotLoggedIn)?;
         let store: Arc<dyn ClientStore> = Arc::new(store);
         let crypto = Crypto::load(record.address, store.clone())?;

@@ -64,8 +64,7 @@ enum End {
     Lost { reason: String, synced: bool },
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<crate::net::Stream>;
 
 /// Runs until the client is dropped or logged out.
 pub(crate) async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) {
@@ -264,10 +263,16 @@ impl Conn {
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static(SUBPROTOCOL),
         );
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await
-        {
-            Ok(Ok((ws, _))) => Ok(ws),
-            Ok(Err(e)) => Err(lost(e, false)),
+        let server = &self.inner.server;
+        let handshake = async {
+            let stream = server.connect().await.map_err(|e| lost(e, false))?;
+            tokio_tungstenite::client_async(request, stream)
+                .await
+                .map(|(ws, _)| ws)
+                .map_err(|e| lost(e, false))
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+            Ok(result) => result,
             Err(_) => Err(lost("connect timed out", false)),
         }
     }

@@ -1,5 +1,6 @@
 //! A small JSON client for the server's HTTP API: one HTTP/1.1 connection per request over
-//! hyper, so there is no pool to manage and no state to go stale across server restarts.
+//! hyper (TLS for `https` servers, see `net.rs`), so there is no pool to manage and no state
+//! to go stale across server restarts.
 
 use bytes::Bytes;
 use chat_core::ErrorCode;
@@ -9,7 +10,6 @@ use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
 
@@ -21,35 +21,7 @@ const OCTET_STREAM: &str = "application/octet-stream";
 /// How often a rate-limited request is retried before the error reaches the caller.
 const RATE_LIMIT_RETRIES: u32 = 5;
 
-/// Where a server is: `host:port`, from `http://host:port` or `host:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ServerAddr {
-    authority: String,
-}
-
-impl ServerAddr {
-    pub(crate) fn parse(server: &str) -> Result<Self> {
-        let rest = server.strip_prefix("http://").unwrap_or(server);
-        if rest.starts_with("https://") {
-            return Err(Error::Invalid(
-                "TLS is not supported by this client yet; use http:// on a trusted network".into(),
-            ));
-        }
-        let authority = rest.trim_end_matches('/').to_owned();
-        if authority.is_empty() || authority.contains('/') {
-            return Err(Error::Invalid(format!("not a server address: {server}")));
-        }
-        Ok(Self { authority })
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        &self.authority
-    }
-
-    pub(crate) fn ws_url(&self) -> String {
-        format!("ws://{}/v1/ws", self.authority)
-    }
-}
+pub(crate) use crate::net::Server as ServerAddr;
 
 /// Calls the HTTP API with an optional bearer token.
 #[derive(Clone)]
@@ -267,10 +239,9 @@ impl Http {
         let started = tokio::time::Instant::now();
         let deadline = started + REQUEST_TIMEOUT;
         let timed_out = |_| Error::Network("the server did not answer in time".into());
-        let stream = tokio::time::timeout_at(deadline, TcpStream::connect(self.addr.as_str()))
+        let stream = tokio::time::timeout_at(deadline, self.addr.connect())
             .await
-            .map_err(timed_out)?
-            .map_err(|e| net(&e))?;
+            .map_err(timed_out)??;
         let (mut sender, conn) = tokio::time::timeout_at(
             deadline,
             hyper::client::conn::http1::handshake(TokioIo::new(stream)),
@@ -282,7 +253,7 @@ impl Http {
         let mut request = Request::builder()
             .method(method)
             .uri(path)
-            .header(HOST, self.addr.as_str());
+            .header(HOST, self.addr.authority());
         if let Some(content_type) = content_type {
             request = request.header(CONTENT_TYPE, content_type);
         }
@@ -327,26 +298,4 @@ struct ErrorBody {
     code: u16,
     #[serde(default)]
     message: String,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn server_addresses() {
-        assert_eq!(
-            ServerAddr::parse("http://127.0.0.1:8080/")
-                .unwrap()
-                .as_str(),
-            "127.0.0.1:8080"
-        );
-        assert_eq!(
-            ServerAddr::parse("chat.example:80").unwrap().ws_url(),
-            "ws://chat.example:80/v1/ws"
-        );
-        assert!(ServerAddr::parse("https://chat.example").is_err());
-        assert!(ServerAddr::parse("http://host/path").is_err());
-        assert!(ServerAddr::parse("").is_err());
-    }
 }

@@ -8,6 +8,7 @@ mod e2e;
 mod error;
 mod event;
 mod http;
+mod net;
 mod people;
 mod recovery;
 mod search;
@@ -26,6 +27,7 @@ pub use client::Client;
 pub use conversations::{ConversationSummary, MAX_TIMELINE_PAGE};
 pub use error::{Error, Result};
 pub use event::{ConnectionState, Event, Events, Message};
+pub use net::{IntoServer, Server};
 pub use people::{Profile, UserPage};
 pub use search::{
     MAX_SEARCH_PAGE, SearchError, SearchHit, SearchIndex, SearchPage, SearchPosition, SearchResults,

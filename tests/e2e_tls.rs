@@ -1,0 +1,53 @@
+//! TLS end to end: a node serving HTTPS and WSS with a certificate from a private authority,
+//! clients that trust that authority exchanging messages over it, and a client that does not
+//! trust it refused before anything is sent.
+
+mod common;
+
+use chat::client::{Client, Error, MemoryStore, Server};
+use chat::server::TlsConfig;
+use common::{PASSWORD, TestServer, config, next_text, synced};
+
+/// A certificate for 127.0.0.1 and its key, both PEM.
+fn certificate() -> (String, String) {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("certificate");
+    (cert.cert.pem(), cert.signing_key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_flow_over_tls_and_an_untrusted_server_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert_pem, key_pem) = certificate();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, &cert_pem).expect("write cert");
+    std::fs::write(&key, &key_pem).expect("write key");
+    let mut cfg = config("memory:");
+    cfg.tls = Some(TlsConfig { cert, key });
+    let node = TestServer::start(cfg).await;
+    let url = format!("https://127.0.0.1:{}", node.addr.port());
+
+    // Without the private authority, the web's roots do not vouch for this server.
+    let refused = Client::register(&url, "mallory", PASSWORD, "laptop", MemoryStore::new()).await;
+    match refused {
+        Err(Error::Network(message)) => assert!(message.contains("TLS"), "{message}"),
+        other => panic!("expected a TLS failure, got {other:?}"),
+    }
+
+    let server = Server::parse(&url)
+        .expect("url")
+        .with_root_certificates(cert_pem.as_bytes())
+        .expect("roots");
+    let alice = Client::register(&server, "alice", PASSWORD, "laptop", MemoryStore::new())
+        .await
+        .expect("register alice over https");
+    let bob = Client::register(&server, "bob", PASSWORD, "phone", MemoryStore::new())
+        .await
+        .expect("register bob over https");
+    let (mut a, mut b) = (alice.events(), bob.events());
+    synced(&mut a).await; // the WebSocket (wss) is up
+    synced(&mut b).await;
+    let chat = alice.open_direct(bob.user()).await.expect("open");
+    alice.send_text(chat, "over TLS").await.expect("send");
+    assert_eq!(next_text(&mut b, chat).await.text(), Some("over TLS"));
+}
