@@ -23,8 +23,8 @@ use crate::driver::{self, Command};
 use crate::e2e::{self, Crypto};
 use crate::error::{Error, Result};
 use crate::event::{Event, Events, Message};
-use crate::http::{Http, ServerAddr};
-use crate::net::IntoServer;
+use crate::http::Http;
+use crate::net::{IntoServer, Server};
 use crate::store::{ClientStore, ConversationRecord, DeviceRecord, OutboxEntry, Write};
 
 /// One-time prekeys uploaded at a time, and the pool size below which the client refills.
@@ -56,7 +56,7 @@ impl Drop for Client {
 pub(crate) struct Inner {
     pub(crate) me: DeviceAddress,
     pub(crate) http: Http,
-    pub(crate) server: ServerAddr,
+    pub(crate) server: Server,
     pub(crate) token: String,
     pub(crate) store: Arc<dyn ClientStore>,
     pub(crate) crypto: Crypto,
@@ -242,7 +242,7 @@ impl Client {
     }
 
     fn start(
-        server: ServerAddr,
+        server: Server,
         me: DeviceAddress,
         token: String,
         store: Arc<dyn ClientStore>,

@@ -21,12 +21,12 @@ const OCTET_STREAM: &str = "application/octet-stream";
 /// How often a rate-limited request is retried before the error reaches the caller.
 const RATE_LIMIT_RETRIES: u32 = 5;
 
-pub(crate) use crate::net::Server as ServerAddr;
+use crate::net::Server;
 
 /// Calls the HTTP API with an optional bearer token.
 #[derive(Clone)]
 pub(crate) struct Http {
-    addr: ServerAddr,
+    addr: Server,
     token: Option<String>,
 }
 
@@ -40,7 +40,7 @@ impl std::fmt::Debug for Http {
 }
 
 impl Http {
-    pub(crate) fn new(addr: ServerAddr, token: Option<String>) -> Self {
+    pub(crate) fn new(addr: Server, token: Option<String>) -> Self {
         Self { addr, token }
     }
 
