@@ -27,6 +27,9 @@ use crate::common::failure;
 
 mod ops;
 mod schema;
+#[cfg(all(test, feature = "testing"))]
+#[allow(clippy::indexing_slicing)] // tests index their own fixtures
+mod tests;
 mod writer;
 
 /// How hard SQLite pushes each commit to stable storage (`PRAGMA synchronous`).
@@ -117,9 +120,11 @@ pub struct SqliteStore {
 pub struct SqliteStats {
     /// Transactions committed (with [`Synchronous::Full`], one WAL fsync each).
     pub commits: u64,
-    /// Write requests committed (including ones that were refused and rolled back to their
-    /// savepoint).
+    /// Write requests committed (including ones that were refused, which wrote nothing).
     pub writes: u64,
+    /// Batches rolled back and run again one savepoint per request, because a request
+    /// failed after it had written (see the writer's module docs); rare.
+    pub reruns: u64,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -177,14 +182,17 @@ impl SqliteStore {
         SqliteStats {
             commits: self.counters.commits.load(Ordering::Relaxed),
             writes: self.counters.writes.load(Ordering::Relaxed),
+            reruns: self.counters.reruns.load(Ordering::Relaxed),
         }
     }
 
-    /// Queues a write and waits until the batch holding it has committed.
+    /// Queues a write and waits until the batch holding it has committed. `op` may run
+    /// more than once (a batch rolled back for another request's failure runs again); only
+    /// the run that is committed is answered.
     async fn write<T, F>(&self, op: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        F: FnMut(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let (job, reply) = writer::Pending::job(op);
         self.queue

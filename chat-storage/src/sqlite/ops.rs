@@ -1,6 +1,9 @@
 //! The SQL of every operation, as plain functions over a connection. Writes run on the
-//! writer thread inside the batch transaction (and their own savepoint); reads run on a
-//! read-only connection.
+//! writer thread inside the batch transaction; reads run on a read-only connection.
+//!
+//! A write makes every check that can refuse it before its first write, so a refusal
+//! leaves nothing behind without a savepoint (see `writer`). A write that still fails
+//! after writing (a constraint error) is correct too, only slower: its batch runs again.
 
 use bytes::Bytes;
 use chat_core::limits::MAX_DEVICES_PER_USER;
@@ -186,6 +189,9 @@ pub(crate) fn add_device(
     if usize::try_from(n).unwrap_or(usize::MAX) >= MAX_DEVICES_PER_USER {
         return Err(StoreError::TooManyDevices);
     }
+    if authenticate(conn, token)?.is_some() {
+        return Err(StoreError::Conflict);
+    }
     let mut insert = conn
         .prepare_cached(
             "INSERT INTO devices (user_id, name, created_at) VALUES (?1, ?2, ?3) RETURNING id",
@@ -346,6 +352,7 @@ pub(crate) fn set_device_keys(
     device: DeviceAddress,
     keys: &DeviceKeys,
 ) -> StoreResult<()> {
+    require_device(conn, device)?;
     // One-time prekeys belong to the identity that published them: a new identity starts
     // with an empty pool, or peers would start sessions on keys the device no longer has.
     let mut drop_pool = conn
@@ -364,21 +371,16 @@ pub(crate) fn set_device_keys(
         )
         .map_err(backend)?;
     let spk = &keys.signed_prekey;
-    let n = stmt
-        .execute(params![
-            to_sql(device.device.get()),
-            to_sql(device.user.get()),
-            &keys.identity[..],
-            i64::from(spk.id),
-            &spk.public[..],
-            &spk.signature[..],
-        ])
-        .map_err(backend)?;
-    if n == 0 {
-        Err(StoreError::NotFound)
-    } else {
-        Ok(())
-    }
+    stmt.execute(params![
+        to_sql(device.device.get()),
+        to_sql(device.user.get()),
+        &keys.identity[..],
+        i64::from(spk.id),
+        &spk.public[..],
+        &spk.signature[..],
+    ])
+    .map_err(backend)?;
+    Ok(())
 }
 
 pub(crate) fn add_one_time_prekeys(

@@ -2,10 +2,20 @@
 //!
 //! One thread owns the only write connection. It takes the first queued request, opens a
 //! transaction, runs that request and every request that arrived meanwhile (up to a batch
-//! limit), each inside its own SAVEPOINT, then commits once: one WAL fsync for the whole
-//! batch. A request that fails is rolled back to its savepoint without touching the others.
-//! Every caller is answered only after the commit, so an acknowledged write is durable; if
-//! the commit fails, every request of the batch gets the error (none of them happened).
+//! limit), then commits once: one WAL fsync for the whole batch. Every caller is answered
+//! only after the commit, so an acknowledged write is durable; if the commit fails, every
+//! request of the batch gets the error (none of them happened).
+//!
+//! Requests run without a savepoint of their own: every operation makes its checks before
+//! its first write, so a refused request has written nothing and the others need no
+//! protection from it. Whether a request wrote is read from SQLite's change counter
+//! (`sqlite3_total_changes`, which counts only rows of statements that completed; a
+//! statement that fails is undone by SQLite as a whole). A request that fails *after* it
+//! wrote (a constraint error, say; rare) makes the writer roll the whole transaction back
+//! and run the batch again from its first request, this time each request inside its own
+//! SAVEPOINT, so the failed one is undone alone and every other request gets the answer
+//! of the run that is committed. Nothing was acknowledged before the commit, so nothing
+//! acknowledged is lost.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,7 +30,8 @@ pub(crate) type Job = Box<dyn PendingWrite>;
 
 /// A write waiting in the queue or in the current batch.
 pub(crate) trait PendingWrite: Send {
-    /// Runs the operation inside the open transaction; returns whether it succeeded.
+    /// Runs the operation inside the open transaction, replacing the result of an earlier
+    /// run (a batch that was rolled back runs again); returns whether it succeeded.
     fn run(&mut self, conn: &Connection) -> bool;
     /// Answers the caller once the batch's fate is known.
     fn finish(self: Box<Self>, committed: Result<(), &str>);
@@ -28,7 +39,7 @@ pub(crate) trait PendingWrite: Send {
 
 /// A write operation and the channel to answer on.
 pub(crate) struct Pending<T, F> {
-    op: Option<F>,
+    op: F,
     result: Option<StoreResult<T>>,
     reply: oneshot::Sender<StoreResult<T>>,
 }
@@ -36,14 +47,15 @@ pub(crate) struct Pending<T, F> {
 impl<T, F> Pending<T, F>
 where
     T: Send + 'static,
-    F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    F: FnMut(&Connection) -> StoreResult<T> + Send + 'static,
 {
-    /// A job for `op` and the receiver its answer arrives on.
+    /// A job for `op` and the receiver its answer arrives on. `op` may run more than once
+    /// (only the run that is committed counts), so it must not consume what it captures.
     pub(crate) fn job(op: F) -> (Job, oneshot::Receiver<StoreResult<T>>) {
         let (reply, rx) = oneshot::channel();
         (
             Box::new(Self {
-                op: Some(op),
+                op,
                 result: None,
                 reply,
             }),
@@ -55,13 +67,10 @@ where
 impl<T, F> PendingWrite for Pending<T, F>
 where
     T: Send + 'static,
-    F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    F: FnMut(&Connection) -> StoreResult<T> + Send + 'static,
 {
     fn run(&mut self, conn: &Connection) -> bool {
-        let result = match self.op.take() {
-            Some(op) => op(conn),
-            None => Err(failure("write ran twice")),
-        };
+        let result = (self.op)(conn);
         let ok = result.is_ok();
         self.result = Some(result);
         ok
@@ -85,6 +94,7 @@ where
 pub(crate) struct Counters {
     pub(crate) commits: AtomicU64,
     pub(crate) writes: AtomicU64,
+    pub(crate) reruns: AtomicU64,
 }
 
 /// Runs the writer loop until every sender is dropped, then closes the connection.
@@ -96,31 +106,7 @@ pub(crate) fn run(
 ) {
     while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
-        if let Err(e) = exec_cached(&conn, "BEGIN IMMEDIATE") {
-            tracing::error!(cause = %e, "store write transaction failed to start");
-            batch.into_iter().for_each(|job| job.finish(Err(&e)));
-            continue;
-        }
-        let mut broken = None;
-        let mut next = 0;
-        while let Some(job) = batch.get_mut(next) {
-            if let Err(e) = run_one(&conn, job.as_mut()) {
-                broken = Some(e);
-                break;
-            }
-            next += 1;
-            // Take whatever queued up meanwhile into this transaction.
-            if next == batch.len()
-                && batch.len() < max_batch
-                && let Ok(job) = queue.try_recv()
-            {
-                batch.push(job);
-            }
-        }
-        let outcome = match broken {
-            Some(why) => Err(why),
-            None => exec_cached(&conn, "COMMIT"),
-        };
+        let outcome = run_batch(&conn, &mut batch, &mut queue, max_batch, counters);
         if let Err(why) = &outcome {
             if !conn.is_autocommit() {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -137,20 +123,76 @@ pub(crate) fn run(
     }
 }
 
-/// Runs one job inside its own savepoint. An error from the job itself is the job's; an
-/// error here means the transaction is no longer usable and the whole batch fails.
-fn run_one(conn: &Connection, job: &mut dyn PendingWrite) -> Result<(), String> {
+/// Runs `batch`, and whatever queues up meanwhile, in one transaction and commits it. An
+/// error means the transaction cannot commit: none of the batch happened.
+fn run_batch(
+    conn: &Connection,
+    batch: &mut Vec<Job>,
+    queue: &mut mpsc::Receiver<Job>,
+    max_batch: usize,
+    counters: &Counters,
+) -> Result<(), String> {
+    exec_cached(conn, "BEGIN IMMEDIATE")?;
+    let mut isolated = false;
+    let mut next = 0;
+    while let Some(job) = batch.get_mut(next) {
+        if isolated {
+            run_isolated(conn, job.as_mut())?;
+        } else if !run_bare(conn, job.as_mut())? {
+            // This request failed after writing: undo everything and run the batch again,
+            // each request in its own savepoint.
+            tracing::warn!(
+                batch = batch.len(),
+                "store request failed after writing; rerunning its batch"
+            );
+            counters.reruns.fetch_add(1, Ordering::Relaxed);
+            exec_cached(conn, "ROLLBACK")?;
+            exec_cached(conn, "BEGIN IMMEDIATE")?;
+            isolated = true;
+            next = 0;
+            continue;
+        }
+        next += 1;
+        // Take whatever queued up meanwhile into this transaction.
+        if next == batch.len()
+            && batch.len() < max_batch
+            && let Ok(job) = queue.try_recv()
+        {
+            batch.push(job);
+        }
+    }
+    exec_cached(conn, "COMMIT")
+}
+
+/// Runs one job without a savepoint. `Ok(false)` when it failed after writing, so the
+/// transaction holds part of it; an error means the transaction is no longer usable.
+fn run_bare(conn: &Connection, job: &mut dyn PendingWrite) -> Result<bool, String> {
+    let before = conn.total_changes();
+    let ok = job.run(conn);
+    check_open(conn)?;
+    Ok(ok || conn.total_changes() == before)
+}
+
+/// Runs one job inside its own savepoint, rolled back if the job fails. An error means the
+/// transaction is no longer usable.
+fn run_isolated(conn: &Connection, job: &mut dyn PendingWrite) -> Result<(), String> {
     exec_cached(conn, "SAVEPOINT request")?;
     let ok = job.run(conn);
-    if conn.is_autocommit() {
-        // SQLite rolled the whole transaction back (I/O error, disk full): the earlier
-        // requests of the batch are gone too.
-        return Err("transaction rolled back by SQLite".into());
-    }
+    check_open(conn)?;
     if !ok {
         exec_cached(conn, "ROLLBACK TO request")?;
     }
     exec_cached(conn, "RELEASE request")
+}
+
+/// Fails when SQLite rolled the whole transaction back (I/O error, disk full): the earlier
+/// requests of the batch are gone too.
+fn check_open(conn: &Connection) -> Result<(), String> {
+    if conn.is_autocommit() {
+        Err("transaction rolled back by SQLite".into())
+    } else {
+        Ok(())
+    }
 }
 
 /// Runs a parameterless statement through the statement cache (parsed once, not per
@@ -172,8 +214,9 @@ pub(crate) fn writer_gone() -> StoreError {
 mod tests {
     use super::*;
 
-    /// Requests queued while the writer is busy share one commit, and a failing request in
-    /// the middle of a batch does not undo the others.
+    /// Requests queued while the writer is busy share one commit; a request refused before
+    /// writing costs nothing, and one that fails after writing makes the batch run again
+    /// with savepoints: its rows go, every other request's stay.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn queued_writes_share_a_commit_and_failures_stay_isolated() {
         let conn = Connection::open_in_memory().unwrap();
@@ -184,13 +227,25 @@ mod tests {
         let thread_counters = std::sync::Arc::clone(&counters);
         let writer = std::thread::spawn(move || run(conn, rx, 1024, &thread_counters));
 
-        // The first job holds the writer until every other request is queued.
+        // The first job holds the writer until every other request is queued (only on its
+        // first run: the batch runs again after request 50 fails).
         let (release, wait) = std::sync::mpsc::channel::<()>();
-        let (job, first) = Pending::job(move |_| wait.recv().map_err(StoreError::backend));
+        let mut held = false;
+        let (job, first) = Pending::job(move |_| {
+            if !held {
+                held = true;
+                wait.recv().map_err(StoreError::backend)?;
+            }
+            Ok(())
+        });
         tx.send(job).await.unwrap();
         let mut replies = Vec::new();
         for k in 0..100i64 {
             let (job, reply) = Pending::job(move |c: &Connection| {
+                if k == 60 {
+                    // Refused before writing: nothing to undo.
+                    return Err(StoreError::NotMember);
+                }
                 c.execute("INSERT INTO t (k) VALUES (?1)", [k])
                     .map_err(StoreError::backend)?;
                 if k == 50 {
@@ -206,23 +261,30 @@ mod tests {
         first.await.unwrap().unwrap();
         for (k, reply) in replies.into_iter().enumerate() {
             let result = reply.await.unwrap();
-            if k == 50 {
-                assert!(matches!(result, Err(StoreError::Invalid(_))));
-            } else {
-                assert_eq!(result.unwrap(), k as i64);
+            match k {
+                50 => assert!(matches!(result, Err(StoreError::Invalid(_)))),
+                60 => assert!(matches!(result, Err(StoreError::NotMember))),
+                _ => assert_eq!(result.unwrap(), k as i64),
             }
         }
         let (job, count) = Pending::job(|c: &Connection| {
-            c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
-                .map_err(StoreError::backend)
+            c.query_row("SELECT count(*) FROM t WHERE k NOT IN (50, 60)", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .and_then(|n| {
+                c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+                    .map(|all| (n, all))
+            })
+            .map_err(StoreError::backend)
         });
         tx.send(job).await.unwrap();
-        assert_eq!(count.await.unwrap().unwrap(), 99);
+        assert_eq!(count.await.unwrap().unwrap(), (98, 98));
         drop(tx);
         writer.join().unwrap();
         // The holder's batch took all 100 queued writes with it: 2 commits for the first
-        // 101 requests, 1 for the count.
+        // 101 requests, 1 for the count; one rerun, for request 50 only.
         assert_eq!(counters.writes.load(Ordering::Relaxed), 102);
         assert!(counters.commits.load(Ordering::Relaxed) <= 3);
+        assert_eq!(counters.reruns.load(Ordering::Relaxed), 1);
     }
 }

@@ -149,15 +149,17 @@ pub(crate) fn add_members(
 ) -> StoreResult<()> {
     require_users(conn, users)?;
     require_group(conn, conversation)?;
-    let mut add = conn
-        .prepare_cached("INSERT OR IGNORE INTO members (conversation_id, user_id) VALUES (?1, ?2)")
-        .map_err(backend)?;
-    for user in users {
-        add.execute([to_sql(conversation.get()), to_sql(user.get())])
-            .map_err(backend)?;
+    // Counted before writing, so a refusal writes nothing: the members after the insert
+    // are the current ones plus the distinct new users who are not members yet.
+    let mut new: Vec<UserId> = users.to_vec();
+    new.sort_unstable();
+    new.dedup();
+    let mut joining = 0usize;
+    for &user in &new {
+        if !is_member(conn, conversation, user)? {
+            joining += 1;
+        }
     }
-    // Counted inside the same transaction (this request's savepoint): over the limit, the
-    // savepoint is rolled back and nothing was added.
     let mut count = conn
         .prepare_cached("SELECT count(*) FROM members WHERE conversation_id = ?1")
         .map_err(backend)?;
@@ -165,8 +167,19 @@ pub(crate) fn add_members(
         .query_row([to_sql(conversation.get())], |r| r.get(0))
         .map_err(backend)?;
     let limit = effective_limit(limit);
-    if usize::try_from(n).unwrap_or(usize::MAX) > limit {
+    if usize::try_from(n)
+        .unwrap_or(usize::MAX)
+        .saturating_add(joining)
+        > limit
+    {
         return Err(StoreError::GroupFull { limit });
+    }
+    let mut add = conn
+        .prepare_cached("INSERT OR IGNORE INTO members (conversation_id, user_id) VALUES (?1, ?2)")
+        .map_err(backend)?;
+    for user in new {
+        add.execute([to_sql(conversation.get()), to_sql(user.get())])
+            .map_err(backend)?;
     }
     Ok(())
 }
