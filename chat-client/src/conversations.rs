@@ -257,6 +257,12 @@ impl Inner {
     /// Reports a stored message to the app: the message itself if it stands on its own,
     /// and the message whose view it changed.
     pub(crate) fn report(&self, message: Message, derived: Derived) {
+        if derived.replaced {
+            self.emit(Event::Replaced {
+                conversation: message.conversation,
+                id: message.id,
+            });
+        }
         let hidden = self.hides(message.sender.user);
         if derived.standalone && !hidden {
             self.emit(Event::Message(message));

@@ -607,9 +607,15 @@ impl Conn {
             plaintext: entry.plaintext,
         };
         let mut derived = thread::derive(store.as_ref(), &message)?;
-        let mut writes = vec![Write::OutboxRemove(key), Write::Message(message)];
-        writes.append(&mut derived.writes);
+        let mut writes = vec![Write::OutboxRemove(key)];
+        writes.extend(thread::store_writes(message, &mut derived));
         store.commit(writes)?;
+        if derived.replaced {
+            self.inner.emit(Event::Replaced {
+                conversation: s.conversation,
+                id: s.id,
+            });
+        }
         if let Some(item) = derived.updated {
             self.inner.emit(Event::Updated(item));
         }

@@ -427,12 +427,13 @@ impl Crypto {
         let mut account = self.lock()?;
         let mut writes = vec![Write::Cursor(deliver.pos)];
         // Checked under the lock that history recovery takes too: a message is decrypted
-        // once (a second decryption would fail: its key is gone).
-        if self
+        // once (a second decryption would fail: its key is gone). Another message under the
+        // same ID is not this one: it is replaced (see `thread::derive`).
+        let known = self
             .store
             .message(deliver.conversation, deliver.id)?
-            .is_some()
-        {
+            .is_some_and(|m| m.sender == deliver.sender && m.client_key == deliver.client_key);
+        if known {
             self.store.commit(writes)?;
             return Ok((Opened::Known, Vec::new()));
         }
@@ -449,8 +450,7 @@ impl Crypto {
                     plaintext,
                 };
                 let mut derived = thread::derive(self.store.as_ref(), &m)?;
-                writes.push(Write::Message(m.clone()));
-                writes.append(&mut derived.writes);
+                writes.extend(thread::store_writes(m.clone(), &mut derived));
                 Opened::Message(Box::new((m, derived)))
             }
             Err(e) => {
@@ -499,15 +499,12 @@ impl Crypto {
             ..envelope
         };
         let mut derived = thread::derive(self.store.as_ref(), &m)?;
-        let mut writes = vec![
-            Write::Receiver {
-                conversation: m.conversation,
-                sender: m.sender,
-                pickle: receiver.pickle(),
-            },
-            Write::Message(m),
-        ];
-        writes.append(&mut derived.writes);
+        let mut writes = vec![Write::Receiver {
+            conversation: m.conversation,
+            sender: m.sender,
+            pickle: receiver.pickle(),
+        }];
+        writes.extend(thread::store_writes(m, &mut derived));
         self.store.commit(writes)?;
         Ok(Some(derived))
     }

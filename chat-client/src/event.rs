@@ -100,6 +100,17 @@ pub enum Event {
         /// One-to-one or group.
         kind: chat_core::ConversationKind,
     },
+    /// The server gave message ID `id` to a different message than the one this device had
+    /// stored under it: the server was restored from a backup that did not have the old one
+    /// (see [`Event::ResyncRequired`]). The old message is gone from this device too, and the
+    /// new one (reported next) takes its place. Show it as "a message was lost on the
+    /// server".
+    Replaced {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The ID that now names another message.
+        id: MessageId,
+    },
     /// A message's current state changed: an edit, delete or reaction arrived for it (or it
     /// arrived after relations that point at it). Redraw it from `item`.
     Updated(TimelineItem),

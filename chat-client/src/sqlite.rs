@@ -326,6 +326,14 @@ impl ClientStore for SqliteStore {
                     )?;
                 }
                 Write::Search(w) => apply_search(&tx, &w)?,
+                Write::Forget {
+                    conversation,
+                    id: message,
+                } => {
+                    tx.prepare_cached("DELETE FROM messages WHERE conversation = ?1 AND id = ?2")?
+                        .execute(params![id(conversation.get()), id(message.get())])?;
+                    crate::search::remove(&tx, conversation, message)?;
+                }
                 Write::Redact {
                     conversation,
                     id: message,

@@ -65,6 +65,17 @@ pub struct StoredMessage {
     pub plaintext: Vec<u8>,
 }
 
+impl StoredMessage {
+    /// Whether `other` is this message (the same sending device and client key), not another
+    /// one under the same ID.
+    pub fn same_message(&self, other: &Self) -> bool {
+        self.conversation == other.conversation
+            && self.id == other.id
+            && self.sender == other.sender
+            && self.client_key == other.client_key
+    }
+}
+
 impl fmt::Debug for StoredMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoredMessage")
@@ -227,6 +238,14 @@ pub enum Write {
     },
     /// Updates the search index.
     Search(SearchWrite),
+    /// Removes a stored message and its search entry: the server gave its ID to another
+    /// message (it was restored from a backup that did not have this one).
+    Forget {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The message.
+        id: MessageId,
+    },
     /// Erases a stored message's plaintext (a message deleted by its sender, or an edit of
     /// one): its row stays, with its content type and target, so relations still resolve.
     Redact {
@@ -586,6 +605,16 @@ impl ClientStore for MemoryStore {
                     if let Some(m) = s.messages.get_mut(&(conversation, id)) {
                         m.plaintext = Vec::new();
                     }
+                }
+                Write::Forget { conversation, id } => {
+                    s.messages.remove(&(conversation, id));
+                    if let Some((_, Some(target))) = s.kinds.remove(&(conversation, id)) {
+                        s.relations.remove(&(conversation, target, id));
+                    }
+                    search.push(SearchWrite::Remove {
+                        conversation,
+                        message: id,
+                    });
                 }
                 Write::Recovery(r) => s.recovery = r,
                 Write::OutboxPut(e) => {
@@ -1061,6 +1090,24 @@ pub(crate) mod conformance {
             })])
             .unwrap();
         assert!(store.search("eight", page).unwrap().hits.is_empty());
+
+        // Forgetting a message removes it, its search entry and its place among relations.
+        store
+            .commit(vec![
+                Write::Forget {
+                    conversation: conv,
+                    id: mid(1),
+                },
+                Write::Forget {
+                    conversation: conv,
+                    id: mid(5),
+                },
+            ])
+            .unwrap();
+        assert!(store.message(conv, mid(1)).unwrap().is_none());
+        assert!(store.search("uno", page).unwrap().hits.is_empty());
+        assert_eq!(ids(&store.relations(conv, mid(1)).unwrap()), [3]);
+        assert_eq!(ids(&store.standalone(conv, None, 10).unwrap()), [8, 4, 2]);
 
         // A pending recovery is kept until cleared.
         assert_eq!(store.recovery().unwrap(), None);

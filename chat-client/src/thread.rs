@@ -137,11 +137,40 @@ pub(crate) struct Derived {
     pub(crate) updated: Option<TimelineItem>,
     /// Whether `new` is a message of its own (not an edit, delete or reaction).
     pub(crate) standalone: bool,
+    /// Whether `new` replaced a different message stored under its ID (one the server lost
+    /// when it was restored from a backup).
+    pub(crate) replaced: bool,
 }
 
 /// Works out the search updates and the changed view for a message about to be stored
 /// (`new` is not in the store yet; the store holds everything committed before).
 pub(crate) fn derive(store: &dyn ClientStore, new: &StoredMessage) -> Result<Derived> {
+    // A different message stored under the same ID is one the server lost and then gave
+    // the ID to `new` (it was restored from a backup): `new` replaces it.
+    let replaced = store
+        .message(new.conversation, new.id)?
+        .is_some_and(|old| !old.same_message(new));
+    let mut derived = derive_new(store, new)?;
+    derived.replaced = replaced;
+    Ok(derived)
+}
+
+/// The writes that store `message` with what [`derive`] worked out for it, in order: the
+/// message it replaces forgotten first, then the message, then the index updates.
+pub(crate) fn store_writes(message: StoredMessage, derived: &mut Derived) -> Vec<Write> {
+    let mut writes = Vec::with_capacity(derived.writes.len() + 2);
+    if derived.replaced {
+        writes.push(Write::Forget {
+            conversation: message.conversation,
+            id: message.id,
+        });
+    }
+    writes.push(Write::Message(message));
+    writes.append(&mut derived.writes);
+    writes
+}
+
+fn derive_new(store: &dyn ClientStore, new: &StoredMessage) -> Result<Derived> {
     let conversation = new.conversation;
     let (target, standalone) = match content(new).target() {
         Some(target) => (target, false),
@@ -159,6 +188,7 @@ pub(crate) fn derive(store: &dyn ClientStore, new: &StoredMessage) -> Result<Der
                     writes: Vec::new(),
                     updated: None,
                     standalone,
+                    replaced: false,
                 });
             }
         }
@@ -212,6 +242,7 @@ pub(crate) fn derive(store: &dyn ClientStore, new: &StoredMessage) -> Result<Der
         writes,
         updated: report.then(|| TimelineItem::new(&message, after)),
         standalone,
+        replaced: false,
     })
 }
 
@@ -301,9 +332,7 @@ mod tests {
     fn arrive(store: &dyn ClientStore, messages: &[StoredMessage]) -> Arrived {
         for m in messages {
             let mut derived = derive(store, m).unwrap();
-            let mut writes = vec![Write::Message(m.clone())];
-            writes.append(&mut derived.writes);
-            store.commit(writes).unwrap();
+            store.commit(store_writes(m.clone(), &mut derived)).unwrap();
         }
         let conv = ConversationId::new(1).unwrap();
         let item = item(store, conv, MessageId::new(1).unwrap())

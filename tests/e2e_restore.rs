@@ -1,0 +1,156 @@
+//! A server restored from a backup: devices that saw messages the backup does not have come
+//! back with a cursor ahead of their inbox (`resync_required {cursor_ahead}`), and the IDs of
+//! the lost messages are given to new ones. Nothing new is silently dropped: the new message
+//! replaces the lost one under its ID on every device (its sender's included), and the app
+//! hears of it (`Event::Replaced`).
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chat::client::{Client, Event, Events, MemoryStore, ResyncReason};
+use common::{PASSWORD, TestServer, config, next_text, synced, wait_for};
+
+/// Copies the node's database files (the main file, its WAL and shared memory).
+fn copy_db(from: &Path, to: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let source = format!("{}{suffix}", from.display());
+        let target = format!("{}{suffix}", to.display());
+        match std::fs::copy(&source, &target) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let _ = std::fs::remove_file(&target);
+            }
+            Err(e) => panic!("copy {source}: {e}"),
+        }
+    }
+}
+
+async fn start(db: &Path) -> TestServer {
+    TestServer::start(config(&format!("sqlite://{}", db.display()))).await
+}
+
+/// Closes a client and waits until its task has ended, so it stores nothing more.
+async fn stop(client: Client, mut events: Events) {
+    drop(client);
+    tokio::time::timeout(common::WAIT, async {
+        while events.next().await.is_some() {}
+    })
+    .await
+    .expect("the client stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_after_a_restore_replace_the_lost_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, backup) = (dir.path().join("chat.db"), dir.path().join("backup.db"));
+    let (alice_store, bob_store) = (Arc::new(MemoryStore::new()), Arc::new(MemoryStore::new()));
+
+    // Alice and Bob talk; the operator takes a backup.
+    let server = start(&db).await;
+    let alice = Client::register(
+        &server.url(),
+        "alice",
+        PASSWORD,
+        "laptop",
+        alice_store.clone(),
+    )
+    .await
+    .expect("alice");
+    let bob = Client::register(&server.url(), "bob", PASSWORD, "phone", bob_store.clone())
+        .await
+        .expect("bob");
+    let (mut a, mut b) = (alice.events(), bob.events());
+    synced(&mut a).await;
+    synced(&mut b).await;
+    let chat = alice.open_direct(bob.user()).await.expect("open");
+    let m1 = alice
+        .send_text(chat, "before the backup")
+        .await
+        .expect("m1");
+    assert_eq!(next_text(&mut b, chat).await.id, m1);
+    stop(alice, a).await;
+    stop(bob, b).await;
+    server.shutdown().await;
+    copy_db(&db, &backup);
+
+    // More is said, then the server is lost and restored from the backup.
+    let server = start(&db).await;
+    let alice = Client::open(&server.url(), alice_store.clone())
+        .await
+        .expect("alice");
+    let bob = Client::open(&server.url(), bob_store.clone())
+        .await
+        .expect("bob");
+    let (a, mut b) = (alice.events(), bob.events());
+    let lost = alice
+        .send_text(chat, "lost with the server")
+        .await
+        .expect("m2");
+    assert_eq!(next_text(&mut b, chat).await.id, lost);
+    stop(alice, a).await;
+    stop(bob, b).await;
+    server.shutdown().await;
+    copy_db(&backup, &db);
+
+    let server = start(&db).await;
+    let bob = Client::open(&server.url(), bob_store.clone())
+        .await
+        .expect("bob");
+    let mut b = bob.events();
+    let reason = wait_for(&mut b, |e| match e {
+        Event::ResyncRequired { reason } => Some(*reason),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, ResyncReason::CursorAhead);
+    synced(&mut b).await;
+    let alice = Client::open(&server.url(), alice_store.clone())
+        .await
+        .expect("alice");
+    let mut a = alice.events();
+    synced(&mut a).await;
+
+    // The restored server gives the lost message's ID to the next one.
+    let next = alice
+        .send_text(chat, "after the restore")
+        .await
+        .expect("m3");
+    assert_eq!(next, lost, "the ID is given again");
+    let mut replaced = false;
+    let m = wait_for(&mut b, |e| match e {
+        Event::Replaced { conversation, id } if (*conversation, *id) == (chat, lost) => {
+            replaced = true;
+            None
+        }
+        Event::Message(m) if m.conversation == chat => Some(m.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(replaced, "the app hears the old message is gone");
+    assert_eq!((m.id, m.text()), (next, Some("after the restore")));
+    for (who, client) in [("bob", &bob), ("alice", &alice)] {
+        let texts: Vec<_> = client
+            .history(chat, None, 10)
+            .expect("history")
+            .into_iter()
+            .map(|m| m.text().map(str::to_owned))
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                Some("before the backup".to_owned()),
+                Some("after the restore".to_owned())
+            ],
+            "{who}'s history"
+        );
+    }
+    assert!(
+        bob.search("lost", chat::client::SearchPage::first(5))
+            .expect("search")
+            .hits
+            .is_empty(),
+        "the replaced text is not found any more"
+    );
+}
