@@ -1,6 +1,14 @@
-//! A small JSON client for the server's HTTP API: one HTTP/1.1 connection per request over
-//! hyper (TLS for `https` servers, see `net.rs`), so there is no pool to manage and no state
-//! to go stale across server restarts.
+//! A small JSON client for the server's HTTP API over hyper's HTTP/1.1 connection API (TLS
+//! for `https` servers, see `net.rs`).
+//!
+//! Requests with a body in memory reuse idle connections (a few, for a minute at most), so a
+//! burst of calls pays for one TCP and TLS handshake, not one each. When a reused connection
+//! turns out to be closed, the request goes again on a fresh one if hyper hands it back unsent,
+//! or if it is idempotent (GET, PUT, DELETE); a POST that may have reached the server is never
+//! repeated.
+//! Streamed uploads and downloads use a connection of their own.
+
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use chat_core::ErrorCode;
@@ -12,6 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
+use crate::net::Server;
 
 /// The largest response body read (a page of history is far smaller).
 const MAX_RESPONSE: usize = 16 * 1024 * 1024;
@@ -21,13 +30,21 @@ const OCTET_STREAM: &str = "application/octet-stream";
 /// How often a rate-limited request is retried before the error reaches the caller.
 const RATE_LIMIT_RETRIES: u32 = 5;
 
-use crate::net::Server;
+/// Idle connections kept per client, and for how long.
+const MAX_IDLE: usize = 4;
+const IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a connection may take to be ready again after its answer was read.
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// Calls the HTTP API with an optional bearer token.
 #[derive(Clone)]
 pub(crate) struct Http {
     addr: Server,
     token: Option<String>,
+    /// Idle keep-alive connections, with when they became idle.
+    idle: Arc<Mutex<Vec<(tokio::time::Instant, Sender)>>>,
 }
 
 impl std::fmt::Debug for Http {
@@ -41,14 +58,15 @@ impl std::fmt::Debug for Http {
 
 impl Http {
     pub(crate) fn new(addr: Server, token: Option<String>) -> Self {
-        Self { addr, token }
+        Self {
+            addr,
+            token,
+            idle: Arc::default(),
+        }
     }
 
     pub(crate) fn with_token(&self, token: String) -> Self {
-        Self {
-            addr: self.addr.clone(),
-            token: Some(token),
-        }
+        Self::new(self.addr.clone(), Some(token))
     }
 
     /// A JSON request; decodes a JSON answer (use `serde::de::IgnoredAny` for none).
@@ -136,13 +154,8 @@ impl Http {
         max: usize,
     ) -> Result<Result<Bytes>, Retry> {
         let has_body = !body.is_empty();
-        let response = match self
-            .request(
-                method,
-                path,
-                Full::new(body),
-                has_body.then_some(content_type),
-            )
+        let (mut sender, response) = match self
+            .pooled_request(method, path, body, has_body.then_some(content_type))
             .await
         {
             Ok(r) => r,
@@ -166,6 +179,11 @@ impl Http {
                 )));
             }
         };
+        // The whole answer was read: the connection can carry the next request.
+        let ready = tokio::time::timeout(IDLE_CHECK, sender.ready()).await;
+        if matches!(ready, Ok(Ok(()))) {
+            self.put_idle(sender);
+        }
         if status.is_success() {
             return Ok(Ok(bytes));
         }
@@ -222,8 +240,129 @@ impl Http {
         Err(error_of(status, &bytes))
     }
 
-    /// Sends one request on a fresh connection; the connection lives until the response
-    /// body is read or dropped.
+    /// Sends one request on an idle connection if there is one, else on a new one; returns
+    /// the connection with the answer, to be put back once the answer was read.
+    async fn pooled_request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        content_type: Option<&str>,
+    ) -> Result<(Sender, hyper::Response<hyper::body::Incoming>)> {
+        let net = |e: &dyn std::fmt::Display| Error::Network(e.to_string());
+        let timed_out = |_| Error::Network("the server did not answer in time".into());
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        let idempotent = matches!(
+            method,
+            Method::GET | Method::HEAD | Method::PUT | Method::DELETE
+        );
+        let mut request =
+            self.build(method.clone(), path, Full::new(body.clone()), content_type)?;
+        loop {
+            let (mut sender, reused) = match self.take_idle() {
+                Some(sender) => (sender, true),
+                None => (self.open(deadline).await?, false),
+            };
+            // Until the response head; an upload's body is sent inside this call and may take
+            // as long as its size needs.
+            let sent = if content_type == Some(OCTET_STREAM) {
+                sender.try_send_request(request).await
+            } else {
+                tokio::time::timeout_at(deadline, sender.try_send_request(request))
+                    .await
+                    .map_err(timed_out)?
+            };
+            match sent {
+                Ok(response) => return Ok((sender, response)),
+                Err(mut e) => match e.take_message() {
+                    // Never written to the connection (the server had closed it): send it
+                    // on the next connection.
+                    Some(unsent) if reused => request = unsent,
+                    // The idle connection broke under it before an answer: an idempotent
+                    // request may be sent again, as browsers do.
+                    _ if reused && idempotent && !e.error().is_timeout() => {
+                        request = self.build(
+                            method.clone(),
+                            path,
+                            Full::new(body.clone()),
+                            content_type,
+                        )?;
+                    }
+                    _ => return Err(net(e.error())),
+                },
+            }
+        }
+    }
+
+    /// An idle connection that is still open and not too old.
+    fn take_idle(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().ok()?;
+        let now = tokio::time::Instant::now();
+        while let Some((since, sender)) = idle.pop() {
+            if now.duration_since(since) < IDLE_FOR && !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, sender: Sender) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE
+        {
+            idle.push((tokio::time::Instant::now(), sender));
+        }
+    }
+
+    /// Opens a connection and starts its task.
+    async fn open<B>(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<hyper::client::conn::http1::SendRequest<B>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let net = |e: &dyn std::fmt::Display| Error::Network(e.to_string());
+        let timed_out = |_| Error::Network("the server did not answer in time".into());
+        let stream = tokio::time::timeout_at(deadline, self.addr.connect())
+            .await
+            .map_err(timed_out)??;
+        let (sender, conn) = tokio::time::timeout_at(
+            deadline,
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)),
+        )
+        .await
+        .map_err(timed_out)?
+        .map_err(|e| net(&e))?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    fn build<B>(
+        &self,
+        method: Method,
+        path: &str,
+        body: B,
+        content_type: Option<&str>,
+    ) -> Result<Request<B>> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, self.addr.authority());
+        if let Some(content_type) = content_type {
+            request = request.header(CONTENT_TYPE, content_type);
+        }
+        if let Some(token) = &self.token {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        request
+            .body(body)
+            .map_err(|e| Error::Invalid(e.to_string()))
+    }
+
+    /// Sends one request on a connection of its own (streamed bodies); the connection lives
+    /// until the response body is read or dropped.
     async fn request<B>(
         &self,
         method: Method,
@@ -236,33 +375,10 @@ impl Http {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let net = |e: &dyn std::fmt::Display| Error::Network(e.to_string());
-        let started = tokio::time::Instant::now();
-        let deadline = started + REQUEST_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         let timed_out = |_| Error::Network("the server did not answer in time".into());
-        let stream = tokio::time::timeout_at(deadline, self.addr.connect())
-            .await
-            .map_err(timed_out)??;
-        let (mut sender, conn) = tokio::time::timeout_at(
-            deadline,
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)),
-        )
-        .await
-        .map_err(timed_out)?
-        .map_err(|e| net(&e))?;
-        tokio::spawn(conn);
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(HOST, self.addr.authority());
-        if let Some(content_type) = content_type {
-            request = request.header(CONTENT_TYPE, content_type);
-        }
-        if let Some(token) = &self.token {
-            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let request = request
-            .body(body)
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut sender = self.open(deadline).await?;
+        let request = self.build(method, path, body, content_type)?;
         // Until the response head: a body may then take as long as its size needs (an
         // upload streams its body inside this call, so uploads get no deadline here).
         if content_type == Some(OCTET_STREAM) {

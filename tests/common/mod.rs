@@ -203,6 +203,7 @@ pub struct Proxy {
     pub addr: SocketAddr,
     backend: std::sync::Arc<std::sync::Mutex<Option<SocketAddr>>>,
     connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Proxy {
@@ -213,9 +214,11 @@ impl Proxy {
         let addr = listener.local_addr().expect("addr");
         let backend = std::sync::Arc::new(std::sync::Mutex::new(Some(backend)));
         let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (b, c) = (backend.clone(), connections.clone());
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (b, c, n) = (backend.clone(), connections.clone(), accepted.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let Some(to) = *b.lock().expect("lock") else {
                     continue; // dropped: the client sees the connection close
                 };
@@ -231,7 +234,13 @@ impl Proxy {
             addr,
             backend,
             connections,
+            accepted,
         }
+    }
+
+    /// How many connections the proxy has accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {
