@@ -72,6 +72,11 @@ pub(crate) struct Inner {
     pub(crate) typing: Mutex<chat_core::TypingTracker>,
     /// A history recovery task is running (see `recovery.rs`).
     pub(crate) recovering: std::sync::atomic::AtomicBool,
+    /// How many `resync_required` were recorded; a recovery that sees it change while it
+    /// runs goes again instead of clearing the newer points.
+    pub(crate) resyncs: std::sync::atomic::AtomicU64,
+    /// Held while recording recovery points and while clearing them.
+    pub(crate) recovery_lock: Mutex<()>,
     /// Conversations known to be in the store (a cache for `learn_conversation`).
     known: Mutex<std::collections::HashSet<ConversationId>>,
 }
@@ -264,6 +269,8 @@ impl Client {
             blocked: Mutex::new(std::collections::BTreeSet::new()),
             typing: Mutex::new(chat_core::TypingTracker::new()),
             recovering: std::sync::atomic::AtomicBool::new(false),
+            resyncs: std::sync::atomic::AtomicU64::new(0),
+            recovery_lock: Mutex::new(()),
             known: Mutex::new(std::collections::HashSet::new()),
         });
         let driver = tokio::spawn(driver::run(inner.clone(), rx));

@@ -243,11 +243,10 @@ impl Client {
 
     /// The users typing in a conversation now (indicators expire by themselves).
     pub fn typing(&self, conversation: ConversationId) -> BTreeSet<UserId> {
+        // Expiring reports what expired, so the events and this answer agree.
+        self.inner.expire_typing();
         match self.inner.typing.lock() {
-            Ok(mut t) => {
-                t.handle_timeout(now());
-                t.typing(conversation)
-            }
+            Ok(t) => t.typing(conversation),
             Err(_) => BTreeSet::new(),
         }
     }
@@ -264,7 +263,13 @@ impl Inner {
             });
         }
         let hidden = self.hides(message.sender.user);
-        if derived.standalone && !hidden {
+        // A message whose delete arrived first is reported only as its tombstone (Updated):
+        // its text was erased and must not reach the app.
+        let deleted = derived
+            .updated
+            .as_ref()
+            .is_some_and(|i| i.id() == message.id && i.is_deleted());
+        if derived.standalone && !hidden && !deleted {
             self.emit(Event::Message(message));
         }
         if let Some(item) = derived.updated
@@ -286,6 +291,9 @@ impl Inner {
         if from.user == self.me.user {
             return; // This user typing on another device is not news.
         }
+        // Indicators overdue anywhere are expired (and reported) first: the tracker expires
+        // them on any input, and an expiry must never go unreported.
+        self.expire_typing();
         let Ok(mut t) = self.typing.lock() else {
             return;
         };

@@ -405,11 +405,21 @@ impl Conn {
                 // Where each conversation stood, kept with the new cursor in one commit: the
                 // recovery after the backlog reads history after these points, even if the
                 // app stops before it runs.
-                let points = self.recovery_points().map_err(|e| lost(e, self.synced))?;
-                self.inner
-                    .store
-                    .commit(vec![Write::Cursor(r.head), Write::Recovery(Some(points))])
-                    .map_err(|e| lost(e, self.synced))?;
+                {
+                    // Under the recovery lock: a running recovery sees this resync before it
+                    // clears what it was given (and runs again).
+                    let _guard = self
+                        .inner
+                        .recovery_lock
+                        .lock()
+                        .map_err(|_| lost("poisoned", self.synced))?;
+                    let points = self.recovery_points().map_err(|e| lost(e, self.synced))?;
+                    self.inner
+                        .store
+                        .commit(vec![Write::Cursor(r.head), Write::Recovery(Some(points))])
+                        .map_err(|e| lost(e, self.synced))?;
+                    self.inner.resyncs.fetch_add(1, Ordering::AcqRel);
+                }
                 self.cursor = SyncCursor::new(r.head);
                 self.acked = self.acked.min(r.head.get());
                 self.inner.emit(Event::ResyncRequired { reason: r.reason });

@@ -449,7 +449,17 @@ impl Crypto {
                     sent_at: deliver.sent_at,
                     plaintext,
                 };
-                let mut derived = thread::derive(self.store.as_ref(), &m)?;
+                let mut derived = match thread::derive(self.store.as_ref(), &m) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // Decryption changed the account in memory (a one-time prekey used):
+                        // go back to the committed one, so a retry can decrypt again.
+                        if let Some(p) = self.store.account()? {
+                            *account = Account::from_pickle(&p)?;
+                        }
+                        return Err(e);
+                    }
+                };
                 writes.extend(thread::store_writes(m.clone(), &mut derived));
                 Opened::Message(Box::new((m, derived)))
             }

@@ -14,13 +14,15 @@
 //! recovers on its next connection. A message that arrives live while this runs is stored
 //! once: both paths check the store under the crypto lock before decrypting.
 
+use std::sync::atomic::Ordering;
+
 use chat_core::{ClientKey, ConversationId, DeviceAddress, MessageId, Timestamp};
 use serde::Deserialize;
 
 use crate::client::Inner;
 use crate::error::{Error, Result};
 use crate::event::{Event, Message};
-use crate::store::{RecoveryPoint, StoredMessage, Write};
+use crate::store::{ConversationRecord, RecoveryPoint, StoredMessage, Write};
 
 /// Messages read from history per request.
 const PAGE: usize = 100;
@@ -44,13 +46,39 @@ struct History {
 
 /// Runs the pending recovery, if any, and clears it.
 pub(crate) async fn run(inner: &Inner) -> Result<()> {
+    loop {
+        let seen = inner.resyncs.load(Ordering::Acquire);
+        if once(inner, seen).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// One pass over the pending points; `false` if a newer resync was recorded meanwhile (its
+/// points are kept and the caller runs again).
+async fn once(inner: &Inner, seen: u64) -> Result<bool> {
     let Some(mut points) = inner.store.recovery()? else {
-        return Ok(());
+        return Ok(true);
     };
     // Conversations this device had not heard of (started while it was away): all of their
     // history is new to it.
     let list: Vec<chat_core::Conversation> = inner.http.get("/v1/conversations").await?;
+    let known: Vec<ConversationId> = inner.store.conversations()?.iter().map(|c| c.id).collect();
     for c in list {
+        if !known.contains(&c.id) {
+            // Started while this device was away: it joins the conversation list.
+            inner.learn_read_position(c.id).await?;
+            inner
+                .store
+                .commit(vec![Write::Conversation(ConversationRecord {
+                    id: c.id,
+                    kind: c.kind,
+                })])?;
+            inner.emit(Event::NewConversation {
+                id: c.id,
+                kind: c.kind,
+            });
+        }
         if !points.iter().any(|p| p.conversation == c.id) {
             points.push(RecoveryPoint {
                 conversation: c.id,
@@ -110,12 +138,22 @@ pub(crate) async fn run(inner: &Inner) -> Result<()> {
             still_missed.push((conversation, id));
         }
     }
-    inner.store.commit(vec![Write::Recovery(None)])?;
+    let done = {
+        let _guard = inner
+            .recovery_lock
+            .lock()
+            .map_err(|_| Error::Store("recovery lock poisoned".into()))?;
+        let done = inner.resyncs.load(Ordering::Acquire) == seen;
+        if done {
+            inner.store.commit(vec![Write::Recovery(None)])?;
+        }
+        done
+    };
     inner.emit(Event::Recovered {
         recovered,
         missed: still_missed,
     });
-    Ok(())
+    Ok(done)
 }
 
 /// The conversation's messages after `newest` (all, with `None`), oldest first, at most

@@ -125,6 +125,8 @@ fn migrate(conn: &mut Connection) -> Result<()> {
             params![rowid, kind, target.map(|t| id(t.get()))],
         )?;
     }
+    // The relations of each message are read below: index them first.
+    tx.execute_batch(INDEXES)?;
     let standalone: Vec<StoredMessage> = {
         let mut stmt = tx.prepare(&format!(
             "SELECT {COLUMNS} FROM messages WHERE target IS NULL ORDER BY conversation, id"
