@@ -235,13 +235,16 @@ fn sqlite_stats() -> Option<(u64, u64)> {
 
 /// The average group-commit batch since `before`, for SQLite, and the writer thread's CPU
 /// time per write: a figure that does not depend on what else the machine is running.
-fn batch_note(before: Option<(u64, u64)>, cpu_before: Option<f64>) -> String {
+fn batch_note(before: Option<(u64, u64)>, cpu_before: Option<WriterTicks>) -> String {
     match (before, sqlite_stats()) {
         (Some((c0, w0)), Some((c1, w1))) => {
             let writes = (w1 - w0).max(1) as f64;
             let cpu = match (cpu_before, writer_cpu_secs()) {
                 (Some(a), Some(b)) => {
-                    format!(", writer CPU {:.1} µs per write", (b - a) * 1e6 / writes)
+                    format!(
+                        ", writer CPU {:.1} µs per write",
+                        cpu_since(&a, &b) * 1e6 / writes
+                    )
                 }
                 _ => String::new(),
             };
@@ -255,24 +258,50 @@ fn batch_note(before: Option<(u64, u64)>, cpu_before: Option<f64>) -> String {
     }
 }
 
-/// CPU seconds (user and system) used so far by the SQLite writer threads of this process,
-/// from /proc (Linux); `None` elsewhere.
-fn writer_cpu_secs() -> Option<f64> {
+/// CPU clock ticks (user and system) used so far by each SQLite writer thread of this
+/// process, by thread ID.
+type WriterTicks = std::collections::BTreeMap<u64, u64>;
+
+/// CPU seconds the writer threads used between two readings. Only threads alive at the
+/// second reading count: the writer of a store dropped meanwhile (still closing, which
+/// checkpoints its WAL, at the first reading) would otherwise make the figure too low.
+fn cpu_since(before: &WriterTicks, after: &WriterTicks) -> f64 {
     const TICKS_PER_SEC: f64 = 100.0;
-    let mut ticks = 0u64;
+    let ticks: u64 = after
+        .iter()
+        .map(|(tid, t)| t - before.get(tid).copied().unwrap_or(0).min(*t))
+        .sum();
+    ticks as f64 / TICKS_PER_SEC
+}
+
+/// The ticks of every SQLite writer thread of this process, from /proc (Linux); `None`
+/// elsewhere.
+fn writer_cpu_secs() -> Option<WriterTicks> {
+    let mut ticks = WriterTicks::new();
     for task in std::fs::read_dir("/proc/self/task").ok()? {
         let path = task.ok()?.path();
         let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
         if !comm.starts_with("chat-sqlite-wri") {
             continue;
         }
-        let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+        let Some(tid) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+        else {
+            continue;
+        };
+        // The thread may have ended since the directory was listed.
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
         // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
         let rest = stat.rsplit_once(')')?.1;
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let used = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        ticks.insert(tid, used);
     }
-    Some(ticks as f64 / TICKS_PER_SEC)
+    Some(ticks)
 }
 
 async fn median<F, Fut>(runs: usize, mut run: F) -> f64
