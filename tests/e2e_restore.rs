@@ -89,12 +89,28 @@ async fn messages_after_a_restore_replace_the_lost_ones() {
         .await
         .expect("m2");
     assert_eq!(next_text(&mut b, chat).await.id, lost);
+    // The lost part of the conversation also deletes that message and edits the first one,
+    // and Bob reads all of it.
+    alice.delete_message(chat, lost).await.expect("delete m2");
+    let edit = alice
+        .edit_message(chat, m1, "edited, then lost")
+        .await
+        .expect("edit m1");
+    wait_for(&mut b, |e| match e {
+        Event::Updated(item) if item.id() == m1 && item.is_edited() => Some(()),
+        _ => None,
+    })
+    .await;
+    bob.mark_read(chat, edit).expect("read");
+    assert_eq!(bob.unread_count(chat).expect("unread"), 0);
     stop(alice, a).await;
     stop(bob, b).await;
     server.shutdown().await;
-    copy_db(&backup, &db);
+    // Restored into a new file: nothing of the old node's (it may still be closing) touches it.
+    let restored = dir.path().join("restored.db");
+    copy_db(&backup, &restored);
 
-    let server = start(&db).await;
+    let server = start(&restored).await;
     let bob = Client::open(&server.url(), bob_store.clone())
         .await
         .expect("bob");
@@ -130,6 +146,29 @@ async fn messages_after_a_restore_replace_the_lost_ones() {
     .await;
     assert!(replaced, "the app hears the old message is gone");
     assert_eq!((m.id, m.text()), (next, Some("after the restore")));
+    // The lost delete and edit went with the lost messages: the new message stands, the
+    // first one shows its text from before the backup, and the new one is unread.
+    for (who, client) in [("bob", &bob), ("alice", &alice)] {
+        let shown: Vec<_> = client
+            .timeline(chat, None, 10)
+            .expect("timeline")
+            .iter()
+            .map(|i| (i.id(), i.text().map(str::to_owned), i.is_deleted()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                (next, Some("after the restore".to_owned()), false),
+                (m1, Some("before the backup".to_owned()), false),
+            ],
+            "{who}'s timeline"
+        );
+        let found = client
+            .search("edited", chat::client::SearchPage::first(5))
+            .expect("search");
+        assert!(found.hits.is_empty(), "{who}: the lost edit is not found");
+    }
+    assert_eq!(bob.unread_count(chat).expect("unread"), 1);
     for (who, client) in [("bob", &bob), ("alice", &alice)] {
         let texts: Vec<_> = client
             .history(chat, None, 10)

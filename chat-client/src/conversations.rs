@@ -272,6 +272,9 @@ impl Inner {
         if derived.standalone && !hidden && !deleted {
             self.emit(Event::Message(message));
         }
+        for item in derived.also_updated {
+            self.emit(Event::Updated(item));
+        }
         if let Some(item) = derived.updated
             && !hidden
             && !self.hides(item.view.sender)

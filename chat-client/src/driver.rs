@@ -616,15 +616,23 @@ impl Conn {
             sent_at: s.sent_at,
             plaintext: entry.plaintext,
         };
-        let mut derived = thread::derive(store.as_ref(), &message)?;
-        let mut writes = vec![Write::OutboxRemove(key)];
-        writes.extend(thread::store_writes(message, &mut derived));
-        store.commit(writes)?;
+        // Under the crypto lock, like deliveries and recovery: what `derive` read is what the
+        // commit applies to.
+        let derived = self.inner.crypto.serialized(|| {
+            let mut derived = thread::derive(store.as_ref(), &message)?;
+            let mut writes = vec![Write::OutboxRemove(key)];
+            writes.extend(thread::store_writes(message, &mut derived));
+            store.commit(writes)?;
+            Ok(derived)
+        })?;
         if derived.replaced {
             self.inner.emit(Event::Replaced {
                 conversation: s.conversation,
                 id: s.id,
             });
+        }
+        for item in derived.also_updated {
+            self.inner.emit(Event::Updated(item));
         }
         if let Some(item) = derived.updated {
             self.inner.emit(Event::Updated(item));

@@ -482,6 +482,13 @@ impl Crypto {
         Ok((opened, changed))
     }
 
+    /// Runs `f` under the lock every load-change-commit of messages takes (decrypting,
+    /// recovering, storing an own message), so they never interleave.
+    pub(crate) fn serialized<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _account = self.lock()?;
+        f()
+    }
+
     /// Decrypts a message read from history (no per-device header: only group messages under
     /// a sender key this device holds can be opened) and stores it. `Ok(None)`: it was stored
     /// already.

@@ -328,6 +328,24 @@ impl ClientStore for SqliteStore {
                     )?;
                 }
                 Write::Search(w) => apply_search(&tx, &w)?,
+                Write::LowerReadPosition {
+                    conversation,
+                    up_to: None,
+                } => {
+                    tx.execute(
+                        "DELETE FROM read_positions WHERE conversation = ?1",
+                        [id(conversation.get())],
+                    )?;
+                }
+                Write::LowerReadPosition {
+                    conversation,
+                    up_to: Some(up_to),
+                } => {
+                    tx.execute(
+                        "UPDATE read_positions SET up_to = min(up_to, ?2) WHERE conversation = ?1",
+                        params![id(conversation.get()), id(up_to.get())],
+                    )?;
+                }
                 Write::Forget {
                     conversation,
                     id: message,

@@ -236,6 +236,14 @@ pub enum Write {
         /// Read up to and including this message.
         up_to: MessageId,
     },
+    /// Lowers (never raises) this user's read position in a conversation to `up_to`
+    /// (`None`: nothing read): the server lost the messages it covered.
+    LowerReadPosition {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The new position, if it is lower.
+        up_to: Option<MessageId>,
+    },
     /// Updates the search index.
     Search(SearchWrite),
     /// Removes a stored message and its search entry: the server gave its ID to another
@@ -601,6 +609,27 @@ impl ClientStore for MemoryStore {
                     s.read.entry(conversation).or_default().raise(up_to);
                 }
                 Write::Search(w) => search.push(w),
+                Write::LowerReadPosition {
+                    conversation,
+                    up_to,
+                } => {
+                    let lowered = match up_to {
+                        Some(to) => s
+                            .read
+                            .get(&conversation)
+                            .and_then(|r| r.get())
+                            .map(|at| ReadPosition::up_to(at.min(to))),
+                        None => None,
+                    };
+                    match lowered {
+                        Some(position) => {
+                            s.read.insert(conversation, position);
+                        }
+                        None => {
+                            s.read.remove(&conversation);
+                        }
+                    }
+                }
                 Write::Redact { conversation, id } => {
                     if let Some(m) = s.messages.get_mut(&(conversation, id)) {
                         m.plaintext = Vec::new();

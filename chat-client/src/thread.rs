@@ -140,43 +140,120 @@ pub(crate) struct Derived {
     /// Whether `new` replaced a different message stored under its ID (one the server lost
     /// when it was restored from a backup).
     pub(crate) replaced: bool,
+    /// Writes that go before the message's own (forgetting what it replaces).
+    pub(crate) before: Vec<Write>,
+    /// Other messages whose state changed (they lost relations the server lost).
+    pub(crate) also_updated: Vec<TimelineItem>,
 }
 
 /// Works out the search updates and the changed view for a message about to be stored
 /// (`new` is not in the store yet; the store holds everything committed before).
 pub(crate) fn derive(store: &dyn ClientStore, new: &StoredMessage) -> Result<Derived> {
     // A different message stored under the same ID is one the server lost and then gave
-    // the ID to `new` (it was restored from a backup): `new` replaces it.
+    // the ID to `new` (it was restored from a backup). IDs are assigned in order, so every
+    // message stored here under that ID or a later one predates the restore and was lost
+    // too: they all go, and `new` is worked out without them.
     let replaced = store
         .message(new.conversation, new.id)?
         .is_some_and(|old| !old.same_message(new));
-    let mut derived = derive_new(store, new)?;
-    derived.replaced = replaced;
+    if !replaced {
+        return derive_new(store, new, None);
+    }
+    let conversation = new.conversation;
+    let lost = store.messages(
+        conversation,
+        new.id
+            .get()
+            .checked_sub(1)
+            .and_then(|n| MessageId::new(n).ok()),
+        MAX_LOST,
+    )?;
+    let mut before: Vec<Write> = lost
+        .iter()
+        .map(|m| Write::Forget {
+            conversation,
+            id: m.id,
+        })
+        .collect();
+    // Messages that stay lose the lost relations' effects: their views and index entries
+    // are worked out again without them.
+    let mut touched: Vec<MessageId> = lost
+        .iter()
+        .filter_map(|m| content(m).target())
+        .filter(|t| *t < new.id)
+        .collect();
+    touched.sort_unstable();
+    touched.dedup();
+    let mut also_updated = Vec::new();
+    for target in touched {
+        let Some(message) = store.message(conversation, target)? else {
+            continue;
+        };
+        let relations: Vec<StoredMessage> = store
+            .relations(conversation, target)?
+            .into_iter()
+            .filter(|r| r.id < new.id)
+            .collect();
+        let view = view(&message, &relations);
+        before.push(Write::Search(match searchable(&view) {
+            Some(text) => SearchWrite::Index {
+                conversation,
+                message: target,
+                text,
+            },
+            None => SearchWrite::Remove {
+                conversation,
+                message: target,
+            },
+        }));
+        also_updated.push(TimelineItem::new(&message, view));
+    }
+    // What this user had read of the lost messages is not read of the new ones.
+    if store.read_position(conversation)?.has_read(new.id) {
+        before.push(Write::LowerReadPosition {
+            conversation,
+            up_to: new
+                .id
+                .get()
+                .checked_sub(1)
+                .and_then(|n| MessageId::new(n).ok()),
+        });
+    }
+    let mut derived = derive_new(store, new, Some(new.id))?;
+    derived.replaced = true;
+    derived.before = before;
+    derived.also_updated = also_updated;
     Ok(derived)
 }
 
+/// The most messages forgotten at once when a restored server reuses IDs.
+const MAX_LOST: usize = 100_000;
+
 /// The writes that store `message` with what [`derive`] worked out for it, in order: the
-/// message it replaces forgotten first, then the message, then the index updates.
+/// messages it replaces forgotten first, then the message, then the index updates.
 pub(crate) fn store_writes(message: StoredMessage, derived: &mut Derived) -> Vec<Write> {
-    let mut writes = Vec::with_capacity(derived.writes.len() + 2);
-    if derived.replaced {
-        writes.push(Write::Forget {
-            conversation: message.conversation,
-            id: message.id,
-        });
-    }
+    let mut writes = std::mem::take(&mut derived.before);
     writes.push(Write::Message(message));
     writes.append(&mut derived.writes);
     writes
 }
 
-fn derive_new(store: &dyn ClientStore, new: &StoredMessage) -> Result<Derived> {
+/// [`derive`] for a message that replaces none; `lost_from`: stored relations with this ID or
+/// a later one are lost on the server and left out.
+fn derive_new(
+    store: &dyn ClientStore,
+    new: &StoredMessage,
+    lost_from: Option<MessageId>,
+) -> Result<Derived> {
     let conversation = new.conversation;
     let (target, standalone) = match content(new).target() {
         Some(target) => (target, false),
         None => (new.id, true),
     };
     let mut relations = store.relations(conversation, target)?;
+    if let Some(from) = lost_from {
+        relations.retain(|r| r.id < from);
+    }
     let message = if standalone {
         new.clone()
     } else {
@@ -189,6 +266,8 @@ fn derive_new(store: &dyn ClientStore, new: &StoredMessage) -> Result<Derived> {
                     updated: None,
                     standalone,
                     replaced: false,
+                    before: Vec::new(),
+                    also_updated: Vec::new(),
                 });
             }
         }
@@ -243,6 +322,8 @@ fn derive_new(store: &dyn ClientStore, new: &StoredMessage) -> Result<Derived> {
         updated: report.then(|| TimelineItem::new(&message, after)),
         standalone,
         replaced: false,
+        before: Vec::new(),
+        also_updated: Vec::new(),
     })
 }
 
