@@ -102,8 +102,9 @@ pub enum Event {
     },
     /// The server gave message ID `id` to a different message than the one this device had
     /// stored under it: the server was restored from a backup that did not have the old one
-    /// (see [`Event::ResyncRequired`]). The old message is gone from this device too, and the
-    /// new one (reported next) takes its place. Show it as "a message was lost on the
+    /// (see [`Event::ResyncRequired`]). The old message, and every later one this device had
+    /// in that conversation, are gone from this device too (the server lost them all); the
+    /// new one takes the ID and is reported as usual. Show it as "messages were lost on the
     /// server".
     Replaced {
         /// The conversation.
@@ -202,7 +203,8 @@ pub enum Event {
         reason: ResyncReason,
     },
     /// History recovery after [`Event::ResyncRequired`] finished. Group messages under a
-    /// sender key this device holds are recovered (and reported as [`Event::Message`]);
+    /// sender key this device holds are recovered (and reported like delivered ones:
+    /// [`Event::Message`], or [`Event::Updated`] for edits, deletes and reactions);
     /// one-to-one messages cannot be (their per-device key went with the inbox entry) and
     /// are listed in `missed`, so the app can show that they exist.
     Recovered {

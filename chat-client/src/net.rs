@@ -73,7 +73,10 @@ impl Server {
             (false, true) => format!("{authority}:443"),
             (false, false) => format!("{authority}:80"),
         };
-        let tls = tls.then(|| Arc::new(config(web_roots())));
+        let tls = match tls {
+            true => Some(Arc::new(config(web_roots())?)),
+            false => None,
+        };
         Ok(Self {
             host: host.to_owned(),
             authority,
@@ -100,7 +103,7 @@ impl Server {
         if roots.is_empty() {
             return Err(Error::Invalid("no certificate in the PEM data".into()));
         }
-        self.tls = Some(Arc::new(config(roots)));
+        self.tls = Some(Arc::new(config(roots)?));
         Ok(self)
     }
 
@@ -146,18 +149,29 @@ impl Server {
     }
 }
 
-/// A host and whether a port follows (`[::1]:443`, `host:443`, `host`).
+/// A host and whether a port follows (`[::1]:443`, `host:443`, `host`); an empty host for
+/// anything else (an unbracketed IPv6 address, a port that is not a number, a query).
 fn split_host(authority: &str) -> (&str, bool) {
+    let port_ok = |port: &str| port.parse::<u16>().is_ok();
     if let Some(rest) = authority.strip_prefix('[') {
         return match rest.split_once(']') {
-            Some((host, after)) => (host, after.starts_with(':')),
+            Some((host, "")) => (host, false),
+            Some((host, after)) => match after.strip_prefix(':') {
+                Some(port) if port_ok(port) => (host, true),
+                _ => ("", false),
+            },
             None => ("", false),
         };
     }
-    match authority.rsplit_once(':') {
-        Some((host, _)) => (host, true),
-        None => (authority, false),
+    let (host, port) = match authority.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    if !host.chars().all(plain) || port.is_some_and(|p| !port_ok(p)) {
+        return ("", false);
     }
+    (host, port.is_some())
 }
 
 fn web_roots() -> RootCertStore {
@@ -166,16 +180,12 @@ fn web_roots() -> RootCertStore {
     }
 }
 
-fn config(roots: RootCertStore) -> ClientConfig {
+fn config(roots: RootCertStore) -> Result<ClientConfig> {
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    // The ring provider supports the safe default versions, so this cannot fail; fall back
-    // to the plain builder's defaults if a future rustls says otherwise.
-    match ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
-        Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
-        Err(_) => ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    }
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Invalid(format!("TLS configuration: {e}")))?;
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// Anything a [`Server`] address can be given as: `&str`, `String` or a [`Server`].
@@ -290,6 +300,11 @@ mod tests {
             "ftp://host",
             "https://",
             "user@host:1",
+            "host:",
+            "host:http",
+            "host:99999",
+            "::1",
+            "host?x=1",
         ] {
             assert!(Server::parse(bad).is_err(), "{bad}");
         }

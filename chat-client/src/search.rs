@@ -35,9 +35,9 @@
 //! The index holds each message's *current* text: [`SearchIndex::edit`] replaces it and
 //! [`SearchIndex::delete`] removes it from both tables, so an edited-away or deleted text is
 //! not found again. Hits come newest-indexed first, a page at a time, with a keyset position
-//! (the rowid) that stays valid while messages are added. (As with any SQLite table, the
-//! bytes of a deleted text can stay in free pages and, until FTS5 merges its segments, in the
-//! index; they are no longer found.)
+//! (the rowid) that stays valid while messages are added. The index is created with FTS5's
+//! `secure-delete` option, so a removed text leaves no trace in its segments; the client
+//! store also runs with `secure_delete` and checkpoints its WAL after an erasure.
 //!
 //! Not covered: Thai, Lao, Khmer and Myanmar, also written without spaces, count as words
 //! here, so a one- or two-character term of those scripts matches only at the start of a
@@ -114,8 +114,8 @@ impl SearchPage {
     }
 }
 
-/// One message that matches.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One message that matches. Its `Debug` output leaves the text out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct SearchHit {
     /// Its conversation.
     pub conversation: ConversationId,
@@ -123,6 +123,16 @@ pub struct SearchHit {
     pub message: MessageId,
     /// Its current text.
     pub text: String,
+}
+
+impl fmt::Debug for SearchHit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SearchHit")
+            .field("conversation", &self.conversation)
+            .field("message", &self.message)
+            .field("text", &format_args!("<{} bytes>", self.text.len()))
+            .finish()
+    }
 }
 
 /// A page of hits.

@@ -242,6 +242,9 @@ fn kind_name(kind: ConversationKind) -> &'static str {
 impl ClientStore for SqliteStore {
     fn commit(&self, writes: Vec<Write>) -> Result<()> {
         let mut conn = self.conn()?;
+        let erases = writes
+            .iter()
+            .any(|w| matches!(w, Write::Redact { .. } | Write::Forget { .. }));
         let tx = conn.transaction()?;
         for w in writes {
             match w {
@@ -431,6 +434,14 @@ impl ClientStore for SqliteStore {
             }
         }
         tx.commit()?;
+        if erases {
+            // The WAL still holds the erased text in earlier frames: copy everything into the
+            // database (whose freed pages secure_delete overwrote) and empty it. Best effort:
+            // a reader in the way only delays it to the next erasure or checkpoint.
+            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+                tracing::debug!(cause = %e, "checkpoint after an erasure");
+            }
+        }
         Ok(())
     }
 
