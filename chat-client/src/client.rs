@@ -48,6 +48,10 @@ pub struct Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
+        // Tasks started off the driver (history recovery) stop at their next step.
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
         self.driver.abort();
     }
 }
@@ -77,6 +81,8 @@ pub(crate) struct Inner {
     pub(crate) resyncs: std::sync::atomic::AtomicU64,
     /// Held while recording recovery points and while clearing them.
     pub(crate) recovery_lock: Mutex<()>,
+    /// The client was dropped: background tasks stop.
+    pub(crate) closed: std::sync::atomic::AtomicBool,
     /// Conversations known to be in the store (a cache for `learn_conversation`).
     known: Mutex<std::collections::HashSet<ConversationId>>,
 }
@@ -271,6 +277,7 @@ impl Client {
             recovering: std::sync::atomic::AtomicBool::new(false),
             resyncs: std::sync::atomic::AtomicU64::new(0),
             recovery_lock: Mutex::new(()),
+            closed: std::sync::atomic::AtomicBool::new(false),
             known: Mutex::new(std::collections::HashSet::new()),
         });
         let driver = tokio::spawn(driver::run(inner.clone(), rx));

@@ -3,12 +3,15 @@
 //! When the server cannot serve the inbox from this device's cursor, the driver moves the
 //! cursor to where the server said to continue and records, in the same commit, the newest
 //! stored message of every conversation (the recovery points). Once the backlog after the new
-//! cursor is in, this task reads each conversation's history after its point, newest page
-//! first, and for every message the device does not have:
+//! cursor is in, this task reads each conversation's history after its point (it finds where to
+//! start by reading backwards without keeping bodies, then goes forward a page at a time, so
+//! memory stays at a page; at most 5,000 messages per conversation), and for every message the
+//! device does not have:
 //! - a group message under a sender key this device holds is decrypted from its body, stored
 //!   and reported like a delivered one;
-//! - anything else (one-to-one messages: their per-device header went with the inbox entry)
-//!   is reported as missed in [`Event::Recovered`], so the app can show that it exists.
+//! - anything else (one-to-one messages: their per-device header went with the inbox entry;
+//!   a body that is not even hex) is reported as missed in [`Event::Recovered`], so the app
+//!   can show that it exists.
 //!
 //! The points stay in the store until the recovery finished, so an app that stops first
 //! recovers on its next connection. A message that arrives live while this runs is stored
@@ -89,46 +92,17 @@ async fn once(inner: &Inner, seen: u64) -> Result<bool> {
     let mut recovered = 0;
     let mut missed = Vec::new();
     for point in points {
-        let messages = match after(inner, point.conversation, point.newest).await {
-            Ok(m) => m,
+        if inner.closed.load(Ordering::Acquire) {
+            return Ok(true); // The client is gone; the points stay for the next run.
+        }
+        match conversation(inner, point, &mut recovered, &mut missed).await {
+            Ok(()) => {}
             // No longer a member (removed meanwhile): nothing to read.
             Err(Error::Server {
                 code: chat_core::ErrorCode::NotMember,
                 ..
-            }) => {
-                continue;
-            }
+            }) => {}
             Err(e) => return Err(e),
-        };
-        for m in messages {
-            let body = hex::decode(&m.body)
-                .map_err(|_| Error::Protocol("history body is not hex".into()))?;
-            let envelope = StoredMessage {
-                conversation: point.conversation,
-                id: m.id,
-                sender: m.sender,
-                client_key: m.client_key,
-                sent_at: m.sent_at,
-                plaintext: Vec::new(),
-            };
-            if m.sender == inner.me {
-                // Sent from this device: stored when the server acknowledged it.
-                continue;
-            }
-            match inner.crypto.open_history(envelope, &body) {
-                Ok(Some(derived)) => {
-                    recovered += 1;
-                    if let Some(stored) = inner.store.message(point.conversation, m.id)? {
-                        inner.report(Message::from_stored(&stored), derived);
-                    }
-                }
-                Ok(None) => {}
-                Err(Error::Crypto(e)) => {
-                    tracing::debug!(cause = %e, id = %m.id, "a message in history cannot be read here");
-                    missed.push((point.conversation, m.id));
-                }
-                Err(e) => return Err(e),
-            }
         }
     }
     // Messages that arrived live meanwhile are not missed.
@@ -156,36 +130,121 @@ async fn once(inner: &Inner, seen: u64) -> Result<bool> {
     Ok(done)
 }
 
-/// The conversation's messages after `newest` (all, with `None`), oldest first, at most
-/// [`MAX_PER_CONVERSATION`] (the newest ones).
-async fn after(
+/// Recovers one conversation: its history after the point, oldest first, a page at a time
+/// (at most [`MAX_PER_CONVERSATION`] messages, the newest ones), so memory stays at a page.
+async fn conversation(
+    inner: &Inner,
+    point: RecoveryPoint,
+    recovered: &mut usize,
+    missed: &mut Vec<(ConversationId, MessageId)>,
+) -> Result<()> {
+    let c = point.conversation;
+    let Some(first) = first_after(inner, c, point.newest).await? else {
+        return Ok(());
+    };
+    // The first message, then pages after it.
+    let mut route = format!(
+        "/v1/conversations/{c}/messages?limit=1&before={}",
+        next(first)
+    );
+    let mut first_page = true;
+    for _ in 0..MAX_PER_CONVERSATION.div_ceil(PAGE) + 1 {
+        let page: History = inner.http.get(&route).await?;
+        let full = page.messages.len() == PAGE;
+        let Some(last) = page.messages.last().map(|m| m.id) else {
+            break;
+        };
+        for m in page.messages {
+            if inner.closed.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            open(inner, c, m, recovered, missed)?;
+        }
+        if !full && !first_page {
+            break;
+        }
+        first_page = false;
+        route = format!("/v1/conversations/{c}/messages?limit={PAGE}&after={last}");
+    }
+    Ok(())
+}
+
+/// The ID of the first message after `newest` to recover (`None`: nothing), reading history
+/// backwards without keeping bodies: at most [`MAX_PER_CONVERSATION`] messages back.
+async fn first_after(
     inner: &Inner,
     conversation: ConversationId,
     newest: Option<MessageId>,
-) -> Result<Vec<HistoryMessage>> {
-    let mut out: Vec<HistoryMessage> = Vec::new();
+) -> Result<Option<MessageId>> {
+    let mut first = None;
     let mut before: Option<MessageId> = None;
-    while out.len() < MAX_PER_CONVERSATION {
+    let mut seen = 0;
+    while seen < MAX_PER_CONVERSATION {
         let mut route = format!("/v1/conversations/{conversation}/messages?limit={PAGE}");
         if let Some(b) = before {
             route.push_str(&format!("&before={b}"));
         }
         let page: History = inner.http.get(&route).await?;
         let full = page.messages.len() == PAGE;
-        let mut reached = false;
-        for m in page.messages {
-            if newest.is_some_and(|n| m.id <= n) {
-                reached = true;
-                break;
+        for m in &page.messages {
+            if newest.is_some_and(|n| m.id <= n) || seen == MAX_PER_CONVERSATION {
+                return Ok(first);
             }
+            first = Some(m.id);
             before = Some(m.id);
-            out.push(m);
+            seen += 1;
         }
-        if reached || !full {
+        if !full {
             break;
         }
     }
-    out.truncate(MAX_PER_CONVERSATION);
-    out.reverse();
-    Ok(out)
+    Ok(first)
+}
+
+/// `id + 1` (IDs are far below the maximum).
+fn next(id: MessageId) -> MessageId {
+    id.next().unwrap_or(id)
+}
+
+/// Opens one message read from history, unless it is stored here already.
+fn open(
+    inner: &Inner,
+    conversation: ConversationId,
+    m: HistoryMessage,
+    recovered: &mut usize,
+    missed: &mut Vec<(ConversationId, MessageId)>,
+) -> Result<()> {
+    if m.sender == inner.me {
+        // Sent from this device: stored when the server acknowledged it.
+        return Ok(());
+    }
+    let Ok(body) = hex::decode(&m.body) else {
+        // Not something this client can read; one bad message does not stop the rest.
+        missed.push((conversation, m.id));
+        return Ok(());
+    };
+    let envelope = StoredMessage {
+        conversation,
+        id: m.id,
+        sender: m.sender,
+        client_key: m.client_key,
+        sent_at: m.sent_at,
+        plaintext: Vec::new(),
+    };
+    match inner.crypto.open_history(envelope, &body) {
+        Ok(Some(derived)) => {
+            *recovered += 1;
+            if let Some(stored) = inner.store.message(conversation, m.id)? {
+                inner.report(Message::from_stored(&stored), derived);
+            }
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(Error::Crypto(e)) => {
+            tracing::debug!(cause = %e, id = %m.id, "a message in history cannot be read here");
+            missed.push((conversation, m.id));
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
