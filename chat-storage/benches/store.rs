@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chat_core::limits::{MAX_GROUP_MEMBERS, MAX_SYNC_PAGE};
-use chat_core::{ConversationId, DeviceAddress, InboxPos, NewMessage, Recipient, Store};
+use chat_core::{ConversationId, DeviceAddress, InboxPos, NewMessage, Recipient, Store, Timestamp};
 use chat_storage::testing::{self, NOW};
 use chat_storage::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 
@@ -364,8 +364,18 @@ fn message(conv: ConversationId, sender: DeviceAddress, to: &[DeviceAddress]) ->
                 header: Bytes::from(vec![0x5a; HEADER]),
             })
             .collect(),
-        sent_at: NOW,
+        // The time of the append, as the gateway stamps it: entries then go to the right
+        // edge of `inbox_by_time`, as in production, not to a random place per device.
+        sent_at: now(),
     }
+}
+
+/// The wall clock in milliseconds.
+fn now() -> Timestamp {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp::from_millis(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// One writer task per entry of `writers`, appending back to back for `secs` seconds;
