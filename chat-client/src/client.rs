@@ -894,7 +894,10 @@ impl Inner {
                 }),
                 Err(e) => {
                     tracing::debug!(cause = %e, %conversation, "could not learn a conversation");
-                    if let Ok(mut known) = inner.known.lock() {
+                    // A passing failure is retried with the next message; no longer being a
+                    // member is not.
+                    let gone = matches!(e.code(), Some(ErrorCode::NotMember | ErrorCode::NotFound));
+                    if !gone && let Ok(mut known) = inner.known.lock() {
                         known.remove(&conversation);
                     }
                 }
