@@ -9,8 +9,8 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use chat::client::{Client, Event, Events, MemoryStore, ResyncReason};
-use common::{PASSWORD, TestServer, config, next_text, synced, wait_for};
+use chat::client::{Client, Event, MemoryStore, ResyncReason};
+use common::{PASSWORD, TestServer, config, next_text, stop, synced, wait_for};
 
 /// Copies the node's database files (the main file, its WAL and shared memory).
 fn copy_db(from: &Path, to: &Path) {
@@ -29,16 +29,6 @@ fn copy_db(from: &Path, to: &Path) {
 
 async fn start(db: &Path) -> TestServer {
     TestServer::start(config(&format!("sqlite://{}", db.display()))).await
-}
-
-/// Closes a client and waits until its task has ended, so it stores nothing more.
-async fn stop(client: Client, mut events: Events) {
-    drop(client);
-    tokio::time::timeout(common::WAIT, async {
-        while events.next().await.is_some() {}
-    })
-    .await
-    .expect("the client stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

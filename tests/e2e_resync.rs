@@ -11,16 +11,7 @@ use std::time::Duration;
 
 use chat::client::{Client, Event, MemoryStore, ResyncReason};
 use chat::core::{MessageStore as _, Timestamp};
-use common::{PASSWORD, TestServer, WAIT, config, next_text, synced, user, wait_for};
-
-/// Closes a client and waits until its task has ended (its event stream ends then), so it
-/// stores nothing more.
-async fn stop(client: Client, mut events: chat::client::Events) {
-    drop(client);
-    tokio::time::timeout(WAIT, async { while events.next().await.is_some() {} })
-        .await
-        .expect("the client stops");
-}
+use common::{PASSWORD, TestServer, WAIT, config, next_text, stop, synced, user, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trimmed_inbox_is_resynced_and_recovered_from_history() {

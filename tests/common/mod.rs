@@ -116,6 +116,15 @@ pub async fn next_message(events: &mut Events, conversation: ConversationId) -> 
     .await
 }
 
+/// Closes a client and waits until its task has ended (its event stream ends then), so it
+/// stores nothing more: dropping a client stops its driver at its next step, not at once.
+pub async fn stop(client: Client, mut events: Events) {
+    drop(client);
+    tokio::time::timeout(WAIT, async { while events.next().await.is_some() {} })
+        .await
+        .expect("the client stops");
+}
+
 /// Waits until the client has processed its backlog.
 pub async fn synced(events: &mut Events) {
     wait_for(events, |e| {
