@@ -147,8 +147,7 @@ impl Client {
         let page = store.standalone(conversation, before, limit.min(MAX_TIMELINE_PAGE))?;
         let mut items = Vec::with_capacity(page.len());
         for m in page.iter().filter(|m| !self.inner.hides(m.sender.user)) {
-            let relations = store.relations(conversation, m.id)?;
-            items.push(TimelineItem::new(m, thread::view(m, &relations)));
+            items.push(thread::item_of(store, m)?);
         }
         Ok(items)
     }
@@ -188,9 +187,13 @@ impl Client {
     /// The unread count of a conversation, computed from IDs (`chat_core::unread_count`):
     /// messages after the read position that others sent, deleted ones left out.
     pub fn unread_count(&self, conversation: ConversationId) -> Result<usize> {
-        let store = &self.inner.store;
-        let read = store.read_position(conversation)?;
-        let candidates = store.unread(conversation, read)?;
+        let read = self.inner.store.read_position(conversation)?;
+        self.unread_after(conversation, read)
+    }
+
+    /// The unread count of a conversation read up to `read`.
+    fn unread_after(&self, conversation: ConversationId, read: ReadPosition) -> Result<usize> {
+        let candidates = self.inner.store.unread(conversation, read)?;
         Ok(chat_core::unread_count(
             self.user(),
             read,
@@ -206,11 +209,12 @@ impl Client {
     pub fn conversation_list(&self) -> Result<Vec<ConversationSummary>> {
         let mut list = Vec::new();
         for c in self.inner.store.conversations()? {
+            let read = self.read_position(c.id)?;
             list.push(ConversationSummary {
                 id: c.id,
                 kind: c.kind,
-                unread: self.unread_count(c.id)?,
-                read: self.read_position(c.id)?,
+                unread: self.unread_after(c.id, read)?,
+                read,
                 last: self.timeline(c.id, None, 1)?.pop(),
             });
         }
@@ -253,23 +257,31 @@ impl Client {
 }
 
 impl Inner {
-    /// Reports a stored message to the app: the message itself if it stands on its own,
-    /// and the message whose view it changed.
-    pub(crate) fn report(&self, message: Message, derived: Derived) {
+    /// Reports what storing message `id` changed: the lost message it replaced, the message
+    /// itself if it stands on its own (`message`: `None` for this device's own send, which
+    /// `Event::Sent` reports), and the messages whose state changed.
+    pub(crate) fn report(
+        &self,
+        conversation: ConversationId,
+        id: MessageId,
+        message: Option<Message>,
+        derived: Derived,
+    ) {
         if derived.replaced {
-            self.emit(Event::Replaced {
-                conversation: message.conversation,
-                id: message.id,
-            });
+            self.emit(Event::Replaced { conversation, id });
         }
-        let hidden = self.hides(message.sender.user);
+        let hidden = message.as_ref().is_some_and(|m| self.hides(m.sender.user));
         // A message whose delete arrived first is reported only as its tombstone (Updated):
         // its text was erased and must not reach the app.
         let deleted = derived
             .updated
             .as_ref()
-            .is_some_and(|i| i.id() == message.id && i.is_deleted());
-        if derived.standalone && !hidden && !deleted {
+            .is_some_and(|i| i.id() == id && i.is_deleted());
+        if let Some(message) = message
+            && derived.standalone
+            && !hidden
+            && !deleted
+        {
             self.emit(Event::Message(message));
         }
         for item in derived.also_updated {

@@ -583,7 +583,8 @@ impl Conn {
                     // member who left no longer holds the sender key it uses (rotation).
                     self.inner.forget_devices(m.conversation);
                 }
-                self.inner.report(message, derived);
+                self.inner
+                    .report(m.conversation, m.id, Some(message), derived);
             }
             Opened::Known => {}
             Opened::Failed(e) => {
@@ -619,24 +620,14 @@ impl Conn {
         // Under the crypto lock, like deliveries and recovery: what `derive` read is what the
         // commit applies to.
         let derived = self.inner.crypto.serialized(|| {
-            let mut derived = thread::derive(store.as_ref(), &message)?;
+            let stored = store.message(s.conversation, s.id)?;
+            let mut derived = thread::derive(store.as_ref(), &message, stored.as_ref())?;
             let mut writes = vec![Write::OutboxRemove(key)];
             writes.extend(thread::store_writes(message, &mut derived));
             store.commit(writes)?;
             Ok(derived)
         })?;
-        if derived.replaced {
-            self.inner.emit(Event::Replaced {
-                conversation: s.conversation,
-                id: s.id,
-            });
-        }
-        for item in derived.also_updated {
-            self.inner.emit(Event::Updated(item));
-        }
-        if let Some(item) = derived.updated {
-            self.inner.emit(Event::Updated(item));
-        }
+        self.inner.report(s.conversation, s.id, None, derived);
         self.inner.finish(key, Ok(s.id));
         self.inner.emit(Event::Sent {
             conversation: s.conversation,

@@ -19,6 +19,7 @@ use chat_crypto::{
 };
 
 use crate::error::{Error, Result};
+use crate::event::Message;
 use crate::store::{ClientStore, OutboxEntry, Secret, StoredMessage, Write};
 use crate::thread::{self, Derived};
 
@@ -429,9 +430,9 @@ impl Crypto {
         // Checked under the lock that history recovery takes too: a message is decrypted
         // once (a second decryption would fail: its key is gone). Another message under the
         // same ID is not this one: it is replaced (see `thread::derive`).
-        let known = self
-            .store
-            .message(deliver.conversation, deliver.id)?
+        let stored = self.store.message(deliver.conversation, deliver.id)?;
+        let known = stored
+            .as_ref()
             .is_some_and(|m| m.sender == deliver.sender && m.client_key == deliver.client_key);
         if known {
             self.store.commit(writes)?;
@@ -449,7 +450,7 @@ impl Crypto {
                     sent_at: deliver.sent_at,
                     plaintext,
                 };
-                let mut derived = match thread::derive(self.store.as_ref(), &m) {
+                let mut derived = match thread::derive(self.store.as_ref(), &m, stored.as_ref()) {
                     Ok(d) => d,
                     Err(e) => {
                         // Decryption changed the account in memory (a one-time prekey used):
@@ -496,7 +497,7 @@ impl Crypto {
         &self,
         envelope: StoredMessage,
         body: &[u8],
-    ) -> Result<Option<Derived>, Error> {
+    ) -> Result<Option<(Message, Derived)>, Error> {
         let _account = self.lock()?;
         if self
             .store
@@ -515,15 +516,17 @@ impl Crypto {
             plaintext,
             ..envelope
         };
-        let mut derived = thread::derive(self.store.as_ref(), &m)?;
+        // Nothing is stored under this ID (checked above).
+        let mut derived = thread::derive(self.store.as_ref(), &m, None)?;
         let mut writes = vec![Write::Receiver {
             conversation: m.conversation,
             sender: m.sender,
             pickle: receiver.pickle(),
         }];
+        let message = Message::from_stored(&m);
         writes.extend(thread::store_writes(m, &mut derived));
         self.store.commit(writes)?;
-        Ok(Some(derived))
+        Ok(Some((message, derived)))
     }
 
     fn decrypt(

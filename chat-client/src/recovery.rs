@@ -24,7 +24,7 @@ use serde::Deserialize;
 
 use crate::client::Inner;
 use crate::error::{Error, Result};
-use crate::event::{Event, Message};
+use crate::event::Event;
 use crate::store::{ConversationRecord, RecoveryPoint, StoredMessage, Write};
 
 /// Messages read from history per request.
@@ -232,11 +232,9 @@ fn open(
         plaintext: Vec::new(),
     };
     match inner.crypto.open_history(envelope, &body) {
-        Ok(Some(derived)) => {
+        Ok(Some((message, derived))) => {
             *recovered += 1;
-            if let Some(stored) = inner.store.message(conversation, m.id)? {
-                inner.report(Message::from_stored(&stored), derived);
-            }
+            inner.report(conversation, m.id, Some(message), derived);
             Ok(())
         }
         Ok(None) => Ok(()),

@@ -118,14 +118,16 @@ pub(crate) fn item(
     conversation: ConversationId,
     id: MessageId,
 ) -> Result<Option<TimelineItem>> {
-    let Some(message) = store.message(conversation, id)? else {
-        return Ok(None);
-    };
-    let relations = store.relations(conversation, id)?;
-    Ok(Some(TimelineItem::new(
-        &message,
-        view(&message, &relations),
-    )))
+    store
+        .message(conversation, id)?
+        .map(|m| item_of(store, &m))
+        .transpose()
+}
+
+/// The current view of a stored message, with the relations the store holds for it.
+pub(crate) fn item_of(store: &dyn ClientStore, message: &StoredMessage) -> Result<TimelineItem> {
+    let relations = store.relations(message.conversation, message.id)?;
+    Ok(TimelineItem::new(message, view(message, &relations)))
 }
 
 /// What storing `new` changes besides history.
@@ -148,14 +150,18 @@ pub(crate) struct Derived {
 
 /// Works out the search updates and the changed view for a message about to be stored
 /// (`new` is not in the store yet; the store holds everything committed before).
-pub(crate) fn derive(store: &dyn ClientStore, new: &StoredMessage) -> Result<Derived> {
+/// `stored` is what the store holds under `new`'s ID, as the caller read it before deciding
+/// to store `new` (read once per message: callers need it to drop duplicates anyway).
+pub(crate) fn derive(
+    store: &dyn ClientStore,
+    new: &StoredMessage,
+    stored: Option<&StoredMessage>,
+) -> Result<Derived> {
     // A different message stored under the same ID is one the server lost and then gave
     // the ID to `new` (it was restored from a backup). IDs are assigned in order, so every
     // message stored here under that ID or a later one predates the restore and was lost
     // too: they all go, and `new` is worked out without them.
-    let replaced = store
-        .message(new.conversation, new.id)?
-        .is_some_and(|old| !old.same_message(new));
+    let replaced = stored.is_some_and(|old| !old.same_message(new));
     if !replaced {
         return derive_new(store, new, None);
     }
@@ -412,7 +418,8 @@ mod tests {
 
     fn arrive(store: &dyn ClientStore, messages: &[StoredMessage]) -> Arrived {
         for m in messages {
-            let mut derived = derive(store, m).unwrap();
+            let stored = store.message(m.conversation, m.id).unwrap();
+            let mut derived = derive(store, m, stored.as_ref()).unwrap();
             store.commit(store_writes(m.clone(), &mut derived)).unwrap();
         }
         let conv = ConversationId::new(1).unwrap();
@@ -442,11 +449,11 @@ mod tests {
             stored(21, 2, reaction(1, "+1", false)),   // Bob's +1 again
             stored(22, 3, reaction(1, "heart", true)), // taking back what was never given
         ] {
-            let derived = derive(&store, &ignored).unwrap();
+            let derived = derive(&store, &ignored, None).unwrap();
             assert!(derived.updated.is_none(), "message {}", ignored.id);
             assert!(derived.writes.is_empty(), "message {}", ignored.id);
         }
-        let counted = derive(&store, &stored(23, 1, edit(1, "third draft"))).unwrap();
+        let counted = derive(&store, &stored(23, 1, edit(1, "third draft")), None).unwrap();
         assert_eq!(
             counted.updated.as_ref().and_then(TimelineItem::text),
             Some("third draft")
