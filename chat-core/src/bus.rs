@@ -12,6 +12,7 @@ use bytes::Bytes;
 
 use crate::error::ErrorCode;
 use crate::ids::{DeviceId, InboxPos, UserId};
+use crate::protocol::SharedDeliver;
 use crate::time::Timestamp;
 
 /// What an event is addressed to.
@@ -31,12 +32,13 @@ pub enum Topic {
 #[non_exhaustive]
 pub enum BusMessage {
     /// An encoded `deliver` frame for one device, with its inbox position so the receiving
-    /// connection can drop duplicates and notice gaps without decoding it.
+    /// connection can drop duplicates and notice gaps without decoding it. The body part is
+    /// shared by every recipient of the message.
     Deliver {
         /// The entry's inbox position.
         pos: InboxPos,
         /// The encoded frame.
-        frame: Bytes,
+        frame: SharedDeliver,
     },
     /// Any other encoded server frame to forward as it is. Encoded once, shared by every
     /// subscriber.
@@ -55,6 +57,19 @@ pub enum BusMessage {
     /// Drop the receiving connections' own subscription to this topic, if they hold one
     /// (a user blocked them: their presence subscription to the blocker ends).
     Unsubscribe(Topic),
+}
+
+impl BusMessage {
+    /// The bytes of encoded frame it carries: what a connection's outbound queue is charged
+    /// for holding it (a shared body counts in full for every queue that holds it, since
+    /// each one keeps it alive).
+    pub fn frame_len(&self) -> usize {
+        match self {
+            Self::Deliver { frame, .. } => frame.len(),
+            Self::Frame(frame) | Self::Expiring { frame, .. } => frame.len(),
+            Self::Close(_) | Self::Unsubscribe(_) => 0,
+        }
+    }
 }
 
 /// Identifies one subscription, for unsubscribing.

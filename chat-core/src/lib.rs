@@ -16,6 +16,7 @@ mod blob;
 mod bus;
 mod content;
 mod cursor;
+mod delivery;
 mod discovery;
 mod error;
 mod ids;
@@ -40,6 +41,7 @@ pub use content::{
     GroupChange, MAX_REACTION_BYTES, Reaction, Text,
 };
 pub use cursor::{SyncCursor, Verdict};
+pub use delivery::{Action, DeliveryStream, Entry, Live};
 pub use discovery::{NodeId, NodeInfo, NodeRegistry, OVERLOADED_CPU, RegistryError, recommend};
 pub use error::ErrorCode;
 pub use ids::{
@@ -58,8 +60,8 @@ pub use people::{
 pub use presence::{PresenceChange, PresenceConfig, PresenceTracker};
 pub use push::{Notification, PushError, PushNotifier};
 pub use store::{
-    AccountStore, BlockStore, ConversationStore, KeyStore, MessageStore, MetaStore, ProfileStore,
-    ReceiptStore, Store, StoreError, StoreResult,
+    AccountStore, BlockStore, ConversationStore, HealthStore, KeyStore, MessageStore, MetaStore,
+    ProfileStore, ReceiptStore, Store, StoreError, StoreResult,
 };
 pub use thread::{DEFAULT_MAX_ORPHANS, MessageView, Timeline};
 pub use time::Timestamp;

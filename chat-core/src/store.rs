@@ -42,6 +42,10 @@ pub enum StoreError {
     /// A unique name is taken.
     #[error("already exists")]
     Conflict,
+    /// The sending device used this client key for a message in another conversation: a
+    /// retry must name the conversation of the first send (R-MSG-2).
+    #[error("client key already used for a message in another conversation")]
+    ClientKeyReused,
     /// The user already has `MAX_DEVICES_PER_USER` devices.
     #[error("too many devices")]
     TooManyDevices,
@@ -75,7 +79,7 @@ impl StoreError {
             Self::NotMember => ErrorCode::NotMember,
             Self::GroupFull { .. } => ErrorCode::GroupFull,
             Self::StaleDevices(_) => ErrorCode::StaleDevices,
-            Self::Conflict => ErrorCode::Conflict,
+            Self::Conflict | Self::ClientKeyReused => ErrorCode::Conflict,
             Self::TooManyDevices => ErrorCode::TooManyDevices,
             Self::Invalid(_) => ErrorCode::InvalidRequest,
             Self::SchemaTooNew { .. } | Self::Backend(_) => ErrorCode::Unavailable,
@@ -212,7 +216,8 @@ pub trait ConversationStore: Send + Sync {
 pub trait MessageStore: Send + Sync {
     /// Appends a message durably, in one atomic step:
     /// - if `(sender.device, client_key)` was used before, returns that message's ID with
-    ///   `duplicate: true` and writes nothing;
+    ///   `duplicate: true` and writes nothing, or [`StoreError::ClientKeyReused`] when that
+    ///   message is in another conversation;
     /// - else checks that the sender is a member ([`StoreError::NotMember`]) and that the
     ///   recipients are exactly the current devices of all members minus the sending device
     ///   ([`StoreError::StaleDevices`]);
@@ -383,6 +388,16 @@ pub trait BlockStore: Send + Sync {
     ) -> StoreResult<Vec<MessageId>>;
 }
 
+/// Whether the store can take writes, for readiness checks.
+#[async_trait]
+pub trait HealthStore: Send + Sync {
+    /// Commits a small durable write that changes nothing visible, the way every other write
+    /// commits (through the same writer, with the same sync), so a full disk, a read-only
+    /// file or a lost database connection fails it. It only rewrites what is there: it
+    /// never grows the store.
+    async fn probe_write(&self) -> StoreResult<()>;
+}
+
 /// Everything a chat node needs from storage. Implemented automatically for any type that
 /// implements the parts.
 pub trait Store:
@@ -394,6 +409,7 @@ pub trait Store:
     + MetaStore
     + ProfileStore
     + BlockStore
+    + HealthStore
 {
 }
 
@@ -406,5 +422,6 @@ impl<T> Store for T where
         + MetaStore
         + ProfileStore
         + BlockStore
+        + HealthStore
 {
 }

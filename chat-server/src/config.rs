@@ -28,6 +28,10 @@ pub struct Config {
     pub max_group_members: usize,
     /// Frames queued for one connection before it counts as a slow consumer.
     pub outbound_queue: usize,
+    /// Encoded bytes queued for one connection before it counts as a slow consumer (at
+    /// least `MAX_FRAME_BYTES`, so the largest frame fits). With `outbound_queue`, this
+    /// bounds what a device that stops reading can hold in memory.
+    pub outbound_queue_bytes: usize,
     /// Frames per second one connection may send (sustained).
     pub frames_per_second: f64,
     /// Frames one connection may send in a burst.
@@ -115,6 +119,7 @@ impl Default for Config {
             missed_heartbeats: 3,
             max_group_members: MAX_GROUP_MEMBERS,
             outbound_queue: 256,
+            outbound_queue_bytes: 4 * 1024 * 1024,
             frames_per_second: 50.0,
             frame_burst: 200,
             sends_per_account_per_second: 20.0,
@@ -170,6 +175,11 @@ impl Config {
         }
         if self.outbound_queue == 0 || self.frame_burst == 0 || self.frames_per_second <= 0.0 {
             return bad("outbound_queue, frame_burst and frames_per_second must be positive");
+        }
+        if self.outbound_queue_bytes < chat_core::limits::MAX_FRAME_BYTES {
+            return bad(
+                "outbound_queue_bytes must be at least MAX_FRAME_BYTES (the largest frame)",
+            );
         }
         if self.push_attempts == 0 || self.push_concurrency == 0 || self.push_queue == 0 {
             return bad("push_attempts, push_concurrency and push_queue must be positive");

@@ -21,6 +21,7 @@ use crate::blob::FsBlobStore;
 use crate::bus::LocalBus;
 use crate::config::{Config, ConfigError};
 use crate::discovery::{self, Identity, LocalRegistry};
+use crate::health::StoreHealth;
 use crate::presence::Presence;
 use crate::push::{PushDispatcher, Worker};
 use crate::retention;
@@ -122,6 +123,7 @@ impl Server {
             blobs,
             push,
             registry: Arc::new(LocalRegistry::new()),
+            health: StoreHealth::default(),
             metrics: None,
         });
         Ok(Self {

@@ -10,9 +10,16 @@ use chat_core::{BlobStore, Bus, NodeRegistry, Store, Timestamp, UserId};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
+use crate::health::StoreHealth;
 use crate::limiter::{KeyedLimiter, Rate};
 use crate::presence::Presence;
 use crate::push::PushDispatcher;
+
+/// Typing updates one account may send in a burst: a few conversations at once.
+const TYPING_BURST: u32 = 20;
+/// Typing updates one account may send per second (sustained); a client sends one when
+/// typing starts and renews it every few seconds.
+const TYPING_PER_SECOND: f64 = 2.0;
 
 /// Keys of the rate limits that span requests.
 #[derive(Debug)]
@@ -28,6 +35,9 @@ pub(crate) struct Limits {
     pub(crate) bundles: KeyedLimiter<(UserId, UserId)>,
     /// Directory searches per account, so the directory cannot be scraped quickly.
     pub(crate) searches: KeyedLimiter<UserId>,
+    /// Typing updates per account, across its devices and connections (each is relayed to
+    /// every member's connections).
+    pub(crate) typing: KeyedLimiter<UserId>,
 }
 
 impl Limits {
@@ -50,6 +60,7 @@ impl Limits {
                 ),
                 100_000,
             ),
+            typing: KeyedLimiter::new(Rate::new(TYPING_BURST, TYPING_PER_SECOND), 1_000_000),
         }
     }
 }
@@ -77,6 +88,8 @@ pub(crate) struct Shared {
     pub(crate) blobs: Arc<dyn BlobStore>,
     /// Wakes devices that have messages waiting and no live connection.
     pub(crate) push: PushDispatcher,
+    /// Store failures seen by this node: throttled logging and readiness.
+    pub(crate) health: StoreHealth,
     /// The live chat nodes, for discovery.
     pub(crate) registry: Arc<dyn NodeRegistry>,
     /// Renders Prometheus metrics, when a recorder is installed.

@@ -14,8 +14,8 @@ use chat_core::limits::MAX_DEVICES_PER_USER;
 use chat_core::{
     AccountStore, Appended, AttachmentId, AttachmentMeta, Block, BlockStore, ClientKey,
     Conversation, ConversationId, ConversationKind, ConversationStore, Credentials, Device,
-    DeviceAddress, DeviceId, DeviceKeys, Direction, Envelope, InboxEntry, InboxPos, KeyStore,
-    MessageId, MessageStore, MetaStore, NewMessage, OneTimePrekey, PrekeyBundle, Profile,
+    DeviceAddress, DeviceId, DeviceKeys, Direction, Envelope, HealthStore, InboxEntry, InboxPos,
+    KeyStore, MessageId, MessageStore, MetaStore, NewMessage, OneTimePrekey, PrekeyBundle, Profile,
     ProfileStore, ProfileUpdate, PushToken, ReceiptKind, ReceiptPosition, ReceiptStore,
     SearchCursor, SearchKey, SearchPrefix, StoreError, StoreResult, Timestamp, TokenHash, User,
     UserId, Username,
@@ -54,7 +54,7 @@ struct State {
     tokens: HashMap<TokenHash, DeviceAddress>,
     conversations: BTreeMap<ConversationId, ConversationRow>,
     directs: HashMap<(UserId, UserId), ConversationId>,
-    client_keys: HashMap<(DeviceId, ClientKey), (MessageId, Timestamp)>,
+    client_keys: HashMap<(DeviceId, ClientKey), (ConversationId, MessageId, Timestamp)>,
     attachments: HashMap<AttachmentId, AttachmentMeta>,
     profiles: BTreeMap<UserId, Profile>,
     /// The directory index: what the SQL backends' `search_key` b-tree is.
@@ -466,13 +466,24 @@ impl ConversationStore for MemoryStore {
 }
 
 #[async_trait]
+impl HealthStore for MemoryStore {
+    /// Memory always takes writes (while the process has memory).
+    async fn probe_write(&self) -> StoreResult<()> {
+        self.lock().map(drop)
+    }
+}
+
+#[async_trait]
 impl MessageStore for MemoryStore {
     async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
         let mut s = self.lock()?;
-        if let Some(&(id, sent_at)) = s
+        if let Some(&(conversation, id, sent_at)) = s
             .client_keys
             .get(&(message.sender.device, message.client_key))
         {
+            if conversation != message.conversation {
+                return Err(StoreError::ClientKeyReused);
+            }
             return Ok(Appended {
                 id,
                 sent_at,
@@ -543,7 +554,7 @@ impl MessageStore for MemoryStore {
         row.conversation.last_message = Some(id);
         s.client_keys.insert(
             (message.sender.device, message.client_key),
-            (id, message.sent_at),
+            (message.conversation, id, message.sent_at),
         );
         if let Some(user) = withheld_from {
             s.withheld.insert((message.conversation, id), user);

@@ -20,7 +20,7 @@ pub use client::{
 };
 pub use server::{
     Closing, Deliver, ErrorFrame, PresenceEvent, ProfileEvent, ReceiptEvent, ResyncReason,
-    ResyncRequired, Sent, ServerFrame, StaleDevices, SyncEnd, TypingEvent, Welcome,
+    ResyncRequired, Sent, ServerFrame, SharedDeliver, StaleDevices, SyncEnd, TypingEvent, Welcome,
 };
 
 use crate::error::ErrorCode;

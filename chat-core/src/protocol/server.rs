@@ -139,6 +139,79 @@ impl From<InboxEntry> for Deliver {
     }
 }
 
+impl Deliver {
+    /// Encodes the frame in two parts, so that a message sent to many devices has its body
+    /// encoded once and shared by every recipient's frame (reference-counted, not copied):
+    /// the head is `[3, {0: pos, …, 6: header, 7: <byte string length>}]` and the body
+    /// follows it as it is. `head` then `body` are exactly [`ServerFrame::encode`]'s bytes.
+    pub fn encode_shared(&self) -> SharedDeliver {
+        // The body is the map's last field. Encoded empty, it is the final byte 0x40 (a byte
+        // string of length 0), which is replaced by the real length prefix.
+        let empty = Self {
+            body: Bytes::new(),
+            ..self.clone()
+        };
+        let mut head = ServerFrame::Deliver(empty).encode();
+        head.pop();
+        push_byte_string_prefix(&mut head, self.body.len() as u64);
+        SharedDeliver {
+            head: Bytes::from(head),
+            body: self.body.clone(),
+        }
+    }
+}
+
+/// A `deliver` frame encoded in two parts by [`Deliver::encode_shared`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedDeliver {
+    /// Everything up to the body, for one device.
+    pub head: Bytes,
+    /// The message body, shared by every recipient.
+    pub body: Bytes,
+}
+
+impl SharedDeliver {
+    /// The encoded frame's length in bytes.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+
+    /// Always false: a frame has a head.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame as one buffer, for a transport that needs contiguous bytes.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut frame = Vec::with_capacity(self.len());
+        frame.extend_from_slice(&self.head);
+        frame.extend_from_slice(&self.body);
+        Bytes::from(frame)
+    }
+}
+
+/// Appends the head of a definite-length CBOR byte string (major type 2) of `len` bytes, in
+/// its shortest form (RFC 8949, section 3.1), as minicbor writes it.
+fn push_byte_string_prefix(buf: &mut Vec<u8>, len: u64) {
+    const MAJOR: u8 = 0x40;
+    match len {
+        0..=23 => buf.push(MAJOR | len as u8),
+        24..=0xff => buf.extend_from_slice(&[MAJOR | 24, len as u8]),
+        0x100..=0xffff => {
+            buf.push(MAJOR | 25);
+            buf.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            buf.push(MAJOR | 26);
+            buf.extend_from_slice(&(len as u32).to_be_bytes());
+        }
+        _ => {
+            buf.push(MAJOR | 27);
+            buf.extend_from_slice(&len.to_be_bytes());
+        }
+    }
+}
+
 /// `sync_end` (type 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]

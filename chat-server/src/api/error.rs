@@ -6,6 +6,8 @@ use axum::response::{IntoResponse, Response};
 use chat_core::{ErrorCode, StoreError};
 use serde::Serialize;
 
+use crate::health;
+
 /// An error answered to an HTTP client as `{"code": n, "error": "name", "message": "…"}`.
 #[derive(Debug)]
 pub(crate) struct ApiError {
@@ -15,6 +17,8 @@ pub(crate) struct ApiError {
     pub message: String,
     /// For `rate_limited`: seconds until a retry can succeed.
     pub retry_after_secs: Option<u64>,
+    /// The backend failure behind it, if any (logged, never sent).
+    pub failure: Option<StoreFailure>,
 }
 
 impl ApiError {
@@ -24,6 +28,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_secs: None,
+            failure: None,
         }
     }
 
@@ -33,6 +38,7 @@ impl ApiError {
             code: ErrorCode::RateLimited,
             message: "too many requests".into(),
             retry_after_secs: Some(wait.as_secs().max(1)),
+            failure: None,
         }
     }
 }
@@ -80,20 +86,29 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Some(failure) = self.failure {
+            response.extensions_mut().insert(failure);
+        }
         response
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        let code = err.code();
-        if matches!(code, ErrorCode::Unavailable) {
-            tracing::error!(cause = %err, "store failed");
-            return Self::new(code, "storage unavailable");
+        let peer = health::peer_error(&err);
+        let mut error = Self::new(peer.code, peer.message);
+        if health::is_backend(&err) {
+            error.failure = Some(StoreFailure(err.to_string()));
         }
-        Self::new(code, err.to_string())
+        error
     }
 }
+
+/// A backend failure behind an error response, attached to the response so that the
+/// router's [`record_failures`](super::record_failures) layer, which holds the node's
+/// state, records and logs it. Its text is never sent.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreFailure(pub(crate) String);
 
 /// Shorthand for handler results.
 pub(crate) type ApiResult<T> = Result<T, ApiError>;

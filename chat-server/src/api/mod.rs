@@ -20,8 +20,13 @@ use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
 use chat_core::ErrorCode;
 
-use self::error::ApiError;
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+
+use self::error::{ApiError, StoreFailure};
 use crate::gateway;
+use crate::health;
 use crate::state::Shared;
 
 /// The largest JSON request body accepted (1,000 one-time prekeys fit).
@@ -82,18 +87,40 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            record_failures,
+        ))
         .with_state(shared)
 }
 
-/// Ready when the store answers and the node is not shutting down.
+/// Records the backend failure behind an error response (see [`StoreFailure`]) in the
+/// node's store health: logged at most once per interval, and counted for readiness.
+async fn record_failures(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    if let Some(failure) = response.extensions_mut().remove::<StoreFailure>() {
+        shared.health.failed("http request", &failure.0);
+    }
+    response
+}
+
+/// Ready when the node is not shutting down and its store takes writes: no backend failure
+/// in the last few seconds, and a probe write (made at most once a second) succeeds.
 async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     if *shared.shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
-    match shared.store.user(chat_core::UserId::MIN).await {
-        Ok(_) => (StatusCode::OK, "ready"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+    if shared.health.failed_within(health::FAILING_FOR) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "store failing");
     }
+    if !shared.health.writable(shared.store.as_ref()).await {
+        return (StatusCode::SERVICE_UNAVAILABLE, "store cannot take writes");
+    }
+    (StatusCode::OK, "ready")
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

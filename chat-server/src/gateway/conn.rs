@@ -1,16 +1,15 @@
 //! One connection's driver: authentication, backlog from the cursor, then the live loop.
 //!
-//! The store is the source of truth; the bus is only a fast path. The driver remembers the
-//! last inbox position it sent (`sent`): a live delivery at `sent + 1` goes out at once, one
-//! at or below `sent` is a duplicate and is dropped, and one beyond `sent + 1` means the bus
-//! skipped something, so the driver reads the gap from the store. While reading from the
-//! store it discards queued deliveries (each was committed before it was published, so the
-//! read covers it) but forwards every other queued event.
+//! The store is the source of truth; the bus is only a fast path. What was sent, which live
+//! deliveries go out, and when the store must be read (a gap, a `sync`, the trim floor of
+//! inbox retention) is decided by chat-core's [`DeliveryStream`]; this driver carries out
+//! its actions. While reading from the store it discards queued deliveries (each was
+//! committed before it was published, so the read covers it) but forwards every other
+//! queued event.
 //!
-//! Inbox retention: every read from the store (the backlog, a `sync`, a gap repair) first
-//! checks the device's trim floor, and again whenever the entries read skip a position. A
-//! device below the floor gets `resync_required {inbox_trimmed, head: floor}` and the
-//! entries after the floor: it is told, never silently moved past what was trimmed.
+//! A send is fanned out (and push decided) as soon as it is durable, before the `sent`
+//! answer is written: nothing the sender's socket does afterwards can keep the message from
+//! its recipients (R-ABUSE-3).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,20 +26,23 @@ use chat_core::protocol::{
     Subscribe, SyncEnd, TypingEvent, TypingUpdate, Welcome,
 };
 use chat_core::{
-    BusMessage, DeviceAddress, Envelope, ErrorCode, InboxPos, NewMessage, Store, StoreError, Topic,
-    UserId,
+    Action, BusMessage, DeliveryStream, DeviceAddress, Entry, Envelope, ErrorCode, InboxPos, Live,
+    NewMessage, Store, StoreError, StoreResult, Topic, UserId,
 };
 use futures::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant as TokioInstant, timeout_at};
 
-use super::sink::ConnSink;
+use super::sink::{ConnSink, Queue};
 use crate::auth;
+use crate::health::{self, PeerError};
 use crate::limiter::{Bucket, Rate};
 use crate::state::{Shared, now};
 
 /// How long the final `closing` and close frames may take to write.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long they may take after a slow consumer was cut: its socket still holds what was
+/// written before, which a client that reads slowly needs time to drain first.
+const SLOW_CONSUMER_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a typing indicator lasts unless renewed or stopped.
 const TYPING_TTL_MS: u32 = 6_000;
@@ -77,8 +79,12 @@ struct Conn {
     deadline: TokioInstant,
     frames: Bucket,
     rate: Rate,
-    /// The last inbox position sent on this connection.
-    sent: InboxPos,
+    /// Frames refused by the frame limit since the last one accepted: the first refusal is
+    /// answered, later ones are dropped, and a connection that keeps going past a burst's
+    /// worth is closed.
+    refused: u32,
+    /// What this connection has sent of the device's inbox, and what to read.
+    stream: DeliveryStream,
     device: Option<DeviceAddress>,
     subscriptions: Vec<(Topic, chat_core::SubscriptionId)>,
     /// Users sharing a conversation with this device's user, loaded when first needed.
@@ -98,7 +104,8 @@ impl Conn {
             deadline,
             frames: Bucket::full(rate, Instant::now()),
             rate,
-            sent: InboxPos::ZERO,
+            refused: 0,
+            stream: DeliveryStream::new(),
             device: None,
             subscriptions: Vec::new(),
             sink: None,
@@ -144,7 +151,8 @@ impl Conn {
         let Some(device) = self.device else {
             return End::Gone;
         };
-        let (sink, mut rx) = ConnSink::new(self.shared.config.outbound_queue);
+        let config = &self.shared.config;
+        let (sink, mut rx) = ConnSink::new(config.outbound_queue, config.outbound_queue_bytes);
         let sink = Arc::new(sink);
         self.sink = Some(sink.clone());
         for topic in [Topic::Device(device.device), Topic::User(device.user)] {
@@ -177,7 +185,7 @@ impl Conn {
                 () = &mut overflowed => {
                     Err(End::Close(ErrorCode::SlowConsumer, "outbound queue full; resume from your cursor"))
                 }
-                message = rx.recv() => match message {
+                message = rx.recv(&sink) => match message {
                     Some(message) => self.outbound(device, message, &mut rx).await,
                     None => Err(End::Gone),
                 },
@@ -201,22 +209,10 @@ impl Conn {
         }
     }
 
-    /// Sends `welcome`, then the backlog after `cursor`, then `sync_end`. A cursor ahead of
-    /// the head gets `resync_required {cursor_ahead, head}` instead of a backlog; one below
-    /// the trim floor gets `resync_required {inbox_trimmed, head: floor}` before the
-    /// backlog after the floor (see [`Self::catch_up`]).
-    async fn start(
-        &mut self,
-        device: DeviceAddress,
-        cursor: InboxPos,
-        rx: &mut mpsc::Receiver<BusMessage>,
-    ) -> Step {
-        let head = self
-            .shared
-            .store
-            .inbox_head(device)
-            .await
-            .map_err(unavailable)?;
+    /// Sends `welcome`, then the backlog after `cursor` and `sync_end` (or
+    /// `resync_required` where the cursor cannot be served as it is; see [`DeliveryStream`]).
+    async fn start(&mut self, device: DeviceAddress, cursor: InboxPos, rx: &mut Queue) -> Step {
+        let head = stored(&self.shared, self.shared.store.inbox_head(device)).await?;
         let welcome = Welcome {
             version: PROTOCOL_VERSION,
             device,
@@ -225,92 +221,68 @@ impl Conn {
             head,
         };
         self.send_frame(&welcome.into()).await?;
-        if cursor > head {
-            let resync = ResyncRequired {
-                reason: ResyncReason::CursorAhead,
-                head,
-            };
-            self.sent = head;
-            self.send_frame(&resync.into()).await?;
-        } else {
-            self.sent = cursor;
-            self.catch_up(device, rx).await?;
-        }
-        self.send_frame(&SyncEnd { head: self.sent }.into()).await
+        self.stream.handle_sync(cursor, head);
+        self.drive(device, rx).await
     }
 
-    /// Streams the inbox after `self.sent` from the store until it is exhausted. Starting
-    /// below the trim floor, or finding a skipped position on the way (trimming while the
-    /// device was connected), moves `self.sent` to the floor with a `resync_required`.
-    async fn catch_up(
-        &mut self,
-        device: DeviceAddress,
-        rx: &mut mpsc::Receiver<BusMessage>,
-    ) -> Step {
-        self.skip_trimmed(device).await?;
-        loop {
-            // Anything queued now was committed before this read, so the read covers it.
-            while let Ok(message) = rx.try_recv() {
-                match message {
-                    BusMessage::Deliver { .. } => {}
-                    other => self.outbound(device, other, rx).await?,
+    /// Carries out the delivery stream's actions until it has none: reads of the trim floor
+    /// and of inbox pages, `resync_required` and `sync_end`.
+    async fn drive(&mut self, device: DeviceAddress, rx: &mut Queue) -> Step {
+        while let Some(action) = self.stream.poll_action() {
+            match action {
+                Action::ReadFloor => {
+                    let floor = stored(&self.shared, self.shared.store.inbox_floor(device)).await?;
+                    self.stream.handle_floor(floor);
                 }
-            }
-            let page = self
-                .shared
-                .store
-                .inbox(device, self.sent, MAX_SYNC_PAGE)
-                .await
-                .map_err(unavailable)?;
-            let done = page.len() < MAX_SYNC_PAGE;
-            for entry in page {
-                let pos = entry.pos;
-                if Some(pos) != self.sent.next() {
-                    // A skipped position: trimmed since the floor was read.
-                    self.flush().await?;
-                    self.skip_trimmed(device).await?;
-                    if pos <= self.sent {
-                        // Left below the new floor (trimming goes by time, not position).
-                        continue;
+                Action::Read { after } => self.read_page(device, after, rx).await?,
+                Action::Resync { reason, head } => {
+                    if reason == ResyncReason::InboxTrimmed {
+                        tracing::debug!(device = %device.device, floor = head.get(), "cursor below the trim floor");
+                        metrics::counter!("chat_resync_trimmed_total").increment(1);
                     }
+                    self.send_frame(&ResyncRequired { reason, head }.into())
+                        .await?;
                 }
-                let frame = ServerFrame::Deliver(Deliver::from(entry)).encode();
-                self.feed(Bytes::from(frame)).await?;
-                self.sent = pos;
-            }
-            self.flush().await?;
-            metrics::counter!("chat_backlog_pages_total").increment(1);
-            if done {
-                return Ok(());
+                Action::SyncEnd { head } => self.send_frame(&SyncEnd { head }.into()).await?,
             }
         }
+        Ok(())
     }
 
-    /// Moves `self.sent` up to the device's trim floor if it is below it, saying so with
-    /// `resync_required {inbox_trimmed, head: floor}`: the client continues from there.
-    async fn skip_trimmed(&mut self, device: DeviceAddress) -> Step {
-        let floor = self
-            .shared
-            .store
-            .inbox_floor(device)
-            .await
-            .map_err(unavailable)?;
-        if floor <= self.sent {
-            return Ok(());
-        }
-        tracing::debug!(
-            device = %device.device,
-            cursor = self.sent.get(),
-            floor = floor.get(),
-            "cursor below the trim floor"
-        );
-        metrics::counter!("chat_resync_trimmed_total").increment(1);
-        self.sent = floor;
-        let resync = ResyncRequired {
-            reason: ResyncReason::InboxTrimmed,
-            head: floor,
+    /// One page of the inbox after `after`, sent as the delivery stream decides.
+    async fn read_page(&mut self, device: DeviceAddress, after: InboxPos, rx: &mut Queue) -> Step {
+        let Some(sink) = self.sink.clone() else {
+            return Err(End::Gone);
         };
-        self.send_frame(&resync.into()).await
+        // Anything queued now was committed before this read, so the read covers it.
+        while let Some(message) = rx.try_recv(&sink) {
+            match message {
+                BusMessage::Deliver { pos, .. } => {
+                    self.stream.handle_live(pos);
+                }
+                other => self.forward(other).await?,
+            }
+        }
+        let page = stored(
+            &self.shared,
+            self.shared.store.inbox(device, after, MAX_SYNC_PAGE),
+        )
+        .await?;
+        let len = page.len();
+        for entry in page {
+            match self.stream.handle_entry(entry.pos) {
+                Entry::Send => {
+                    let frame = ServerFrame::Deliver(Deliver::from(entry)).encode();
+                    self.feed(Bytes::from(frame)).await?;
+                }
+                Entry::Skip => {}
+                Entry::Stop => break,
+            }
+        }
+        self.flush().await?;
+        metrics::counter!("chat_backlog_pages_total").increment(1);
+        self.stream.handle_page_end(len, MAX_SYNC_PAGE);
+        Ok(())
     }
 
     /// Handles one event from the bus.
@@ -318,20 +290,24 @@ impl Conn {
         &mut self,
         device: DeviceAddress,
         message: BusMessage,
-        rx: &mut mpsc::Receiver<BusMessage>,
+        rx: &mut Queue,
     ) -> Step {
-        match message {
-            BusMessage::Deliver { pos, frame } => {
-                if pos <= self.sent {
-                    return Ok(());
-                }
-                if Some(pos) == self.sent.next() {
-                    self.sent = pos;
-                    metrics::counter!("chat_deliveries_total").increment(1);
-                    return self.send_bytes(frame).await;
-                }
-                Box::pin(self.catch_up(device, rx)).await
+        let BusMessage::Deliver { pos, frame } = message else {
+            return self.forward(message).await;
+        };
+        match self.stream.handle_live(pos) {
+            Live::Send => {
+                metrics::counter!("chat_deliveries_total").increment(1);
+                self.send_bytes(frame.to_bytes()).await
             }
+            Live::Duplicate | Live::Covered => Ok(()),
+            Live::Gap => self.drive(device, rx).await,
+        }
+    }
+
+    /// Handles a bus event other than a delivery.
+    async fn forward(&mut self, message: BusMessage) -> Step {
+        match message {
             BusMessage::Frame(frame) => self.send_bytes(frame).await,
             BusMessage::Expiring { frame, expires_at } => {
                 if now() >= expires_at {
@@ -350,12 +326,7 @@ impl Conn {
     }
 
     /// Handles one WebSocket message from the client.
-    async fn inbound(
-        &mut self,
-        device: DeviceAddress,
-        message: Message,
-        rx: &mut mpsc::Receiver<BusMessage>,
-    ) -> Step {
+    async fn inbound(&mut self, device: DeviceAddress, message: Message, rx: &mut Queue) -> Step {
         self.deadline = TokioInstant::now() + self.shared.config.idle_timeout();
         let bytes = match message {
             Message::Binary(bytes) => bytes,
@@ -369,8 +340,22 @@ impl Conn {
         };
         metrics::counter!("chat_frames_in_total").increment(1);
         if let Err(wait) = self.frames.take(self.rate, Instant::now()) {
+            // Told once; a client that keeps sending past a burst's worth of refusals is not
+            // listening, and answering each frame would let it keep the node busy.
+            self.refused = self.refused.saturating_add(1);
+            metrics::counter!("chat_frames_refused_total").increment(1);
+            if self.refused > self.rate.burst {
+                return Err(End::Close(
+                    ErrorCode::RateLimited,
+                    "too many frames after being told to slow down",
+                ));
+            }
+            if self.refused > 1 {
+                return Ok(());
+            }
             return self.rate_limited(None, wait, "too many frames").await;
         }
+        self.refused = 0;
         let frame = match ClientFrame::decode(&bytes) {
             Ok(frame) => frame,
             Err(err) => {
@@ -385,18 +370,18 @@ impl Conn {
         match frame {
             ClientFrame::Send(send) => self.send(device, send).await,
             ClientFrame::Ack(ack) => {
-                let up_to = ack.up_to.min(self.sent);
-                self.shared
-                    .store
-                    .ack(device, up_to)
-                    .await
-                    .map_err(unavailable)?;
+                let up_to = self.stream.ackable(ack.up_to);
+                // A cursor that is not stored now is stored with a later ack; the client
+                // loses nothing, so a failing store does not end the connection.
+                if let Err(err) = self.shared.store.ack(device, up_to).await {
+                    store_failed(&self.shared, "cursor ack", &err);
+                }
                 Ok(())
             }
             ClientFrame::Sync(sync) => {
-                self.sent = sync.after;
-                self.catch_up(device, rx).await?;
-                self.send_frame(&SyncEnd { head: self.sent }.into()).await
+                let head = stored(&self.shared, self.shared.store.inbox_head(device)).await?;
+                self.stream.handle_sync(sync.after, head);
+                self.drive(device, rx).await
             }
             ClientFrame::Receipt(receipt) => self.receipt(device, receipt).await,
             ClientFrame::Typing(typing) => self.typing(device, typing).await,
@@ -453,25 +438,28 @@ impl Conn {
                 };
                 return self.send_frame(&stale.into()).await;
             }
+            // A conversation that does not exist is answered like one the sender is not
+            // in: conversation IDs are sequential, and the difference would count them.
+            Err(StoreError::NotFound) => {
+                return self
+                    .error(
+                        req,
+                        ErrorCode::NotMember,
+                        "not a member of this conversation",
+                    )
+                    .await;
+            }
             Err(err) => {
-                let code = err.code();
-                if code == ErrorCode::Unavailable {
-                    tracing::error!(cause = %err, "append failed");
+                if health::is_backend(&err) {
+                    store_failed(&self.shared, "append", &err);
                 }
-                return self.error(req, code, &err.to_string()).await;
+                let PeerError { code, message } = health::peer_error(&err);
+                return self.error(req, code, &message).await;
             }
         };
         metrics::histogram!("chat_append_seconds").record(started.elapsed().as_secs_f64());
-        let sent = Sent {
-            req: send.req,
-            conversation: send.conversation,
-            id: appended.id,
-            sent_at: appended.sent_at,
-            duplicate: appended.duplicate,
-        };
-        // The ack goes out before any delivery, so a sender never sees its own message
-        // arrive on another device before it knows the message is stored.
-        self.send_frame(&sent.into()).await?;
+        // Fanned out before the answer is written: once durable, the message reaches its
+        // recipients whatever happens to the sender's socket.
         let envelope = Envelope {
             conversation: send.conversation,
             id: appended.id,
@@ -480,7 +468,28 @@ impl Conn {
             sent_at: appended.sent_at,
             body,
         };
-        for (recipient, pos) in appended.deliveries {
+        self.fan_out(&envelope, &headers, &appended.deliveries)
+            .await;
+        let sent = Sent {
+            req: send.req,
+            conversation: send.conversation,
+            id: appended.id,
+            sent_at: appended.sent_at,
+            duplicate: appended.duplicate,
+        };
+        self.send_frame(&sent.into()).await
+    }
+
+    /// Publishes a stored message to each recipient device's connections, its body encoded
+    /// once and shared; a device no connection took (or that the bus could not reach) is
+    /// woken by push.
+    async fn fan_out(
+        &mut self,
+        envelope: &Envelope,
+        headers: &[chat_core::Recipient],
+        deliveries: &[(DeviceAddress, InboxPos)],
+    ) {
+        for &(recipient, pos) in deliveries {
             let header = headers
                 .iter()
                 .find(|r| r.device == recipient)
@@ -491,7 +500,7 @@ impl Conn {
                 envelope: envelope.clone(),
                 header,
             };
-            let frame = Bytes::from(ServerFrame::Deliver(Deliver::from(entry)).encode());
+            let frame = Deliver::from(entry).encode_shared();
             let event = BusMessage::Deliver { pos, frame };
             match self
                 .shared
@@ -499,14 +508,16 @@ impl Conn {
                 .publish(Topic::Device(recipient.device), event)
                 .await
             {
-                // No live connection took it: wake the device (queued, never waits).
-                Ok(0) => self.shared.push.offline(recipient, send.conversation),
+                Ok(0) => self.shared.push.offline(recipient, envelope.conversation),
                 Ok(_) => {}
-                // The entry is in the inbox; the device gets it on its next sync.
-                Err(err) => tracing::warn!(cause = %err, "live delivery failed"),
+                // The entry is in the inbox; whether a connection has it is unknown, so the
+                // device is woken rather than forgotten.
+                Err(err) => {
+                    tracing::warn!(cause = %err, "live delivery failed");
+                    self.shared.push.offline(recipient, envelope.conversation);
+                }
             }
         }
-        Ok(())
     }
 
     /// Subscribes to the presence of contacts (users sharing a conversation with the caller),
@@ -523,16 +534,14 @@ impl Conn {
         let wanted: BTreeSet<UserId> = subscribe.users.into_iter().collect();
         if wanted.iter().any(|u| !self.contacts.contains(u)) {
             // Conversations may have been joined since the last look: refresh once.
-            self.contacts = load_contacts(self.shared.store.as_ref(), device.user).await?;
+            let store = self.shared.store.clone();
+            self.contacts =
+                stored(&self.shared, load_contacts(store.as_ref(), device.user)).await?;
         }
         // Users who block the caller are refused exactly like non-contacts (R-ACC-4). Read
         // fresh each time: a block may have come since the contacts were loaded.
-        let blockers = self
-            .shared
-            .store
-            .blocked_by(device.user)
-            .await
-            .map_err(unavailable)?;
+        let store = self.shared.store.clone();
+        let blockers = stored(&self.shared, store.blocked_by(device.user)).await?;
         let (allowed, refused): (Vec<UserId>, Vec<UserId>) = wanted
             .into_iter()
             .partition(|u| self.contacts.contains(u) && !blockers.contains(u));
@@ -583,18 +592,28 @@ impl Conn {
     }
 
     async fn receipt(&mut self, device: DeviceAddress, r: ReceiptUpdate) -> Step {
-        let store = &self.shared.store;
-        if !store
-            .is_member(r.conversation, device.user)
-            .await
-            .map_err(unavailable)?
-        {
+        let store = self.shared.store.clone();
+        if !stored(&self.shared, store.is_member(r.conversation, device.user)).await? {
             return self.error(None, ErrorCode::NotMember, "not a member").await;
         }
-        let stored = store
-            .set_receipt(r.conversation, device.user, r.kind, r.up_to)
-            .await;
-        let up_to = stored.map_err(unavailable)?;
+        // A position past the newest message would count every later message as read.
+        let last = stored(&self.shared, store.conversation(r.conversation))
+            .await?
+            .and_then(|c| c.last_message);
+        if last.is_none_or(|last| r.up_to > last) {
+            return self
+                .error(
+                    None,
+                    ErrorCode::InvalidRequest,
+                    "receipt past the conversation's last message",
+                )
+                .await;
+        }
+        let up_to = stored(
+            &self.shared,
+            store.set_receipt(r.conversation, device.user, r.kind, r.up_to),
+        )
+        .await?;
         if up_to != r.up_to {
             return Ok(()); // Lower than the stored position: nothing moved.
         }
@@ -610,16 +629,26 @@ impl Conn {
     }
 
     async fn typing(&mut self, device: DeviceAddress, t: TypingUpdate) -> Step {
-        if !self
+        if let Err(wait) = self
             .shared
-            .store
-            .is_member(t.conversation, device.user)
-            .await
-            .map_err(unavailable)?
+            .limits
+            .typing
+            .check(&device.user, Instant::now())
         {
+            return self
+                .rate_limited(None, wait, "too many typing updates from this account")
+                .await;
+        }
+        let store = self.shared.store.clone();
+        if !stored(&self.shared, store.is_member(t.conversation, device.user)).await? {
             return self.error(None, ErrorCode::NotMember, "not a member").await;
         }
-        if blocked_in_direct(self.shared.store.as_ref(), device.user, t.conversation).await? {
+        if stored(
+            &self.shared,
+            blocked_in_direct(store.as_ref(), device.user, t.conversation),
+        )
+        .await?
+        {
             return Ok(()); // Dropped silently, like a withheld send.
         }
         let event = TypingEvent {
@@ -649,12 +678,8 @@ impl Conn {
         wrap: impl Fn(Bytes) -> BusMessage,
         frame: Bytes,
     ) -> Step {
-        let members = self
-            .shared
-            .store
-            .members(conversation)
-            .await
-            .map_err(unavailable)?;
+        let store = self.shared.store.clone();
+        let members = stored(&self.shared, store.members(conversation)).await?;
         for member in members.into_iter().filter(|m| Some(*m) != skip) {
             let message = wrap(frame.clone());
             if let Err(err) = self.shared.bus.publish(Topic::User(member), message).await {
@@ -740,11 +765,16 @@ impl Conn {
                 reason: code.name().into(),
             };
             // A client that does not read gets a short grace, not a hung task.
+            let grace = if code == ErrorCode::SlowConsumer {
+                SLOW_CONSUMER_GRACE
+            } else {
+                CLOSE_GRACE
+            };
             let goodbye = async {
                 self.socket.send(Message::Binary(closing)).await?;
                 self.socket.send(Message::Close(Some(frame))).await
             };
-            let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
+            let _ = tokio::time::timeout(grace, goodbye).await;
         }
     }
 }
@@ -767,10 +797,10 @@ async fn unless_overflowed<E>(
 }
 
 /// Everyone who shares a conversation with `user`.
-async fn load_contacts(store: &dyn Store, user: UserId) -> Result<HashSet<UserId>, End> {
+async fn load_contacts(store: &dyn Store, user: UserId) -> StoreResult<HashSet<UserId>> {
     let mut contacts = HashSet::new();
-    for conversation in store.conversations_of(user).await.map_err(unavailable)? {
-        contacts.extend(store.members(conversation.id).await.map_err(unavailable)?);
+    for conversation in store.conversations_of(user).await? {
+        contacts.extend(store.members(conversation.id).await?);
     }
     contacts.remove(&user);
     Ok(contacts)
@@ -781,24 +811,37 @@ async fn blocked_in_direct(
     store: &dyn Store,
     user: UserId,
     conversation: chat_core::ConversationId,
-) -> Result<bool, End> {
-    let blockers = store.blocked_by(user).await.map_err(unavailable)?;
+) -> StoreResult<bool> {
+    let blockers = store.blocked_by(user).await?;
     if blockers.is_empty() {
         return Ok(false);
     }
     let direct = store
         .conversation(conversation)
-        .await
-        .map_err(unavailable)?
+        .await?
         .is_some_and(|c| c.kind == chat_core::ConversationKind::Direct);
     if !direct {
         return Ok(false);
     }
-    let members = store.members(conversation).await.map_err(unavailable)?;
+    let members = store.members(conversation).await?;
     Ok(members.iter().any(|m| blockers.contains(m)))
 }
 
-fn unavailable(err: StoreError) -> End {
-    tracing::error!(cause = %err, "store failed during a connection");
-    End::Close(ErrorCode::Unavailable, "storage unavailable")
+/// Awaits a store call; a failure ends the connection with `unavailable` (the client
+/// reconnects and resumes from its cursor), a backend failure recorded in the node's store
+/// health.
+async fn stored<T>(shared: &Shared, call: impl Future<Output = StoreResult<T>>) -> Result<T, End> {
+    call.await.map_err(|err| {
+        store_failed(shared, "connection", &err);
+        End::Close(ErrorCode::Unavailable, "storage unavailable")
+    })
+}
+
+/// Records a backend failure (throttled log, readiness); a model refusal is not one.
+fn store_failed(shared: &Shared, during: &'static str, err: &StoreError) {
+    if health::is_backend(err) {
+        shared.health.failed(during, err);
+    } else {
+        tracing::debug!(cause = %err, during, "store refused during a connection");
+    }
 }

@@ -12,10 +12,10 @@ use async_trait::async_trait;
 use chat_core::{
     AccountStore, Appended, AttachmentId, AttachmentMeta, Block, BlockStore, Conversation,
     ConversationId, ConversationStore, Credentials, Device, DeviceAddress, DeviceKeys, Direction,
-    Envelope, InboxEntry, InboxPos, KeyStore, MessageId, MessageStore, MetaStore, NewMessage,
-    OneTimePrekey, PrekeyBundle, Profile, ProfileStore, ProfileUpdate, PushToken, ReceiptKind,
-    ReceiptPosition, ReceiptStore, SearchCursor, SearchPrefix, StoreError, StoreResult, Timestamp,
-    TokenHash, User, UserId, Username,
+    Envelope, HealthStore, InboxEntry, InboxPos, KeyStore, MessageId, MessageStore, MetaStore,
+    NewMessage, OneTimePrekey, PrekeyBundle, Profile, ProfileStore, ProfileUpdate, PushToken,
+    ReceiptKind, ReceiptPosition, ReceiptStore, SearchCursor, SearchPrefix, StoreError,
+    StoreResult, Timestamp, TokenHash, User, UserId, Username,
 };
 use tokio_postgres::Config;
 
@@ -297,6 +297,14 @@ impl ConversationStore for PostgresStore {
 
     async fn conversations_of(&self, user: UserId) -> StoreResult<Vec<Conversation>> {
         on_conn!(self, |db| ops::conversations_of(&db, user).await)
+    }
+}
+
+#[async_trait]
+impl HealthStore for PostgresStore {
+    /// Rewrites the schema version row with its own value in a committed transaction.
+    async fn probe_write(&self) -> StoreResult<()> {
+        in_tx!(self, |db| ops::probe_write(&db).await)
     }
 }
 

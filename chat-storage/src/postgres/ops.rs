@@ -215,6 +215,8 @@ const REVOKE: &str = "DELETE FROM tokens WHERE hash = $1";
 const SET_LAST_ACTIVE: &str = "UPDATE users
     SET last_active = GREATEST(coalesce(last_active, $2), $2) WHERE id = $1";
 const LAST_ACTIVE: &str = "SELECT last_active FROM users WHERE id = $1";
+/// A write that changes nothing visible: the version row rewritten with its own value.
+const PROBE_WRITE: &str = "UPDATE schema_version SET version = version";
 
 /// One-time prekeys belong to the identity that published them: a new identity starts with
 /// an empty pool.
@@ -255,8 +257,8 @@ const CONVERSATIONS_OF: &str = "SELECT c.id, c.kind, c.created_at, c.last_id
     FROM members m JOIN conversations c ON c.id = m.conversation_id
     WHERE m.user_id = $1 ORDER BY c.id";
 
-const FIND_CLIENT_KEY: &str =
-    "SELECT message_id, sent_at FROM client_keys WHERE sender_device = $1 AND client_key = $2";
+const FIND_CLIENT_KEY: &str = "SELECT message_id, sent_at, conversation_id FROM client_keys
+     WHERE sender_device = $1 AND client_key = $2";
 const ALLOCATE_ID: &str =
     "UPDATE conversations SET last_id = last_id + 1 WHERE id = $1 RETURNING last_id";
 /// The members' current devices, each with whether its user blocks the sender ($2) in a
@@ -363,6 +365,7 @@ pub(crate) const STATEMENTS: &[&str] = &[
     REVOKE,
     SET_LAST_ACTIVE,
     LAST_ACTIVE,
+    PROBE_WRITE,
     DROP_STALE_PREKEYS,
     SET_KEYS,
     ADD_PREKEYS,
@@ -598,6 +601,10 @@ pub(crate) async fn authenticate(
         user: from_sql(get(&row, 0)?, "user ID")?,
         device: from_sql(get(&row, 1)?, "device ID")?,
     }))
+}
+
+pub(crate) async fn probe_write(db: &Db<'_>) -> StoreResult<()> {
+    db.exec(PROBE_WRITE, &[]).await.map(drop)
 }
 
 pub(crate) async fn revoke_token(db: &Db<'_>, token: TokenHash) -> StoreResult<bool> {

@@ -15,10 +15,10 @@ use async_trait::async_trait;
 use chat_core::{
     AccountStore, Appended, AttachmentId, AttachmentMeta, Block, BlockStore, Conversation,
     ConversationId, ConversationStore, Credentials, Device, DeviceAddress, DeviceKeys, Direction,
-    Envelope, InboxEntry, InboxPos, KeyStore, MessageId, MessageStore, MetaStore, NewMessage,
-    OneTimePrekey, PrekeyBundle, Profile, ProfileStore, ProfileUpdate, PushToken, ReceiptKind,
-    ReceiptPosition, ReceiptStore, SearchCursor, SearchPrefix, StoreError, StoreResult, Timestamp,
-    TokenHash, User, UserId, Username,
+    Envelope, HealthStore, InboxEntry, InboxPos, KeyStore, MessageId, MessageStore, MetaStore,
+    NewMessage, OneTimePrekey, PrekeyBundle, Profile, ProfileStore, ProfileUpdate, PushToken,
+    ReceiptKind, ReceiptPosition, ReceiptStore, SearchCursor, SearchPrefix, StoreError,
+    StoreResult, Timestamp, TokenHash, User, UserId, Username,
 };
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
@@ -431,6 +431,15 @@ impl ConversationStore for SqliteStore {
 
     async fn conversations_of(&self, user: UserId) -> StoreResult<Vec<Conversation>> {
         self.read(move |c| ops::conversations_of(c, user)).await
+    }
+}
+
+#[async_trait]
+impl HealthStore for SqliteStore {
+    /// Sets `user_version` to its own value through the writer: page 1 is rewritten and
+    /// committed with the configured sync, so a full disk or a read-only file fails it.
+    async fn probe_write(&self) -> StoreResult<()> {
+        self.write(ops::probe_write).await
     }
 }
 

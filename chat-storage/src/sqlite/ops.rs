@@ -312,6 +312,14 @@ pub(crate) fn authenticate(
     }))
 }
 
+pub(crate) fn probe_write(conn: &Connection) -> StoreResult<()> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(backend)?;
+    conn.pragma_update(None, "user_version", version)
+        .map_err(backend)
+}
+
 pub(crate) fn revoke_token(conn: &Connection, token: TokenHash) -> StoreResult<bool> {
     let mut stmt = conn
         .prepare_cached("DELETE FROM tokens WHERE hash = ?1")

@@ -106,6 +106,48 @@ pub async fn idempotent_retries_write_nothing(store: Arc<dyn Store>) {
     assert_eq!(store.append(other_device).await.expect("append").id, mid(2));
 }
 
+/// A client key is the sending device's for one message: reusing it for another
+/// conversation is refused, not answered with the first message's ID (which is in a
+/// conversation the retry did not name), and writes nothing.
+pub async fn client_key_reuse_in_another_conversation_is_refused(store: Arc<dyn Store>) {
+    let (first_conv, _, all) = group(&*store, 2, 1).await;
+    let sender = all[0];
+    let first = message(first_conv, sender, &others(&all, sender));
+    store.append(first.clone()).await.expect("append");
+
+    let second_conv = store
+        .create_group(sender.user, &[all[1].user], MAX_GROUP_MEMBERS, NOW)
+        .await
+        .expect("group")
+        .id;
+    let mut reuse = message(second_conv, sender, &others(&all, sender));
+    reuse.client_key = first.client_key;
+    assert!(matches!(
+        store.append(reuse).await,
+        Err(StoreError::ClientKeyReused)
+    ));
+    let history = store
+        .history(second_conv, mid(MAX_ID), Direction::Before, 10)
+        .await
+        .expect("history");
+    assert!(history.is_empty(), "nothing written");
+    assert_eq!(store.inbox_head(all[1]).await.expect("head"), pos(1));
+    // The retry in the first conversation is still the duplicate it always was.
+    assert!(store.append(first).await.expect("retry").duplicate);
+}
+
+/// The write probe commits on a healthy store and changes nothing visible.
+pub async fn probe_write_commits(store: Arc<dyn Store>) {
+    let (conv, _, all) = group(&*store, 2, 1).await;
+    store.probe_write().await.expect("probe");
+    store.probe_write().await.expect("probe again");
+    let done = store
+        .append(message(conv, all[0], &all[1..]))
+        .await
+        .expect("append after probes");
+    assert_eq!(done.id, mid(1));
+}
+
 /// Many concurrent sends of one message (same key) make exactly one message.
 pub async fn concurrent_retries_make_one_message(store: Arc<dyn Store>) {
     let (conv, _, all) = group(&*store, 2, 1).await;

@@ -83,6 +83,8 @@ macro_rules! conformance_tests {
             new_identity_empties_the_prekey_pool,
             concurrent_appends_are_gapless_and_ordered,
             idempotent_retries_write_nothing,
+            client_key_reuse_in_another_conversation_is_refused,
+            probe_write_commits,
             concurrent_retries_make_one_message,
             stale_devices_are_reported_exactly,
             non_members_cannot_send,
@@ -243,10 +245,12 @@ pub use conversations::{
     member_limit_holds_under_concurrent_adds, member_limit_is_all_or_nothing,
 };
 pub use messages::{
+    client_key_reuse_in_another_conversation_is_refused,
     concurrent_appends_are_gapless_and_ordered, concurrent_retries_make_one_message,
     cursor_ack_is_monotonic, history_paging_edges, idempotent_retries_write_nothing,
-    inbox_paging_edges, message_lookup, non_members_cannot_send, receipts_are_monotonic,
-    removed_member_gets_nothing_after_removal, stale_devices_are_reported_exactly,
+    inbox_paging_edges, message_lookup, non_members_cannot_send, probe_write_commits,
+    receipts_are_monotonic, removed_member_gets_nothing_after_removal,
+    stale_devices_are_reported_exactly,
 };
 pub use people::{
     blocked_direct_sends_are_withheld, blocks_are_one_way, profiles_round_trip,

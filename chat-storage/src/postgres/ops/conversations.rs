@@ -187,6 +187,9 @@ async fn find_duplicate(db: &Db<'_>, message: &NewMessage) -> StoreResult<Option
     let Some(row) = db.opt(FIND_CLIENT_KEY, params).await? else {
         return Ok(None);
     };
+    if get::<i64>(&row, 2)? != to_sql(message.conversation.get()) {
+        return Err(StoreError::ClientKeyReused);
+    }
     Ok(Some(Appended {
         id: from_sql(get(&row, 0)?, "message ID")?,
         sent_at: ts(get(&row, 1)?),

@@ -258,17 +258,27 @@ pub(crate) fn append(conn: &Connection, message: &NewMessage) -> StoreResult<App
     let sender_device = to_sql(message.sender.device.get());
     let mut dup = conn
         .prepare_cached(
-            "SELECT id, sent_at FROM messages WHERE sender_device = ?1 AND client_key = ?2",
+            "SELECT conversation_id, id, sent_at FROM messages
+             WHERE sender_device = ?1 AND client_key = ?2",
         )
         .map_err(backend)?;
     let first = dup
         .query_row(
             params![sender_device, &message.client_key.as_bytes()[..]],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            },
         )
         .optional()
         .map_err(backend)?;
-    if let Some((id, sent_at)) = first {
+    if let Some((conversation, id, sent_at)) = first {
+        if conversation != to_sql(message.conversation.get()) {
+            return Err(StoreError::ClientKeyReused);
+        }
         let id = from_sql(id, "message ID")?;
         return Ok(Appended {
             id,
