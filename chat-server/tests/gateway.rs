@@ -7,98 +7,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chat_core::protocol::{Ack, ClientFrame, Send, ServerFrame, SyncRequest};
-use chat_core::{
-    ClientKey, ConversationId, DeviceAddress, DeviceId, ErrorCode, InboxPos, Recipient, UserId,
+use chat_core::protocol::{Ack, ServerFrame, SyncRequest};
+use chat_core::{ConversationId, DeviceAddress, DeviceId, ErrorCode, InboxPos, Recipient, UserId};
+use common::{
+    Account, Client, TestServer, backlog, conversation_id, direct, recipients, send_frame,
+    test_config,
 };
-use common::{Account, Client, TestServer, test_config};
-use serde_json::{Value, json};
-
-fn conversation_id(body: &Value) -> ConversationId {
-    ConversationId::new(body["id"].as_u64().expect("conversation id")).unwrap()
-}
-
-async fn direct(server: &TestServer, a: &Account, b: &Account) -> ConversationId {
-    let (status, body) = server
-        .http(
-            "POST",
-            "/v1/conversations/direct",
-            Some(&a.token),
-            Some(json!({"user_id": b.user()})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    conversation_id(&body)
-}
-
-/// The devices a send from `from` must cover.
-async fn recipients(
-    server: &TestServer,
-    from: &Account,
-    conversation: ConversationId,
-    header: &[u8],
-) -> Vec<Recipient> {
-    let (status, body) = server
-        .http(
-            "GET",
-            &format!("/v1/conversations/{conversation}/devices"),
-            Some(&from.token),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| DeviceAddress {
-            user: UserId::new(d["user"].as_u64().unwrap()).unwrap(),
-            device: DeviceId::new(d["device"].as_u64().unwrap()).unwrap(),
-        })
-        .filter(|d| *d != from.device)
-        .map(|device| Recipient {
-            device,
-            header: Bytes::copy_from_slice(header),
-        })
-        .collect()
-}
-
-fn send_frame(
-    req: u32,
-    conversation: ConversationId,
-    key: u8,
-    body: &[u8],
-    recipients: Vec<Recipient>,
-) -> ClientFrame {
-    Send {
-        req,
-        conversation,
-        client_key: ClientKey::from_bytes([key; 16]),
-        body: Bytes::copy_from_slice(body),
-        recipients,
-    }
-    .into()
-}
-
-/// Reads frames until the backlog ends; returns the deliveries (pos, body).
-async fn backlog(client: &mut Client) -> Vec<(u64, Bytes)> {
-    let (before, end) = client.until(|f| matches!(f, ServerFrame::SyncEnd(_))).await;
-    let ServerFrame::SyncEnd(end) = end else {
-        unreachable!()
-    };
-    let deliveries: Vec<_> = before
-        .into_iter()
-        .filter_map(|f| match f {
-            ServerFrame::Deliver(d) => Some((d.pos.get(), d.body)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(
-        deliveries.last().map_or(0, |d| d.0),
-        end.head.get().max(deliveries.last().map_or(0, |d| d.0))
-    );
-    deliveries
-}
+use serde_json::json;
 
 #[tokio::test]
 async fn one_to_one_reaches_every_device_and_ack_comes_first() {

@@ -441,13 +441,8 @@ impl Conn {
             // A conversation that does not exist is answered like one the sender is not
             // in: conversation IDs are sequential, and the difference would count them.
             Err(StoreError::NotFound) => {
-                return self
-                    .error(
-                        req,
-                        ErrorCode::NotMember,
-                        "not a member of this conversation",
-                    )
-                    .await;
+                let PeerError { code, message } = health::peer_error(&StoreError::NotMember);
+                return self.error(req, code, &message).await;
             }
             Err(err) => {
                 if health::is_backend(&err) {

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chat_core::protocol::{Auth, ClientFrame, PROTOCOL_VERSION, ServerFrame};
-use chat_core::{DeviceAddress, DeviceId, InboxPos, Store, UserId};
+use chat_core::protocol::{Auth, ClientFrame, PROTOCOL_VERSION, Send, ServerFrame};
+use chat_core::{
+    ClientKey, ConversationId, DeviceAddress, DeviceId, InboxPos, Recipient, Store, UserId,
+};
 use chat_server::{Config, Server};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -505,4 +507,92 @@ pub fn peak_rss() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .expect("VmHWM")
         * 1024
+}
+
+// ---- conversations and sends ----
+
+pub fn conversation_id(body: &Value) -> ConversationId {
+    ConversationId::new(body["id"].as_u64().expect("conversation id")).unwrap()
+}
+
+pub async fn direct(server: &TestServer, a: &Account, b: &Account) -> ConversationId {
+    let (status, body) = server
+        .http(
+            "POST",
+            "/v1/conversations/direct",
+            Some(&a.token),
+            Some(json!({"user_id": b.user()})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    conversation_id(&body)
+}
+
+/// The devices a send from `from` must cover.
+pub async fn recipients(
+    server: &TestServer,
+    from: &Account,
+    conversation: ConversationId,
+    header: &[u8],
+) -> Vec<Recipient> {
+    let (status, body) = server
+        .http(
+            "GET",
+            &format!("/v1/conversations/{conversation}/devices"),
+            Some(&from.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| DeviceAddress {
+            user: UserId::new(d["user"].as_u64().unwrap()).unwrap(),
+            device: DeviceId::new(d["device"].as_u64().unwrap()).unwrap(),
+        })
+        .filter(|d| *d != from.device)
+        .map(|device| Recipient {
+            device,
+            header: Bytes::copy_from_slice(header),
+        })
+        .collect()
+}
+
+pub fn send_frame(
+    req: u32,
+    conversation: ConversationId,
+    key: u8,
+    body: &[u8],
+    recipients: Vec<Recipient>,
+) -> ClientFrame {
+    Send {
+        req,
+        conversation,
+        client_key: ClientKey::from_bytes([key; 16]),
+        body: Bytes::copy_from_slice(body),
+        recipients,
+    }
+    .into()
+}
+
+/// Reads frames until the backlog ends; returns the deliveries (pos, body).
+pub async fn backlog(client: &mut Client) -> Vec<(u64, Bytes)> {
+    let (before, end) = client.until(|f| matches!(f, ServerFrame::SyncEnd(_))).await;
+    let ServerFrame::SyncEnd(end) = end else {
+        unreachable!()
+    };
+    let deliveries: Vec<_> = before
+        .into_iter()
+        .filter_map(|f| match f {
+            ServerFrame::Deliver(d) => Some((d.pos.get(), d.body)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        deliveries.last().map_or(0, |d| d.0),
+        end.head.get().max(deliveries.last().map_or(0, |d| d.0))
+    );
+    deliveries
 }
