@@ -7,7 +7,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chat_core::limits::MAX_GROUP_MEMBERS;
-use serde::Deserialize;
+use chat_storage::Durability;
+use serde::{Deserialize, Deserializer};
+
+/// Reads a [`Durability`] from `"fsync"` or `"os"`.
+fn durability<'de, D: Deserializer<'de>>(d: D) -> Result<Durability, D::Error> {
+    let name = String::deserialize(d)?;
+    name.parse().map_err(serde::de::Error::custom)
+}
 
 /// Everything a node needs to run. `Config::default()` is the embedded single-node setup.
 #[derive(Debug, Clone, Deserialize)]
@@ -18,6 +25,15 @@ pub struct Config {
     /// The store URL: `sqlite://PATH`, `postgres://…` (with the `postgres` feature) or
     /// `memory:`.
     pub store: String,
+    /// How far each commit is pushed before a send is acknowledged: `"fsync"` (the default:
+    /// on stable storage, survives power loss) or `"os"` (handed to the operating system or
+    /// the database server: survives a crash of this process, not a power loss). See
+    /// docs/OPERATIONS.md, "Durability".
+    #[serde(deserialize_with = "durability")]
+    pub durability: Durability,
+    /// Connections to PostgreSQL held open by this node (ignored by other stores). With
+    /// PostgreSQL's default of 100 connections, nodes x pool size must stay below it.
+    pub store_pool_size: usize,
     /// TLS certificate chain and private key (PEM). Plain TCP when absent.
     pub tls: Option<TlsConfig>,
     /// How often clients must send heartbeats, in milliseconds.
@@ -114,6 +130,8 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             store: "sqlite://data/chat.db".into(),
+            durability: Durability::Fsync,
+            store_pool_size: 16,
             tls: None,
             heartbeat_interval_ms: 5_000,
             missed_heartbeats: 3,
@@ -175,6 +193,9 @@ impl Config {
         }
         if self.outbound_queue == 0 || self.frame_burst == 0 || self.frames_per_second <= 0.0 {
             return bad("outbound_queue, frame_burst and frames_per_second must be positive");
+        }
+        if self.store_pool_size == 0 {
+            return bad("store_pool_size must be positive");
         }
         if self.outbound_queue_bytes < chat_core::limits::MAX_FRAME_BYTES {
             return bad(
@@ -238,5 +259,14 @@ mod tests {
         let config: Config = serde_json::from_str(r#"{"inbox_retention_days": 0}"#).unwrap();
         assert_eq!(config.inbox_retention(), None);
         assert!(serde_json::from_str::<Config>(r#"{"inbox_retention_days": -1}"#).is_err());
+    }
+
+    #[test]
+    fn durability_is_fsync_unless_asked() {
+        assert_eq!(Config::default().durability, Durability::Fsync);
+        let config: Config = serde_json::from_str(r#"{"durability": "os"}"#).unwrap();
+        assert_eq!(config.durability, Durability::Os);
+        let err = serde_json::from_str::<Config>(r#"{"durability": "never"}"#).unwrap_err();
+        assert!(err.to_string().contains("fsync"), "{err}");
     }
 }

@@ -25,6 +25,13 @@ struct Args {
     /// Store URL: sqlite://PATH, postgres://… or memory:.
     #[arg(long, env = "CHAT_STORE")]
     store: Option<String>,
+    /// Durability of acknowledged sends: fsync (survives power loss; the default) or os
+    /// (survives a crash of this process, not a power loss).
+    #[arg(long, env = "CHAT_DURABILITY")]
+    durability: Option<chat_storage::Durability>,
+    /// PostgreSQL connections held open by this node.
+    #[arg(long, env = "CHAT_STORE_POOL_SIZE")]
+    store_pool_size: Option<usize>,
     /// TLS certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "CHAT_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -86,6 +93,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(store) = args.store {
         config.store = store;
+    }
+    if let Some(durability) = args.durability {
+        config.durability = durability;
+    }
+    if let Some(size) = args.store_pool_size {
+        config.store_pool_size = size;
     }
     if let Some(days) = args.inbox_retention_days {
         config.inbox_retention_days = days;

@@ -74,7 +74,10 @@ impl Server {
         if let Some(dir) = sqlite_dir.filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let store = chat_storage::open(&config.store).await?;
+        let options = chat_storage::OpenOptions::default()
+            .durability(config.durability)
+            .pool_size(config.store_pool_size);
+        let store = chat_storage::open_with(&config.store, &options).await?;
         Self::with_store(config, store).await
     }
 

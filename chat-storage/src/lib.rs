@@ -56,6 +56,66 @@ pub use sqlite::{SqliteOptions, SqliteStats, SqliteStore, Synchronous};
 /// Migrations run before this returns; a store written by a newer schema is refused with
 /// [`StoreError::SchemaTooNew`].
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(url, &OpenOptions::default()).await
+}
+
+/// How far each commit is pushed before the writes it carries are acknowledged
+/// (docs/OPERATIONS.md, "Durability").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Every commit is on stable storage before it is acknowledged: SQLite
+    /// `synchronous = FULL` (one fsync of the WAL per group commit), PostgreSQL
+    /// `synchronous_commit = on`. Survives a crash of any process and a power loss. The
+    /// default.
+    #[default]
+    Fsync,
+    /// Every commit has reached the operating system (SQLite `synchronous = NORMAL` in WAL
+    /// mode: fsyncs only at checkpoints) or the database server's memory (PostgreSQL
+    /// `synchronous_commit = off`: its WAL writer flushes within about three
+    /// `wal_writer_delay`s, 600 ms by default) before it is acknowledged. Survives a crash of
+    /// the chat-server process. A power loss or kernel crash (with PostgreSQL, also a crash
+    /// of the database server) can lose the commits acknowledged shortly before it; it never
+    /// corrupts the store.
+    Os,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = StoreError;
+
+    /// `fsync` or `os`.
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "fsync" => Ok(Self::Fsync),
+            "os" => Ok(Self::Os),
+            _ => Err(StoreError::Invalid("durability is \"fsync\" or \"os\"")),
+        }
+    }
+}
+
+/// Settings for [`open_with`], for whichever backend the URL names.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    durability: Durability,
+    pool_size: Option<usize>,
+}
+
+impl OpenOptions {
+    /// Sets the durability of commits (default [`Durability::Fsync`]).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets the PostgreSQL connection pool size (default 16); other backends ignore it.
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = Some(size);
+        self
+    }
+}
+
+/// Opens the store a URL names, like [`open`], with `options`.
+pub async fn open_with(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store>, StoreError> {
     if url == "memory:" {
         return Ok(Arc::new(MemoryStore::new()));
     }
@@ -64,12 +124,21 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
     {
-        let store = SqliteStore::open(path, SqliteOptions::default()).await?;
+        let synchronous = match options.durability {
+            Durability::Fsync => Synchronous::Full,
+            Durability::Os => Synchronous::Normal,
+        };
+        let store =
+            SqliteStore::open(path, SqliteOptions::default().synchronous(synchronous)).await?;
         return Ok(Arc::new(store));
     }
     #[cfg(feature = "postgres")]
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PostgresStore::connect(url, PostgresOptions::default()).await?;
+        let mut pg = PostgresOptions::default().durability(options.durability);
+        if let Some(size) = options.pool_size {
+            pg = pg.pool_size(size);
+        }
+        let store = PostgresStore::connect(url, pg).await?;
         return Ok(Arc::new(store));
     }
     Err(StoreError::Invalid(

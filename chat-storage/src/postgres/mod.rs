@@ -19,6 +19,8 @@ use chat_core::{
 };
 use tokio_postgres::Config;
 
+use crate::Durability;
+
 use ops::Db;
 use pool::Pool;
 
@@ -34,6 +36,7 @@ const MAX_RETRIES: u32 = 8;
 pub struct PostgresOptions {
     pool_size: usize,
     schema: Option<String>,
+    durability: Durability,
 }
 
 impl Default for PostgresOptions {
@@ -41,6 +44,7 @@ impl Default for PostgresOptions {
         Self {
             pool_size: 16,
             schema: None,
+            durability: Durability::Fsync,
         }
     }
 }
@@ -49,6 +53,13 @@ impl PostgresOptions {
     /// Sets the most connections held open (default 16, at least 1).
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size.max(1);
+        self
+    }
+
+    /// Sets the durability of commits (default [`Durability::Fsync`]): with
+    /// [`Durability::Os`] the store's sessions run with `synchronous_commit = off`.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
         self
     }
 
@@ -95,7 +106,16 @@ impl PostgresStore {
                 .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
                 .await
                 .map_err(StoreError::backend)?;
-            config.options(format!("-c search_path={schema}"));
+        }
+        let mut session = Vec::new();
+        if let Some(schema) = &options.schema {
+            session.push(format!("-c search_path={schema}"));
+        }
+        if options.durability == Durability::Os {
+            session.push("-c synchronous_commit=off".to_owned());
+        }
+        if !session.is_empty() {
+            config.options(session.join(" "));
         }
         let mut first = pool::connect(&config).await?;
         schema::migrate(&mut first).await?;

@@ -26,6 +26,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::common::failure;
 
+mod checkpointer;
 mod ops;
 mod schema;
 #[cfg(all(test, feature = "testing"))]
@@ -112,6 +113,8 @@ pub struct SqliteStore {
     queue: mpsc::Sender<writer::Job>,
     readers: Arc<Readers>,
     counters: Arc<writer::Counters>,
+    /// Dropped with the store, which stops the checkpointer thread.
+    _checkpointer: std::sync::mpsc::Sender<()>,
 }
 
 /// What the writer thread has done since the store was opened: with many concurrent
@@ -126,6 +129,8 @@ pub struct SqliteStats {
     /// Batches rolled back and run again one savepoint per request, because a request
     /// failed after it had written (see the writer's module docs); rare.
     pub reruns: u64,
+    /// Checkpoints run by the checkpointer thread (off the writer).
+    pub checkpoints: u64,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -166,6 +171,14 @@ impl SqliteStore {
             .name("chat-sqlite-writer".into())
             .spawn(move || writer::run(conn, rx, max_batch, &writer_counters))
             .map_err(StoreError::backend)?;
+        let checkpoint_conn =
+            checkpointer::open(&path, sync.pragma()).map_err(StoreError::backend)?;
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let checkpoint_counters = Arc::clone(&counters);
+        std::thread::Builder::new()
+            .name("chat-sqlite-checkpointer".into())
+            .spawn(move || checkpointer::run(checkpoint_conn, checkpoint_counters, stopped))
+            .map_err(StoreError::backend)?;
         let readers = Readers {
             path,
             idle: Mutex::new(Vec::new()),
@@ -175,6 +188,7 @@ impl SqliteStore {
             queue: tx,
             readers: Arc::new(readers),
             counters,
+            _checkpointer: stop,
         })
     }
 
@@ -184,6 +198,7 @@ impl SqliteStore {
             commits: self.counters.commits.load(Ordering::Relaxed),
             writes: self.counters.writes.load(Ordering::Relaxed),
             reruns: self.counters.reruns.load(Ordering::Relaxed),
+            checkpoints: self.counters.checkpoints.load(Ordering::Relaxed),
         }
     }
 
@@ -245,8 +260,12 @@ fn open_writer(path: &Path, sync: Synchronous) -> StoreResult<Connection> {
             "could not switch the database to WAL (got {mode})"
         )));
     }
+    // Checkpoints run on the checkpointer thread, never inside the writer's commits; the
+    // WAL file is cut back to 64 MiB when SQLite restarts it after a full checkpoint.
     conn.execute_batch(&format!(
         "PRAGMA synchronous = {};
+         PRAGMA wal_autocheckpoint = 0;
+         PRAGMA journal_size_limit = 67108864;
          PRAGMA busy_timeout = 5000;
          PRAGMA cache_size = -65536;
          PRAGMA temp_store = MEMORY;",

@@ -142,3 +142,42 @@ async fn a_request_failing_after_writing_fails_alone() {
     assert!(!retry.duplicate);
     assert_eq!(retry.id.get(), SENDS as u64);
 }
+
+/// The writer never checkpoints; the checkpointer thread copies the WAL into the database
+/// file while appends go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpointer_copies_the_wal_off_the_writer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("chat.db");
+    let store = Arc::new(
+        SqliteStore::open(&path, SqliteOptions::default())
+            .await
+            .expect("open"),
+    );
+    let (a, senders) = testing::user_with_devices(&*store, 1).await;
+    let (b, readers) = testing::user_with_devices(&*store, 1).await;
+    let conv = store.open_direct(a, b, NOW).await.expect("direct").id;
+    let db_size = || std::fs::metadata(&path).map_or(0, |m| m.len());
+    let before = db_size();
+    // About 3 MiB of messages: far past the 1,000 pages at which SQLite's own automatic
+    // checkpoint would have run inside a commit.
+    for _ in 0..100 {
+        let mut message = testing::message(conv, senders[0], &readers);
+        message.body = bytes::Bytes::from(vec![7u8; 32 * 1024]);
+        store.append(message).await.expect("append");
+    }
+    let copied = async {
+        loop {
+            let checkpointed = store.counters.checkpointed.notified();
+            tokio::pin!(checkpointed);
+            checkpointed.as_mut().enable();
+            if store.stats().checkpoints > 0 && db_size() > before + 2 * 1024 * 1024 {
+                return;
+            }
+            checkpointed.await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), copied)
+        .await
+        .expect("the checkpointer copied the WAL into the database file");
+}

@@ -93,6 +93,10 @@ where
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) commits: AtomicU64,
+    /// Checkpoints run by the checkpointer thread.
+    pub(crate) checkpoints: AtomicU64,
+    /// Woken after every checkpoint (for tests waiting on one).
+    pub(crate) checkpointed: tokio::sync::Notify,
     pub(crate) writes: AtomicU64,
     pub(crate) reruns: AtomicU64,
 }
