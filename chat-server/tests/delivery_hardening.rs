@@ -430,3 +430,46 @@ async fn a_full_disk_makes_the_node_unready_and_loses_no_connection() {
     server.shutdown().await;
     drop(disk);
 }
+
+#[tokio::test]
+async fn sends_in_flight_are_answered_in_order_and_keep_each_conversations_order() {
+    let server = TestServer::start(test_config()).await;
+    let alice = server.account("alice").await;
+    let mut peers = Vec::new();
+    for name in ["bob", "carol", "dave"] {
+        let peer = server.account(name).await;
+        let conversation = direct(&server, &alice, &peer).await;
+        let to = recipients(&server, &alice, conversation, b"").await;
+        peers.push((peer, conversation, to));
+    }
+    let mut alice_ws = server.connect(&alice, 0).await;
+    backlog(&mut alice_ws).await;
+    // Sixty sends without waiting for answers, interleaved over three conversations.
+    const SENDS: u32 = 60;
+    for req in 0..SENDS {
+        let (_, conversation, to) = &peers[req as usize % peers.len()];
+        alice_ws
+            .send(send_frame(req, *conversation, req as u8, b"m", to.clone()))
+            .await;
+    }
+    let mut last_id = std::collections::HashMap::new();
+    for req in 0..SENDS {
+        match alice_ws.recv().await {
+            ServerFrame::Sent(sent) => {
+                assert_eq!(sent.req, req, "answers come in the order the sends came");
+                let previous = last_id.insert(sent.conversation, sent.id.get());
+                assert_eq!(
+                    sent.id.get(),
+                    previous.unwrap_or(0) + 1,
+                    "IDs follow send order"
+                );
+            }
+            other => panic!("expected sent, got {other:?}"),
+        }
+    }
+    for (peer, _, _) in &peers {
+        let mut ws = server.connect(peer, 0).await;
+        let got = backlog(&mut ws).await;
+        assert_eq!(got.len() as u32, SENDS / 3);
+    }
+}

@@ -21,20 +21,21 @@ use std::collections::{BTreeSet, HashSet};
 
 use chat_core::limits::{MAX_FRAME_BYTES, MAX_PRESENCE_SUBSCRIPTIONS, MAX_SYNC_PAGE};
 use chat_core::protocol::{
-    self, Auth, ClientFrame, Closing, DecodeError, Deliver, ErrorFrame, PROTOCOL_VERSION,
-    ReceiptEvent, ReceiptUpdate, ResyncReason, ResyncRequired, Sent, ServerFrame, StaleDevices,
-    Subscribe, SyncEnd, TypingEvent, TypingUpdate, Welcome,
+    self, Auth, ClientFrame, Closing, DecodeError, Deliver, PROTOCOL_VERSION, ReceiptEvent,
+    ReceiptUpdate, ResyncReason, ResyncRequired, ServerFrame, Subscribe, SyncEnd, TypingEvent,
+    TypingUpdate, Welcome,
 };
 use chat_core::{
-    Action, BusMessage, DeliveryStream, DeviceAddress, Entry, Envelope, ErrorCode, InboxPos, Live,
-    NewMessage, Store, StoreError, StoreResult, Topic, UserId,
+    Action, BusMessage, DeliveryStream, DeviceAddress, Entry, ErrorCode, InboxPos, Live, Store,
+    StoreError, StoreResult, Topic, UserId,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::time::{Instant as TokioInstant, timeout_at};
 
+use super::send::{Pipeline, error_frame, rate_limited_frame};
 use super::sink::{ConnSink, Queue};
 use crate::auth;
-use crate::health::{self, PeerError};
+use crate::health;
 use crate::limiter::{Bucket, Rate};
 use crate::state::{Shared, now};
 
@@ -176,7 +177,8 @@ impl Conn {
         let overflowed = sink.overflowed();
         let idle = tokio::time::sleep_until(self.deadline);
         tokio::pin!(shutting_down, overflowed, idle);
-        loop {
+        let mut pipeline = Pipeline::new();
+        let end = loop {
             let step = tokio::select! {
                 biased;
                 () = &mut shutting_down => {
@@ -184,6 +186,9 @@ impl Conn {
                 }
                 () = &mut overflowed => {
                     Err(End::Close(ErrorCode::SlowConsumer, "outbound queue full; resume from your cursor"))
+                }
+                Some(answer) = pipeline.next(), if !pipeline.is_empty() => {
+                    self.send_frame(&answer).await
                 }
                 message = rx.recv(&sink) => match message {
                     Some(message) => self.outbound(device, message, &mut rx).await,
@@ -200,13 +205,22 @@ impl Conn {
                 }
                 incoming = self.socket.next() => match incoming {
                     None | Some(Err(_)) => Err(End::Gone),
-                    Some(Ok(message)) => self.inbound(device, message, &mut rx).await,
+                    Some(Ok(message)) => {
+                        self.inbound(device, message, &mut rx, &mut pipeline).await
+                    }
                 },
             };
             if let Err(end) = step {
-                return end;
+                break end;
             }
+        };
+        // Sends in flight finish on their own tasks (stored and fanned out whatever happens
+        // here); their answers go out while the socket takes them.
+        let mut writable = true;
+        while let Some(answer) = pipeline.next().await {
+            writable = writable && self.send_frame(&answer).await.is_ok();
         }
+        end
     }
 
     /// Sends `welcome`, then the backlog after `cursor` and `sync_end` (or
@@ -326,7 +340,13 @@ impl Conn {
     }
 
     /// Handles one WebSocket message from the client.
-    async fn inbound(&mut self, device: DeviceAddress, message: Message, rx: &mut Queue) -> Step {
+    async fn inbound(
+        &mut self,
+        device: DeviceAddress,
+        message: Message,
+        rx: &mut Queue,
+        pipeline: &mut Pipeline,
+    ) -> Step {
         self.deadline = TokioInstant::now() + self.shared.config.idle_timeout();
         let bytes = match message {
             Message::Binary(bytes) => bytes,
@@ -368,7 +388,7 @@ impl Conn {
             }
         };
         match frame {
-            ClientFrame::Send(send) => self.send(device, send).await,
+            ClientFrame::Send(send) => self.send(device, send, pipeline).await,
             ClientFrame::Ack(ack) => {
                 let up_to = self.stream.ackable(ack.up_to);
                 // A cursor that is not stored now is stored with a later ack; the client
@@ -405,114 +425,42 @@ impl Conn {
         }
     }
 
-    /// Validates, appends durably, acknowledges, then fans out.
-    async fn send(&mut self, device: DeviceAddress, send: protocol::Send) -> Step {
+    /// Validates a send and starts it (see [`Pipeline`]): refused ones are answered in
+    /// turn; one to a conversation with a send in flight, or past the in-flight limit,
+    /// waits for earlier answers first.
+    async fn send(
+        &mut self,
+        device: DeviceAddress,
+        send: protocol::Send,
+        pipeline: &mut Pipeline,
+    ) -> Step {
         let req = Some(send.req);
-        if let Err(code) = send.validate() {
-            return self.error(req, code, "send refused by a limit").await;
-        }
-        if let Err(wait) = self.shared.limits.sends.check(&device.user, Instant::now()) {
-            return self
-                .rate_limited(req, wait, "too many messages from this account")
-                .await;
+        let refusal = if let Err(code) = send.validate() {
+            Some(error_frame(req, code, "send refused by a limit"))
+        } else if let Err(wait) = self.shared.limits.sends.check(&device.user, Instant::now()) {
+            Some(rate_limited_frame(
+                req,
+                wait,
+                "too many messages from this account",
+            ))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            if pipeline.is_empty() {
+                return self.send_frame(&refusal).await;
+            }
+            pipeline.answer(refusal);
+            return Ok(());
         }
         metrics::counter!("chat_messages_in_total").increment(1);
-        let headers = send.recipients.clone();
-        let message = NewMessage {
-            conversation: send.conversation,
-            sender: device,
-            client_key: send.client_key,
-            body: send.body,
-            recipients: send.recipients,
-            sent_at: now(),
-        };
-        let body = message.body.clone();
-        let started = Instant::now();
-        let appended = match self.shared.store.append(message).await {
-            Ok(appended) => appended,
-            Err(StoreError::StaleDevices(mismatch)) => {
-                let stale = StaleDevices {
-                    req: send.req,
-                    missing: mismatch.missing,
-                    extra: mismatch.extra,
-                };
-                return self.send_frame(&stale.into()).await;
-            }
-            // A conversation that does not exist is answered like one the sender is not
-            // in: conversation IDs are sequential, and the difference would count them.
-            Err(StoreError::NotFound) => {
-                let PeerError { code, message } = health::peer_error(&StoreError::NotMember);
-                return self.error(req, code, &message).await;
-            }
-            Err(err) => {
-                if health::is_backend(&err) {
-                    store_failed(&self.shared, "append", &err);
-                }
-                let PeerError { code, message } = health::peer_error(&err);
-                return self.error(req, code, &message).await;
-            }
-        };
-        metrics::histogram!("chat_append_seconds").record(started.elapsed().as_secs_f64());
-        // Fanned out before the answer is written: once durable, the message reaches its
-        // recipients whatever happens to the sender's socket.
-        let envelope = Envelope {
-            conversation: send.conversation,
-            id: appended.id,
-            sender: device,
-            client_key: send.client_key,
-            sent_at: appended.sent_at,
-            body,
-        };
-        self.fan_out(&envelope, &headers, &appended.deliveries)
-            .await;
-        let sent = Sent {
-            req: send.req,
-            conversation: send.conversation,
-            id: appended.id,
-            sent_at: appended.sent_at,
-            duplicate: appended.duplicate,
-        };
-        self.send_frame(&sent.into()).await
-    }
-
-    /// Publishes a stored message to each recipient device's connections, its body encoded
-    /// once and shared; a device no connection took (or that the bus could not reach) is
-    /// woken by push.
-    async fn fan_out(
-        &mut self,
-        envelope: &Envelope,
-        headers: &[chat_core::Recipient],
-        deliveries: &[(DeviceAddress, InboxPos)],
-    ) {
-        for &(recipient, pos) in deliveries {
-            let header = headers
-                .iter()
-                .find(|r| r.device == recipient)
-                .map(|r| r.header.clone())
-                .unwrap_or_default();
-            let entry = chat_core::InboxEntry {
-                pos,
-                envelope: envelope.clone(),
-                header,
-            };
-            let frame = Deliver::from(entry).encode_shared();
-            let event = BusMessage::Deliver { pos, frame };
-            match self
-                .shared
-                .bus
-                .publish(Topic::Device(recipient.device), event)
-                .await
-            {
-                Ok(0) => self.shared.push.offline(recipient, envelope.conversation),
-                Ok(_) => {}
-                // The entry is in the inbox; whether a connection has it is unknown, so the
-                // device is woken rather than forgotten.
-                Err(err) => {
-                    tracing::warn!(cause = %err, "live delivery failed");
-                    self.shared.push.offline(recipient, envelope.conversation);
-                }
+        while pipeline.must_wait(send.conversation) {
+            if let Some(answer) = pipeline.next().await {
+                self.send_frame(&answer).await?;
             }
         }
+        pipeline.start(self.shared.clone(), device, send);
+        Ok(())
     }
 
     /// Subscribes to the presence of contacts (users sharing a conversation with the caller),
@@ -685,23 +633,12 @@ impl Conn {
     }
 
     async fn rate_limited(&mut self, req: Option<u32>, wait: Duration, message: &str) -> Step {
-        let frame = ErrorFrame {
-            req,
-            code: ErrorCode::RateLimited,
-            message: message.into(),
-            retry_after_ms: Some(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX)),
-        };
-        self.send_frame(&frame.into()).await
+        self.send_frame(&rate_limited_frame(req, wait, message))
+            .await
     }
 
     async fn error(&mut self, req: Option<u32>, code: ErrorCode, message: &str) -> Step {
-        let frame = ErrorFrame {
-            req,
-            code,
-            message: message.into(),
-            retry_after_ms: None,
-        };
-        self.send_frame(&frame.into()).await
+        self.send_frame(&error_frame(req, code, message)).await
     }
 
     async fn send_frame(&mut self, frame: &ServerFrame) -> Step {

@@ -4,6 +4,7 @@
 //! WebSocket library's default of 128 KiB read and write buffers.
 
 mod conn;
+mod send;
 mod sink;
 
 use std::sync::Arc;
