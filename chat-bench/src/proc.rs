@@ -32,3 +32,96 @@ pub(crate) fn sample(pid: u32) -> Option<Sample> {
         rss_kib,
     })
 }
+
+/// One thread's CPU time and context switches.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ThreadSample {
+    /// The thread's name (`comm`, at most 15 bytes).
+    pub(crate) name: String,
+    /// User plus system CPU time, in microseconds.
+    pub(crate) cpu_us: u64,
+    /// Voluntary plus involuntary context switches.
+    pub(crate) switches: u64,
+}
+
+/// Every thread of the process, by thread ID.
+pub(crate) type Threads = std::collections::BTreeMap<u32, ThreadSample>;
+
+/// Reads `/proc/PID/task/*`; `None` if the process is not there.
+pub(crate) fn threads(pid: u32) -> Option<Threads> {
+    let mut threads = Threads::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let dir = entry.path();
+        let (Ok(stat), Ok(status)) = (
+            std::fs::read_to_string(dir.join("stat")),
+            std::fs::read_to_string(dir.join("status")),
+        ) else {
+            continue; // The thread ended meanwhile.
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head.split_once('(').map_or("", |(_, n)| n).to_owned();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        threads.insert(
+            tid,
+            ThreadSample {
+                name,
+                cpu_us: (ticks(11) + ticks(12)) * TICK_US,
+                switches: field("voluntary_ctxt_switches:") + field("nonvoluntary_ctxt_switches:"),
+            },
+        );
+    }
+    Some(threads)
+}
+
+/// Where the server's time went between two snapshots, per delivery: CPU by kind of thread
+/// (the SQLite writer, the checkpointer, tokio's workers, tokio's blocking pool, the rest)
+/// and context switches. A thread that ended between the snapshots is not counted; one that
+/// started is counted whole.
+pub(crate) fn breakdown(before: &Threads, after: &Threads, deliveries: u64) -> serde_json::Value {
+    let mut cpu: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    let mut switches = 0;
+    for (tid, now) in after {
+        let then = before.get(tid).cloned().unwrap_or_default();
+        let kind = match now.name.as_str() {
+            n if n.starts_with("chat-sqlite-wri") => "sqlite_writer",
+            n if n.starts_with("chat-sqlite-che") => "sqlite_checkpointer",
+            n if n.starts_with("tokio-runtime-w") => "runtime_workers",
+            n if n.starts_with("chat-argon2") => "argon2",
+            "chat-server" => "main",
+            _ => "other",
+        };
+        *cpu.entry(kind).or_default() += now.cpu_us.saturating_sub(then.cpu_us);
+        switches += now.switches.saturating_sub(then.switches);
+    }
+    let per = |v: u64| (v as f64 / deliveries.max(1) as f64 * 10.0).round() / 10.0;
+    let cpu: serde_json::Map<String, serde_json::Value> = cpu
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), serde_json::json!(per(v))))
+        .collect();
+    serde_json::json!({
+        "cpu_us_per_delivery_by_thread": cpu,
+        "context_switches_per_delivery": per(switches),
+        "threads": after.len(),
+    })
+}

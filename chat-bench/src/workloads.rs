@@ -118,6 +118,10 @@ impl Env {
     fn sample(&self) -> Option<Sample> {
         self.pid.and_then(proc::sample)
     }
+
+    fn threads(&self) -> Option<proc::Threads> {
+        self.pid.and_then(proc::threads)
+    }
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -289,6 +293,8 @@ struct RunResult {
     latency: Option<[f64; 4]>,
     server_cpu_us: Option<u64>,
     server_rss_kib: Option<u64>,
+    /// Where the server's time went (see [`proc::breakdown`]).
+    server_threads: Option<Value>,
 }
 
 impl RunResult {
@@ -312,6 +318,7 @@ impl RunResult {
             "max_ms": self.latency.map(|l| l[3]),
             "server_cpu_us_per_delivery": per_msg.map(|v| (v * 10.0).round() / 10.0),
             "server_rss_kib": self.server_rss_kib,
+            "server_time": self.server_threads,
         })
     }
 }
@@ -437,6 +444,7 @@ impl Mesh {
         let senders: Vec<&Vec<Route>> = self.routes.iter().filter(|r| !r.is_empty()).collect();
         let mut rng = Rng::new(0x5eed ^ rate);
         let before = env.sample();
+        let threads_before = env.threads();
         let bar = bar(duration.as_secs().max(1), "seconds");
         let start = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -469,6 +477,10 @@ impl Mesh {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let after = env.sample();
+        let delivered = Stats::get(&stats.delivered) - base.2;
+        let server_threads = threads_before
+            .zip(env.threads())
+            .map(|(b, a)| proc::breakdown(&b, &a, delivered));
         Ok(RunResult {
             sent: Stats::get(&stats.sent) - base.0,
             acked: Stats::get(&stats.acked) - base.1,
@@ -479,6 +491,7 @@ impl Mesh {
             latency: stats.percentiles(),
             server_cpu_us: before.zip(after).map(|(b, a)| a.cpu_us - b.cpu_us),
             server_rss_kib: after.map(|a| a.rss_kib),
+            server_threads,
         })
     }
 }
