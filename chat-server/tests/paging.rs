@@ -226,4 +226,16 @@ async fn ids_in_paths_are_validated_before_anything_is_looked_up() {
             .await;
         assert_eq!((status, &body["error"]), (400, &json!("invalid_request")));
     }
+    // A well-formed user ID of nobody: blocking is `not_found`, unblocking succeeds as for
+    // anyone not blocked.
+    let token = Some(f.alice.token.as_str());
+    let nobody = json!({"user_id": MAX_ID});
+    let (status, body) = f
+        .server
+        .http("POST", "/v1/blocks", token, Some(nobody))
+        .await;
+    assert_eq!((status, &body["error"]), (404, &json!("not_found")));
+    let path = format!("/v1/blocks/{MAX_ID}");
+    let (status, _) = f.server.http("DELETE", &path, token, None).await;
+    assert_eq!(status, 204);
 }
