@@ -5,13 +5,15 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use chat_core::InboxPos;
-use chat_core::protocol::{Auth, ClientFrame, PROTOCOL_VERSION, ServerFrame};
+use chat_core::protocol::{Auth, ClientFrame, PROTOCOL_VERSION, SUBPROTOCOL, ServerFrame};
 use futures::stream::SplitStream;
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::http::{Account, Result};
@@ -44,13 +46,17 @@ pub(crate) async fn connect(
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_message_size(Some(chat_core::limits::MAX_FRAME_BYTES));
-    let (ws, _) = tokio_tungstenite::client_async_with_config(
-        format!("ws://{server}/v1/ws"),
-        stream,
-        Some(config),
-    )
-    .await
-    .map_err(|e| format!("websocket: {e}"))?;
+    let mut request = format!("ws://{server}/v1/ws")
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    // The server refuses upgrades that do not offer the protocol's subprotocol.
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+        .await
+        .map_err(|e| format!("websocket: {e}"))?;
     let (mut sink, mut reader) = ws.split();
     let auth = Auth {
         version: PROTOCOL_VERSION,

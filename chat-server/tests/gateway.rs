@@ -13,7 +13,8 @@ use common::{
     Account, Client, TestServer, backlog, conversation_id, direct, recipients, send_frame,
     test_config,
 };
-use serde_json::json;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite;
 
 #[tokio::test]
 async fn one_to_one_reaches_every_device_and_ack_comes_first() {
@@ -781,4 +782,36 @@ async fn expired_frames_are_dropped_not_sent_late() {
         ServerFrame::Typing(t) => assert!(!t.active, "the expired indicator was sent"),
         other => panic!("expected typing, got {other:?}"),
     }
+}
+
+/// The upgrade must offer the protocol's subprotocol (section 1): without it, or with only
+/// other versions, the server answers 400 with the JSON error and no WebSocket; offering it
+/// among others selects it.
+#[tokio::test]
+async fn upgrade_without_the_subprotocol_is_refused() {
+    let server = TestServer::start(test_config()).await;
+    for offer in [None, Some("chat.v2"), Some("chat.v1x, graphql-ws")] {
+        let err = common::upgrade(server.addr, offer)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("upgrade offering {offer:?} was served"));
+        let tungstenite::Error::Http(response) = err else {
+            panic!("expected an HTTP refusal for {offer:?}, got {err}");
+        };
+        assert_eq!(response.status(), 400, "{offer:?}");
+        let body: Value = serde_json::from_slice(response.body().as_deref().unwrap_or_default())
+            .expect("a JSON error body");
+        assert_eq!(body["error"], "invalid_request", "{body}");
+        assert_eq!(body["code"], ErrorCode::InvalidRequest.number(), "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("chat.v1")),
+            "{body}"
+        );
+    }
+    let (_, response) = common::upgrade(server.addr, Some("chat.v2, chat.v1"))
+        .await
+        .expect("offering chat.v1 among others is served");
+    assert_eq!(response.headers()["sec-websocket-protocol"], "chat.v1");
 }

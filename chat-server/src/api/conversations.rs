@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use chat_core::{
     ClientKey, Conversation, ConversationId, ConversationKind, DeviceAddress, Direction, Envelope,
-    ErrorCode, MAX_ID, MessageId, ReceiptPosition, Timestamp, UserId,
+    ErrorCode, MessageId, ReceiptPosition, Timestamp, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +19,8 @@ use crate::state::{Shared, now};
 
 /// The most messages one history page returns.
 pub(crate) const MAX_HISTORY_PAGE: usize = 100;
+/// Messages per history page when the request does not say.
+const DEFAULT_HISTORY_PAGE: usize = 50;
 
 /// The most store pages one history request reads to fill a page around withheld messages.
 const MAX_HISTORY_ROUNDS: usize = 4;
@@ -234,12 +236,62 @@ impl From<Envelope> for MessageView {
     }
 }
 
+/// The query of a history request. The anchors are plain numbers because 0 is a valid
+/// anchor though not a message ID: `after=0` is the start of the conversation.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Page {
-    before: Option<MessageId>,
-    after: Option<MessageId>,
+    before: Option<u64>,
+    after: Option<u64>,
     limit: Option<usize>,
+}
+
+/// Where a history page starts.
+enum Start {
+    /// The newest messages, newest first (neither anchor).
+    Newest,
+    /// IDs strictly below this one, newest first.
+    Before(MessageId),
+    /// IDs strictly above this one, oldest first.
+    After(MessageId),
+    /// The first messages of the conversation, oldest first (`after=0`).
+    First,
+    /// Nothing (`before=0`: no message has an ID below 1).
+    Nothing,
+}
+
+impl Page {
+    fn start(&self) -> ApiResult<Start> {
+        let id = |field: &str, value: u64| {
+            MessageId::new(value)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("{field}: {e}")))
+        };
+        match (self.before, self.after) {
+            (Some(_), Some(_)) => Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "give before or after, not both",
+            )),
+            (Some(0), None) => Ok(Start::Nothing),
+            (Some(before), None) => id("before", before).map(Start::Before),
+            (None, Some(0)) => Ok(Start::First),
+            (None, Some(after)) => id("after", after).map(Start::After),
+            (None, None) => Ok(Start::Newest),
+        }
+    }
+}
+
+/// The page size asked for, or `default`. Every paged route refuses a `limit` outside
+/// `1..=max` rather than clamping it: a client that asked for more than `max` and got
+/// `max` could take the short page for the end of the list.
+pub(crate) fn page_limit(limit: Option<usize>, default: usize, max: usize) -> ApiResult<usize> {
+    match limit {
+        None => Ok(default),
+        Some(limit) if (1..=max).contains(&limit) => Ok(limit),
+        Some(_) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("limit must be 1 to {max}"),
+        )),
+    }
 }
 
 #[derive(Serialize)]
@@ -248,27 +300,20 @@ pub(crate) struct Messages {
 }
 
 /// A page of history strictly before or after a message ID (newest first for `before`,
-/// oldest first for `after`); the newest page without either.
+/// oldest first for `after`; `after=0` is the first page); the newest page without either.
 pub(crate) async fn history(
     State(shared): State<Arc<Shared>>,
     Member { device, id }: Member,
     Query(page): Query<Page>,
 ) -> ApiResult<Json<Messages>> {
-    let limit = page.limit.unwrap_or(50).clamp(1, MAX_HISTORY_PAGE);
-    let (anchor, direction) = match (page.before, page.after) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                "give before or after, not both",
-            ));
-        }
-        (Some(before), None) => (before, Direction::Before),
-        (None, Some(after)) => (after, Direction::After),
-        (None, None) => {
-            let newest =
-                MessageId::new(MAX_ID).map_err(|_| ApiError::new(ErrorCode::Internal, ""))?;
-            (newest, Direction::Before)
-        }
+    let limit = page_limit(page.limit, DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE)?;
+    // `first`: the anchor itself belongs on the page (the store pages strictly past it).
+    let (anchor, direction, mut first) = match page.start()? {
+        Start::Newest => (MessageId::MAX, Direction::Before, false),
+        Start::Before(before) => (before, Direction::Before, false),
+        Start::After(after) => (after, Direction::After, false),
+        Start::First => (MessageId::MIN, Direction::After, true),
+        Start::Nothing => return Ok(Json(Messages { messages: vec![] })),
     };
     // Messages withheld from the caller (R-ACC-4) are skipped and the page is filled from
     // further ones, so a short page still means the end of history. The rounds are
@@ -276,7 +321,11 @@ pub(crate) async fn history(
     let mut messages = Vec::with_capacity(limit);
     let mut anchor = anchor;
     for _ in 0..MAX_HISTORY_ROUNDS {
-        let page = shared.store.history(id, anchor, direction, limit).await?;
+        let page = if std::mem::take(&mut first) {
+            including(&shared, id, anchor, direction, limit).await?
+        } else {
+            shared.store.history(id, anchor, direction, limit).await?
+        };
         let exhausted = page.len() < limit;
         let Some(last) = page.last().map(|m| m.id) else {
             break;
@@ -296,6 +345,29 @@ pub(crate) async fn history(
     Ok(Json(Messages {
         messages: messages.into_iter().map(MessageView::from).collect(),
     }))
+}
+
+/// Up to `limit` messages from `anchor` on in `direction`, `anchor` included when it
+/// exists.
+async fn including(
+    shared: &Shared,
+    conversation: ConversationId,
+    anchor: MessageId,
+    direction: Direction,
+    limit: usize,
+) -> ApiResult<Vec<Envelope>> {
+    let mut page: Vec<Envelope> = shared
+        .store
+        .message(conversation, anchor)
+        .await?
+        .into_iter()
+        .collect();
+    let rest = limit.saturating_sub(page.len());
+    if rest > 0 {
+        let after = shared.store.history(conversation, anchor, direction, rest);
+        page.extend(after.await?);
+    }
+    Ok(page)
 }
 
 pub(crate) async fn message(

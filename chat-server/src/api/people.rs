@@ -206,10 +206,8 @@ pub(crate) async fn search(
         .map(str::parse::<SearchCursor>)
         .transpose()
         .map_err(|e| invalid("after", e))?;
-    let limit = query
-        .limit
-        .unwrap_or(DEFAULT_SEARCH_PAGE)
-        .clamp(1, MAX_SEARCH_PAGE);
+    let limit =
+        super::conversations::page_limit(query.limit, DEFAULT_SEARCH_PAGE, MAX_SEARCH_PAGE)?;
     // One more than asked says whether a next page exists, so the last page has no cursor.
     let mut found = shared
         .store

@@ -27,13 +27,19 @@ const WRITE_BUFFER: usize = 8 * 1024;
 /// are read and answered with `frame_too_large`, keeping the connection; larger ones end it.
 const MAX_MESSAGE: usize = 2 * MAX_FRAME_BYTES;
 
-/// `GET /v1/ws`.
+/// `GET /v1/ws`. The client must offer [`SUBPROTOCOL`] (docs/PROTOCOL.md section 1): an
+/// upgrade without it is refused with `invalid_request` before any WebSocket exists, so a
+/// client of another protocol version never gets frames it cannot read.
 pub(crate) async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
     if *shared.shutdown.borrow() {
         return ApiError::new(ErrorCode::ShuttingDown, "shutting down").into_response();
     }
-    ws.protocols([SUBPROTOCOL])
-        .read_buffer_size(READ_BUFFER)
+    let ws = ws.protocols([SUBPROTOCOL]);
+    if ws.selected_protocol().is_none() {
+        let message = format!("offer the WebSocket subprotocol {SUBPROTOCOL}");
+        return ApiError::new(ErrorCode::InvalidRequest, message).into_response();
+    }
+    ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(MAX_MESSAGE + WRITE_BUFFER)
         .max_message_size(MAX_MESSAGE)

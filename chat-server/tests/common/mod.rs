@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chat_core::protocol::{Auth, ClientFrame, PROTOCOL_VERSION, Send, ServerFrame};
+use chat_core::protocol::{Auth, ClientFrame, PROTOCOL_VERSION, SUBPROTOCOL, Send, ServerFrame};
 use chat_core::{
     ClientKey, ConversationId, DeviceAddress, DeviceId, InboxPos, Recipient, Store, UserId,
 };
@@ -18,7 +18,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Response;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// The WebSocket upgrade at `/v1/ws`, offering `subprotocols` (a `Sec-WebSocket-Protocol`
+/// value) when given.
+pub async fn upgrade(
+    addr: SocketAddr,
+    subprotocols: Option<&str>,
+) -> Result<(Ws, Response), tungstenite::Error> {
+    let mut request = format!("ws://{addr}/v1/ws").into_client_request()?;
+    if let Some(offer) = subprotocols {
+        let offer = offer.parse().expect("a header value");
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", offer);
+    }
+    tokio_tungstenite::connect_async(request).await
+}
 
 /// How long any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -217,10 +235,11 @@ impl Client {
         client
     }
 
+    /// A connection that has not authenticated yet.
     pub async fn raw(addr: SocketAddr) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
-            .await
-            .expect("ws connect");
+        let (ws, response) = upgrade(addr, Some(SUBPROTOCOL)).await.expect("ws connect");
+        let selected = response.headers().get("sec-websocket-protocol");
+        assert_eq!(selected.map(|v| v.as_bytes()), Some(SUBPROTOCOL.as_bytes()));
         Self { ws }
     }
 
