@@ -17,7 +17,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = dir.join("chat.db");
     let config = Config {
         listen: ([127, 0, 0, 1], 0).into(),
-        store: format!("sqlite://{}", db.display()),
+        store: format!("sqlite://{}", db.display()).into(),
         // Cheap password hashing so the demo starts at once; keep the defaults in production.
         argon2_memory_kib: 1024,
         argon2_iterations: 1,

@@ -23,8 +23,8 @@ pub struct Config {
     /// Where to listen for HTTP and WebSocket.
     pub listen: SocketAddr,
     /// The store URL: `sqlite://PATH`, `postgres://…` (with the `postgres` feature) or
-    /// `memory:`.
-    pub store: String,
+    /// `memory:`. Its password never appears in `Debug` or `Display` output.
+    pub store: StoreUrl,
     /// How far each commit is pushed before a send is acknowledged: `"fsync"` (the default:
     /// on stable storage, survives power loss) or `"os"` (handed to the operating system or
     /// the database server: survives a crash of this process, not a power loss). See
@@ -113,6 +113,117 @@ pub struct Config {
     /// `resync_required {inbox_trimmed}` and recovers the rest from history. Messages
     /// themselves are kept either way.
     pub inbox_retention_days: u32,
+}
+
+/// A store URL whose password is kept out of logs: `Debug` and `Display` show it as `***`
+/// (`postgres://user:***@host/db`, or `password=***` in a key-value connection string).
+/// [`StoreUrl::as_str`] gives the URL itself, to open the store with.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct StoreUrl(String);
+
+impl StoreUrl {
+    /// The URL with its password, to connect with. Never log it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact(&self.0)
+    }
+}
+
+impl From<String> for StoreUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl From<&str> for StoreUrl {
+    fn from(url: &str) -> Self {
+        Self(url.to_owned())
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Replaces the password of a URL (`scheme://user:password@host…`) or of a libpq key-value
+/// string (`… password=secret …`, quoted or not) with `***`.
+fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        // The authority ends at the first '/', '?' or '#'; its userinfo at the last '@'.
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let tail = redact_query(tail);
+        if let Some((userinfo, host)) = authority.rsplit_once('@')
+            && let Some((user, _password)) = userinfo.split_once(':')
+        {
+            return format!("{scheme}://{user}:***@{host}{tail}");
+        }
+        return format!("{scheme}://{authority}{tail}");
+    }
+    redact_key_values(url)
+}
+
+/// Redacts a `password=` parameter in a URL's query.
+fn redact_query(tail: &str) -> String {
+    let Some((path, query)) = tail.split_once('?') else {
+        return tail.to_owned();
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => p.to_owned(),
+        })
+        .collect();
+    format!("{path}?{}", params.join("&"))
+}
+
+/// Redacts `password=value` (value possibly single-quoted with `\'` escapes) in a libpq
+/// key-value string.
+fn redact_key_values(s: &str) -> String {
+    let Some(start) = s.find("password") else {
+        return s.to_owned();
+    };
+    let after_key = &s[start + "password".len()..];
+    let Some(eq) = after_key
+        .find('=')
+        .filter(|&i| after_key[..i].trim().is_empty())
+    else {
+        return s.to_owned();
+    };
+    let value = after_key[eq + 1..].trim_start();
+    let value_start = s.len() - value.len();
+    let value_end = if let Some(quoted) = value.strip_prefix('\'') {
+        let mut escaped = false;
+        let mut end = None;
+        for (i, c) in quoted.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '\'' if !escaped => {
+                    end = Some(i + 2);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        value_start + end.unwrap_or(value.len())
+    } else {
+        value_start + value.find(char::is_whitespace).unwrap_or(value.len())
+    };
+    format!("{}***{}", &s[..value_start], &s[value_end..])
 }
 
 /// PEM files for TLS.
@@ -259,6 +370,52 @@ mod tests {
         let config: Config = serde_json::from_str(r#"{"inbox_retention_days": 0}"#).unwrap();
         assert_eq!(config.inbox_retention(), None);
         assert!(serde_json::from_str::<Config>(r#"{"inbox_retention_days": -1}"#).is_err());
+    }
+
+    #[test]
+    fn store_passwords_never_show() {
+        for (url, secret, shown) in [
+            (
+                "postgres://chat:s3cret@db:5432/chat",
+                "s3cret",
+                "postgres://chat:***@db:5432/chat",
+            ),
+            (
+                "postgres://chat:p@ss:w@rd@db/chat",
+                "ss:w@rd",
+                "postgres://chat:***@db/chat",
+            ),
+            (
+                "postgresql://chat@db/chat?password=s3cret&sslmode=require",
+                "s3cret",
+                "postgresql://chat@db/chat?password=***&sslmode=require",
+            ),
+            (
+                "host=db user=chat password=s3cret dbname=chat",
+                "s3cret",
+                "host=db user=chat password=*** dbname=chat",
+            ),
+            (
+                "host=db password = 'se cr\\'et' dbname=chat",
+                "se cr",
+                "host=db password = *** dbname=chat",
+            ),
+            (
+                "sqlite://data/chat.db",
+                "no secret",
+                "sqlite://data/chat.db",
+            ),
+            ("memory:", "no secret", "memory:"),
+        ] {
+            let store = StoreUrl::from(url);
+            assert_eq!(store.to_string(), shown, "{url}");
+            let config = Config {
+                store: store.clone(),
+                ..Config::default()
+            };
+            assert!(!format!("{config:?}").contains(secret), "{url}");
+            assert_eq!(store.as_str(), url);
+        }
     }
 
     #[test]

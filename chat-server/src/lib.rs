@@ -33,6 +33,6 @@ mod state;
 pub use api::keys::{IDENTITY_BYTES, identity_blob};
 pub use blob::FsBlobStore;
 pub use bus::LocalBus;
-pub use config::{Config, ConfigError, TlsConfig};
+pub use config::{Config, ConfigError, StoreUrl, TlsConfig};
 pub use discovery::LocalRegistry;
 pub use server::{Server, ServerError};

@@ -92,7 +92,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         config.listen = listen;
     }
     if let Some(store) = args.store {
-        config.store = store;
+        config.store = store.into();
     }
     if let Some(durability) = args.durability {
         config.durability = durability;

@@ -69,6 +69,7 @@ impl Server {
         // The embedded default keeps its database in a folder that may not exist yet.
         let sqlite_dir = config
             .store
+            .as_str()
             .strip_prefix("sqlite://")
             .and_then(|p| std::path::Path::new(p).parent());
         if let Some(dir) = sqlite_dir.filter(|d| !d.as_os_str().is_empty()) {
@@ -77,7 +78,7 @@ impl Server {
         let options = chat_storage::OpenOptions::default()
             .durability(config.durability)
             .pool_size(config.store_pool_size);
-        let store = chat_storage::open_with(&config.store, &options).await?;
+        let store = chat_storage::open_with(config.store.as_str(), &options).await?;
         Self::with_store(config, store).await
     }
 

@@ -367,7 +367,7 @@ async fn a_full_disk_makes_the_node_unready_and_loses_no_connection() {
         return;
     };
     let config = chat_server::Config {
-        store: format!("sqlite://{}/chat.db", disk.0.display()),
+        store: format!("sqlite://{}/chat.db", disk.0.display()).into(),
         blob_dir: disk.0.join("blobs"),
         ..test_config()
     };

@@ -478,7 +478,7 @@ async fn graceful_shutdown_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}/chat.db", dir.path().display());
     let config = chat_server::Config {
-        store: store.clone(),
+        store: store.clone().into(),
         ..test_config()
     };
     let server = TestServer::start(config.clone()).await;

@@ -280,7 +280,7 @@ async fn blocked_user_is_refused_or_silently_dropped_on_sqlite() {
     let store = format!("sqlite://{}", dir.path().join("chat.db").display());
     blocked_paths(
         TestServer::start(chat_server::Config {
-            store,
+            store: store.into(),
             ..test_config()
         })
         .await,
