@@ -66,8 +66,8 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
+            // Once, through the log (which goes to stderr), so JSON logs get it too.
             tracing::error!(cause = %err, "chat-server failed");
-            eprintln!("chat-server: {err}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -85,7 +85,12 @@ fn init_logging(format: &str) {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = match &args.config {
-        Some(path) => serde_json::from_slice(&std::fs::read(path)?)?,
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| format!("cannot read the config file {}: {e}", path.display()))?;
+            serde_json::from_slice(&bytes)
+                .map_err(|e| format!("config file {}: {e}", path.display()))?
+        }
         None => Config::default(),
     };
     if let Some(listen) = args.listen {

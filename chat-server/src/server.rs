@@ -37,6 +37,33 @@ pub enum ServerError {
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The store could not be opened.
+    #[error("cannot open the store {store}: {source}")]
+    StoreOpen {
+        /// The store URL, its password redacted.
+        store: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// The store opened but refused a write (a read-only file or directory, a full disk, a
+    /// read-only database user).
+    #[error("store {store} cannot take writes: {source}")]
+    StoreNotWritable {
+        /// The store URL, its password redacted.
+        store: String,
+        /// Why the probe write failed.
+        source: StoreError,
+    },
+    /// A file or directory the node needs could not be created or read.
+    #[error("{what} {path}: {source}")]
+    Path {
+        /// What the path is for.
+        what: &'static str,
+        /// The path.
+        path: std::path::PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
     /// Binding or serving failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -73,12 +100,28 @@ impl Server {
             .strip_prefix("sqlite://")
             .and_then(|p| std::path::Path::new(p).parent());
         if let Some(dir) = sqlite_dir.filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(|source| ServerError::Path {
+                what: "cannot create the store's directory",
+                path: dir.to_path_buf(),
+                source,
+            })?;
         }
         let options = chat_storage::OpenOptions::default()
             .durability(config.durability)
             .pool_size(config.store_pool_size);
-        let store = chat_storage::open_with(config.store.as_str(), &options).await?;
+        let store = chat_storage::open_with(config.store.as_str(), &options)
+            .await
+            .map_err(|source| ServerError::StoreOpen {
+                store: config.store.redacted(),
+                source,
+            })?;
+        // A node that cannot write would start, say it listens, and refuse every send.
+        if let Err(source) = store.probe_write().await {
+            return Err(ServerError::StoreNotWritable {
+                store: config.store.redacted(),
+                source,
+            });
+        }
         Self::with_store(config, store).await
     }
 

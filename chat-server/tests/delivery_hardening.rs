@@ -473,3 +473,34 @@ async fn sends_in_flight_are_answered_in_order_and_keep_each_conversations_order
         assert_eq!(got.len() as u32, SENDS / 3);
     }
 }
+
+#[tokio::test]
+async fn a_store_that_cannot_take_writes_is_refused_at_start() {
+    let Some(disk) = Tmpfs::mount("8m") else {
+        println!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let config = chat_server::Config {
+        store: format!("sqlite://{}/chat.db", disk.0.display()).into(),
+        blob_dir: disk.0.join("blobs"),
+        ..test_config()
+    };
+    let server = TestServer::start(config.clone()).await;
+    server.account("alice").await;
+    server.shutdown().await;
+    let remounted = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&disk.0)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(remounted, "remount read-only");
+    let err = chat_server::Server::bind(config)
+        .await
+        .err()
+        .expect("a read-only store is refused");
+    let message = err.to_string();
+    assert!(
+        message.contains(&disk.0.display().to_string()),
+        "the error names the store: {message}"
+    );
+}
