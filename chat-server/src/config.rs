@@ -49,6 +49,13 @@ pub struct Config {
     pub argon2_memory_kib: u32,
     /// Argon2id iterations.
     pub argon2_iterations: u32,
+    /// Password hashes (log-in, registration) computed at once, each on its own worker
+    /// thread holding `argon2_memory_kib`; 0 (the default) means one per CPU core. With
+    /// `argon2_queue` this bounds the memory a log-in flood can take.
+    pub argon2_concurrency: usize,
+    /// Log-ins and registrations waiting for a hashing thread; beyond it they are answered
+    /// `unavailable` (503, `Retry-After: 1`) at once.
+    pub argon2_queue: usize,
     /// How long a shutdown waits for connections to finish their in-flight work, in ms.
     pub shutdown_grace_ms: u64,
     /// Where the filesystem blob store keeps attachment ciphertext. Created on the first
@@ -125,6 +132,8 @@ impl Default for Config {
             searches_per_account_per_second: 0.5,
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
+            argon2_concurrency: 0,
+            argon2_queue: 64,
             shutdown_grace_ms: 10_000,
             blob_dir: PathBuf::from("data/blobs"),
             max_attachment_bytes: 100 * 1024 * 1024,
@@ -188,6 +197,14 @@ impl Config {
             return bad("node_id must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-'");
         }
         Ok(())
+    }
+
+    /// The number of password-hashing threads: `argon2_concurrency`, or one per core.
+    pub fn argon2_threads(&self) -> usize {
+        match self.argon2_concurrency {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        }
     }
 
     /// The heartbeat interval.

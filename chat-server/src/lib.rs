@@ -22,6 +22,7 @@ mod bus;
 mod config;
 mod discovery;
 mod gateway;
+mod hashing;
 mod limiter;
 mod presence;
 mod push;

@@ -21,6 +21,7 @@ use crate::blob::FsBlobStore;
 use crate::bus::LocalBus;
 use crate::config::{Config, ConfigError};
 use crate::discovery::{self, Identity, LocalRegistry};
+use crate::hashing::Hasher;
 use crate::presence::Presence;
 use crate::push::{PushDispatcher, Worker};
 use crate::retention;
@@ -82,18 +83,11 @@ impl Server {
         config.validate()?;
         let argon2 = auth::argon2(config.argon2_memory_kib, config.argon2_iterations)
             .map_err(ConfigError)?;
-        let dummy_hash = {
-            use argon2::password_hash::PasswordHasher;
-            let argon2 = argon2.clone();
-            tokio::task::spawn_blocking(move || {
-                argon2
-                    .hash_password(b"timing equaliser")
-                    .map(|h| h.to_string())
-            })
+        let hasher = Hasher::start(argon2, config.argon2_threads(), config.argon2_queue);
+        let dummy_hash = hasher
+            .hash("timing equaliser".into())
             .await
-            .map_err(|e| ConfigError(e.to_string()))?
-            .map_err(|e| ConfigError(e.to_string()))?
-        };
+            .map_err(|e| ConfigError(e.to_string()))?;
         let blobs = Arc::new(FsBlobStore::open(&config.blob_dir)?);
         let (push, push_worker) = PushDispatcher::new(&config, store.clone());
         let listener = std::net::TcpListener::bind(config.listen)?;
@@ -113,7 +107,7 @@ impl Server {
             bus,
             presence,
             config,
-            argon2,
+            hasher,
             dummy_hash,
             limits,
             shutdown: shutdown_rx,

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use argon2::Argon2;
 use chat_core::{BlobStore, Bus, NodeRegistry, Store, Timestamp, UserId};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
+use crate::hashing::Hasher;
 use crate::limiter::{KeyedLimiter, Rate};
 use crate::presence::Presence;
 use crate::push::PushDispatcher;
@@ -59,7 +59,8 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) config: Config,
-    pub(crate) argon2: Argon2<'static>,
+    /// Runs every Argon2id hash and verification, bounded.
+    pub(crate) hasher: Hasher,
     /// A hash to verify against when the user does not exist (equal timing).
     pub(crate) dummy_hash: String,
     pub(crate) limits: Limits,

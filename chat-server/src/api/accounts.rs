@@ -113,7 +113,7 @@ pub(crate) async fn login(
     }
     let credentials = shared.store.credentials(&req.username).await?;
     let phc = credentials.as_ref().map(|c| c.password_hash.clone());
-    if !auth::verify_password(&shared, req.password, phc).await {
+    if !auth::verify_password(&shared, req.password, phc).await? {
         return Err(ApiError::new(
             ErrorCode::BadCredentials,
             "wrong username or password",
