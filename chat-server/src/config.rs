@@ -39,8 +39,21 @@ pub struct Config {
     /// Log-in and registration attempts one source address may make in a burst; refills at
     /// one every two seconds.
     pub auth_burst_per_address: u32,
-    /// Log-in attempts one account may receive in a burst; refills at one every ten seconds.
+    /// Failed log-ins one username may receive from all addresses together before only
+    /// addresses it has logged in from before are checked (the backstop against guessing
+    /// spread over many addresses); refills at one per `auth_account_refill_ms`.
     pub auth_burst_per_account: u32,
+    /// How often the per-username failure backstop gets one failure back, in ms.
+    pub auth_account_refill_ms: u64,
+    /// Failed log-ins one source address may make against one username before its attempts
+    /// are refused unchecked; refills at one per `auth_failure_refill_ms`. Successes do not
+    /// count.
+    pub auth_failures_per_address_account: u32,
+    /// How often an (address, username) pair gets one failure back, in ms.
+    pub auth_failure_refill_ms: u64,
+    /// How long a successful log-in keeps its address known for the account (checked even
+    /// when the backstop is exhausted), in days.
+    pub auth_known_address_days: u32,
     /// Directory searches one account may make in a burst.
     pub search_burst_per_account: u32,
     /// Directory searches one account may make per second (sustained).
@@ -127,7 +140,11 @@ impl Default for Config {
             sends_per_account_per_second: 20.0,
             send_burst_per_account: 200,
             auth_burst_per_address: 30,
-            auth_burst_per_account: 10,
+            auth_burst_per_account: 100,
+            auth_account_refill_ms: 10_000,
+            auth_failures_per_address_account: 5,
+            auth_failure_refill_ms: 60_000,
+            auth_known_address_days: 30,
             search_burst_per_account: 30,
             searches_per_account_per_second: 0.5,
             argon2_memory_kib: 19 * 1024,
@@ -176,6 +193,13 @@ impl Config {
             return bad(
                 "search_burst_per_account and searches_per_account_per_second must be positive",
             );
+        }
+        if self.auth_burst_per_address == 0
+            || self.auth_burst_per_account == 0
+            || self.auth_failures_per_address_account == 0
+        {
+            return bad("auth_burst_per_address, auth_burst_per_account and \
+                 auth_failures_per_address_account must be positive");
         }
         if self.outbound_queue == 0 || self.frame_burst == 0 || self.frames_per_second <= 0.0 {
             return bad("outbound_queue, frame_burst and frames_per_second must be positive");

@@ -54,6 +54,11 @@ impl Bucket {
         }
     }
 
+    /// Gives back one token taken by [`Bucket::take`] (never beyond the burst).
+    pub(crate) fn refund(&mut self, rate: Rate) {
+        self.tokens = (self.tokens + 1.0).min(f64::from(rate.burst));
+    }
+
     fn is_full(&self, rate: Rate, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
         self.tokens + elapsed * rate.per_second >= f64::from(rate.burst)
@@ -92,6 +97,15 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
             .or_insert_with(|| Bucket::full(self.rate, now))
             .take(self.rate, now)
     }
+
+    /// Gives back a token taken by [`KeyedLimiter::check`], for an event that turned out
+    /// not to count (a log-in that succeeded, when only failures are limited).
+    pub(crate) fn refund(&self, key: &K) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bucket) = buckets.get_mut(key) {
+            bucket.refund(self.rate);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -121,5 +135,17 @@ mod tests {
         // A third key prunes idle buckets; "a" and "b" are not idle yet.
         assert!(l.check(&"c", t0).is_ok());
         assert!(l.check(&"a", t0 + Duration::from_secs(2)).is_ok());
+    }
+
+    #[test]
+    fn refunds_give_back_what_was_taken_up_to_the_burst() {
+        let l = KeyedLimiter::new(Rate::new(1, 0.0), 10);
+        let t0 = Instant::now();
+        assert!(l.check(&"a", t0).is_ok());
+        assert!(l.check(&"a", t0).is_err());
+        l.refund(&"a");
+        l.refund(&"a");
+        assert!(l.check(&"a", t0).is_ok());
+        assert!(l.check(&"a", t0).is_err(), "refunds stop at the burst");
     }
 }

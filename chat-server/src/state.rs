@@ -11,14 +11,15 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use crate::hashing::Hasher;
 use crate::limiter::{KeyedLimiter, Rate};
+use crate::login_limits::LoginLimits;
 use crate::presence::Presence;
 use crate::push::PushDispatcher;
 
 /// Keys of the rate limits that span requests.
 #[derive(Debug)]
 pub(crate) struct Limits {
-    /// Log-in attempts per username.
-    pub(crate) login_user: KeyedLimiter<String>,
+    /// Failed log-ins per (address, username) and per username.
+    pub(crate) login: LoginLimits,
     /// Log-in and registration attempts per source address.
     pub(crate) login_addr: KeyedLimiter<IpAddr>,
     /// Messages per sending account, across its devices and connections.
@@ -33,7 +34,7 @@ pub(crate) struct Limits {
 impl Limits {
     pub(crate) fn new(config: &Config) -> Self {
         Self {
-            login_user: KeyedLimiter::new(Rate::new(config.auth_burst_per_account, 0.1), 100_000),
+            login: LoginLimits::new(config),
             login_addr: KeyedLimiter::new(Rate::new(config.auth_burst_per_address, 0.5), 100_000),
             sends: KeyedLimiter::new(
                 Rate::new(

@@ -163,7 +163,39 @@ pub async fn http(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    http_on(stream, addr, method, path, token, body).await
+}
+
+/// A connection to `addr` from the loopback address `from` (any of 127.0.0.0/8), so one
+/// test can play several clients the node tells apart by address.
+pub async fn connect_from(from: [u8; 4], addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    socket.connect(addr).await
+}
+
+/// [`http`] from the loopback address `from`.
+pub async fn http_from(
+    from: [u8; 4],
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let stream = connect_from(from, addr).await.expect("connect");
+    http_on(stream, addr, method, path, token, body).await
+}
+
+async fn http_on(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
