@@ -69,6 +69,23 @@ pub struct Config {
     /// Log-ins and registrations waiting for a hashing thread; beyond it they are answered
     /// `unavailable` (503, `Retry-After: 1`) at once.
     pub argon2_queue: usize,
+    /// How long a request head may take to arrive in full, in ms: a new connection's first
+    /// one from the accept (TLS handshake included), later ones from their first byte.
+    /// Slower connections are closed.
+    pub http_header_timeout_ms: u64,
+    /// How long a kept-alive HTTP connection may stay silent between requests, in ms.
+    pub http_idle_timeout_ms: u64,
+    /// How long a request body may take before any allowance for its size, in ms; see
+    /// `http_body_min_bytes_per_second`. A body that falls behind is cut and the connection
+    /// closed.
+    pub http_body_timeout_ms: u64,
+    /// Each this many bytes of a request body received add one second to its deadline, so
+    /// a body sent at least this fast is never cut (0: the whole body must arrive within
+    /// `http_body_timeout_ms`).
+    pub http_body_min_bytes_per_second: u64,
+    /// Connections one source address may hold open at once (WebSockets included); more
+    /// are closed at accept. 0 for no limit.
+    pub max_connections_per_address: usize,
     /// How long a shutdown waits for connections to finish their in-flight work, in ms.
     pub shutdown_grace_ms: u64,
     /// Where the filesystem blob store keeps attachment ciphertext. Created on the first
@@ -151,6 +168,11 @@ impl Default for Config {
             argon2_iterations: 2,
             argon2_concurrency: 0,
             argon2_queue: 64,
+            http_header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 60_000,
+            http_body_timeout_ms: 30_000,
+            http_body_min_bytes_per_second: 1024,
+            max_connections_per_address: 256,
             shutdown_grace_ms: 10_000,
             blob_dir: PathBuf::from("data/blobs"),
             max_attachment_bytes: 100 * 1024 * 1024,
@@ -200,6 +222,15 @@ impl Config {
         {
             return bad("auth_burst_per_address, auth_burst_per_account and \
                  auth_failures_per_address_account must be positive");
+        }
+        if self.http_header_timeout_ms == 0
+            || self.http_idle_timeout_ms == 0
+            || self.http_body_timeout_ms == 0
+        {
+            return bad(
+                "http_header_timeout_ms, http_idle_timeout_ms and http_body_timeout_ms must be \
+                 positive",
+            );
         }
         if self.outbound_queue == 0 || self.frame_burst == 0 || self.frames_per_second <= 0.0 {
             return bad("outbound_queue, frame_burst and frames_per_second must be positive");

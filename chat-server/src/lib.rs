@@ -24,6 +24,7 @@ mod discovery;
 mod gateway;
 mod hashing;
 mod limiter;
+mod listener;
 mod login_limits;
 mod presence;
 mod push;
