@@ -58,6 +58,13 @@ pub struct Config {
     pub search_burst_per_account: u32,
     /// Directory searches one account may make per second (sustained).
     pub searches_per_account_per_second: f64,
+    /// One-time prekeys of one user's devices handed out in a burst, whoever asks; beyond it
+    /// bundles come with the signed prekey only (the X3DH fallback) until the budget
+    /// refills, so no group of accounts can empty a user's pool. Counted per fetch (a fetch
+    /// takes at most one key per device).
+    pub prekey_claim_burst_per_user: u32,
+    /// How many one-time-prekey fetches per hour refill that budget.
+    pub prekey_claims_per_user_per_hour: u32,
     /// Argon2id memory cost in KiB (OWASP's minimum, 19 MiB, by default).
     pub argon2_memory_kib: u32,
     /// Argon2id iterations.
@@ -164,6 +171,8 @@ impl Default for Config {
             auth_known_address_days: 30,
             search_burst_per_account: 30,
             searches_per_account_per_second: 0.5,
+            prekey_claim_burst_per_user: 50,
+            prekey_claims_per_user_per_hour: 50,
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
             argon2_concurrency: 0,
@@ -222,6 +231,9 @@ impl Config {
         {
             return bad("auth_burst_per_address, auth_burst_per_account and \
                  auth_failures_per_address_account must be positive");
+        }
+        if self.prekey_claim_burst_per_user == 0 {
+            return bad("prekey_claim_burst_per_user must be positive");
         }
         if self.http_header_timeout_ms == 0
             || self.http_idle_timeout_ms == 0

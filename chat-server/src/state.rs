@@ -27,6 +27,9 @@ pub(crate) struct Limits {
     /// Key-bundle fetches per (requester, target user), so one-time prekeys cannot be
     /// drained.
     pub(crate) bundles: KeyedLimiter<(UserId, UserId)>,
+    /// Fetches that take one-time prekeys, per target user whoever asks; beyond it bundles
+    /// carry the signed prekey only.
+    pub(crate) prekey_claims: KeyedLimiter<UserId>,
     /// Directory searches per account, so the directory cannot be scraped quickly.
     pub(crate) searches: KeyedLimiter<UserId>,
 }
@@ -44,6 +47,13 @@ impl Limits {
                 1_000_000,
             ),
             bundles: KeyedLimiter::new(Rate::new(20, 0.2), 100_000),
+            prekey_claims: KeyedLimiter::new(
+                Rate::new(
+                    config.prekey_claim_burst_per_user,
+                    f64::from(config.prekey_claims_per_user_per_hour) / 3600.0,
+                ),
+                100_000,
+            ),
             searches: KeyedLimiter::new(
                 Rate::new(
                     config.search_burst_per_account,

@@ -184,7 +184,27 @@ pub(crate) async fn bundles(
     }
     // A user who blocks the caller looks like one who does not exist (R-ACC-4).
     super::people::unless_blocked_by(&shared, user, authed.device.user, missing).await?;
-    let bundles = shared.store.claim_bundles(user).await?;
+    // The per-target budget: past it nobody gets one-time prekeys for a while, so a group of
+    // accounts cannot empty the pool; sessions then start from the signed prekey alone.
+    let bundles = match shared.limits.prekey_claims.check(&user, Instant::now()) {
+        Ok(()) => {
+            let bundles = shared.store.claim_bundles(user).await?;
+            let empty = bundles
+                .iter()
+                .filter(|b| b.one_time_prekey.is_none())
+                .count();
+            if empty > 0 {
+                metrics::counter!("chat_prekey_pool_drained_total").increment(empty as u64);
+                tracing::info!(user = %user, devices = empty, "one-time prekey pool empty");
+            }
+            bundles
+        }
+        Err(_) => {
+            metrics::counter!("chat_prekey_fallback_total").increment(1);
+            tracing::info!(user = %user, "one-time prekey budget spent; signed prekeys only");
+            shared.store.fallback_bundles(user).await?
+        }
+    };
     Ok(Json(Bundles { bundles }))
 }
 

@@ -402,6 +402,26 @@ pub async fn upload(
     parse_response(&response)
 }
 
+/// `GET path` on a fresh connection; the status and the body as text (for `/metrics`).
+pub async fn raw_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
 /// The status and JSON body of a complete small response.
 pub fn parse_response(response: &[u8]) -> (u16, Value) {
     let text = String::from_utf8_lossy(response);
