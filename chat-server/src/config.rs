@@ -100,6 +100,16 @@ pub struct Config {
     pub blob_dir: PathBuf,
     /// The largest attachment upload, in bytes (100 MiB by default).
     pub max_attachment_bytes: u64,
+    /// Attachment bytes one account may upload in a burst (1 GiB by default); the budget
+    /// refills at `upload_bytes_per_account_per_day`. An upload whose `Content-Length` is
+    /// over what is left is refused before a byte is stored; one without is cut when it runs
+    /// out (`rate_limited` with `Retry-After` either way, and nothing is kept).
+    pub upload_burst_bytes_per_account: u64,
+    /// Attachment bytes per day that refill an account's upload budget (1 GiB by default).
+    pub upload_bytes_per_account_per_day: u64,
+    /// Uploads one account may have in progress at once; more are refused
+    /// (`rate_limited`).
+    pub concurrent_uploads_per_account: usize,
     /// The push gateway to POST notifications to (`http://host:port/path`; plain HTTP, as
     /// the gateway is usually a sidecar on the same host or network). Without it, the
     /// logging notifier only writes a log line per notification.
@@ -185,6 +195,9 @@ impl Default for Config {
             shutdown_grace_ms: 10_000,
             blob_dir: PathBuf::from("data/blobs"),
             max_attachment_bytes: 100 * 1024 * 1024,
+            upload_burst_bytes_per_account: 1024 * 1024 * 1024,
+            upload_bytes_per_account_per_day: 1024 * 1024 * 1024,
+            concurrent_uploads_per_account: 4,
             push_webhook_url: None,
             push_timeout_ms: 5_000,
             push_attempts: 5,
@@ -231,6 +244,9 @@ impl Config {
         {
             return bad("auth_burst_per_address, auth_burst_per_account and \
                  auth_failures_per_address_account must be positive");
+        }
+        if self.concurrent_uploads_per_account == 0 {
+            return bad("concurrent_uploads_per_account must be positive");
         }
         if self.prekey_claim_burst_per_user == 0 {
             return bad("prekey_claim_burst_per_user must be positive");

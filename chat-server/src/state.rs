@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::hashing::Hasher;
-use crate::limiter::{KeyedLimiter, Rate};
+use crate::limiter::{InFlight, KeyedLimiter, Rate};
 use crate::login_limits::LoginLimits;
 use crate::presence::Presence;
 use crate::push::PushDispatcher;
@@ -30,6 +30,10 @@ pub(crate) struct Limits {
     /// Fetches that take one-time prekeys, per target user whoever asks; beyond it bundles
     /// carry the signed prekey only.
     pub(crate) prekey_claims: KeyedLimiter<UserId>,
+    /// Attachment bytes uploaded per account.
+    pub(crate) upload_bytes: KeyedLimiter<UserId>,
+    /// Uploads in progress per account.
+    pub(crate) uploads: InFlight<UserId>,
     /// Directory searches per account, so the directory cannot be scraped quickly.
     pub(crate) searches: KeyedLimiter<UserId>,
 }
@@ -54,6 +58,14 @@ impl Limits {
                 ),
                 100_000,
             ),
+            upload_bytes: KeyedLimiter::new(
+                Rate::bytes(
+                    config.upload_burst_bytes_per_account,
+                    config.upload_bytes_per_account_per_day as f64 / 86_400.0,
+                ),
+                100_000,
+            ),
+            uploads: InFlight::new(config.concurrent_uploads_per_account),
             searches: KeyedLimiter::new(
                 Rate::new(
                     config.search_burst_per_account,
