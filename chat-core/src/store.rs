@@ -164,6 +164,11 @@ pub trait KeyStore: Send + Sync {
     /// concurrent callers.
     async fn claim_bundles(&self, user: UserId) -> StoreResult<Vec<PrekeyBundle>>;
 
+    /// The bundles [`KeyStore::claim_bundles`] would return, but with no one-time prekey
+    /// and nothing claimed: the X3DH fallback to the signed prekey alone, for when the
+    /// server will not hand out more of `user`'s one-time prekeys for now.
+    async fn fallback_bundles(&self, user: UserId) -> StoreResult<Vec<PrekeyBundle>>;
+
     /// How many one-time prekeys the device has left.
     async fn one_time_prekey_count(&self, device: DeviceAddress) -> StoreResult<u64>;
 }

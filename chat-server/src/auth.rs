@@ -1,13 +1,12 @@
 //! Passwords, bearer tokens and the authenticated-device extractor.
 //!
-//! Passwords are hashed with Argon2id on the blocking pool. A token is 32 random bytes shown
+//! Passwords are hashed with Argon2id on the bounded hashing pool ([`crate::hashing`]). A token is 32 random bytes shown
 //! to the client once as 64 hex characters; the store keeps only its SHA-256, so a database
 //! leak reveals no usable token, and lookups by hash do not leak token bytes through timing.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -16,6 +15,7 @@ use chat_core::{DeviceAddress, ErrorCode, TokenHash};
 use sha2::{Digest, Sha256};
 
 use crate::api::error::ApiError;
+use crate::hashing::HashError;
 use crate::state::Shared;
 
 /// The shortest password accepted.
@@ -29,40 +29,36 @@ pub(crate) fn argon2(memory_kib: u32, iterations: u32) -> Result<Argon2<'static>
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
-/// Hashes a password to a PHC string, off the async threads.
+/// Hashes a password to a PHC string on the hashing pool; `unavailable` when it is saturated.
 pub(crate) async fn hash_password(shared: &Shared, password: String) -> Result<String, ApiError> {
-    let argon2 = shared.argon2.clone();
-    tokio::task::spawn_blocking(move || {
-        argon2
-            .hash_password(password.as_bytes())
-            .map(|h| h.to_string())
-    })
-    .await
-    .map_err(|_| ApiError::new(ErrorCode::Internal, "hashing failed"))?
-    .map_err(|_| ApiError::new(ErrorCode::Internal, "hashing failed"))
+    shared.hasher.hash(password).await.map_err(hash_error)
 }
 
-/// Verifies a password against a PHC string, off the async threads. With `None` (unknown
-/// user) it hashes anyway, so response time does not reveal whether a username exists.
+/// Verifies a password against a PHC string on the hashing pool. With `None` (unknown
+/// user) it verifies against a dummy hash anyway, so response time does not reveal whether
+/// a username exists; `unavailable` when the pool is saturated.
 pub(crate) async fn verify_password(
     shared: &Shared,
     password: String,
     phc: Option<String>,
-) -> bool {
-    let argon2 = shared.argon2.clone();
-    let dummy = shared.dummy_hash.clone();
-    tokio::task::spawn_blocking(move || {
-        let (phc, real) = match phc {
-            Some(phc) => (phc, true),
-            None => (dummy, false),
-        };
-        let Ok(parsed) = PasswordHash::new(&phc) else {
-            return false;
-        };
-        argon2.verify_password(password.as_bytes(), &parsed).is_ok() && real
-    })
-    .await
-    .unwrap_or(false)
+) -> Result<bool, ApiError> {
+    let (phc, real) = match phc {
+        Some(phc) => (phc, true),
+        None => (shared.dummy_hash.clone(), false),
+    };
+    let ok = shared
+        .hasher
+        .verify(password, phc)
+        .await
+        .map_err(hash_error)?;
+    Ok(ok && real)
+}
+
+fn hash_error(err: HashError) -> ApiError {
+    match err {
+        HashError::Busy => ApiError::unavailable(Duration::from_secs(1)),
+        HashError::Failed => ApiError::new(ErrorCode::Internal, "hashing failed"),
+    }
 }
 
 /// A new bearer token and its hash.

@@ -59,16 +59,60 @@ pub struct Config {
     /// Log-in and registration attempts one source address may make in a burst; refills at
     /// one every two seconds.
     pub auth_burst_per_address: u32,
-    /// Log-in attempts one account may receive in a burst; refills at one every ten seconds.
+    /// Failed log-ins one username may receive from all addresses together before only
+    /// addresses it has logged in from before are checked (the backstop against guessing
+    /// spread over many addresses); refills at one per `auth_account_refill_ms`.
     pub auth_burst_per_account: u32,
+    /// How often the per-username failure backstop gets one failure back, in ms.
+    pub auth_account_refill_ms: u64,
+    /// Failed log-ins one source address may make against one username before its attempts
+    /// are refused unchecked; refills at one per `auth_failure_refill_ms`. Successes do not
+    /// count.
+    pub auth_failures_per_address_account: u32,
+    /// How often an (address, username) pair gets one failure back, in ms.
+    pub auth_failure_refill_ms: u64,
+    /// How long a successful log-in keeps its address known for the account (checked even
+    /// when the backstop is exhausted), in days.
+    pub auth_known_address_days: u32,
     /// Directory searches one account may make in a burst.
     pub search_burst_per_account: u32,
     /// Directory searches one account may make per second (sustained).
     pub searches_per_account_per_second: f64,
+    /// One-time prekeys of one user's devices handed out in a burst, whoever asks; beyond it
+    /// bundles come with the signed prekey only (the X3DH fallback) until the budget
+    /// refills, so no group of accounts can empty a user's pool. Counted per fetch (a fetch
+    /// takes at most one key per device).
+    pub prekey_claim_burst_per_user: u32,
+    /// How many one-time-prekey fetches per hour refill that budget.
+    pub prekey_claims_per_user_per_hour: u32,
     /// Argon2id memory cost in KiB (OWASP's minimum, 19 MiB, by default).
     pub argon2_memory_kib: u32,
     /// Argon2id iterations.
     pub argon2_iterations: u32,
+    /// Password hashes (log-in, registration) computed at once, each on its own worker
+    /// thread holding `argon2_memory_kib`; 0 (the default) means one per CPU core. With
+    /// `argon2_queue` this bounds the memory a log-in flood can take.
+    pub argon2_concurrency: usize,
+    /// Log-ins and registrations waiting for a hashing thread; beyond it they are answered
+    /// `unavailable` (503, `Retry-After: 1`) at once.
+    pub argon2_queue: usize,
+    /// How long a request head may take to arrive in full, in ms: a new connection's first
+    /// one from the accept (TLS handshake included), later ones from their first byte.
+    /// Slower connections are closed.
+    pub http_header_timeout_ms: u64,
+    /// How long a kept-alive HTTP connection may stay silent between requests, in ms.
+    pub http_idle_timeout_ms: u64,
+    /// How long a request body may take before any allowance for its size, in ms; see
+    /// `http_body_min_bytes_per_second`. A body that falls behind is cut and the connection
+    /// closed.
+    pub http_body_timeout_ms: u64,
+    /// Each this many bytes of a request body received add one second to its deadline, so
+    /// a body sent at least this fast is never cut (0: the whole body must arrive within
+    /// `http_body_timeout_ms`).
+    pub http_body_min_bytes_per_second: u64,
+    /// Connections one source address may hold open at once (WebSockets included); more
+    /// are closed at accept. 0 for no limit.
+    pub max_connections_per_address: usize,
     /// How long a shutdown waits for connections to finish their in-flight work, in ms.
     pub shutdown_grace_ms: u64,
     /// Where the filesystem blob store keeps attachment ciphertext. Created on the first
@@ -76,6 +120,16 @@ pub struct Config {
     pub blob_dir: PathBuf,
     /// The largest attachment upload, in bytes (100 MiB by default).
     pub max_attachment_bytes: u64,
+    /// Attachment bytes one account may upload in a burst (1 GiB by default); the budget
+    /// refills at `upload_bytes_per_account_per_day`. An upload whose `Content-Length` is
+    /// over what is left is refused before a byte is stored; one without is cut when it runs
+    /// out (`rate_limited` with `Retry-After` either way, and nothing is kept).
+    pub upload_burst_bytes_per_account: u64,
+    /// Attachment bytes per day that refill an account's upload budget (1 GiB by default).
+    pub upload_bytes_per_account_per_day: u64,
+    /// Uploads one account may have in progress at once; more are refused
+    /// (`rate_limited`).
+    pub concurrent_uploads_per_account: usize,
     /// The push gateway to POST notifications to (`http://host:port/path`; plain HTTP, as
     /// the gateway is usually a sidecar on the same host or network). Without it, the
     /// logging notifier only writes a log line per notification.
@@ -254,14 +308,30 @@ impl Default for Config {
             sends_per_account_per_second: 20.0,
             send_burst_per_account: 200,
             auth_burst_per_address: 30,
-            auth_burst_per_account: 10,
+            auth_burst_per_account: 100,
+            auth_account_refill_ms: 10_000,
+            auth_failures_per_address_account: 5,
+            auth_failure_refill_ms: 60_000,
+            auth_known_address_days: 30,
             search_burst_per_account: 30,
             searches_per_account_per_second: 0.5,
+            prekey_claim_burst_per_user: 50,
+            prekey_claims_per_user_per_hour: 50,
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
+            argon2_concurrency: 0,
+            argon2_queue: 64,
+            http_header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 60_000,
+            http_body_timeout_ms: 30_000,
+            http_body_min_bytes_per_second: 1024,
+            max_connections_per_address: 256,
             shutdown_grace_ms: 10_000,
             blob_dir: PathBuf::from("data/blobs"),
             max_attachment_bytes: 100 * 1024 * 1024,
+            upload_burst_bytes_per_account: 1024 * 1024 * 1024,
+            upload_bytes_per_account_per_day: 1024 * 1024 * 1024,
+            concurrent_uploads_per_account: 4,
             push_webhook_url: None,
             push_timeout_ms: 5_000,
             push_attempts: 5,
@@ -302,6 +372,28 @@ impl Config {
                 "search_burst_per_account and searches_per_account_per_second must be positive",
             );
         }
+        if self.auth_burst_per_address == 0
+            || self.auth_burst_per_account == 0
+            || self.auth_failures_per_address_account == 0
+        {
+            return bad("auth_burst_per_address, auth_burst_per_account and \
+                 auth_failures_per_address_account must be positive");
+        }
+        if self.concurrent_uploads_per_account == 0 {
+            return bad("concurrent_uploads_per_account must be positive");
+        }
+        if self.prekey_claim_burst_per_user == 0 {
+            return bad("prekey_claim_burst_per_user must be positive");
+        }
+        if self.http_header_timeout_ms == 0
+            || self.http_idle_timeout_ms == 0
+            || self.http_body_timeout_ms == 0
+        {
+            return bad(
+                "http_header_timeout_ms, http_idle_timeout_ms and http_body_timeout_ms must be \
+                 positive",
+            );
+        }
         if self.outbound_queue == 0 || self.frame_burst == 0 || self.frames_per_second <= 0.0 {
             return bad("outbound_queue, frame_burst and frames_per_second must be positive");
         }
@@ -330,6 +422,14 @@ impl Config {
             return bad("node_id must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-'");
         }
         Ok(())
+    }
+
+    /// The number of password-hashing threads: `argon2_concurrency`, or one per core.
+    pub fn argon2_threads(&self) -> usize {
+        match self.argon2_concurrency {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        }
     }
 
     /// The heartbeat interval.

@@ -1,5 +1,8 @@
 //! Binding, serving and graceful shutdown of one node.
 //!
+//! Serving is the accept loop of `listener` (HTTP/1.1, plain or TLS, with its timeouts and
+//! per-address connection cap).
+//!
 //! Shutdown: the signal flips a watch channel; the listener stops accepting; every
 //! connection finishes the request it is handling (an append in flight completes and is
 //! acknowledged), sends `closing {shutting_down}` and closes; the node then waits, up to
@@ -14,14 +17,17 @@ use std::time::Duration;
 
 use chat_core::{BlobStore, NodeId, NodeRegistry, PresenceConfig, PushNotifier, Store, StoreError};
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
 
 use crate::api;
 use crate::auth;
 use crate::blob::FsBlobStore;
 use crate::bus::LocalBus;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, TlsConfig};
 use crate::discovery::{self, Identity, LocalRegistry};
+use crate::hashing::Hasher;
 use crate::health::StoreHealth;
+use crate::listener::{self, HttpLimits};
 use crate::presence::Presence;
 use crate::push::{PushDispatcher, Worker};
 use crate::retention;
@@ -130,18 +136,11 @@ impl Server {
         config.validate()?;
         let argon2 = auth::argon2(config.argon2_memory_kib, config.argon2_iterations)
             .map_err(ConfigError)?;
-        let dummy_hash = {
-            use argon2::password_hash::PasswordHasher;
-            let argon2 = argon2.clone();
-            tokio::task::spawn_blocking(move || {
-                argon2
-                    .hash_password(b"timing equaliser")
-                    .map(|h| h.to_string())
-            })
+        let hasher = Hasher::start(argon2, config.argon2_threads(), config.argon2_queue);
+        let dummy_hash = hasher
+            .hash("timing equaliser".into())
             .await
-            .map_err(|e| ConfigError(e.to_string()))?
-            .map_err(|e| ConfigError(e.to_string()))?
-        };
+            .map_err(|e| ConfigError(e.to_string()))?;
         let blobs = Arc::new(FsBlobStore::open(&config.blob_dir)?);
         let (push, push_worker) = PushDispatcher::new(&config, store.clone());
         let listener = std::net::TcpListener::bind(config.listen)?;
@@ -161,7 +160,7 @@ impl Server {
             bus,
             presence,
             config,
-            argon2,
+            hasher,
             dummy_hash,
             limits,
             shutdown: shutdown_rx,
@@ -248,8 +247,13 @@ impl Server {
             node,
         } = self;
         let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
-        let tls = shared.config.tls.clone();
-        let app = api::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let tls = match &shared.config.tls {
+            Some(tls) => Some(tls_acceptor(tls).await?),
+            None => None,
+        };
+        let limits = HttpLimits::new(&shared.config);
+        let app = api::router(shared.clone());
+        let shutdown_rx = shared.shutdown.clone();
         tokio::spawn(shared.presence.clone().run(shared.shutdown.clone()));
         tokio::spawn(push.run());
         // Inbox retention, when configured: holds the store, not the shared state.
@@ -264,44 +268,18 @@ impl Server {
         let weak = Arc::downgrade(&shared);
         tokio::spawn(discovery::announce(weak, node, shared.shutdown.clone()));
         drop(shared);
-        let stop = async move {
+        // Holds the sender until serving is over, so the watch never closes early.
+        let stopper = tokio::spawn(async move {
             signal.await;
             tracing::info!("shutting down");
             let _ = shutdown.send(true);
             shutdown
-        };
-        match tls {
-            None => {
-                let listener = tokio::net::TcpListener::from_std(listener)?;
-                let (keep_tx, keep_rx) = tokio::sync::oneshot::channel();
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let shutdown = stop.await;
-                        let _ = keep_tx.send(shutdown);
-                    })
-                    .await?;
-                let _shutdown = keep_rx.await;
-                wait_for_connections(&mut alive, grace).await;
-            }
-            Some(tls) => {
-                let config =
-                    axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
-                        .await?;
-                let handle = axum_server::Handle::new();
-                let stopper = handle.clone();
-                let watcher = tokio::spawn(async move {
-                    let shutdown = stop.await;
-                    stopper.graceful_shutdown(Some(grace));
-                    shutdown
-                });
-                axum_server::from_tcp_rustls(listener, config)?
-                    .handle(handle)
-                    .serve(app)
-                    .await?;
-                let _shutdown = watcher.await;
-                wait_for_connections(&mut alive, grace).await;
-            }
-        }
+        });
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        listener::serve(listener, tls, app, limits, shutdown_rx, grace).await;
+        // The listener only returns once the shutdown started; this hands back the sender.
+        let _shutdown = stopper.await;
+        wait_for_connections(&mut alive, grace).await;
         // The announcer deregisters as the shutdown starts; this covers a node whose state
         // was already gone by then.
         if let Err(err) = registry.deregister(&node_id).await {
@@ -310,6 +288,15 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// A TLS acceptor for the configured PEM files, speaking HTTP/1.1 only (the one protocol the
+/// listener serves) in ALPN.
+async fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, ServerError> {
+    let loaded = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key).await?;
+    let mut config = (*loaded.get_inner()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 async fn wait_for_connections(alive: &mut mpsc::Receiver<()>, grace: Duration) {

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use argon2::Argon2;
 use chat_core::{BlobStore, Bus, NodeRegistry, Store, Timestamp, UserId};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
+use crate::hashing::Hasher;
 use crate::health::StoreHealth;
-use crate::limiter::{KeyedLimiter, Rate};
+use crate::limiter::{InFlight, KeyedLimiter, Rate};
+use crate::login_limits::LoginLimits;
 use crate::presence::Presence;
 use crate::push::PushDispatcher;
 
@@ -24,8 +25,8 @@ const TYPING_PER_SECOND: f64 = 2.0;
 /// Keys of the rate limits that span requests.
 #[derive(Debug)]
 pub(crate) struct Limits {
-    /// Log-in attempts per username.
-    pub(crate) login_user: KeyedLimiter<String>,
+    /// Failed log-ins per (address, username) and per username.
+    pub(crate) login: LoginLimits,
     /// Log-in and registration attempts per source address.
     pub(crate) login_addr: KeyedLimiter<IpAddr>,
     /// Messages per sending account, across its devices and connections.
@@ -33,6 +34,13 @@ pub(crate) struct Limits {
     /// Key-bundle fetches per (requester, target user), so one-time prekeys cannot be
     /// drained.
     pub(crate) bundles: KeyedLimiter<(UserId, UserId)>,
+    /// Fetches that take one-time prekeys, per target user whoever asks; beyond it bundles
+    /// carry the signed prekey only.
+    pub(crate) prekey_claims: KeyedLimiter<UserId>,
+    /// Attachment bytes uploaded per account.
+    pub(crate) upload_bytes: KeyedLimiter<UserId>,
+    /// Uploads in progress per account.
+    pub(crate) uploads: InFlight<UserId>,
     /// Directory searches per account, so the directory cannot be scraped quickly.
     pub(crate) searches: KeyedLimiter<UserId>,
     /// Typing updates per account, across its devices and connections (each is relayed to
@@ -43,7 +51,7 @@ pub(crate) struct Limits {
 impl Limits {
     pub(crate) fn new(config: &Config) -> Self {
         Self {
-            login_user: KeyedLimiter::new(Rate::new(config.auth_burst_per_account, 0.1), 100_000),
+            login: LoginLimits::new(config),
             login_addr: KeyedLimiter::new(Rate::new(config.auth_burst_per_address, 0.5), 100_000),
             sends: KeyedLimiter::new(
                 Rate::new(
@@ -53,6 +61,21 @@ impl Limits {
                 1_000_000,
             ),
             bundles: KeyedLimiter::new(Rate::new(20, 0.2), 100_000),
+            prekey_claims: KeyedLimiter::new(
+                Rate::new(
+                    config.prekey_claim_burst_per_user,
+                    f64::from(config.prekey_claims_per_user_per_hour) / 3600.0,
+                ),
+                100_000,
+            ),
+            upload_bytes: KeyedLimiter::new(
+                Rate::bytes(
+                    config.upload_burst_bytes_per_account,
+                    config.upload_bytes_per_account_per_day as f64 / 86_400.0,
+                ),
+                100_000,
+            ),
+            uploads: InFlight::new(config.concurrent_uploads_per_account),
             searches: KeyedLimiter::new(
                 Rate::new(
                     config.search_burst_per_account,
@@ -70,7 +93,8 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) config: Config,
-    pub(crate) argon2: Argon2<'static>,
+    /// Runs every Argon2id hash and verification, bounded.
+    pub(crate) hasher: Hasher,
     /// A hash to verify against when the user does not exist (equal timing).
     pub(crate) dummy_hash: String,
     pub(crate) limits: Limits,

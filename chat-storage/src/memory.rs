@@ -332,6 +332,22 @@ impl KeyStore for MemoryStore {
     }
 
     async fn claim_bundles(&self, user: UserId) -> StoreResult<Vec<PrekeyBundle>> {
+        self.bundles(user, true)
+    }
+
+    async fn fallback_bundles(&self, user: UserId) -> StoreResult<Vec<PrekeyBundle>> {
+        self.bundles(user, false)
+    }
+
+    async fn one_time_prekey_count(&self, device: DeviceAddress) -> StoreResult<u64> {
+        let s = self.lock()?;
+        Ok(s.device(device).map_or(0, |r| r.prekeys.len() as u64))
+    }
+}
+
+impl MemoryStore {
+    /// Every keyed device's bundle of `user`, each taking one one-time prekey when `claim`.
+    fn bundles(&self, user: UserId, claim: bool) -> StoreResult<Vec<PrekeyBundle>> {
         let mut s = self.lock()?;
         let mut bundles = Vec::new();
         for row in s
@@ -344,15 +360,14 @@ impl KeyStore for MemoryStore {
                 device: row.device.address,
                 identity: keys.identity.clone(),
                 signed_prekey: keys.signed_prekey.clone(),
-                one_time_prekey: row.prekeys.pop_first().map(|(_, key)| key),
+                one_time_prekey: if claim {
+                    row.prekeys.pop_first().map(|(_, key)| key)
+                } else {
+                    None
+                },
             });
         }
         Ok(bundles)
-    }
-
-    async fn one_time_prekey_count(&self, device: DeviceAddress) -> StoreResult<u64> {
-        let s = self.lock()?;
-        Ok(s.device(device).map_or(0, |r| r.prekeys.len() as u64))
     }
 }
 

@@ -7,13 +7,14 @@ use std::time::Instant;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use chat_core::{
-    BusMessage, DeviceAddress, DeviceId, ErrorCode, Timestamp, Topic, UserId, Username,
+    BusMessage, Credentials, DeviceAddress, DeviceId, ErrorCode, Timestamp, Topic, UserId, Username,
 };
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ApiResult};
 use super::{Json, Path};
 use crate::auth::{self, Authed, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
+use crate::login_limits::Outcome;
 use crate::state::{Shared, now};
 
 /// The longest device name accepted, in bytes.
@@ -100,31 +101,24 @@ pub(crate) async fn login(
         .login_addr
         .check(&peer.ip(), t)
         .map_err(ApiError::rate_limited)?;
-    shared
-        .limits
-        .login_user
-        .check(&req.username.as_str().to_owned(), t)
-        .map_err(ApiError::rate_limited)?;
+    let bad = || ApiError::new(ErrorCode::BadCredentials, "wrong username or password");
     if req.password.len() > MAX_PASSWORD_LEN {
-        return Err(ApiError::new(
-            ErrorCode::BadCredentials,
-            "wrong username or password",
-        ));
+        return Err(bad());
     }
-    let credentials = shared.store.credentials(&req.username).await?;
-    let phc = credentials.as_ref().map(|c| c.password_hash.clone());
-    if !auth::verify_password(&shared, req.password, phc).await {
-        return Err(ApiError::new(
-            ErrorCode::BadCredentials,
-            "wrong username or password",
-        ));
-    }
-    let Some(credentials) = credentials else {
-        return Err(ApiError::new(
-            ErrorCode::BadCredentials,
-            "wrong username or password",
-        ));
+    // Only failures are limited, per (address, username) and per username (see
+    // login_limits): a guesser elsewhere cannot make the owner's right password answer 429.
+    let limits = &shared.limits.login;
+    let attempt = limits
+        .start(peer.ip(), req.username.as_str(), t)
+        .map_err(ApiError::rate_limited)?;
+    let checked = check_credentials(&shared, &req.username, req.password).await;
+    let outcome = match &checked {
+        Ok(Some(_)) => Outcome::Success,
+        Ok(None) => Outcome::Failure,
+        Err(_) => Outcome::NotChecked,
     };
+    limits.finish(attempt, outcome, Instant::now());
+    let credentials = checked?.ok_or_else(bad)?;
     let user = credentials.user.id;
     let (token, hash) = auth::new_token()?;
     let device = match req.device_id {
@@ -152,6 +146,19 @@ pub(crate) async fn login(
         user_id: user,
         device_id: device,
     }))
+}
+
+/// The account's credentials if `password` is its password; `None` for a wrong password or
+/// an unknown username (which costs the same hash).
+async fn check_credentials(
+    shared: &Shared,
+    username: &Username,
+    password: String,
+) -> ApiResult<Option<Credentials>> {
+    let credentials = shared.store.credentials(username).await?;
+    let phc = credentials.as_ref().map(|c| c.password_hash.clone());
+    let ok = auth::verify_password(shared, password, phc).await?;
+    Ok(credentials.filter(|_| ok))
 }
 
 pub(crate) async fn logout(

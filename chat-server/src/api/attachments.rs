@@ -5,14 +5,15 @@
 //! The server never sees the key: the client encrypts before uploading and sends the
 //! pointer, key and digest inside an end-to-end encrypted message.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chat_core::{AttachmentId, AttachmentMeta, BlobError, ConversationId, ErrorCode, UserId};
-use futures::TryStreamExt;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ApiResult};
@@ -40,7 +41,13 @@ pub(crate) async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Uploaded>)> {
-    require_member(&shared, query.conversation, authed.device.user).await?;
+    let user = authed.device.user;
+    require_member(&shared, query.conversation, user).await?;
+    let _place = shared
+        .limits
+        .uploads
+        .enter(&user)
+        .ok_or_else(|| quota(Duration::from_secs(1), "too many uploads at once"))?;
     let limit = shared.config.max_attachment_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -49,15 +56,41 @@ pub(crate) async fn upload(
     if declared.is_some_and(|len| len > limit) {
         return Err(too_large(limit));
     }
+    // The byte budget: refused up front when the declared length is over what is left,
+    // charged chunk by chunk as bytes arrive, and cut (the blob store keeps nothing of a
+    // failed upload) when it runs out mid-stream.
+    if let Some(len) = declared {
+        let check = shared
+            .limits
+            .upload_bytes
+            .check_n(&user, len as f64, Instant::now(), false);
+        check.map_err(|wait| quota(wait, "upload quota exceeded"))?;
+    }
     let id = new_id()?;
-    let stream = body
-        .into_data_stream()
-        .map_err(|err| BlobError::Interrupted(err.to_string()));
-    let size = shared
-        .blobs
-        .put(id, Box::pin(stream), limit)
-        .await
-        .map_err(|err| blob_error(err, limit))?;
+    let over_quota = Arc::new(Mutex::new(None));
+    let stream = {
+        let (shared, over_quota) = (shared.clone(), over_quota.clone());
+        body.into_data_stream().map(move |chunk| {
+            let chunk = chunk.map_err(|err| BlobError::Interrupted(err.to_string()))?;
+            let budget = &shared.limits.upload_bytes;
+            if let Err(wait) = budget.check_n(&user, chunk.len() as f64, Instant::now(), true) {
+                *over_quota.lock().unwrap_or_else(|e| e.into_inner()) = Some(wait);
+                return Err(BlobError::Interrupted("upload quota exceeded".into()));
+            }
+            Ok(chunk)
+        })
+    };
+    let stored = shared.blobs.put(id, Box::pin(stream), limit).await;
+    let size = match stored {
+        Ok(size) => size,
+        Err(err) => {
+            if let Some(wait) = *over_quota.lock().unwrap_or_else(|e| e.into_inner()) {
+                tracing::info!(user = %user, "attachment upload cut: quota exceeded");
+                return Err(quota(wait, "upload quota exceeded"));
+            }
+            return Err(blob_error(err, limit));
+        }
+    };
     let meta = AttachmentMeta {
         id,
         conversation: query.conversation,
@@ -134,6 +167,13 @@ async fn require_member(
 
 fn missing() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such attachment")
+}
+
+/// `rate_limited` for the upload quotas, retryable after `wait` (at most a day).
+fn quota(wait: Duration, message: &str) -> ApiError {
+    let mut err = ApiError::rate_limited(wait.min(Duration::from_secs(86_400)));
+    err.message = message.into();
+    err
 }
 
 fn too_large(limit: u64) -> ApiError {

@@ -15,7 +15,7 @@ pub(crate) struct ApiError {
     pub code: ErrorCode,
     /// A human-readable explanation.
     pub message: String,
-    /// For `rate_limited`: seconds until a retry can succeed.
+    /// For `rate_limited` and a busy `unavailable`: seconds until a retry can succeed.
     pub retry_after_secs: Option<u64>,
     /// The backend failure behind it, if any (logged, never sent).
     pub failure: Option<StoreFailure>,
@@ -37,6 +37,18 @@ impl ApiError {
         Self {
             code: ErrorCode::RateLimited,
             message: "too many requests".into(),
+            retry_after_secs: Some(wait.as_secs().max(1)),
+            failure: None,
+        }
+    }
+}
+
+impl ApiError {
+    /// An `unavailable` error for a saturated resource, retryable after `wait`.
+    pub(crate) fn unavailable(wait: std::time::Duration) -> Self {
+        Self {
+            code: ErrorCode::Unavailable,
+            message: "busy, retry later".into(),
             retry_after_secs: Some(wait.as_secs().max(1)),
             failure: None,
         }

@@ -23,11 +23,48 @@ use crate::state::Shared;
 /// Length of the published identity blob.
 pub const IDENTITY_BYTES: usize = 128;
 
+/// The body of `PUT /v1/keys`: [`DeviceKeys`] with unknown fields refused, like every other
+/// request body. The model type stays lenient because clients also read it from bundles,
+/// where new fields must be ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PutKeys {
+    identity: String,
+    signed_prekey: PutSignedPrekey,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutSignedPrekey {
+    id: u32,
+    public: String,
+    signature: String,
+}
+
+impl PutKeys {
+    fn into_keys(self) -> ApiResult<DeviceKeys> {
+        let hex = |s: &str| {
+            hex::decode(s)
+                .map(Bytes::from)
+                .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "keys are hex strings"))
+        };
+        Ok(DeviceKeys {
+            identity: hex(&self.identity)?,
+            signed_prekey: chat_core::SignedPrekey {
+                id: self.signed_prekey.id,
+                public: hex(&self.signed_prekey.public)?,
+                signature: hex(&self.signed_prekey.signature)?,
+            },
+        })
+    }
+}
+
 pub(crate) async fn put_keys(
     State(shared): State<Arc<Shared>>,
     authed: Authed,
-    Json(keys): Json<DeviceKeys>,
+    Json(req): Json<PutKeys>,
 ) -> ApiResult<StatusCode> {
+    let keys = req.into_keys()?;
     verify_keys(&keys)?;
     shared.store.set_device_keys(authed.device, &keys).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -69,7 +106,15 @@ fn verify_keys(keys: &DeviceKeys) -> ApiResult<()> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OneTimeKeys {
-    keys: Vec<OneTimePrekey>,
+    keys: Vec<StrictOneTimePrekey>,
+}
+
+/// A [`OneTimePrekey`] in an upload, unknown fields refused.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StrictOneTimePrekey {
+    id: u32,
+    public: String,
 }
 
 #[derive(Serialize)]
@@ -88,15 +133,23 @@ pub(crate) async fn add_one_time(
             "at most 1000 keys per upload",
         ));
     }
-    if req.keys.iter().any(|k| k.public.len() != 32) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            "prekeys are 32 bytes",
-        ));
-    }
+    let keys = req
+        .keys
+        .into_iter()
+        .map(|k| match hex::decode(&k.public) {
+            Ok(public) if public.len() == 32 => Ok(OneTimePrekey {
+                id: k.id,
+                public: Bytes::from(public),
+            }),
+            _ => Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "prekeys are 32 bytes in hex",
+            )),
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
     shared
         .store
-        .add_one_time_prekeys(authed.device, &req.keys)
+        .add_one_time_prekeys(authed.device, &keys)
         .await?;
     let count = shared.store.one_time_prekey_count(authed.device).await?;
     Ok(Json(Count { count }))
@@ -131,7 +184,27 @@ pub(crate) async fn bundles(
     }
     // A user who blocks the caller looks like one who does not exist (R-ACC-4).
     super::people::unless_blocked_by(&shared, user, authed.device.user, missing).await?;
-    let bundles = shared.store.claim_bundles(user).await?;
+    // The per-target budget: past it nobody gets one-time prekeys for a while, so a group of
+    // accounts cannot empty the pool; sessions then start from the signed prekey alone.
+    let bundles = match shared.limits.prekey_claims.check(&user, Instant::now()) {
+        Ok(()) => {
+            let bundles = shared.store.claim_bundles(user).await?;
+            let empty = bundles
+                .iter()
+                .filter(|b| b.one_time_prekey.is_none())
+                .count();
+            if empty > 0 {
+                metrics::counter!("chat_prekey_pool_drained_total").increment(empty as u64);
+                tracing::info!(user = %user, devices = empty, "one-time prekey pool empty");
+            }
+            bundles
+        }
+        Err(_) => {
+            metrics::counter!("chat_prekey_fallback_total").increment(1);
+            tracing::info!(user = %user, "one-time prekey budget spent; signed prekeys only");
+            shared.store.fallback_bundles(user).await?
+        }
+    };
     Ok(Json(Bundles { bundles }))
 }
 

@@ -364,7 +364,7 @@ impl Conn {
             // listening, and answering each frame would let it keep the node busy.
             self.refused = self.refused.saturating_add(1);
             metrics::counter!("chat_frames_refused_total").increment(1);
-            if self.refused > self.rate.burst {
+            if f64::from(self.refused) > self.rate.burst {
                 return Err(End::Close(
                     ErrorCode::RateLimited,
                     "too many frames after being told to slow down",

@@ -9,6 +9,7 @@ mod sink;
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::response::{IntoResponse, Response};
@@ -17,6 +18,7 @@ use chat_core::limits::MAX_FRAME_BYTES;
 use chat_core::protocol::SUBPROTOCOL;
 
 use crate::api::error::ApiError;
+use crate::listener::ConnSlot;
 use crate::state::Shared;
 
 /// Read buffer per connection, allocated up front; grows only while a large frame arrives.
@@ -29,8 +31,14 @@ const MAX_MESSAGE: usize = 2 * MAX_FRAME_BYTES;
 
 /// `GET /v1/ws`. The client must offer [`SUBPROTOCOL`] (docs/PROTOCOL.md section 1): an
 /// upgrade without it is refused with `invalid_request` before any WebSocket exists, so a
-/// client of another protocol version never gets frames it cannot read.
-pub(crate) async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
+/// client of another protocol version never gets frames it cannot read. The connection's
+/// place in its address's connection count (`slot`) moves into the WebSocket task, so an
+/// open WebSocket keeps counting against the address.
+pub(crate) async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    slot: Option<Extension<ConnSlot>>,
+    ws: WebSocketUpgrade,
+) -> Response {
     if *shared.shutdown.borrow() {
         return ApiError::new(ErrorCode::ShuttingDown, "shutting down").into_response();
     }
@@ -44,5 +52,8 @@ pub(crate) async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgr
         .max_write_buffer_size(MAX_MESSAGE + WRITE_BUFFER)
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| conn::run(shared, socket))
+        .on_upgrade(move |socket| async move {
+            conn::run(shared, socket).await;
+            drop(slot);
+        })
 }

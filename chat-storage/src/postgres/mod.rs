@@ -259,7 +259,11 @@ impl KeyStore for PostgresStore {
     }
 
     async fn claim_bundles(&self, user: UserId) -> StoreResult<Vec<PrekeyBundle>> {
-        on_conn!(self, |db| ops::claim_bundles(&db, user).await)
+        on_conn!(self, |db| ops::claim_bundles(&db, user, true).await)
+    }
+
+    async fn fallback_bundles(&self, user: UserId) -> StoreResult<Vec<PrekeyBundle>> {
+        on_conn!(self, |db| ops::claim_bundles(&db, user, false).await)
     }
 
     async fn one_time_prekey_count(&self, device: DeviceAddress) -> StoreResult<u64> {

@@ -669,14 +669,23 @@ pub(crate) async fn add_one_time_prekeys(
     Ok(())
 }
 
-pub(crate) async fn claim_bundles(db: &Db<'_>, user: UserId) -> StoreResult<Vec<PrekeyBundle>> {
+/// The bundles of `user`'s keyed devices, each claiming one one-time prekey when `claim`.
+pub(crate) async fn claim_bundles(
+    db: &Db<'_>,
+    user: UserId,
+    claim: bool,
+) -> StoreResult<Vec<PrekeyBundle>> {
     let rows = db.query(KEYED_DEVICES, &[&to_sql(user.get())]).await?;
     let mut bundles = Vec::with_capacity(rows.len());
     for row in rows {
         let id: i64 = get(&row, 0)?;
         // Each claim is one statement; SKIP LOCKED makes concurrent claimers take
         // different keys instead of waiting for (and then missing) the same one.
-        let one_time_prekey = match db.opt(CLAIM_PREKEY, &[&id]).await? {
+        let claimed = match claim {
+            true => db.opt(CLAIM_PREKEY, &[&id]).await?,
+            false => None,
+        };
+        let one_time_prekey = match claimed {
             Some(k) => Some(OneTimePrekey {
                 id: u32_from_sql(get(&k, 0)?, "prekey ID")?,
                 public: Bytes::from(get::<Vec<u8>>(&k, 1)?),

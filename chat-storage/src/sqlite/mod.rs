@@ -389,7 +389,11 @@ impl KeyStore for SqliteStore {
     }
 
     async fn claim_bundles(&self, user: UserId) -> StoreResult<Vec<PrekeyBundle>> {
-        self.write(move |c| ops::claim_bundles(c, user)).await
+        self.write(move |c| ops::claim_bundles(c, user, true)).await
+    }
+
+    async fn fallback_bundles(&self, user: UserId) -> StoreResult<Vec<PrekeyBundle>> {
+        self.read(move |c| ops::claim_bundles(c, user, false)).await
     }
 
     async fn one_time_prekey_count(&self, device: DeviceAddress) -> StoreResult<u64> {

@@ -413,7 +413,13 @@ pub(crate) fn add_one_time_prekeys(
     Ok(())
 }
 
-pub(crate) fn claim_bundles(conn: &Connection, user: UserId) -> StoreResult<Vec<PrekeyBundle>> {
+/// The bundles of `user`'s keyed devices, each claiming one one-time prekey when `claim`
+/// (without, the statement that claims is not even prepared: this runs on read connections).
+pub(crate) fn claim_bundles(
+    conn: &Connection,
+    user: UserId,
+    claim: bool,
+) -> StoreResult<Vec<PrekeyBundle>> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT id, identity, spk_id, spk_public, spk_signature FROM devices
@@ -433,19 +439,26 @@ pub(crate) fn claim_bundles(conn: &Connection, user: UserId) -> StoreResult<Vec<
         .map_err(backend)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(backend)?;
-    let mut claim = conn
-        .prepare_cached(
-            "DELETE FROM one_time_prekeys WHERE device_id = ?1 AND key_id = (
+    let mut claim = match claim {
+        true => Some(
+            conn.prepare_cached(
+                "DELETE FROM one_time_prekeys WHERE device_id = ?1 AND key_id = (
                  SELECT key_id FROM one_time_prekeys WHERE device_id = ?1 ORDER BY key_id LIMIT 1)
              RETURNING key_id, public",
-        )
-        .map_err(backend)?;
+            )
+            .map_err(backend)?,
+        ),
+        false => None,
+    };
     let mut bundles = Vec::with_capacity(rows.len());
     for (id, identity, spk_id, spk_public, spk_signature) in rows {
-        let one_time = claim
-            .query_row([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
-            .optional()
-            .map_err(backend)?;
+        let one_time = match claim.as_mut() {
+            Some(claim) => claim
+                .query_row([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+                .optional()
+                .map_err(backend)?,
+            None => None,
+        };
         let one_time_prekey = match one_time {
             Some((key_id, public)) => Some(OneTimePrekey {
                 id: u32_from_sql(key_id, "prekey ID")?,

@@ -321,6 +321,52 @@ pub async fn signed_prekey_is_the_fallback(store: Arc<dyn Store>) {
     ));
 }
 
+/// Fallback bundles are what a claim returns minus the one-time prekey, and take nothing
+/// from any pool; devices without published keys get none.
+pub async fn fallback_bundles_claim_nothing(store: Arc<dyn Store>) {
+    let (bob, devices) = user_with_devices(&*store, 3).await;
+    assert!(
+        store
+            .fallback_bundles(bob)
+            .await
+            .expect("fallback")
+            .is_empty()
+    );
+    for (i, device) in devices.iter().take(2).enumerate() {
+        let n = u32::try_from(i).expect("small");
+        store
+            .set_device_keys(*device, &keys(n))
+            .await
+            .expect("keys");
+        store
+            .add_one_time_prekeys(*device, &one_time(10 * n..10 * n + 3))
+            .await
+            .expect("otk");
+    }
+    for _ in 0..5 {
+        let mut bundles = store.fallback_bundles(bob).await.expect("fallback");
+        bundles.sort_by_key(|b| b.device);
+        assert_eq!(bundles.len(), 2);
+        for (i, bundle) in bundles.iter().enumerate() {
+            let n = u32::try_from(i).expect("small");
+            assert_eq!(bundle.device, devices[i]);
+            assert_eq!(bundle.identity, keys(n).identity);
+            assert_eq!(bundle.signed_prekey, keys(n).signed_prekey);
+            assert_eq!(bundle.one_time_prekey, None);
+        }
+    }
+    for device in devices.iter().take(2) {
+        assert_eq!(
+            store.one_time_prekey_count(*device).await.expect("count"),
+            3
+        );
+    }
+    let mut claimed = store.claim_bundles(bob).await.expect("claim");
+    claimed.sort_by_key(|b| b.device);
+    assert_eq!(claimed[0].one_time_prekey, Some(one_time(0..1).remove(0)));
+    assert_eq!(claimed[1].one_time_prekey, Some(one_time(10..11).remove(0)));
+}
+
 /// A new identity empties the one-time prekey pool (its keys belong to the old identity);
 /// replacing only the signed prekey keeps it.
 pub async fn new_identity_empties_the_prekey_pool(store: Arc<dyn Store>) {

@@ -80,6 +80,7 @@ macro_rules! conformance_tests {
             device_removal_revokes_everything,
             prekeys_are_claimed_at_most_once_concurrently,
             signed_prekey_is_the_fallback,
+            fallback_bundles_claim_nothing,
             new_identity_empties_the_prekey_pool,
             concurrent_appends_are_gapless_and_ordered,
             idempotent_retries_write_nothing,
@@ -237,8 +238,8 @@ mod retention;
 
 pub use accounts::{
     accounts_and_tokens, attachments_and_push_tokens, device_removal_revokes_everything,
-    new_identity_empties_the_prekey_pool, prekeys_are_claimed_at_most_once_concurrently,
-    signed_prekey_is_the_fallback, too_many_devices,
+    fallback_bundles_claim_nothing, new_identity_empties_the_prekey_pool,
+    prekeys_are_claimed_at_most_once_concurrently, signed_prekey_is_the_fallback, too_many_devices,
 };
 pub use conversations::{
     conversation_records, direct_conversation_is_one_per_pair_concurrently,
