@@ -496,8 +496,7 @@ async fn a_store_that_cannot_take_writes_is_refused_at_start() {
     assert!(remounted, "remount read-only");
     let err = chat_server::Server::bind(config)
         .await
-        .err()
-        .expect("a read-only store is refused");
+        .expect_err("a read-only store is refused");
     let message = err.to_string();
     assert!(
         message.contains(&disk.0.display().to_string()),
