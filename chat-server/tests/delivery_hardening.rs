@@ -77,8 +77,7 @@ async fn a_sender_that_vanishes_after_sending_still_reaches_an_online_recipient(
     let alice = server.account("alice").await;
     let bob = server.account("bob").await;
     let conversation = direct(&server, &alice, &bob).await;
-    let mut bob_ws = server.connect(&bob, 0).await;
-    backlog(&mut bob_ws).await;
+    let mut bob_ws = server.online(&bob).await;
     for i in 0..10u8 {
         bob_ws.send(Heartbeat {}.into()).await;
         send_and_vanish(&server, &alice, conversation, i, &[i; 64]).await;
@@ -139,8 +138,7 @@ async fn a_client_key_reused_in_another_conversation_is_refused() {
     let carol = server.account("carol").await;
     let with_bob = direct(&server, &alice, &bob).await;
     let with_carol = direct(&server, &alice, &carol).await;
-    let mut alice_ws = server.connect(&alice, 0).await;
-    backlog(&mut alice_ws).await;
+    let mut alice_ws = server.online(&alice).await;
     let to_bob = recipients(&server, &alice, with_bob, b"").await;
     let to_carol = recipients(&server, &alice, with_carol, b"").await;
 
@@ -181,8 +179,7 @@ async fn a_sync_past_the_head_resyncs_and_live_delivery_goes_on() {
     let alice = server.account("alice").await;
     let bob = server.account("bob").await;
     let conversation = direct(&server, &alice, &bob).await;
-    let mut bob_ws = server.connect(&bob, 0).await;
-    backlog(&mut bob_ws).await;
+    let mut bob_ws = server.online(&bob).await;
     bob_ws
         .send(
             SyncRequest {
@@ -201,8 +198,7 @@ async fn a_sync_past_the_head_resyncs_and_live_delivery_goes_on() {
         other => panic!("expected resync_required, got {other:?}"),
     }
     assert!(matches!(bob_ws.recv().await, ServerFrame::SyncEnd(e) if e.head == InboxPos::ZERO));
-    let mut alice_ws = server.connect(&alice, 0).await;
-    backlog(&mut alice_ws).await;
+    let mut alice_ws = server.online(&alice).await;
     let to_bob = recipients(&server, &alice, conversation, b"").await;
     alice_ws
         .send(send_frame(1, conversation, 1, b"still live", to_bob))
@@ -219,10 +215,8 @@ async fn a_receipt_past_the_last_message_is_refused() {
     let alice = server.account("alice").await;
     let bob = server.account("bob").await;
     let conversation = direct(&server, &alice, &bob).await;
-    let mut alice_ws = server.connect(&alice, 0).await;
-    backlog(&mut alice_ws).await;
-    let mut bob_ws = server.connect(&bob, 0).await;
-    backlog(&mut bob_ws).await;
+    let mut alice_ws = server.online(&alice).await;
+    let mut bob_ws = server.online(&bob).await;
     let receipt = |up_to: u64| -> ClientFrame {
         ReceiptUpdate {
             conversation,
@@ -273,8 +267,7 @@ async fn a_missing_conversation_is_answered_like_a_forbidden_one() {
     let bob = server.account("bob").await;
     let carol = server.account("carol").await;
     let theirs = direct(&server, &bob, &carol).await;
-    let mut alice_ws = server.connect(&alice, 0).await;
-    backlog(&mut alice_ws).await;
+    let mut alice_ws = server.online(&alice).await;
     let mut answers = Vec::new();
     for (req, conversation) in [(1, theirs), (2, ConversationId::new(999_999).unwrap())] {
         alice_ws
@@ -338,7 +331,11 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        // Lazily: a store thread that is still closing its files must not keep it mounted.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
         let _ = std::fs::remove_dir(&self.0);
     }
 }
@@ -377,8 +374,7 @@ async fn a_full_disk_makes_the_node_unready_and_loses_no_connection() {
     let conversation = direct(&server, &alice, &bob).await;
     let (status, _) = server.http("GET", "/readyz", None, None).await;
     assert_eq!(status, 200);
-    let mut alice_ws = server.connect(&alice, 0).await;
-    backlog(&mut alice_ws).await;
+    let mut alice_ws = server.online(&alice).await;
     let to_bob = recipients(&server, &alice, conversation, b"").await;
 
     let filler = fill(&disk.0);
@@ -442,8 +438,7 @@ async fn sends_in_flight_are_answered_in_order_and_keep_each_conversations_order
         let to = recipients(&server, &alice, conversation, b"").await;
         peers.push((peer, conversation, to));
     }
-    let mut alice_ws = server.connect(&alice, 0).await;
-    backlog(&mut alice_ws).await;
+    let mut alice_ws = server.online(&alice).await;
     // Sixty sends without waiting for answers, interleaved over three conversations.
     const SENDS: u32 = 60;
     for req in 0..SENDS {
@@ -485,9 +480,7 @@ async fn a_store_that_cannot_take_writes_is_refused_at_start() {
         blob_dir: disk.0.join("blobs"),
         ..test_config()
     };
-    let server = TestServer::start(config.clone()).await;
-    server.account("alice").await;
-    server.shutdown().await;
+    // Read-only from the start: nothing is open on it, so the remount cannot be busy.
     let remounted = std::process::Command::new("mount")
         .args(["-o", "remount,ro"])
         .arg(&disk.0)

@@ -152,6 +152,13 @@ impl TestServer {
     pub async fn connect(&self, account: &Account, cursor: u64) -> Client {
         Client::connect(self.addr, account, cursor).await
     }
+
+    /// Connects from cursor 0 and reads the backlog: a device that is online and live.
+    pub async fn online(&self, account: &Account) -> Client {
+        let mut client = self.connect(account, 0).await;
+        backlog(&mut client).await;
+        client
+    }
 }
 
 impl Drop for TestServer {
