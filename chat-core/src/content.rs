@@ -60,6 +60,7 @@ pub enum ContentError {
 pub struct Text {
     /// The text; at most [`MAX_TEXT_CHARS`] characters.
     #[n(0)]
+    #[cbor(decode_with = "crate::wire::text")]
     pub body: String,
     /// The message this replies to, in the same conversation.
     #[n(1)]
@@ -83,6 +84,7 @@ pub struct Edit {
     pub target: MessageId,
     /// Its new text; at most [`MAX_TEXT_CHARS`] characters.
     #[n(1)]
+    #[cbor(decode_with = "crate::wire::text")]
     pub body: String,
 }
 
@@ -106,6 +108,7 @@ pub struct Reaction {
     pub target: MessageId,
     /// The emoji (any text of 1 to [`MAX_REACTION_BYTES`] bytes; clients show it as is).
     #[n(1)]
+    #[cbor(decode_with = "crate::wire::text")]
     pub emoji: String,
     /// Takes the sender's earlier reaction with this emoji back.
     #[n(2)]
@@ -117,7 +120,7 @@ pub struct Reaction {
 #[cbor(transparent)]
 pub struct AttachmentKey(
     #[n(0)]
-    #[cbor(with = "minicbor::bytes")]
+    #[cbor(with = "crate::wire::byte_array")]
     pub [u8; 32],
 );
 
@@ -142,16 +145,19 @@ pub struct AttachmentPointer {
     pub size: u64,
     /// SHA-256 of the ciphertext blob, checked before decrypting.
     #[n(3)]
-    #[cbor(with = "minicbor::bytes")]
+    #[cbor(with = "crate::wire::byte_array")]
     pub sha256: [u8; 32],
     /// The media type ("image/jpeg").
     #[n(4)]
+    #[cbor(decode_with = "crate::wire::text")]
     pub mime: String,
     /// The file name, if any.
     #[n(5)]
+    #[cbor(decode_with = "crate::wire::opt_text")]
     pub name: Option<String>,
     /// A caption, if any.
     #[n(6)]
+    #[cbor(decode_with = "crate::wire::opt_text")]
     pub caption: Option<String>,
 }
 
@@ -186,6 +192,7 @@ pub struct GroupChange {
     pub users: Vec<UserId>,
     /// The group's name after the change, if it was set or changed.
     #[n(2)]
+    #[cbor(decode_with = "crate::wire::opt_text")]
     pub name: Option<String>,
 }
 
@@ -267,13 +274,11 @@ impl Content {
         }
         let malformed = |e: minicbor::decode::Error| ContentError::Malformed(e.to_string());
         let mut d = minicbor::Decoder::new(bytes);
-        match d.array().map_err(malformed)? {
-            Some(n) if n >= 2 => {}
-            _ => {
-                return Err(ContentError::Malformed(
-                    "content is an array [type, body]".into(),
-                ));
-            }
+        // `None` is an indefinite-length array; elements after the body are ignored.
+        if d.array().map_err(malformed)?.is_some_and(|n| n < 2) {
+            return Err(ContentError::Malformed(
+                "content is an array [type, body]".into(),
+            ));
         }
         let content = match d.u32().map_err(malformed)? {
             1 => Self::Text(d.decode().map_err(malformed)?),

@@ -228,7 +228,7 @@ macro_rules! random_id {
         impl<'b, C> Decode<'b, C> for $name {
             fn decode(d: &mut Decoder<'b>, _: &mut C) -> Result<Self, decode::Error> {
                 let p = d.position();
-                let bytes = d.bytes()?;
+                let bytes = crate::wire::concat_bytes(d)?;
                 <[u8; $len]>::try_from(bytes)
                     .map(Self)
                     .map_err(|_| decode::Error::message(IdError::Malformed).at(p))

@@ -368,6 +368,207 @@ fn largest_valid_send_fits_the_frame_limit() {
     assert_eq!(ClientFrame::decode(&bytes), Ok(send.into()));
 }
 
+// ---- any valid CBOR: indefinite lengths, long integer heads ----
+
+/// Re-encodes one well-formed, definite-length CBOR item (our encoders' output) the way another
+/// encoder may: every array, map, byte string and text string of indefinite length, strings
+/// cut into chunks of at most `chunk` bytes (text only between characters, as RFC 8949
+/// requires), and with `wide`, every integer head in its 8-byte form.
+fn reencode(input: &[u8], chunk: usize, wide: bool) -> Vec<u8> {
+    fn head(out: &mut Vec<u8>, major: u8, arg: u64, wide: bool) {
+        match arg {
+            0..=23 if !wide => out.push(major << 5 | arg as u8),
+            0..=0xff if !wide => out.extend([major << 5 | 24, arg as u8]),
+            0..=0xffff if !wide => {
+                out.push(major << 5 | 25);
+                out.extend((arg as u16).to_be_bytes())
+            }
+            0..=0xffff_ffff if !wide => {
+                out.push(major << 5 | 26);
+                out.extend((arg as u32).to_be_bytes())
+            }
+            _ => {
+                out.push(major << 5 | 27);
+                out.extend(arg.to_be_bytes())
+            }
+        }
+    }
+    fn item<'a>(input: &'a [u8], chunk: usize, wide: bool, out: &mut Vec<u8>) -> &'a [u8] {
+        let (&first, rest) = input.split_first().unwrap();
+        let (major, info) = (first >> 5, first & 0x1f);
+        let (arg, rest) = match info {
+            0..=23 => (u64::from(info), rest),
+            24..=27 => {
+                let (arg, rest) = rest.split_at(1 << (info - 24));
+                let arg = arg.iter().fold(0, |n, &b| n << 8 | u64::from(b));
+                (arg, rest)
+            }
+            _ => panic!("not a definite-length head: {first:#x}"),
+        };
+        match major {
+            2 | 3 => {
+                let (mut s, rest) = rest.split_at(arg as usize);
+                out.push(major << 5 | 31);
+                while !s.is_empty() {
+                    let mut n = chunk.min(s.len());
+                    while major == 3 && std::str::from_utf8(&s[..n]).is_err() {
+                        n += 1;
+                    }
+                    head(out, major, n as u64, false);
+                    out.extend(&s[..n]);
+                    s = &s[n..];
+                }
+                out.push(0xff);
+                rest
+            }
+            4 | 5 => {
+                out.push(major << 5 | 31);
+                let mut rest = rest;
+                for _ in 0..arg * u64::from(major - 3) {
+                    rest = item(rest, chunk, wide, out);
+                }
+                out.push(0xff);
+                rest
+            }
+            6 => {
+                head(out, major, arg, wide);
+                item(rest, chunk, wide, out)
+            }
+            0 | 1 => {
+                head(out, major, arg, wide);
+                rest
+            }
+            _ => {
+                out.extend(&input[..input.len() - rest.len()]);
+                rest
+            }
+        }
+    }
+    let mut out = Vec::new();
+    assert!(item(input, chunk, wide, &mut out).is_empty());
+    out
+}
+
+fn any_content() -> impl Strategy<Value = Content> {
+    let text = ".{0,30}";
+    prop_oneof![
+        (text, prop::option::of(any_id()))
+            .prop_map(|(body, reply_to)| Content::Text(Text { body, reply_to })),
+        (
+            any::<[u8; 16]>(),
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            text,
+            prop::option::of(text),
+            prop::option::of(text)
+        )
+            .prop_map(|(id, key, size, mime, name, caption)| {
+                Content::Attachment(AttachmentPointer {
+                    id: AttachmentId::from_bytes(id),
+                    key: AttachmentKey(key),
+                    size,
+                    sha256: key,
+                    mime,
+                    name,
+                    caption,
+                })
+            }),
+        (
+            prop_oneof![Just(GroupAction::Created), Just(GroupAction::Left)],
+            prop::collection::vec(any_id(), 0..4),
+            prop::option::of(text)
+        )
+            .prop_map(|(action, users, name)| Content::GroupChange(GroupChange {
+                action,
+                users,
+                name
+            })),
+        (any_id(), text).prop_map(|(target, body)| Content::Edit(Edit { target, body })),
+        any_id().prop_map(|target| Content::Delete(Delete { target })),
+        (any_id(), ".{1,10}", any::<bool>()).prop_map(|(target, emoji, remove)| {
+            Content::Reaction(Reaction {
+                target,
+                emoji,
+                remove,
+            })
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// docs/PROTOCOL.md: decoders accept any valid CBOR encoding of a frame, not only the
+    /// definite lengths and shortest heads our encoders write.
+    #[test]
+    fn frames_decode_from_indefinite_lengths_and_wide_heads(
+        client in any_client_frame(),
+        server in any_server_frame(),
+        chunk in 1usize..8,
+        wide in any::<bool>(),
+    ) {
+        let bytes = reencode(&client.encode(), chunk, wide);
+        prop_assert_eq!(ClientFrame::decode(&bytes), Ok(client));
+        let bytes = reencode(&server.encode(), chunk, wide);
+        prop_assert_eq!(ServerFrame::decode(&bytes), Ok(server));
+    }
+
+    /// Content uses the frames' encoding, so the same holds for it.
+    #[test]
+    fn content_decodes_from_indefinite_lengths_and_wide_heads(
+        content in any_content(),
+        chunk in 1usize..8,
+        wide in any::<bool>(),
+    ) {
+        let bytes = reencode(&content.encode().unwrap(), chunk, wide);
+        prop_assert_eq!(Content::decode(&bytes), Ok(content));
+    }
+}
+
+#[test]
+fn indefinite_length_frames_as_documented() {
+    let heartbeat = Ok(ClientFrame::from(Heartbeat {}));
+    // [_ 7, {_ }]: an indefinite array holding an indefinite map.
+    assert_eq!(
+        ClientFrame::decode(&[0x9f, 0x07, 0xbf, 0xff, 0xff]),
+        heartbeat
+    );
+    // Elements after the body are skipped up to the break, whatever they hold.
+    let extra = [
+        0x9f, 0x07, 0xa0, 0x01, 0x9f, 0x5f, 0x41, 0x00, 0xff, 0xff, 0xff,
+    ];
+    assert_eq!(ClientFrame::decode(&extra), heartbeat);
+    // auth {0: 1, 1: (_ "to", "k"), 2: 5}: a text string in two chunks.
+    let auth = [
+        0x82, 0x01, 0xa3, 0x00, 0x01, 0x01, 0x7f, 0x62, b't', b'o', 0x61, b'k', 0xff, 0x02, 0x05,
+    ];
+    assert_eq!(
+        ClientFrame::decode(&auth),
+        Ok(Auth {
+            version: 1,
+            token: "tok".into(),
+            cursor: InboxPos::new(5).unwrap(),
+        }
+        .into())
+    );
+    // A missing break, a frame of one element, a break where the body belongs, a break
+    // outside any indefinite item, and a chunk of the wrong type are all malformed.
+    for bad in [
+        &[0x9f, 0x07, 0xa0][..],
+        &[0x9f, 0x07, 0xff],
+        &[0x9f, 0x07, 0xff, 0xa0],
+        &[0x82, 0x07, 0xa0, 0xff],
+        &[0x82, 0x01, 0xa1, 0x01, 0x7f, 0x41, b't', 0xff],
+    ] {
+        assert!(
+            matches!(ClientFrame::decode(bad), Err(DecodeError::Malformed(_))),
+            "{bad:02x?}"
+        );
+    }
+    // A one-byte head for the type 7 (shortest form is not required).
+    assert_eq!(ClientFrame::decode(&[0x82, 0x18, 0x07, 0xa0]), heartbeat);
+}
+
 // ---- golden vectors ----
 
 enum Vector {

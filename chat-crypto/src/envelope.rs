@@ -218,7 +218,7 @@ impl fmt::Debug for Decrypted {
     }
 }
 
-fn open_payload(payload: &[u8], body: &[u8]) -> Result<Decrypted, Error> {
+pub(crate) fn open_payload(payload: &[u8], body: &[u8]) -> Result<Decrypted, Error> {
     let mut r = Reader::new(payload, "header payload");
     match r.u8()? {
         PAYLOAD_CONTENT_KEY => {

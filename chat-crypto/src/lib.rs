@@ -18,6 +18,21 @@ mod primitives;
 mod safety;
 mod session;
 
+/// Entry points for the fuzz targets in `fuzz/`, compiled only under `cfg(fuzzing)` (which
+/// cargo-fuzz sets): the parsers a peer reaches only inside an authenticated ciphertext,
+/// which a fuzzer could never forge its way into.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::{Decrypted, Error};
+
+    /// Opens the decrypted payload of a device header (a content key or a sender key
+    /// distribution) against `body`, as `Session::decrypt` does after the AEAD verified.
+    pub fn open_payload(payload: &[u8], body: &[u8]) -> Result<Decrypted, Error> {
+        crate::envelope::open_payload(payload, body)
+    }
+}
+
 pub use device_sessions::{DeviceSessions, MAX_SESSIONS_PER_DEVICE};
 pub use envelope::{
     Decrypted, OutgoingMessage, PAIRWISE_BODY_OVERHEAD, encrypt_for_devices, sender_key_headers,

@@ -45,6 +45,7 @@ pub struct Auth {
     pub version: u16,
     /// The device's bearer token from log-in.
     #[n(1)]
+    #[cbor(decode_with = "crate::wire::text")]
     pub token: String,
     /// The highest inbox position the device has processed (`0` for none).
     #[n(2)]

@@ -124,17 +124,16 @@ macro_rules! frames {
                     return Err($crate::protocol::DecodeError::TooLarge { len: bytes.len(), max: $crate::limits::MAX_FRAME_BYTES });
                 }
                 let mut d = minicbor::Decoder::new(bytes);
-                let items = match d.array()? {
-                    Some(n) if n >= 2 => n,
-                    _ => return Err($crate::protocol::DecodeError::Malformed("a frame is an array [type, body]".into())),
-                };
+                // `None`: an indefinite-length array, which ends at its break.
+                let items = d.array()?;
+                if items.is_some_and(|n| n < 2) {
+                    return Err($crate::protocol::DecodeError::Malformed("a frame is an array [type, body]".into()));
+                }
                 let frame = match d.u32()? {
                     $( $num => Self::$variant(d.decode()?), )*
                     other => return Err($crate::protocol::DecodeError::UnknownType(other)),
                 };
-                for _ in 2..items {
-                    d.skip()?;
-                }
+                $crate::wire::skip_rest(&mut d, items, 2)?;
                 if d.position() != bytes.len() {
                     return Err($crate::protocol::DecodeError::Malformed("trailing bytes after the frame".into()));
                 }

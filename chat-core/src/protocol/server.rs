@@ -284,6 +284,7 @@ pub struct ErrorFrame {
     pub code: ErrorCode,
     /// A human-readable explanation (for logs, not for matching).
     #[n(2)]
+    #[cbor(decode_with = "crate::wire::text")]
     pub message: String,
     /// For `rate_limited`: when to retry, in milliseconds.
     #[n(3)]
@@ -378,6 +379,7 @@ pub struct Closing {
     pub code: ErrorCode,
     /// A human-readable explanation.
     #[n(1)]
+    #[cbor(decode_with = "crate::wire::text")]
     pub message: String,
 }
 
@@ -391,9 +393,11 @@ pub struct ProfileEvent {
     pub user: UserId,
     /// The new display name.
     #[n(1)]
+    #[cbor(decode_with = "crate::wire::text")]
     pub display_name: String,
     /// The new status text; absent when cleared.
     #[n(2)]
+    #[cbor(decode_with = "crate::wire::opt_text")]
     pub status: Option<String>,
     /// The new avatar attachment; absent when cleared.
     #[n(3)]
