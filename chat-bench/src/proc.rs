@@ -95,7 +95,7 @@ pub(crate) fn threads(pid: u32) -> Option<Threads> {
 }
 
 /// Where the server's time went between two snapshots, per delivery: CPU by kind of thread
-/// (the SQLite writer, the checkpointer, tokio's workers, tokio's blocking pool, the rest)
+/// (the SQLite writer, the checkpointer, tokio's workers and blocking pool, the rest)
 /// and context switches. A thread that ended between the snapshots is not counted; one that
 /// started is counted whole.
 pub(crate) fn breakdown(before: &Threads, after: &Threads, deliveries: u64) -> serde_json::Value {
@@ -106,8 +106,10 @@ pub(crate) fn breakdown(before: &Threads, after: &Threads, deliveries: u64) -> s
         let kind = match now.name.as_str() {
             n if n.starts_with("chat-sqlite-wri") => "sqlite_writer",
             n if n.starts_with("chat-sqlite-che") => "sqlite_checkpointer",
-            n if n.starts_with("tokio-runtime-w") => "runtime_workers",
-            n if n.starts_with("chat-argon2") => "argon2",
+            // tokio names its workers and its blocking pool alike ("tokio-rt-worker"; older
+            // versions "tokio-runtime-worker", cut to 15 bytes).
+            n if n.starts_with("tokio-r") => "tokio_threads",
+            n if n.starts_with("argon2-") => "argon2",
             "chat-server" => "main",
             _ => "other",
         };
