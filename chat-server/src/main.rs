@@ -12,6 +12,9 @@ use clap::Parser;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tracing_subscriber::EnvFilter;
 
+/// Threads in tokio's blocking pool.
+const MAX_BLOCKING_THREADS: usize = 16;
+
 /// A chat node: HTTP API and WebSocket gateway.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -56,7 +59,14 @@ fn main() -> std::process::ExitCode {
     {
         tracing::warn!(soft, hard, "could not raise the open-file limit");
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The blocking pool serves SQLite reads (at most four at once) and attachment file I/O;
+    // tokio's default of 512 threads would let a burst of those grow the process without
+    // bound. Past the cap, blocking work queues.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             tracing::error!(cause = %err, "cannot start the runtime");
