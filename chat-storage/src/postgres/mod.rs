@@ -21,9 +21,11 @@ use tokio_postgres::Config;
 
 use crate::Durability;
 
+use appender::Appender;
 use ops::Db;
 use pool::Pool;
 
+mod appender;
 mod ops;
 mod pool;
 mod schema;
@@ -31,10 +33,14 @@ mod schema;
 /// How many times a transaction that lost a race is run again before giving up.
 const MAX_RETRIES: u32 = 8;
 
+/// Most appends in one group commit.
+const MAX_BATCH: usize = 512;
+
 /// Settings for [`PostgresStore::connect`].
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
     pool_size: usize,
+    appenders: usize,
     schema: Option<String>,
     durability: Durability,
 }
@@ -43,6 +49,7 @@ impl Default for PostgresOptions {
     fn default() -> Self {
         Self {
             pool_size: 16,
+            appenders: 2,
             schema: None,
             durability: Durability::Fsync,
         }
@@ -53,6 +60,14 @@ impl PostgresOptions {
     /// Sets the most connections held open (default 16, at least 1).
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size.max(1);
+        self
+    }
+
+    /// Sets how many appends run their group commits at once (default 2, at least 1), each
+    /// on a connection of its own besides the pool's: while one waits for its commit's
+    /// WAL flush, the next batch runs.
+    pub fn appenders(mut self, appenders: usize) -> Self {
+        self.appenders = appenders.max(1);
         self
     }
 
@@ -75,6 +90,7 @@ impl PostgresOptions {
 /// The PostgreSQL store. Cheap to share behind an `Arc`.
 pub struct PostgresStore {
     pool: Pool,
+    appender: Appender,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -121,6 +137,7 @@ impl PostgresStore {
         schema::migrate(&mut first).await?;
         drop(first);
         Ok(Self {
+            appender: Appender::start(config.clone(), options.appenders, MAX_BATCH),
             pool: Pool::new(config, options.pool_size),
         })
     }
@@ -331,7 +348,7 @@ impl HealthStore for PostgresStore {
 #[async_trait]
 impl MessageStore for PostgresStore {
     async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
-        in_tx!(self, |db| ops::append(&db, &message).await)
+        self.appender.append(message).await
     }
 
     async fn inbox(
