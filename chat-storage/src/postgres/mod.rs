@@ -1,10 +1,11 @@
 //! The PostgreSQL backend: for several server nodes sharing one store.
 //!
 //! Every rule that spans rows holds through row locks inside one transaction (see
-//! [`ops`]), at READ COMMITTED, so it holds across any number of nodes. Concurrent commits
-//! share WAL flushes inside PostgreSQL itself (its group commit), so durable throughput is
-//! not one fsync per message. A transaction that loses a deadlock or a race on a unique key
-//! is run again, a few times at most.
+//! [`ops`]), at READ COMMITTED, so it holds across any number of nodes. Appends are
+//! group-committed by a few appender tasks ([`appender`]): one transaction, two round trips
+//! and one WAL flush per batch of queued appends, so durable throughput is not one commit
+//! per message. A transaction that loses a deadlock or a race on a unique key is run again,
+//! a few times at most.
 
 use std::fmt;
 

@@ -4,9 +4,9 @@
 //! Locking, in one global order so that concurrent transactions cannot deadlock on each
 //! other's rows (PostgreSQL would detect it, and the store retries, but it costs): a user's
 //! row, then conversation rows in ID order, then device rows in ID order.
-//! - `append` locks its conversation row (`UPDATE … SET last_id = last_id + 1`), which
-//!   serialises appends per conversation and allocates the ID, then the recipients' device
-//!   rows in device order to take their inbox positions.
+//! - An append batch ([`append_batch`]) locks its conversation rows in ID order, which
+//!   serialises appends per conversation (IDs are allocated under the lock), then, in its
+//!   last statement, the recipients' device rows in ID order to take their inbox positions.
 //! - Membership changes lock the conversation row, so they serialise with appends and the
 //!   member count is checked in the same transaction as the add.
 //! - Adding or removing a device locks the user's row and then the rows of the user's
