@@ -6,6 +6,9 @@
 //! - 100-member group appends/s (one message and 99 inbox entries each; 16 writers);
 //! - inbox catch-up entries/s for a device 100,000 messages behind (pages of 1,000).
 //!
+//! `CHAT_BENCH_ONLY=sqlite` or `=postgres` runs one backend;
+//! `CHAT_BENCH_PG_APPENDERS` overrides `PostgresOptions::appenders` (default 2).
+//!
 //! Each figure is the median of `CHAT_BENCH_RUNS` runs (default 3) of `CHAT_BENCH_SECS`
 //! seconds each (default 2). Prints a table and one JSON line.
 
@@ -51,6 +54,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let only = std::env::var("CHAT_BENCH_ONLY").ok();
     let mut figures = Vec::new();
     rt.block_on(async {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -67,11 +71,13 @@ fn main() {
                 store as Arc<dyn Store>
             }
         };
-        figures.extend(run_backend("sqlite", sqlite, &settings).await);
-        *LAST_SQLITE.lock().expect("lock") = None;
+        if only.as_deref().is_none_or(|b| b == "sqlite") {
+            figures.extend(run_backend("sqlite", sqlite, &settings).await);
+            *LAST_SQLITE.lock().expect("lock") = None;
+        }
 
         match std::env::var("CHAT_TEST_POSTGRES_URL") {
-            Ok(url) if !url.is_empty() => {
+            Ok(url) if !url.is_empty() && only.as_deref().is_none_or(|b| b == "postgres") => {
                 let schema = format!("chat_bench_{}", std::process::id());
                 let mut n = 0;
                 let postgres = || {
@@ -79,7 +85,10 @@ fn main() {
                     let (url, schema) = (url.clone(), format!("{schema}_{n}"));
                     async move {
                         *LAST_PG.lock().expect("lock") = Some((url.clone(), schema.clone()));
-                        let options = PostgresOptions::default().schema(schema);
+                        let mut options = PostgresOptions::default().schema(schema);
+                        if let Some(n) = env_usize("CHAT_BENCH_PG_APPENDERS") {
+                            options = options.appenders(n);
+                        }
                         let store = PostgresStore::connect(&url, options)
                             .await
                             .expect("connect");
@@ -117,6 +126,10 @@ fn main() {
         settings.secs,
         json.join(",")
     );
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 fn env_or(name: &str, default: f64) -> f64 {

@@ -2,10 +2,15 @@
 //! in parallel. Reads the server's URL from `CHAT_TEST_POSTGRES_URL`; without it every test
 //! prints one line saying it was skipped, and passes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::Poll;
 
-use chat_core::{ConversationStore as _, InboxPos, MessageStore as _, StoreError, Timestamp};
+use chat_core::{
+    ConversationId, ConversationStore as _, InboxPos, MessageStore as _, StoreError, Timestamp,
+};
 use chat_storage::testing::{self, Fixture};
 use chat_storage::{PostgresOptions, PostgresStore};
 
@@ -239,4 +244,303 @@ async fn version_2_inboxes_migrate_with_their_message_times() {
     let positions: Vec<u64> = left.iter().map(|e| e.pos.get()).collect();
     assert_eq!(positions, vec![2, 3]);
     assert_eq!(left[0].envelope.sent_at, at(100));
+}
+
+/// Polls `future` once, so that an append is queued for the appenders, and returns it
+/// with its output if that first poll already finished it.
+async fn queue<F: Future + Unpin>(mut future: F) -> (F, Option<F::Output>) {
+    let mut done = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = Pin::new(&mut future).poll(cx) {
+            done = Some(output);
+        }
+        Poll::Ready(())
+    })
+    .await;
+    (future, done)
+}
+
+/// One batch with refusals of every kind among accepted appends: each request gets its own
+/// answer, the accepted ones commit together (one transaction) with gapless IDs and inbox
+/// positions in batch order, and the refused ones write nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_do_not_affect_their_batch() {
+    let Some(url) = url() else { return };
+    let schema = schema_name();
+    let _cleanup = DropSchema {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    // One appender, so that the requests queued while it is busy form one batch.
+    let options = PostgresOptions::default()
+        .pool_size(2)
+        .appenders(1)
+        .schema(schema.clone());
+    let store = PostgresStore::connect(&url, options)
+        .await
+        .expect("connect");
+    let (a, da) = testing::user_with_devices(&store, 1).await;
+    let (b, db) = testing::user_with_devices(&store, 2).await;
+    let (_, dc) = testing::user_with_devices(&store, 1).await;
+    let group = store
+        .create_group(a, &[b], 10, testing::NOW)
+        .await
+        .expect("group")
+        .id;
+    let direct = store
+        .open_direct(a, b, testing::NOW)
+        .await
+        .expect("direct")
+        .id;
+
+    // Hold the direct conversation's row lock, so the appender's first batch waits on it.
+    let (mut raw, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("raw");
+    tokio::spawn(conn);
+    let holder = raw.transaction().await.expect("begin");
+    holder
+        .execute(
+            &format!("SELECT 1 FROM {schema}.conversations WHERE id = $1 FOR UPDATE"),
+            &[&(direct.get() as i64)],
+        )
+        .await
+        .expect("lock");
+    let holder_pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    let blocked = store.append(testing::message(direct, da[0], &db));
+    let (blocked, early) = queue(blocked).await;
+    assert!(early.is_none());
+    let (watch, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("watch");
+    tokio::spawn(conn);
+    loop {
+        let waiting: i64 = watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&holder_pid],
+            )
+            .await
+            .expect("activity")
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+
+    let first = testing::message(group, da[0], &db);
+    let mut stale = testing::message(group, da[0], &db);
+    stale.recipients.pop();
+    let second = testing::message(group, da[0], &db);
+    let mut reused = testing::message(direct, da[0], &db);
+    reused.client_key = second.client_key;
+    let requests = vec![
+        first.clone(),
+        stale,
+        second,
+        first,
+        testing::message(group, dc[0], &db),
+        reused,
+        testing::message(group, da[0], &db),
+        testing::message(ConversationId::new(999_999).expect("id"), da[0], &db),
+    ];
+    let mut pending = Vec::new();
+    for request in requests {
+        pending.push(queue(store.append(request)).await);
+    }
+    holder.commit().await.expect("release");
+    assert!(!blocked.await.expect("blocked append").duplicate);
+    let mut results = Vec::new();
+    for (future, early) in pending {
+        results.push(match early {
+            Some(result) => result,
+            None => future.await,
+        });
+    }
+
+    let ok = |i: usize| results[i].as_ref().expect("accepted");
+    assert_eq!((ok(0).id.get(), ok(0).duplicate), (1, false));
+    assert!(matches!(results[1], Err(StoreError::StaleDevices(_))));
+    assert_eq!((ok(2).id.get(), ok(2).duplicate), (2, false));
+    assert_eq!((ok(3).id.get(), ok(3).duplicate), (1, true));
+    assert!(ok(3).deliveries.is_empty());
+    assert!(matches!(results[4], Err(StoreError::NotMember)));
+    assert!(matches!(results[5], Err(StoreError::ClientKeyReused)));
+    assert_eq!((ok(6).id.get(), ok(6).duplicate), (3, false));
+    assert!(matches!(results[7], Err(StoreError::NotFound)));
+    for &device in &db {
+        let positions: Vec<(u64, u64)> = [0, 2, 6]
+            .iter()
+            .map(|&i| {
+                let (_, pos) = ok(i)
+                    .deliveries
+                    .iter()
+                    .find(|(d, _)| *d == device)
+                    .expect("delivered");
+                (ok(i).id.get(), pos.get())
+            })
+            .collect();
+        // The direct message took position 1 before the batch.
+        assert_eq!(positions, vec![(1, 2), (2, 3), (3, 4)]);
+        let inbox = store
+            .inbox(device, InboxPos::ZERO, 10)
+            .await
+            .expect("inbox");
+        let ids: Vec<(u64, u64)> = inbox
+            .iter()
+            .map(|e| (e.envelope.conversation.get(), e.pos.get()))
+            .collect();
+        let (d, g) = (direct.get(), group.get());
+        assert_eq!(ids, vec![(d, 1), (g, 2), (g, 3), (g, 4)]);
+    }
+    let committed: Vec<i64> = watch
+        .query(
+            &format!(
+                "SELECT count(*) FROM {schema}.messages WHERE conversation_id = $1
+                 UNION ALL
+                 SELECT count(DISTINCT xmin::text) FROM {schema}.messages
+                 WHERE conversation_id = $1"
+            ),
+            &[&(group.get() as i64)],
+        )
+        .await
+        .expect("messages")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(committed, vec![3, 1], "three messages, one transaction");
+}
+
+/// Two nodes (two stores on one schema, several appenders each) appending to one group
+/// at once: IDs stay gapless in commit order and every inbox gapless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appends_from_two_nodes_are_gapless() {
+    let Some(url) = url() else { return };
+    let schema = schema_name();
+    let _cleanup = DropSchema {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let options = PostgresOptions::default()
+        .pool_size(2)
+        .appenders(3)
+        .schema(schema.clone());
+    let first = Arc::new(
+        PostgresStore::connect(&url, options.clone())
+            .await
+            .expect("connect"),
+    );
+    let second = Arc::new(
+        PostgresStore::connect(&url, options)
+            .await
+            .expect("connect"),
+    );
+    let mut users = Vec::new();
+    let mut devices = Vec::new();
+    for _ in 0..4 {
+        let (u, d) = testing::user_with_devices(&*first, 2).await;
+        users.push(u);
+        devices.extend(d);
+    }
+    let conv = first
+        .create_group(users[0], &users[1..], 10, testing::NOW)
+        .await
+        .expect("group")
+        .id;
+    const PER_TASK: u64 = 15;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, &sender) in devices.iter().enumerate() {
+        let store = if i % 2 == 0 { &first } else { &second };
+        let store = Arc::clone(store);
+        let to: Vec<_> = devices.iter().copied().filter(|&d| d != sender).collect();
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..PER_TASK {
+                let done = store
+                    .append(testing::message(conv, sender, &to))
+                    .await
+                    .expect("append");
+                ids.push(done.id.get());
+            }
+            ids
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let done = done.expect("task");
+        assert!(done.windows(2).all(|w| w[0] < w[1]));
+        ids.extend(done);
+    }
+    ids.sort_unstable();
+    let total = devices.len() as u64 * PER_TASK;
+    assert_eq!(ids, (1..=total).collect::<Vec<_>>());
+    for &device in &devices {
+        let inbox = second
+            .inbox(device, InboxPos::ZERO, 1_000)
+            .await
+            .expect("inbox");
+        let positions: Vec<u64> = inbox.iter().map(|e| e.pos.get()).collect();
+        assert_eq!(positions, (1..=total - PER_TASK).collect::<Vec<_>>());
+        assert!(
+            inbox
+                .windows(2)
+                .all(|w| w[0].envelope.id < w[1].envelope.id),
+            "an inbox lists the conversation in ID order"
+        );
+    }
+}
+
+/// One client key sent to two conversations through two nodes at once: exactly one
+/// append is written, the other is refused as a reused key (the node that lost the race
+/// on the key runs its batch again and finds the winner's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_raced_across_nodes_is_written_once() {
+    let Some(url) = url() else { return };
+    let schema = schema_name();
+    let _cleanup = DropSchema {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let options = PostgresOptions::default()
+        .pool_size(2)
+        .schema(schema.clone());
+    let first = PostgresStore::connect(&url, options.clone())
+        .await
+        .expect("connect");
+    let second = PostgresStore::connect(&url, options)
+        .await
+        .expect("connect");
+    let (a, da) = testing::user_with_devices(&first, 1).await;
+    let (b, db) = testing::user_with_devices(&first, 1).await;
+    let (c, dc) = testing::user_with_devices(&first, 1).await;
+    let one = first
+        .open_direct(a, b, testing::NOW)
+        .await
+        .expect("direct")
+        .id;
+    let other = first
+        .open_direct(a, c, testing::NOW)
+        .await
+        .expect("direct")
+        .id;
+    for _ in 0..20 {
+        let here = testing::message(one, da[0], &db);
+        let mut there = testing::message(other, da[0], &dc);
+        there.client_key = here.client_key;
+        let (x, y) = tokio::join!(first.append(here), second.append(there));
+        let written = [&x, &y]
+            .iter()
+            .filter(|r| r.as_ref().is_ok_and(|a| !a.duplicate))
+            .count();
+        let reused = [&x, &y]
+            .iter()
+            .filter(|r| matches!(r, Err(StoreError::ClientKeyReused)))
+            .count();
+        assert_eq!((written, reused), (1, 1), "{x:?} {y:?}");
+    }
 }

@@ -1,10 +1,11 @@
 //! The PostgreSQL backend: for several server nodes sharing one store.
 //!
 //! Every rule that spans rows holds through row locks inside one transaction (see
-//! [`ops`]), at READ COMMITTED, so it holds across any number of nodes. Concurrent commits
-//! share WAL flushes inside PostgreSQL itself (its group commit), so durable throughput is
-//! not one fsync per message. A transaction that loses a deadlock or a race on a unique key
-//! is run again, a few times at most.
+//! [`ops`]), at READ COMMITTED, so it holds across any number of nodes. Appends are
+//! group-committed by a few appender tasks ([`appender`]): one transaction, two round trips
+//! and one WAL flush per batch of queued appends, so durable throughput is not one commit
+//! per message. A transaction that loses a deadlock or a race on a unique key is run again,
+//! a few times at most.
 
 use std::fmt;
 
@@ -21,9 +22,11 @@ use tokio_postgres::Config;
 
 use crate::Durability;
 
+use appender::Appender;
 use ops::Db;
 use pool::Pool;
 
+mod appender;
 mod ops;
 mod pool;
 mod schema;
@@ -31,10 +34,14 @@ mod schema;
 /// How many times a transaction that lost a race is run again before giving up.
 const MAX_RETRIES: u32 = 8;
 
+/// Most appends in one group commit.
+const MAX_BATCH: usize = 512;
+
 /// Settings for [`PostgresStore::connect`].
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
     pool_size: usize,
+    appenders: usize,
     schema: Option<String>,
     durability: Durability,
 }
@@ -43,6 +50,7 @@ impl Default for PostgresOptions {
     fn default() -> Self {
         Self {
             pool_size: 16,
+            appenders: 2,
             schema: None,
             durability: Durability::Fsync,
         }
@@ -53,6 +61,14 @@ impl PostgresOptions {
     /// Sets the most connections held open (default 16, at least 1).
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size.max(1);
+        self
+    }
+
+    /// Sets how many appends run their group commits at once (default 2, at least 1), each
+    /// on a connection of its own besides the pool's: while one waits for its commit's
+    /// WAL flush, the next batch runs.
+    pub fn appenders(mut self, appenders: usize) -> Self {
+        self.appenders = appenders.max(1);
         self
     }
 
@@ -75,6 +91,7 @@ impl PostgresOptions {
 /// The PostgreSQL store. Cheap to share behind an `Arc`.
 pub struct PostgresStore {
     pool: Pool,
+    appender: Appender,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -121,6 +138,7 @@ impl PostgresStore {
         schema::migrate(&mut first).await?;
         drop(first);
         Ok(Self {
+            appender: Appender::start(config.clone(), options.appenders, MAX_BATCH),
             pool: Pool::new(config, options.pool_size),
         })
     }
@@ -335,7 +353,7 @@ impl HealthStore for PostgresStore {
 #[async_trait]
 impl MessageStore for PostgresStore {
     async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
-        in_tx!(self, |db| ops::append(&db, &message).await)
+        self.appender.append(message).await
     }
 
     async fn inbox(

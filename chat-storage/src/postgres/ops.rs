@@ -4,9 +4,9 @@
 //! Locking, in one global order so that concurrent transactions cannot deadlock on each
 //! other's rows (PostgreSQL would detect it, and the store retries, but it costs): a user's
 //! row, then conversation rows in ID order, then device rows in ID order.
-//! - `append` locks its conversation row (`UPDATE … SET last_id = last_id + 1`), which
-//!   serialises appends per conversation and allocates the ID, then the recipients' device
-//!   rows in device order to take their inbox positions.
+//! - An append batch ([`append_batch`]) locks its conversation rows in ID order, which
+//!   serialises appends per conversation (IDs are allocated under the lock), then, in its
+//!   last statement, the recipients' device rows in ID order to take their inbox positions.
 //! - Membership changes lock the conversation row, so they serialise with appends and the
 //!   member count is checked in the same transaction as the add.
 //! - Adding or removing a device locks the user's row and then the rows of the user's
@@ -179,8 +179,11 @@ fn ids_sql<T: Copy + Into<u64>>(ids: &[T]) -> Vec<i64> {
     ids.iter().map(|&id| to_sql(id.into())).collect()
 }
 
+mod append;
 mod conversations;
 mod people;
+
+pub(crate) use append::{Outcome, append_batch, sender_refusal};
 
 pub(crate) use conversations::*;
 pub(crate) use people::*;
@@ -257,37 +260,6 @@ const CONVERSATIONS_OF: &str = "SELECT c.id, c.kind, c.created_at, c.last_id
     FROM members m JOIN conversations c ON c.id = m.conversation_id
     WHERE m.user_id = $1 ORDER BY c.id";
 
-const FIND_CLIENT_KEY: &str = "SELECT message_id, sent_at, conversation_id FROM client_keys
-     WHERE sender_device = $1 AND client_key = $2";
-const ALLOCATE_ID: &str =
-    "UPDATE conversations SET last_id = last_id + 1 WHERE id = $1 RETURNING last_id";
-/// The members' current devices, each with whether its user blocks the sender ($2) in a
-/// one-to-one conversation (the message is then withheld from that user's devices).
-const CURRENT_DEVICES: &str = "SELECT d.user_id, d.id, c.kind = 0 AND EXISTS (
-        SELECT 1 FROM blocks b WHERE b.blocker = d.user_id AND b.blocked = $2)
-    FROM conversations c JOIN members m ON m.conversation_id = c.id
-    JOIN devices d ON d.user_id = m.user_id WHERE c.id = $1";
-/// Writes a message whose checks passed. `k` claims the client key (nothing else happens
-/// if a concurrent transaction took it); `locked` takes the recipients' device rows in ID
-/// order. Returns whether the message was written and each recipient's new position.
-const WRITE_MESSAGE: &str = "WITH k AS (
-        INSERT INTO client_keys (sender_device, client_key, conversation_id, message_id, sent_at)
-        VALUES ($4, $5, $1, $2, $6) ON CONFLICT DO NOTHING RETURNING 1),
-    m AS (
-        INSERT INTO messages (conversation_id, id, sender_user, sender_device, client_key,
-            sent_at, body, withheld_from)
-        SELECT $1, $2, $3, $4, $5, $6, $7, $10 WHERE EXISTS (SELECT 1 FROM k) RETURNING 1),
-    locked AS (
-        SELECT id FROM devices WHERE id = ANY($8::bigint[]) AND EXISTS (SELECT 1 FROM k)
-        ORDER BY id FOR UPDATE),
-    bumped AS (
-        UPDATE devices d SET inbox_head = d.inbox_head + 1 FROM locked
-        WHERE d.id = locked.id RETURNING d.id, d.inbox_head),
-    entries AS (
-        INSERT INTO inbox (device_id, pos, conversation_id, message_id, header, sent_at)
-        SELECT b.id, b.inbox_head, $1, $2, t.h, $6
-        FROM bumped b JOIN unnest($8::bigint[], $9::bytea[]) AS t (d, h) ON t.d = b.id)
-    SELECT (SELECT count(*) FROM m), array_agg(id), array_agg(inbox_head) FROM bumped";
 const INBOX: &str = "SELECT i.pos, i.header, m.conversation_id, m.id, m.sender_user,
         m.sender_device, m.client_key, m.sent_at, m.body
     FROM inbox i JOIN messages m ON m.conversation_id = i.conversation_id AND m.id = i.message_id
@@ -383,10 +355,10 @@ pub(crate) const STATEMENTS: &[&str] = &[
     MEMBERS,
     IS_MEMBER,
     CONVERSATIONS_OF,
-    FIND_CLIENT_KEY,
-    ALLOCATE_ID,
-    CURRENT_DEVICES,
-    WRITE_MESSAGE,
+    append::LOCK_CONVERSATIONS,
+    append::FIND_CLIENT_KEYS,
+    append::MEMBER_DEVICES,
+    append::WRITE_BATCH,
     people::SET_PROFILE,
     people::PROFILE,
     people::SEARCH,

@@ -57,7 +57,7 @@ impl Pool {
         };
         let conn = match idle {
             Some(conn) => conn,
-            None => self.connect().await?,
+            None => PgConn::open(&self.config).await?,
         };
         Ok(Pooled {
             conn: Some(conn),
@@ -65,15 +65,18 @@ impl Pool {
             _permit: permit,
         })
     }
+}
 
-    async fn connect(&self) -> StoreResult<PgConn> {
-        let client = connect(&self.config).await?;
+impl PgConn {
+    /// Opens a connection and prepares every statement on it.
+    pub(crate) async fn open(config: &Config) -> StoreResult<Self> {
+        let client = connect(config).await?;
         let mut statements = HashMap::with_capacity(STATEMENTS.len());
         for &sql in STATEMENTS {
             let statement = client.prepare(sql).await.map_err(StoreError::backend)?;
             statements.insert(sql, statement);
         }
-        Ok(PgConn { client, statements })
+        Ok(Self { client, statements })
     }
 }
 
