@@ -33,12 +33,13 @@ pub enum Topic {
 pub enum BusMessage {
     /// An encoded `deliver` frame for one device, with its inbox position so the receiving
     /// connection can drop duplicates and notice gaps without decoding it. The body part is
-    /// shared by every recipient of the message.
+    /// shared by every recipient of the message. Behind an `Arc`, so the message stays as
+    /// small as the other variants: every connection's queue allocates its slots up front.
     Deliver {
         /// The entry's inbox position.
         pos: InboxPos,
         /// The encoded frame.
-        frame: SharedDeliver,
+        frame: std::sync::Arc<SharedDeliver>,
     },
     /// Any other encoded server frame to forward as it is. Encoded once, shared by every
     /// subscriber.

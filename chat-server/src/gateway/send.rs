@@ -34,8 +34,10 @@ pub(super) const MAX_IN_FLIGHT: usize = 32;
 type Answer = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
 
 /// A connection's sends in flight and the answers queued behind them, in arrival order.
+/// Allocated on the first send: most connections are idle, and a queue of futures costs a
+/// few hundred bytes even when empty.
 pub(super) struct Pipeline {
-    answers: FuturesOrdered<Answer>,
+    answers: Option<FuturesOrdered<Answer>>,
     /// The conversation of each entry of `answers` (none for an answer that was ready).
     conversations: VecDeque<Option<ConversationId>>,
 }
@@ -43,26 +45,33 @@ pub(super) struct Pipeline {
 impl Pipeline {
     pub(super) fn new() -> Self {
         Self {
-            answers: FuturesOrdered::new(),
+            answers: None,
             conversations: VecDeque::new(),
         }
     }
 
     /// Whether nothing is in flight or queued.
     pub(super) fn is_empty(&self) -> bool {
-        self.answers.is_empty()
+        self.answers.as_ref().is_none_or(FuturesOrdered::is_empty)
     }
 
     /// Whether a send to `conversation` must wait for an earlier one to be answered: one to
     /// the same conversation is in flight, or the pipeline is full.
     pub(super) fn must_wait(&self, conversation: ConversationId) -> bool {
-        self.answers.len() >= MAX_IN_FLIGHT || self.conversations.contains(&Some(conversation))
+        self.conversations.len() >= MAX_IN_FLIGHT
+            || self.conversations.contains(&Some(conversation))
     }
 
     /// Queues an answer that is ready (a refusal) behind the sends in flight.
     pub(super) fn answer(&mut self, frame: ServerFrame) {
-        self.answers.push_back(Box::pin(std::future::ready(frame)));
-        self.conversations.push_back(None);
+        self.push(Box::pin(std::future::ready(frame)), None);
+    }
+
+    fn push(&mut self, answer: Answer, conversation: Option<ConversationId>) {
+        self.answers
+            .get_or_insert_with(FuturesOrdered::new)
+            .push_back(answer);
+        self.conversations.push_back(conversation);
     }
 
     /// Starts a send on a task of its own.
@@ -74,17 +83,17 @@ impl Pipeline {
     ) {
         let (conversation, req) = (send.conversation, send.req);
         let task = tokio::spawn(append(shared, device, send));
-        self.answers.push_back(Box::pin(async move {
+        let answer = Box::pin(async move {
             task.await.unwrap_or_else(|_| {
                 error_frame(Some(req), ErrorCode::Internal, "send failed; retry it")
             })
-        }));
-        self.conversations.push_back(Some(conversation));
+        });
+        self.push(answer, Some(conversation));
     }
 
     /// The next answer, in arrival order; `None` when nothing is in flight. Cancel-safe.
     pub(super) async fn next(&mut self) -> Option<ServerFrame> {
-        let answer = self.answers.next().await?;
+        let answer = self.answers.as_mut()?.next().await?;
         self.conversations.pop_front();
         Some(answer)
     }
@@ -190,7 +199,10 @@ async fn fan_out(
             header,
         };
         let frame = Deliver::from(entry).encode_shared();
-        let event = BusMessage::Deliver { pos, frame };
+        let event = BusMessage::Deliver {
+            pos,
+            frame: Arc::new(frame),
+        };
         match shared
             .bus
             .publish(Topic::Device(recipient.device), event)
