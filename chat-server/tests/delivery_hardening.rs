@@ -73,10 +73,7 @@ async fn send_and_vanish(
 
 #[tokio::test]
 async fn a_sender_that_vanishes_after_sending_still_reaches_an_online_recipient() {
-    let server = TestServer::start(test_config()).await;
-    let alice = server.account("alice").await;
-    let bob = server.account("bob").await;
-    let conversation = direct(&server, &alice, &bob).await;
+    let (server, alice, bob, conversation) = pair().await;
     let mut bob_ws = server.online(&bob).await;
     for i in 0..10u8 {
         bob_ws.send(Heartbeat {}.into()).await;
@@ -86,6 +83,15 @@ async fn a_sender_that_vanishes_after_sending_still_reaches_an_online_recipient(
             other => panic!("expected the message live, got {other:?}"),
         }
     }
+}
+
+/// A node with alice and bob and their one-to-one conversation.
+async fn pair() -> (TestServer, Account, Account, ConversationId) {
+    let server = TestServer::start(test_config()).await;
+    let alice = server.account("alice").await;
+    let bob = server.account("bob").await;
+    let conversation = direct(&server, &alice, &bob).await;
+    (server, alice, bob, conversation)
 }
 
 /// Records every notification it is handed.
@@ -175,10 +181,7 @@ async fn a_client_key_reused_in_another_conversation_is_refused() {
 
 #[tokio::test]
 async fn a_sync_past_the_head_resyncs_and_live_delivery_goes_on() {
-    let server = TestServer::start(test_config()).await;
-    let alice = server.account("alice").await;
-    let bob = server.account("bob").await;
-    let conversation = direct(&server, &alice, &bob).await;
+    let (server, alice, bob, conversation) = pair().await;
     let mut bob_ws = server.online(&bob).await;
     bob_ws
         .send(
@@ -211,10 +214,7 @@ async fn a_sync_past_the_head_resyncs_and_live_delivery_goes_on() {
 
 #[tokio::test]
 async fn a_receipt_past_the_last_message_is_refused() {
-    let server = TestServer::start(test_config()).await;
-    let alice = server.account("alice").await;
-    let bob = server.account("bob").await;
-    let conversation = direct(&server, &alice, &bob).await;
+    let (server, alice, bob, conversation) = pair().await;
     let mut alice_ws = server.online(&alice).await;
     let mut bob_ws = server.online(&bob).await;
     let receipt = |up_to: u64| -> ClientFrame {
