@@ -83,13 +83,26 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Logs to stdout: JSON lines, or text with colours only when stdout is a terminal (a file
+/// or a pipe gets no escape codes). An invalid `CHAT_LOG` filter is reported, not ignored.
 fn init_logging(format: &str) {
-    let filter = EnvFilter::try_from_env("CHAT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let (filter, invalid) = match std::env::var("CHAT_LOG") {
+        Err(_) => (EnvFilter::new("info"), None),
+        Ok(spec) => match EnvFilter::try_new(&spec) {
+            Ok(filter) => (filter, None),
+            Err(err) => (EnvFilter::new("info"), Some((spec, err))),
+        },
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     if format == "json" {
         builder.json().init();
     } else {
         builder.init();
+    }
+    if let Some((spec, err)) = invalid {
+        tracing::warn!(filter = %spec, cause = %err, "CHAT_LOG is not a valid filter; logging at info");
     }
 }
 
@@ -133,7 +146,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let addr = server.local_addr();
     tracing::info!(%addr, %store, "listening");
-    println!("chat-server listening on {scheme}://{addr} (WebSocket at /v1/ws, store {store})");
+    // JSON output stays pure JSON: the log line above says the same.
+    if args.log_format != "json" {
+        println!("chat-server listening on {scheme}://{addr} (WebSocket at /v1/ws, store {store})");
+    }
     server.run_until(shutdown_signal()).await?;
     Ok(())
 }
