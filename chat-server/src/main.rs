@@ -145,33 +145,42 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         server.set_metrics(move || handle.render());
     }
     let addr = server.local_addr();
+    let stop = shutdown_signal();
     tracing::info!(%addr, %store, "listening");
     // JSON output stays pure JSON: the log line above says the same.
     if args.log_format != "json" {
         println!("chat-server listening on {scheme}://{addr} (WebSocket at /v1/ws, store {store})");
     }
-    server.run_until(shutdown_signal()).await?;
+    server.run_until(stop).await?;
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when
+/// the future is first polled, so a signal sent as soon as the node says it listens stops
+/// it gracefully instead of killing it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
+                }
+                _ => {
+                    tracing::warn!("cannot install signal handlers; stop the node with SIGKILL");
+                    std::future::pending::<()>().await;
+                }
             }
-            Err(_) => std::future::pending().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
