@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use chat_core::{ErrorCode, HealthStore, StoreError};
 
+use crate::throttle::LogThrottle;
+
 /// The shortest time between two log lines about store failures.
 pub(crate) const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// How long after a backend failure the node reports itself unready.
@@ -51,18 +53,21 @@ pub(crate) fn is_backend(err: &StoreError) -> bool {
 }
 
 /// Store failures seen by this node, for throttled logging and readiness.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct StoreHealth {
-    state: Mutex<State>,
+    last_failure: Mutex<Option<Instant>>,
+    log: LogThrottle,
     probe: tokio::sync::Mutex<Option<(Instant, bool)>>,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    last_failure: Option<Instant>,
-    last_log: Option<Instant>,
-    /// Failures since the last log line that it did not report.
-    unlogged: u64,
+impl Default for StoreHealth {
+    fn default() -> Self {
+        Self {
+            last_failure: Mutex::default(),
+            log: LogThrottle::new(LOG_INTERVAL),
+            probe: tokio::sync::Mutex::default(),
+        }
+    }
 }
 
 impl StoreHealth {
@@ -71,26 +76,18 @@ impl StoreHealth {
     pub(crate) fn failed(&self, during: &'static str, cause: &dyn std::fmt::Display) {
         metrics::counter!("chat_store_failures_total").increment(1);
         let now = Instant::now();
-        let unlogged = {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.last_failure = Some(now);
-            if state
-                .last_log
-                .is_some_and(|at| now.duration_since(at) < LOG_INTERVAL)
-            {
-                state.unlogged += 1;
-                return;
-            }
-            state.last_log = Some(now);
-            std::mem::take(&mut state.unlogged)
-        };
-        tracing::error!(%cause, during, unlogged, "store failed");
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+        if let Some(unlogged) = self.log.record(now) {
+            tracing::error!(%cause, during, unlogged, "store failed");
+        }
     }
 
     /// Whether a backend failure was recorded within `window` of now.
     pub(crate) fn failed_within(&self, window: Duration) -> bool {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.last_failure.is_some_and(|at| at.elapsed() < window)
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() < window)
     }
 
     /// Whether the store takes writes: a probe write, or the result of one made less than
@@ -137,7 +134,10 @@ mod tests {
             health.failed("append", &"disk full");
         }
         assert!(health.failed_within(FAILING_FOR));
-        let state = health.state.lock().unwrap();
-        assert_eq!(state.unlogged, 999, "one line for a burst of failures");
+        assert_eq!(
+            health.log.record(Instant::now() + LOG_INTERVAL),
+            Some(999),
+            "one line for a burst of failures"
+        );
     }
 }

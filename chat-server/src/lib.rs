@@ -32,6 +32,7 @@ mod push;
 mod retention;
 mod server;
 mod state;
+mod throttle;
 
 pub use api::keys::{IDENTITY_BYTES, identity_blob};
 pub use blob::FsBlobStore;

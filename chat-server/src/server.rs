@@ -32,6 +32,7 @@ use crate::presence::Presence;
 use crate::push::{PushDispatcher, Worker};
 use crate::retention;
 use crate::state::{Limits, Shared};
+use crate::throttle::LogThrottle;
 
 /// Why a node could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +171,7 @@ impl Server {
             push,
             registry: Arc::new(LocalRegistry::new()),
             health: StoreHealth::default(),
+            failed_logins: LogThrottle::new(crate::health::LOG_INTERVAL),
             metrics: None,
         });
         Ok(Self {

@@ -15,6 +15,7 @@ use crate::limiter::{InFlight, KeyedLimiter, Rate};
 use crate::login_limits::LoginLimits;
 use crate::presence::Presence;
 use crate::push::PushDispatcher;
+use crate::throttle::LogThrottle;
 
 /// Typing updates one account may send in a burst: a few conversations at once.
 const TYPING_BURST: u32 = 20;
@@ -114,6 +115,9 @@ pub(crate) struct Shared {
     pub(crate) push: PushDispatcher,
     /// Store failures seen by this node: throttled logging and readiness.
     pub(crate) health: StoreHealth,
+    /// Failed log-ins: a warning with the address, at most one per interval (a guessing
+    /// attack would otherwise flood the log).
+    pub(crate) failed_logins: LogThrottle,
     /// The live chat nodes, for discovery.
     pub(crate) registry: Arc<dyn NodeRegistry>,
     /// Renders Prometheus metrics, when a recorder is installed.

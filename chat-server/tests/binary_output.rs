@@ -1,6 +1,8 @@
 //! What the `chat-server` binary prints, read from its pipes: the store's password never
 //! (the URL shows `***`), no colour codes off a terminal, pure JSON lines with
-//! `--log-format json`, and a warning for an invalid `CHAT_LOG`.
+//! `--log-format json`, a warning for an invalid `CHAT_LOG`, and one for a failed log-in.
+
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -134,5 +136,36 @@ fn an_invalid_log_filter_is_reported() {
         seen.iter()
             .any(|l| l.contains("WARN") && l.contains("CHAT_LOG")),
         "no warning about CHAT_LOG: {seen:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_log_in_is_a_warning_with_the_address() {
+    let node = Node::start(&["--store", "memory:"], &[]);
+    let banner = node
+        .lines_until(|l| l.starts_with("chat-server listening"))
+        .pop()
+        .unwrap();
+    let addr: std::net::SocketAddr = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .expect("the banner names the address");
+    let body = serde_json::json!({"username": "alice", "password": "correct horse"});
+    let (status, _) = common::http(addr, "POST", "/v1/register", None, Some(body)).await;
+    assert_eq!(status, 201);
+    let wrong = serde_json::json!({"username": "alice", "password": "wrong horse"});
+    let (status, _) = common::http(addr, "POST", "/v1/login", None, Some(wrong)).await;
+    assert_eq!(status, 401);
+    let seen = node.lines_until(|l| l.contains("failed log-in"));
+    let warning = seen.last().unwrap();
+    assert!(
+        warning.contains("WARN") && warning.contains("127.0.0.1"),
+        "{warning}"
+    );
+    assert!(
+        !warning.contains("alice"),
+        "no username in the log: {warning}"
     );
 }

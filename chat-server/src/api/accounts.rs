@@ -118,6 +118,13 @@ pub(crate) async fn login(
         Err(_) => Outcome::NotChecked,
     };
     limits.finish(attempt, outcome, Instant::now());
+    // Counted in chat_login_failures_total by `finish`; logged here.
+    if outcome == Outcome::Failure {
+        // The address, never the username typed (people type passwords into it).
+        if let Some(unlogged) = shared.failed_logins.record(Instant::now()) {
+            tracing::warn!(peer = %peer.ip(), unlogged, "failed log-in");
+        }
+    }
     let credentials = checked?.ok_or_else(bad)?;
     let user = credentials.user.id;
     let (token, hash) = auth::new_token()?;
