@@ -151,10 +151,9 @@ async fn a_full_hashing_queue_answers_unavailable_at_once() {
         }
     }
     assert!(!busy.is_empty(), "a full queue refuses");
-    assert!(
-        verified.len() >= 2,
-        "the running and the queued job complete"
-    );
+    // The running job always completes; whether a second one found the queue's place
+    // depends on whether the hashing thread had taken the first off the queue when it came.
+    assert!(!verified.is_empty(), "the running job completes");
     let first_verified = verified.iter().min().copied().unwrap_or(Duration::MAX);
     let last_busy = busy.iter().max().copied().unwrap_or_default();
     eprintln!("busy answers by {last_busy:?}, first verified answer at {first_verified:?}");
