@@ -329,6 +329,17 @@ impl Tmpfs {
     }
 }
 
+/// An 8 MiB tmpfs and a node configuration keeping its store and blobs there.
+fn node_on_tmpfs() -> Option<(Tmpfs, chat_server::Config)> {
+    let disk = Tmpfs::mount("8m")?;
+    let config = chat_server::Config {
+        store: format!("sqlite://{}/chat.db", disk.0.display()).into(),
+        blob_dir: disk.0.join("blobs"),
+        ..test_config()
+    };
+    Some((disk, config))
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         // Lazily: a store thread that is still closing its files must not keep it mounted.
@@ -359,14 +370,9 @@ fn fill(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn a_full_disk_makes_the_node_unready_and_loses_no_connection() {
-    let Some(disk) = Tmpfs::mount("8m") else {
+    let Some((disk, config)) = node_on_tmpfs() else {
         println!("skipped: cannot mount a tmpfs here (needs root)");
         return;
-    };
-    let config = chat_server::Config {
-        store: format!("sqlite://{}/chat.db", disk.0.display()).into(),
-        blob_dir: disk.0.join("blobs"),
-        ..test_config()
     };
     let server = TestServer::start(config).await;
     let alice = server.account("alice").await;
@@ -471,14 +477,9 @@ async fn sends_in_flight_are_answered_in_order_and_keep_each_conversations_order
 
 #[tokio::test]
 async fn a_store_that_cannot_take_writes_is_refused_at_start() {
-    let Some(disk) = Tmpfs::mount("8m") else {
+    let Some((disk, config)) = node_on_tmpfs() else {
         println!("skipped: cannot mount a tmpfs here (needs root)");
         return;
-    };
-    let config = chat_server::Config {
-        store: format!("sqlite://{}/chat.db", disk.0.display()).into(),
-        blob_dir: disk.0.join("blobs"),
-        ..test_config()
     };
     // Read-only from the start: nothing is open on it, so the remount cannot be busy.
     let remounted = std::process::Command::new("mount")
