@@ -34,6 +34,11 @@ pub struct Config {
     /// Connections to PostgreSQL held open by this node (ignored by other stores). With
     /// PostgreSQL's default of 100 connections, nodes x pool size must stay below it.
     pub store_pool_size: usize,
+    /// Redis (`redis://…` or `rediss://…`) shared by every node of a cluster: cross-node
+    /// routing, presence, the node registry, shared rate limits and leases. Absent (the
+    /// default) for a single node, which keeps all of that in memory. Needs a store the
+    /// nodes share (PostgreSQL). Its password never appears in logs.
+    pub redis_url: Option<StoreUrl>,
     /// TLS certificate chain and private key (PEM). Plain TCP when absent.
     pub tls: Option<TlsConfig>,
     /// How often clients must send heartbeats, in milliseconds.
@@ -182,6 +187,11 @@ impl StoreUrl {
         &self.0
     }
 
+    /// Whether several nodes can share this store (PostgreSQL), as a cluster needs.
+    pub fn is_shared(&self) -> bool {
+        self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
+    }
+
     /// The URL with any password replaced by `***`.
     pub fn redacted(&self) -> String {
         redact(&self.0)
@@ -297,6 +307,7 @@ impl Default for Config {
             store: "sqlite://data/chat.db".into(),
             durability: Durability::Fsync,
             store_pool_size: 16,
+            redis_url: None,
             tls: None,
             heartbeat_interval_ms: 5_000,
             missed_heartbeats: 3,
@@ -396,6 +407,19 @@ impl Config {
         }
         if self.outbound_queue == 0 || self.frame_burst == 0 || self.frames_per_second <= 0.0 {
             return bad("outbound_queue, frame_burst and frames_per_second must be positive");
+        }
+        if let Some(url) = &self.redis_url {
+            let url = url.as_str();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return bad("redis_url must be a redis:// or rediss:// URL");
+            }
+            if !self.store.is_shared() {
+                return bad(
+                    "redis_url makes this node one of a cluster, and the nodes of a cluster must \
+                     share their store: set store to a postgres:// URL (an embedded sqlite:// \
+                     or memory: store belongs to one node)",
+                );
+            }
         }
         if self.store_pool_size == 0 {
             return bad("store_pool_size must be positive");
@@ -516,6 +540,30 @@ mod tests {
             assert!(!format!("{config:?}").contains(secret), "{url}");
             assert_eq!(store.as_str(), url);
         }
+    }
+
+    #[test]
+    fn redis_needs_a_shared_store() {
+        let cluster = |store: &str, redis: &str| Config {
+            store: store.into(),
+            redis_url: Some(redis.into()),
+            ..Config::default()
+        };
+        cluster("postgres://chat@127.0.0.1/test", "redis://127.0.0.1:6379")
+            .validate()
+            .unwrap();
+        for store in ["sqlite://data/chat.db", "memory:"] {
+            let err = cluster(store, "redis://127.0.0.1:6379")
+                .validate()
+                .unwrap_err();
+            assert!(err.0.contains("share their store"), "{err}");
+        }
+        let err = cluster("postgres://h/db", "http://127.0.0.1:6379")
+            .validate()
+            .unwrap_err();
+        assert!(err.0.contains("redis://"), "{err}");
+        let url: StoreUrl = "redis://:hunter2@127.0.0.1:6379/0".into();
+        assert!(!format!("{url} {url:?}").contains("hunter2"));
     }
 
     #[test]

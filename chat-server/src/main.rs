@@ -35,6 +35,9 @@ struct Args {
     /// PostgreSQL connections held open by this node.
     #[arg(long, env = "CHAT_STORE_POOL_SIZE")]
     store_pool_size: Option<usize>,
+    /// Redis URL shared by the nodes of a cluster (redis://…); needs a postgres:// store.
+    #[arg(long, env = "CHAT_REDIS_URL")]
+    redis_url: Option<String>,
     /// TLS certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "CHAT_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -127,6 +130,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(size) = args.store_pool_size {
         config.store_pool_size = size;
+    }
+    if let Some(url) = args.redis_url {
+        config.redis_url = Some(url.into());
     }
     if let Some(days) = args.inbox_retention_days {
         config.inbox_retention_days = days;
