@@ -19,6 +19,7 @@ mod api;
 mod auth;
 mod blob;
 mod bus;
+mod cluster;
 mod config;
 mod discovery;
 mod gateway;

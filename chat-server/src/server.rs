@@ -23,6 +23,7 @@ use crate::api;
 use crate::auth;
 use crate::blob::FsBlobStore;
 use crate::bus::LocalBus;
+use crate::cluster::Redis;
 use crate::config::{Config, ConfigError, TlsConfig};
 use crate::discovery::{self, Identity, LocalRegistry};
 use crate::hashing::Hasher;
@@ -71,6 +72,9 @@ pub enum ServerError {
         /// The failure.
         source: std::io::Error,
     },
+    /// The cluster's Redis (`redis_url`) could not be reached at start.
+    #[error("cannot connect to redis: {0}")]
+    Redis(String),
     /// Binding or serving failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -149,7 +153,15 @@ impl Server {
         let node = identity(&config, &listener)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (alive_tx, alive) = mpsc::channel(1);
-        let limits = Limits::new(&config);
+        let redis = match &config.redis_url {
+            Some(url) => Some(
+                Redis::connect(url.as_str(), &config.redis_prefix)
+                    .await
+                    .map_err(|e| ServerError::Redis(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let limits = Limits::new(&config, redis.as_ref());
         let bus: Arc<dyn chat_core::Bus> = Arc::new(LocalBus::new());
         let presence_config = PresenceConfig {
             heartbeat_interval: config.heartbeat_interval(),

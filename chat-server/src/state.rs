@@ -8,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use chat_core::{BlobStore, Bus, NodeRegistry, Store, Timestamp, UserId};
 use tokio::sync::{mpsc, watch};
 
+use crate::cluster::Redis;
+use crate::cluster::limits::SharedLimiter;
 use crate::config::Config;
 use crate::hashing::Hasher;
 use crate::health::StoreHealth;
@@ -23,51 +25,64 @@ const TYPING_BURST: u32 = 20;
 /// typing starts and renews it every few seconds.
 const TYPING_PER_SECOND: f64 = 2.0;
 
-/// Keys of the rate limits that span requests.
+/// Keys of the rate limits that span requests. Those that protect accounts and keys are
+/// shared by the cluster when it has Redis ([`SharedLimiter`]); typing and uploads stay per
+/// node (they protect this node's resources, not an account).
 #[derive(Debug)]
 pub(crate) struct Limits {
     /// Failed log-ins per (address, username) and per username.
     pub(crate) login: LoginLimits,
     /// Log-in and registration attempts per source address.
-    pub(crate) login_addr: KeyedLimiter<IpAddr>,
+    pub(crate) login_addr: SharedLimiter<IpAddr>,
     /// Messages per sending account, across its devices and connections.
-    pub(crate) sends: KeyedLimiter<UserId>,
+    pub(crate) sends: SharedLimiter<UserId>,
     /// Key-bundle fetches per (requester, target user), so one-time prekeys cannot be
     /// drained.
-    pub(crate) bundles: KeyedLimiter<(UserId, UserId)>,
+    pub(crate) bundles: SharedLimiter<(UserId, UserId)>,
     /// Fetches that take one-time prekeys, per target user whoever asks; beyond it bundles
     /// carry the signed prekey only.
-    pub(crate) prekey_claims: KeyedLimiter<UserId>,
+    pub(crate) prekey_claims: SharedLimiter<UserId>,
     /// Attachment bytes uploaded per account.
     pub(crate) upload_bytes: KeyedLimiter<UserId>,
     /// Uploads in progress per account.
     pub(crate) uploads: InFlight<UserId>,
     /// Directory searches per account, so the directory cannot be scraped quickly.
-    pub(crate) searches: KeyedLimiter<UserId>,
+    pub(crate) searches: SharedLimiter<UserId>,
     /// Typing updates per account, across its devices and connections (each is relayed to
     /// every member's connections).
     pub(crate) typing: KeyedLimiter<UserId>,
 }
 
 impl Limits {
-    pub(crate) fn new(config: &Config) -> Self {
+    /// The limits from `config`; those that protect accounts and keys shared through
+    /// `redis` when given.
+    pub(crate) fn new(config: &Config, redis: Option<&Redis>) -> Self {
         Self {
-            login: LoginLimits::new(config),
-            login_addr: KeyedLimiter::new(Rate::new(config.auth_burst_per_address, 0.5), 100_000),
-            sends: KeyedLimiter::new(
+            login: LoginLimits::new(config, redis.cloned()),
+            login_addr: SharedLimiter::new(
+                "login-address",
+                Rate::new(config.auth_burst_per_address, 0.5),
+                100_000,
+                redis.cloned(),
+            ),
+            sends: SharedLimiter::new(
+                "sends",
                 Rate::new(
                     config.send_burst_per_account,
                     config.sends_per_account_per_second,
                 ),
                 1_000_000,
+                redis.cloned(),
             ),
-            bundles: KeyedLimiter::new(Rate::new(20, 0.2), 100_000),
-            prekey_claims: KeyedLimiter::new(
+            bundles: SharedLimiter::new("bundles", Rate::new(20, 0.2), 100_000, redis.cloned()),
+            prekey_claims: SharedLimiter::new(
+                "prekey-claims",
                 Rate::new(
                     config.prekey_claim_burst_per_user,
                     f64::from(config.prekey_claims_per_user_per_hour) / 3600.0,
                 ),
                 100_000,
+                redis.cloned(),
             ),
             upload_bytes: KeyedLimiter::new(
                 Rate::bytes(
@@ -77,12 +92,14 @@ impl Limits {
                 100_000,
             ),
             uploads: InFlight::new(config.concurrent_uploads_per_account),
-            searches: KeyedLimiter::new(
+            searches: SharedLimiter::new(
+                "searches",
                 Rate::new(
                     config.search_burst_per_account,
                     config.searches_per_account_per_second,
                 ),
                 100_000,
+                redis.cloned(),
             ),
             typing: KeyedLimiter::new(Rate::new(TYPING_BURST, TYPING_PER_SECOND), 1_000_000),
         }

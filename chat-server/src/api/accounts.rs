@@ -42,6 +42,7 @@ pub(crate) async fn register(
         .limits
         .login_addr
         .check(&peer.ip(), Instant::now())
+        .await
         .map_err(ApiError::rate_limited)?;
     check_password(&req.password)?;
     let hash = auth::hash_password(&shared, req.password).await?;
@@ -100,6 +101,7 @@ pub(crate) async fn login(
         .limits
         .login_addr
         .check(&peer.ip(), t)
+        .await
         .map_err(ApiError::rate_limited)?;
     let bad = || ApiError::new(ErrorCode::BadCredentials, "wrong username or password");
     if req.password.len() > MAX_PASSWORD_LEN {
@@ -110,6 +112,7 @@ pub(crate) async fn login(
     let limits = &shared.limits.login;
     let attempt = limits
         .start(peer.ip(), req.username.as_str(), t)
+        .await
         .map_err(ApiError::rate_limited)?;
     let checked = check_credentials(&shared, &req.username, req.password).await;
     let outcome = match &checked {
@@ -117,7 +120,7 @@ pub(crate) async fn login(
         Ok(None) => Outcome::Failure,
         Err(_) => Outcome::NotChecked,
     };
-    limits.finish(attempt, outcome, Instant::now());
+    limits.finish(attempt, outcome, Instant::now()).await;
     // Counted in chat_login_failures_total by `finish`; logged here.
     if outcome == Outcome::Failure {
         // The address, never the username typed (people type passwords into it).

@@ -177,6 +177,7 @@ pub(crate) async fn bundles(
         .limits
         .bundles
         .check(&(authed.device.user, user), Instant::now())
+        .await
         .map_err(ApiError::rate_limited)?;
     let missing = || ApiError::new(ErrorCode::NotFound, "no such user");
     if shared.store.user(user).await?.is_none() {
@@ -186,7 +187,12 @@ pub(crate) async fn bundles(
     super::people::unless_blocked_by(&shared, user, authed.device.user, missing).await?;
     // The per-target budget: past it nobody gets one-time prekeys for a while, so a group of
     // accounts cannot empty the pool; sessions then start from the signed prekey alone.
-    let bundles = match shared.limits.prekey_claims.check(&user, Instant::now()) {
+    let claim = shared
+        .limits
+        .prekey_claims
+        .check(&user, Instant::now())
+        .await;
+    let bundles = match claim {
         Ok(()) => {
             let bundles = shared.store.claim_bundles(user).await?;
             let empty = bundles

@@ -198,6 +198,7 @@ pub(crate) async fn search(
         .limits
         .searches
         .check(&authed.device.user, Instant::now())
+        .await
         .map_err(ApiError::rate_limited)?;
     let prefix = SearchPrefix::new(&query.prefix).map_err(|e| invalid("prefix", e))?;
     let after = query

@@ -437,7 +437,13 @@ impl Conn {
         let req = Some(send.req);
         let refusal = if let Err(code) = send.validate() {
             Some(error_frame(req, code, "send refused by a limit"))
-        } else if let Err(wait) = self.shared.limits.sends.check(&device.user, Instant::now()) {
+        } else if let Err(wait) = self
+            .shared
+            .limits
+            .sends
+            .check(&device.user, Instant::now())
+            .await
+        {
             Some(rate_limited_frame(
                 req,
                 wait,

@@ -1,0 +1,96 @@
+//! The state several nodes share through Redis (issue #14): each concern is a small
+//! boundary with an in-memory implementation (one node, today's behaviour) and a Redis one,
+//! chosen at start by `redis_url`, and each has one conformance suite that runs against both.
+//!
+//! - `limits`: token buckets for the limits that protect accounts and keys (log-ins,
+//!   registrations, bundle fetches, prekey claims, directory search, sends).
+//! - `registry`: the node registry, with expiry on Redis's clock.
+//! - `presence`: which nodes hold a live device of each user.
+//! - `lease`: named leases, one holder at a time (the presence sweeper, the inbox-trimming
+//!   pass, one push per device burst).
+//!
+//! PostgreSQL stays the only durable truth: everything here is soft state that each node
+//! re-asserts or that expires, so a Redis restart loses limits' progress and leases (they
+//! start afresh) and presence until the nodes' next re-assertion (docs/OPERATIONS.md,
+//! "Cluster state in Redis").
+//!
+//! Every key starts with the cluster's prefix (`redis_prefix`, `chat:` by default), so one
+//! Redis can hold several clusters and tests can keep to their own keys.
+
+pub(crate) mod limits;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// How long one Redis command may take before it counts as failed.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long connecting to Redis may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection to the cluster's Redis and the prefix of every key this node uses. Cheap
+/// to clone: clones share one multiplexed connection, which reconnects on its own.
+#[derive(Clone)]
+pub(crate) struct Redis {
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the URL: it may carry a password.
+        f.debug_struct("Redis")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Redis {
+    /// Connects to `url`; every key will start with `prefix`.
+    pub(crate) async fn connect(url: &str, prefix: &str) -> redis::RedisResult<Self> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT));
+        let conn = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self {
+            conn,
+            prefix: prefix.into(),
+        })
+    }
+
+    /// The key `name` under this cluster's prefix.
+    pub(crate) fn key(&self, name: impl std::fmt::Display) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// A handle to the shared connection, for one command or script.
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
+/// Redis for tests: the server in `CHAT_TEST_REDIS_URL` under a prefix of the test's own.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Redis;
+
+    /// A connection with a fresh random prefix, or `None` (after printing a one-line skip)
+    /// when `CHAT_TEST_REDIS_URL` is unset.
+    #[allow(clippy::expect_used)]
+    pub(crate) async fn redis(test: &str) -> Option<Redis> {
+        let Ok(url) = std::env::var("CHAT_TEST_REDIS_URL") else {
+            eprintln!("skipped {test}: CHAT_TEST_REDIS_URL is unset");
+            return None;
+        };
+        let mut salt = [0u8; 8];
+        getrandom::fill(&mut salt).expect("random prefix");
+        let prefix = format!("test:{test}:{}:", hex::encode(salt));
+        Some(
+            Redis::connect(&url, &prefix)
+                .await
+                .expect("CHAT_TEST_REDIS_URL reachable"),
+        )
+    }
+}
