@@ -24,6 +24,7 @@ use crate::auth;
 use crate::blob::FsBlobStore;
 use crate::bus::LocalBus;
 use crate::cluster::Redis;
+use crate::cluster::registry::RedisRegistry;
 use crate::config::{Config, ConfigError, TlsConfig};
 use crate::discovery::{self, Identity, LocalRegistry};
 use crate::hashing::Hasher;
@@ -162,6 +163,11 @@ impl Server {
             None => None,
         };
         let limits = Limits::new(&config, redis.as_ref());
+        // A cluster's nodes see each other in Redis; a lone node knows itself.
+        let registry: Arc<dyn NodeRegistry> = match &redis {
+            Some(redis) => Arc::new(RedisRegistry::new(redis.clone())),
+            None => Arc::new(LocalRegistry::new()),
+        };
         let bus: Arc<dyn chat_core::Bus> = Arc::new(LocalBus::new());
         let presence_config = PresenceConfig {
             heartbeat_interval: config.heartbeat_interval(),
@@ -181,7 +187,7 @@ impl Server {
             connections: AtomicUsize::new(0),
             blobs,
             push,
-            registry: Arc::new(LocalRegistry::new()),
+            registry,
             health: StoreHealth::default(),
             failed_logins: LogThrottle::new(crate::health::LOG_INTERVAL),
             metrics: None,

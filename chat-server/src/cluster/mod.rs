@@ -2,9 +2,9 @@
 //! boundary with an in-memory implementation (one node, today's behaviour) and a Redis one,
 //! chosen at start by `redis_url`, and each has one conformance suite that runs against both.
 //!
-//! - `limits`: token buckets for the limits that protect accounts and keys (log-ins,
+//! - [`limits`]: token buckets for the limits that protect accounts and keys (log-ins,
 //!   registrations, bundle fetches, prekey claims, directory search, sends).
-//! - `registry`: the node registry, with expiry on Redis's clock.
+//! - [`registry`]: the node registry, with expiry on Redis's clock.
 //! - `presence`: which nodes hold a live device of each user.
 //! - `lease`: named leases, one holder at a time (the presence sweeper, the inbox-trimming
 //!   pass, one push per device burst).
@@ -18,6 +18,7 @@
 //! Redis can hold several clusters and tests can keep to their own keys.
 
 pub(crate) mod limits;
+pub(crate) mod registry;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,131 @@
+//! Nodes of one cluster in one process: each test starts two nodes over one shared store and
+//! one Redis (under a key prefix of its own) and checks what they share: the log-in limits,
+//! the node registry. Needs `CHAT_TEST_REDIS_URL`; without it each test prints one line and
+//! passes.
+
+mod common;
+
+use std::sync::Arc;
+
+use chat_core::Store;
+use common::{TestServer, http_from, test_config};
+use serde_json::{Value, json};
+
+const GUESSER: [u8; 4] = [127, 0, 0, 2];
+const OWNER: [u8; 4] = [127, 0, 0, 3];
+
+/// A node configuration for a cluster on `CHAT_TEST_REDIS_URL` under a fresh prefix, or
+/// `None` (after one line saying so) when it is unset.
+fn cluster_config(test: &str) -> Option<chat_server::Config> {
+    let Ok(redis_url) = std::env::var("CHAT_TEST_REDIS_URL") else {
+        eprintln!("skipped {test}: CHAT_TEST_REDIS_URL is unset");
+        return None;
+    };
+    let mut salt = [0u8; 8];
+    getrandom::fill(&mut salt).unwrap();
+    // The store URL only has to say "shared" for the configuration check: `with_store`
+    // serves the store it is given, one in-process store both nodes share.
+    Some(chat_server::Config {
+        store: "postgres://in-process/shared".into(),
+        redis_url: Some(redis_url.into()),
+        redis_prefix: format!("test:cluster-{test}:{}:", hex::encode(salt)),
+        ..test_config()
+    })
+}
+
+/// Two nodes of one cluster: one store, one Redis prefix.
+async fn two_nodes(config: &chat_server::Config) -> (TestServer, TestServer) {
+    let store: Arc<dyn Store> = Arc::new(chat_storage::MemoryStore::new());
+    let a = TestServer::with_store(config.clone(), store.clone()).await;
+    let b = TestServer::with_store(config.clone(), store).await;
+    (a, b)
+}
+
+async fn login(server: &TestServer, from: [u8; 4], password: &str) -> (u16, Value) {
+    http_from(
+        from,
+        server.addr,
+        "POST",
+        "/v1/login",
+        None,
+        Some(json!({"username": "alice", "password": password, "device_name": "test"})),
+    )
+    .await
+}
+
+/// Three failures per (address, account) on the cluster, not three per node: the guesser's
+/// attempts alternate between the nodes and the fourth is refused wherever it lands. (With
+/// buckets in each node's memory, six failures were checked.)
+#[tokio::test]
+async fn one_wrong_password_budget_across_two_nodes() {
+    let Some(config) = cluster_config("limits") else {
+        return;
+    };
+    let config = chat_server::Config {
+        auth_failures_per_address_account: 3,
+        auth_failure_refill_ms: 3_600_000,
+        ..config
+    };
+    let (a, b) = two_nodes(&config).await;
+    let (status, body) = a
+        .http(
+            "POST",
+            "/v1/register",
+            None,
+            Some(json!({"username": "alice", "password": "correct horse"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    let mut answers = Vec::new();
+    for i in 0..8 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let (status, body) = login(node, GUESSER, "wrong horse").await;
+        answers.push((status, body["error"].as_str().unwrap_or("").to_owned()));
+    }
+    let bad = (401, "bad_credentials".to_owned());
+    let limited = (429, "rate_limited".to_owned());
+    assert!(answers[..3].iter().all(|a| *a == bad), "{answers:?}");
+    assert!(answers[3..].iter().all(|a| *a == limited), "{answers:?}");
+    // The owner, elsewhere, logs in on either node; successes cost nothing.
+    for node in [&a, &b, &a] {
+        let (status, body) = login(node, OWNER, "correct horse").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Discovery on either node lists both nodes; a node that shut down is no longer listed.
+#[tokio::test]
+async fn discovery_lists_every_live_node_of_the_cluster() {
+    let Some(config) = cluster_config("discovery") else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(chat_storage::MemoryStore::new());
+    let node = |id: &str| chat_server::Config {
+        node_id: Some(id.into()),
+        ..config.clone()
+    };
+    let a = TestServer::with_store(node("node-a"), store.clone()).await;
+    let b = TestServer::with_store(node("node-b"), store).await;
+    let ids = |body: &Value| -> Vec<String> {
+        body["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Each node registers before it serves, so both are listed once both answer.
+    for node in [&a, &b] {
+        let (status, body) = node.http("GET", "/v1/discovery", None, None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(ids(&body), ["node-a", "node-b"]);
+    }
+    b.shutdown().await;
+    let (_, body) = a.http("GET", "/v1/discovery", None, None).await;
+    assert_eq!(ids(&body), ["node-a"]);
+    assert_eq!(body["recommended"]["id"], "node-a");
+    a.shutdown().await;
+}
