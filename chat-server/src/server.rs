@@ -24,6 +24,8 @@ use crate::auth;
 use crate::blob::FsBlobStore;
 use crate::bus::LocalBus;
 use crate::cluster::Redis;
+use crate::cluster::lease::Leases;
+use crate::cluster::presence::Holders;
 use crate::cluster::registry::RedisRegistry;
 use crate::config::{Config, ConfigError, TlsConfig};
 use crate::discovery::{self, Identity, LocalRegistry};
@@ -173,7 +175,19 @@ impl Server {
             heartbeat_interval: config.heartbeat_interval(),
             missed_heartbeats: config.missed_heartbeats,
         };
-        let presence = Arc::new(Presence::new(presence_config, bus.clone(), store.clone()));
+        // Which nodes hold each user's live devices, and the leases of work done once per
+        // cluster: in Redis for a cluster, in memory for a lone node.
+        let (holders, leases) = match &redis {
+            Some(redis) => (Holders::redis(redis.clone()), Leases::redis(redis.clone())),
+            None => (Holders::local(), Leases::local()),
+        };
+        let presence = Arc::new(Presence::new(
+            presence_config,
+            bus.clone(),
+            store.clone(),
+            holders,
+            node.id.clone(),
+        ));
         let shared = Arc::new(Shared {
             store,
             bus,
@@ -188,6 +202,7 @@ impl Server {
             blobs,
             push,
             registry,
+            leases: Arc::new(leases),
             health: StoreHealth::default(),
             failed_logins: LogThrottle::new(crate::health::LOG_INTERVAL),
             metrics: None,
@@ -275,6 +290,14 @@ impl Server {
         let app = api::router(shared.clone());
         let shutdown_rx = shared.shutdown.clone();
         tokio::spawn(shared.presence.clone().run(shared.shutdown.clone()));
+        // Re-asserts this node's presence and sweeps dead nodes' (under the cluster's lease)
+        // as often as the node refreshes its registration.
+        tokio::spawn(shared.presence.clone().sweep_dead(
+            shared.registry.clone(),
+            shared.leases.clone(),
+            Duration::from_millis(shared.config.discovery_refresh_ms),
+            shared.shutdown.clone(),
+        ));
         tokio::spawn(push.run());
         // Inbox retention, when configured: holds the store, not the shared state.
         let _retention = retention::spawn(

@@ -9,6 +9,7 @@ use chat_core::{BlobStore, Bus, NodeRegistry, Store, Timestamp, UserId};
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::Redis;
+use crate::cluster::lease::Leases;
 use crate::cluster::limits::SharedLimiter;
 use crate::config::Config;
 use crate::hashing::Hasher;
@@ -137,6 +138,8 @@ pub(crate) struct Shared {
     pub(crate) failed_logins: LogThrottle,
     /// The live chat nodes, for discovery.
     pub(crate) registry: Arc<dyn NodeRegistry>,
+    /// Leases of work done by one node for the cluster (in memory on a lone node).
+    pub(crate) leases: Arc<Leases>,
     /// Renders Prometheus metrics, when a recorder is installed.
     pub(crate) metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }

@@ -5,8 +5,8 @@
 //! - [`limits`]: token buckets for the limits that protect accounts and keys (log-ins,
 //!   registrations, bundle fetches, prekey claims, directory search, sends).
 //! - [`registry`]: the node registry, with expiry on Redis's clock.
-//! - `presence`: which nodes hold a live device of each user.
-//! - `lease`: named leases, one holder at a time (the presence sweeper, the inbox-trimming
+//! - [`presence`]: which nodes hold a live device of each user.
+//! - [`lease`]: named leases, one holder at a time (the presence sweeper, the inbox-trimming
 //!   pass, one push per device burst).
 //!
 //! PostgreSQL stays the only durable truth: everything here is soft state that each node
@@ -17,7 +17,9 @@
 //! Every key starts with the cluster's prefix (`redis_prefix`, `chat:` by default), so one
 //! Redis can hold several clusters and tests can keep to their own keys.
 
+pub(crate) mod lease;
 pub(crate) mod limits;
+pub(crate) mod presence;
 pub(crate) mod registry;
 
 use std::sync::Arc;
