@@ -150,7 +150,6 @@ impl Server {
             .await
             .map_err(|e| ConfigError(e.to_string()))?;
         let blobs = Arc::new(FsBlobStore::open(&config.blob_dir)?);
-        let (push, push_worker) = PushDispatcher::new(&config, store.clone());
         let listener = std::net::TcpListener::bind(config.listen)?;
         listener.set_nonblocking(true)?;
         let node = identity(&config, &listener)?;
@@ -181,6 +180,9 @@ impl Server {
             Some(redis) => (Holders::redis(redis.clone()), Leases::redis(redis.clone())),
             None => (Holders::local(), Leases::local()),
         };
+        let leases = Arc::new(leases);
+        let (push, push_worker) =
+            PushDispatcher::new(&config, store.clone(), leases.clone(), node.id.to_string());
         let presence = Arc::new(Presence::new(
             presence_config,
             bus.clone(),
@@ -202,7 +204,7 @@ impl Server {
             blobs,
             push,
             registry,
-            leases: Arc::new(leases),
+            leases,
             health: StoreHealth::default(),
             failed_logins: LogThrottle::new(crate::health::LOG_INTERVAL),
             metrics: None,

@@ -13,6 +13,15 @@
 //! token (no token, nothing to do) and calls the [`PushNotifier`]. A token the gateway
 //! refuses is removed. The task holds the store and the notifier, not the node's shared
 //! state, and ends when the node's last holder of the dispatcher goes.
+//!
+//! In a cluster, deliveries to one device can reach several nodes' coalescers in one burst
+//! (senders on different nodes). Before a notification goes out, the node takes the lease
+//! `push:{user}:{device}` for one coalescing window (`SET … PX` through [`Leases`]): a node
+//! that finds it held by another skips its notification (`chat_push_claimed_elsewhere_total`),
+//! so the device is notified once per burst across the cluster. When the lease cannot be
+//! read the notification goes out: a duplicate wake-up beats a device never woken. A
+//! delivery whose publish on the bus failed counts as offline (the gateway hands it here),
+//! for the same reason.
 
 mod coalesce;
 mod webhook;
@@ -26,6 +35,7 @@ use tokio::sync::{Semaphore, mpsc};
 use self::coalesce::{Coalescer, Ready};
 pub(crate) use self::webhook::Target;
 use self::webhook::{LogNotifier, Policy, WebhookNotifier};
+use crate::cluster::lease::Leases;
 use crate::config::Config;
 
 type Offline = (DeviceAddress, ConversationId);
@@ -37,8 +47,14 @@ pub(crate) struct PushDispatcher {
 }
 
 impl PushDispatcher {
-    /// A dispatcher and the worker that must run for it to have any effect.
-    pub(crate) fn new(config: &Config, store: Arc<dyn Store>) -> (Self, Worker) {
+    /// A dispatcher and the worker that must run for it to have any effect. `leases` decide
+    /// which node notifies a device for a burst; `node` names this one.
+    pub(crate) fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        leases: Arc<Leases>,
+        node: String,
+    ) -> (Self, Worker) {
         let (tx, rx) = mpsc::channel(config.push_queue);
         let notifier: Arc<dyn PushNotifier> = match config.push_webhook_url.as_deref() {
             Some(url) => {
@@ -64,6 +80,11 @@ impl PushDispatcher {
                 config.push_queue,
             ),
             slots: Arc::new(Semaphore::new(config.push_concurrency)),
+            claims: Arc::new(Claims {
+                leases,
+                node,
+                window: Duration::from_millis(config.push_coalesce_ms),
+            }),
         };
         (Self { tx }, worker)
     }
@@ -86,6 +107,38 @@ pub(crate) struct Worker {
     coalescer: Coalescer,
     /// One permit per notification in flight.
     slots: Arc<Semaphore>,
+    /// Which node notifies a device for a burst.
+    claims: Arc<Claims>,
+}
+
+/// One notification per device burst across the cluster (see the module docs).
+#[derive(Debug)]
+struct Claims {
+    leases: Arc<Leases>,
+    /// This node's name as a lease holder.
+    node: String,
+    /// How long a claim keeps other nodes from notifying the device.
+    window: Duration,
+}
+
+impl Claims {
+    /// Whether this node should send the notification for `device`'s burst.
+    async fn claim(&self, device: DeviceAddress) -> bool {
+        let name = format!("push:{}:{}", device.user, device.device);
+        // At least a millisecond: a zero window still decides between two nodes at once.
+        let window = self.window.max(Duration::from_millis(1));
+        match self.leases.acquire(&name, &self.node, window).await {
+            Ok(true) => true,
+            Ok(false) => {
+                metrics::counter!("chat_push_claimed_elsewhere_total").increment(1);
+                false
+            }
+            Err(err) => {
+                tracing::warn!(cause = %err, "push claim unavailable; notifying anyway");
+                true
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Worker {
@@ -129,9 +182,12 @@ impl Worker {
                 };
                 let store = self.store.clone();
                 let notifier = self.notifier.clone();
+                let claims = self.claims.clone();
                 let done = done_tx.clone();
                 tokio::spawn(async move {
-                    send(store.as_ref(), notifier.as_ref(), ready).await;
+                    if claims.claim(ready.device).await {
+                        send(store.as_ref(), notifier.as_ref(), ready).await;
+                    }
                     drop(slot);
                     let _ = done.send(ready.device);
                 });
@@ -174,6 +230,65 @@ async fn send(store: &dyn Store, notifier: &dyn PushNotifier, ready: Ready) {
         Err(err) => {
             metrics::counter!("chat_push_failed_total").increment(1);
             tracing::debug!(cause = %err, "push notification failed");
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use chat_core::{DeviceId, UserId};
+
+    use super::*;
+    use crate::cluster::testing;
+
+    fn claims(leases: &Arc<Leases>, node: &str, window: Duration) -> Claims {
+        Claims {
+            leases: leases.clone(),
+            node: node.into(),
+            window,
+        }
+    }
+
+    fn device(n: u64) -> DeviceAddress {
+        DeviceAddress {
+            user: UserId::new(n).unwrap(),
+            device: DeviceId::new(n).unwrap(),
+        }
+    }
+
+    /// Two nodes whose coalescers both close a window for one device's burst: only the
+    /// first to claim it notifies; other devices are independent; the node that notified
+    /// notifies its own next burst; once the window has passed, the next burst may go
+    /// from either node.
+    #[tokio::test]
+    async fn one_node_notifies_a_device_per_burst() {
+        let Some(redis) = testing::redis("push-claims").await else {
+            return;
+        };
+        let leases = Arc::new(Leases::redis(redis));
+        let window = Duration::from_millis(50);
+        let (a, b) = (claims(&leases, "a", window), claims(&leases, "b", window));
+        assert!(a.claim(device(1)).await);
+        assert!(!b.claim(device(1)).await, "the same burst, claimed by a");
+        assert!(b.claim(device(2)).await, "another device");
+        assert!(a.claim(device(1)).await, "a's own next burst");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !b.claim(device(1)).await {
+                tokio::time::sleep(window / 5).await;
+            }
+        })
+        .await
+        .expect("the claim lapses after the window");
+    }
+
+    /// A lone node's leases never refuse it.
+    #[tokio::test]
+    async fn a_lone_node_always_notifies() {
+        let leases = Arc::new(Leases::local());
+        let a = claims(&leases, "solo", Duration::from_secs(600));
+        for _ in 0..3 {
+            assert!(a.claim(device(1)).await);
         }
     }
 }
