@@ -305,6 +305,7 @@ impl Server {
         let _retention = retention::spawn(
             &shared.config,
             shared.store.clone(),
+            retention::PassLease::new(shared.leases.clone(), node.id.to_string()),
             shared.shutdown.clone(),
         );
         // Registered before serving, so discovery never answers without this node.
