@@ -163,6 +163,10 @@ impl Server {
             ),
             None => None,
         };
+        if redis.is_some() {
+            // Never the URL: it may carry a password.
+            tracing::info!(prefix = %config.redis_prefix, "cluster state in redis");
+        }
         let limits = Limits::new(&config, redis.as_ref());
         // A cluster's nodes see each other in Redis; a lone node knows itself.
         let registry: Arc<dyn NodeRegistry> = match &redis {

@@ -1,14 +1,15 @@
 //! Nodes of one cluster in one process: each test starts two nodes over one shared store and
 //! one Redis (under a key prefix of its own) and checks what they share: the log-in limits,
-//! the node registry. Needs `CHAT_TEST_REDIS_URL`; without it each test prints one line and
+//! the node registry, presence. Needs `CHAT_TEST_REDIS_URL`; without it each test prints one line and
 //! passes.
 
 mod common;
 
 use std::sync::Arc;
 
-use chat_core::Store;
-use common::{TestServer, http_from, test_config};
+use chat_core::protocol::{PresenceEvent, ServerFrame, Subscribe, Unsubscribe};
+use chat_core::{Store, UserId};
+use common::{TestServer, WAIT, http_from, test_config};
 use serde_json::{Value, json};
 
 const GUESSER: [u8; 4] = [127, 0, 0, 2];
@@ -128,4 +129,52 @@ async fn discovery_lists_every_live_node_of_the_cluster() {
     assert_eq!(ids(&body), ["node-a"]);
     assert_eq!(body["recommended"]["id"], "node-a");
     a.shutdown().await;
+}
+
+/// Subscribes to `user`, reads the snapshot, unsubscribes.
+async fn snapshot(watcher: &mut common::Client, user: UserId) -> PresenceEvent {
+    watcher.send(Subscribe { users: vec![user] }.into()).await;
+    let (_, frame) = watcher
+        .until(|f| matches!(f, ServerFrame::Presence(_)))
+        .await;
+    watcher.send(Unsubscribe { users: vec![user] }.into()).await;
+    match frame {
+        ServerFrame::Presence(event) => event,
+        other => panic!("not a presence frame: {other:?}"),
+    }
+}
+
+/// A subscriber on node A sees a user whose only device is on node B as online: the
+/// snapshot reads the cluster's presence. (Each node's own tracker knew only its devices.)
+#[tokio::test]
+async fn a_snapshot_on_one_node_sees_a_device_on_another() {
+    let Some(config) = cluster_config("presence") else {
+        return;
+    };
+    let (a, b) = two_nodes(&config).await;
+    let alice = a.account("alice").await;
+    let bob = a.account("bob").await;
+    let (status, body) = a
+        .http(
+            "POST",
+            "/v1/conversations/direct",
+            Some(&alice.token),
+            Some(json!({"user_id": bob.user()})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut watcher = a.online(&bob).await;
+    assert!(
+        !snapshot(&mut watcher, alice.user()).await.online,
+        "alice is not connected"
+    );
+    let _alice_on_b = b.online(&alice).await;
+    // Node B records alice's device in Redis as soon as its presence task runs.
+    tokio::time::timeout(WAIT, async {
+        while !snapshot(&mut watcher, alice.user()).await.online {}
+    })
+    .await
+    .expect("node A's snapshot sees alice online on node B");
+    a.shutdown().await;
+    b.shutdown().await;
 }
