@@ -569,6 +569,10 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(err.0.contains("redis://"), "{err}");
+        let mut no_prefix = cluster("postgres://h/db", "redis://127.0.0.1:6379");
+        no_prefix.redis_prefix.clear();
+        let err = no_prefix.validate().unwrap_err();
+        assert!(err.0.contains("redis_prefix"), "{err}");
         let url: StoreUrl = "redis://:hunter2@127.0.0.1:6379/0".into();
         assert!(!format!("{url} {url:?}").contains("hunter2"));
     }

@@ -227,11 +227,11 @@ mod tests {
         let Some(redis) = testing::redis("login-pair").await else {
             return;
         };
-        a_guesser_exhausts_only_their_own_pair_budget(limits_on(Some(redis))).await;
+        a_guesser_exhausts_only_their_own_pair_budget(limits_on(Some(redis.clone()))).await;
         let redis = testing::redis("login-backstop").await.unwrap();
-        the_backstop_leaves_known_addresses_checked(limits_on(Some(redis))).await;
+        the_backstop_leaves_known_addresses_checked(limits_on(Some(redis.clone()))).await;
         let redis = testing::redis("login-unchecked").await.unwrap();
-        unchecked_attempts_cost_nothing(limits_on(Some(redis))).await;
+        unchecked_attempts_cost_nothing(limits_on(Some(redis.clone()))).await;
     }
 
     /// The in-memory buckets on a virtual clock: the guesser's budget refills slowly.

@@ -614,7 +614,7 @@ mod tests {
         };
         let bus = Arc::new(RecordingBus::default());
         let one = presence(bus.clone(), Holders::redis(redis.clone()), "one");
-        let two = presence(bus.clone(), Holders::redis(redis), "two");
+        let two = presence(bus.clone(), Holders::redis(redis.clone()), "two");
         let stop = run_all(&[&one, &two]);
         let (phone, laptop) = (device(7, 70), device(7, 71));
 
@@ -675,7 +675,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let leases = Leases::redis(redis);
+        let leases = Leases::redis(redis.clone());
         let lease_for = Duration::from_secs(600);
         // "other" takes the lease first: "live" does not sweep.
         assert!(

@@ -15,9 +15,46 @@ use serde_json::{Value, json};
 const GUESSER: [u8; 4] = [127, 0, 0, 2];
 const OWNER: [u8; 4] = [127, 0, 0, 3];
 
-/// A node configuration for a cluster on `CHAT_TEST_REDIS_URL` under a fresh prefix, or
-/// `None` (after one line saying so) when it is unset.
-fn cluster_config(test: &str) -> Option<chat_server::Config> {
+/// Deletes the keys under a test's Redis prefix when dropped.
+struct Cleanup {
+    url: String,
+    prefix: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let Ok(mut conn) =
+            redis::Client::open(self.url.as_str()).and_then(|client| client.get_connection())
+        else {
+            return;
+        };
+        let mut cursor = 0u64;
+        loop {
+            let Ok((next, keys)) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query::<(u64, Vec<String>)>(&mut conn)
+            else {
+                return;
+            };
+            if !keys.is_empty() {
+                let _ = redis::cmd("DEL").arg(&keys).exec(&mut conn);
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// A node configuration for a cluster on `CHAT_TEST_REDIS_URL` under a fresh prefix (whose
+/// keys go when the returned guard is dropped), or `None` (after one line saying so) when
+/// it is unset.
+fn cluster_config(test: &str) -> Option<(chat_server::Config, Cleanup)> {
     let Ok(redis_url) = std::env::var("CHAT_TEST_REDIS_URL") else {
         eprintln!("skipped {test}: CHAT_TEST_REDIS_URL is unset");
         return None;
@@ -26,12 +63,20 @@ fn cluster_config(test: &str) -> Option<chat_server::Config> {
     getrandom::fill(&mut salt).unwrap();
     // The store URL only has to say "shared" for the configuration check: `with_store`
     // serves the store it is given, one in-process store both nodes share.
-    Some(chat_server::Config {
+    let prefix = format!("test:cluster-{test}:{}:", hex::encode(salt));
+    let config = chat_server::Config {
         store: "postgres://in-process/shared".into(),
-        redis_url: Some(redis_url.into()),
-        redis_prefix: format!("test:cluster-{test}:{}:", hex::encode(salt)),
+        redis_url: Some(redis_url.clone().into()),
+        redis_prefix: prefix.clone(),
         ..test_config()
-    })
+    };
+    Some((
+        config,
+        Cleanup {
+            url: redis_url,
+            prefix,
+        },
+    ))
 }
 
 /// Two nodes of one cluster: one store, one Redis prefix.
@@ -59,7 +104,7 @@ async fn login(server: &TestServer, from: [u8; 4], password: &str) -> (u16, Valu
 /// buckets in each node's memory, six failures were checked.)
 #[tokio::test]
 async fn one_wrong_password_budget_across_two_nodes() {
-    let Some(config) = cluster_config("limits") else {
+    let Some((config, _cleanup)) = cluster_config("limits") else {
         return;
     };
     let config = chat_server::Config {
@@ -100,7 +145,7 @@ async fn one_wrong_password_budget_across_two_nodes() {
 /// Discovery on either node lists both nodes; a node that shut down is no longer listed.
 #[tokio::test]
 async fn discovery_lists_every_live_node_of_the_cluster() {
-    let Some(config) = cluster_config("discovery") else {
+    let Some((config, _cleanup)) = cluster_config("discovery") else {
         return;
     };
     let store: Arc<dyn Store> = Arc::new(chat_storage::MemoryStore::new());
@@ -148,7 +193,7 @@ async fn snapshot(watcher: &mut common::Client, user: UserId) -> PresenceEvent {
 /// snapshot reads the cluster's presence. (Each node's own tracker knew only its devices.)
 #[tokio::test]
 async fn a_snapshot_on_one_node_sees_a_device_on_another() {
-    let Some(config) = cluster_config("presence") else {
+    let Some((config, _cleanup)) = cluster_config("presence") else {
         return;
     };
     let (a, b) = two_nodes(&config).await;

@@ -177,6 +177,6 @@ mod tests {
         let Some(redis) = testing::redis("leases").await else {
             return;
         };
-        conformance(Leases::redis(redis)).await;
+        conformance(Leases::redis(redis.clone())).await;
     }
 }

@@ -354,7 +354,7 @@ mod tests {
             return;
         };
         conformance(Some(redis.clone())).await;
-        refills(Some(redis)).await;
+        refills(Some(redis.clone())).await;
     }
 
     /// Two nodes (two limiters on one Redis) spend one budget between them.
@@ -365,7 +365,7 @@ mod tests {
         };
         let rate = Rate::new(4, 1.0 / 3600.0);
         let a = SharedLimiter::<UserId>::new("sends", rate, 10, Some(redis.clone()));
-        let b = SharedLimiter::<UserId>::new("sends", rate, 10, Some(redis));
+        let b = SharedLimiter::<UserId>::new("sends", rate, 10, Some(redis.clone()));
         let t0 = Instant::now();
         for node in [&a, &b, &a, &b] {
             node.check(&UserId::MIN, t0).await.unwrap();

@@ -74,15 +74,61 @@ impl Redis {
     }
 }
 
-/// Redis for tests: the server in `CHAT_TEST_REDIS_URL` under a prefix of the test's own.
+/// Redis for tests: the server in `CHAT_TEST_REDIS_URL` under a prefix of the test's own,
+/// whose keys are deleted when the test is done.
 #[cfg(test)]
 pub(crate) mod testing {
     use super::Redis;
 
+    /// A connection under a test's own prefix; dropping it deletes the prefix's keys.
+    pub(crate) struct TestRedis {
+        redis: Redis,
+        url: String,
+    }
+
+    impl std::ops::Deref for TestRedis {
+        type Target = Redis;
+        fn deref(&self) -> &Redis {
+            &self.redis
+        }
+    }
+
+    impl Drop for TestRedis {
+        fn drop(&mut self) {
+            // A blocking connection: drop may run where no runtime can be awaited on.
+            let Ok(mut conn) =
+                redis::Client::open(self.url.as_str()).and_then(|client| client.get_connection())
+            else {
+                return;
+            };
+            let pattern = format!("{}*", self.redis.prefix);
+            let mut cursor = 0u64;
+            loop {
+                let Ok((next, keys)) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query::<(u64, Vec<String>)>(&mut conn)
+                else {
+                    return;
+                };
+                if !keys.is_empty() {
+                    let _ = redis::cmd("DEL").arg(&keys).exec(&mut conn);
+                }
+                if next == 0 {
+                    return;
+                }
+                cursor = next;
+            }
+        }
+    }
+
     /// A connection with a fresh random prefix, or `None` (after printing a one-line skip)
     /// when `CHAT_TEST_REDIS_URL` is unset.
     #[allow(clippy::expect_used)]
-    pub(crate) async fn redis(test: &str) -> Option<Redis> {
+    pub(crate) async fn redis(test: &str) -> Option<TestRedis> {
         let Ok(url) = std::env::var("CHAT_TEST_REDIS_URL") else {
             eprintln!("skipped {test}: CHAT_TEST_REDIS_URL is unset");
             return None;
@@ -90,10 +136,9 @@ pub(crate) mod testing {
         let mut salt = [0u8; 8];
         getrandom::fill(&mut salt).expect("random prefix");
         let prefix = format!("test:{test}:{}:", hex::encode(salt));
-        Some(
-            Redis::connect(&url, &prefix)
-                .await
-                .expect("CHAT_TEST_REDIS_URL reachable"),
-        )
+        let redis = Redis::connect(&url, &prefix)
+            .await
+            .expect("CHAT_TEST_REDIS_URL reachable");
+        Some(TestRedis { redis, url })
     }
 }

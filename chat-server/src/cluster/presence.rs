@@ -373,6 +373,6 @@ mod tests {
         let Some(redis) = testing::redis("holders").await else {
             return;
         };
-        conformance(Holders::redis(redis)).await;
+        conformance(Holders::redis(redis.clone())).await;
     }
 }

@@ -228,7 +228,7 @@ mod tests {
         let Some(redis) = testing::redis("registry").await else {
             return;
         };
-        conformance(Arc::new(RedisRegistry::new(redis))).await;
+        conformance(Arc::new(RedisRegistry::new(redis.clone()))).await;
     }
 
     /// Two nodes on one Redis each see the other's registration, and a node that stops
@@ -238,7 +238,10 @@ mod tests {
         let Some(redis) = testing::redis("registry-two").await else {
             return;
         };
-        let (one, two) = (RedisRegistry::new(redis.clone()), RedisRegistry::new(redis));
+        let (one, two) = (
+            RedisRegistry::new(redis.clone()),
+            RedisRegistry::new(redis.clone()),
+        );
         one.register(node("one", 0, Duration::from_secs(600)))
             .await
             .unwrap();

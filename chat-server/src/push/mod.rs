@@ -266,7 +266,7 @@ mod tests {
         let Some(redis) = testing::redis("push-claims").await else {
             return;
         };
-        let leases = Arc::new(Leases::redis(redis));
+        let leases = Arc::new(Leases::redis(redis.clone()));
         let window = Duration::from_millis(50);
         let (a, b) = (claims(&leases, "a", window), claims(&leases, "b", window));
         assert!(a.claim(device(1)).await);
