@@ -223,3 +223,183 @@ async fn a_snapshot_on_one_node_sees_a_device_on_another() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A `chat-server` process of a cluster, configured by a JSON file in its own directory.
+struct NodeProcess {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl NodeProcess {
+    fn start(config: &Value) -> Self {
+        use std::io::{BufRead, BufReader};
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.json");
+        std::fs::write(&file, config.to_string()).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .arg("--config")
+            .arg(&file)
+            .env_remove("CHAT_LOG")
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line
+                    .strip_prefix("chat-server listening on http://")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+                {
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx.recv_timeout(WAIT).expect("the node prints its address");
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn log_in(addr: std::net::SocketAddr, name: &str) -> common::Account {
+    let (status, body) = common::http(
+        addr,
+        "POST",
+        "/v1/login",
+        None,
+        Some(json!({"username": name, "password": "correct horse", "device_name": "test"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    common::Account {
+        token: body["token"].as_str().unwrap().to_owned(),
+        device: chat_core::DeviceAddress {
+            user: UserId::new(body["user_id"].as_u64().unwrap()).unwrap(),
+            device: chat_core::DeviceId::new(body["device_id"].as_u64().unwrap()).unwrap(),
+        },
+    }
+}
+
+/// Two `chat-server` processes on one PostgreSQL and one Redis. Alice's only device is on
+/// node B; Bob watches her from node A. B is killed with SIGKILL (no deregistration, no
+/// goodbye): once its registration lapses, A's sweeper takes Alice offline and Bob is told,
+/// and discovery on A stops listing B.
+#[tokio::test]
+async fn a_killed_nodes_users_go_offline_and_discovery_drops_it() {
+    let Some((config, _cleanup)) = cluster_config("kill") else {
+        return;
+    };
+    let Ok(postgres) = std::env::var("CHAT_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: CHAT_TEST_POSTGRES_URL is unset");
+        return;
+    };
+    let node = |id: &str| {
+        json!({
+            "listen": "127.0.0.1:0",
+            "store": postgres,
+            "redis_url": config.redis_url.as_ref().unwrap().as_str(),
+            "redis_prefix": config.redis_prefix,
+            "node_id": id,
+            "discovery_ttl_ms": 1000,
+            "discovery_refresh_ms": 200,
+            "argon2_memory_kib": 8,
+            "argon2_iterations": 1,
+            "auth_burst_per_address": 10000,
+        })
+    };
+    let a = NodeProcess::start(&node("node-a"));
+    let mut b = NodeProcess::start(&node("node-b"));
+    // The database is shared with other runs: names of this run's own.
+    let tag = &config.redis_prefix[config.redis_prefix.len() - 9..config.redis_prefix.len() - 1];
+    let (alice_name, bob_name) = (format!("alice{tag}"), format!("bob{tag}"));
+    for name in [&alice_name, &bob_name] {
+        let (status, body) = common::http(
+            a.addr,
+            "POST",
+            "/v1/register",
+            None,
+            Some(json!({"username": name, "password": "correct horse"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let alice = log_in(a.addr, &alice_name).await;
+    let bob = log_in(a.addr, &bob_name).await;
+    let (status, body) = common::http(
+        a.addr,
+        "POST",
+        "/v1/conversations/direct",
+        Some(&alice.token),
+        Some(json!({"user_id": bob.user()})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let mut alice_on_b = common::Client::connect(b.addr, &alice, 0).await;
+    alice_on_b
+        .until(|f| matches!(f, ServerFrame::SyncEnd(_)))
+        .await;
+    let mut watcher = common::Client::connect(a.addr, &bob, 0).await;
+    watcher
+        .until(|f| matches!(f, ServerFrame::SyncEnd(_)))
+        .await;
+    tokio::time::timeout(WAIT, async {
+        while !snapshot(&mut watcher, alice.user()).await.online {}
+    })
+    .await
+    .expect("node A sees alice online on node B");
+    watcher
+        .send(
+            Subscribe {
+                users: vec![alice.user()],
+            }
+            .into(),
+        )
+        .await;
+    let (_, first) = watcher
+        .until(|f| matches!(f, ServerFrame::Presence(_)))
+        .await;
+    assert!(matches!(first, ServerFrame::Presence(p) if p.online));
+
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let (_, offline) = watcher
+        .until(|f| matches!(f, ServerFrame::Presence(_)))
+        .await;
+    let ServerFrame::Presence(offline) = offline else {
+        unreachable!("until returns what it waited for");
+    };
+    assert_eq!((offline.user, offline.online), (alice.user(), false));
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let (_, body) = common::http(a.addr, "GET", "/v1/discovery", None, None).await;
+            let ids: Vec<&str> = body["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["id"].as_str().unwrap())
+                .collect();
+            if ids == ["node-a"] {
+                return;
+            }
+            assert_eq!(ids, ["node-a", "node-b"]);
+        }
+    })
+    .await
+    .expect("discovery drops the killed node");
+    drop(alice_on_b);
+}
