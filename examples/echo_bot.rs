@@ -26,8 +26,7 @@ struct Args {
     server: String,
     /// The bot's username.
     username: String,
-    /// The bot's password (needed only until the store holds a device; also read from
-    /// CHAT_PASSWORD).
+    /// The bot's password (needed only until the store holds a device).
     #[arg(env = "CHAT_PASSWORD", hide_env_values = true)]
     password: Option<String>,
     /// Create the account instead of logging in to an existing one.

@@ -44,7 +44,7 @@ const COMMANDS: &str = "\
 /add NAME | /remove NAME   change the current group's members
 /history               the current conversation's latest messages
 /send-file PATH        send a file to the current conversation (end-to-end encrypted)
-/save ID [PATH]        save the file of message ID (default: its name, here)
+/save ID [PATH]        save the file of message ID (default: its own name, here)
 /reply ID TEXT         reply to message ID
 /edit ID TEXT          replace the text of your message ID
 /delete ID             delete your message ID for everyone
@@ -74,7 +74,7 @@ struct Args {
     server: String,
     /// Your username.
     username: String,
-    /// Your password; asked for when needed and not given (also read from CHAT_PASSWORD).
+    /// Your password; asked for when needed and not given.
     #[arg(env = "CHAT_PASSWORD", hide_env_values = true)]
     password: Option<String>,
     /// Create the account instead of logging in to an existing one.

@@ -182,6 +182,14 @@ pub(crate) fn error(e: &Error) -> String {
             }
             _ => format!("the server refused ({code}): {message}"),
         },
+        Error::Network(m) if m.contains("CaUsedAsEndEntity") => format!(
+            "cannot reach the server securely: {m}. The server presents an authority's \
+             certificate as its own; it must serve a certificate the authority signed (see \
+             docs/OPERATIONS.md)"
+        ),
+        Error::Network(m) if m.contains("not valid for name") => {
+            format!("cannot reach the server securely: {m}. Use a name its certificate is for")
+        }
         Error::Network(m) if m.contains("certificate") || m.contains("Issuer") => format!(
             "cannot reach the server securely: {m}. If its certificate comes from a private \
              authority, give that authority's certificate with --ca-file PEM"
