@@ -820,6 +820,15 @@ impl Client {
         self.inner
             .closed
             .store(true, std::sync::atomic::Ordering::Release);
+        // Sends still waiting for an acknowledgement end now; their messages stay in the
+        // outbox and go out when the device is opened again.
+        let waiting: Vec<_> = match self.inner.waiters.lock() {
+            Ok(mut waiters) => waiters.drain().map(|(_, tx)| tx).collect(),
+            Err(_) => Vec::new(),
+        };
+        for tx in waiting {
+            let _ = tx.send(Err(Error::Closed));
+        }
     }
 
     /// Logs this device out on the server and stops the client.
