@@ -1,13 +1,14 @@
 //! The terminal client used as a person would: `examples/terminal` runs in tmux panes (a real
 //! terminal, so keys are read one at a time), keys are typed with `send-keys`, and what the
 //! screens show is read back with `capture-pane`, against a node on 127.0.0.1 serving TLS with
-//! a private certificate (trusted with `--ca-file`).
+//! a private certificate (trusted with `--ca-file`, by the echo bot too).
 //!
 //! It needs tmux and the example built, so it is ignored by a plain `cargo test`; `.ci/run`
 //! runs it:
 //!
 //! ```sh
-//! cargo build --example terminal && cargo test --test terminal_tmux -- --ignored
+//! cargo build --example terminal --example echo_bot
+//! cargo test --test terminal_tmux -- --ignored
 //! ```
 //!
 //! tmux has no event for "this text appeared", so the waits poll the screen every 50 ms, each
@@ -169,17 +170,17 @@ impl Drop for Tmux {
     }
 }
 
-/// The example binary, built next to this test's own (`target/debug/examples/terminal`).
-fn terminal_binary() -> PathBuf {
+/// An example binary, built next to this test's own (`target/debug/examples/NAME`).
+fn example_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
     let target = exe
         .parent()
         .and_then(Path::parent)
         .expect("target directory");
-    let binary = target.join("examples").join("terminal");
+    let binary = target.join("examples").join(name);
     assert!(
         binary.exists(),
-        "{} is missing: cargo build --example terminal",
+        "{} is missing: cargo build --example {name}",
         binary.display()
     );
     binary
@@ -228,13 +229,15 @@ fn assert_in_words(name: &str, screen: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "drives examples/terminal in tmux: needs tmux and `cargo build --example terminal`; \
-            run with --ignored (.ci/run does)"]
+#[ignore = "drives examples/terminal in tmux: needs tmux and `cargo build --example terminal \
+            --example echo_bot`; run with --ignored (.ci/run does)"]
 async fn a_person_chats_in_the_terminal_client() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tmux = Tmux::new(dir.path());
-    let bin = terminal_binary();
+    let bin = example_binary("terminal");
     let bin = bin.to_str().expect("utf-8 path");
+    let bot = example_binary("echo_bot");
+    let bot = bot.to_str().expect("utf-8 path");
     let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
 
     // A node on TLS with a certificate no public authority vouches for.
@@ -379,6 +382,29 @@ async fn a_person_chats_in_the_terminal_client() {
         std::fs::read_to_string(&saved).expect("saved file"),
         "a note for bob\n"
     );
+
+    // The echo bot trusts the node through --ca-file too, and answers.
+    let bot_store = path("bot.db");
+    tmux.start(
+        "bot",
+        &[
+            bot,
+            "--register",
+            "--ca-file",
+            &ca,
+            "--store",
+            &bot_store,
+            &url,
+            "echo_bot",
+            PASSWORD,
+        ],
+    )
+    .await;
+    tmux.wait_for("bot", "connected, up to date").await;
+    tmux.line("alice", "/open echo_bot").await;
+    tmux.wait_for("alice", "— echo_bot (conversation ").await;
+    tmux.line("alice", "ping").await;
+    tmux.wait_for("alice", "echo_bot: ping").await;
 
     // A group: the changes read as sentences, live and in the history.
     tmux.line("alice", "/group bob carol").await;
