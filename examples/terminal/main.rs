@@ -14,8 +14,12 @@
 //! history are kept in `USERNAME.chat.db` (or `--store PATH`); later runs resume it without a
 //! password. For a node with a certificate from a private authority (or self-signed), pass
 //! the authority's certificate with `--ca-file PEM`. `/help` lists the commands; any other
-//! line is sent to the current conversation. `/quit`, Ctrl-C or Ctrl-D sign off cleanly:
-//! contacts see you offline at once.
+//! line is sent to the current conversation. On a terminal, keys are read one at a time: the
+//! line being typed stays at the bottom while messages print above it, and others see you
+//! typing before you press Enter (with piped input, lines are read whole and typing is not
+//! announced). `/quit`, Ctrl-C or Ctrl-D sign off cleanly: contacts see you offline at once.
+//!
+//! `tests/terminal_tmux.rs` drives this client in tmux, as a person would.
 
 mod screen;
 mod words;
@@ -127,6 +131,7 @@ async fn run(args: Args) -> Result<(), String> {
         }
     }
     app.edited(false);
+    screen.set_prompt(String::new());
     screen.print("signing off…");
     client.close().await;
     drop(keyboard);
@@ -616,6 +621,7 @@ impl App {
         if list.is_empty() {
             self.screen
                 .print("  no conversations yet: /open NAME or /group NAME NAME...");
+            return Ok(());
         }
         for c in list {
             let mark = if Some(c.id) == self.current { "*" } else { " " };
