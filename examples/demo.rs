@@ -5,13 +5,24 @@
 //! cargo run --example demo
 //! ```
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use chat::client::{Client, Event, Events, MemoryStore, ReceiptKind};
 use chat::server::{Config, Server};
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // A node on a fresh SQLite database in a temporary directory.
     let dir = std::env::temp_dir().join(format!("chat-demo-{}", std::process::id()));
     let db = dir.join("chat.db");
@@ -51,7 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut alice_events, mut bob_events) = (alice.events(), bob.events());
     let (a, b) = (alice.device(), bob.device());
     println!(
-        "alice is user {} device {}, bob is user {} device {}",
+        "registered alice (user {}, device {}) and bob (user {}, device {})",
         a.user, a.device, b.user, b.device
     );
 
@@ -66,7 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     println!("alice -> bob: message {id} stored by the server (as ciphertext)");
     let m = next_text(&mut bob_events).await?;
-    println!("bob decrypted message {}: {:?}", m.0, m.1);
+    println!("bob decrypted message {}: \u{201c}{}\u{201d}", m.0, m.1);
 
     bob.send_receipt(chat, ReceiptKind::Read, m.0)?;
     bob.send_typing(chat, true)?;
@@ -76,18 +87,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         match tokio::time::timeout(Duration::from_secs(10), alice_events.next()).await? {
             Some(Event::Receipt {
                 user, kind, up_to, ..
-            }) => {
-                println!("alice sees: user {user} {kind:?} up to message {up_to}");
+            }) if user == bob.user() => {
+                let what = match kind {
+                    ReceiptKind::Read => "read",
+                    _ => "received",
+                };
+                println!("alice sees: bob has {what} up to message {up_to}");
             }
-            Some(Event::Typing {
-                conversation,
-                users,
-            }) => {
-                println!("alice sees: typing in {conversation}: {users:?}");
+            Some(Event::Typing { users, .. }) if users.contains(&bob.user()) => {
+                println!("alice sees: bob is typing");
             }
             Some(Event::Message(m)) => {
                 println!(
-                    "alice decrypted message {}: {:?}",
+                    "alice decrypted message {}: \u{201c}{}\u{201d}",
                     m.id,
                     m.text().unwrap_or("")
                 );
@@ -99,6 +111,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // What the server keeps is ciphertext only.
+    // Sign off: a normal close, so each is offline for the other at once.
+    alice.close().await;
+    bob.close().await;
     drop((alice, bob));
     let _ = stop.send(());
     serving.await??;

@@ -32,6 +32,8 @@ const PREKEY_BATCH: usize = 100;
 const PREKEY_LOW: u64 = 25;
 /// How old a signed prekey may get before the client makes a new one (a week).
 const SIGNED_PREKEY_AGE_MS: u64 = 7 * 24 * 3600 * 1000;
+/// How long [`Client::close`] waits for the driver to close the connection.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Events buffered for a receiver that is not reading.
 const EVENT_BUFFER: usize = 4096;
 
@@ -800,6 +802,33 @@ impl Client {
             &other.get().to_be_bytes(),
             &identities(theirs)?,
         ))
+    }
+
+    /// Signs off: acknowledges what was received, closes the connection with a normal
+    /// WebSocket close and stops the client. The server counts a cleanly closed device as
+    /// gone at once, so contacts see this user offline without waiting for the heartbeat
+    /// window (a dropped client, or a lost connection, is seen as offline only when the
+    /// window ends). Waits at most a few seconds; the store keeps everything, and
+    /// [`Client::open`] resumes.
+    /// Other calls fail with [`Error::Closed`] afterwards.
+    pub async fn close(&self) {
+        let (done, closed) = oneshot::channel::<()>();
+        if self.inner.commands.send(Command::Close(done)).is_ok() {
+            // Answered (by dropping `done`) once the driver has closed the connection.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, closed).await;
+        }
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        // Sends still waiting for an acknowledgement end now; their messages stay in the
+        // outbox and go out when the device is opened again.
+        let waiting: Vec<_> = match self.inner.waiters.lock() {
+            Ok(mut waiters) => waiters.drain().map(|(_, tx)| tx).collect(),
+            Err(_) => Vec::new(),
+        };
+        for tx in waiting {
+            let _ = tx.send(Err(Error::Closed));
+        }
     }
 
     /// Logs this device out on the server and stops the client.

@@ -23,6 +23,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::client::Inner;
 use crate::e2e::{Opened, Payload};
@@ -39,6 +41,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Ack at least every this many processed entries, and otherwise on a short timer.
 const ACK_EVERY: u64 = 64;
 const ACK_INTERVAL: Duration = Duration::from_millis(250);
+/// How long the server's answer to a normal close may take before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long the key upkeep after the first backlog may take.
 const KEY_UPKEEP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames (receipts, typing) kept while disconnected.
@@ -53,6 +57,9 @@ pub(crate) enum Command {
     Retry(ClientKey),
     /// Send a frame (receipt, typing, presence subscription).
     Frame(ClientFrame),
+    /// Close the connection with a normal WebSocket close and stop: the app signs off. The
+    /// sender is dropped once the connection is closed.
+    Close(tokio::sync::oneshot::Sender<()>),
 }
 
 enum End {
@@ -102,7 +109,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver
             tokio::select! {
                 () = &mut sleep => break,
                 cmd = commands.recv() => match cmd {
-                    None => return,
+                    None | Some(Command::Close(_)) => return,
                     // The whole outbox is sent after the reconnect anyway.
                     Some(Command::Send(_) | Command::Retry(_)) => {}
                     // Presence subscriptions are renewed from the client's set on connect.
@@ -347,6 +354,7 @@ impl Conn {
     async fn command(&mut self, ws: &mut Ws, cmd: Command) -> Result<(), End> {
         let key = match cmd {
             Command::Frame(f) => return self.send(ws, &f).await,
+            Command::Close(_done) => return Err(self.close(ws).await),
             Command::Send(k) if self.busy.contains(&k) => return Ok(()),
             Command::Send(k) => k,
             Command::Retry(k) => {
@@ -363,6 +371,22 @@ impl Conn {
             Some(entry) => self.send_entry(ws, entry).await,
             None => Ok(()),
         }
+    }
+
+    /// Acknowledges what was processed, closes with a normal close (the server then counts
+    /// this device as gone at once, not after its heartbeat window) and waits briefly for
+    /// the server's close in answer.
+    async fn close(&mut self, ws: &mut Ws) -> End {
+        let _ = self.ack(ws).await;
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "signed off".into(),
+        };
+        if ws.close(Some(frame)).await.is_ok() {
+            let answered = async { while let Some(Ok(_)) = ws.next().await {} };
+            let _ = tokio::time::timeout(CLOSE_GRACE, answered).await;
+        }
+        End::Closed
     }
 
     async fn ack(&mut self, ws: &mut Ws) -> Result<(), End> {

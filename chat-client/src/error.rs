@@ -7,7 +7,7 @@ use chat_core::ErrorCode;
 #[non_exhaustive]
 pub enum Error {
     /// The server answered with an error code (HTTP or WebSocket); match on `code`.
-    #[error("server refused: {code:?}: {message}")]
+    #[error("the server refused ({code}): {message}")]
     Server {
         /// The stable wire error code.
         code: ErrorCode,

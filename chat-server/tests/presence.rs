@@ -8,7 +8,11 @@ use std::time::Duration;
 use chat_core::ErrorCode;
 use chat_core::protocol::{Heartbeat, PresenceEvent, ServerFrame, Subscribe, Unsubscribe};
 use common::{Account, Client, TestServer, test_config};
+use futures::StreamExt as _;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 const INTERVAL_MS: u32 = 200;
 
@@ -204,4 +208,52 @@ async fn only_contacts_can_be_watched_and_unsubscribe_stops_events() {
     let online = next_presence(&mut watcher).await;
     assert_eq!((online.user, online.online), (alice.user(), true));
     drop(alice_client);
+}
+
+#[tokio::test]
+async fn clean_close_is_offline_at_once() {
+    // The default window: 3 missed heartbeats of 4 s, 12 s.
+    let server = TestServer::start(chat_server::Config {
+        heartbeat_interval_ms: 4_000,
+        missed_heartbeats: 3,
+        ..test_config()
+    })
+    .await;
+    let window = Duration::from_millis(12_000);
+    let alice = server.account("alice").await;
+    let bob = server.account("bob").await;
+    befriend(&server, &alice, &bob).await;
+    let mut alice_client = connected(&server, &alice).await;
+    let mut watcher = connected(&server, &bob).await;
+    watcher
+        .send(
+            Subscribe {
+                users: vec![alice.user()],
+            }
+            .into(),
+        )
+        .await;
+    let first = next_presence(&mut watcher).await;
+    assert_eq!((first.user, first.online), (alice.user(), true));
+    // Alice signs off with a normal close: the server answers it and announces her offline
+    // at once, well within the window her last heartbeat would otherwise keep her online.
+    alice_client
+        .ws
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "signed off".into(),
+        }))
+        .await
+        .expect("close");
+    let offline = tokio::time::timeout(window / 4, next_presence(&mut watcher))
+        .await
+        .expect("offline announced within a quarter of the heartbeat window");
+    assert_eq!((offline.user, offline.online), (alice.user(), false));
+    let answer = tokio::time::timeout(common::WAIT, alice_client.ws.next())
+        .await
+        .expect("the server answers the close");
+    assert!(
+        matches!(answer, Some(Ok(Message::Close(_))) | None),
+        "{answer:?}"
+    );
 }

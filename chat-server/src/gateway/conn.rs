@@ -53,6 +53,9 @@ const TYPING_TTL_MS: u32 = 6_000;
 enum End {
     /// The peer closed or the socket failed; nothing more can be sent.
     Gone,
+    /// The peer closed with a normal (1000) or going-away (1001) close: the device signed
+    /// off, so it is offline at once instead of when its heartbeat window ends.
+    Left,
     /// The server closes with this code.
     Close(ErrorCode, &'static str),
 }
@@ -350,6 +353,9 @@ impl Conn {
         self.deadline = TokioInstant::now() + self.shared.config.idle_timeout();
         let bytes = match message {
             Message::Binary(bytes) => bytes,
+            Message::Close(Some(frame)) if matches!(frame.code, 1000 | 1001) => {
+                return Err(End::Left);
+            }
             Message::Close(_) => return Err(End::Gone),
             Message::Ping(_) | Message::Pong(_) => return Ok(()),
             Message::Text(_) => {
@@ -676,11 +682,16 @@ impl Conn {
         }
         if let Some(device) = self.device {
             match end {
-                End::Close(ErrorCode::InvalidToken, _) => {
+                End::Close(ErrorCode::InvalidToken, _) | End::Left => {
                     self.shared.presence.sign_out(device).await
                 }
                 _ => self.shared.presence.disconnect(device).await,
             }
+        }
+        if matches!(end, End::Left) {
+            // The WebSocket queued its answer to the client's close; send it so the client
+            // sees its sign-off completed.
+            let _ = tokio::time::timeout(CLOSE_GRACE, self.socket.flush()).await;
         }
         if let End::Close(code, message) = end {
             if let Some(device) = self.device {
