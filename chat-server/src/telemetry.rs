@@ -164,6 +164,19 @@ pub(crate) const HISTOGRAMS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The `process_*` metrics [`render`] adds (on Linux), for the tests: one checks that each
+/// is rendered, one that the operator files name no other.
+#[cfg(test)]
+const PROCESS: &[&str] = &[
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_threads",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
+];
+
 /// Histogram buckets in seconds: 0.5 ms to 10 s.
 const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -379,18 +392,106 @@ mod tests {
         assert_eq!(StatFields::parse("1 (truncated"), None);
     }
 
+    /// Every `chat_*` or `process_*` name in `text`, a histogram's series under its name.
+    fn names_in(text: &str) -> std::collections::BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("chat_") || w.starts_with("process_"))
+            .map(|w| {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| w.strip_suffix(s))
+                    .unwrap_or(w)
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_operator_files_and_docs_name_only_exported_metrics_and_all_of_them() {
+        let exported: std::collections::BTreeSet<String> = COUNTERS
+            .iter()
+            .map(|c| c.0)
+            .chain(GAUGES.iter().map(|g| g.0))
+            .chain(HISTOGRAMS.iter().map(|h| h.0))
+            .chain(PROCESS.iter().copied())
+            .map(str::to_owned)
+            .collect();
+        for (file, text) in [
+            (
+                "alerts.yml",
+                include_str!("../../docs/operators/alerts.yml"),
+            ),
+            (
+                "grafana-dashboard.json",
+                include_str!("../../docs/operators/grafana-dashboard.json"),
+            ),
+        ] {
+            let unknown: Vec<_> = names_in(text).difference(&exported).cloned().collect();
+            assert!(unknown.is_empty(), "{file} names {unknown:?}");
+        }
+        let docs = include_str!("../../docs/OPERATIONS.md");
+        let section = docs
+            .split("## Health, metrics, logs")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .unwrap();
+        let named = names_in(section);
+        let undocumented: Vec<_> = exported.difference(&named).collect();
+        assert!(
+            undocumented.is_empty(),
+            "OPERATIONS.md lacks {undocumented:?}"
+        );
+    }
+
+    /// Every metric recorded anywhere in the node's source is listed here, so none is
+    /// exported without its HELP line or missing at zero.
+    #[test]
+    fn every_metric_recorded_in_the_source_is_listed() {
+        fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    sources(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        sources(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        let listed = |kind: &str, name: &str| match kind {
+            "counter" => COUNTERS.iter().any(|c| c.0 == name),
+            "gauge" => GAUGES.iter().any(|g| g.0 == name),
+            _ => HISTOGRAMS.iter().any(|h| h.0 == name),
+        };
+        let mut seen = 0;
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for kind in ["counter", "gauge", "histogram"] {
+                for (_, rest) in text
+                    .match_indices(&format!("{kind}!(\""))
+                    .map(|(i, m)| (i, &text[i + m.len()..]))
+                {
+                    let name = rest.split('"').next().unwrap();
+                    assert!(
+                        listed(kind, name),
+                        "{kind} {name} in {file:?} is not listed"
+                    );
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen > 20, "{seen} recordings found");
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn this_process_is_measured() {
         let page = process_metrics();
-        for name in [
-            "process_cpu_seconds_total",
-            "process_resident_memory_bytes",
-            "process_threads",
-            "process_open_fds",
-            "process_max_fds",
-            "process_start_time_seconds",
-        ] {
+        for name in PROCESS {
             assert!(
                 page.contains(&format!("# HELP {name} ")),
                 "{name} in {page}"

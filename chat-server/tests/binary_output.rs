@@ -24,8 +24,10 @@ impl Node {
     fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_chat-server"));
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env_remove("CHAT_LOG")
             .current_dir(dir.path())
@@ -154,6 +156,41 @@ fn a_start_up_error_names_the_store_without_its_password() {
         for line in &seen {
             assert!(!line.contains(SECRET), "the password was printed: {line}");
         }
+    }
+}
+
+#[test]
+fn start_up_errors_name_the_file_or_address_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    for (args, named) in [
+        (vec!["--config", "missing.json"], "missing.json"),
+        (
+            vec!["--store", "memory:", "--listen", &taken],
+            taken.as_str(),
+        ),
+        (
+            vec![
+                "--store",
+                "memory:",
+                "--tls-cert",
+                "no-cert.pem",
+                "--tls-key",
+                "no-key.pem",
+            ],
+            "no-cert.pem",
+        ),
+    ] {
+        let mut node = Node::start(&args, &[]);
+        let seen = node.output_until_exit();
+        assert!(!node.child.wait().unwrap().success(), "{args:?}");
+        let errors: Vec<_> = seen.iter().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "once: {seen:#?}");
+        assert!(errors[0].contains(named), "{args:?}: {}", errors[0]);
+        assert!(
+            !seen.iter().any(|l| l.contains("listening")),
+            "no node says it listens and then fails: {seen:#?}"
+        );
     }
 }
 

@@ -71,7 +71,6 @@ pub const REQUIRE_SERVICES_VAR: &str = "CHAT_TEST_REQUIRE_SERVICES";
 /// `CHAT_TEST_REQUIRE_SERVICES=1` ([`REQUIRE_SERVICES_VAR`], set by `.ci/run`) a missing
 /// variable panics instead, failing the test.
 pub fn service_url(var: &str) -> Option<String> {
-    use std::io::Write as _;
     if let Some(url) = std::env::var(var).ok().filter(|u| !u.is_empty()) {
         return Some(url);
     }
@@ -80,11 +79,19 @@ pub fn service_url(var: &str) -> Option<String> {
     if std::env::var(REQUIRE_SERVICES_VAR).is_ok_and(|v| v == "1") {
         panic!("{test} needs {var}, and {REQUIRE_SERVICES_VAR}=1 forbids skipping it");
     }
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipped: {test}: set {var} to run it (see README.md, \"Commands\")"
-    );
+    skipped(&format!(
+        "set {var} to run it (see README.md, \"Commands\")"
+    ));
     None
+}
+
+/// Says that the current test is skipped and why, on the process's stderr, which the
+/// test harness does not capture: for tests that cannot run here (no service, not root).
+pub fn skipped(why: &str) {
+    use std::io::Write as _;
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("a test");
+    let _ = writeln!(std::io::stderr(), "skipped: {test}: {why}");
 }
 
 /// Expands to one `#[tokio::test]` per guarantee of the storage contract, each running on a
