@@ -163,8 +163,13 @@ fn a_start_up_error_names_the_store_without_its_password() {
 fn start_up_errors_name_the_file_or_address_once() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().unwrap().to_string();
+    // A data directory that cannot be created: its parent is a file.
+    let blocked = tempfile::NamedTempFile::new().unwrap();
+    let store = format!("sqlite://{}/data/chat.db", blocked.path().display());
+    let data_dir = format!("{}/data", blocked.path().display());
     for (args, named) in [
         (vec!["--config", "missing.json"], "missing.json"),
+        (vec!["--store", &store], data_dir.as_str()),
         (
             vec!["--store", "memory:", "--listen", &taken],
             taken.as_str(),
@@ -192,6 +197,27 @@ fn start_up_errors_name_the_file_or_address_once() {
             "no node says it listens and then fails: {seen:#?}"
         );
     }
+}
+
+#[test]
+fn postgresql_s_own_message_is_kept() {
+    let Some(url) = chat_storage::testing::service_url("CHAT_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let Some((server, _database)) = url.rsplit_once('/') else {
+        panic!("{url:?} names no database");
+    };
+    let missing = format!("{server}/chat_no_such_database");
+    let mut node = Node::start(&["--store", &missing], &[]);
+    let seen = node.output_until_exit();
+    assert!(!node.child.wait().unwrap().success());
+    let errors: Vec<_> = seen.iter().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "once: {seen:#?}");
+    assert!(
+        errors[0].contains("chat_no_such_database") && errors[0].contains("does not exist"),
+        "the server's own words: {}",
+        errors[0]
+    );
 }
 
 #[test]
