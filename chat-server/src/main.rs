@@ -29,7 +29,7 @@ struct Args {
     #[arg(long, env = "CHAT_LISTEN")]
     listen: Option<SocketAddr>,
     /// Store URL: sqlite://PATH, postgres://… or memory:.
-    #[arg(long, env = "CHAT_STORE", global = true)]
+    #[arg(long, env = "CHAT_STORE", global = true, hide_env_values = true)]
     store: Option<String>,
     /// Where attachment ciphertext is kept; by default next to the store (`blobs/` beside
     /// an SQLite file; `data/blobs` for PostgreSQL).
@@ -43,7 +43,7 @@ struct Args {
     #[arg(long, env = "CHAT_STORE_POOL_SIZE")]
     store_pool_size: Option<usize>,
     /// Redis URL shared by the nodes of a cluster (redis://…); needs a postgres:// store.
-    #[arg(long, env = "CHAT_REDIS_URL")]
+    #[arg(long, env = "CHAT_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
     /// TLS certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "CHAT_TLS_CERT", requires = "tls_key")]
@@ -62,8 +62,9 @@ struct Args {
 /// Subcommands.
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Copies the embedded store (sqlite://) and its attachments into DIR, safely while a
-    /// node runs on them: DIR/chat.db and DIR/blobs. Restore by starting a node with
+    /// Copies the embedded store and its attachments into DIR, while the node runs.
+    ///
+    /// Writes DIR/chat.db (an sqlite:// store) and DIR/blobs. Restore by starting a node with
     /// `--store sqlite://DIR/chat.db` (or moving both into its data directory). PostgreSQL
     /// stores are refused: use pg_dump (docs/OPERATIONS.md).
     Backup {

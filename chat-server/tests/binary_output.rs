@@ -221,6 +221,23 @@ fn postgresql_s_own_message_is_kept() {
 }
 
 #[test]
+fn help_hides_the_store_url_from_the_environment() {
+    let out = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .arg("--help")
+        .env("CHAT_STORE", with_password("postgres://127.0.0.1/chat"))
+        .env(
+            "CHAT_REDIS_URL",
+            format!("redis://:{SECRET}@127.0.0.1:6379"),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("CHAT_STORE"), "{help}");
+    assert!(!help.contains(SECRET), "{help}");
+}
+
+#[test]
 fn text_logs_to_a_pipe_carry_no_colour_codes() {
     let node = Node::start(&["--store", "memory:"], &[]);
     let seen = node.lines_until(|l| l.starts_with("chat-server listening"));
