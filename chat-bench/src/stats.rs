@@ -14,6 +14,8 @@ pub(crate) struct Stats {
     pub(crate) errors: AtomicU64,
     pub(crate) heartbeats: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
+    /// The first refusal the server sent, in words, to say why a run failed.
+    first_error: Mutex<Option<String>>,
 }
 
 impl Stats {
@@ -26,7 +28,25 @@ impl Stats {
             errors: AtomicU64::new(0),
             heartbeats: AtomicU64::new(0),
             latencies_us: Mutex::new(Vec::new()),
+            first_error: Mutex::new(None),
         }
+    }
+
+    /// Counts a refusal from the server, keeping the first one's description.
+    pub(crate) fn refused(&self, why: impl FnOnce() -> String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = Some(why());
+        }
+    }
+
+    /// The first refusal the server sent, if any.
+    pub(crate) fn first_error(&self) -> Option<String> {
+        self.first_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Microseconds since the run started: what a body carries as its send time.

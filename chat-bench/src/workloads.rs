@@ -46,7 +46,7 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
             let mesh = Mesh::pairs(&env, users).await?;
             let result = mesh.drive(&env, rate, duration, size).await?;
             report("one-to-one", &result.to_json(rate));
-            Ok(())
+            result.check(&mesh.stats)
         }
         Workload::Ramp {
             users,
@@ -62,6 +62,11 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
             let mut rate = start;
             while rate <= max_rate {
                 let result = mesh.drive(&env, rate, step_duration, size).await?;
+                // Refused sends are a broken run, not a rate the server cannot sustain.
+                if result.errors > 0 || (result.sent > 0 && result.acked == 0) {
+                    report("ramp", &result.to_json(rate));
+                    return result.check(&mesh.stats);
+                }
                 let p99 = result.latency.map_or(f64::INFINITY, |l| l[2]);
                 let kept_up = result.delivered >= result.sent
                     && result.sent as f64 >= 0.95 * (rate as f64 * step_duration.as_secs_f64());
@@ -102,7 +107,7 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
             let mesh = Mesh::groups(&env, groups, members).await?;
             let result = mesh.drive(&env, rate, duration, size).await?;
             report("group", &result.to_json(rate));
-            Ok(())
+            result.check(&mesh.stats)
         }
         Workload::Drain { messages, size } => drain(&env, messages, size).await,
     }
@@ -234,9 +239,17 @@ async fn read_loop(mut reader: ws::Reader, tx: mpsc::Sender<Bytes>, stats: Arc<S
                     ));
                 }
             }
-            ServerFrame::Error(_) | ServerFrame::StaleDevices(_) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
+            ServerFrame::Error(e) => {
+                stats.refused(|| format!("error {:?}: {}", e.code, e.message));
             }
+            ServerFrame::StaleDevices(s) => stats.refused(|| {
+                format!(
+                    "stale_devices ({} missing, {} extra): the accounts have devices this \
+                     run did not create; a reused --prefix does that, use a fresh one",
+                    s.missing.len(),
+                    s.extra.len()
+                )
+            }),
             _ => {}
         }
     }
@@ -298,6 +311,39 @@ struct RunResult {
 }
 
 impl RunResult {
+    /// An error saying why, when the run is not a measurement: sends refused, none
+    /// acknowledged, or nothing delivered.
+    fn check(&self, stats: &Stats) -> Result<()> {
+        let why = stats
+            .first_error()
+            .unwrap_or_else(|| "no reason given".into());
+        if self.sent == 0 {
+            return Err("nothing was sent".into());
+        }
+        if self.acked == 0 {
+            return Err(format!(
+                "none of {} sends was acknowledged (first refusal: {why})",
+                self.sent
+            ));
+        }
+        if self.errors > 0 {
+            return Err(format!(
+                "{} of {} sends failed (first refusal: {why}); the figures above are not a \
+                 measurement",
+                self.errors, self.sent
+            ));
+        }
+        if self.delivered < self.expected {
+            return Err(format!(
+                "{} of {} deliveries arrived within {} s of the end",
+                self.delivered,
+                self.expected,
+                DRAIN_TIMEOUT.as_secs()
+            ));
+        }
+        Ok(())
+    }
+
     fn to_json(&self, rate: u64) -> Value {
         let per_msg = self
             .server_cpu_us
@@ -461,7 +507,9 @@ impl Mesh {
                     stats.sent.fetch_add(1, Ordering::Relaxed);
                     expected += route.fanout;
                 } else {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    stats.refused(|| {
+                        "a connection's send queue was full: the node did not keep up".into()
+                    });
                 }
                 sent += 1;
             }
@@ -535,9 +583,10 @@ async fn drain(env: &Env, messages: usize, size: usize) -> Result<()> {
         bar.set_position(Stats::get(&stats.acked));
         tokio::time::sleep(Duration::from_millis(1)).await;
         if Stats::get(&stats.errors) > 0 {
-            return Err(
-                "the server refused sends (raise send_burst_per_account for benchmarks)".into(),
-            );
+            let why = stats.first_error().unwrap_or_default();
+            return Err(format!(
+                "the server refused sends ({why}; raise send_burst_per_account for benchmarks)"
+            ));
         }
     }
     bar.finish();

@@ -62,8 +62,26 @@ pub enum StoreError {
     },
     /// The backend failed (I/O, connection, corruption). The operation did not happen, or
     /// happened atomically in full; retrying an append with the same client key is safe.
-    #[error("storage backend failed: {0}")]
+    /// Its message carries the backend error's own causes too (PostgreSQL's words behind
+    /// `db error`, say).
+    #[error("storage backend failed: {}", with_causes(.0.as_ref()))]
     Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// `err` followed by each cause in its `source()` chain that its text does not already
+/// include, separated by `: `.
+fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(next) = cause {
+        let more = next.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = next.source();
+    }
+    text
 }
 
 impl StoreError {
@@ -429,4 +447,40 @@ impl<T> Store for T where
         + BlockStore
         + HealthStore
 {
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    /// An error whose message is vague and whose cause says what happened, like
+    /// tokio-postgres's `db error`.
+    #[derive(Debug)]
+    struct Vague(std::io::Error);
+
+    impl std::fmt::Display for Vague {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("db error")
+        }
+    }
+
+    impl std::error::Error for Vague {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn backend_errors_keep_their_causes() {
+        let err = StoreError::backend(Vague(std::io::Error::other(
+            "database \"chat\" does not exist",
+        )));
+        assert_eq!(
+            err.to_string(),
+            "storage backend failed: db error: database \"chat\" does not exist"
+        );
+        // A cause already in the message is not repeated.
+        let err = StoreError::backend(std::io::Error::other("disk full"));
+        assert_eq!(err.to_string(), "storage backend failed: disk full");
+    }
 }

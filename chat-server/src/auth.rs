@@ -80,8 +80,12 @@ pub(crate) fn token_hash(token: &str) -> Option<TokenHash> {
 /// Resolves a token to its device, or `invalid_token`.
 pub(crate) async fn authenticate(shared: &Shared, token: &str) -> Result<DeviceAddress, ApiError> {
     let invalid = || ApiError::new(ErrorCode::InvalidToken, "invalid or revoked token");
-    let hash = token_hash(token).ok_or_else(invalid)?;
-    shared.store.authenticate(hash).await?.ok_or_else(invalid)
+    let rejected = || {
+        metrics::counter!("chat_token_failures_total").increment(1);
+        invalid()
+    };
+    let hash = token_hash(token).ok_or_else(rejected)?;
+    shared.store.authenticate(hash).await?.ok_or_else(rejected)
 }
 
 /// The device a request is authenticated as, from `Authorization: Bearer <token>`.

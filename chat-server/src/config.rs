@@ -123,8 +123,10 @@ pub struct Config {
     pub max_connections_per_address: usize,
     /// How long a shutdown waits for connections to finish their in-flight work, in ms.
     pub shutdown_grace_ms: u64,
-    /// Where the filesystem blob store keeps attachment ciphertext. Created on the first
-    /// upload; unfinished uploads (`*.tmp`) found there at start-up are removed.
+    /// Where the filesystem blob store keeps attachment ciphertext. Empty (the default):
+    /// next to the store, as [`Config::blob_path`] says (`sqlite://dir/chat.db` keeps its
+    /// blobs in `dir/blobs`). Created on the first upload; unfinished uploads (`*.tmp`)
+    /// found there at start-up are removed.
     pub blob_dir: PathBuf,
     /// The largest attachment upload, in bytes (100 MiB by default).
     pub max_attachment_bytes: u64,
@@ -342,7 +344,7 @@ impl Default for Config {
             http_body_min_bytes_per_second: 1024,
             max_connections_per_address: 256,
             shutdown_grace_ms: 10_000,
-            blob_dir: PathBuf::from("data/blobs"),
+            blob_dir: PathBuf::new(),
             max_attachment_bytes: 100 * 1024 * 1024,
             upload_burst_bytes_per_account: 1024 * 1024 * 1024,
             upload_bytes_per_account_per_day: 1024 * 1024 * 1024,
@@ -453,6 +455,33 @@ impl Config {
             return bad("node_id must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-'");
         }
         Ok(())
+    }
+
+    /// Where attachment ciphertext is kept: `blob_dir` when set, otherwise next to the store,
+    /// so the store and its blobs move, and are backed up, together:
+    /// - `sqlite://DIR/chat.db`: `DIR/blobs`;
+    /// - `memory:` (tests): `chat-blobs-<process ID>` in the system's temporary directory,
+    ///   as nothing of a memory store outlives the process either;
+    /// - `postgres://…`: `data/blobs` under the working directory (set `blob_dir` to an
+    ///   absolute path under a service manager; the start-up log line names the one used).
+    pub fn blob_path(&self) -> PathBuf {
+        if !self.blob_dir.as_os_str().is_empty() {
+            return self.blob_dir.clone();
+        }
+        let store = self.store.as_str();
+        if let Some(file) = store
+            .strip_prefix("sqlite://")
+            .or_else(|| store.strip_prefix("sqlite:"))
+        {
+            let dir = std::path::Path::new(file)
+                .parent()
+                .unwrap_or_else(|| std::path::Path::new(""));
+            return dir.join("blobs");
+        }
+        if store == "memory:" {
+            return std::env::temp_dir().join(format!("chat-blobs-{}", std::process::id()));
+        }
+        PathBuf::from("data/blobs")
     }
 
     /// The number of password-hashing threads: `argon2_concurrency`, or one per core.
@@ -575,6 +604,34 @@ mod tests {
         assert!(err.0.contains("redis_prefix"), "{err}");
         let url: StoreUrl = "redis://:hunter2@127.0.0.1:6379/0".into();
         assert!(!format!("{url} {url:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn blobs_live_next_to_the_store() {
+        let with = |store: &str, blob_dir: &str| Config {
+            store: store.into(),
+            blob_dir: blob_dir.into(),
+            ..Config::default()
+        };
+        assert_eq!(Config::default().blob_path(), PathBuf::from("data/blobs"));
+        assert_eq!(
+            with("sqlite:///srv/chat/chat.db", "").blob_path(),
+            PathBuf::from("/srv/chat/blobs")
+        );
+        assert_eq!(
+            with("sqlite://chat.db", "").blob_path(),
+            PathBuf::from("blobs")
+        );
+        assert_eq!(
+            with("sqlite:///srv/chat/chat.db", "/mnt/blobs").blob_path(),
+            PathBuf::from("/mnt/blobs")
+        );
+        let memory = with("memory:", "").blob_path();
+        assert!(memory.starts_with(std::env::temp_dir()), "{memory:?}");
+        assert_eq!(
+            with("postgres://chat@db/chat", "").blob_path(),
+            PathBuf::from("data/blobs")
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@
 
 mod api;
 mod auth;
+mod backup;
 mod blob;
 mod bus;
 mod cluster;
@@ -33,11 +34,14 @@ mod push;
 mod retention;
 mod server;
 mod state;
+mod telemetry;
 mod throttle;
 
 pub use api::keys::{IDENTITY_BYTES, identity_blob};
+pub use backup::{BackupError, BackupReport, backup};
 pub use blob::FsBlobStore;
 pub use bus::LocalBus;
 pub use config::{Config, ConfigError, StoreUrl, TlsConfig};
 pub use discovery::LocalRegistry;
 pub use server::{Server, ServerError};
+pub use telemetry::{install_prometheus, render as render_metrics};

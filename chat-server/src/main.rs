@@ -2,14 +2,14 @@
 //!
 //! With no flags it serves on 127.0.0.1:8080 with an embedded SQLite store in `data/`.
 //! Settings come from, in rising priority: built-in defaults, a JSON file (`--config`),
-//! environment variables (`CHAT_*`), and flags.
+//! environment variables (`CHAT_*`), and flags. `chat-server backup DIR` copies the
+//! configured store and its attachments instead of serving.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use chat_server::{Config, Server, TlsConfig};
 use clap::Parser;
-use metrics_exporter_prometheus::PrometheusBuilder;
 use tracing_subscriber::EnvFilter;
 
 /// Threads in tokio's blocking pool.
@@ -19,15 +19,22 @@ const MAX_BLOCKING_THREADS: usize = 16;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// A JSON file with any of the configuration keys (see docs/OPERATIONS.md).
-    #[arg(long, env = "CHAT_CONFIG")]
+    #[arg(long, env = "CHAT_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "CHAT_LISTEN")]
     listen: Option<SocketAddr>,
     /// Store URL: sqlite://PATH, postgres://… or memory:.
-    #[arg(long, env = "CHAT_STORE")]
+    #[arg(long, env = "CHAT_STORE", global = true, hide_env_values = true)]
     store: Option<String>,
+    /// Where attachment ciphertext is kept; by default next to the store (`blobs/` beside
+    /// an SQLite file; `data/blobs` for PostgreSQL).
+    #[arg(long, env = "CHAT_BLOB_DIR", global = true)]
+    blob_dir: Option<PathBuf>,
     /// Durability of acknowledged sends: fsync (survives power loss; the default) or os
     /// (survives a crash of this process, not a power loss).
     #[arg(long, env = "CHAT_DURABILITY")]
@@ -36,7 +43,7 @@ struct Args {
     #[arg(long, env = "CHAT_STORE_POOL_SIZE")]
     store_pool_size: Option<usize>,
     /// Redis URL shared by the nodes of a cluster (redis://…); needs a postgres:// store.
-    #[arg(long, env = "CHAT_REDIS_URL")]
+    #[arg(long, env = "CHAT_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
     /// The start of every Redis key of this cluster (default `chat:`).
     #[arg(long, env = "CHAT_REDIS_PREFIX")]
@@ -53,6 +60,20 @@ struct Args {
     /// Log format.
     #[arg(long, env = "CHAT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+}
+
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Copies the embedded store and its attachments into DIR, while the node runs.
+    ///
+    /// Writes DIR/chat.db (an sqlite:// store) and DIR/blobs. Restore by starting a node with
+    /// `--store sqlite://DIR/chat.db` (or moving both into its data directory). PostgreSQL
+    /// stores are refused: use pg_dump (docs/OPERATIONS.md).
+    Backup {
+        /// The directory to write the copy to; created if missing, refused unless empty.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -112,7 +133,8 @@ fn init_logging(format: &str) {
     }
 }
 
-async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+/// The configuration: the file, then environment variables and flags over it.
+fn config(args: &Args) -> Result<Config, Box<dyn std::error::Error>> {
     let mut config = match &args.config {
         Some(path) => {
             let bytes = std::fs::read(path)
@@ -125,8 +147,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    if let Some(store) = args.store {
-        config.store = store.into();
+    if let Some(store) = &args.store {
+        config.store = store.as_str().into();
+    }
+    if let Some(dir) = &args.blob_dir {
+        config.blob_dir = dir.clone();
     }
     if let Some(durability) = args.durability {
         config.durability = durability;
@@ -134,17 +159,42 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(size) = args.store_pool_size {
         config.store_pool_size = size;
     }
-    if let Some(url) = args.redis_url {
-        config.redis_url = Some(url.into());
+    if let Some(url) = &args.redis_url {
+        config.redis_url = Some(url.as_str().into());
     }
-    if let Some(prefix) = args.redis_prefix {
-        config.redis_prefix = prefix;
+    if let Some(prefix) = &args.redis_prefix {
+        config.redis_prefix.clone_from(prefix);
     }
     if let Some(days) = args.inbox_retention_days {
         config.inbox_retention_days = days;
     }
-    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
-        config.tls = Some(TlsConfig { cert, key });
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(TlsConfig {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    }
+    Ok(config)
+}
+
+/// `chat-server backup DIR`.
+async fn backup(config: Config, dir: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
+    let report = tokio::task::spawn_blocking(move || chat_server::backup(&config, &dir)).await??;
+    tracing::info!(
+        database = %report.database.display(),
+        database_bytes = report.database_bytes,
+        blobs = %report.blobs.display(),
+        blob_files = report.blob_files,
+        blob_bytes = report.blob_bytes,
+        "backup written"
+    );
+    Ok(())
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let config = config(&args)?;
+    if let Some(Command::Backup { dir }) = args.command {
+        return backup(config, dir).await;
     }
     let scheme = if config.tls.is_some() {
         "https"
@@ -152,13 +202,26 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "http"
     };
     let store = config.store.clone();
+    let blobs = config.blob_path();
     let mut server = Server::bind(config).await?;
-    if let Ok(handle) = PrometheusBuilder::new().install_recorder() {
-        server.set_metrics(move || handle.render());
+    match chat_server::install_prometheus() {
+        Ok(handle) => {
+            // Folds histogram samples into buckets even when nobody scrapes.
+            let upkeep = handle.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    every.tick().await;
+                    upkeep.run_upkeep();
+                }
+            });
+            server.set_metrics(move || chat_server::render_metrics(&handle));
+        }
+        Err(err) => tracing::warn!(cause = %err, "metrics are off: no Prometheus recorder"),
     }
     let addr = server.local_addr();
     let stop = shutdown_signal();
-    tracing::info!(%addr, %store, "listening");
+    tracing::info!(%addr, %store, blobs = %blobs.display(), "listening");
     // JSON output stays pure JSON: the log line above says the same.
     if args.log_format != "json" {
         println!("chat-server listening on {scheme}://{addr} (WebSocket at /v1/ws, store {store})");

@@ -78,6 +78,24 @@ pub enum ServerError {
     /// The cluster's Redis (`redis_url`) could not be reached at start.
     #[error("cannot connect to redis: {0}")]
     Redis(String),
+    /// The listen address could not be bound (taken, or not this host's).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS certificate or key could not be loaded.
+    #[error("cannot load the TLS certificate {cert} or key {key}: {source}")]
+    Tls {
+        /// The certificate chain's path.
+        cert: std::path::PathBuf,
+        /// The private key's path.
+        key: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Binding or serving failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -93,6 +111,8 @@ pub struct Server {
     push: Worker,
     /// What this node announces to the node registry.
     node: Identity,
+    /// The TLS acceptor, loaded at bind so a bad certificate stops the start.
+    tls: Option<TlsAcceptor>,
 }
 
 impl std::fmt::Debug for Server {
@@ -149,8 +169,23 @@ impl Server {
             .hash("timing equaliser".into())
             .await
             .map_err(|e| ConfigError(e.to_string()))?;
-        let blobs = Arc::new(FsBlobStore::open(&config.blob_dir)?);
-        let listener = std::net::TcpListener::bind(config.listen)?;
+        let blob_dir = config.blob_path();
+        let blobs = Arc::new(
+            FsBlobStore::open(&blob_dir).map_err(|source| ServerError::Path {
+                what: "cannot read the blob directory",
+                path: blob_dir.clone(),
+                source,
+            })?,
+        );
+        let tls = match &config.tls {
+            Some(tls) => Some(tls_acceptor(tls).await?),
+            None => None,
+        };
+        let listener =
+            std::net::TcpListener::bind(config.listen).map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         listener.set_nonblocking(true)?;
         let node = identity(&config, &listener)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -220,6 +255,7 @@ impl Server {
             alive,
             push: push_worker,
             node,
+            tls,
         })
     }
 
@@ -286,12 +322,9 @@ impl Server {
             mut alive,
             push,
             node,
+            tls,
         } = self;
         let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
-        let tls = match &shared.config.tls {
-            Some(tls) => Some(tls_acceptor(tls).await?),
-            None => None,
-        };
         let limits = HttpLimits::new(&shared.config);
         let app = api::router(shared.clone());
         let shutdown_rx = shared.shutdown.clone();
@@ -343,7 +376,13 @@ impl Server {
 /// A TLS acceptor for the configured PEM files, speaking HTTP/1.1 only (the one protocol the
 /// listener serves) in ALPN.
 async fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, ServerError> {
-    let loaded = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key).await?;
+    let loaded = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+        .await
+        .map_err(|source| ServerError::Tls {
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+            source,
+        })?;
     let mut config = (*loaded.get_inner()).clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))

@@ -55,10 +55,7 @@ impl Drop for Cleanup {
 /// keys go when the returned guard is dropped), or `None` (after one line saying so) when
 /// it is unset.
 fn cluster_config(test: &str) -> Option<(chat_server::Config, Cleanup)> {
-    let Ok(redis_url) = std::env::var("CHAT_TEST_REDIS_URL") else {
-        eprintln!("skipped {test}: CHAT_TEST_REDIS_URL is unset");
-        return None;
-    };
+    let redis_url = chat_storage::testing::service_url("CHAT_TEST_REDIS_URL")?;
     let mut salt = [0u8; 8];
     getrandom::fill(&mut salt).unwrap();
     // The store URL only has to say "shared" for the configuration check: `with_store`
@@ -303,8 +300,7 @@ async fn a_killed_nodes_users_go_offline_and_discovery_drops_it() {
     let Some((config, _cleanup)) = cluster_config("kill") else {
         return;
     };
-    let Ok(postgres) = std::env::var("CHAT_TEST_POSTGRES_URL") else {
-        eprintln!("skipped: CHAT_TEST_POSTGRES_URL is unset");
+    let Some(postgres) = chat_storage::testing::service_url("CHAT_TEST_POSTGRES_URL") else {
         return;
     };
     let node = |id: &str| {

@@ -371,7 +371,7 @@ fn fill(dir: &std::path::Path) -> std::path::PathBuf {
 #[tokio::test]
 async fn a_full_disk_makes_the_node_unready_and_loses_no_connection() {
     let Some((disk, config)) = node_on_tmpfs() else {
-        println!("skipped: cannot mount a tmpfs here (needs root)");
+        chat_storage::testing::skipped("cannot mount a tmpfs here (needs root)");
         return;
     };
     let server = TestServer::start(config).await;
@@ -478,7 +478,7 @@ async fn sends_in_flight_are_answered_in_order_and_keep_each_conversations_order
 #[tokio::test]
 async fn a_store_that_cannot_take_writes_is_refused_at_start() {
     let Some((disk, config)) = node_on_tmpfs() else {
-        println!("skipped: cannot mount a tmpfs here (needs root)");
+        chat_storage::testing::skipped("cannot mount a tmpfs here (needs root)");
         return;
     };
     // Read-only from the start: nothing is open on it, so the remount cannot be busy.

@@ -1,6 +1,7 @@
 //! The conformance suite on the PostgreSQL backend, each test in a fresh schema so tests run
 //! in parallel. Reads the server's URL from `CHAT_TEST_POSTGRES_URL`; without it every test
-//! prints one line saying it was skipped, and passes.
+//! writes a `skipped:` line the harness does not swallow and passes, or fails when
+//! `CHAT_TEST_REQUIRE_SERVICES=1` (CI; `testing::service_url`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,11 +18,7 @@ use chat_storage::{PostgresOptions, PostgresStore};
 const URL_VAR: &str = "CHAT_TEST_POSTGRES_URL";
 
 fn url() -> Option<String> {
-    let url = std::env::var(URL_VAR).ok().filter(|u| !u.is_empty());
-    if url.is_none() {
-        eprintln!("skipped: set {URL_VAR} (e.g. postgres://postgres@127.0.0.1:5432/test) to run");
-    }
-    url
+    testing::service_url(URL_VAR)
 }
 
 /// A schema name no other test (in this or a concurrent run) uses.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
@@ -91,7 +91,32 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             shared.clone(),
             record_failures,
         ))
+        .layer(middleware::from_fn(count_requests))
         .with_state(shared)
+}
+
+/// Counts every request in `chat_http_requests_total{route, method, status}` and times it
+/// in `chat_http_request_seconds{route}`. The route is the matched pattern
+/// (`/v1/conversations/{id}`), never the path itself, so the label set stays bounded.
+async fn count_requests(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!("chat_http_request_seconds", "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(
+        "chat_http_requests_total",
+        "route" => route,
+        "method" => method,
+        "status" => status
+    )
+    .increment(1);
+    response
 }
 
 /// Records the backend failure behind an error response (see [`StoreFailure`]) in the

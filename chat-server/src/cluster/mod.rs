@@ -125,14 +125,11 @@ pub(crate) mod testing {
         }
     }
 
-    /// A connection with a fresh random prefix, or `None` (after printing a one-line skip)
-    /// when `CHAT_TEST_REDIS_URL` is unset.
+    /// A connection with a fresh random prefix, or `None` when `CHAT_TEST_REDIS_URL` is
+    /// unset (a visible skip; a failure under `CHAT_TEST_REQUIRE_SERVICES=1`).
     #[allow(clippy::expect_used)]
     pub(crate) async fn redis(test: &str) -> Option<TestRedis> {
-        let Ok(url) = std::env::var("CHAT_TEST_REDIS_URL") else {
-            eprintln!("skipped {test}: CHAT_TEST_REDIS_URL is unset");
-            return None;
-        };
+        let url = chat_storage::testing::service_url("CHAT_TEST_REDIS_URL")?;
         let mut salt = [0u8; 8];
         getrandom::fill(&mut salt).expect("random prefix");
         let prefix = format!("test:{test}:{}:", hex::encode(salt));

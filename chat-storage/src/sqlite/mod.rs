@@ -192,6 +192,38 @@ impl SqliteStore {
         })
     }
 
+    /// Copies the database at `src` into a new file `dest` with SQLite's `VACUUM INTO`: one
+    /// consistent snapshot (the write-ahead log included), taken while a node keeps writing
+    /// to `src`, and a complete database on its own (no `-wal` file). `dest` must not exist.
+    /// Blocks until the copy is written and flushed; run it off an async runtime.
+    pub fn backup(src: impl AsRef<Path>, dest: impl AsRef<Path>) -> StoreResult<()> {
+        let (src, dest) = (src.as_ref(), dest.as_ref());
+        if dest.exists() {
+            return Err(StoreError::Invalid("the backup file exists already"));
+        }
+        let dest = dest
+            .to_str()
+            .ok_or(StoreError::Invalid("the backup path is not UTF-8"))?;
+        // Read-write without create: a missing source is an error, not a new empty database;
+        // a read-only connection could not open a WAL database whose `-shm` is absent.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(src, flags).map_err(StoreError::backend)?;
+        conn.execute_batch("PRAGMA busy_timeout = 5000;")
+            .map_err(StoreError::backend)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(StoreError::backend)?;
+        if version == 0 {
+            return Err(StoreError::Invalid("the source is not a chat store"));
+        }
+        conn.execute("VACUUM INTO ?1", [dest])
+            .map_err(StoreError::backend)?;
+        std::fs::File::open(dest)
+            .and_then(|file| file.sync_all())
+            .map_err(StoreError::backend)?;
+        Ok(())
+    }
+
     /// The writer's counters so far.
     pub fn stats(&self) -> SqliteStats {
         SqliteStats {

@@ -57,6 +57,43 @@ impl fmt::Debug for Fixture {
     }
 }
 
+/// The environment variable that makes a missing test service a failure instead of a skip.
+/// `.ci/run` sets it, so CI never passes without running the tests that need PostgreSQL
+/// or Redis.
+pub const REQUIRE_SERVICES_VAR: &str = "CHAT_TEST_REQUIRE_SERVICES";
+
+/// The URL of a service a test needs, read from `var` (`CHAT_TEST_POSTGRES_URL`,
+/// `CHAT_TEST_REDIS_URL`); `None` when it is unset or empty, and the test should return.
+///
+/// A skip is never silent: it writes `skipped: <test>: set <var> …` straight to the
+/// process's stderr, which the test harness does not capture (it only captures `print!`
+/// and `eprint!`), so `cargo test` shows every test that did not run. With
+/// `CHAT_TEST_REQUIRE_SERVICES=1` ([`REQUIRE_SERVICES_VAR`], set by `.ci/run`) a missing
+/// variable panics instead, failing the test.
+pub fn service_url(var: &str) -> Option<String> {
+    if let Some(url) = std::env::var(var).ok().filter(|u| !u.is_empty()) {
+        return Some(url);
+    }
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("a test");
+    if std::env::var(REQUIRE_SERVICES_VAR).is_ok_and(|v| v == "1") {
+        panic!("{test} needs {var}, and {REQUIRE_SERVICES_VAR}=1 forbids skipping it");
+    }
+    skipped(&format!(
+        "set {var} to run it (see README.md, \"Commands\")"
+    ));
+    None
+}
+
+/// Says that the current test is skipped and why, on the process's stderr, which the
+/// test harness does not capture: for tests that cannot run here (no service, not root).
+pub fn skipped(why: &str) {
+    use std::io::Write as _;
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("a test");
+    let _ = writeln!(std::io::stderr(), "skipped: {test}: {why}");
+}
+
 /// Expands to one `#[tokio::test]` per guarantee of the storage contract, each running on a
 /// fresh store from `$fixture`: an expression evaluating to a future of
 /// `Option<`[`Fixture`]`>` (`None` skips the test, for a backend that is not configured).
