@@ -572,7 +572,8 @@ impl Client {
         &self,
         pointer: &chat_core::AttachmentPointer,
     ) -> Result<Vec<u8>> {
-        let max = chat_crypto::attachment::encrypted_size(pointer.size);
+        let max = chat_crypto::attachment::encrypted_size(pointer.size)
+            .ok_or(chat_crypto::Error::AttachmentSize)?;
         let ciphertext = self
             .inner
             .http
@@ -707,7 +708,8 @@ impl Client {
             pointer.sha256,
         );
         let mut decryptor = chat_crypto::attachment::Decryptor::new(&key);
-        let max = chat_crypto::attachment::encrypted_size(pointer.size);
+        let max = chat_crypto::attachment::encrypted_size(pointer.size)
+            .ok_or(chat_crypto::Error::AttachmentSize)?;
         let mut received = 0u64;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| Error::Network(e.to_string()))?;
@@ -795,9 +797,9 @@ impl Client {
         let mine: BundlesView = self.inner.bundles(self.user()).await?;
         let theirs: BundlesView = self.inner.bundles(other).await?;
         Ok(chat_crypto::safety_number(
-            &self.user().get().to_be_bytes(),
+            self.user().get(),
             &identities(mine)?,
-            &other.get().to_be_bytes(),
+            other.get(),
             &identities(theirs)?,
         ))
     }

@@ -43,14 +43,14 @@ pub use group::{
     SenderKeyDistribution, SenderKeyReceiver,
 };
 pub use identity::{
-    Account, IdentityKeys, IdentityPublic, MAX_ONE_TIME_PREKEYS, OneTimePrekey,
+    Account, IdentityKeys, IdentityPublic, MAX_ONE_TIME_PREKEYS, MAX_REPLAY_CACHE, OneTimePrekey,
     PREVIOUS_SIGNED_PREKEYS_KEPT, PUBLISHED_IDENTITY_BYTES, PrekeyBundle, SignedPrekey,
 };
 pub use rand_core::CryptoRng;
 pub use safety::{SafetyNumber, safety_number};
 pub use session::{
-    DeviceAddress, MAX_FORWARD_JUMP, MAX_RECEIVER_CHAINS, MAX_SKIPPED_PER_CHAIN, MAX_SKIPPED_TOTAL,
-    Session, is_prekey_message,
+    DeviceAddress, MAX_FORWARD_JUMP, MAX_RECEIVER_CHAINS, MAX_SKIPPED_KEY_AGE,
+    MAX_SKIPPED_PER_CHAIN, MAX_SKIPPED_TOTAL, Session, is_prekey_message,
 };
 pub use zeroize::Zeroizing;
 

@@ -147,16 +147,16 @@ fn compute() -> Value {
 
     // Safety number of alice's and bob's identities (one device each).
     let sn = safety_number(
-        b"alice",
+        1,
         &[alice.identity().public()],
-        b"bob",
+        2,
         &[bob.identity().public()],
     );
     let other =
         IdentityKeys::generate(t.for_("unused identity (safety number sensitivity)")).public();
     assert_ne!(
         sn,
-        safety_number(b"alice", &[other], b"bob", &[bob.identity().public()])
+        safety_number(1, &[other], 2, &[bob.identity().public()])
     );
 
     json!({
@@ -188,7 +188,7 @@ fn compute() -> Value {
             "ciphertext_first_32": hex::encode(&ct[..32]),
             "ciphertext_last_32": hex::encode(&ct[ct.len() - 32..]),
         },
-        "safety_number": { "alice_user": "alice", "bob_user": "bob", "digits": sn.digits() },
+        "safety_number": { "alice_user_id": 1, "bob_user_id": 2, "user_id_encoding": "u64 big-endian", "digits": sn.digits() },
     })
 }
 
