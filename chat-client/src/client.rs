@@ -518,7 +518,24 @@ impl Client {
         conversation: ConversationId,
         content: &Content,
     ) -> Result<()> {
-        let plaintext = content.encode()?;
+        // A relation (or reply) also names its target by the target's client key, which
+        // receivers check: the server's message IDs alone could aim it at another message.
+        let target = match content {
+            Content::Text(t) => t.reply_to,
+            other => other.target(),
+        };
+        let target_key = match target {
+            Some(id) => self
+                .inner
+                .store
+                .message(conversation, id)?
+                .map(|m| m.client_key),
+            None => None,
+        };
+        let plaintext = match target_key {
+            Some(key) => content.encode_with_target_key(key)?,
+            None => content.encode()?,
+        };
         self.inner
             .encrypt(client_key, conversation, plaintext)
             .await?;

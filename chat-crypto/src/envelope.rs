@@ -310,6 +310,45 @@ mod tests {
     }
 
     #[test]
+    fn header_payload_layouts_are_as_documented() {
+        // Content key: 01 ‖ K (32) ‖ SHA-256(body) (32).
+        let content = ContentKey {
+            key: Zeroizing::new([5; 32]),
+            body_hash: [6; 32],
+        };
+        let p = content.payload();
+        assert_eq!(p.len(), 65);
+        assert_eq!(
+            (p[0], &p[1..33], &p[33..65]),
+            (1, &[5u8; 32][..], &[6u8; 32][..])
+        );
+        // Sender key distribution: 02 ‖ group id length (u32 BE) ‖ group id ‖ key id (u32 BE)
+        // ‖ iteration (u32 BE) ‖ chain key (32) ‖ Ed25519 public signing key (32).
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut sk =
+            crate::SenderKey::new(&mut rng, &7u64.to_be_bytes(), DeviceAddress::new(1, 1)).unwrap();
+        sk.encrypt(&mut rng, b"advance one").unwrap();
+        let mut w = Writer::with_capacity(100);
+        w.u8(PAYLOAD_SENDER_KEY);
+        sk.distribution().write(&mut w);
+        let p = w.into_vec();
+        assert_eq!(p.len(), 1 + 4 + 8 + 4 + 4 + 32 + 32);
+        assert_eq!(p[0], 2);
+        assert_eq!(p[1..5], 8u32.to_be_bytes());
+        assert_eq!(p[5..13], 7u64.to_be_bytes());
+        assert_eq!(p[13..17], sk.key_id().to_be_bytes());
+        assert_eq!(p[17..21], 1u32.to_be_bytes());
+        let Decrypted::SenderKey(d) = open_payload(&p, &[]).unwrap() else {
+            panic!("not a sender key");
+        };
+        assert_eq!(
+            (d.group_id(), d.key_id()),
+            (&7u64.to_be_bytes()[..], sk.key_id())
+        );
+    }
+
+    #[test]
     fn a_body_opens_only_under_the_key_it_commits_to() {
         let (k1, k2) = ([1u8; 32], [2u8; 32]);
         let honest = body(&k1, &k1, b"same for everyone");

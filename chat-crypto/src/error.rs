@@ -42,6 +42,10 @@ pub enum Error {
     /// replay), refused even when its session is gone.
     #[error("replayed first message")]
     ReplayedPrekeyMessage,
+    /// The message's sealed binding names another conversation, kind or message ID than the
+    /// delivery it arrived in (the server refiled it).
+    #[error("message is bound to another conversation, kind or ID")]
+    Misfiled,
     /// The shared body does not match the hash carried in the device header.
     #[error("body does not match its header")]
     BodyMismatch,

@@ -8,6 +8,7 @@
 )]
 
 pub mod attachment;
+mod binding;
 mod codec;
 mod device_sessions;
 mod envelope;
@@ -33,6 +34,7 @@ pub mod fuzzing {
     }
 }
 
+pub use binding::{BINDING_LEN, ConversationKind, MessageBinding};
 pub use device_sessions::{DeviceSessions, MAX_SESSIONS_PER_DEVICE};
 pub use envelope::{
     Decrypted, OutgoingMessage, PAIRWISE_BODY_OVERHEAD, encrypt_for_devices, sender_key_headers,

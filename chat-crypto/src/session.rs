@@ -930,3 +930,68 @@ pub(crate) fn skip_to(chain: &Chain, target: u32) -> Result<(Chain, Skipped), Er
         skipped,
     ))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    //! The byte ranges docs/SECURITY.md gives for a prekey message and its associated data,
+    //! checked by opening a real message with an AEAD whose associated data is built from
+    //! those ranges alone.
+    use super::*;
+    use crate::Account;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    #[test]
+    fn prekey_message_layout_and_associated_data_are_as_documented() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let alice = Account::new(&mut rng);
+        let mut bob = Account::new(&mut rng);
+        let otk = bob.generate_one_time_prekeys(&mut rng, 1)[0];
+        let bundle = bob.bundle(Some(otk)).unwrap();
+        let (a_addr, b_addr) = (DeviceAddress::new(1, 2), DeviceAddress::new(3, 4));
+        let mut s = Session::initiate(&mut rng, &alice, a_addr, b_addr, &bundle).unwrap();
+        let chain_key = s.sending.as_ref().unwrap().key.clone();
+        let payload = b"payload bytes";
+        let m = s.encrypt_payload(&mut rng, payload).unwrap();
+
+        // Prekey prefix: 01 02, identity (64), binding signature (64), base key (32),
+        // signed prekey id (u32), 01, one-time prekey id (u32): bytes 0..171.
+        assert_eq!(m[..2], [1, 2]);
+        assert_eq!(m[2..66], alice.identity().public().to_bytes());
+        assert_eq!(m[66..130], alice.identity().binding_signature());
+        assert_eq!(m[130..162], s.id());
+        assert_eq!(m[162..166], bundle.signed_prekey.id.to_be_bytes());
+        assert_eq!(m[166], 1);
+        assert_eq!(m[167..171], otk.id.to_be_bytes());
+        // Then a normal message: ratchet header 01 01, ratchet key (32), PN (u32), N (u32):
+        // bytes 171..213; nonce 213..237; ciphertext and tag after.
+        assert_eq!(m[171..173], [1, 1]);
+        assert_eq!(m[173..205], s.our_ratchet_public);
+        assert_eq!(m[205..213], [0; 8]);
+        assert_eq!(m.len(), 237 + payload.len() + 16);
+
+        // AD = labelled(context, sender identity (64), sender address (16), receiver identity,
+        // receiver address, prekey prefix m[0..171] (type bytes included), header m[171..213]).
+        let ad = primitives::labelled(
+            b"chat-crypto/v1/pairwise-ad",
+            &[
+                &alice.identity().public().to_bytes(),
+                &[1u64.to_be_bytes(), 2u64.to_be_bytes()].concat(),
+                &bob.identity().public().to_bytes(),
+                &[3u64.to_be_bytes(), 4u64.to_be_bytes()].concat(),
+                &m[..171],
+                &m[171..213],
+            ],
+        );
+        // Message key: HKDF(0^32, KDF_CK seed of the first sending chain key, label).
+        let (seed, _) = primitives::chain_step(&chain_key);
+        let mut key = [0u8; 32];
+        primitives::message_key(b"chat-crypto/v1/message-key", &seed, &mut key).unwrap();
+        let nonce: [u8; 24] = m[213..237].try_into().unwrap();
+        assert_eq!(
+            primitives::open(&key, &nonce, &ad, &m[237..]).unwrap(),
+            payload
+        );
+    }
+}
