@@ -364,5 +364,9 @@ mod tests {
         assert_eq!(bytes, expected);
         assert_eq!(Content::target_key(&[0x83, 0x05]), None);
         assert_eq!(Content::target_key(b"junk"), None);
+        // Truncated at every byte: never a panic, never a key.
+        for cut in 0..bytes.len() {
+            assert_eq!(Content::target_key(&bytes[..cut]), None);
+        }
     }
 }
