@@ -276,3 +276,25 @@ fn a_session_pickled_by_version_1_still_loads() {
     let m = encrypt_for_devices(&mut rng, b"y", [&mut p.alice]).unwrap();
     assert_eq!(text(back.decrypt(&m.headers[0].1, &m.body).unwrap()), b"y");
 }
+
+#[test]
+fn group_skipped_keys_expire_after_max_age_later_messages() {
+    use chat_crypto::{SenderKey, SenderKeyReceiver};
+    let mut rng = rng(5);
+    let mut key = SenderKey::new(&mut rng, b"group", ALICE).unwrap();
+    let mut receiver = SenderKeyReceiver::new(ALICE, &key.distribution());
+    let lost: Vec<_> = (0..3)
+        .map(|i| key.encrypt(&mut rng, &[i]).unwrap())
+        .collect();
+    for i in 0..MAX_SKIPPED_KEY_AGE {
+        let body = key.encrypt(&mut rng, &i.to_be_bytes()).unwrap();
+        receiver.decrypt(&body).unwrap();
+    }
+    // Kept across a restart, with their ages.
+    let mut receiver = SenderKeyReceiver::from_pickle(&receiver.pickle()).unwrap();
+    assert_eq!(receiver.decrypt(&lost[0]).unwrap(), [0]);
+    assert_eq!(
+        receiver.decrypt(&lost[1]).unwrap_err(),
+        Error::DuplicateMessage
+    );
+}
