@@ -520,7 +520,24 @@ impl Client {
         conversation: ConversationId,
         content: &Content,
     ) -> Result<()> {
-        let plaintext = content.encode()?;
+        // A relation (or reply) also names its target by the target's client key, which
+        // receivers check: the server's message IDs alone could aim it at another message.
+        let target = match content {
+            Content::Text(t) => t.reply_to,
+            other => other.target(),
+        };
+        let target_key = match target {
+            Some(id) => self
+                .inner
+                .store
+                .message(conversation, id)?
+                .map(|m| m.client_key),
+            None => None,
+        };
+        let plaintext = match target_key {
+            Some(key) => content.encode_with_target_key(key)?,
+            None => content.encode()?,
+        };
         self.inner
             .encrypt(client_key, conversation, plaintext)
             .await?;
@@ -574,7 +591,8 @@ impl Client {
         &self,
         pointer: &chat_core::AttachmentPointer,
     ) -> Result<Vec<u8>> {
-        let max = chat_crypto::attachment::encrypted_size(pointer.size);
+        let max = chat_crypto::attachment::encrypted_size(pointer.size)
+            .ok_or(chat_crypto::Error::AttachmentSize)?;
         let ciphertext = self
             .inner
             .http
@@ -709,7 +727,8 @@ impl Client {
             pointer.sha256,
         );
         let mut decryptor = chat_crypto::attachment::Decryptor::new(&key);
-        let max = chat_crypto::attachment::encrypted_size(pointer.size);
+        let max = chat_crypto::attachment::encrypted_size(pointer.size)
+            .ok_or(chat_crypto::Error::AttachmentSize)?;
         let mut received = 0u64;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| Error::Network(e.to_string()))?;
@@ -797,9 +816,9 @@ impl Client {
         let mine: BundlesView = self.inner.bundles(self.user()).await?;
         let theirs: BundlesView = self.inner.bundles(other).await?;
         Ok(chat_crypto::safety_number(
-            &self.user().get().to_be_bytes(),
+            self.user().get(),
             &identities(mine)?,
-            &other.get().to_be_bytes(),
+            other.get(),
             &identities(theirs)?,
         ))
     }

@@ -5,7 +5,11 @@
 //! - a ciphertext is committed to the outbox in the same batch as the ratchet state that
 //!   produced it, before it leaves the device; a retry resends those bytes;
 //! - a decrypted message, the state that decrypted it and the advanced cursor are one batch;
-//! - an identity change of a remote device is reported before its new session is accepted.
+//! - an identity change of a remote device is reported before its new session is accepted;
+//! - every plaintext is sealed with its [`MessageBinding`] (conversation, kind, client key,
+//!   the sender's time) before it is encrypted, and a delivery whose binding names another
+//!   conversation, kind or client key is refused (the server refiled it); a sender key handed
+//!   over in a conversation must be for that conversation's group.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,9 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chat_core::protocol::Deliver;
 use chat_core::{ClientKey, ConversationId, DeviceAddress, DeviceId, Timestamp, UserId};
 use chat_crypto::{
-    Account, Decrypted, DeviceSessions, IdentityPublic, OneTimePrekey, OutgoingMessage,
-    PrekeyBundle, SenderKey, SenderKeyReceiver, Session, SignedPrekey, encrypt_for_devices,
-    sender_key_headers,
+    Account, ConversationKind, Decrypted, DeviceSessions, IdentityPublic, MessageBinding,
+    OneTimePrekey, OutgoingMessage, PrekeyBundle, SenderKey, SenderKeyReceiver, Session,
+    SignedPrekey, encrypt_for_devices, is_prekey_message, sender_key_headers,
 };
 
 use crate::error::{Error, Result};
@@ -60,8 +64,37 @@ fn core_addr(a: chat_crypto::DeviceAddress) -> Result<DeviceAddress> {
     })
 }
 
+/// A conversation's sender-key group ID: its conversation ID as a u64, big-endian.
 fn group_id(conversation: ConversationId) -> [u8; 8] {
     conversation.get().to_be_bytes()
+}
+
+/// `content` sealed with its binding, ready to encrypt.
+fn seal(
+    kind: ConversationKind,
+    conversation: ConversationId,
+    client_key: ClientKey,
+    content: &[u8],
+) -> Vec<u8> {
+    MessageBinding {
+        kind,
+        conversation: conversation.get(),
+        message_id: *client_key.as_bytes(),
+        sent_at_ms: crate::client::now().as_millis(),
+    }
+    .seal(content)
+}
+
+/// The content of a decrypted plaintext whose binding matches the delivery.
+fn unseal(
+    plaintext: &[u8],
+    kind: ConversationKind,
+    conversation: ConversationId,
+    client_key: ClientKey,
+) -> Result<Vec<u8>, chat_crypto::Error> {
+    let (_, content) =
+        MessageBinding::open(plaintext, kind, conversation.get(), *client_key.as_bytes())?;
+    Ok(content.to_vec())
 }
 
 /// The directory's bundle as chat-crypto wants it.
@@ -234,9 +267,15 @@ impl Crypto {
                 loaded.push((*d, s));
             }
         }
+        let sealed = seal(
+            ConversationKind::Direct,
+            conversation,
+            client_key,
+            &plaintext,
+        );
         let mut msg = encrypt_for_devices(
             &mut rand::rng(),
-            &plaintext,
+            &sealed,
             loaded.iter_mut().filter_map(|(_, s)| s.active()),
         )?;
         take_failed(&mut msg, &mut empty);
@@ -289,7 +328,13 @@ impl Crypto {
             .collect();
         let handed = self.distribute(&key, &need, &mut headers, &mut writes)?;
         holders.extend(handed);
-        let body = key.encrypt(&mut rng, &plaintext)?;
+        let sealed = seal(
+            ConversationKind::Group,
+            conversation,
+            client_key,
+            &plaintext,
+        );
+        let body = key.encrypt(&mut rng, &sealed)?;
         for d in devices {
             headers.entry(*d).or_insert_with(Vec::new);
         }
@@ -439,6 +484,9 @@ impl Crypto {
             return Ok((Opened::Known, Vec::new()));
         }
         let otks_before = account.one_time_prekey_count();
+        // A first message changes the account: a one-time prekey used, or (without one) an
+        // entry in its replay cache, which must survive a restart.
+        let first_message = is_prekey_message(&deliver.header);
         let mut changed = Vec::new();
         let opened = match self.decrypt(&mut account, deliver, &mut writes, &mut changed) {
             Ok(plaintext) => {
@@ -466,11 +514,19 @@ impl Crypto {
             }
             Err(e) => {
                 // Nothing about the state changed; drop the partial writes except the cursor.
+                // A check after the session opened the message (a misfiled binding, a sender
+                // key for another group) may have changed the account in memory (a one-time
+                // prekey used): go back to the committed one.
                 writes.truncate(1);
+                if let Some(p) = self.store.account()? {
+                    *account = Account::from_pickle(&p)?;
+                }
                 Opened::Failed(e)
             }
         };
-        if account.one_time_prekey_count() != otks_before {
+        if account.one_time_prekey_count() != otks_before
+            || (first_message && matches!(opened, Opened::Message(_)))
+        {
             writes.push(Write::Account(account.pickle()));
         }
         if let Err(e) = self.store.commit(writes) {
@@ -511,7 +567,12 @@ impl Crypto {
             .receiver(envelope.conversation, envelope.sender)?
             .ok_or(chat_crypto::Error::UnknownSenderKey)?;
         let mut receiver = SenderKeyReceiver::from_pickle(&pickle)?;
-        let plaintext = receiver.decrypt(body)?;
+        let plaintext = unseal(
+            &receiver.decrypt(body)?,
+            ConversationKind::Group,
+            envelope.conversation,
+            envelope.client_key,
+        )?;
         let m = StoredMessage {
             plaintext,
             ..envelope
@@ -546,12 +607,18 @@ impl Crypto {
                 .ok_or(chat_crypto::Error::UnknownSenderKey)?;
             let mut receiver = SenderKeyReceiver::from_pickle(&p)?;
             let plaintext = receiver.decrypt(&d.body)?;
+            let content = unseal(
+                &plaintext,
+                ConversationKind::Group,
+                d.conversation,
+                d.client_key,
+            )?;
             writes.push(Write::Receiver {
                 conversation: d.conversation,
                 sender: d.sender,
                 pickle: receiver.pickle(),
             });
-            return Ok(plaintext);
+            return Ok(content);
         }
         let mut sessions = match self.store.sessions(d.sender).map_err(store_err)? {
             Some(p) => DeviceSessions::from_pickle(&p)?,
@@ -570,8 +637,17 @@ impl Crypto {
         };
         writes.push(Write::Sessions(d.sender, sessions.pickle()));
         match decrypted {
-            Decrypted::Message(plaintext) => Ok(plaintext),
+            Decrypted::Message(plaintext) => unseal(
+                &plaintext,
+                ConversationKind::Direct,
+                d.conversation,
+                d.client_key,
+            ),
             Decrypted::SenderKey(dist) => {
+                // A sender key is for one group: the one of the conversation it arrived in.
+                if dist.group_id() != group_id(d.conversation) {
+                    return Err(chat_crypto::Error::SenderKeyMismatch);
+                }
                 let mut receiver = match self
                     .store
                     .receiver(d.conversation, d.sender)
@@ -582,12 +658,18 @@ impl Crypto {
                 };
                 receiver.add(them, &dist)?;
                 let plaintext = receiver.decrypt(&d.body)?;
+                let content = unseal(
+                    &plaintext,
+                    ConversationKind::Group,
+                    d.conversation,
+                    d.client_key,
+                )?;
                 writes.push(Write::Receiver {
                     conversation: d.conversation,
                     sender: d.sender,
                     pickle: receiver.pickle(),
                 });
-                Ok(plaintext)
+                Ok(content)
             }
             _ => Err(chat_crypto::Error::UnexpectedPayload),
         }
@@ -757,6 +839,195 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MemoryStore;
+    use chat_core::{Content, Delete, InboxPos, MessageId, Text};
+
+    /// One device's crypto over an in-memory store.
+    struct Dev {
+        crypto: Crypto,
+        store: Arc<dyn ClientStore>,
+        addr: DeviceAddress,
+    }
+
+    fn device(user: u64) -> Dev {
+        let store: Arc<dyn ClientStore> = Arc::new(MemoryStore::new());
+        let account = Account::new(&mut rand::rng());
+        store
+            .commit(vec![Write::Account(account.pickle())])
+            .unwrap();
+        let addr = dev(user, 1);
+        Dev {
+            crypto: Crypto::new(addr, store.clone(), account),
+            store,
+            addr,
+        }
+    }
+
+    /// `to`'s bundle as the directory would serve it, with a one-time prekey.
+    fn bundle(to: &Dev) -> chat_core::PrekeyBundle {
+        let keys = device_keys(&to.crypto.lock().unwrap()).unwrap();
+        let otk = to.crypto.new_one_time_keys(1).unwrap();
+        chat_core::PrekeyBundle {
+            device: to.addr,
+            identity: keys.identity,
+            signed_prekey: keys.signed_prekey,
+            one_time_prekey: one_time_keys(&otk).into_iter().next(),
+        }
+    }
+
+    fn text(body: &str) -> Vec<u8> {
+        Content::Text(Text {
+            body: body.into(),
+            reply_to: None,
+        })
+        .encode()
+        .unwrap()
+    }
+
+    /// What the server delivers of `entry` to `to`, filed where the (lying) server says.
+    fn deliver(
+        entry: &OutboxEntry,
+        from: &Dev,
+        to: &Dev,
+        conversation: ConversationId,
+        id: u64,
+    ) -> Deliver {
+        let (body, headers) = Payload::decode(&entry.payload).unwrap().wire();
+        let header = headers
+            .into_iter()
+            .find(|(d, _)| *d == to.addr)
+            .map(|(_, h)| h)
+            .unwrap();
+        Deliver {
+            pos: InboxPos::new(id).unwrap(),
+            conversation,
+            id: MessageId::new(id).unwrap(),
+            sender: from.addr,
+            client_key: entry.client_key,
+            sent_at: Timestamp::from_millis(1),
+            header: header.into(),
+            body: body.into(),
+        }
+    }
+
+    fn conv(n: u64) -> ConversationId {
+        ConversationId::new(n).unwrap()
+    }
+
+    fn failed(opened: Opened) -> chat_crypto::Error {
+        match opened {
+            Opened::Failed(e) => e,
+            Opened::Message(_) => panic!("the message was accepted"),
+            Opened::Known => panic!("the message was taken as known"),
+        }
+    }
+
+    #[test]
+    fn a_message_refiled_into_another_conversation_is_refused() {
+        let (alice, bob) = (device(1), device(2));
+        alice
+            .crypto
+            .add_bundles(&[bundle(&bob)], &[bob.addr])
+            .unwrap();
+        let key = random_client_key();
+        let entry = alice
+            .crypto
+            .encrypt_direct(key, conv(1), &[bob.addr], text("private"))
+            .unwrap();
+        // The server files the one-to-one message under a group Bob shares with others.
+        let (opened, _) = bob
+            .crypto
+            .open(&deliver(&entry, &alice, &bob, conv(2), 1))
+            .unwrap();
+        assert_eq!(failed(opened), chat_crypto::Error::Misfiled);
+        assert!(
+            bob.store
+                .message(conv(2), MessageId::new(1).unwrap())
+                .unwrap()
+                .is_none()
+        );
+        // Nor under another client key (the sender-chosen ID is bound too).
+        let mut other = deliver(&entry, &alice, &bob, conv(1), 2);
+        other.client_key = random_client_key();
+        assert_eq!(
+            failed(bob.crypto.open(&other).unwrap().0),
+            chat_crypto::Error::Misfiled
+        );
+        // Where it was sent, it opens (the refused copies changed nothing).
+        let (opened, _) = bob
+            .crypto
+            .open(&deliver(&entry, &alice, &bob, conv(1), 3))
+            .unwrap();
+        assert!(matches!(opened, Opened::Message(_)));
+    }
+
+    #[test]
+    fn a_sender_key_handout_refiled_under_another_group_is_refused() {
+        let (alice, bob) = (device(1), device(2));
+        alice
+            .crypto
+            .add_bundles(&[bundle(&bob)], &[bob.addr])
+            .unwrap();
+        let entry = alice
+            .crypto
+            .encrypt_group(random_client_key(), conv(1), &[bob.addr], text("group 1"))
+            .unwrap();
+        let (opened, _) = bob
+            .crypto
+            .open(&deliver(&entry, &alice, &bob, conv(2), 1))
+            .unwrap();
+        assert_eq!(failed(opened), chat_crypto::Error::SenderKeyMismatch);
+        assert!(bob.store.receiver(conv(2), alice.addr).unwrap().is_none());
+        let (opened, _) = bob
+            .crypto
+            .open(&deliver(&entry, &alice, &bob, conv(1), 2))
+            .unwrap();
+        assert!(matches!(opened, Opened::Message(_)));
+    }
+
+    #[test]
+    fn a_server_renumbering_messages_cannot_aim_a_delete_at_another_message() {
+        let (alice, bob) = (device(1), device(2));
+        alice
+            .crypto
+            .add_bundles(&[bundle(&bob)], &[bob.addr])
+            .unwrap();
+        let c = conv(1);
+        let send = |content: Vec<u8>| {
+            alice
+                .crypto
+                .encrypt_direct(random_client_key(), c, &[bob.addr], content)
+                .unwrap()
+        };
+        let first = send(text("first"));
+        let second = send(text("second"));
+        // Alice deletes her message 1 ("first"), naming it by its client key too.
+        let delete = Content::Delete(Delete {
+            target: MessageId::new(1).unwrap(),
+        })
+        .encode_with_target_key(first.client_key)
+        .unwrap();
+        let delete = send(delete);
+        // The server numbers the two the other way round for Bob.
+        for (entry, id) in [(&second, 1), (&first, 2), (&delete, 3)] {
+            let (opened, _) = bob
+                .crypto
+                .open(&deliver(entry, &alice, &bob, c, id))
+                .unwrap();
+            assert!(matches!(opened, Opened::Message(_)));
+        }
+        let one = thread::item(bob.store.as_ref(), c, MessageId::new(1).unwrap())
+            .unwrap()
+            .unwrap();
+        assert!(!one.is_deleted(), "the delete hit another message");
+        assert_eq!(one.text(), Some("second"));
+        let stored = bob
+            .store
+            .message(c, MessageId::new(1).unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.plaintext, text("second"), "erased from the store");
+    }
 
     fn dev(u: u64, d: u64) -> DeviceAddress {
         DeviceAddress {

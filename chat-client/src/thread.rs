@@ -79,11 +79,19 @@ fn content(m: &StoredMessage) -> Content {
     Content::decode(&m.plaintext).unwrap_or(Content::Unknown { kind: 0 })
 }
 
+/// Whether relation `r` is meant for `message`: a relation that names its target's client
+/// key (the sender-chosen ID, bound inside the encryption) applies only to the message with
+/// that key, so a server that numbers messages differently for this device cannot aim an
+/// edit, delete or reaction at another message.
+fn aimed_at(r: &StoredMessage, message: &StoredMessage) -> bool {
+    Content::target_key(&r.plaintext).is_none_or(|key| key == message.client_key)
+}
+
 /// The view of `message` with `relations` (those pointing at it) applied.
 pub(crate) fn view(message: &StoredMessage, relations: &[StoredMessage]) -> MessageView {
     let mut timeline = Timeline::with_max_orphans(0);
     timeline.handle_message(message.id, message.sender.user, content(message));
-    for r in relations {
+    for r in relations.iter().filter(|r| aimed_at(r, message)) {
         timeline.handle_message(r.id, r.sender.user, content(r));
     }
     timeline.message(message.id).unwrap_or(MessageView {
@@ -317,7 +325,7 @@ fn derive_new(
         let was_deleted = before.as_ref().is_some_and(|b| b.deleted_by.is_some());
         let erase = relations
             .iter()
-            .filter(|r| matches!(content(r), Content::Edit(_)))
+            .filter(|r| matches!(content(r), Content::Edit(_)) && aimed_at(r, &message))
             .filter(|r| !was_deleted || r.id == new.id)
             .map(|r| r.id)
             .chain((!was_deleted).then_some(target));

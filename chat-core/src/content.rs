@@ -4,10 +4,18 @@
 //! number and a map body) so that clients in any language agree on them; an unknown content
 //! type decodes as [`Content::Unknown`] rather than failing, so old clients can show
 //! "unsupported message" for types added later.
+//!
+//! A relation (an edit, delete or reaction, or a reply) also names its target by the
+//! target's sender-chosen ID (its client key, which the encryption binds to the message; see
+//! chat-crypto's `MessageBinding`) in an optional third array element, `{0: bytes(16)}`:
+//! the server numbers messages, so a server that numbers them differently for two users could
+//! otherwise point "delete #57" at another message. Receivers ignore a relation whose
+//! target's client key differs ([`Content::target_key`]); decoders that do not know the
+//! element skip it.
 
 use minicbor::{Decode, Encode};
 
-use crate::ids::{AttachmentId, MessageId, UserId};
+use crate::ids::{AttachmentId, ClientKey, MessageId, UserId};
 use crate::limits::{MAX_CONTENT_BYTES, MAX_TEXT_CHARS};
 
 /// The decrypted content of a message.
@@ -244,21 +252,62 @@ impl Content {
     /// Encodes the content; refuses content that fails [`Content::validate`] or an
     /// [`Content::Unknown`], which has no body to encode.
     pub fn encode(&self) -> Result<Vec<u8>, ContentError> {
+        self.encode_inner(None)
+    }
+
+    /// Encodes a relation (or a reply) with its target's client key, the sender-chosen ID
+    /// that receivers check the target against (see the module docs).
+    pub fn encode_with_target_key(&self, target: ClientKey) -> Result<Vec<u8>, ContentError> {
+        self.encode_inner(Some(target))
+    }
+
+    /// The target's client key a relation carries, if any. Total: `None` for content without
+    /// one or that does not decode.
+    pub fn target_key(bytes: &[u8]) -> Option<ClientKey> {
+        let mut d = minicbor::Decoder::new(bytes);
+        if d.array().ok()?.is_some_and(|n| n < 3) {
+            return None;
+        }
+        d.skip().ok()?;
+        d.skip().ok()?;
+        let entries = d.map().ok()??;
+        for _ in 0..entries {
+            if d.u32().ok()? == 0 {
+                let key: [u8; 16] = d.bytes().ok()?.try_into().ok()?;
+                return Some(ClientKey::from_bytes(key));
+            }
+            d.skip().ok()?;
+        }
+        None
+    }
+
+    fn encode_inner(&self, target_key: Option<ClientKey>) -> Result<Vec<u8>, ContentError> {
         self.validate()?;
         let mut buf = Vec::new();
         let mut e = minicbor::Encoder::new(&mut buf);
+        let len = if target_key.is_some() { 3 } else { 2 };
+        let e = e
+            .array(len)
+            .map_err(|e| ContentError::Malformed(e.to_string()))?;
         let written = match self {
-            Self::Text(b) => e.array(2).and_then(|e| e.u32(1)).and_then(|e| e.encode(b)),
-            Self::Attachment(b) => e.array(2).and_then(|e| e.u32(2)).and_then(|e| e.encode(b)),
-            Self::GroupChange(b) => e.array(2).and_then(|e| e.u32(3)).and_then(|e| e.encode(b)),
-            Self::Edit(b) => e.array(2).and_then(|e| e.u32(4)).and_then(|e| e.encode(b)),
-            Self::Delete(b) => e.array(2).and_then(|e| e.u32(5)).and_then(|e| e.encode(b)),
-            Self::Reaction(b) => e.array(2).and_then(|e| e.u32(6)).and_then(|e| e.encode(b)),
+            Self::Text(b) => e.u32(1).and_then(|e| e.encode(b)),
+            Self::Attachment(b) => e.u32(2).and_then(|e| e.encode(b)),
+            Self::GroupChange(b) => e.u32(3).and_then(|e| e.encode(b)),
+            Self::Edit(b) => e.u32(4).and_then(|e| e.encode(b)),
+            Self::Delete(b) => e.u32(5).and_then(|e| e.encode(b)),
+            Self::Reaction(b) => e.u32(6).and_then(|e| e.encode(b)),
             Self::Unknown { .. } => {
                 return Err(ContentError::Malformed(
                     "unknown content cannot be encoded".into(),
                 ));
             }
+        };
+        let written = match target_key {
+            Some(key) => written
+                .and_then(|e| e.map(1))
+                .and_then(|e| e.u32(0))
+                .and_then(|e| e.bytes(key.as_bytes())),
+            None => written,
         };
         debug_assert!(written.is_ok());
         if buf.len() > MAX_CONTENT_BYTES {
@@ -291,5 +340,33 @@ impl Content {
         };
         content.validate()?;
         Ok(content)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relation_carries_its_targets_client_key_and_old_decoders_skip_it() {
+        let delete = Content::Delete(Delete {
+            target: MessageId::new(57).unwrap(),
+        });
+        let key = ClientKey::from_bytes([7; 16]);
+        let bytes = delete.encode_with_target_key(key).unwrap();
+        assert_eq!(Content::decode(&bytes).unwrap(), delete);
+        assert_eq!(Content::target_key(&bytes), Some(key));
+        let plain = delete.encode().unwrap();
+        assert_eq!(Content::target_key(&plain), None);
+        // [5, {0: 57}, {0: h'07..07'}]: the documented layout.
+        let mut expected = vec![0x83, 0x05, 0xA1, 0x00, 0x18, 57, 0xA1, 0x00, 0x50];
+        expected.extend_from_slice(&[7; 16]);
+        assert_eq!(bytes, expected);
+        assert_eq!(Content::target_key(&[0x83, 0x05]), None);
+        assert_eq!(Content::target_key(b"junk"), None);
+        // Truncated at every byte: never a panic, never a key.
+        for cut in 0..bytes.len() {
+            assert_eq!(Content::target_key(&bytes[..cut]), None);
+        }
     }
 }

@@ -659,7 +659,8 @@ fn golden() -> Vec<(&'static str, Vector)> {
                 version: 1,
                 device: alice,
                 heartbeat_ms: 5000,
-                max_frame: 1 << 20,
+                // What the server sends (chat-server gateway: MAX_FRAME_BYTES).
+                max_frame: chat_core::limits::MAX_FRAME_BYTES as u32,
                 head: id(9),
             }
             .into()),

@@ -33,10 +33,22 @@ pub const ENCRYPTED_CHUNK_SIZE: usize = CHUNK_SIZE + TAG_LEN;
 const NONCE_PREFIX: [u8; 7] = [0; 7];
 const POINTER_VERSION: u8 = 1;
 
-/// The ciphertext length of a `size`-byte attachment.
-pub fn encrypted_size(size: u64) -> u64 {
+/// The largest attachment the STREAM construction can encrypt: 2^32 chunks of
+/// [`CHUNK_SIZE`] bytes (its chunk counter is 32 bits). Sizes a peer claims beyond it are
+/// refused before any arithmetic is done with them.
+pub const MAX_ATTACHMENT_SIZE: u64 = (u32::MAX as u64 + 1) * CHUNK_SIZE as u64;
+
+/// The ciphertext length of a `size`-byte attachment, or `None` when `size` is above
+/// [`MAX_ATTACHMENT_SIZE`]. `size` usually comes from a peer (a pointer's plaintext size), so
+/// the arithmetic is checked: a lying size is refused, never wrapped.
+pub fn encrypted_size(size: u64) -> Option<u64> {
+    if size > MAX_ATTACHMENT_SIZE {
+        return None;
+    }
     let chunks = size.div_ceil(CHUNK_SIZE as u64).max(1);
-    size + chunks * TAG_LEN as u64
+    chunks
+        .checked_mul(TAG_LEN as u64)
+        .and_then(|tags| size.checked_add(tags))
 }
 
 /// What the receiver needs to fetch, check and decrypt an attachment. Secret (it holds the
@@ -83,6 +95,9 @@ impl AttachmentPointer {
         }
         let key = Zeroizing::new(r.array()?);
         let size = r.u64()?;
+        if size > MAX_ATTACHMENT_SIZE {
+            return Err(Error::TooLarge("attachment"));
+        }
         let sha256 = r.array()?;
         r.finish()?;
         Ok(Self { key, size, sha256 })
@@ -104,7 +119,9 @@ pub fn encrypt<R: CryptoRng + ?Sized>(
     plaintext: &[u8],
 ) -> Result<(Vec<u8>, AttachmentPointer), Error> {
     let mut e = Encryptor::new(rng);
-    let capacity = usize::try_from(encrypted_size(plaintext.len() as u64)).unwrap_or(0);
+    let capacity = encrypted_size(plaintext.len() as u64)
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0);
     let mut out = Vec::with_capacity(capacity);
     e.update_into(plaintext, &mut out)?;
     let pointer = e.finish_into(&mut out)?;

@@ -5,6 +5,11 @@
 //! on the session that most recently decrypted a message (or was most recently started);
 //! accept on any of them. After one message in each direction that does not cross, both ends
 //! send on the same session.
+//!
+//! One exception guards against replays: a session started by a first message that used no
+//! one-time prekey (which an adversary could have replayed) and that the peer has not yet
+//! confirmed never moves ahead of a confirmed session (one the peer answered on); see
+//! [`Session::is_confirmed`].
 
 use std::fmt;
 
@@ -119,7 +124,7 @@ impl DeviceSessions {
                 return Err(Error::IdentityChanged);
             }
             let (session, d) = Session::accept(account, our_address, their_address, header, body)?;
-            self.push(session);
+            self.push_received(session);
             return Ok(d);
         }
         // The most telling error: one from a session the message could belong to.
@@ -129,10 +134,34 @@ impl DeviceSessions {
             .unwrap_or(Error::SessionMismatch))
     }
 
+    /// Where a session may go: the front, unless it is unconfirmed and started without a
+    /// one-time prekey, in which case not ahead of any confirmed session before `limit`.
+    fn front_for(&self, session: &Session, limit: usize) -> usize {
+        if session.is_confirmed() || !session.started_without_one_time_prekey() {
+            return 0;
+        }
+        self.sessions
+            .iter()
+            .take(limit)
+            .rposition(Session::is_confirmed)
+            .map_or(0, |c| c + 1)
+    }
+
+    /// Adds a session started by a received first message.
+    fn push_received(&mut self, session: Session) {
+        let at = self.front_for(&session, self.sessions.len());
+        self.sessions.insert(at, session);
+        self.sessions.truncate(MAX_SESSIONS_PER_DEVICE);
+    }
+
     fn promote(&mut self, i: usize) {
-        if i > 0 && i < self.sessions.len() {
+        let Some(session) = self.sessions.get(i) else {
+            return;
+        };
+        let to = self.front_for(session, i);
+        if to < i {
             let s = self.sessions.remove(i);
-            self.sessions.insert(0, s);
+            self.sessions.insert(to, s);
         }
     }
 

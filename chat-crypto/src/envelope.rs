@@ -1,9 +1,12 @@
 //! The multi-recipient wire shape: one shared body, one small header per device.
 //!
-//! One-to-one: the sender picks a fresh 32-byte content key, seals the plaintext once into the
-//! body with XChaCha20-Poly1305 (random nonce), and ratchet-encrypts `content key ||
+//! One-to-one: the sender picks a fresh 32-byte content key K, derives from it the body's AEAD
+//! key and a 32-byte key commitment (HKDF-SHA256), seals the plaintext once into the body with
+//! XChaCha20-Poly1305 (random nonce) next to the commitment, and ratchet-encrypts `K ||
 //! SHA-256(body)` into each recipient device's header. A receiver checks the body hash before
-//! opening the body, so a server cannot swap bodies between headers. Groups put the sender-key
+//! opening the body, so a server cannot swap bodies between headers, and checks the commitment
+//! against its K, so a sender cannot give two devices two keys that open one body to two
+//! different plaintexts (body version 2; version 1 had no commitment and is refused). Groups put the sender-key
 //! ciphertext in the body and use the headers only to carry sender keys (see [`crate::group`]).
 //!
 //! Header payloads start with a kind byte: `1` content key, `2` sender key distribution.
@@ -18,11 +21,15 @@ use crate::codec::{Reader, Writer};
 use crate::group::SenderKeyDistribution;
 use crate::identity::{Account, len_u32};
 use crate::primitives::{self, Key32, NONCE_LEN, TAG_LEN, ad_context};
-use crate::session::{DeviceAddress, MESSAGE_VERSION, Session};
+use crate::session::{DeviceAddress, Session};
 use crate::{Error, MAX_DEVICE_HEADER_BYTES};
 
-/// Bytes a pairwise body adds to its plaintext: version, nonce, tag.
-pub const PAIRWISE_BODY_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
+/// Bytes a pairwise body adds to its plaintext: version, nonce, key commitment, tag.
+pub const PAIRWISE_BODY_OVERHEAD: usize = 1 + NONCE_LEN + COMMITMENT_LEN + TAG_LEN;
+
+/// The version byte of a one-to-one body: 2 since the body carries a key commitment.
+pub(crate) const BODY_VERSION: u8 = 2;
+const COMMITMENT_LEN: usize = 32;
 
 const PAYLOAD_CONTENT_KEY: u8 = 1;
 const PAYLOAD_SENDER_KEY: u8 = 2;
@@ -76,11 +83,13 @@ pub fn encrypt_for_devices<'s, R: CryptoRng + ?Sized>(
     let key = primitives::random32(rng);
     let mut nonce = [0u8; NONCE_LEN];
     rng.fill_bytes(&mut nonce);
+    let (body_key, commitment) = primitives::body_keys(&key)?;
     let mut body = Vec::with_capacity(PAIRWISE_BODY_OVERHEAD + plaintext.len());
-    body.push(MESSAGE_VERSION);
+    body.push(BODY_VERSION);
     body.extend_from_slice(&nonce);
+    body.extend_from_slice(&commitment);
     body.extend_from_slice(&primitives::seal(
-        &key,
+        &body_key,
         &nonce,
         ad_context::BODY,
         plaintext,
@@ -230,11 +239,16 @@ pub(crate) fn open_payload(payload: &[u8], body: &[u8]) -> Result<Decrypted, Err
             }
             let mut br = Reader::new(body, "body");
             let version = br.u8()?;
-            if version != MESSAGE_VERSION {
+            if version != BODY_VERSION {
                 return Err(Error::UnsupportedVersion(version));
             }
             let nonce = br.array()?;
-            let plaintext = primitives::open(&key, &nonce, ad_context::BODY, br.rest())?;
+            let commitment: [u8; COMMITMENT_LEN] = br.array()?;
+            let (body_key, expected) = primitives::body_keys(&key)?;
+            if !bool::from(expected.ct_eq(&commitment)) {
+                return Err(Error::KeyCommitment);
+            }
+            let plaintext = primitives::open(&body_key, &nonce, ad_context::BODY, br.rest())?;
             Ok(Decrypted::Message(plaintext))
         }
         PAYLOAD_SENDER_KEY => {
@@ -268,5 +282,94 @@ impl Session {
         Self::accept_with(account, our_address, their_address, header, |payload| {
             open_payload(payload, body)
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn payload(key: &[u8; 32], body: &[u8]) -> Vec<u8> {
+        let mut p = vec![PAYLOAD_CONTENT_KEY];
+        p.extend_from_slice(key);
+        p.extend_from_slice(&primitives::sha256(body));
+        p
+    }
+
+    /// A body sealed under `seal_with`'s body key but carrying `commit_to`'s commitment.
+    fn body(seal_with: &[u8; 32], commit_to: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
+        let nonce = [9u8; NONCE_LEN];
+        let (key, _) = primitives::body_keys(seal_with).unwrap();
+        let (_, commitment) = primitives::body_keys(commit_to).unwrap();
+        let mut b = vec![BODY_VERSION];
+        b.extend_from_slice(&nonce);
+        b.extend_from_slice(&commitment);
+        b.extend(primitives::seal(&key, &nonce, ad_context::BODY, plaintext).unwrap());
+        b
+    }
+
+    #[test]
+    fn header_payload_layouts_are_as_documented() {
+        // Content key: 01 ‖ K (32) ‖ SHA-256(body) (32).
+        let content = ContentKey {
+            key: Zeroizing::new([5; 32]),
+            body_hash: [6; 32],
+        };
+        let p = content.payload();
+        assert_eq!(p.len(), 65);
+        assert_eq!(
+            (p[0], &p[1..33], &p[33..65]),
+            (1, &[5u8; 32][..], &[6u8; 32][..])
+        );
+        // Sender key distribution: 02 ‖ group id length (u32 BE) ‖ group id ‖ key id (u32 BE)
+        // ‖ iteration (u32 BE) ‖ chain key (32) ‖ Ed25519 public signing key (32).
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut sk =
+            crate::SenderKey::new(&mut rng, &7u64.to_be_bytes(), DeviceAddress::new(1, 1)).unwrap();
+        sk.encrypt(&mut rng, b"advance one").unwrap();
+        let mut w = Writer::with_capacity(100);
+        w.u8(PAYLOAD_SENDER_KEY);
+        sk.distribution().write(&mut w);
+        let p = w.into_vec();
+        assert_eq!(p.len(), 1 + 4 + 8 + 4 + 4 + 32 + 32);
+        assert_eq!(p[0], 2);
+        assert_eq!(p[1..5], 8u32.to_be_bytes());
+        assert_eq!(p[5..13], 7u64.to_be_bytes());
+        assert_eq!(p[13..17], sk.key_id().to_be_bytes());
+        assert_eq!(p[17..21], 1u32.to_be_bytes());
+        let Decrypted::SenderKey(d) = open_payload(&p, &[]).unwrap() else {
+            panic!("not a sender key");
+        };
+        assert_eq!(
+            (d.group_id(), d.key_id()),
+            (&7u64.to_be_bytes()[..], sk.key_id())
+        );
+    }
+
+    #[test]
+    fn a_body_opens_only_under_the_key_it_commits_to() {
+        let (k1, k2) = ([1u8; 32], [2u8; 32]);
+        let honest = body(&k1, &k1, b"same for everyone");
+        let Decrypted::Message(m) = open_payload(&payload(&k1, &honest), &honest).unwrap() else {
+            panic!("not a message");
+        };
+        assert_eq!(m, b"same for everyone");
+        // A sender who gives a second device another key for the same body (as a body that
+        // opens under two keys would need; XChaCha20-Poly1305 does not prevent one) is caught
+        // by the commitment before any decryption, whatever the ciphertext.
+        let split = body(&k2, &k1, b"something else");
+        assert_eq!(
+            open_payload(&payload(&k2, &split), &split).unwrap_err(),
+            Error::KeyCommitment
+        );
+        // A version 1 body (no commitment) is refused.
+        let mut v1 = honest.clone();
+        v1[0] = 1;
+        assert_eq!(
+            open_payload(&payload(&k1, &v1), &v1).unwrap_err(),
+            Error::UnsupportedVersion(1)
+        );
     }
 }

@@ -34,6 +34,18 @@ pub enum Error {
         /// The cap.
         max: u32,
     },
+    /// A one-to-one body's key commitment does not match the content key this device
+    /// received: the sender gave devices different keys for one body.
+    #[error("content key does not match the body's commitment")]
+    KeyCommitment,
+    /// A first message without a one-time prekey that this account already accepted (a
+    /// replay), refused even when its session is gone.
+    #[error("replayed first message")]
+    ReplayedPrekeyMessage,
+    /// The message's sealed binding names another conversation, kind or message ID than the
+    /// delivery it arrived in (the server refiled it).
+    #[error("message is bound to another conversation, kind or ID")]
+    Misfiled,
     /// The shared body does not match the hash carried in the device header.
     #[error("body does not match its header")]
     BodyMismatch,

@@ -22,7 +22,8 @@ use crate::codec::{Reader, Writer};
 use crate::identity::{hex8, len_u32};
 use crate::primitives::{self, LABELS, NONCE_LEN, TAG_LEN, ad_context, sig_context};
 use crate::session::{
-    Chain, DeviceAddress, MAX_FORWARD_JUMP, MAX_SKIPPED_PER_CHAIN, MESSAGE_VERSION, derive_to,
+    Chain, DeviceAddress, MAX_FORWARD_JUMP, MAX_SKIPPED_KEY_AGE, MAX_SKIPPED_PER_CHAIN,
+    MESSAGE_VERSION, derive_to,
 };
 
 /// Longest group id accepted (the client's own group identifier bytes).
@@ -36,6 +37,9 @@ pub const GROUP_BODY_OVERHEAD: usize = 1 + 4 + 4 + NONCE_LEN + TAG_LEN + 64;
 const SENDER_KEY_TAG: u8 = 0xA3;
 const RECEIVER_TAG: u8 = 0xA4;
 const PICKLE_VERSION: u8 = 1;
+/// 2: skipped keys carry an age stamp and the receiver counts decrypted messages. Version 1
+/// still loads.
+const RECEIVER_VERSION: u8 = 2;
 const GROUP_HEADER_LEN: usize = 1 + 4 + 4;
 
 /// A sender key as handed to another member device: the chain at one position and the public
@@ -221,7 +225,8 @@ struct ReceiverState {
     key_id: u32,
     signing_public: [u8; 32],
     chain: Chain,
-    skipped: BTreeMap<u32, Zeroizing<[u8; 32]>>,
+    /// Skipped keys with the receiver's `received` count when each was skipped.
+    skipped: BTreeMap<u32, (Zeroizing<[u8; 32]>, u64)>,
 }
 
 /// The inbound sender keys of one (group, sender device).
@@ -230,6 +235,9 @@ pub struct SenderKeyReceiver {
     sender: DeviceAddress,
     /// Newest first, at most [`MAX_SENDER_KEY_STATES`].
     states: Vec<ReceiverState>,
+    /// Messages decrypted: skipped keys older than [`MAX_SKIPPED_KEY_AGE`] of them are dropped,
+    /// as in the pairwise sessions.
+    received: u64,
 }
 
 impl SenderKeyReceiver {
@@ -240,6 +248,7 @@ impl SenderKeyReceiver {
             group_id: distribution.group_id.clone(),
             sender,
             states: Vec::new(),
+            received: 0,
         };
         r.insert(distribution);
         r
@@ -336,6 +345,7 @@ impl SenderKeyReceiver {
                     .skipped
                     .get(&iteration)
                     .ok_or(Error::DuplicateMessage)?
+                    .0
                     .clone(),
                 None,
             )
@@ -348,6 +358,8 @@ impl SenderKeyReceiver {
         let ad = group_ad(&self.group_id, self.sender, header);
         let plaintext = primitives::open(&key, &nonce, &ad, ciphertext)?;
 
+        self.received = self.received.saturating_add(1);
+        let now = self.received;
         if let Some(state) = self.states.get_mut(i) {
             match advance {
                 None => {
@@ -355,12 +367,19 @@ impl SenderKeyReceiver {
                 }
                 Some((next, skipped)) => {
                     state.chain = next;
-                    state.skipped.extend(skipped);
+                    state
+                        .skipped
+                        .extend(skipped.into_iter().map(|(n, k)| (n, (k, now))));
                     while state.skipped.len() > MAX_SKIPPED_PER_CHAIN {
                         state.skipped.pop_first();
                     }
                 }
             }
+        }
+        for state in &mut self.states {
+            state
+                .skipped
+                .retain(|_, (_, at)| now.saturating_sub(*at) < MAX_SKIPPED_KEY_AGE);
         }
         Ok(plaintext)
     }
@@ -374,7 +393,7 @@ impl SenderKeyReceiver {
     pub fn pickle(&self) -> Zeroizing<Vec<u8>> {
         let skipped: usize = self.states.iter().map(|s| s.skipped.len()).sum();
         let mut w = Writer::with_capacity(128 + 80 * self.states.len() + 36 * skipped);
-        w.u8(RECEIVER_TAG).u8(PICKLE_VERSION).var(&self.group_id);
+        w.u8(RECEIVER_TAG).u8(RECEIVER_VERSION).var(&self.group_id);
         w.u64(self.sender.user).u64(self.sender.device);
         w.u32(len_u32(self.states.len()));
         for s in &self.states {
@@ -383,10 +402,11 @@ impl SenderKeyReceiver {
                 .raw(&*s.chain.key)
                 .u32(s.chain.index);
             w.u32(len_u32(s.skipped.len()));
-            for (n, k) in &s.skipped {
-                w.u32(*n).raw(&**k);
+            for (n, (k, at)) in &s.skipped {
+                w.u32(*n).raw(&**k).u64(*at);
             }
         }
+        w.u64(self.received);
         w.into_secret()
     }
 
@@ -394,7 +414,14 @@ impl SenderKeyReceiver {
     pub fn from_pickle(bytes: &[u8]) -> Result<Self, Error> {
         let bad = || Error::Malformed("sender key receiver pickle");
         let mut r = Reader::new(bytes, "sender key receiver pickle");
-        r.expect_header(RECEIVER_TAG, PICKLE_VERSION)?;
+        if r.u8()? != RECEIVER_TAG {
+            return Err(bad());
+        }
+        let version = r.u8()?;
+        if version != 1 && version != RECEIVER_VERSION {
+            return Err(Error::UnsupportedVersion(version));
+        }
+        let v2 = version == RECEIVER_VERSION;
         let group_id = r.var(MAX_GROUP_ID_BYTES)?.to_vec();
         let sender = DeviceAddress::read(&mut r)?;
         let n = r.u32()? as usize;
@@ -415,7 +442,10 @@ impl SenderKeyReceiver {
             }
             let mut skipped = BTreeMap::new();
             for _ in 0..m {
-                skipped.insert(r.u32()?, Zeroizing::new(r.array()?));
+                let n = r.u32()?;
+                let key = Zeroizing::new(r.array()?);
+                let at = if v2 { r.u64()? } else { 0 };
+                skipped.insert(n, (key, at));
             }
             states.push(ReceiverState {
                 key_id,
@@ -424,11 +454,19 @@ impl SenderKeyReceiver {
                 skipped,
             });
         }
+        let received = if v2 { r.u64()? } else { 0 };
+        if states
+            .iter()
+            .any(|s| s.skipped.values().any(|(_, at)| *at > received))
+        {
+            return Err(bad());
+        }
         r.finish()?;
         Ok(Self {
             group_id,
             sender,
             states,
+            received,
         })
     }
 }

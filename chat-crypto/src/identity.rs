@@ -5,7 +5,7 @@
 //! secret halves (identity, the current and two previous signed prekeys, the one-time prekey
 //! pool) and is persisted by the caller through [`Account::pickle`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
 use ed25519_dalek::SigningKey;
@@ -21,12 +21,18 @@ use crate::primitives::{self, sig_context};
 pub const PREVIOUS_SIGNED_PREKEYS_KEPT: usize = 2;
 /// The largest one-time prekey pool an account holds.
 pub const MAX_ONE_TIME_PREKEYS: usize = 1000;
+/// First messages without a one-time prekey that an account remembers (signed prekey id and
+/// base key, 36 bytes each), to refuse their replays even after their session was evicted.
+/// The oldest is forgotten first; entries of a signed prekey are dropped with it (after
+/// [`PREVIOUS_SIGNED_PREKEYS_KEPT`] rotations), since its first messages no longer open.
+pub const MAX_REPLAY_CACHE: usize = 2_000;
 
 /// Length of a published identity: Ed25519 key, X25519 key, binding signature.
 pub const PUBLISHED_IDENTITY_BYTES: usize = 128;
 
 const ACCOUNT_TAG: u8 = 0xA1;
-const ACCOUNT_VERSION: u8 = 1;
+/// 2: with the replay cache. Version 1 pickles still load (with an empty cache).
+const ACCOUNT_VERSION: u8 = 2;
 const BUNDLE_VERSION: u8 = 1;
 
 /// The public identity of one device: its Ed25519 key and the X25519 key that it signs.
@@ -325,6 +331,9 @@ pub struct Account {
     signed_prekeys: Vec<PrekeySecret>,
     one_time: BTreeMap<u32, StaticSecret>,
     next_id: u32,
+    /// (signed prekey id, base key) of accepted first messages without a one-time prekey,
+    /// oldest first, at most [`MAX_REPLAY_CACHE`].
+    replay_cache: VecDeque<(u32, [u8; 32])>,
 }
 
 impl Account {
@@ -336,6 +345,7 @@ impl Account {
             signed_prekeys: Vec::new(),
             one_time: BTreeMap::new(),
             next_id: 1,
+            replay_cache: VecDeque::new(),
         };
         account.rotate_signed_prekey(rng);
         account
@@ -361,6 +371,8 @@ impl Account {
             .insert(0, PrekeySecret { secret, signed });
         self.signed_prekeys
             .truncate(1 + PREVIOUS_SIGNED_PREKEYS_KEPT);
+        let held: Vec<u32> = self.signed_prekeys.iter().map(|s| s.signed.id).collect();
+        self.replay_cache.retain(|(id, _)| held.contains(id));
         signed
     }
 
@@ -415,6 +427,27 @@ impl Account {
         self.one_time.remove(&id);
     }
 
+    /// Whether a first message without a one-time prekey, with this signed prekey and base
+    /// key, was accepted before.
+    pub(crate) fn first_message_seen(&self, signed_prekey_id: u32, base_key: &[u8; 32]) -> bool {
+        self.replay_cache
+            .iter()
+            .any(|(id, k)| *id == signed_prekey_id && k == base_key)
+    }
+
+    /// Remembers an accepted first message without a one-time prekey.
+    pub(crate) fn record_first_message(&mut self, signed_prekey_id: u32, base_key: [u8; 32]) {
+        self.replay_cache.push_back((signed_prekey_id, base_key));
+        while self.replay_cache.len() > MAX_REPLAY_CACHE {
+            self.replay_cache.pop_front();
+        }
+    }
+
+    /// How many first messages without a one-time prekey the replay cache remembers.
+    pub fn replay_cache_len(&self) -> usize {
+        self.replay_cache.len()
+    }
+
     fn take_id(&mut self) -> u32 {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
@@ -423,8 +456,9 @@ impl Account {
 
     /// Versioned secret bytes; keep them encrypted at rest.
     pub fn pickle(&self) -> Zeroizing<Vec<u8>> {
-        let mut w =
-            Writer::with_capacity(80 + 36 * (self.signed_prekeys.len() + self.one_time.len()));
+        let mut w = Writer::with_capacity(
+            84 + 36 * (self.signed_prekeys.len() + self.one_time.len() + self.replay_cache.len()),
+        );
         w.u8(ACCOUNT_TAG).u8(ACCOUNT_VERSION);
         self.identity.write(&mut w);
         w.u32(self.next_id);
@@ -436,13 +470,23 @@ impl Account {
         for (id, secret) in &self.one_time {
             w.u32(*id).raw(secret.as_bytes());
         }
+        w.u32(len_u32(self.replay_cache.len()));
+        for (id, base_key) in &self.replay_cache {
+            w.u32(*id).raw(base_key);
+        }
         w.into_secret()
     }
 
     /// Restores [`Account::pickle`]; unknown versions are refused.
     pub fn from_pickle(bytes: &[u8]) -> Result<Self, Error> {
         let mut r = Reader::new(bytes, "account pickle");
-        r.expect_header(ACCOUNT_TAG, ACCOUNT_VERSION)?;
+        if r.u8()? != ACCOUNT_TAG {
+            return Err(Error::Malformed("account pickle"));
+        }
+        let version = r.u8()?;
+        if version != 1 && version != ACCOUNT_VERSION {
+            return Err(Error::UnsupportedVersion(version));
+        }
         let identity = IdentityKeys::read(&mut r)?;
         let next_id = r.u32()?;
         let n = r.u32()?;
@@ -465,12 +509,23 @@ impl Account {
             let id = r.u32()?;
             one_time.insert(id, StaticSecret::from(*Zeroizing::new(r.array::<32>()?)));
         }
+        let mut replay_cache = VecDeque::new();
+        if version == ACCOUNT_VERSION {
+            let n = r.u32()?;
+            if n as usize > MAX_REPLAY_CACHE {
+                return Err(Error::Malformed("account pickle"));
+            }
+            for _ in 0..n {
+                replay_cache.push_back((r.u32()?, r.array()?));
+            }
+        }
         r.finish()?;
         Ok(Self {
             identity,
             signed_prekeys,
             one_time,
             next_id,
+            replay_cache,
         })
     }
 }
@@ -481,6 +536,7 @@ impl fmt::Debug for Account {
             .field("identity", &self.identity.public())
             .field("signed_prekeys", &self.signed_prekeys.len())
             .field("one_time_prekeys", &self.one_time.len())
+            .field("replay_cache", &self.replay_cache.len())
             .finish_non_exhaustive()
     }
 }
@@ -540,10 +596,10 @@ mod tests {
         assert_eq!(*back.pickle(), *p);
         assert_eq!(back.identity().public(), acct.identity().public());
         let mut other = p.to_vec();
-        other[1] = 2;
+        other[1] = 3;
         assert_eq!(
             Account::from_pickle(&other).unwrap_err(),
-            Error::UnsupportedVersion(2)
+            Error::UnsupportedVersion(3)
         );
         assert!(Account::from_pickle(&p[..p.len() - 1]).is_err());
         assert!(!format!("{acct:?}").contains(&hex::encode(&p[2..10])));

@@ -8,6 +8,7 @@
 )]
 
 pub mod attachment;
+mod binding;
 mod codec;
 mod device_sessions;
 mod envelope;
@@ -33,6 +34,7 @@ pub mod fuzzing {
     }
 }
 
+pub use binding::{BINDING_LEN, ConversationKind, MessageBinding};
 pub use device_sessions::{DeviceSessions, MAX_SESSIONS_PER_DEVICE};
 pub use envelope::{
     Decrypted, OutgoingMessage, PAIRWISE_BODY_OVERHEAD, encrypt_for_devices, sender_key_headers,
@@ -43,14 +45,14 @@ pub use group::{
     SenderKeyDistribution, SenderKeyReceiver,
 };
 pub use identity::{
-    Account, IdentityKeys, IdentityPublic, MAX_ONE_TIME_PREKEYS, OneTimePrekey,
+    Account, IdentityKeys, IdentityPublic, MAX_ONE_TIME_PREKEYS, MAX_REPLAY_CACHE, OneTimePrekey,
     PREVIOUS_SIGNED_PREKEYS_KEPT, PUBLISHED_IDENTITY_BYTES, PrekeyBundle, SignedPrekey,
 };
 pub use rand_core::CryptoRng;
 pub use safety::{SafetyNumber, safety_number};
 pub use session::{
-    DeviceAddress, MAX_FORWARD_JUMP, MAX_RECEIVER_CHAINS, MAX_SKIPPED_PER_CHAIN, MAX_SKIPPED_TOTAL,
-    Session, is_prekey_message,
+    DeviceAddress, MAX_FORWARD_JUMP, MAX_RECEIVER_CHAINS, MAX_SKIPPED_KEY_AGE,
+    MAX_SKIPPED_PER_CHAIN, MAX_SKIPPED_TOTAL, Session, is_prekey_message,
 };
 pub use zeroize::Zeroizing;
 

@@ -45,6 +45,10 @@ pub(crate) const LABELS: KdfLabels = KdfLabels {
     sender_message_key: b"chat-crypto/v1/sender-message-key",
 };
 
+/// HKDF info of the one-to-one body keys: (body AEAD key || key commitment) =
+/// HKDF(salt = 0^32, ikm = content key, info), 64 bytes.
+pub(crate) const BODY_KEYS_LABEL: &[u8] = b"chat-crypto/v2/body-keys";
+
 /// Signature contexts: the first field of every signed encoding.
 pub(crate) mod sig_context {
     pub(crate) const IDENTITY: &[u8] = b"chat-crypto/v1/identity-dh-key";
@@ -106,6 +110,17 @@ pub(crate) fn root_step(
     let mut okm = Zeroizing::new([0u8; 64]);
     hkdf(root_key, dh_out, labels.root, &mut *okm)?;
     Ok((split32(&okm, 0), split32(&okm, 32)))
+}
+
+/// The one-to-one body's AEAD key and key commitment, both derived from the content key K
+/// that every recipient device receives. The body carries the commitment and each receiver
+/// recomputes it from its K, so a sender cannot hand two devices two keys that open one body
+/// to two plaintexts (XChaCha20-Poly1305 alone is not key-committing): that would need two
+/// keys with one HKDF-SHA256 output, i.e. an HMAC-SHA256 collision.
+pub(crate) fn body_keys(content_key: &[u8; 32]) -> Result<(Key32, [u8; 32]), Error> {
+    let mut okm = Zeroizing::new([0u8; 64]);
+    hkdf(&[0u8; 32], content_key, BODY_KEYS_LABEL, &mut *okm)?;
+    Ok((split32(&okm, 0), *split32(&okm, 32)))
 }
 
 /// Expands a message key seed into the AEAD key (libsignal's layout: the first 32 bytes of the
@@ -527,6 +542,91 @@ mod tests {
             computed, published,
             "tests/vectors/kdf-v1.json does not match"
         );
+    }
+
+    /// The vectors computed by an independent implementation (chat-crypto/vectors/gen.py,
+    /// Python `cryptography`), recomputed here with the crate's own code: X3DH, KDF_RK,
+    /// KDF_CK, the message keys, the body keys and commitment, and a safety number.
+    #[test]
+    fn independent_vectors_match_python() {
+        use serde_json::Value;
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/vectors/independent-v1.json"
+        );
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let get = |p: &str| -> String {
+            v.pointer(p)
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| panic!("{p} missing"))
+                .to_owned()
+        };
+        let secret = |n: u8| StaticSecret::from([n; 32]);
+        let d = |a: u8, b: u8| dh(&secret(a), &x25519_public(&secret(b))).unwrap();
+        for (name, n) in [
+            ("ik_a", 0x11),
+            ("ek_a", 0x22),
+            ("ik_b", 0x33),
+            ("spk_b", 0x44),
+            ("opk_b", 0x55),
+        ] {
+            let public = x25519_public(&secret(n));
+            assert_eq!(hex::encode(public), get(&format!("/x3dh/publics/{name}")));
+        }
+        let (dh1, dh2, dh3, dh4) = (d(0x11, 0x44), d(0x22, 0x33), d(0x22, 0x44), d(0x22, 0x55));
+        for (name, value) in [("dh1", &dh1), ("dh2", &dh2), ("dh3", &dh3), ("dh4", &dh4)] {
+            assert_eq!(hex::encode(**value), get(&format!("/x3dh/{name}")));
+        }
+        let sk = crate::session::x3dh_secret(&dh1, &dh2, &dh3, Some(&dh4)).unwrap();
+        assert_eq!(hex::encode(*sk), get("/x3dh/sk_with_opk"));
+        let sk0 = crate::session::x3dh_secret(&dh1, &dh2, &dh3, None).unwrap();
+        assert_eq!(hex::encode(*sk0), get("/x3dh/sk_without_opk"));
+
+        let dh_out = d(0x66, 0x44);
+        assert_eq!(hex::encode(*dh_out), get("/root_step/dh_output"));
+        let (rk, ck) = root_step(&LABELS, &sk, &dh_out).unwrap();
+        assert_eq!(hex::encode(*rk), get("/root_step/new_root_key"));
+        assert_eq!(hex::encode(*ck), get("/root_step/chain_key"));
+
+        let (seed, next) = chain_step(&ck);
+        assert_eq!(hex::encode(*seed), get("/chain_step/message_key_seed"));
+        assert_eq!(hex::encode(*next), get("/chain_step/next_chain_key"));
+        let mut key = [0u8; 32];
+        message_key(LABELS.message_key, &seed, &mut key).unwrap();
+        assert_eq!(hex::encode(key), get("/chain_step/message_key"));
+        message_key(LABELS.sender_message_key, &seed, &mut key).unwrap();
+        assert_eq!(hex::encode(key), get("/chain_step/group_message_key"));
+
+        let content: [u8; 32] = core::array::from_fn(|i| i as u8);
+        assert_eq!(hex::encode(content), get("/body_keys/content_key"));
+        let (aead, commitment) = body_keys(&content).unwrap();
+        assert_eq!(hex::encode(*aead), get("/body_keys/aead_key"));
+        assert_eq!(hex::encode(commitment), get("/body_keys/commitment"));
+
+        // identity(n): Ed25519 public of seed n^32 || X25519 public of secret (n+1)^32.
+        let identity = |n: u8| {
+            let mut b = [0u8; 64];
+            b[..32].copy_from_slice(&signing_key(&[n; 32]).verifying_key().to_bytes());
+            b[32..].copy_from_slice(&x25519_public(&secret(n + 1)));
+            crate::IdentityPublic::from_bytes(&b)
+        };
+        let (alice, bob) = ([identity(1)], [identity(3), identity(5)]);
+        let devices = |p: &str| -> Vec<String> {
+            v.pointer(p)
+                .and_then(Value::as_array)
+                .unwrap()
+                .iter()
+                .map(|d| d.as_str().unwrap().to_owned())
+                .collect()
+        };
+        let hexes = |ids: &[crate::IdentityPublic]| -> Vec<String> {
+            ids.iter().map(|i| hex::encode(i.to_bytes())).collect()
+        };
+        assert_eq!(hexes(&alice), devices("/safety_number/alice/devices"));
+        assert_eq!(hexes(&bob), devices("/safety_number/bob/devices"));
+        let sn = crate::safety_number(1, &alice, 2, &bob);
+        assert_eq!(sn.digits(), get("/safety_number/digits"));
+        assert_eq!(crate::safety_number(2, &bob, 1, &alice), sn);
     }
 
     #[test]

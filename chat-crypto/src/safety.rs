@@ -1,6 +1,7 @@
 //! Safety numbers: a numeric fingerprint of two users' identity keys, the same on both sides.
 //!
-//! As Signal's: for each user, `h = SHA-512(version || keys || user id)`, then 5,200 times
+//! As Signal's: for each user, `h = SHA-512(version || keys || user id)` (the numeric user ID
+//! as a u64, big-endian: 8 bytes), then 5,200 times
 //! `h = SHA-512(h || keys)`; the first 30 bytes make six 5-digit groups (each 5-byte chunk as a
 //! big-endian integer mod 100,000). The two 30-digit halves are ordered (smaller first) and
 //! joined, so both users compute the same 60 digits. Users here have several devices, each
@@ -43,16 +44,16 @@ impl fmt::Debug for SafetyNumber {
     }
 }
 
-/// The safety number of two users, each given by a stable user id and the identities of all
-/// their devices. Symmetric: both users get the same number.
+/// The safety number of two users, each given by their numeric user ID and the identities of
+/// all their devices. Symmetric: both users get the same number.
 pub fn safety_number(
-    our_user: &[u8],
+    our_user: u64,
     our_devices: &[IdentityPublic],
-    their_user: &[u8],
+    their_user: u64,
     their_devices: &[IdentityPublic],
 ) -> SafetyNumber {
-    let a = fingerprint(our_user, our_devices);
-    let b = fingerprint(their_user, their_devices);
+    let a = fingerprint(&our_user.to_be_bytes(), our_devices);
+    let b = fingerprint(&their_user.to_be_bytes(), their_devices);
     SafetyNumber(if a <= b { a + &b } else { b + &a })
 }
 

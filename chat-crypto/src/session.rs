@@ -9,7 +9,11 @@
 //! Invariants: a failed decryption changes nothing (the work is done on local values and
 //! committed only after the AEAD tag verified); skipped message keys are stored only for a
 //! message that authenticated; every loop is bounded by [`MAX_FORWARD_JUMP`]; stored state is
-//! bounded by [`MAX_SKIPPED_PER_CHAIN`], [`MAX_SKIPPED_TOTAL`] and [`MAX_RECEIVER_CHAINS`].
+//! bounded by [`MAX_SKIPPED_PER_CHAIN`], [`MAX_SKIPPED_TOTAL`] and [`MAX_RECEIVER_CHAINS`];
+//! and by age: a skipped key, or a receiving chain other than the newest, is dropped once the
+//! session has decrypted [`MAX_SKIPPED_KEY_AGE`] later messages (so a key kept for a lost
+//! message does not outlive the conversation's flow, which bounds what a stolen device's state
+//! can still open).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,9 +35,16 @@ pub const MAX_SKIPPED_PER_CHAIN: usize = 2_000;
 pub const MAX_SKIPPED_TOTAL: usize = 5_000;
 /// Receiving chains kept per session (the current one and the previous four).
 pub const MAX_RECEIVER_CHAINS: usize = 5;
+/// How many later messages a skipped message key, or a receiving chain other than the newest,
+/// survives: once the session has decrypted this many messages after the key was skipped (or
+/// after the chain was last used), it is dropped and a message that needed it is refused with
+/// [`Error::DuplicateMessage`] (or fails to decrypt).
+pub const MAX_SKIPPED_KEY_AGE: u64 = 1_000;
 
 const SESSION_TAG: u8 = 0xA2;
-const SESSION_VERSION: u8 = 1;
+/// 2: the session also keeps whether it is confirmed, how it started, a count of decrypted
+/// messages and the age stamps of skipped keys and chains. Version 1 pickles still load.
+const SESSION_VERSION: u8 = 2;
 pub(crate) const MESSAGE_VERSION: u8 = 1;
 const KIND_NORMAL: u8 = 1;
 const KIND_PREKEY: u8 = 2;
@@ -99,7 +110,10 @@ impl Chain {
 struct ReceivingChain {
     ratchet: [u8; 32],
     chain: Chain,
-    skipped: BTreeMap<u32, Key32>,
+    /// Skipped keys with the session's `received` count when each was skipped.
+    skipped: BTreeMap<u32, (Key32, u64)>,
+    /// The session's `received` count when this chain last decrypted a message.
+    used_at: u64,
 }
 
 struct PendingPrekey {
@@ -133,6 +147,17 @@ pub struct Session {
     receiving: Vec<ReceivingChain>,
     /// The initiator's X3DH fields, sent with every message until the first reply arrives.
     pending_prekey: Option<PendingPrekey>,
+    /// The peer has shown that it received a message of ours on this session: for the
+    /// initiator, any message from the peer; for the responder, a message on a second
+    /// receiving chain (the peer saw our ratchet key). A replayed first message can never make
+    /// a session confirmed.
+    confirmed: bool,
+    /// Started by accepting a first message that used no one-time prekey: such a message can
+    /// be replayed, so the session never displaces a confirmed one until it is confirmed
+    /// itself (see `DeviceSessions`).
+    without_one_time_prekey: bool,
+    /// Messages decrypted on this session: the clock that skipped keys and old chains age by.
+    received: u64,
 }
 
 /// A parsed pairwise message (normal or the inner part of a prekey message).
@@ -268,12 +293,18 @@ impl Session {
                 one_time_prekey_id: bundle.one_time_prekey.map(|k| k.id),
                 identity_signature: ours.binding_signature(),
             }),
+            confirmed: false,
+            without_one_time_prekey: false,
+            received: 0,
         })
     }
 
     /// Responder side of X3DH: builds the session a prekey message starts and decrypts its
     /// payload with it, handing the payload to `check` before anything is committed. The
-    /// one-time prekey is removed from `account` only when everything succeeded.
+    /// one-time prekey is removed from `account` only when everything succeeded. A first
+    /// message without a one-time prekey is checked against, and recorded in, the account's
+    /// replay cache ([`crate::MAX_REPLAY_CACHE`] entries); one seen before is refused with
+    /// [`Error::ReplayedPrekeyMessage`].
     pub(crate) fn accept_with<T>(
         account: &mut Account,
         our_address: DeviceAddress,
@@ -283,6 +314,11 @@ impl Session {
     ) -> Result<(Self, T), Error> {
         let pm = PrekeyMessage::parse(message)?;
         pm.identity.verify_binding(&pm.identity_signature)?;
+        if pm.one_time_prekey_id.is_none()
+            && account.first_message_seen(pm.signed_prekey_id, &pm.base_key)
+        {
+            return Err(Error::ReplayedPrekeyMessage);
+        }
         let (spk, spk_public) = account.signed_prekey_secret(pm.signed_prekey_id)?;
         let ours = account.identity();
         let dh1 = primitives::dh(spk, &pm.identity.dh)?;
@@ -311,6 +347,9 @@ impl Session {
             previous_counter: 0,
             receiving: Vec::new(),
             pending_prekey: None,
+            confirmed: false,
+            without_one_time_prekey: pm.one_time_prekey_id.is_none(),
+            received: 0,
         };
         let prefix = message
             .get(..message.len().saturating_sub(pm.inner.len()))
@@ -319,8 +358,9 @@ impl Session {
         let (commit, plaintext) = session.plan(prefix, &inner)?;
         let out = check(&plaintext)?;
         session.apply(commit, inner.ratchet);
-        if let Some(id) = pm.one_time_prekey_id {
-            account.remove_one_time_prekey(id);
+        match pm.one_time_prekey_id {
+            Some(id) => account.remove_one_time_prekey(id),
+            None => account.record_first_message(pm.signed_prekey_id, pm.base_key),
         }
         Ok((session, out))
     }
@@ -462,6 +502,23 @@ impl Session {
         self.receiving.iter().map(|c| c.skipped.len()).sum()
     }
 
+    /// Receiving chains currently kept (bounded by [`MAX_RECEIVER_CHAINS`]).
+    pub fn receiving_chain_count(&self) -> usize {
+        self.receiving.len()
+    }
+
+    /// True once the peer has shown it received a message of ours on this session (it
+    /// answered on it); a replayed first message never makes a session confirmed.
+    pub fn is_confirmed(&self) -> bool {
+        self.confirmed
+    }
+
+    /// True when this session was started by accepting a first message that used no
+    /// one-time prekey (such a message can be replayed to start it).
+    pub fn started_without_one_time_prekey(&self) -> bool {
+        self.without_one_time_prekey
+    }
+
     /// Associated data: both devices' identities and addresses (sender first), the prekey
     /// prefix (empty for normal messages) and the ratchet header.
     fn ad(&self, we_send: bool, prefix: &[u8], header: &[u8]) -> Vec<u8> {
@@ -506,7 +563,7 @@ impl Session {
             .find(|(_, c)| c.ratchet == msg.ratchet);
         let (commit, seed) = match found {
             Some((i, rc)) if msg.counter < rc.chain.index => {
-                let seed = rc
+                let (seed, _) = rc
                     .skipped
                     .get(&msg.counter)
                     .ok_or(Error::DuplicateMessage)?;
@@ -548,10 +605,12 @@ impl Session {
                     index: 0,
                 };
                 let (next, skipped, seed) = derive_to(&start, msg.counter)?;
+                let stamp = self.received.saturating_add(1);
                 let chain = ReceivingChain {
                     ratchet: msg.ratchet,
                     chain: next,
-                    skipped: skipped.into_iter().collect(),
+                    skipped: skipped.into_iter().map(|(n, k)| (n, (k, stamp))).collect(),
+                    used_at: stamp,
                 };
                 (
                     Commit::Ratchet {
@@ -571,10 +630,13 @@ impl Session {
     }
 
     fn apply(&mut self, commit: Commit, ratchet: [u8; 32]) {
+        self.received = self.received.saturating_add(1);
+        let now = self.received;
         match commit {
             Commit::UseSkipped { chain, counter } => {
                 if let Some(rc) = self.receiving.get_mut(chain) {
                     rc.skipped.remove(&counter);
+                    rc.used_at = now;
                 }
             }
             Commit::Advance {
@@ -584,7 +646,9 @@ impl Session {
             } => {
                 if let Some(rc) = self.receiving.get_mut(chain) {
                     rc.chain = next;
-                    rc.skipped.extend(skipped);
+                    rc.skipped
+                        .extend(skipped.into_iter().map(|(n, k)| (n, (k, now))));
+                    rc.used_at = now;
                 }
             }
             Commit::Ratchet {
@@ -592,9 +656,15 @@ impl Session {
                 root_key,
                 chain,
             } => {
+                // A new chain after the first shows the peer saw our ratchet key, i.e. got a
+                // message of ours; for the initiator any message does (it answers ours).
+                if !self.receiving.is_empty() || self.pending_prekey.is_some() {
+                    self.confirmed = true;
+                }
                 if let (Some((next, skipped)), Some(rc)) = (finished, self.receiving.first_mut()) {
                     rc.chain = next;
-                    rc.skipped.extend(skipped);
+                    rc.skipped
+                        .extend(skipped.into_iter().map(|(n, k)| (n, (k, now))));
                 }
                 self.root_key = root_key;
                 self.receiving.insert(0, chain);
@@ -611,6 +681,18 @@ impl Session {
     }
 
     fn enforce_caps(&mut self) {
+        // Age: old chains (never the newest) and skipped keys that MAX_SKIPPED_KEY_AGE later
+        // messages went past are dropped.
+        let now = self.received;
+        let expired = |at: u64| now.saturating_sub(at) >= MAX_SKIPPED_KEY_AGE;
+        let mut index = 0;
+        self.receiving.retain(|rc| {
+            index += 1;
+            index == 1 || !expired(rc.used_at)
+        });
+        for rc in &mut self.receiving {
+            rc.skipped.retain(|_, (_, at)| !expired(*at));
+        }
         for rc in &mut self.receiving {
             while rc.skipped.len() > MAX_SKIPPED_PER_CHAIN {
                 rc.skipped.pop_first();
@@ -646,9 +728,10 @@ impl Session {
         w.u32(len_u32(self.receiving.len()));
         for rc in &self.receiving {
             w.raw(&rc.ratchet).raw(&*rc.chain.key).u32(rc.chain.index);
+            w.u64(rc.used_at);
             w.u32(len_u32(rc.skipped.len()));
-            for (n, k) in &rc.skipped {
-                w.u32(*n).raw(&**k);
+            for (n, (k, at)) in &rc.skipped {
+                w.u32(*n).raw(&**k).u64(*at);
             }
         }
         match &self.pending_prekey {
@@ -662,6 +745,9 @@ impl Session {
             }
             None => w.u8(0),
         };
+        w.u8(u8::from(self.confirmed))
+            .u8(u8::from(self.without_one_time_prekey))
+            .u64(self.received);
         w.into_secret()
     }
 
@@ -669,7 +755,14 @@ impl Session {
     pub fn from_pickle(bytes: &[u8]) -> Result<Self, Error> {
         let bad = || Error::Malformed("session pickle");
         let mut r = Reader::new(bytes, "session pickle");
-        r.expect_header(SESSION_TAG, SESSION_VERSION)?;
+        if r.u8()? != SESSION_TAG {
+            return Err(bad());
+        }
+        let version = r.u8()?;
+        if version != 1 && version != SESSION_VERSION {
+            return Err(Error::UnsupportedVersion(version));
+        }
+        let v2 = version == SESSION_VERSION;
         let our_address = DeviceAddress::read(&mut r)?;
         let their_address = DeviceAddress::read(&mut r)?;
         let our_identity = IdentityPublic::read(&mut r)?;
@@ -699,6 +792,7 @@ impl Session {
                 key: Zeroizing::new(r.array()?),
                 index: r.u32()?,
             };
+            let used_at = if v2 { r.u64()? } else { 0 };
             let n = r.u32()? as usize;
             total += n;
             if n > MAX_SKIPPED_PER_CHAIN || total > MAX_SKIPPED_TOTAL {
@@ -706,12 +800,16 @@ impl Session {
             }
             let mut skipped = BTreeMap::new();
             for _ in 0..n {
-                skipped.insert(r.u32()?, Zeroizing::new(r.array()?));
+                let counter = r.u32()?;
+                let key = Zeroizing::new(r.array()?);
+                let at = if v2 { r.u64()? } else { 0 };
+                skipped.insert(counter, (key, at));
             }
             receiving.push(ReceivingChain {
                 ratchet,
                 chain,
                 skipped,
+                used_at,
             });
         }
         let pending_prekey = if r.bool()? {
@@ -723,6 +821,19 @@ impl Session {
         } else {
             None
         };
+        // Version 1 kept no such state: a session with a second receiving chain is confirmed
+        // (true for both roles); its keys count as fresh from now on.
+        let (confirmed, without_one_time_prekey, received) = if v2 {
+            (r.bool()?, r.bool()?, r.u64()?)
+        } else {
+            (receiving.len() >= 2, false, 0)
+        };
+        if receiving
+            .iter()
+            .any(|c| c.used_at > received || c.skipped.values().any(|(_, at)| *at > received))
+        {
+            return Err(bad());
+        }
         r.finish()?;
         Ok(Self {
             our_address,
@@ -738,6 +849,9 @@ impl Session {
             previous_counter,
             receiving,
             pending_prekey,
+            confirmed,
+            without_one_time_prekey,
+            received,
         })
     }
 }
@@ -750,6 +864,7 @@ impl fmt::Debug for Session {
             .field("their_address", &self.their_address)
             .field("their_identity", &self.their_identity)
             .field("pending", &self.pending_prekey.is_some())
+            .field("confirmed", &self.confirmed)
             .field("skipped_keys", &self.skipped_key_count())
             .finish_non_exhaustive()
     }
@@ -814,4 +929,69 @@ pub(crate) fn skip_to(chain: &Chain, target: u32) -> Result<(Chain, Skipped), Er
         },
         skipped,
     ))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    //! The byte ranges docs/SECURITY.md gives for a prekey message and its associated data,
+    //! checked by opening a real message with an AEAD whose associated data is built from
+    //! those ranges alone.
+    use super::*;
+    use crate::Account;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    #[test]
+    fn prekey_message_layout_and_associated_data_are_as_documented() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let alice = Account::new(&mut rng);
+        let mut bob = Account::new(&mut rng);
+        let otk = bob.generate_one_time_prekeys(&mut rng, 1)[0];
+        let bundle = bob.bundle(Some(otk)).unwrap();
+        let (a_addr, b_addr) = (DeviceAddress::new(1, 2), DeviceAddress::new(3, 4));
+        let mut s = Session::initiate(&mut rng, &alice, a_addr, b_addr, &bundle).unwrap();
+        let chain_key = s.sending.as_ref().unwrap().key.clone();
+        let payload = b"payload bytes";
+        let m = s.encrypt_payload(&mut rng, payload).unwrap();
+
+        // Prekey prefix: 01 02, identity (64), binding signature (64), base key (32),
+        // signed prekey id (u32), 01, one-time prekey id (u32): bytes 0..171.
+        assert_eq!(m[..2], [1, 2]);
+        assert_eq!(m[2..66], alice.identity().public().to_bytes());
+        assert_eq!(m[66..130], alice.identity().binding_signature());
+        assert_eq!(m[130..162], s.id());
+        assert_eq!(m[162..166], bundle.signed_prekey.id.to_be_bytes());
+        assert_eq!(m[166], 1);
+        assert_eq!(m[167..171], otk.id.to_be_bytes());
+        // Then a normal message: ratchet header 01 01, ratchet key (32), PN (u32), N (u32):
+        // bytes 171..213; nonce 213..237; ciphertext and tag after.
+        assert_eq!(m[171..173], [1, 1]);
+        assert_eq!(m[173..205], s.our_ratchet_public);
+        assert_eq!(m[205..213], [0; 8]);
+        assert_eq!(m.len(), 237 + payload.len() + 16);
+
+        // AD = labelled(context, sender identity (64), sender address (16), receiver identity,
+        // receiver address, prekey prefix m[0..171] (type bytes included), header m[171..213]).
+        let ad = primitives::labelled(
+            b"chat-crypto/v1/pairwise-ad",
+            &[
+                &alice.identity().public().to_bytes(),
+                &[1u64.to_be_bytes(), 2u64.to_be_bytes()].concat(),
+                &bob.identity().public().to_bytes(),
+                &[3u64.to_be_bytes(), 4u64.to_be_bytes()].concat(),
+                &m[..171],
+                &m[171..213],
+            ],
+        );
+        // Message key: HKDF(0^32, KDF_CK seed of the first sending chain key, label).
+        let (seed, _) = primitives::chain_step(&chain_key);
+        let mut key = [0u8; 32];
+        primitives::message_key(b"chat-crypto/v1/message-key", &seed, &mut key).unwrap();
+        let nonce: [u8; 24] = m[213..237].try_into().unwrap();
+        assert_eq!(
+            primitives::open(&key, &nonce, &ad, &m[237..]).unwrap(),
+            payload
+        );
+    }
 }

@@ -4,7 +4,8 @@ mod common;
 
 use chat_crypto::Error;
 use chat_crypto::attachment::{
-    self, AttachmentPointer, CHUNK_SIZE, Decryptor, ENCRYPTED_CHUNK_SIZE, Encryptor, encrypted_size,
+    self, AttachmentPointer, CHUNK_SIZE, Decryptor, ENCRYPTED_CHUNK_SIZE, Encryptor,
+    MAX_ATTACHMENT_SIZE, encrypted_size,
 };
 use common::rng;
 
@@ -26,7 +27,11 @@ fn round_trips_at_chunk_boundaries() {
     ] {
         let plain = data(len);
         let (ct, ptr) = attachment::encrypt(&mut rng, &plain).unwrap();
-        assert_eq!(ct.len() as u64, encrypted_size(len as u64), "len {len}");
+        assert_eq!(
+            Some(ct.len() as u64),
+            encrypted_size(len as u64),
+            "len {len}"
+        );
         assert_eq!(ptr.size, len as u64);
         let ptr = AttachmentPointer::from_bytes(&ptr.to_bytes()).unwrap();
         assert_eq!(attachment::decrypt(&ptr, &ct).unwrap(), plain);
@@ -180,4 +185,17 @@ mod props {
             prop_assert_eq!(out, plain);
         }
     }
+}
+
+#[test]
+fn a_peer_supplied_size_is_checked_not_wrapped() {
+    // A pointer's size comes from the sender: sizes near u64::MAX used to overflow (a panic in
+    // debug builds, a tiny download limit in release).
+    for size in [u64::MAX, u64::MAX - 15, MAX_ATTACHMENT_SIZE + 1] {
+        assert_eq!(encrypted_size(size), None, "size {size}");
+        let ptr = AttachmentPointer::from_parts([7; 32], size, [0; 32]);
+        assert!(AttachmentPointer::from_bytes(&ptr.to_bytes()).is_err());
+    }
+    let max = encrypted_size(MAX_ATTACHMENT_SIZE).unwrap();
+    assert_eq!(max, MAX_ATTACHMENT_SIZE + (1u64 << 32) * 16);
 }

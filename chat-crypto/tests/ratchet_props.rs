@@ -205,6 +205,17 @@ proptest! {
         let _ = chat_crypto::SenderKey::from_pickle(&header);
         let _ = chat_crypto::SenderKeyReceiver::from_pickle(&header);
         let _ = chat_crypto::OutgoingMessage::from_pickle(&header);
+        let _ = chat_crypto::DeviceSessions::from_pickle(&header);
+        let mut sealed = header.clone();
+        if let Some(first) = sealed.first_mut() {
+            *first = 0xC1;
+        }
+        let _ = chat_crypto::MessageBinding::open(
+            &sealed,
+            chat_crypto::ConversationKind::Direct,
+            u64::from(kind),
+            [kind; 16],
+        );
         let mut rng = rng(7);
         let mut p = pair(&mut rng);
         prop_assert!(p.bob.decrypt(&header, &body).is_err());

@@ -12,15 +12,15 @@ fn symmetric_stable_and_sensitive() {
         .map(|_| IdentityKeys::generate(&mut rng).public())
         .collect();
     let b = vec![IdentityKeys::generate(&mut rng).public()];
-    let ab = safety_number(b"alice", &a, b"bob", &b);
-    let ba = safety_number(b"bob", &b, b"alice", &[a[1], a[0]]);
+    let ab = safety_number(1, &a, 2, &b);
+    let ba = safety_number(2, &b, 1, &[a[1], a[0]]);
     assert_eq!(ab, ba);
     assert_eq!(ab.digits().len(), 60);
     assert!(ab.digits().bytes().all(|c| c.is_ascii_digit()));
     assert_eq!(ab.to_string().split(' ').count(), 12);
     // A changed or added device key changes the number.
     let c = IdentityKeys::generate(&mut rng).public();
-    assert_ne!(safety_number(b"alice", &a, b"bob", &[c]), ab);
-    assert_ne!(safety_number(b"alice", &a, b"bob", &[b[0], c]), ab);
-    assert_ne!(safety_number(b"alice", &a[..1], b"bob", &b), ab);
+    assert_ne!(safety_number(1, &a, 2, &[c]), ab);
+    assert_ne!(safety_number(1, &a, 2, &[b[0], c]), ab);
+    assert_ne!(safety_number(1, &a[..1], 2, &b), ab);
 }

@@ -12,8 +12,8 @@ use std::convert::Infallible;
 
 use chat_crypto::attachment;
 use chat_crypto::{
-    Account, Decrypted, DeviceAddress, IdentityKeys, SenderKey, SenderKeyReceiver, Session,
-    encrypt_for_devices, safety_number, sender_key_headers,
+    Account, Decrypted, DeviceAddress, IdentityKeys, PrekeyBundle, SenderKey, SenderKeyReceiver,
+    Session, encrypt_for_devices, safety_number, sender_key_headers,
 };
 use rand_core::{TryCryptoRng, TryRng};
 use serde_json::{Value, json};
@@ -147,16 +147,16 @@ fn compute() -> Value {
 
     // Safety number of alice's and bob's identities (one device each).
     let sn = safety_number(
-        b"alice",
+        1,
         &[alice.identity().public()],
-        b"bob",
+        2,
         &[bob.identity().public()],
     );
     let other =
         IdentityKeys::generate(t.for_("unused identity (safety number sensitivity)")).public();
     assert_ne!(
         sn,
-        safety_number(b"alice", &[other], b"bob", &[bob.identity().public()])
+        safety_number(1, &[other], 2, &[bob.identity().public()])
     );
 
     json!({
@@ -188,7 +188,7 @@ fn compute() -> Value {
             "ciphertext_first_32": hex::encode(&ct[..32]),
             "ciphertext_last_32": hex::encode(&ct[ct.len() - 32..]),
         },
-        "safety_number": { "alice_user": "alice", "bob_user": "bob", "digits": sn.digits() },
+        "safety_number": { "alice_user_id": 1, "bob_user_id": 2, "user_id_encoding": "u64 big-endian", "digits": sn.digits() },
     })
 }
 
@@ -207,5 +207,74 @@ fn known_answer_vectors_match_the_published_file() {
     assert_eq!(
         computed, published,
         "tests/vectors/v1.json does not match this build"
+    );
+}
+
+/// The byte layouts docs/SECURITY.md states, read off the published vectors by their
+/// documented offsets alone (another implementation's parser would do the same).
+#[test]
+fn documented_layouts_match_the_vectors() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/v1.json");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let bytes = |p: &str| hex::decode(v.pointer(p).unwrap().as_str().unwrap()).unwrap();
+    let u32be = |b: &[u8]| u32::from_be_bytes(b.try_into().unwrap());
+
+    // One-to-one body (version 2): 02 ‖ nonce (24) ‖ key commitment (32) ‖ ciphertext ‖ tag.
+    let body = bytes("/pairwise/message_1/body");
+    assert_eq!(body[0], 2);
+    assert_eq!(body.len(), 1 + 24 + 32 + b"hello bob".len() + 16);
+    assert_eq!(
+        body.len() - b"hello bob".len(),
+        chat_crypto::PAIRWISE_BODY_OVERHEAD
+    );
+
+    // Prekey message: 01 02 ‖ identity (64) ‖ binding signature (64) ‖ base key (32) ‖
+    // signed prekey id (u32) ‖ 01 ‖ one-time prekey id (u32) ‖ normal message.
+    let h1 = bytes("/pairwise/message_1/header");
+    assert_eq!(h1[..2], [1, 2]);
+    assert_eq!(h1[2..66], bytes("/pairwise/alice_identity")[..]);
+    assert_eq!(h1[66..130], bytes("/pairwise/alice_identity_signature")[..]);
+    assert_eq!(h1[130..162], bytes("/pairwise/session_id")[..]);
+    let bundle = PrekeyBundle::from_bytes(&bytes("/pairwise/bob_bundle")).unwrap();
+    assert_eq!(u32be(&h1[162..166]), bundle.signed_prekey.id);
+    assert_eq!(h1[166], 1);
+    assert_eq!(
+        Some(u32be(&h1[167..171])),
+        bundle.one_time_prekey.map(|k| k.id)
+    );
+    // Normal message: 01 01 ‖ ratchet key (32) ‖ PN (u32) ‖ N (u32) ‖ nonce (24) ‖
+    // ciphertext of the 65-byte content-key payload ‖ tag (16).
+    assert_eq!(h1[171..173], [1, 1]);
+    assert_eq!(u32be(&h1[209..213]), 0);
+    assert_eq!(h1.len(), 171 + 42 + 24 + 65 + 16);
+    let h2 = bytes("/pairwise/message_2/header");
+    assert_eq!(h2[..2], [1, 1]);
+    assert_eq!((u32be(&h2[34..38]), u32be(&h2[38..42])), (0, 0));
+    assert_eq!(h2.len(), 42 + 24 + 65 + 16);
+    // The distribution header is a normal message whose payload is 02 ‖ group id length
+    // (u32) ‖ group id ("group-1", 7 bytes) ‖ key id ‖ iteration ‖ chain key ‖ signing key:
+    // 1 + 4 + 7 + 4 + 4 + 32 + 32 = 84 bytes.
+    let dist = bytes("/group/distribution_header_for_bob");
+    assert_eq!(dist.len(), 42 + 24 + 84 + 16);
+
+    // Group body: 01 ‖ key id (u32) ‖ iteration (u32) ‖ nonce (24) ‖ ciphertext ‖ tag (16) ‖
+    // Ed25519 signature (64).
+    let g = bytes("/group/message/body");
+    assert_eq!(g[0], 1);
+    assert_eq!(
+        u32be(&g[1..5]),
+        v.pointer("/group/key_id").unwrap().as_u64().unwrap() as u32
+    );
+    assert_eq!(u32be(&g[5..9]), 0);
+    assert_eq!(g.len(), 9 + 24 + b"hello group".len() + 16 + 64);
+
+    // Attachment pointer: 01 ‖ key (32) ‖ plaintext size (u64) ‖ SHA-256 of the ciphertext.
+    let p = bytes("/attachment/pointer");
+    assert_eq!((p[0], p.len()), (1, 73));
+    assert_eq!(u64::from_be_bytes(p[33..41].try_into().unwrap()), 70_000);
+    assert_eq!(p[41..73], bytes("/attachment/ciphertext_sha256")[..]);
+    assert_eq!(
+        v.pointer("/attachment/ciphertext_len").unwrap().as_u64(),
+        chat_crypto::attachment::encrypted_size(70_000)
     );
 }
