@@ -24,7 +24,7 @@ use crate::e2e::{self, Crypto};
 use crate::error::{Error, Result};
 use crate::event::{Event, Events, Message};
 use crate::http::Http;
-use crate::net::{IntoServer, Server};
+use crate::nodes::{IntoNodes, Nodes};
 use crate::store::{ClientStore, ConversationRecord, DeviceRecord, OutboxEntry, Write};
 
 /// One-time prekeys uploaded at a time, and the pool size below which the client refills.
@@ -62,7 +62,8 @@ impl Drop for Client {
 pub(crate) struct Inner {
     pub(crate) me: DeviceAddress,
     pub(crate) http: Http,
-    pub(crate) server: Server,
+    /// The cluster's nodes and the one in use, shared with `http`.
+    pub(crate) nodes: Nodes,
     pub(crate) token: String,
     pub(crate) store: Arc<dyn ClientStore>,
     pub(crate) crypto: Crypto,
@@ -93,7 +94,7 @@ impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inner")
             .field("me", &self.me)
-            .field("server", &self.server)
+            .field("nodes", &self.nodes)
             .finish_non_exhaustive()
     }
 }
@@ -137,7 +138,9 @@ struct Count {
 
 impl Client {
     /// Registers `username`, logs in a first device named `device_name`, creates its keys and
-    /// publishes them. `server` is `host:port` or `http://host:port`.
+    /// publishes them. `server` is `host:port`, `http://host:port`, `https://host`, or
+    /// several nodes of one cluster ([`Nodes`]): the client moves to another node when its
+    /// node cannot be reached.
     ///
     /// ```no_run
     /// # async fn run() -> chat_client::Result<()> {
@@ -150,28 +153,28 @@ impl Client {
     /// # let _ = id; Ok(()) }
     /// ```
     pub async fn register(
-        server: impl IntoServer,
+        server: impl IntoNodes,
         username: &str,
         password: &str,
         device_name: &str,
         store: impl ClientStore,
     ) -> Result<Self> {
-        let addr = server.into_server()?;
+        let nodes = server.into_nodes()?;
         let username = Username::new(username)?;
         refuse_used(&store)?;
-        let http = Http::new(addr.clone(), None);
+        let http = Http::new(nodes.clone(), None);
         http.send(
             Method::POST,
             "/v1/register",
             Some(&json!({"username": username, "password": password})),
         )
         .await?;
-        Self::login(addr, username.as_str(), password, device_name, store).await
+        Self::login(nodes, username.as_str(), password, device_name, store).await
     }
 
     /// Logs in a new device of an existing user, creating and publishing its keys.
     pub async fn login(
-        server: impl IntoServer,
+        server: impl IntoNodes,
         username: &str,
         password: &str,
         device_name: &str,
@@ -188,7 +191,7 @@ impl Client {
     /// (those keys belonged to the old identity) before the new ones are uploaded, so peers
     /// starting new sessions get keys this device holds.
     pub async fn relogin(
-        server: impl IntoServer,
+        server: impl IntoNodes,
         username: &str,
         password: &str,
         device: DeviceId,
@@ -199,13 +202,14 @@ impl Client {
     }
 
     async fn login_with(
-        server: impl IntoServer,
+        server: impl IntoNodes,
         body: serde_json::Value,
         store: impl ClientStore,
     ) -> Result<Self> {
-        let addr = server.into_server()?;
+        let nodes = server.into_nodes()?;
         refuse_used(&store)?;
-        let http = Http::new(addr.clone(), None);
+        nodes.refresh().await;
+        let http = Http::new(nodes.clone(), None);
         let login: LoginResponse = http.call(Method::POST, "/v1/login", Some(&body)).await?;
         let me = DeviceAddress {
             user: login.user_id,
@@ -218,7 +222,7 @@ impl Client {
         // secret on this device.
         store.commit(vec![
             Write::Device(DeviceRecord {
-                server: addr.as_url(),
+                server: nodes.current().as_url(),
                 address: me,
                 token: login.token.clone(),
             }),
@@ -235,18 +239,18 @@ impl Client {
         .await?;
         let store: Arc<dyn ClientStore> = Arc::new(store);
         let crypto = Crypto::new(me, store.clone(), account);
-        Ok(Self::start(addr, me, login.token, store, crypto))
+        Ok(Self::start(nodes, me, login.token, store, crypto))
     }
 
     /// Resumes the device kept in `store` (after a restart), connecting to `server` (which may
-    /// differ from the address it was registered with).
-    pub async fn open(server: impl IntoServer, store: impl ClientStore) -> Result<Self> {
-        let addr = server.into_server()?;
+    /// differ from the address it was registered with, and may be several nodes).
+    pub async fn open(server: impl IntoNodes, store: impl ClientStore) -> Result<Self> {
+        let nodes = server.into_nodes()?;
         let record = store.device()?.ok_or(Error::NotLoggedIn)?;
         let store: Arc<dyn ClientStore> = Arc::new(store);
         let crypto = Crypto::load(record.address, store.clone())?;
         Ok(Self::start(
-            addr,
+            nodes,
             record.address,
             record.token,
             store,
@@ -255,7 +259,7 @@ impl Client {
     }
 
     fn start(
-        server: Server,
+        nodes: Nodes,
         me: DeviceAddress,
         token: String,
         store: Arc<dyn ClientStore>,
@@ -265,8 +269,8 @@ impl Client {
         let (commands, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             me,
-            http: Http::new(server.clone(), Some(token.clone())),
-            server,
+            http: Http::new(nodes.clone(), Some(token.clone())),
+            nodes,
             token,
             store,
             crypto,

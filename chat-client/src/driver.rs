@@ -6,6 +6,14 @@
 //! sends the outbox (again after every reconnect, with the same client keys and bytes),
 //! sends heartbeats on the interval from `welcome`, and reconnects with exponential backoff
 //! and full jitter.
+//!
+//! It connects to the current node of the client's [`crate::Nodes`]. A connection that is
+//! lost is tried again on the same node; a node that cannot be connected to (or sends no
+//! `welcome`) is reported to the node list, so the next attempt goes to the next node (for a
+//! discovered list, after asking discovery again). On the new node the WebSocket resumes from
+//! the stored cursor and the outbox goes again with its client keys, so a node's death loses
+//! and duplicates nothing: the server stores one message per client key, and answers a
+//! repeated key with the message it stored.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -69,6 +77,8 @@ enum End {
     LoggedOut,
     /// The connection was lost; `synced` if it had got past the backlog.
     Lost { reason: String, synced: bool },
+    /// The node could not be connected to or sent no `welcome`; the next node is current.
+    Unreachable { reason: String },
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<crate::net::Stream>;
@@ -77,7 +87,13 @@ type Ws = tokio_tungstenite::WebSocketStream<crate::net::Stream>;
 pub(crate) async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) {
     let mut attempt: u32 = 0;
     let mut queued: Vec<ClientFrame> = Vec::new();
+    // Discovery is asked before the first connection and after each node that failed.
+    let mut discover = true;
     loop {
+        if discover {
+            inner.nodes.refresh().await;
+            discover = false;
+        }
         inner.emit(Event::Connection(ConnectionState::Connecting));
         let end = Conn::new(inner.clone())
             .run(&mut commands, &mut queued)
@@ -93,6 +109,10 @@ pub(crate) async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver
                 if synced {
                     attempt = 0;
                 }
+                reason
+            }
+            End::Unreachable { reason } => {
+                discover = true;
                 reason
             }
         };
@@ -181,12 +201,17 @@ impl Conn {
         commands: &mut mpsc::UnboundedReceiver<Command>,
         queued: &mut Vec<ClientFrame>,
     ) -> End {
-        let mut ws = match self.connect().await {
-            Ok(ws) => ws,
-            Err(end) => return end,
+        let node = self.inner.nodes.current();
+        let reached = match self.connect(&node).await {
+            Ok(mut ws) => self.handshake(&mut ws).await.map(|ms| (ws, ms)),
+            Err(end) => Err(end),
         };
-        let heartbeat_ms = match self.handshake(&mut ws).await {
-            Ok(ms) => ms,
+        let (mut ws, heartbeat_ms) = match reached {
+            Ok(reached) => reached,
+            Err(End::Lost { reason, .. }) => {
+                self.inner.nodes.failed(&node);
+                return End::Unreachable { reason };
+            }
             Err(end) => return end,
         };
         self.inner
@@ -259,10 +284,8 @@ impl Conn {
         }
     }
 
-    async fn connect(&mut self) -> Result<Ws, End> {
-        let mut request = self
-            .inner
-            .server
+    async fn connect(&mut self, server: &crate::net::Server) -> Result<Ws, End> {
+        let mut request = server
             .ws_url()
             .into_client_request()
             .map_err(|e| lost(e, false))?;
@@ -270,7 +293,6 @@ impl Conn {
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static(SUBPROTOCOL),
         );
-        let server = &self.inner.server;
         let handshake = async {
             let stream = server.connect().await.map_err(|e| lost(e, false))?;
             tokio_tungstenite::client_async(request, stream)

@@ -7,6 +7,10 @@
 //! or if it is idempotent (GET, PUT, DELETE); a POST that may have reached the server is never
 //! repeated.
 //! Streamed uploads and downloads use a connection of their own.
+//!
+//! Requests go to the current node of the client's [`Nodes`]; a node that cannot be
+//! connected to is reported there and the request goes to the next one (nothing was sent, so
+//! this is safe for every method). Idle connections are kept only for the current node.
 
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +25,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::net::Server;
+use crate::nodes::Nodes;
 
 /// The largest response body read (a page of history is far smaller).
 const MAX_RESPONSE: usize = 16 * 1024 * 1024;
@@ -41,32 +46,32 @@ type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 /// Calls the HTTP API with an optional bearer token.
 #[derive(Clone)]
 pub(crate) struct Http {
-    addr: Server,
+    nodes: Nodes,
     token: Option<String>,
-    /// Idle keep-alive connections, with when they became idle.
-    idle: Arc<Mutex<Vec<(tokio::time::Instant, Sender)>>>,
+    /// Idle keep-alive connections, with when they became idle and the node they reach.
+    idle: Arc<Mutex<Vec<(tokio::time::Instant, Server, Sender)>>>,
 }
 
 impl std::fmt::Debug for Http {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Http")
-            .field("addr", &self.addr)
+            .field("nodes", &self.nodes)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
 
 impl Http {
-    pub(crate) fn new(addr: Server, token: Option<String>) -> Self {
+    pub(crate) fn new(nodes: Nodes, token: Option<String>) -> Self {
         Self {
-            addr,
+            nodes,
             token,
             idle: Arc::default(),
         }
     }
 
     pub(crate) fn with_token(&self, token: String) -> Self {
-        Self::new(self.addr.clone(), Some(token))
+        Self::new(self.nodes.clone(), Some(token))
     }
 
     /// A JSON request; decodes a JSON answer (use `serde::de::IgnoredAny` for none).
@@ -154,7 +159,7 @@ impl Http {
         max: usize,
     ) -> Result<Result<Bytes>, Retry> {
         let has_body = !body.is_empty();
-        let (mut sender, response) = match self
+        let (addr, mut sender, response) = match self
             .pooled_request(method, path, body, has_body.then_some(content_type))
             .await
         {
@@ -182,7 +187,7 @@ impl Http {
         // The whole answer was read: the connection can carry the next request.
         let ready = tokio::time::timeout(IDLE_CHECK, sender.ready()).await;
         if matches!(ready, Ok(Ok(()))) {
-            self.put_idle(sender);
+            self.put_idle(addr, sender);
         }
         if status.is_success() {
             return Ok(Ok(bytes));
@@ -248,7 +253,7 @@ impl Http {
         path: &str,
         body: Bytes,
         content_type: Option<&str>,
-    ) -> Result<(Sender, hyper::Response<hyper::body::Incoming>)> {
+    ) -> Result<(Server, Sender, hyper::Response<hyper::body::Incoming>)> {
         let net = |e: &dyn std::fmt::Display| Error::Network(e.to_string());
         let timed_out = |_| Error::Network("the server did not answer in time".into());
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
@@ -256,12 +261,28 @@ impl Http {
             method,
             Method::GET | Method::HEAD | Method::PUT | Method::DELETE
         );
-        let mut request =
-            self.build(method.clone(), path, Full::new(body.clone()), content_type)?;
+        // A request hyper handed back unsent, to go on the next connection.
+        let mut unsent: Option<Request<Full<Bytes>>> = None;
         loop {
-            let (mut sender, reused) = match self.take_idle() {
-                Some(sender) => (sender, true),
-                None => (self.open(deadline).await?, false),
+            let (addr, mut sender, reused) = match self.take_idle() {
+                Some((addr, sender)) => (addr, sender, true),
+                None => {
+                    let (addr, sender) = self.open(deadline).await?;
+                    (addr, sender, false)
+                }
+            };
+            let request = match unsent.take() {
+                Some(mut request) => {
+                    set_host(&mut request, &addr)?;
+                    request
+                }
+                None => self.build(
+                    &addr,
+                    method.clone(),
+                    path,
+                    Full::new(body.clone()),
+                    content_type,
+                )?,
             };
             // Until the response head; an upload's body is sent inside this call and may take
             // as long as its size needs.
@@ -273,50 +294,72 @@ impl Http {
                     .map_err(timed_out)?
             };
             match sent {
-                Ok(response) => return Ok((sender, response)),
+                Ok(response) => return Ok((addr, sender, response)),
                 Err(mut e) => match e.take_message() {
                     // Never written to the connection (the server had closed it): send it
                     // on the next connection.
-                    Some(unsent) if reused => request = unsent,
+                    Some(request) if reused => unsent = Some(request),
                     // The idle connection broke under it before an answer: an idempotent
                     // request may be sent again, as browsers do.
-                    _ if reused && idempotent && !e.error().is_timeout() => {
-                        request = self.build(
-                            method.clone(),
-                            path,
-                            Full::new(body.clone()),
-                            content_type,
-                        )?;
-                    }
+                    _ if reused && idempotent && !e.error().is_timeout() => {}
                     _ => return Err(net(e.error())),
                 },
             }
         }
     }
 
-    /// An idle connection that is still open and not too old.
-    fn take_idle(&self) -> Option<Sender> {
+    /// An idle connection to the current node that is still open and not too old.
+    fn take_idle(&self) -> Option<(Server, Sender)> {
+        let current = self.nodes.current();
         let mut idle = self.idle.lock().ok()?;
         let now = tokio::time::Instant::now();
-        while let Some((since, sender)) = idle.pop() {
-            if now.duration_since(since) < IDLE_FOR && !sender.is_closed() {
-                return Some(sender);
+        while let Some((since, addr, sender)) = idle.pop() {
+            if addr == current && now.duration_since(since) < IDLE_FOR && !sender.is_closed() {
+                return Some((addr, sender));
             }
         }
         None
     }
 
-    fn put_idle(&self, sender: Sender) {
+    fn put_idle(&self, addr: Server, sender: Sender) {
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE
         {
-            idle.push((tokio::time::Instant::now(), sender));
+            idle.push((tokio::time::Instant::now(), addr, sender));
         }
     }
 
-    /// Opens a connection and starts its task.
+    /// Opens a connection to the current node and starts its task. A node that cannot be
+    /// reached is reported to the node list and the next one is tried, each node once.
     async fn open<B>(
         &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Server, hyper::client::conn::http1::SendRequest<B>)>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut addr = self.nodes.current();
+        let mut tries = self.nodes.len();
+        loop {
+            match Self::open_at(&addr, deadline).await {
+                Ok(sender) => return Ok((addr, sender)),
+                Err(e @ Error::Network(_)) => {
+                    tries -= 1;
+                    let next = self.nodes.failed(&addr);
+                    if tries == 0 || tokio::time::Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                    tracing::debug!(cause = %e, node = addr.authority(), "node unreachable");
+                    addr = next;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn open_at<B>(
+        addr: &Server,
         deadline: tokio::time::Instant,
     ) -> Result<hyper::client::conn::http1::SendRequest<B>>
     where
@@ -325,7 +368,7 @@ impl Http {
     {
         let net = |e: &dyn std::fmt::Display| Error::Network(e.to_string());
         let timed_out = |_| Error::Network("the server did not answer in time".into());
-        let stream = tokio::time::timeout_at(deadline, self.addr.connect())
+        let stream = tokio::time::timeout_at(deadline, addr.connect())
             .await
             .map_err(timed_out)??;
         let (sender, conn) = tokio::time::timeout_at(
@@ -341,6 +384,7 @@ impl Http {
 
     fn build<B>(
         &self,
+        addr: &Server,
         method: Method,
         path: &str,
         body: B,
@@ -349,7 +393,7 @@ impl Http {
         let mut request = Request::builder()
             .method(method)
             .uri(path)
-            .header(HOST, self.addr.authority());
+            .header(HOST, addr.authority());
         if let Some(content_type) = content_type {
             request = request.header(CONTENT_TYPE, content_type);
         }
@@ -377,8 +421,8 @@ impl Http {
         let net = |e: &dyn std::fmt::Display| Error::Network(e.to_string());
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         let timed_out = |_| Error::Network("the server did not answer in time".into());
-        let mut sender = self.open(deadline).await?;
-        let request = self.build(method, path, body, content_type)?;
+        let (addr, mut sender) = self.open(deadline).await?;
+        let request = self.build(&addr, method, path, body, content_type)?;
         // Until the response head: a body may then take as long as its size needs (an
         // upload streams its body inside this call, so uploads get no deadline here).
         if content_type == Some(OCTET_STREAM) {
@@ -389,6 +433,14 @@ impl Http {
             .map_err(timed_out)?
             .map_err(|e| net(&e))
     }
+}
+
+/// Points a request that goes to another node than it was built for at that node.
+fn set_host<B>(request: &mut Request<B>, addr: &Server) -> Result<()> {
+    let host = hyper::header::HeaderValue::from_str(addr.authority())
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    request.headers_mut().insert(HOST, host);
+    Ok(())
 }
 
 fn retry_after<B>(response: &hyper::Response<B>) -> Option<u64> {

@@ -9,6 +9,7 @@ mod error;
 mod event;
 mod http;
 mod net;
+mod nodes;
 mod people;
 mod recovery;
 mod search;
@@ -28,6 +29,7 @@ pub use conversations::{ConversationSummary, MAX_TIMELINE_PAGE};
 pub use error::{Error, Result};
 pub use event::{ConnectionState, Event, Events, Message};
 pub use net::{IntoServer, Server};
+pub use nodes::{IntoNodes, Nodes};
 pub use people::{Profile, UserPage};
 pub use search::{
     MAX_SEARCH_PAGE, SearchError, SearchHit, SearchIndex, SearchPage, SearchPosition, SearchResults,

@@ -112,6 +112,15 @@ impl Server {
         self.tls.is_some()
     }
 
+    /// This address with `other`'s trust settings when both use TLS (a node found through
+    /// discovery is trusted as the address discovery was asked at).
+    pub(crate) fn trusting_as(mut self, other: &Self) -> Self {
+        if let (Some(_), Some(tls)) = (&self.tls, &other.tls) {
+            self.tls = Some(tls.clone());
+        }
+        self
+    }
+
     /// `host:port`.
     pub(crate) fn authority(&self) -> &str {
         &self.authority

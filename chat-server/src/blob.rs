@@ -5,14 +5,22 @@
 //! single directory grows past a few hundred thousand entries at scale. An upload is written
 //! to `DIR/<id>.<random>.tmp`, flushed to disk (`fsync`), then renamed to its final name and
 //! the directory entry flushed too. A crash or a dropped upload therefore never leaves a half
-//! blob under a real ID: at worst a `.tmp` file, which is removed when the store next opens
-//! (and at once when the upload fails or its task is dropped).
+//! blob under a real ID: at worst a `.tmp` file (removed at once when the upload fails or its
+//! task is dropped). [`BlobStore::collect_garbage`] removes `.tmp` files not written to for
+//! longer than its bound, which the node runs at start and every hour: an upload in flight
+//! writes its file as bytes arrive, so its modification time stays recent, and another
+//! node's upload in a shared directory is never taken for a crash's leftover. (Removing
+//! every `.tmp` at start, as this store once did, would cut those off.)
+//!
+//! The store belongs to one node unless its directory is shared by every node (a network
+//! file system with POSIX rename); a cluster should use the S3 store (`s3.rs`) instead.
 //!
 //! Nothing is held in memory beyond one chunk: `put` writes chunks as they arrive and `get`
 //! reads [`READ_CHUNK`] bytes at a time.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -34,31 +42,34 @@ pub struct FsBlobStore {
 }
 
 impl FsBlobStore {
-    /// Opens the store under `dir`, removing leftover temporary files of uploads that never
-    /// completed (a crash midway). The directory is created on the first upload, so a node
-    /// that never stores an attachment leaves no trace on disk.
+    /// Opens the store under `dir`. The directory is created on the first upload, so a node
+    /// that never stores an attachment leaves no trace on disk. Leftovers of uploads a crash
+    /// cut off are removed by [`BlobStore::collect_garbage`], not here: in a shared directory
+    /// they could be another node's uploads in flight.
     pub fn open(dir: impl Into<PathBuf>) -> io::Result<Self> {
-        let dir = dir.into();
-        match std::fs::read_dir(&dir) {
-            Ok(entries) => {
-                for entry in entries {
-                    let entry = entry?;
-                    let name = entry.file_name();
-                    if name.to_string_lossy().ends_with(TMP_SUFFIX) {
-                        tracing::info!(file = ?entry.path(), "removing an unfinished upload");
-                        std::fs::remove_file(entry.path())?;
-                    }
-                }
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => return Err(err),
-        }
-        Ok(Self { dir })
+        Ok(Self { dir: dir.into() })
     }
 
     /// The directory the blobs live in.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// How many unfinished uploads (`.tmp` files) the directory holds now: those in flight
+    /// and what crashes left.
+    pub async fn unfinished_uploads(&self) -> io::Result<u64> {
+        let mut entries = match fs::read_dir(&self.dir).await {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(err) => return Err(err),
+        };
+        let mut count = 0;
+        while let Some(entry) = entries.next_entry().await? {
+            if entry.file_name().to_string_lossy().ends_with(TMP_SUFFIX) {
+                count += 1;
+            }
+        }
+        Ok(count)
     }
 
     fn path(&self, id: AttachmentId) -> PathBuf {
@@ -101,6 +112,7 @@ impl BlobStore for FsBlobStore {
         let path = self.path(id);
         let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
         fs::create_dir_all(&parent).await?;
+        // Fails if the collector took the file meanwhile: nothing is stored then.
         fs::rename(&tmp.path, &path).await?;
         tmp.disarm();
         sync_dir(parent).await?;
@@ -140,6 +152,41 @@ impl BlobStore for FsBlobStore {
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(err) => Err(err.into()),
         }
+    }
+
+    async fn collect_garbage(&self, older_than: Duration) -> Result<u64, BlobError> {
+        let mut entries = match fs::read_dir(&self.dir).await {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(err) => return Err(err.into()),
+        };
+        let mut removed = 0;
+        while let Some(entry) = entries.next_entry().await? {
+            if !entry.file_name().to_string_lossy().ends_with(TMP_SUFFIX) {
+                continue;
+            }
+            // Gone meanwhile (its upload finished or failed): nothing to do.
+            let Ok(meta) = entry.metadata().await else {
+                continue;
+            };
+            let idle = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .unwrap_or(Duration::ZERO);
+            if idle < older_than {
+                continue;
+            }
+            match fs::remove_file(entry.path()).await {
+                Ok(()) => {
+                    tracing::info!(file = ?entry.path(), idle_s = idle.as_secs(), "removed an unfinished upload");
+                    removed += 1;
+                }
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(removed)
     }
 }
 
@@ -267,15 +314,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn open_removes_leftover_temporary_files() {
+    async fn only_old_leftovers_are_collected() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsBlobStore::open(dir.path()).unwrap();
         let id = AttachmentId::from_bytes([2; 16]);
         let data = vec![Ok(Bytes::from_static(b"kept"))];
         store.put(id, chunks(data), 10).await.unwrap();
-        std::fs::write(dir.path().join("0202.abcd.tmp"), b"half").unwrap();
+        let (old, fresh) = (
+            dir.path().join("0202.ab.tmp"),
+            dir.path().join("0202.cd.tmp"),
+        );
+        std::fs::write(&old, b"half").unwrap();
+        std::fs::write(&fresh, b"in flight").unwrap();
+        let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        // Opening (a node starting beside others) removes nothing.
         let store = FsBlobStore::open(dir.path()).unwrap();
-        assert_eq!(files(dir.path()), vec![format!("02/{}", "02".repeat(16))]);
+        assert_eq!(files(dir.path()).len(), 3);
+        let removed = store
+            .collect_garbage(Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert_eq!(removed, 1);
+        assert_eq!(
+            files(dir.path()),
+            vec![format!("02/{}", "02".repeat(16)), "0202.cd.tmp".to_owned()]
+        );
         assert_eq!(store.size(id).await.unwrap(), Some(4));
     }
 }

@@ -123,11 +123,18 @@ pub struct Config {
     pub max_connections_per_address: usize,
     /// How long a shutdown waits for connections to finish their in-flight work, in ms.
     pub shutdown_grace_ms: u64,
+    /// Where attachment ciphertext lives: `"fs"` (the default: files under `blob_dir`, for
+    /// one node or a directory every node shares) or `"s3"` (a bucket of an S3-compatible
+    /// object store, see `s3`, shared by every node of a cluster).
+    pub blob_store: BlobStoreKind,
     /// Where the filesystem blob store keeps attachment ciphertext. Empty (the default):
     /// next to the store, as [`Config::blob_path`] says (`sqlite://dir/chat.db` keeps its
-    /// blobs in `dir/blobs`). Created on the first upload; unfinished uploads (`*.tmp`)
-    /// found there at start-up are removed.
+    /// blobs in `dir/blobs`). Created on the first upload; leftovers of uploads a crash cut
+    /// off (`*.tmp` not written to for longer than [`Config::blob_orphan_age`]) are removed
+    /// at start and every hour.
     pub blob_dir: PathBuf,
+    /// The bucket of the S3 blob store (used when `blob_store` is `"s3"`).
+    pub s3: S3Config,
     /// The largest attachment upload, in bytes (100 MiB by default).
     pub max_attachment_bytes: u64,
     /// Attachment bytes one account may upload in a burst (1 GiB by default); the budget
@@ -295,6 +302,120 @@ fn redact_key_values(s: &str) -> String {
     format!("{}***{}", &s[..value_start], &s[value_end..])
 }
 
+/// Which blob store keeps attachments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobStoreKind {
+    /// Files under `blob_dir`: one node (or a directory every node shares).
+    #[default]
+    Fs,
+    /// A bucket of an S3-compatible object store, shared by every node.
+    S3,
+}
+
+impl std::str::FromStr for BlobStoreKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fs" => Ok(Self::Fs),
+            "s3" => Ok(Self::S3),
+            other => Err(format!("unknown blob store {other:?} (fs or s3)")),
+        }
+    }
+}
+
+/// An S3-compatible bucket (AWS S3, MinIO, Ceph RGW, Cloudflare R2, …) and the credentials
+/// to use it. The secret key never appears in `Debug` output or logs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// The service's base URL (`https://s3.eu-west-1.amazonaws.com`,
+    /// `http://127.0.0.1:9000`); by default AWS's endpoint for `region`.
+    pub endpoint: Option<String>,
+    /// The bucket; it must exist (the node checks at start).
+    pub bucket: String,
+    /// The region requests are signed for (`us-east-1` when absent).
+    pub region: Option<String>,
+    /// Prepended to every object key (`blobs/` by default), so one bucket can hold other
+    /// things too.
+    pub prefix: Option<String>,
+    /// Address the bucket as `https://BUCKET.endpoint/` (AWS's virtual-hosted style)
+    /// instead of `endpoint/BUCKET/` (path style, the default, which MinIO and most
+    /// S3-compatible servers need).
+    pub virtual_host_style: bool,
+    /// The access key ID.
+    pub access_key_id: Option<String>,
+    /// The secret access key. Prefer `secret_access_key_file` or the environment to keep it
+    /// out of the configuration file.
+    pub secret_access_key: Option<Secret>,
+    /// A file holding the secret access key (surrounding whitespace ignored).
+    pub secret_access_key_file: Option<PathBuf>,
+    /// A session token, for temporary credentials.
+    pub session_token: Option<Secret>,
+}
+
+impl S3Config {
+    /// The endpoint: the configured one, or AWS's for the region.
+    pub fn endpoint(&self) -> String {
+        match &self.endpoint {
+            Some(endpoint) => endpoint.clone(),
+            None => format!("https://s3.{}.amazonaws.com", self.region()),
+        }
+    }
+
+    /// The signing region.
+    pub fn region(&self) -> &str {
+        self.region.as_deref().unwrap_or("us-east-1")
+    }
+
+    /// The object key prefix.
+    pub fn prefix(&self) -> &str {
+        self.prefix.as_deref().unwrap_or("blobs/")
+    }
+
+    /// The secret access key: the configured value, else the file's content.
+    pub fn secret(&self) -> Result<Option<Secret>, ConfigError> {
+        if let Some(secret) = &self.secret_access_key {
+            return Ok(Some(secret.clone()));
+        }
+        let Some(path) = &self.secret_access_key_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!(
+                "cannot read s3.secret_access_key_file {}: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(Some(Secret(text.trim().to_owned())))
+    }
+}
+
+/// A credential kept out of logs: `Debug` shows `***`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, to sign with. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(secret: String) -> Self {
+        Self(secret)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
 /// PEM files for TLS.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -344,7 +465,9 @@ impl Default for Config {
             http_body_min_bytes_per_second: 1024,
             max_connections_per_address: 256,
             shutdown_grace_ms: 10_000,
+            blob_store: BlobStoreKind::Fs,
             blob_dir: PathBuf::new(),
+            s3: S3Config::default(),
             max_attachment_bytes: 100 * 1024 * 1024,
             upload_burst_bytes_per_account: 1024 * 1024 * 1024,
             upload_bytes_per_account_per_day: 1024 * 1024 * 1024,
@@ -430,6 +553,23 @@ impl Config {
                 );
             }
         }
+        if self.blob_store == BlobStoreKind::S3 {
+            if self.s3.bucket.is_empty() {
+                return bad("blob_store \"s3\" needs s3.bucket");
+            }
+            let endpoint = self.s3.endpoint();
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return bad("s3.endpoint must be an http:// or https:// URL");
+            }
+            if self.s3.access_key_id.is_none()
+                || (self.s3.secret_access_key.is_none() && self.s3.secret_access_key_file.is_none())
+            {
+                return bad(
+                    "blob_store \"s3\" needs s3.access_key_id and s3.secret_access_key (or \
+                     s3.secret_access_key_file, CHAT_S3_SECRET_ACCESS_KEY)",
+                );
+            }
+        }
         if self.store_pool_size == 0 {
             return bad("store_pool_size must be positive");
         }
@@ -490,6 +630,20 @@ impl Config {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             n => n,
         }
+    }
+
+    /// How old a leftover of an unfinished upload must be before it is collected: longer
+    /// than the longest upload the HTTP limits let through (`max_attachment_bytes` at
+    /// `http_body_min_bytes_per_second`, plus `http_body_timeout_ms`), plus an hour, so no
+    /// upload in flight on any node is ever taken for a crash's leftover.
+    pub fn blob_orphan_age(&self) -> Duration {
+        let body = Duration::from_millis(self.http_body_timeout_ms);
+        let transfer = match self.http_body_min_bytes_per_second {
+            0 => Duration::ZERO,
+            rate => Duration::from_secs(self.max_attachment_bytes / rate),
+        };
+        body.saturating_add(transfer)
+            .saturating_add(Duration::from_secs(3600))
     }
 
     /// The heartbeat interval.
@@ -631,6 +785,52 @@ mod tests {
         assert_eq!(
             with("postgres://chat@db/chat", "").blob_path(),
             PathBuf::from("data/blobs")
+        );
+    }
+
+    #[test]
+    fn s3_settings_are_checked_and_the_secret_never_shows() {
+        let config: Config = serde_json::from_str(
+            r#"{"blob_store": "s3", "s3": {"bucket": "chat", "access_key_id": "AK",
+                "secret_access_key": "hunter2", "endpoint": "http://127.0.0.1:9000"}}"#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.blob_store, BlobStoreKind::S3);
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert_eq!(config.s3.secret().unwrap().unwrap().expose(), "hunter2");
+        assert_eq!(config.s3.prefix(), "blobs/");
+        let no_secret = Config {
+            s3: S3Config {
+                secret_access_key: None,
+                ..config.s3.clone()
+            },
+            ..config.clone()
+        };
+        assert!(no_secret.validate().unwrap_err().0.contains("secret"));
+        let no_bucket = Config {
+            s3: S3Config {
+                bucket: String::new(),
+                ..config.s3.clone()
+            },
+            ..config.clone()
+        };
+        assert!(no_bucket.validate().unwrap_err().0.contains("bucket"));
+        assert!(serde_json::from_str::<Config>(r#"{"blob_store": "nfs"}"#).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let from_file = S3Config {
+            secret_access_key: None,
+            secret_access_key_file: Some(file),
+            ..config.s3.clone()
+        };
+        assert_eq!(from_file.secret().unwrap().unwrap().expose(), "from-file");
+        // The default bound outlasts a 100 MiB upload at the slowest rate let through.
+        let age = Config::default().blob_orphan_age();
+        assert!(
+            age > Duration::from_secs(100 * 1024 * 1024 / 1024),
+            "{age:?}"
         );
     }
 

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use chat_server::{Config, Server, TlsConfig};
+use chat_server::{BlobStoreKind, Config, Server, TlsConfig};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -54,6 +54,29 @@ struct Args {
     /// TLS private key (PEM); needs --tls-cert.
     #[arg(long, env = "CHAT_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Where attachments live: fs (files under blob_dir, one node) or s3 (a bucket every
+    /// node shares).
+    #[arg(long, env = "CHAT_BLOB_STORE")]
+    blob_store: Option<BlobStoreKind>,
+    /// The S3 service's base URL (AWS's endpoint for the region when absent).
+    #[arg(long, env = "CHAT_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// The S3 bucket.
+    #[arg(long, env = "CHAT_S3_BUCKET")]
+    s3_bucket: Option<String>,
+    /// The S3 signing region.
+    #[arg(long, env = "CHAT_S3_REGION")]
+    s3_region: Option<String>,
+    /// The prefix of every object key (blobs/ by default).
+    #[arg(long, env = "CHAT_S3_PREFIX")]
+    s3_prefix: Option<String>,
+    /// The S3 access key ID. The secret comes from CHAT_S3_SECRET_ACCESS_KEY or a file, never
+    /// from a flag (flags show in the process list).
+    #[arg(long, env = "CHAT_S3_ACCESS_KEY_ID")]
+    s3_access_key_id: Option<String>,
+    /// A file holding the S3 secret access key.
+    #[arg(long, env = "CHAT_S3_SECRET_ACCESS_KEY_FILE")]
+    s3_secret_access_key_file: Option<PathBuf>,
     /// Days inbox entries are kept; 0 keeps them forever.
     #[arg(long, env = "CHAT_INBOX_RETENTION_DAYS")]
     inbox_retention_days: Option<u32>,
@@ -167,6 +190,43 @@ fn config(args: &Args) -> Result<Config, Box<dyn std::error::Error>> {
     }
     if let Some(days) = args.inbox_retention_days {
         config.inbox_retention_days = days;
+    }
+    if let Some(kind) = args.blob_store {
+        config.blob_store = kind;
+    }
+    let s3 = &mut config.s3;
+    if let Some(endpoint) = &args.s3_endpoint {
+        s3.endpoint = Some(endpoint.clone());
+    }
+    if let Some(bucket) = &args.s3_bucket {
+        s3.bucket.clone_from(bucket);
+    }
+    if let Some(region) = &args.s3_region {
+        s3.region = Some(region.clone());
+    }
+    if let Some(prefix) = &args.s3_prefix {
+        s3.prefix = Some(prefix.clone());
+    }
+    if let Some(key) = &args.s3_access_key_id {
+        s3.access_key_id = Some(key.clone());
+    }
+    // Secrets from the environment only; a file named by a flag or variable wins over a
+    // secret written in the config file.
+    if let Some(secret) = std::env::var("CHAT_S3_SECRET_ACCESS_KEY")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        s3.secret_access_key = Some(secret.into());
+    }
+    if let Some(file) = &args.s3_secret_access_key_file {
+        s3.secret_access_key = None;
+        s3.secret_access_key_file = Some(file.clone());
+    }
+    if let Some(token) = std::env::var("CHAT_S3_SESSION_TOKEN")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        s3.session_token = Some(token.into());
     }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(TlsConfig {

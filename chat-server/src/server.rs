@@ -27,7 +27,7 @@ use crate::cluster::Redis;
 use crate::cluster::lease::Leases;
 use crate::cluster::presence::Holders;
 use crate::cluster::registry::RedisRegistry;
-use crate::config::{Config, ConfigError, TlsConfig};
+use crate::config::{BlobStoreKind, Config, ConfigError, TlsConfig};
 use crate::discovery::{self, Identity, LocalRegistry};
 use crate::hashing::Hasher;
 use crate::health::StoreHealth;
@@ -35,6 +35,7 @@ use crate::listener::{self, HttpLimits};
 use crate::presence::Presence;
 use crate::push::{PushDispatcher, Worker};
 use crate::retention;
+use crate::s3::{S3BlobStore, S3Error};
 use crate::state::{Limits, Shared};
 use crate::throttle::LogThrottle;
 
@@ -96,6 +97,9 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The S3 blob store could not be opened (settings, or the bucket unreachable).
+    #[error("blob store: {0}")]
+    BlobStore(#[from] S3Error),
     /// Binding or serving failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -169,14 +173,29 @@ impl Server {
             .hash("timing equaliser".into())
             .await
             .map_err(|e| ConfigError(e.to_string()))?;
-        let blob_dir = config.blob_path();
-        let blobs = Arc::new(
-            FsBlobStore::open(&blob_dir).map_err(|source| ServerError::Path {
-                what: "cannot read the blob directory",
-                path: blob_dir.clone(),
-                source,
-            })?,
-        );
+        let blobs: Arc<dyn BlobStore> = match config.blob_store {
+            BlobStoreKind::Fs => {
+                if config.redis_url.is_some() {
+                    // Not refused: a directory every node mounts works, as the store's
+                    // clean-up never touches another node's upload in flight.
+                    tracing::warn!(
+                        dir = ?config.blob_path(),
+                        "a cluster node with the filesystem blob store: attachments are seen \
+                         by other nodes only if blob_dir is one directory they all share; set \
+                         blob_store to s3 otherwise"
+                    );
+                }
+                let blob_dir = config.blob_path();
+                Arc::new(
+                    FsBlobStore::open(&blob_dir).map_err(|source| ServerError::Path {
+                        what: "cannot read the blob directory",
+                        path: blob_dir.clone(),
+                        source,
+                    })?,
+                )
+            }
+            BlobStoreKind::S3 => Arc::new(S3BlobStore::open(&config.s3).await?),
+        };
         let tls = match &config.tls {
             Some(tls) => Some(tls_acceptor(tls).await?),
             None => None,
@@ -338,6 +357,11 @@ impl Server {
             shared.shutdown.clone(),
         ));
         tokio::spawn(push.run());
+        tokio::spawn(collect_blob_garbage(
+            shared.blobs.clone(),
+            shared.config.blob_orphan_age(),
+            shared.shutdown.clone(),
+        ));
         // Inbox retention, when configured: holds the store, not the shared state.
         let _retention = retention::spawn(
             &shared.config,
@@ -372,6 +396,30 @@ impl Server {
         Ok(())
     }
 }
+
+/// Removes what uploads cut off by a crash left in the blob store, at start and then every
+/// [`BLOB_COLLECT_EVERY`], until the node shuts down. Every node runs it; the stores make
+/// that harmless (removing what another node already removed is not an error).
+async fn collect_blob_garbage(
+    blobs: Arc<dyn BlobStore>,
+    older_than: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        match blobs.collect_garbage(older_than).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "collected unfinished uploads"),
+            Err(err) => tracing::warn!(cause = %err, "collecting unfinished uploads failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(BLOB_COLLECT_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// How often the blob store's leftovers are collected.
+const BLOB_COLLECT_EVERY: Duration = Duration::from_secs(3600);
 
 /// A TLS acceptor for the configured PEM files, speaking HTTP/1.1 only (the one protocol the
 /// listener serves) in ALPN.

@@ -49,7 +49,8 @@ impl TestServer {
         Self::serve(Server::with_store(config, store).await.expect("bind"))
     }
 
-    fn serve(server: Server) -> Self {
+    /// Runs an already bound node (one the test configured further).
+    pub fn serve(server: Server) -> Self {
         let addr = server.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -1,0 +1,281 @@
+//! A client that follows the cluster: two chat-server processes share one PostgreSQL
+//! database (a fresh one for the test); both clients are given both nodes' addresses and
+//! start on node 1. Node 1 is killed (SIGKILL) in the middle of a burst of sends: the
+//! clients move to node 2 by themselves, resume from their cursors, send their outboxes
+//! again with the same client keys, and every message is stored and delivered exactly once.
+//!
+//! No Redis: after the move both devices are on node 2, whose in-process bus delivers live.
+//! Reads `CHAT_TEST_POSTGRES_URL`; without it the test says it is skipped (and fails under
+//! `CHAT_TEST_REQUIRE_SERVICES=1`, as in CI).
+//!
+//! The nodes run in child processes: this test binary re-executes itself with
+//! `CHAT_TEST_FAILOVER_NODE` set, which turns the `node_process` test into a server.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use chat::client::{Client, Event, MemoryStore, Nodes, Server, SqliteStore};
+use common::{PASSWORD, WAIT, config, http_get, next_message, synced, wait_for};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const SENDS: usize = 60;
+/// Sends made once node 1 is dead.
+const LATE: usize = 10;
+const NODE_ENV: &str = "CHAT_TEST_FAILOVER_NODE";
+const URL_VAR: &str = "CHAT_TEST_POSTGRES_URL";
+
+/// Not a test on its own: the body of a child process serving the store URL in `NODE_ENV`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_process() {
+    let Ok(store) = std::env::var(NODE_ENV) else {
+        return;
+    };
+    let mut cfg = config(&store);
+    cfg.store_pool_size = 4;
+    let server = chat::server::Server::bind(cfg).await.expect("bind");
+    println!("LISTENING {}", server.local_addr());
+    server
+        .run_until(std::future::pending())
+        .await
+        .expect("serve");
+}
+
+async fn spawn_node(store: &str) -> (Child, SocketAddr) {
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "node_process", "--nocapture", "--test-threads=1"])
+        .env(NODE_ENV, store)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            // libtest may print "test node_process ... " on the same line first.
+            if let Some((_, addr)) = line.split_once("LISTENING ") {
+                return addr.parse().expect("address");
+            }
+        }
+        panic!("the node exited before listening");
+    })
+    .await
+    .expect("node started in time");
+    // Keep draining its output so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+/// A database of its own for one test, dropped when the test ends.
+struct FreshDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl FreshDatabase {
+    async fn create() -> Option<Self> {
+        let admin = chat_storage::testing::service_url(URL_VAR)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!("chat_failover_{}_{nanos}", std::process::id());
+        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .expect("connect to PostgreSQL");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the test database");
+        // The same server and credentials, another database (any query string kept).
+        let (base, query) = match admin.split_once('?') {
+            Some((base, query)) => (base, format!("?{query}")),
+            None => (admin.as_str(), String::new()),
+        };
+        let (server, _db) = base.rsplit_once('/').expect("a database in the URL");
+        let url = format!("{server}/{name}{query}");
+        Some(Self { admin, name, url })
+    }
+}
+
+impl Drop for FreshDatabase {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Drop runs inside the test's runtime, which cannot be blocked on: a thread with its
+        // own.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let Ok((client, conn)) =
+                    tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
+                else {
+                    return;
+                };
+                tokio::spawn(conn);
+                let _ = client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_move_to_another_node_when_theirs_dies_and_lose_nothing() {
+    if std::env::var(NODE_ENV).is_ok() {
+        return;
+    }
+    let Some(db) = FreshDatabase::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut node1, addr1) = spawn_node(&db.url).await;
+    let (_node2, addr2) = spawn_node(&db.url).await;
+    let (url1, url2) = (format!("http://{addr1}"), format!("http://{addr2}"));
+    let alice_nodes = Nodes::new([&url1, &url2]).expect("nodes");
+
+    let alice = Arc::new(
+        Client::register(
+            &alice_nodes,
+            "alice",
+            PASSWORD,
+            "laptop",
+            MemoryStore::new(),
+        )
+        .await
+        .expect("alice"),
+    );
+    let bob = Client::register(
+        Nodes::new([&url1, &url2]).expect("nodes"),
+        "bob",
+        PASSWORD,
+        "phone",
+        SqliteStore::open(dir.path().join("bob.db")).expect("store"),
+    )
+    .await
+    .expect("bob");
+    let mut a = alice.events();
+    let mut b = bob.events();
+    synced(&mut a).await;
+    synced(&mut b).await;
+    assert_eq!(alice_nodes.current(), Server::parse(&url1).expect("url"));
+    let chat = alice.open_direct(bob.user()).await.expect("open");
+    alice.send_text(chat, "before").await.expect("send");
+    assert_eq!(next_message(&mut b, chat).await.text(), Some("before"));
+
+    // A burst of sends; node 1 dies once some of them are acknowledged.
+    let acked_before_kill = Arc::new(Mutex::new(BTreeSet::new()));
+    let mut sends = Vec::new();
+    for i in 0..SENDS {
+        let (alice, acked) = (alice.clone(), acked_before_kill.clone());
+        sends.push(tokio::spawn(async move {
+            let id = alice
+                .send_text(chat, &format!("burst {i}"))
+                .await
+                .expect("send");
+            acked.lock().expect("lock").insert(i);
+            id
+        }));
+    }
+    let mut sent_events = 0;
+    while sent_events < 10 {
+        if let Event::Sent { .. } = tokio::time::timeout(WAIT, a.next())
+            .await
+            .expect("in time")
+            .expect("open")
+        {
+            sent_events += 1;
+        }
+    }
+    node1.kill().await.expect("SIGKILL");
+    let acked = acked_before_kill.lock().expect("lock").len();
+    eprintln!("{acked} of the first {SENDS} sends were acknowledged before the kill");
+    // More messages once node 1 is dead: certainly unacknowledged, they go through node 2.
+    let mut late = BTreeSet::new();
+    for i in SENDS..SENDS + LATE {
+        late.insert(
+            alice
+                .queue_text(chat, &format!("burst {i}"))
+                .await
+                .expect("queue"),
+        );
+    }
+    let total = SENDS + LATE;
+
+    let mut ids = BTreeSet::new();
+    for s in sends {
+        ids.insert(
+            tokio::time::timeout(WAIT, s)
+                .await
+                .expect("send completes")
+                .expect("task"),
+        );
+    }
+    while !late.is_empty() {
+        let (key, id) = wait_for(&mut a, |e| match e {
+            Event::Sent { client_key, id, .. } => Some((*client_key, *id)),
+            _ => None,
+        })
+        .await;
+        if late.remove(&key) {
+            ids.insert(id);
+        }
+    }
+    assert_eq!(ids.len(), total, "one message per send");
+    assert_eq!(alice.pending().expect("outbox"), 0);
+    assert_eq!(
+        alice_nodes.current(),
+        Server::parse(&url2).expect("url"),
+        "alice moved to node 2"
+    );
+
+    // Bob, moved to node 2 as well, gets each exactly once.
+    let mut texts = BTreeSet::new();
+    while texts.len() < total {
+        let m = next_message(&mut b, chat).await;
+        assert!(
+            texts.insert(m.text().expect("text").to_owned()),
+            "a duplicate delivery"
+        );
+    }
+    let expected: BTreeSet<_> = (0..total).map(|i| format!("burst {i}")).collect();
+    assert_eq!(texts, expected);
+    assert_eq!(
+        bob.history(chat, None, 1000).expect("history").len(),
+        total + 1
+    );
+
+    // The cluster stored exactly one message per send: IDs are gapless from 1 ("before"),
+    // so the highest is the count, and nothing lies beyond it.
+    let last = *ids.iter().max().expect("ids");
+    assert_eq!(last.get(), total as u64 + 1);
+    let token = {
+        use chat::client::ClientStore as _;
+        SqliteStore::open(dir.path().join("bob.db"))
+            .expect("store")
+            .device()
+            .expect("read")
+            .expect("device")
+            .token
+    };
+    let beyond = http_get(
+        addr2,
+        &format!("/v1/conversations/{chat}/messages?after={last}"),
+        &token,
+    )
+    .await;
+    assert_eq!(beyond["messages"].as_array().expect("messages").len(), 0);
+}
