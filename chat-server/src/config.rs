@@ -39,6 +39,10 @@ pub struct Config {
     /// default) for a single node, which keeps all of that in memory. Needs a store the
     /// nodes share (PostgreSQL). Its password never appears in logs.
     pub redis_url: Option<StoreUrl>,
+    /// The prefix of every Redis channel this node uses (`PREFIX:d:ID` and the like). The
+    /// nodes of one cluster share it; clusters, or tests, sharing one Redis use different
+    /// ones.
+    pub redis_prefix: String,
     /// TLS certificate chain and private key (PEM). Plain TCP when absent.
     pub tls: Option<TlsConfig>,
     /// How often clients must send heartbeats, in milliseconds.
@@ -308,6 +312,7 @@ impl Default for Config {
             durability: Durability::Fsync,
             store_pool_size: 16,
             redis_url: None,
+            redis_prefix: "chat".into(),
             tls: None,
             heartbeat_interval_ms: 5_000,
             missed_heartbeats: 3,
@@ -412,6 +417,9 @@ impl Config {
             let url = url.as_str();
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return bad("redis_url must be a redis:// or rediss:// URL");
+            }
+            if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
+                return bad("redis_prefix must be non-empty, without spaces");
             }
             if !self.store.is_shared() {
                 return bad(

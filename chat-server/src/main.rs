@@ -38,6 +38,9 @@ struct Args {
     /// Redis URL shared by the nodes of a cluster (redis://…); needs a postgres:// store.
     #[arg(long, env = "CHAT_REDIS_URL")]
     redis_url: Option<String>,
+    /// Prefix of the cluster's Redis channels; the nodes of one cluster share it.
+    #[arg(long, env = "CHAT_REDIS_PREFIX")]
+    redis_prefix: Option<String>,
     /// TLS certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "CHAT_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -133,6 +136,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(url) = args.redis_url {
         config.redis_url = Some(url.into());
+    }
+    if let Some(prefix) = args.redis_prefix {
+        config.redis_prefix = prefix;
     }
     if let Some(days) = args.inbox_retention_days {
         config.inbox_retention_days = days;

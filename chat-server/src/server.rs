@@ -23,6 +23,7 @@ use crate::api;
 use crate::auth;
 use crate::blob::FsBlobStore;
 use crate::bus::LocalBus;
+use crate::cluster::RedisBus;
 use crate::config::{Config, ConfigError, TlsConfig};
 use crate::discovery::{self, Identity, LocalRegistry};
 use crate::hashing::Hasher;
@@ -70,6 +71,14 @@ pub enum ServerError {
         path: std::path::PathBuf,
         /// The failure.
         source: std::io::Error,
+    },
+    /// Redis (`redis_url`) could not be reached at start.
+    #[error("cannot reach redis at {url}: {source}")]
+    Redis {
+        /// The Redis URL, its password redacted.
+        url: String,
+        /// Why.
+        source: chat_core::BusError,
     },
     /// Binding or serving failed.
     #[error("i/o: {0}")]
@@ -132,8 +141,32 @@ impl Server {
         Self::with_store(config, store).await
     }
 
-    /// Binds the listener over an already opened store.
+    /// Binds the listener over an already opened store. The bus is a [`RedisBus`] when
+    /// `redis_url` is set (connected here: an unreachable Redis fails the start), the
+    /// in-process [`LocalBus`] otherwise.
     pub async fn with_store(config: Config, store: Arc<dyn Store>) -> Result<Self, ServerError> {
+        config.validate()?;
+        let bus: Arc<dyn chat_core::Bus> = match &config.redis_url {
+            None => Arc::new(LocalBus::new()),
+            Some(url) => Arc::new(
+                RedisBus::connect(url.as_str(), &config.redis_prefix)
+                    .await
+                    .map_err(|source| ServerError::Redis {
+                        url: url.redacted(),
+                        source,
+                    })?,
+            ),
+        };
+        Self::with_bus(config, store, bus).await
+    }
+
+    /// Binds the listener over an already opened store, routing live events through `bus`
+    /// (one the embedder built, or a test's instrumented one) whatever `redis_url` says.
+    pub async fn with_bus(
+        config: Config,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn chat_core::Bus>,
+    ) -> Result<Self, ServerError> {
         config.validate()?;
         let argon2 = auth::argon2(config.argon2_memory_kib, config.argon2_iterations)
             .map_err(ConfigError)?;
@@ -150,7 +183,6 @@ impl Server {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (alive_tx, alive) = mpsc::channel(1);
         let limits = Limits::new(&config);
-        let bus: Arc<dyn chat_core::Bus> = Arc::new(LocalBus::new());
         let presence_config = PresenceConfig {
             heartbeat_interval: config.heartbeat_interval(),
             missed_heartbeats: config.missed_heartbeats,
