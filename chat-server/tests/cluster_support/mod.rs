@@ -90,6 +90,18 @@ impl RedisUser {
         format!("{scheme}://{}:{}@{host}", self.name, self.password)
     }
 
+    /// Lets this user log in, or refuses new log-ins (connections already open stay).
+    pub async fn set_enabled(&self, enabled: bool) {
+        let mut conn = admin(&self.base).await;
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&self.name)
+            .arg(if enabled { "on" } else { "off" })
+            .query_async(&mut conn)
+            .await
+            .expect("ACL SETUSER");
+    }
+
     /// Kills this user's pub/sub connections; returns how many there were.
     pub async fn kill_pubsub(&self) -> u64 {
         let mut conn = admin(&self.base).await;
