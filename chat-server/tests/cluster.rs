@@ -47,6 +47,8 @@ impl Node {
 struct Cluster {
     nodes: Vec<Node>,
     pushes: mpsc::UnboundedReceiver<Value>,
+    prefix: String,
+    redis_url: String,
     _db: Database,
     _dir: tempfile::TempDir,
 }
@@ -68,7 +70,7 @@ impl Cluster {
                 "store": db.url(),
                 "store_pool_size": 4,
                 "redis_url": user.url(),
-                "redis_prefix": prefix,
+                "redis_prefix": &prefix,
                 "node_id": format!("node-{i}"),
                 "blob_dir": dir.path().join(format!("blobs-{i}")),
                 "argon2_memory_kib": 8,
@@ -90,6 +92,8 @@ impl Cluster {
         Some(Self {
             nodes,
             pushes,
+            prefix,
+            redis_url: redis,
             _db: db,
             _dir: dir,
         })
@@ -682,4 +686,107 @@ async fn kill_9_of_a_node_under_load_loses_nothing_acknowledged() {
             "acknowledged IDs of {conversation:?}"
         );
     }
+}
+
+/// Counts the Redis commands that name one of the cluster's device channels, as `MONITOR`
+/// sees them.
+struct CommandCounter {
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl CommandCounter {
+    async fn start(cluster: &Cluster) -> Self {
+        let client = redis::Client::open(cluster.redis_url.as_str()).unwrap();
+        let monitor = client.get_async_monitor().await.expect("MONITOR");
+        // Device channels: what a message costs (presence and typing use other channels).
+        let needle = format!("\"{}:d:", cluster.prefix);
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut stream = monitor.into_on_message::<String>();
+            while let Some(line) = stream.next().await {
+                if line.contains(&needle) && tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { lines }
+    }
+
+    /// Commands by name seen so far, then forgotten.
+    fn take(&mut self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        while let Ok(line) = self.lines.try_recv() {
+            let name = line
+                .split('"')
+                .nth(1)
+                .unwrap_or_default()
+                .to_ascii_uppercase();
+            *counts.entry(name).or_default() += 1;
+        }
+        counts
+    }
+}
+
+/// Redis work per message is bounded by the recipients' devices: one `PUBLISH` per
+/// recipient device (pipelined), nothing else, for a 1:1 message and for a message to a
+/// 100-member group spread over three nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_commands_per_message() {
+    let Some(cluster) = Cluster::start(3).await else {
+        return;
+    };
+    let nodes = [cluster.addr(0), cluster.addr(1), cluster.addr(2)];
+    let mut members = Vec::new();
+    for i in 0..100 {
+        let name = format!("member{i}");
+        register(nodes[0], &name).await;
+        members.push(login(nodes[i % 3], &name).await);
+    }
+    let mut devices = Vec::new();
+    for (i, account) in members.iter().enumerate() {
+        devices.push(Device::connect(nodes[i % 3], account.clone()).await);
+    }
+    let ab = direct(nodes[0], &members[0], &members[1]).await;
+    let others: Vec<&Account> = members[1..].iter().collect();
+    let g = group(nodes[0], &members[0], &others).await;
+    let to_ab = recipients(nodes[0], &members[0], ab).await;
+    let to_g = recipients(nodes[0], &members[0], g).await;
+    assert_eq!((to_ab.len(), to_g.len()), (1, 99));
+    let mut counter = CommandCounter::start(&cluster).await;
+    const DIRECT: usize = 50;
+    let sender = &mut devices[0];
+    for i in 0..DIRECT {
+        send(sender, i as u32 + 1, ab, &format!("d-{i}"), &to_ab).await;
+    }
+    devices[1]
+        .until_delivered(&format!("d-{}", DIRECT - 1))
+        .await;
+    let sender = &mut devices[0];
+    send(sender, 1_000, g, "to the group", &to_g).await;
+    for device in &mut devices[1..] {
+        device.until_delivered("to the group").await;
+    }
+    // The group message's last PUBLISH was answered before `sent`; MONITOR shows commands
+    // as they run, so everything is seen once the last recipient has it.
+    let mut seen = counter.take();
+    // MONITOR's feed may trail the deliveries slightly: wait for the expected total.
+    let expected = DIRECT + 99;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.values().sum::<usize>() < expected && tokio::time::Instant::now() < deadline {
+        let line = tokio::time::timeout_at(deadline, counter.lines.recv()).await;
+        if let Ok(Some(line)) = line {
+            let name = line
+                .split('"')
+                .nth(1)
+                .unwrap_or_default()
+                .to_ascii_uppercase();
+            *seen.entry(name).or_default() += 1;
+        }
+    }
+    eprintln!(
+        "redis commands for {DIRECT} 1:1 messages and one 100-member group message: {seen:?}"
+    );
+    assert_eq!(seen.get("PUBLISH"), Some(&expected), "{seen:?}");
+    assert_eq!(seen.len(), 1, "only PUBLISH per message: {seen:?}");
 }
