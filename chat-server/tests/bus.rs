@@ -474,3 +474,22 @@ async fn a_delivery_racing_the_subscription_is_not_lost() {
     node_a.shutdown().await;
     node_b.shutdown().await;
 }
+
+/// A node whose Redis is unreachable does not start, and says which Redis (password
+/// redacted).
+#[tokio::test]
+async fn a_node_does_not_start_without_its_redis() {
+    let config = chat_server::Config {
+        // Never opened: the store is handed over below.
+        store: "postgres://chat@127.0.0.1:5432/chat".into(),
+        redis_url: Some("redis://:hunter2@127.0.0.1:1".into()),
+        ..common::test_config()
+    };
+    let store: Arc<dyn chat_core::Store> = Arc::new(chat_storage::MemoryStore::new());
+    let err = chat_server::Server::with_store(config, store)
+        .await
+        .expect_err("no redis on port 1");
+    let text = err.to_string();
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
