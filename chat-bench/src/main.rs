@@ -24,6 +24,12 @@ struct Args {
     /// The node's address (loopback only).
     #[arg(long, default_value = "127.0.0.1:8080")]
     server: SocketAddr,
+    /// More nodes of the same cluster (comma-separated): connection i goes to node i mod n
+    /// of `--server` followed by these, so with two nodes every one-to-one pair of
+    /// `one-to-one` and `ramp` (partners 1, 7 and 31 apart) crosses nodes. Setup requests
+    /// go to `--server`.
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<SocketAddr>,
     /// The node's PID, to report its CPU time and memory from /proc; refused unless it is a
     /// running chat-server process.
     #[arg(long)]

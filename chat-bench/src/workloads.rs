@@ -28,6 +28,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 pub(crate) async fn run(args: &Args) -> Result<()> {
     let env = Env {
         server: args.server,
+        nodes: std::iter::once(args.server)
+            .chain(args.nodes.iter().copied())
+            .collect(),
         pid: args.server_pid,
         prefix: args.prefix.clone(),
     };
@@ -115,11 +118,21 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
 
 struct Env {
     server: SocketAddr,
+    /// Every node connections are spread over, `server` first.
+    nodes: Vec<SocketAddr>,
     pid: Option<u32>,
     prefix: String,
 }
 
 impl Env {
+    /// The node connection `i` goes to.
+    fn node(&self, i: usize) -> SocketAddr {
+        self.nodes
+            .get(i % self.nodes.len().max(1))
+            .copied()
+            .unwrap_or(self.server)
+    }
+
     fn sample(&self) -> Option<Sample> {
         self.pid.and_then(proc::sample)
     }
@@ -194,12 +207,12 @@ async fn connect_all(
     stats: &Arc<Stats>,
 ) -> Result<Vec<mpsc::Sender<Bytes>>> {
     let bar = bar(accounts.len() as u64, "connections");
-    let server = env.server;
     let results: Vec<Result<mpsc::Sender<Bytes>>> =
         futures::stream::iter(accounts.iter().enumerate())
             .map(|(i, account)| {
                 let bar = bar.clone();
                 let stats = stats.clone();
+                let server = env.node(i);
                 async move {
                     let (tx, mut reader) =
                         ws::connect(server, ws::source_address(i), account, 0).await?;

@@ -5,7 +5,10 @@
 //! user topics) or when a client subscribes to someone's presence, and unsubscribes when that ends.
 //! Publishing reaches every sink subscribed to the topic on any node. The bus is at most
 //! once: durability is the store's job, and a device that misses a live event catches up
-//! from its inbox. The in-process bus lives in chat-server; a Redis one fits the same trait.
+//! from its inbox. A network bus that may have lost events (its connection dropped) says so
+//! with [`BusMessage::Resubscribed`], so the connections repair at once instead of with the
+//! next event. Both buses live in chat-server: `LocalBus` in process, `RedisBus` for a
+//! cluster.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -58,6 +61,12 @@ pub enum BusMessage {
     /// Drop the receiving connections' own subscription to this topic, if they hold one
     /// (a user blocked them: their presence subscription to the blocker ends).
     Unsubscribe(Topic),
+    /// Events for this topic may have been lost: the bus lost its link to the other nodes
+    /// and has just re-established the subscription. Never published; a bus hands it to the
+    /// topic's local sinks once the topic is subscribed again, and each repairs what it may
+    /// have missed (a device connection re-reads its inbox after its last sent position and
+    /// re-checks its token; a presence subscriber sends the user's current state).
+    Resubscribed(Topic),
 }
 
 impl BusMessage {
@@ -68,7 +77,7 @@ impl BusMessage {
         match self {
             Self::Deliver { frame, .. } => frame.len(),
             Self::Frame(frame) | Self::Expiring { frame, .. } => frame.len(),
-            Self::Close(_) | Self::Unsubscribe(_) => 0,
+            Self::Close(_) | Self::Unsubscribe(_) | Self::Resubscribed(_) => 0,
         }
     }
 }
@@ -95,6 +104,10 @@ pub enum BusError {
 }
 
 /// Routes events between nodes.
+///
+/// The publish count means "how many took it": with one node, the sinks; with a network
+/// bus, the local sinks plus the other nodes holding a subscription. Either way 0 means
+/// nobody holds the topic, which is what push relies on (an offline device is woken).
 #[async_trait]
 pub trait Bus: Send + Sync {
     /// Sends `message` to every sink subscribed to `topic`, on any node. Returns how many
@@ -102,7 +115,24 @@ pub trait Bus: Send + Sync {
     /// offline).
     async fn publish(&self, topic: Topic, message: BusMessage) -> Result<usize, BusError>;
 
-    /// Starts delivering `topic` to `sink`.
+    /// Publishes each `(topic, message)` as [`publish`](Self::publish) does, answering each in
+    /// order. A bus on the network sends them together (one round trip for a group's
+    /// members) rather than one after another; this default does the latter.
+    async fn publish_many(
+        &self,
+        messages: Vec<(Topic, BusMessage)>,
+    ) -> Vec<Result<usize, BusError>> {
+        let mut counts = Vec::with_capacity(messages.len());
+        for (topic, message) in messages {
+            counts.push(self.publish(topic, message).await);
+        }
+        counts
+    }
+
+    /// Starts delivering `topic` to `sink`. Returns once the subscription is in force on
+    /// every node: anything published after it returns reaches `sink` (the gateway reads a
+    /// device's backlog only after subscribing, so a delivery committed in between is either
+    /// read or received).
     async fn subscribe(
         &self,
         topic: Topic,

@@ -180,6 +180,17 @@ impl DeliveryStream {
         Live::Gap
     }
 
+    /// Live deliveries may have been lost before they reached this connection (the bus
+    /// re-established its subscription). Live: a read after the last position sent starts,
+    /// ending silently, so a lost last delivery goes out now rather than with the next one.
+    /// Reading: nothing changes, since the read in progress reads the store again before it
+    /// ends and so covers everything committed before this call.
+    pub fn handle_repair(&mut self) {
+        if !self.is_reading() {
+            self.start_read(false);
+        }
+    }
+
     /// The trim floor read for [`Action::ReadFloor`]. A stream below it moves up to it with
     /// `resync_required {inbox_trimmed}`; a page read follows.
     pub fn handle_floor(&mut self, floor: InboxPos) {
@@ -305,5 +316,31 @@ mod tests {
         assert_eq!(s.handle_live(pos(6)), Live::Gap);
         assert_eq!(s.poll_action(), Some(Action::ReadFloor));
         assert_eq!(s.ackable(pos(100)), pos(4));
+    }
+
+    #[test]
+    fn a_repair_reads_after_the_last_position_sent() {
+        let mut s = DeliveryStream::new();
+        s.handle_sync(InboxPos::ZERO, InboxPos::ZERO);
+        assert_eq!(s.poll_action(), Some(Action::ReadFloor));
+        s.handle_floor(InboxPos::ZERO);
+        assert_eq!(s.poll_action(), Some(Action::Read { after: pos(0) }));
+        s.handle_page_end(0, 10);
+        assert_eq!(s.poll_action(), Some(Action::SyncEnd { head: pos(0) }));
+        assert_eq!(s.handle_live(pos(1)), Live::Send);
+        // Position 2 was lost on the bus; the repair finds it without waiting for 3.
+        s.handle_repair();
+        assert_eq!(s.poll_action(), Some(Action::ReadFloor));
+        s.handle_floor(InboxPos::ZERO);
+        assert_eq!(s.poll_action(), Some(Action::Read { after: pos(1) }));
+        // A second repair during the read changes nothing: the read covers it.
+        s.handle_repair();
+        assert_eq!(s.poll_action(), None);
+        assert_eq!(s.handle_entry(pos(2)), Entry::Send);
+        s.handle_page_end(1, 10);
+        // A silent read: no sync_end the client did not ask for.
+        assert_eq!(s.poll_action(), None);
+        assert_eq!(s.handle_live(pos(2)), Live::Duplicate);
+        assert_eq!(s.handle_live(pos(3)), Live::Send);
     }
 }

@@ -71,6 +71,24 @@ impl LocalBus {
     }
 }
 
+impl LocalBus {
+    /// Removes a subscription without awaiting (the async trait's `unsubscribe` does the
+    /// same); returns whether it was there.
+    pub(crate) fn remove(&self, topic: Topic, id: SubscriptionId) -> bool {
+        let mut shard = lock(self.shard(&topic));
+        let Some(sinks) = shard.get_mut(&topic) else {
+            return false;
+        };
+        let before = sinks.len();
+        sinks.retain(|(s, _)| *s != id);
+        let removed = sinks.len() != before;
+        if sinks.is_empty() {
+            shard.remove(&topic);
+        }
+        removed
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave the map inconsistent (every operation on
     // it is a single call), so poisoning is ignored.
@@ -97,13 +115,7 @@ impl Bus for LocalBus {
     }
 
     async fn unsubscribe(&self, topic: Topic, id: SubscriptionId) -> Result<(), BusError> {
-        let mut shard = lock(self.shard(&topic));
-        if let Some(sinks) = shard.get_mut(&topic) {
-            sinks.retain(|(s, _)| *s != id);
-            if sinks.is_empty() {
-                shard.remove(&topic);
-            }
-        }
+        self.remove(topic, id);
         Ok(())
     }
 }

@@ -39,8 +39,9 @@ pub struct Config {
     /// default) for a single node, which keeps all of that in memory. Needs a store the
     /// nodes share (PostgreSQL). Its password never appears in logs.
     pub redis_url: Option<StoreUrl>,
-    /// The start of every Redis key this cluster uses (`chat:` by default), so one Redis
-    /// can serve several clusters. Every node of a cluster must use the same one.
+    /// The start of every Redis key and channel this cluster uses (`chat:` by default), so
+    /// one Redis can serve several clusters (or tests). Every node of a cluster must use the
+    /// same one.
     pub redis_prefix: String,
     /// TLS certificate chain and private key (PEM). Plain TCP when absent.
     pub tls: Option<TlsConfig>,
@@ -542,8 +543,11 @@ impl Config {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return bad("redis_url must be a redis:// or rediss:// URL");
             }
-            if self.redis_prefix.is_empty() || self.redis_prefix.len() > 64 {
-                return bad("redis_prefix must be 1 to 64 bytes");
+            if self.redis_prefix.is_empty()
+                || self.redis_prefix.len() > 64
+                || self.redis_prefix.contains(char::is_whitespace)
+            {
+                return bad("redis_prefix must be 1 to 64 bytes, without spaces");
             }
             if !self.store.is_shared() {
                 return bad(

@@ -3,8 +3,8 @@
 //! A node serves the HTTP API (accounts, devices, keys, conversations, history) and the
 //! WebSocket gateway (authentication, backlog from a cursor, durable sends, live delivery)
 //! over one listener. It stores through [`chat_core::Store`] (SQLite by default) and routes
-//! live events through [`chat_core::Bus`] (in-process here; the trait lets a multi-node bus
-//! take its place without changing the gateway).
+//! live events through [`chat_core::Bus`]: in-process for one node ([`LocalBus`]), on Redis
+//! pub/sub for the nodes of a cluster ([`RedisBus`], when `redis_url` is set).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), chat_server::ServerError> {
@@ -42,6 +42,7 @@ pub use api::keys::{IDENTITY_BYTES, identity_blob};
 pub use backup::{BackupError, BackupReport, backup};
 pub use blob::FsBlobStore;
 pub use bus::LocalBus;
+pub use cluster::{BusStats, RedisBus};
 pub use config::{BlobStoreKind, Config, ConfigError, S3Config, Secret, StoreUrl, TlsConfig};
 pub use discovery::LocalRegistry;
 pub use s3::{PART_SIZE, S3BlobStore, S3Error};

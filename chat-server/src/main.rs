@@ -45,7 +45,8 @@ struct Args {
     /// Redis URL shared by the nodes of a cluster (redis://…); needs a postgres:// store.
     #[arg(long, env = "CHAT_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
-    /// The start of every Redis key of this cluster (default `chat:`).
+    /// The start of every Redis key and channel of this cluster (default `chat:`); the
+    /// nodes of one cluster share it.
     #[arg(long, env = "CHAT_REDIS_PREFIX")]
     redis_prefix: Option<String>,
     /// TLS certificate chain (PEM); needs --tls-key.

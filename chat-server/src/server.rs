@@ -28,6 +28,7 @@ use crate::cluster::lease::Leases;
 use crate::cluster::presence::Holders;
 use crate::cluster::registry::RedisRegistry;
 use crate::config::{BlobStoreKind, Config, ConfigError, TlsConfig};
+use crate::cluster::RedisBus;
 use crate::discovery::{self, Identity, LocalRegistry};
 use crate::hashing::Hasher;
 use crate::health::StoreHealth;
@@ -76,9 +77,14 @@ pub enum ServerError {
         /// The failure.
         source: std::io::Error,
     },
-    /// The cluster's Redis (`redis_url`) could not be reached at start.
-    #[error("cannot connect to redis: {0}")]
-    Redis(String),
+    /// Redis (`redis_url`) could not be reached at start.
+    #[error("cannot reach redis at {url}: {reason}")]
+    Redis {
+        /// The Redis URL, its password redacted.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// The listen address could not be bound (taken, or not this host's).
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -163,8 +169,32 @@ impl Server {
         Self::with_store(config, store).await
     }
 
-    /// Binds the listener over an already opened store.
+    /// Binds the listener over an already opened store. The bus is a [`RedisBus`] when
+    /// `redis_url` is set (connected here: an unreachable Redis fails the start), the
+    /// in-process [`LocalBus`] otherwise.
     pub async fn with_store(config: Config, store: Arc<dyn Store>) -> Result<Self, ServerError> {
+        config.validate()?;
+        let bus: Arc<dyn chat_core::Bus> = match &config.redis_url {
+            None => Arc::new(LocalBus::new()),
+            Some(url) => Arc::new(
+                RedisBus::connect(url.as_str(), &config.redis_prefix)
+                    .await
+                    .map_err(|source| ServerError::Redis {
+                        url: url.redacted(),
+                        reason: source.to_string(),
+                    })?,
+            ),
+        };
+        Self::with_bus(config, store, bus).await
+    }
+
+    /// Binds the listener over an already opened store, routing live events through `bus`
+    /// (one the embedder built, or a test's instrumented one) whatever `redis_url` says.
+    pub async fn with_bus(
+        config: Config,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn chat_core::Bus>,
+    ) -> Result<Self, ServerError> {
         config.validate()?;
         let argon2 = auth::argon2(config.argon2_memory_kib, config.argon2_iterations)
             .map_err(ConfigError)?;
@@ -213,7 +243,10 @@ impl Server {
             Some(url) => Some(
                 Redis::connect(url.as_str(), &config.redis_prefix)
                     .await
-                    .map_err(|e| ServerError::Redis(e.to_string()))?,
+                    .map_err(|e| ServerError::Redis {
+                        url: url.redacted(),
+                        reason: e.to_string(),
+                    })?,
             ),
             None => None,
         };
@@ -227,7 +260,6 @@ impl Server {
             Some(redis) => Arc::new(RedisRegistry::new(redis.clone())),
             None => Arc::new(LocalRegistry::new()),
         };
-        let bus: Arc<dyn chat_core::Bus> = Arc::new(LocalBus::new());
         let presence_config = PresenceConfig {
             heartbeat_interval: config.heartbeat_interval(),
             missed_heartbeats: config.missed_heartbeats,

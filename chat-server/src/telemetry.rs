@@ -160,6 +160,21 @@ pub(crate) const COUNTERS: &[Counter] = &[
         &[],
     ),
     (
+        "chat_bus_malformed_total",
+        "Messages on the cluster's Redis channels that did not decode (dropped, never delivered).",
+        &[],
+    ),
+    (
+        "chat_bus_reconnects_total",
+        "Times this node's Redis pub/sub connection was re-established.",
+        &[],
+    ),
+    (
+        "chat_bus_repairs_total",
+        "Connections told to re-read their inbox after the bus resubscribed their topics.",
+        &[],
+    ),
+    (
         "chat_push_claimed_elsewhere_total",
         "Push notifications left to another node that claimed the device's burst first.",
         &[],

@@ -138,9 +138,13 @@ async fn peers(shared: &Shared, user: UserId) -> ApiResult<BTreeSet<UserId>> {
 
 async fn publish_profile(shared: &Shared, profile: &Profile) -> ApiResult<()> {
     let frame = Bytes::from(ServerFrame::Profile(ProfileEvent::from(profile)).encode());
-    for peer in peers(shared, profile.user).await? {
-        let message = BusMessage::Frame(frame.clone());
-        if let Err(err) = shared.bus.publish(Topic::User(peer), message).await {
+    let events = peers(shared, profile.user)
+        .await?
+        .into_iter()
+        .map(|peer| (Topic::User(peer), BusMessage::Frame(frame.clone())))
+        .collect();
+    for count in shared.bus.publish_many(events).await {
+        if let Err(err) = count {
             // Best effort, like every live event: clients also see profiles on fetch.
             tracing::warn!(cause = %err, "profile event not published");
         }

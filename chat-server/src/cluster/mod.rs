@@ -8,19 +8,26 @@
 //! - [`presence`]: which nodes hold a live device of each user.
 //! - [`lease`]: named leases, one holder at a time (the presence sweeper, the inbox-trimming
 //!   pass, one push per device burst).
+//! - [`bus`]: [`RedisBus`], the [`chat_core::Bus`] on Redis pub/sub: live events cross nodes
+//!   and may be lost; a lost event is repaired from the store (inbox positions, tokens).
+//! - `wire`: the bytes of a bus message on Redis, and the channel of a topic.
 //!
 //! PostgreSQL stays the only durable truth: everything here is soft state that each node
 //! re-asserts or that expires, so a Redis restart loses limits' progress and leases (they
 //! start afresh) and presence until the nodes' next re-assertion (docs/OPERATIONS.md,
 //! "Cluster state in Redis").
 //!
-//! Every key starts with the cluster's prefix (`redis_prefix`, `chat:` by default), so one
+//! Every key and channel starts with the cluster's prefix (`redis_prefix`, `chat:` by default), so one
 //! Redis can hold several clusters and tests can keep to their own keys.
 
+pub(crate) mod bus;
 pub(crate) mod lease;
 pub(crate) mod limits;
 pub(crate) mod presence;
 pub(crate) mod registry;
+mod wire;
+
+pub use bus::{BusStats, RedisBus};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -90,6 +90,9 @@ struct Conn {
     /// What this connection has sent of the device's inbox, and what to read.
     stream: DeliveryStream,
     device: Option<DeviceAddress>,
+    /// The hash of the token the device authenticated with, checked again when the bus may
+    /// have lost a `Close` for it.
+    token: Option<chat_core::TokenHash>,
     subscriptions: Vec<(Topic, chat_core::SubscriptionId)>,
     /// Users sharing a conversation with this device's user, loaded when first needed.
     contacts: HashSet<UserId>,
@@ -111,6 +114,7 @@ impl Conn {
             refused: 0,
             stream: DeliveryStream::new(),
             device: None,
+            token: None,
             subscriptions: Vec::new(),
             sink: None,
             contacts: HashSet::new(),
@@ -148,6 +152,7 @@ impl Conn {
             .await
             .map_err(|e| End::Close(e.code, "invalid or revoked token"))?;
         self.device = Some(device);
+        self.token = auth::token_hash(&auth.token);
         Ok(auth)
     }
 
@@ -277,6 +282,11 @@ impl Conn {
                 BusMessage::Deliver { pos, .. } => {
                     self.stream.handle_live(pos);
                 }
+                // The read that follows covers what the bus may have lost.
+                BusMessage::Resubscribed(Topic::Device(_)) => {
+                    self.check_token().await?;
+                    self.stream.handle_repair();
+                }
                 other => self.forward(other).await?,
             }
         }
@@ -309,8 +319,17 @@ impl Conn {
         message: BusMessage,
         rx: &mut Queue,
     ) -> Step {
-        let BusMessage::Deliver { pos, frame } = message else {
-            return self.forward(message).await;
+        let (pos, frame) = match message {
+            BusMessage::Deliver { pos, frame } => (pos, frame),
+            BusMessage::Resubscribed(Topic::Device(_)) => {
+                // Deliveries, or a `Close`, may have been lost meanwhile: the token is
+                // checked again and the inbox read after the last position sent.
+                self.check_token().await?;
+                metrics::counter!("chat_bus_repairs_total").increment(1);
+                self.stream.handle_repair();
+                return self.drive(device, rx).await;
+            }
+            other => return self.forward(other).await,
         };
         match self.stream.handle_live(pos) {
             Live::Send => {
@@ -338,7 +357,31 @@ impl Conn {
                 self.unsubscribe(&[user]).await;
                 Ok(())
             }
+            // A presence change may have been lost: the current state replaces it.
+            BusMessage::Resubscribed(Topic::Presence(user)) => {
+                let snapshot = self.shared.presence.snapshot(user).await;
+                self.send_frame(&snapshot.into()).await
+            }
             _ => Ok(()),
+        }
+    }
+
+    /// Closes the connection if its token no longer works (revoked while a `Close` on the
+    /// bus may have been lost).
+    async fn check_token(&mut self) -> Step {
+        let Some(token) = self.token else {
+            return Err(End::Close(
+                ErrorCode::InvalidToken,
+                "invalid or revoked token",
+            ));
+        };
+        let store = self.shared.store.clone();
+        match stored(&self.shared, store.authenticate(token)).await? {
+            Some(device) if Some(device) == self.device => Ok(()),
+            _ => Err(End::Close(
+                ErrorCode::InvalidToken,
+                "invalid or revoked token",
+            )),
         }
     }
 
@@ -625,7 +668,7 @@ impl Conn {
     }
 
     /// Publishes an encoded frame to every member's connections except `skip`'s, wrapped by
-    /// `wrap` (as a plain or an expiring frame).
+    /// `wrap` (as a plain or an expiring frame), in one batch.
     async fn relay_to_members(
         &mut self,
         conversation: chat_core::ConversationId,
@@ -635,9 +678,13 @@ impl Conn {
     ) -> Step {
         let store = self.shared.store.clone();
         let members = stored(&self.shared, store.members(conversation)).await?;
-        for member in members.into_iter().filter(|m| Some(*m) != skip) {
-            let message = wrap(frame.clone());
-            if let Err(err) = self.shared.bus.publish(Topic::User(member), message).await {
+        let events = members
+            .into_iter()
+            .filter(|m| Some(*m) != skip)
+            .map(|member| (Topic::User(member), wrap(frame.clone())))
+            .collect();
+        for count in self.shared.bus.publish_many(events).await {
+            if let Err(err) = count {
                 tracing::warn!(cause = %err, "relay failed");
             }
         }

@@ -180,34 +180,37 @@ async fn append(shared: Arc<Shared>, device: DeviceAddress, send: protocol::Send
 }
 
 /// Publishes a stored message to each recipient device's connections, its body encoded once
-/// and shared; a device no connection took (or that the bus could not reach) is woken by
-/// push.
+/// and shared, in one batch (one round trip on a network bus, whatever the group's size); a
+/// device no connection took (or that the bus could not reach) is woken by push.
 async fn fan_out(
     shared: &Shared,
     envelope: &Envelope,
     headers: &[Recipient],
     deliveries: &[(DeviceAddress, InboxPos)],
 ) {
-    for &(recipient, pos) in deliveries {
-        let header = headers
-            .iter()
-            .find(|r| r.device == recipient)
-            .map_or_else(Bytes::new, |r| r.header.clone());
-        let entry = InboxEntry {
-            pos,
-            envelope: envelope.clone(),
-            header,
-        };
-        let frame = Deliver::from(entry).encode_shared();
-        let event = BusMessage::Deliver {
-            pos,
-            frame: Arc::new(frame),
-        };
-        match shared
-            .bus
-            .publish(Topic::Device(recipient.device), event)
-            .await
-        {
+    let events = deliveries
+        .iter()
+        .map(|&(recipient, pos)| {
+            let header = headers
+                .iter()
+                .find(|r| r.device == recipient)
+                .map_or_else(Bytes::new, |r| r.header.clone());
+            let entry = InboxEntry {
+                pos,
+                envelope: envelope.clone(),
+                header,
+            };
+            let frame = Deliver::from(entry).encode_shared();
+            let event = BusMessage::Deliver {
+                pos,
+                frame: Arc::new(frame),
+            };
+            (Topic::Device(recipient.device), event)
+        })
+        .collect();
+    let counts = shared.bus.publish_many(events).await;
+    for (&(recipient, _), count) in deliveries.iter().zip(counts) {
+        match count {
             Ok(0) => shared.push.offline(recipient, envelope.conversation),
             Ok(_) => {}
             // The entry is in the inbox; whether a connection has it is unknown, so the

@@ -1,0 +1,194 @@
+//! What the multi-node tests share: the Redis and PostgreSQL of the machine (from
+//! `CHAT_TEST_REDIS_URL` and `CHAT_TEST_POSTGRES_URL`), each test with its own channel
+//! prefix, its own PostgreSQL database, and a Redis ACL user per node so a test can kill
+//! exactly its own nodes' pub/sub connections (`CLIENT KILL USER … TYPE pubsub`) without
+//! touching anyone else's.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// `CHAT_TEST_REDIS_URL`, or `None` after printing one line saying the test is skipped.
+pub fn redis_url() -> Option<String> {
+    let url = std::env::var("CHAT_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    if url.is_none() {
+        eprintln!("skipped: set CHAT_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379) to run");
+    }
+    url
+}
+
+/// `CHAT_TEST_POSTGRES_URL`, or `None` after printing one line saying the test is skipped.
+pub fn postgres_url() -> Option<String> {
+    let url = std::env::var("CHAT_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    if url.is_none() {
+        eprintln!("skipped: set CHAT_TEST_POSTGRES_URL to run");
+    }
+    url
+}
+
+/// A name no other test, in this run or a concurrent one, uses.
+pub fn unique(kind: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let mut salt = [0u8; 4];
+    getrandom::fill(&mut salt).expect("randomness");
+    format!(
+        "{kind}_{}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        hex::encode(salt)
+    )
+}
+
+/// An administrative connection to the test Redis.
+pub async fn admin(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis reachable")
+}
+
+/// A Redis ACL user with every permission, removed (with its connections) on drop.
+pub struct RedisUser {
+    base: String,
+    pub name: String,
+    password: String,
+}
+
+impl RedisUser {
+    pub async fn create(base: &str) -> Self {
+        let name = unique("chat_node");
+        let mut password = [0u8; 12];
+        getrandom::fill(&mut password).expect("randomness");
+        let password = hex::encode(password);
+        let mut conn = admin(base).await;
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&name)
+            .arg("on")
+            .arg(format!(">{password}"))
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .query_async(&mut conn)
+            .await
+            .expect("ACL SETUSER");
+        Self {
+            base: base.to_owned(),
+            name,
+            password,
+        }
+    }
+
+    /// The test Redis's URL, logging in as this user.
+    pub fn url(&self) -> String {
+        let (scheme, rest) = self.base.split_once("://").expect("a URL");
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        format!("{scheme}://{}:{}@{host}", self.name, self.password)
+    }
+
+    /// Lets this user log in, or refuses new log-ins (connections already open stay).
+    pub async fn set_enabled(&self, enabled: bool) {
+        let mut conn = admin(&self.base).await;
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&self.name)
+            .arg(if enabled { "on" } else { "off" })
+            .query_async(&mut conn)
+            .await
+            .expect("ACL SETUSER");
+    }
+
+    /// Kills this user's pub/sub connections; returns how many there were.
+    pub async fn kill_pubsub(&self) -> u64 {
+        let mut conn = admin(&self.base).await;
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("USER")
+            .arg(&self.name)
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut conn)
+            .await
+            .expect("CLIENT KILL")
+    }
+}
+
+impl Drop for RedisUser {
+    fn drop(&mut self) {
+        let (base, name) = (self.base.clone(), self.name.clone());
+        // Drop runs inside the test's runtime, which cannot be blocked on.
+        let _ = std::thread::spawn(move || {
+            let Ok(client) = redis::Client::open(base) else {
+                return;
+            };
+            if let Ok(mut conn) = client.get_connection() {
+                let _: Result<(), _> = redis::cmd("ACL").arg("DELUSER").arg(&name).query(&mut conn);
+            }
+        })
+        .join();
+    }
+}
+
+/// A PostgreSQL database of its own, dropped (with its connections) on drop.
+pub struct Database {
+    admin_url: String,
+    pub name: String,
+}
+
+impl Database {
+    pub async fn create(admin_url: &str) -> Self {
+        let name = unique("chat_cluster");
+        let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
+            .await
+            .expect("postgres reachable");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("CREATE DATABASE");
+        Self {
+            admin_url: admin_url.to_owned(),
+            name,
+        }
+    }
+
+    /// The URL of this database (the admin URL with its database name replaced).
+    pub fn url(&self) -> String {
+        let (base, query) = match self.admin_url.split_once('?') {
+            Some((base, query)) => (base, format!("?{query}")),
+            None => (self.admin_url.as_str(), String::new()),
+        };
+        let (scheme, rest) = base.split_once("://").expect("a URL");
+        let server = rest.split_once('/').map_or(rest, |(server, _)| server);
+        format!("{scheme}://{server}/{}{query}", self.name)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                else {
+                    return;
+                };
+                tokio::spawn(conn);
+                let _ = client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
