@@ -179,3 +179,114 @@ fn stores_it_cannot_copy_and_used_destinations_are_refused() {
     assert!(!out.status.success());
     assert!(!dir.path().join("missing/chat.db").exists());
 }
+
+/// Runs a PostgreSQL client tool with `args`; its output when it fails.
+fn pg_tool(tool: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{tool}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{tool}: {}", output(&out)))
+    }
+}
+
+/// The URL of database `name` on the server of `admin` (same credentials and parameters).
+fn database_url(admin: &str, name: &str) -> String {
+    let (base, query) = match admin.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (admin, String::new()),
+    };
+    let (server, _) = base.rsplit_once('/').expect("a database in the URL");
+    format!("{server}/{name}{query}")
+}
+
+/// The documented PostgreSQL recipe (docs/OPERATIONS.md, "Backup and restore"): `pg_dump
+/// --format=custom` of a node's database while it runs, `pg_restore --no-owner` into an
+/// empty database, and a node started on that serves what was acknowledged before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pg_dump_of_a_postgres_node_restores_everything() {
+    let Some(admin) = chat_storage::testing::service_url("CHAT_TEST_POSTGRES_URL") else {
+        return;
+    };
+    if pg_tool("pg_dump", &["--version"]).is_err() {
+        chat_storage::testing::skipped("pg_dump is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tag = format!(
+        "{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let (live, restored_db) = (format!("chat_dump_{tag}"), format!("chat_restore_{tag}"));
+    for name in [&live, &restored_db] {
+        pg_tool("psql", &[&admin, "-qc", &format!("CREATE DATABASE {name}")]).unwrap();
+    }
+    let (live_url, restored_url) = (
+        database_url(&admin, &live),
+        database_url(&admin, &restored_db),
+    );
+    let with_blobs = |store: &str| chat_server::Config {
+        blob_dir: dir.path().join("blobs"),
+        ..config(store)
+    };
+
+    let node = TestServer::start(with_blobs(&live_url)).await;
+    let alice = node.account("alice").await;
+    let bob = node.account("bob").await;
+    let conversation = direct(&node, &alice, &bob).await;
+    let mut sender = node.online(&alice).await;
+    let to = recipients(&node, &alice, conversation, b"header").await;
+    sender
+        .send(send_frame(1, conversation, 1, b"before the dump", to))
+        .await;
+    assert!(matches!(sender.recv().await, ServerFrame::Sent(s) if s.req == 1));
+
+    let dump = dir.path().join("chat.dump");
+    let dump_arg = dump.to_str().unwrap().to_owned();
+    let url = live_url.clone();
+    tokio::task::spawn_blocking(move || {
+        pg_tool(
+            "pg_dump",
+            &["--format=custom", "--file", &dump_arg, "--dbname", &url],
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    node.shutdown().await;
+    let dump_arg = dump.to_str().unwrap().to_owned();
+    pg_tool(
+        "pg_restore",
+        &["--no-owner", "--dbname", &restored_url, &dump_arg],
+    )
+    .unwrap();
+
+    let restored = TestServer::start(with_blobs(&restored_url)).await;
+    restored.login("alice").await;
+    let mut reader = restored.connect(&bob, 0).await;
+    let got = backlog(&mut reader).await;
+    assert_eq!(
+        got.first().map(|(_, body)| &body[..]),
+        Some(&b"before the dump"[..]),
+        "{got:?}"
+    );
+    drop(reader);
+    restored.shutdown().await;
+    for name in [&live, &restored_db] {
+        let _ = pg_tool(
+            "psql",
+            &[
+                &admin,
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            ],
+        );
+    }
+}

@@ -101,7 +101,7 @@ struct RedisNodes {
 
 async fn redis_pair() -> Option<RedisNodes> {
     let url = cluster_support::redis_url()?;
-    let prefix = cluster_support::unique("bus");
+    let prefix = format!("{}:", cluster_support::unique("bus"));
     let user_a = RedisUser::create(&url).await;
     let user_b = RedisUser::create(&url).await;
     let a = RedisBus::connect(&user_a.url(), &prefix)
@@ -347,7 +347,7 @@ async fn malformed_payloads_are_dropped_and_counted() {
     let (sink, mut rx) = recorder();
     nodes.b.subscribe(topic, sink).await.unwrap();
     let mut admin = cluster_support::admin(&nodes.url).await;
-    let channel = format!("{}:d:31", nodes.prefix);
+    let channel = format!("{}d:31", nodes.prefix);
     for garbage in [
         &b""[..],
         b"\x01",
@@ -435,7 +435,7 @@ async fn a_delivery_racing_the_subscription_is_not_lost() {
     };
     let db = cluster_support::Database::create(&pg).await;
     let store = chat_storage::open(&db.url()).await.expect("store");
-    let prefix = cluster_support::unique("gw");
+    let prefix = format!("{}:", cluster_support::unique("gw"));
     let config = chat_server::Config {
         store: db.url().into(),
         redis_url: Some(redis.clone().into()),

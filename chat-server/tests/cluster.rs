@@ -59,7 +59,7 @@ impl Cluster {
         let redis = cluster_support::redis_url()?;
         let pg = cluster_support::postgres_url()?;
         let db = Database::create(&pg).await;
-        let prefix = cluster_support::unique("cluster");
+        let prefix = format!("{}:", cluster_support::unique("cluster"));
         let dir = tempfile::tempdir().unwrap();
         let (webhook, pushes) = webhook().await;
         let mut nodes = Vec::new();
@@ -699,7 +699,7 @@ impl CommandCounter {
         let client = redis::Client::open(cluster.redis_url.as_str()).unwrap();
         let monitor = client.get_async_monitor().await.expect("MONITOR");
         // Device channels: what a message costs (presence and typing use other channels).
-        let needle = format!("\"{}:d:", cluster.prefix);
+        let needle = format!("\"{}d:", cluster.prefix);
         let (tx, lines) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             use futures::StreamExt;
