@@ -1,7 +1,7 @@
 //! One conformance suite for [`BlobStore`], run against every implementation: the filesystem
 //! store, and the S3 store against a real S3-compatible server (`CHAT_TEST_S3_URL`, e.g.
 //! `http://127.0.0.1:9000`; .ci/run starts moto's server there). Without that variable each
-//! S3 test prints one line saying it was skipped, and passes.
+//! S3 test says it is skipped (a failure under `CHAT_TEST_REQUIRE_SERVICES=1`, as in CI).
 //!
 //! Then a cluster's promise: an attachment uploaded through one node downloads through
 //! another (two nodes over one store and one bucket).

@@ -5,7 +5,7 @@
 //! and, over real sockets, the gateway's order of subscribing and reading a backlog.
 //!
 //! Redis comes from `CHAT_TEST_REDIS_URL` (and PostgreSQL from `CHAT_TEST_POSTGRES_URL` for
-//! the gateway test); without it each test prints one line saying it was skipped, and passes.
+//! the gateway test); without it each test says it is skipped (a failure in CI).
 
 mod cluster_support;
 mod common;

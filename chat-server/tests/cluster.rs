@@ -4,8 +4,9 @@
 //! of one user on different nodes, conversations that always cross nodes, and a local
 //! webhook that counts push notifications.
 //!
-//! Needs `CHAT_TEST_POSTGRES_URL` and `CHAT_TEST_REDIS_URL`; without them each test prints
-//! one line saying it was skipped, and passes. Every wait is bounded by [`WAIT`].
+//! Needs `CHAT_TEST_POSTGRES_URL` and `CHAT_TEST_REDIS_URL`; without them each test says it
+//! is skipped (a failure under `CHAT_TEST_REQUIRE_SERVICES=1`, as in CI). Every wait is
+//! bounded by [`WAIT`].
 
 mod cluster_support;
 mod common;
@@ -789,4 +790,113 @@ async fn redis_commands_per_message() {
     );
     assert_eq!(seen.get("PUBLISH"), Some(&expected), "{seen:?}");
     assert_eq!(seen.len(), 1, "only PUBLISH per message: {seen:?}");
+}
+
+/// Signs a device off with a normal WebSocket close and waits for the server's answer: by
+/// then its node has queued the presence change (the gateway applies the sign-off before it
+/// answers the close).
+async fn sign_off(device: &mut Device) {
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    device
+        .client
+        .ws
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "signed off".into(),
+        }))
+        .await
+        .expect("close");
+    let answered = tokio::time::timeout(WAIT, async {
+        loop {
+            match device.client.ws.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "the node answered the close");
+}
+
+/// The next presence event the device receives.
+async fn next_presence(device: &mut Device) -> (UserId, bool) {
+    match device
+        .until(|f| matches!(f, ServerFrame::Presence(_)))
+        .await
+    {
+        ServerFrame::Presence(p) => (p.user, p.online),
+        _ => unreachable!(),
+    }
+}
+
+/// Presence is the cluster's: Alice with devices on nodes 0 and 1, watched from node 2 (who
+/// also sees her profile change made through node 0).
+/// Her node-0 device leaving announces nothing; her node-1 device leaving announces exactly
+/// one `offline`. Each node publishes its presence changes in order, so a marker user's
+/// sign-off on the same node, announced next, shows that nothing came before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_announced_for_the_cluster_not_per_node() {
+    let Some(cluster) = Cluster::start(3).await else {
+        return;
+    };
+    let (n0, n1, n2) = (cluster.addr(0), cluster.addr(1), cluster.addr(2));
+    for name in ["alice", "bob", "carol", "dave"] {
+        register(n0, name).await;
+    }
+    let bob = login(n2, "bob").await;
+    let (alice0, alice1) = (login(n0, "alice").await, login(n1, "alice").await);
+    let (carol, dave) = (login(n0, "carol").await, login(n1, "dave").await);
+    for other in [&alice0, &carol, &dave] {
+        direct(n2, &bob, other).await;
+    }
+    let mut a0 = Device::connect(n0, alice0.clone()).await;
+    let mut a1 = Device::connect(n1, alice1).await;
+    let mut c0 = Device::connect(n0, carol.clone()).await;
+    let mut d1 = Device::connect(n1, dave.clone()).await;
+    let mut watcher = Device::connect(n2, bob).await;
+    watcher
+        .client
+        .send(
+            chat_core::protocol::Subscribe {
+                users: vec![alice0.user(), carol.user(), dave.user()],
+            }
+            .into(),
+        )
+        .await;
+    // The snapshots, read from the cluster's state: all three online, in some order.
+    let mut snapshot = BTreeSet::new();
+    for _ in 0..3 {
+        let (user, online) = next_presence(&mut watcher).await;
+        assert!(online, "{user} is online on another node");
+        snapshot.insert(user);
+    }
+    assert_eq!(snapshot.len(), 3);
+
+    // A profile change made through node 0 reaches her contact on node 2.
+    let body = json!({"display_name": "Alice A."});
+    let (status, body) = http(n0, "PUT", "/v1/profile", Some(&alice0.token), Some(body)).await;
+    assert!(status == 200 || status == 204, "{status} {body}");
+    match watcher
+        .until(|f| matches!(f, ServerFrame::Profile(_)))
+        .await
+    {
+        ServerFrame::Profile(p) => assert_eq!(p.user, alice0.user()),
+        _ => unreachable!(),
+    }
+
+    // Alice's node-0 device leaves; she still has one on node 1: nothing is announced for
+    // her before Carol's (node 0, after it) offline.
+    sign_off(&mut a0).await;
+    sign_off(&mut c0).await;
+    assert_eq!(next_presence(&mut watcher).await, (carol.user(), false));
+
+    // Her node-1 device leaves: one offline, and nothing more for her before Dave's (node 1,
+    // after it) offline.
+    sign_off(&mut a1).await;
+    assert_eq!(next_presence(&mut watcher).await, (alice0.user(), false));
+    sign_off(&mut d1).await;
+    assert_eq!(next_presence(&mut watcher).await, (dave.user(), false));
 }

@@ -52,7 +52,7 @@ impl Drop for Cleanup {
 }
 
 /// A node configuration for a cluster on `CHAT_TEST_REDIS_URL` under a fresh prefix (whose
-/// keys go when the returned guard is dropped), or `None` (after one line saying so) when
+/// keys go when the returned guard is dropped), or `None` (a visible skip, a CI failure) when
 /// it is unset.
 fn cluster_config(test: &str) -> Option<(chat_server::Config, Cleanup)> {
     let redis_url = chat_storage::testing::service_url("CHAT_TEST_REDIS_URL")?;

@@ -7,26 +7,16 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// `CHAT_TEST_REDIS_URL`, or `None` after printing one line saying the test is skipped.
+/// `CHAT_TEST_REDIS_URL`, or `None` when the test is skipped
+/// (`chat_storage::testing::service_url`: visible, and a failure in CI).
 pub fn redis_url() -> Option<String> {
-    let url = std::env::var("CHAT_TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty());
-    if url.is_none() {
-        eprintln!("skipped: set CHAT_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379) to run");
-    }
-    url
+    chat_storage::testing::service_url("CHAT_TEST_REDIS_URL")
 }
 
-/// `CHAT_TEST_POSTGRES_URL`, or `None` after printing one line saying the test is skipped.
+/// `CHAT_TEST_POSTGRES_URL`, or `None` when the test is skipped
+/// (`chat_storage::testing::service_url`: visible, and a failure in CI).
 pub fn postgres_url() -> Option<String> {
-    let url = std::env::var("CHAT_TEST_POSTGRES_URL")
-        .ok()
-        .filter(|u| !u.is_empty());
-    if url.is_none() {
-        eprintln!("skipped: set CHAT_TEST_POSTGRES_URL to run");
-    }
-    url
+    chat_storage::testing::service_url("CHAT_TEST_POSTGRES_URL")
 }
 
 /// A name no other test, in this run or a concurrent one, uses.
