@@ -9,13 +9,12 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use chat::client::{Client, Event, SqliteStore};
-use common::{PASSWORD, WAIT, config, http_get, next_message, synced, wait_for};
+use chat::client::{Client, SqliteStore};
+use common::{PASSWORD, WAIT, config, http_get, next_message, synced};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
@@ -125,85 +124,22 @@ async fn acknowledged_and_retried_sends_survive_a_killed_server() {
     assert_eq!(next_message(&mut b, chat).await.text(), Some("before"));
 
     // A burst of sends; the node dies once some of them are acknowledged.
-    let acked_before_kill = Arc::new(Mutex::new(BTreeSet::new()));
-    let mut sends = Vec::new();
-    for i in 0..SENDS {
-        let (alice, acked) = (alice.clone(), acked_before_kill.clone());
-        sends.push(tokio::spawn(async move {
-            let id = alice
-                .send_text(chat, &format!("burst {i}"))
-                .await
-                .expect("send");
-            acked.lock().expect("lock").insert(i);
-            id
-        }));
-    }
-    let mut sent_events = 0;
-    while sent_events < 10 {
-        if let Event::Sent { .. } = tokio::time::timeout(WAIT, a.next())
-            .await
-            .expect("in time")
-            .expect("open")
-        {
-            sent_events += 1;
-        }
-    }
+    let mut burst = common::Burst::start(&alice, &mut a, chat, SENDS).await;
     node.kill().await.expect("SIGKILL");
-    let acked = acked_before_kill.lock().expect("lock").len();
-    eprintln!("{acked} of the first {SENDS} sends were acknowledged before the kill");
     // More messages while the node is dead: certainly unacknowledged, they wait in the
     // outbox for the restart.
-    let mut late = BTreeSet::new();
-    for i in SENDS..SENDS + LATE {
-        late.insert(
-            alice
-                .queue_text(chat, &format!("burst {i}"))
-                .await
-                .expect("queue"),
-        );
-    }
-    let total = SENDS + LATE;
+    burst.queue_late(&alice, chat, LATE).await;
+    let total = burst.total;
 
     // Restarted on the same database; the clients reconnect by themselves.
     let (_node, node_addr) = spawn_node(&db).await;
     *backend.lock().expect("lock") = node_addr;
-    let mut ids = BTreeSet::new();
-    for s in sends {
-        ids.insert(
-            tokio::time::timeout(WAIT, s)
-                .await
-                .expect("send completes")
-                .expect("task"),
-        );
-    }
-    while !late.is_empty() {
-        let (key, id) = wait_for(&mut a, |e| match e {
-            Event::Sent { client_key, id, .. } => Some((*client_key, *id)),
-            _ => None,
-        })
-        .await;
-        if late.remove(&key) {
-            ids.insert(id);
-        }
-    }
+    let ids = burst.acknowledged(&mut a).await;
     assert_eq!(ids.len(), total, "one message per send");
     assert_eq!(alice.pending().expect("outbox"), 0);
 
     // Bob gets each exactly once.
-    let mut texts = BTreeSet::new();
-    while texts.len() < total {
-        let m = next_message(&mut b, chat).await;
-        assert!(
-            texts.insert(m.text().expect("text").to_owned()),
-            "a duplicate delivery"
-        );
-    }
-    let expected: BTreeSet<_> = (0..total).map(|i| format!("burst {i}")).collect();
-    assert_eq!(texts, expected);
-    assert_eq!(
-        bob.history(chat, None, 1000).expect("history").len(),
-        total + 1
-    );
+    common::assert_burst_received_once(&bob, &mut b, chat, total).await;
 
     // And the server stored exactly one message per send: IDs are gapless from 1 ("before"),
     // so the highest is the count, and nothing lies beyond it.

@@ -268,3 +268,134 @@ impl Proxy {
         *self.backend.lock().expect("lock") = Some(backend);
     }
 }
+
+/// Sends that span a node's death (tests/e2e_crash.rs, tests/e2e_failover.rs): a burst in
+/// flight when the node is killed, and sends queued while it is down.
+pub struct Burst {
+    sends: Vec<JoinHandle<chat::client::MessageId>>,
+    acked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    late: std::collections::BTreeSet<chat::client::ClientKey>,
+    /// Every send of the burst, in flight and late.
+    pub total: usize,
+}
+
+impl Burst {
+    /// Starts `count` sends of `burst {i}` from `client` and returns once ten of them are
+    /// acknowledged (`Event::Sent` on `events`): the moment to kill the node.
+    pub async fn start(
+        client: &std::sync::Arc<Client>,
+        events: &mut Events,
+        conversation: ConversationId,
+        count: usize,
+    ) -> Self {
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sends = (0..count)
+            .map(|i| {
+                let (client, acked) = (client.clone(), acked.clone());
+                tokio::spawn(async move {
+                    let id = client
+                        .send_text(conversation, &format!("burst {i}"))
+                        .await
+                        .expect("send");
+                    acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    id
+                })
+            })
+            .collect();
+        let mut sent_events = 0;
+        while sent_events < 10 {
+            if let Event::Sent { .. } = tokio::time::timeout(WAIT, events.next())
+                .await
+                .expect("in time")
+                .expect("open")
+            {
+                sent_events += 1;
+            }
+        }
+        Self {
+            sends,
+            acked,
+            late: std::collections::BTreeSet::new(),
+            total: count,
+        }
+    }
+
+    /// After the kill: says how many sends were acknowledged before it, then queues `count`
+    /// more (certainly unacknowledged: they wait in the outbox for a node).
+    pub async fn queue_late(
+        &mut self,
+        client: &Client,
+        conversation: ConversationId,
+        count: usize,
+    ) {
+        let acked = self.acked.load(std::sync::atomic::Ordering::SeqCst);
+        eprintln!(
+            "{acked} of the first {} sends were acknowledged before the kill",
+            self.total
+        );
+        for i in self.total..self.total + count {
+            let key = client
+                .queue_text(conversation, &format!("burst {i}"))
+                .await
+                .expect("queue");
+            self.late.insert(key);
+        }
+        self.total += count;
+    }
+
+    /// Waits for every send to be acknowledged; the IDs they got.
+    pub async fn acknowledged(
+        self,
+        events: &mut Events,
+    ) -> std::collections::BTreeSet<chat::client::MessageId> {
+        let mut ids = std::collections::BTreeSet::new();
+        for s in self.sends {
+            ids.insert(
+                tokio::time::timeout(WAIT, s)
+                    .await
+                    .expect("send completes")
+                    .expect("task"),
+            );
+        }
+        let mut late = self.late;
+        while !late.is_empty() {
+            let (key, id) = wait_for(events, |e| match e {
+                Event::Sent { client_key, id, .. } => Some((*client_key, *id)),
+                _ => None,
+            })
+            .await;
+            if late.remove(&key) {
+                ids.insert(id);
+            }
+        }
+        ids
+    }
+}
+
+/// The receiving side of a [`Burst`] of `total` sends after one earlier message: each text
+/// arrives exactly once and history holds them all.
+pub async fn assert_burst_received_once(
+    receiver: &Client,
+    events: &mut Events,
+    conversation: ConversationId,
+    total: usize,
+) {
+    let mut texts = std::collections::BTreeSet::new();
+    while texts.len() < total {
+        let m = next_message(events, conversation).await;
+        assert!(
+            texts.insert(m.text().expect("text").to_owned()),
+            "a duplicate delivery"
+        );
+    }
+    let expected: std::collections::BTreeSet<_> =
+        (0..total).map(|i| format!("burst {i}")).collect();
+    assert_eq!(texts, expected);
+    assert_eq!(
+        receiver
+            .history(conversation, None, 1000)
+            .expect("history")
+            .len(),
+        total + 1
+    );
+}
