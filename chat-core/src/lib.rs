@@ -19,6 +19,7 @@ mod cursor;
 mod delivery;
 mod discovery;
 mod error;
+mod group;
 mod ids;
 pub mod limits;
 mod model;
@@ -44,6 +45,10 @@ pub use cursor::{SyncCursor, Verdict};
 pub use delivery::{Action, DeliveryStream, Entry, Live};
 pub use discovery::{NodeId, NodeInfo, NodeRegistry, OVERLOADED_CPU, RegistryError, recommend};
 pub use error::ErrorCode;
+pub use group::{
+    GroupOp, GroupRuleError, GroupSettings, GroupState, MAX_GROUP_NAME_CHARS, MemberInfo,
+    Permission, Role, apply as apply_group_op, require_group,
+};
 pub use ids::{
     AttachmentId, ClientKey, ConversationId, DeviceAddress, DeviceId, IdError, InboxPos, MAX_ID,
     MessageId, UserId, Username,
