@@ -186,6 +186,19 @@ pub enum GroupAction {
     /// The sender left.
     #[n(3)]
     Left,
+    /// These members were made admins (issue 17).
+    #[n(4)]
+    Promoted,
+    /// These admins were made members.
+    #[n(5)]
+    Demoted,
+    /// The group was renamed (the new name in `name`; `users` empty).
+    #[n(6)]
+    Renamed,
+    /// Who may add members or rename changed (`users` empty; the new settings are in the
+    /// member list and, once wired, in the signed change chain).
+    #[n(7)]
+    SettingsChanged,
 }
 
 /// A membership change, announced by the member who made it.

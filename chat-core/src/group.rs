@@ -24,6 +24,10 @@ use crate::{ConversationKind, UserId};
 /// The most characters (Unicode scalar values) of a group's name.
 pub const MAX_GROUP_NAME_CHARS: usize = 128;
 
+/// The name of a group created without one (the server's create route names none unless
+/// asked to; the members' signed chain carries the name they see).
+pub const DEFAULT_GROUP_NAME: &str = "Group";
+
 /// A member's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -46,8 +46,8 @@ pub use delivery::{Action, DeliveryStream, Entry, Live};
 pub use discovery::{NodeId, NodeInfo, NodeRegistry, OVERLOADED_CPU, RegistryError, recommend};
 pub use error::ErrorCode;
 pub use group::{
-    GroupOp, GroupRuleError, GroupSettings, GroupState, MAX_GROUP_NAME_CHARS, MemberInfo,
-    Permission, Role, apply as apply_group_op, require_group,
+    DEFAULT_GROUP_NAME, GroupOp, GroupRuleError, GroupSettings, GroupState, MAX_GROUP_NAME_CHARS,
+    MemberInfo, Permission, Role, apply as apply_group_op, require_group,
 };
 pub use ids::{
     AttachmentId, ClientKey, ConversationId, DeviceAddress, DeviceId, IdError, InboxPos, MAX_ID,

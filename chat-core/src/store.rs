@@ -9,6 +9,7 @@
 use async_trait::async_trait;
 
 use crate::error::ErrorCode;
+use crate::group::{GroupOp, GroupRuleError, GroupState};
 use crate::ids::{
     AttachmentId, ConversationId, DeviceAddress, InboxPos, MessageId, UserId, Username,
 };
@@ -52,6 +53,9 @@ pub enum StoreError {
     /// The request breaks a rule of the model (for example adding members to a 1:1).
     #[error("invalid request: {0}")]
     Invalid(&'static str),
+    /// A group operation the group rules refuse ([`crate::apply_group_op`]).
+    #[error("group rule: {0}")]
+    Group(GroupRuleError),
     /// The database was written by a newer version of this software.
     #[error("store schema version {found} is newer than this build supports ({supported})")]
     SchemaTooNew {
@@ -100,6 +104,13 @@ impl StoreError {
             Self::Conflict | Self::ClientKeyReused => ErrorCode::Conflict,
             Self::TooManyDevices => ErrorCode::TooManyDevices,
             Self::Invalid(_) => ErrorCode::InvalidRequest,
+            Self::Group(rule) => match rule {
+                GroupRuleError::NotMember => ErrorCode::NotMember,
+                GroupRuleError::NotAdmin => ErrorCode::Forbidden,
+                GroupRuleError::TooManyMembers => ErrorCode::GroupFull,
+                GroupRuleError::UnknownMember(_) => ErrorCode::NotFound,
+                _ => ErrorCode::InvalidRequest,
+            },
             Self::SchemaTooNew { .. } | Self::Backend(_) => ErrorCode::Unavailable,
         }
     }
@@ -198,7 +209,8 @@ pub trait ConversationStore: Send + Sync {
     /// `(a, b)` and `(b, a)`, even when both open it at once.
     async fn open_direct(&self, a: UserId, b: UserId, now: Timestamp) -> StoreResult<Conversation>;
 
-    /// Creates a group with `creator` and `members` (duplicates ignored).
+    /// Creates a group with `creator` (its admin) and `members` (duplicates and the creator
+    /// ignored), named [`crate::DEFAULT_GROUP_NAME`] with the default settings.
     /// [`StoreError::GroupFull`] if that is more than `limit`.
     async fn create_group(
         &self,
@@ -208,17 +220,26 @@ pub trait ConversationStore: Send + Sync {
         now: Timestamp,
     ) -> StoreResult<Conversation>;
 
-    /// Adds users to a group; existing members are ignored. All or nothing: if the result
-    /// would exceed `limit`, nothing is added and [`StoreError::GroupFull`] is returned.
-    async fn add_members(
+    /// Applies a group operation by `actor` under the group rules of
+    /// [`crate::apply_group_op`], in one atomic step serialized with every other change to
+    /// the group, so the member limit holds under concurrent adds. Returns the new state.
+    ///
+    /// Kept from before roles, for old clients: users already members are skipped in an
+    /// add, and an add naming only members changes nothing. Past `limit` (never above
+    /// `MAX_GROUP_MEMBERS`) nothing changes and [`StoreError::GroupFull`] is returned;
+    /// other refusals are [`StoreError::Group`]; a one-to-one conversation is
+    /// [`StoreError::Invalid`], an unknown one [`StoreError::NotFound`].
+    async fn change_group(
         &self,
         conversation: ConversationId,
-        users: &[UserId],
+        actor: UserId,
+        op: &GroupOp,
         limit: usize,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<GroupState>;
 
-    /// Removes a member from a group. Returns whether they were a member.
-    async fn remove_member(&self, conversation: ConversationId, user: UserId) -> StoreResult<bool>;
+    /// A group's members with their roles, its name and settings.
+    /// [`StoreError::Invalid`] for a one-to-one conversation.
+    async fn group(&self, conversation: ConversationId) -> StoreResult<GroupState>;
 
     /// A conversation's record.
     async fn conversation(&self, conversation: ConversationId)

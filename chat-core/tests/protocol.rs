@@ -474,7 +474,16 @@ fn any_content() -> impl Strategy<Value = Content> {
                 })
             }),
         (
-            prop_oneof![Just(GroupAction::Created), Just(GroupAction::Left)],
+            prop_oneof![
+                Just(GroupAction::Created),
+                Just(GroupAction::Added),
+                Just(GroupAction::Removed),
+                Just(GroupAction::Left),
+                Just(GroupAction::Promoted),
+                Just(GroupAction::Demoted),
+                Just(GroupAction::Renamed),
+                Just(GroupAction::SettingsChanged),
+            ],
             prop::collection::vec(any_id(), 0..4),
             prop::option::of(text)
         )

@@ -4,7 +4,10 @@
 use std::collections::BTreeSet;
 
 use chat_core::limits::MAX_GROUP_MEMBERS;
-use chat_core::{DeviceAddress, DeviceMismatch, NewMessage, StoreError, StoreResult};
+use chat_core::{
+    DeviceAddress, DeviceMismatch, GroupOp, GroupRuleError, GroupSettings, GroupState, MemberInfo,
+    NewMessage, Permission, Role, StoreError, StoreResult, UserId,
+};
 
 /// A backend failure described by a message: data read back that breaks an invariant, or a
 /// failure that has to be reported to several callers at once (a failed group commit).
@@ -20,6 +23,140 @@ pub(crate) fn failure(message: impl Into<String>) -> StoreError {
 /// The member limit in force: the caller's, never above the build's.
 pub(crate) fn effective_limit(limit: usize) -> usize {
     limit.min(MAX_GROUP_MEMBERS)
+}
+
+/// The server's reading of a group operation, the one place every backend's
+/// `change_group` decides: old clients' lenient add (members already in are skipped, an add
+/// of nobody new changes nothing), then chat-core's group rules, then the deployment's limit.
+pub(crate) fn plan_group_change(
+    state: &GroupState,
+    actor: UserId,
+    op: &GroupOp,
+    limit: usize,
+) -> StoreResult<GroupState> {
+    let limit = effective_limit(limit);
+    let op = match op {
+        GroupOp::Add(users) => {
+            let mut new: Vec<UserId> = users
+                .iter()
+                .copied()
+                .filter(|u| !state.is_member(*u))
+                .collect();
+            new.sort_unstable();
+            new.dedup();
+            if new.is_empty() {
+                return match state.role(actor) {
+                    Some(_) => Ok(state.clone()),
+                    None => Err(StoreError::Group(GroupRuleError::NotMember)),
+                };
+            }
+            GroupOp::Add(new)
+        }
+        other => other.clone(),
+    };
+    let next = state.apply(actor, &op).map_err(|e| match e {
+        GroupRuleError::TooManyMembers => StoreError::GroupFull { limit },
+        other => StoreError::Group(other),
+    })?;
+    if next.len() > limit && next.len() > state.len() {
+        return Err(StoreError::GroupFull { limit });
+    }
+    Ok(next)
+}
+
+/// The new group state for a create: the creator (admin) and the distinct other members,
+/// refused past the limit.
+pub(crate) fn plan_group(
+    creator: UserId,
+    members: &[UserId],
+    limit: usize,
+) -> StoreResult<GroupState> {
+    let mut others: Vec<UserId> = members.iter().copied().filter(|u| *u != creator).collect();
+    others.sort_unstable();
+    others.dedup();
+    let limit = effective_limit(limit);
+    if others.len().saturating_add(1) > limit {
+        return Err(StoreError::GroupFull { limit });
+    }
+    GroupState::create(
+        creator,
+        chat_core::DEFAULT_GROUP_NAME,
+        &others,
+        GroupSettings::default(),
+    )
+    .map_err(StoreError::Group)
+}
+
+/// What a backend writes to go from one group state to the next.
+#[derive(Debug, Default)]
+pub(crate) struct GroupDiff {
+    /// Members to delete.
+    pub(crate) removed: Vec<UserId>,
+    /// Members to insert or update, with their new entries.
+    pub(crate) upserted: Vec<(UserId, MemberInfo)>,
+}
+
+/// The member rows that differ between `old` and `new`.
+pub(crate) fn group_diff(old: &GroupState, new: &GroupState) -> GroupDiff {
+    let before: std::collections::BTreeMap<UserId, MemberInfo> = old.members().collect();
+    let after: std::collections::BTreeMap<UserId, MemberInfo> = new.members().collect();
+    GroupDiff {
+        removed: before
+            .keys()
+            .filter(|u| !after.contains_key(u))
+            .copied()
+            .collect(),
+        upserted: after
+            .iter()
+            .filter(|(u, m)| before.get(u) != Some(m))
+            .map(|(u, m)| (*u, *m))
+            .collect(),
+    }
+}
+
+/// A role's column value.
+pub(crate) fn role_sql(role: Role) -> i64 {
+    match role {
+        Role::Member => 0,
+        Role::Admin => 1,
+    }
+}
+
+/// A role from its column value.
+pub(crate) fn role_from_sql(value: i64) -> StoreResult<Role> {
+    match value {
+        0 => Ok(Role::Member),
+        1 => Ok(Role::Admin),
+        _ => Err(failure("stored member role out of range")),
+    }
+}
+
+/// A permission's column value.
+pub(crate) fn permission_sql(permission: Permission) -> i64 {
+    match permission {
+        Permission::Admins => 0,
+        Permission::Everyone => 1,
+    }
+}
+
+/// A permission from its column value.
+pub(crate) fn permission_from_sql(value: i64) -> StoreResult<Permission> {
+    match value {
+        0 => Ok(Permission::Admins),
+        1 => Ok(Permission::Everyone),
+        _ => Err(failure("stored group permission out of range")),
+    }
+}
+
+/// A group state read back from storage, its invariants checked.
+pub(crate) fn group_from_parts(
+    name: String,
+    settings: GroupSettings,
+    members: std::collections::BTreeMap<UserId, MemberInfo>,
+    admitted: u64,
+) -> StoreResult<GroupState> {
+    GroupState::from_parts(name, settings, members, admitted)
+        .map_err(|e| failure(format!("stored group breaks an invariant: {e}")))
 }
 
 /// Refuses a message that names a recipient device twice.

@@ -14,14 +14,16 @@ use chat_core::limits::MAX_DEVICES_PER_USER;
 use chat_core::{
     AccountStore, Appended, AttachmentId, AttachmentMeta, Block, BlockStore, ClientKey,
     Conversation, ConversationId, ConversationKind, ConversationStore, Credentials, Device,
-    DeviceAddress, DeviceId, DeviceKeys, Direction, Envelope, HealthStore, InboxEntry, InboxPos,
-    KeyStore, MessageId, MessageStore, MetaStore, NewMessage, OneTimePrekey, PrekeyBundle, Profile,
-    ProfileStore, ProfileUpdate, PushToken, ReceiptKind, ReceiptPosition, ReceiptStore,
-    SearchCursor, SearchKey, SearchPrefix, StoreError, StoreResult, Timestamp, TokenHash, User,
-    UserId, Username,
+    DeviceAddress, DeviceId, DeviceKeys, Direction, Envelope, GroupOp, GroupState, HealthStore,
+    InboxEntry, InboxPos, KeyStore, MessageId, MessageStore, MetaStore, NewMessage, OneTimePrekey,
+    PrekeyBundle, Profile, ProfileStore, ProfileUpdate, PushToken, ReceiptKind, ReceiptPosition,
+    ReceiptStore, SearchCursor, SearchKey, SearchPrefix, StoreError, StoreResult, Timestamp,
+    TokenHash, User, UserId, Username,
 };
 
-use crate::common::{check_coverage, check_distinct_recipients, effective_limit, failure};
+use crate::common::{
+    check_coverage, check_distinct_recipients, failure, plan_group, plan_group_change,
+};
 
 /// A store that keeps everything in process memory. Cheap to create; for tests.
 #[derive(Debug, Default)]
@@ -102,6 +104,8 @@ struct InboxRow {
 struct ConversationRow {
     conversation: Conversation,
     members: BTreeSet<UserId>,
+    /// A group's roles, name and settings; `members` is always its member set.
+    group: Option<GroupState>,
     /// Message `i` has ID `i + 1`: IDs are gapless from 1.
     messages: Vec<Envelope>,
     receipts: BTreeMap<(UserId, ReceiptKind), MessageId>,
@@ -159,6 +163,7 @@ impl State {
         let row = ConversationRow {
             conversation: conversation.clone(),
             members,
+            group: None,
             messages: Vec::new(),
             receipts: BTreeMap::new(),
         };
@@ -393,54 +398,49 @@ impl ConversationStore for MemoryStore {
         now: Timestamp,
     ) -> StoreResult<Conversation> {
         let mut s = self.lock()?;
-        let all: BTreeSet<UserId> = members.iter().copied().chain([creator]).collect();
-        let limit = effective_limit(limit);
-        if all.len() > limit {
-            return Err(StoreError::GroupFull { limit });
-        }
+        let group = plan_group(creator, members, limit)?;
+        let all: BTreeSet<UserId> = group.members().map(|(u, _)| u).collect();
         s.require_users(all.iter().copied())?;
-        s.new_conversation(ConversationKind::Group, all, now)
+        let conversation = s.new_conversation(ConversationKind::Group, all, now)?;
+        if let Some(row) = s.conversations.get_mut(&conversation.id) {
+            row.group = Some(group);
+        }
+        Ok(conversation)
     }
 
-    async fn add_members(
+    async fn change_group(
         &self,
         conversation: ConversationId,
-        users: &[UserId],
+        actor: UserId,
+        op: &GroupOp,
         limit: usize,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<GroupState> {
         let mut s = self.lock()?;
-        s.require_users(users.iter().copied())?;
+        if let GroupOp::Add(users) = op {
+            s.require_users(users.iter().copied())?;
+        }
         let row = s
             .conversations
             .get_mut(&conversation)
             .ok_or(StoreError::NotFound)?;
-        if row.conversation.kind != ConversationKind::Group {
-            return Err(StoreError::Invalid(
-                "members of a one-to-one conversation are fixed",
-            ));
-        }
-        let limit = effective_limit(limit);
-        let mut after = row.members.clone();
-        after.extend(users.iter().copied());
-        if after.len() > limit {
-            return Err(StoreError::GroupFull { limit });
-        }
-        row.members = after;
-        Ok(())
+        let current = row.group.as_ref().ok_or(StoreError::Invalid(
+            "members of a one-to-one conversation are fixed",
+        ))?;
+        let next = plan_group_change(current, actor, op, limit)?;
+        row.members = next.members().map(|(u, _)| u).collect();
+        row.group = Some(next.clone());
+        Ok(next)
     }
 
-    async fn remove_member(&self, conversation: ConversationId, user: UserId) -> StoreResult<bool> {
-        let mut s = self.lock()?;
+    async fn group(&self, conversation: ConversationId) -> StoreResult<GroupState> {
+        let s = self.lock()?;
         let row = s
             .conversations
-            .get_mut(&conversation)
+            .get(&conversation)
             .ok_or(StoreError::NotFound)?;
-        if row.conversation.kind != ConversationKind::Group {
-            return Err(StoreError::Invalid(
-                "members of a one-to-one conversation are fixed",
-            ));
-        }
-        Ok(row.members.remove(&user))
+        row.group.clone().ok_or(StoreError::Invalid(
+            "a one-to-one conversation has no group state",
+        ))
     }
 
     async fn conversation(

@@ -205,6 +205,9 @@ async fn version_2_inboxes_migrate_with_their_message_times() {
              DROP INDEX inbox_by_time;
              ALTER TABLE inbox DROP COLUMN sent_at;
              ALTER TABLE devices DROP COLUMN inbox_floor;
+             ALTER TABLE members DROP COLUMN role, DROP COLUMN joined;
+             ALTER TABLE conversations DROP COLUMN group_name, DROP COLUMN add_members,
+                 DROP COLUMN edit_name, DROP COLUMN admitted;
              UPDATE schema_version SET version = 2;"
         ))
         .await
@@ -540,4 +543,64 @@ async fn a_key_raced_across_nodes_is_written_once() {
             .count();
         assert_eq!((written, reused), (1, 1), "{x:?} {y:?}");
     }
+}
+
+/// A version 3 schema (groups without roles, their creator unrecorded) migrates to version
+/// 4 with every member of an existing group an admin; a version 3 node's member insert
+/// during a rolling upgrade adds a member, not an admin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_3_groups_migrate_with_every_member_an_admin() {
+    let Some(url) = url() else { return };
+    let schema = schema_name();
+    let _cleanup = DropSchema {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let options = PostgresOptions::default()
+        .pool_size(2)
+        .schema(schema.clone());
+    let store = PostgresStore::connect(&url, options.clone())
+        .await
+        .expect("connect");
+    let a = testing::user(&store).await;
+    let b = testing::user(&store).await;
+    let c = testing::user(&store).await;
+    let conv = store
+        .create_group(a, &[b], 100, testing::NOW)
+        .await
+        .expect("group");
+    drop(store);
+
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("raw");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "SET search_path = {schema};
+             ALTER TABLE members DROP COLUMN role, DROP COLUMN joined;
+             ALTER TABLE conversations DROP COLUMN group_name, DROP COLUMN add_members,
+                 DROP COLUMN edit_name, DROP COLUMN admitted;
+             UPDATE schema_version SET version = 3;"
+        ))
+        .await
+        .expect("downgrade");
+
+    let store = PostgresStore::connect(&url, options)
+        .await
+        .expect("migrate");
+    let group = store.group(conv.id).await.expect("group");
+    let mut both = vec![a, b];
+    both.sort();
+    assert_eq!(group.admins().collect::<Vec<_>>(), both);
+    // What a version 3 node writes when adding: no role. It takes member.
+    client
+        .execute(
+            &format!("INSERT INTO {schema}.members (conversation_id, user_id) VALUES ($1, $2)"),
+            &[&(conv.id.get() as i64), &(c.get() as i64)],
+        )
+        .await
+        .expect("old insert");
+    let group = store.group(conv.id).await.expect("group");
+    assert_eq!(group.role(c), Some(chat_core::Role::Member));
 }

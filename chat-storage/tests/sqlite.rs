@@ -105,6 +105,12 @@ async fn version_2_inboxes_migrate_with_their_message_times() {
         "DROP INDEX inbox_by_time;
          ALTER TABLE inbox DROP COLUMN sent_at;
          ALTER TABLE devices DROP COLUMN inbox_floor;
+         ALTER TABLE members DROP COLUMN role;
+         ALTER TABLE members DROP COLUMN joined;
+         ALTER TABLE conversations DROP COLUMN group_name;
+         ALTER TABLE conversations DROP COLUMN add_members;
+         ALTER TABLE conversations DROP COLUMN edit_name;
+         ALTER TABLE conversations DROP COLUMN admitted;
          PRAGMA user_version = 2;",
     )
     .expect("downgrade");
@@ -128,4 +134,50 @@ async fn version_2_inboxes_migrate_with_their_message_times() {
         .expect("inbox");
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].envelope.sent_at, at(100));
+}
+
+/// A version 3 database (groups without roles, their creator unrecorded) migrates to
+/// version 4 with every member of an existing group an admin, under the default settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_3_groups_migrate_with_every_member_an_admin() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("chat.db");
+    let store = SqliteStore::open(&path, SqliteOptions::default())
+        .await
+        .expect("open");
+    let a = testing::user(&store).await;
+    let b = testing::user(&store).await;
+    let c = testing::user(&store).await;
+    let conv = store
+        .create_group(a, &[b, c], 100, testing::NOW)
+        .await
+        .expect("group");
+    drop(store);
+
+    let conn = rusqlite::Connection::open(&path).expect("raw open");
+    conn.execute_batch(
+        "ALTER TABLE members DROP COLUMN role;
+         ALTER TABLE members DROP COLUMN joined;
+         ALTER TABLE conversations DROP COLUMN group_name;
+         ALTER TABLE conversations DROP COLUMN add_members;
+         ALTER TABLE conversations DROP COLUMN edit_name;
+         ALTER TABLE conversations DROP COLUMN admitted;
+         PRAGMA user_version = 3;",
+    )
+    .expect("downgrade");
+    drop(conn);
+
+    let store = SqliteStore::open(&path, SqliteOptions::default())
+        .await
+        .expect("migrate");
+    let group = store.group(conv.id).await.expect("group");
+    let mut all = vec![a, b, c];
+    all.sort();
+    assert_eq!(group.admins().collect::<Vec<_>>(), all);
+    assert_eq!(group.settings(), chat_core::GroupSettings::default());
+    // Any of them may now act as an admin, as any member could before.
+    store
+        .change_group(conv.id, c, &chat_core::GroupOp::Remove(a), 100)
+        .await
+        .expect("an old member removes another");
 }

@@ -8,7 +8,8 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use chat_core::{
     ClientKey, Conversation, ConversationId, ConversationKind, DeviceAddress, Direction, Envelope,
-    ErrorCode, MessageId, ReceiptPosition, Timestamp, UserId,
+    ErrorCode, GroupOp, GroupSettings, GroupState, MessageId, Permission, ReceiptPosition, Role,
+    Timestamp, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -109,21 +110,66 @@ pub(crate) struct MembersRequest {
     members: Vec<UserId>,
 }
 
+/// A group's creation: its members, and optionally its name and settings (clients from
+/// before roles send only `members`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateGroupRequest {
+    members: Vec<UserId>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    settings: Option<GroupSettings>,
+}
+
 pub(crate) async fn create_group(
     State(shared): State<Arc<Shared>>,
     authed: Authed,
-    Json(req): Json<MembersRequest>,
+    Json(req): Json<CreateGroupRequest>,
 ) -> ApiResult<(StatusCode, Json<Conversation>)> {
     if req.members.len() > shared.config.max_group_members {
         return Err(ApiError::new(ErrorCode::GroupFull, "too many members"));
     }
+    if let Some(name) = &req.name {
+        // Checked before the group exists, so a bad name creates nothing.
+        GroupState::create(authed.device.user, name, &[], GroupSettings::default())
+            .map_err(chat_core::StoreError::Group)?;
+    }
     require_users_exist(&shared, &req.members).await?;
     let limit = shared.config.max_group_members;
+    let creator = authed.device.user;
     let group = shared
         .store
-        .create_group(authed.device.user, &req.members, limit, now())
+        .create_group(creator, &req.members, limit, now())
         .await?;
+    // The creator is the group's only admin, so these cannot be refused by the rules.
+    if let Some(name) = req.name {
+        change(&shared, group.id, creator, GroupOp::Rename(name)).await?;
+    }
+    if let Some(settings) = req.settings {
+        change(
+            &shared,
+            group.id,
+            creator,
+            GroupOp::ChangeSettings(settings),
+        )
+        .await?;
+    }
     Ok((StatusCode::CREATED, Json(group)))
+}
+
+/// Every membership, role, name and settings change goes through here to the store, which
+/// decides it with chat-core's group rules in one atomic step (the one place they are
+/// checked: a non-admin removing another member is refused there, as is the 101st member
+/// under concurrent adds).
+async fn change(
+    shared: &Shared,
+    id: ConversationId,
+    actor: UserId,
+    op: GroupOp,
+) -> ApiResult<GroupState> {
+    let limit = shared.config.max_group_members;
+    Ok(shared.store.change_group(id, actor, &op, limit).await?)
 }
 
 pub(crate) async fn list(
@@ -145,17 +191,56 @@ pub(crate) async fn get(
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such conversation"))
 }
 
+/// A conversation's members; for a group also each member's role, the name and the
+/// settings (added fields: clients that read only `members` keep working).
 #[derive(Serialize)]
 pub(crate) struct Members {
     members: Vec<UserId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    roles: Option<Vec<MemberRole>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    settings: Option<GroupSettings>,
+}
+
+#[derive(Serialize)]
+struct MemberRole {
+    user_id: UserId,
+    role: Role,
 }
 
 pub(crate) async fn members(
     State(shared): State<Arc<Shared>>,
     Member { id, .. }: Member,
 ) -> ApiResult<Json<Members>> {
+    let direct = shared
+        .store
+        .conversation(id)
+        .await?
+        .is_some_and(|c| c.kind == ConversationKind::Direct);
+    if direct {
+        return Ok(Json(Members {
+            members: shared.store.members(id).await?,
+            roles: None,
+            name: None,
+            settings: None,
+        }));
+    }
+    let group = shared.store.group(id).await?;
     Ok(Json(Members {
-        members: shared.store.members(id).await?,
+        members: group.members().map(|(u, _)| u).collect(),
+        roles: Some(
+            group
+                .members()
+                .map(|(user_id, m)| MemberRole {
+                    user_id,
+                    role: m.role,
+                })
+                .collect(),
+        ),
+        name: Some(group.name().to_owned()),
+        settings: Some(group.settings()),
     }))
 }
 
@@ -186,30 +271,100 @@ pub(crate) async fn devices(
 
 pub(crate) async fn add_members(
     State(shared): State<Arc<Shared>>,
-    Member { id, .. }: Member,
+    Member { id, device }: Member,
     Json(req): Json<MembersRequest>,
 ) -> ApiResult<StatusCode> {
     require_group(&shared, id, "one-to-one conversations have two members").await?;
     require_users_exist(&shared, &req.members).await?;
-    shared
-        .store
-        .add_members(id, &req.members, shared.config.max_group_members)
-        .await?;
+    change(&shared, id, device.user, GroupOp::Add(req.members)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Removes a member; removing oneself is leaving. Any member may remove another (the
-/// crate has no admin roles yet).
+/// Removes a member (admins only); removing oneself is leaving, open to every member.
 pub(crate) async fn remove_member(
     State(shared): State<Arc<Shared>>,
-    Member { id, .. }: Member,
+    Member { id, device }: Member,
     Path((_, user)): Path<(ConversationId, UserId)>,
 ) -> ApiResult<StatusCode> {
     require_group(&shared, id, "cannot leave a one-to-one conversation").await?;
-    if !shared.store.remove_member(id, user).await? {
-        return Err(ApiError::new(ErrorCode::NotFound, "not a member"));
-    }
+    let op = if user == device.user {
+        GroupOp::Leave
+    } else {
+        GroupOp::Remove(user)
+    };
+    change(&shared, id, device.user, op).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller leaves the group (the same as removing oneself).
+pub(crate) async fn leave(
+    State(shared): State<Arc<Shared>>,
+    Member { id, device }: Member,
+) -> ApiResult<StatusCode> {
+    require_group(&shared, id, "cannot leave a one-to-one conversation").await?;
+    change(&shared, id, device.user, GroupOp::Leave).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Makes a member an admin (admins only).
+pub(crate) async fn promote(
+    State(shared): State<Arc<Shared>>,
+    Member { id, device }: Member,
+    Path((_, user)): Path<(ConversationId, UserId)>,
+) -> ApiResult<StatusCode> {
+    require_group(&shared, id, "one-to-one conversations have no admins").await?;
+    change(&shared, id, device.user, GroupOp::Promote(user)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Makes an admin a member (admins only; never the last admin).
+pub(crate) async fn demote(
+    State(shared): State<Arc<Shared>>,
+    Member { id, device }: Member,
+    Path((_, user)): Path<(ConversationId, UserId)>,
+) -> ApiResult<StatusCode> {
+    require_group(&shared, id, "one-to-one conversations have no admins").await?;
+    change(&shared, id, device.user, GroupOp::Demote(user)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RenameRequest {
+    name: String,
+}
+
+/// Renames the group (who may: the `edit_name` setting).
+pub(crate) async fn rename(
+    State(shared): State<Arc<Shared>>,
+    Member { id, device }: Member,
+    Json(req): Json<RenameRequest>,
+) -> ApiResult<StatusCode> {
+    require_group(&shared, id, "one-to-one conversations have no name").await?;
+    change(&shared, id, device.user, GroupOp::Rename(req.name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Changes the group's settings (admins only).
+pub(crate) async fn settings(
+    State(shared): State<Arc<Shared>>,
+    Member { id, device }: Member,
+    Json(req): Json<SettingsRequest>,
+) -> ApiResult<StatusCode> {
+    require_group(&shared, id, "one-to-one conversations have no settings").await?;
+    let settings = GroupSettings {
+        add_members: req.add_members,
+        edit_name: req.edit_name,
+    };
+    change(&shared, id, device.user, GroupOp::ChangeSettings(settings)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SettingsRequest {
+    add_members: Permission,
+    edit_name: Permission,
 }
 
 /// A message as HTTP shows it: ciphertext in hex.

@@ -64,6 +64,13 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/v1/conversations/{id}/members/{user_id}",
             delete(c::remove_member),
         )
+        .route(
+            "/v1/conversations/{id}/members/{user_id}/admin",
+            put(c::promote).delete(c::demote),
+        )
+        .route("/v1/conversations/{id}/leave", post(c::leave))
+        .route("/v1/conversations/{id}/name", put(c::rename))
+        .route("/v1/conversations/{id}/settings", put(c::settings))
         .route("/v1/conversations/{id}/devices", get(c::devices))
         .route("/v1/conversations/{id}/messages", get(c::history))
         .route(

@@ -13,10 +13,10 @@ use async_trait::async_trait;
 use chat_core::{
     AccountStore, Appended, AttachmentId, AttachmentMeta, Block, BlockStore, Conversation,
     ConversationId, ConversationStore, Credentials, Device, DeviceAddress, DeviceKeys, Direction,
-    Envelope, HealthStore, InboxEntry, InboxPos, KeyStore, MessageId, MessageStore, MetaStore,
-    NewMessage, OneTimePrekey, PrekeyBundle, Profile, ProfileStore, ProfileUpdate, PushToken,
-    ReceiptKind, ReceiptPosition, ReceiptStore, SearchCursor, SearchPrefix, StoreError,
-    StoreResult, Timestamp, TokenHash, User, UserId, Username,
+    Envelope, GroupOp, GroupState, HealthStore, InboxEntry, InboxPos, KeyStore, MessageId,
+    MessageStore, MetaStore, NewMessage, OneTimePrekey, PrekeyBundle, Profile, ProfileStore,
+    ProfileUpdate, PushToken, ReceiptKind, ReceiptPosition, ReceiptStore, SearchCursor,
+    SearchPrefix, StoreError, StoreResult, Timestamp, TokenHash, User, UserId, Username,
 };
 use tokio_postgres::Config;
 
@@ -308,18 +308,25 @@ impl ConversationStore for PostgresStore {
         .await)
     }
 
-    async fn add_members(
+    async fn change_group(
         &self,
         conversation: ConversationId,
-        users: &[UserId],
+        actor: UserId,
+        op: &GroupOp,
         limit: usize,
-    ) -> StoreResult<()> {
-        in_tx!(self, |db| ops::add_members(&db, conversation, users, limit)
-            .await)
+    ) -> StoreResult<GroupState> {
+        in_tx!(self, |db| ops::change_group(
+            &db,
+            conversation,
+            actor,
+            op,
+            limit
+        )
+        .await)
     }
 
-    async fn remove_member(&self, conversation: ConversationId, user: UserId) -> StoreResult<bool> {
-        in_tx!(self, |db| ops::remove_member(&db, conversation, user).await)
+    async fn group(&self, conversation: ConversationId) -> StoreResult<GroupState> {
+        on_conn!(self, |db| ops::group(&db, conversation, false).await)
     }
 
     async fn conversation(

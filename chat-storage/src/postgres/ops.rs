@@ -20,19 +20,21 @@ use bytes::Bytes;
 use chat_core::limits::MAX_DEVICES_PER_USER;
 use chat_core::{
     Appended, AttachmentId, AttachmentMeta, ClientKey, Conversation, ConversationId,
-    ConversationKind, Credentials, Device, DeviceAddress, DeviceKeys, Direction, Envelope,
-    InboxEntry, InboxPos, MessageId, NewMessage, OneTimePrekey, PrekeyBundle, PushToken,
-    ReceiptKind, ReceiptPosition, SignedPrekey, StoreError, StoreResult, Timestamp, TokenHash,
-    User, UserId, Username,
+    ConversationKind, Credentials, Device, DeviceAddress, DeviceKeys, Direction, Envelope, GroupOp,
+    GroupSettings, GroupState, InboxEntry, InboxPos, MemberInfo, MessageId, NewMessage,
+    OneTimePrekey, PrekeyBundle, PushToken, ReceiptKind, ReceiptPosition, SignedPrekey, StoreError,
+    StoreResult, Timestamp, TokenHash, User, UserId, Username,
 };
+use std::collections::BTreeMap;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{Client, Row, Statement, Transaction};
 
 use super::pool::Statements;
 use crate::common::{
-    array_from_sql, check_coverage, check_distinct_recipients, effective_limit, failure, from_sql,
-    limit_sql, to_sql, u32_from_sql,
+    GroupDiff, array_from_sql, check_coverage, check_distinct_recipients, failure, from_sql,
+    group_diff, group_from_parts, limit_sql, permission_from_sql, permission_sql, plan_group,
+    plan_group_change, role_from_sql, role_sql, to_sql, u32_from_sql,
 };
 
 /// Tells the retry loop to run the transaction again: a concurrent transaction committed a
@@ -251,7 +253,14 @@ const INSERT_DIRECT_PAIR: &str = "INSERT INTO direct_pairs (low, high, conversat
 const INSERT_MEMBERS: &str = "INSERT INTO members (conversation_id, user_id)
     SELECT $1, u FROM unnest($2::bigint[]) AS u ON CONFLICT DO NOTHING";
 const LOCK_CONVERSATION: &str = "SELECT kind FROM conversations WHERE id = $1 FOR UPDATE";
-const COUNT_MEMBERS: &str = "SELECT count(*) FROM members WHERE conversation_id = $1";
+const UPSERT_MEMBER: &str = "INSERT INTO members (conversation_id, user_id, role, joined)
+    VALUES ($1, $2, $3, $4) ON CONFLICT (conversation_id, user_id)
+    DO UPDATE SET role = excluded.role, joined = excluded.joined";
+const GROUP: &str = "SELECT kind, group_name, add_members, edit_name, admitted
+    FROM conversations WHERE id = $1";
+const GROUP_MEMBERS: &str = "SELECT user_id, role, joined FROM members WHERE conversation_id = $1";
+const UPDATE_GROUP: &str = "UPDATE conversations SET group_name = $2, add_members = $3,
+    edit_name = $4, admitted = $5 WHERE id = $1";
 const REMOVE_MEMBER: &str = "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2";
 const CONVERSATION: &str = "SELECT id, kind, created_at, last_id FROM conversations WHERE id = $1";
 const MEMBERS: &str = "SELECT user_id FROM members WHERE conversation_id = $1 ORDER BY user_id";
@@ -349,7 +358,10 @@ pub(crate) const STATEMENTS: &[&str] = &[
     INSERT_DIRECT_PAIR,
     INSERT_MEMBERS,
     LOCK_CONVERSATION,
-    COUNT_MEMBERS,
+    UPSERT_MEMBER,
+    GROUP,
+    GROUP_MEMBERS,
+    UPDATE_GROUP,
     REMOVE_MEMBER,
     CONVERSATION,
     MEMBERS,

@@ -156,6 +156,22 @@ const MIGRATIONS: &[&str] = &[
     -- With the primary key columns, so a trim batch is one index-only range scan.
     CREATE INDEX inbox_by_time ON inbox (sent_at, device_id, pos);
     ",
+    // Version 4: group roles and settings (issue 17). Role 0 member, 1 admin; `joined`
+    // orders "the oldest member" (promoted when the last admin leaves); permissions 0
+    // admins, 1 everyone; `admitted` is the group's next `joined` number. Groups from before
+    // roles never recorded their creator, so every existing member becomes an admin: no one
+    // loses what they could do before (any member could add and remove). Constant
+    // defaults: catalog-only changes. The role default then drops to member, so a node
+    // still on version 3 during a rolling upgrade adds members, not admins.
+    "
+    ALTER TABLE members ADD COLUMN role smallint NOT NULL DEFAULT 1;
+    ALTER TABLE members ALTER COLUMN role SET DEFAULT 0;
+    ALTER TABLE members ADD COLUMN joined bigint NOT NULL DEFAULT 0;
+    ALTER TABLE conversations ADD COLUMN group_name text NOT NULL DEFAULT 'Group';
+    ALTER TABLE conversations ADD COLUMN add_members smallint NOT NULL DEFAULT 0;
+    ALTER TABLE conversations ADD COLUMN edit_name smallint NOT NULL DEFAULT 1;
+    ALTER TABLE conversations ADD COLUMN admitted bigint NOT NULL DEFAULT 1;
+    ",
 ];
 
 /// The schema version this build writes.

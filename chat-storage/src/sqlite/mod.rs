@@ -15,10 +15,10 @@ use async_trait::async_trait;
 use chat_core::{
     AccountStore, Appended, AttachmentId, AttachmentMeta, Block, BlockStore, Conversation,
     ConversationId, ConversationStore, Credentials, Device, DeviceAddress, DeviceKeys, Direction,
-    Envelope, HealthStore, InboxEntry, InboxPos, KeyStore, MessageId, MessageStore, MetaStore,
-    NewMessage, OneTimePrekey, PrekeyBundle, Profile, ProfileStore, ProfileUpdate, PushToken,
-    ReceiptKind, ReceiptPosition, ReceiptStore, SearchCursor, SearchPrefix, StoreError,
-    StoreResult, Timestamp, TokenHash, User, UserId, Username,
+    Envelope, GroupOp, GroupState, HealthStore, InboxEntry, InboxPos, KeyStore, MessageId,
+    MessageStore, MetaStore, NewMessage, OneTimePrekey, PrekeyBundle, Profile, ProfileStore,
+    ProfileUpdate, PushToken, ReceiptKind, ReceiptPosition, ReceiptStore, SearchCursor,
+    SearchPrefix, StoreError, StoreResult, Timestamp, TokenHash, User, UserId, Username,
 };
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
@@ -452,20 +452,20 @@ impl ConversationStore for SqliteStore {
             .await
     }
 
-    async fn add_members(
+    async fn change_group(
         &self,
         conversation: ConversationId,
-        users: &[UserId],
+        actor: UserId,
+        op: &GroupOp,
         limit: usize,
-    ) -> StoreResult<()> {
-        let users = users.to_vec();
-        self.write(move |c| ops::add_members(c, conversation, &users, limit))
+    ) -> StoreResult<GroupState> {
+        let op = op.clone();
+        self.write(move |c| ops::change_group(c, conversation, actor, &op, limit))
             .await
     }
 
-    async fn remove_member(&self, conversation: ConversationId, user: UserId) -> StoreResult<bool> {
-        self.write(move |c| ops::remove_member(c, conversation, user))
-            .await
+    async fn group(&self, conversation: ConversationId) -> StoreResult<GroupState> {
+        self.read(move |c| ops::group(c, conversation)).await
     }
 
     async fn conversation(

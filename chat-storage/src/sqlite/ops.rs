@@ -9,16 +9,18 @@ use bytes::Bytes;
 use chat_core::limits::MAX_DEVICES_PER_USER;
 use chat_core::{
     Appended, AttachmentId, AttachmentMeta, ClientKey, Conversation, ConversationId,
-    ConversationKind, Credentials, Device, DeviceAddress, DeviceKeys, Direction, Envelope,
-    InboxEntry, InboxPos, MessageId, NewMessage, OneTimePrekey, PrekeyBundle, PushToken,
-    ReceiptKind, ReceiptPosition, SignedPrekey, StoreError, StoreResult, Timestamp, TokenHash,
-    User, UserId, Username,
+    ConversationKind, Credentials, Device, DeviceAddress, DeviceKeys, Direction, Envelope, GroupOp,
+    GroupSettings, GroupState, InboxEntry, InboxPos, MemberInfo, MessageId, NewMessage,
+    OneTimePrekey, PrekeyBundle, PushToken, ReceiptKind, ReceiptPosition, SignedPrekey, StoreError,
+    StoreResult, Timestamp, TokenHash, User, UserId, Username,
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
+use std::collections::BTreeMap;
 
 use crate::common::{
-    array_from_sql, check_coverage, check_distinct_recipients, effective_limit, failure, from_sql,
-    limit_sql, to_sql, u32_from_sql,
+    GroupDiff, array_from_sql, check_coverage, check_distinct_recipients, failure, from_sql,
+    group_diff, group_from_parts, limit_sql, permission_from_sql, permission_sql, plan_group,
+    plan_group_change, role_from_sql, role_sql, to_sql, u32_from_sql,
 };
 
 type Sql = rusqlite::Error;

@@ -142,6 +142,19 @@ const MIGRATIONS: &[&str] = &[
     -- The highest position trimming deleted. inbox_head stays the highest ever assigned.
     ALTER TABLE devices ADD COLUMN inbox_floor INTEGER NOT NULL DEFAULT 0;
     ",
+    // Version 4: group roles and settings (issue 17). Role 0 member, 1 admin; `joined`
+    // orders "the oldest member" (promoted when the last admin leaves); permissions 0
+    // admins, 1 everyone; `admitted` is the group's next `joined` number. Groups from before
+    // roles never recorded their creator, so every existing member becomes an admin: no one
+    // loses what they could do before (any member could add and remove).
+    "
+    ALTER TABLE members ADD COLUMN role INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE members ADD COLUMN joined INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE conversations ADD COLUMN group_name TEXT NOT NULL DEFAULT 'Group';
+    ALTER TABLE conversations ADD COLUMN add_members INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE conversations ADD COLUMN edit_name INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE conversations ADD COLUMN admitted INTEGER NOT NULL DEFAULT 1;
+    ",
 ];
 
 /// The schema version this build writes.

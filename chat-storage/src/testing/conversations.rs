@@ -19,12 +19,13 @@ pub async fn member_limit_holds_under_concurrent_adds(store: Arc<dyn Store>) {
         let store = Arc::clone(&store);
         let chunk = chunk.to_vec();
         // A limit above the build's is capped at the build's.
-        tasks.spawn(async move { store.add_members(conv, &chunk, 1_000).await });
+        let add = GroupOp::Add(chunk);
+        tasks.spawn(async move { store.change_group(conv, creator, &add, 1_000).await });
     }
     let (mut ok, mut full) = (0, 0);
     while let Some(result) = tasks.join_next().await {
         match result.expect("task") {
-            Ok(()) => ok += 1,
+            Ok(_) => ok += 1,
             Err(StoreError::GroupFull { limit }) => {
                 assert_eq!(limit, MAX_GROUP_MEMBERS);
                 full += 1;
@@ -37,12 +38,21 @@ pub async fn member_limit_holds_under_concurrent_adds(store: Arc<dyn Store>) {
     assert_eq!(store.members(conv).await.expect("members").len(), 99);
     let last = candidates.last().copied().expect("candidate");
     if store.is_member(conv, last).await.expect("is member") {
-        store.remove_member(conv, last).await.expect("remove");
+        let remove = GroupOp::Remove(last);
+        store
+            .change_group(conv, creator, &remove, MAX_GROUP_MEMBERS)
+            .await
+            .expect("remove");
     }
     let mut tasks = JoinSet::new();
     for &u in &candidates {
         let store = Arc::clone(&store);
-        tasks.spawn(async move { store.add_members(conv, &[u], MAX_GROUP_MEMBERS).await });
+        let add = GroupOp::Add(vec![u]);
+        tasks.spawn(async move {
+            store
+                .change_group(conv, creator, &add, MAX_GROUP_MEMBERS)
+                .await
+        });
     }
     while let Some(result) = tasks.join_next().await {
         let _ = result.expect("task");
@@ -70,7 +80,10 @@ pub async fn member_limit_is_all_or_nothing(store: Arc<dyn Store>) {
         .await
         .expect("group");
     assert_eq!(conv.kind, ConversationKind::Group);
-    let err = store.add_members(conv.id, &users[3..6], 5).await;
+    let add = |users: &[UserId]| GroupOp::Add(users.to_vec());
+    let err = store
+        .change_group(conv.id, users[0], &add(&users[3..6]), 5)
+        .await;
     assert!(
         matches!(err, Err(StoreError::GroupFull { limit: 5 })),
         "{err:?}"
@@ -80,7 +93,12 @@ pub async fn member_limit_is_all_or_nothing(store: Arc<dyn Store>) {
         users[..3].to_vec()
     );
     store
-        .add_members(conv.id, &[users[1], users[3], users[3], users[4]], 5)
+        .change_group(
+            conv.id,
+            users[0],
+            &add(&[users[1], users[3], users[3], users[4]]),
+            5,
+        )
         .await
         .expect("add");
     assert_eq!(
@@ -89,17 +107,105 @@ pub async fn member_limit_is_all_or_nothing(store: Arc<dyn Store>) {
     );
     let ghost = UserId::new(MAX_ID).expect("id");
     assert!(matches!(
-        store.add_members(conv.id, &[ghost], 100).await,
+        store
+            .change_group(conv.id, users[0], &add(&[ghost]), 100)
+            .await,
         Err(StoreError::NotFound)
     ));
     let direct = store
         .open_direct(users[0], users[1], NOW)
         .await
         .expect("direct");
-    let err = store.add_members(direct.id, &[users[2]], 100).await;
+    let err = store
+        .change_group(direct.id, users[0], &add(&[users[2]]), 100)
+        .await;
     assert!(matches!(err, Err(StoreError::Invalid(_))), "{err:?}");
-    let err = store.remove_member(direct.id, users[1]).await;
+    let err = store
+        .change_group(direct.id, users[0], &GroupOp::Remove(users[1]), 100)
+        .await;
     assert!(matches!(err, Err(StoreError::Invalid(_))), "{err:?}");
+    assert!(matches!(
+        store.group(direct.id).await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+/// The stored group follows chat-core's rules: the creator is the admin, a member may not
+/// remove others or change settings, roles and settings are stored and read back, the last
+/// admin leaving promotes the oldest member, and a refusal writes nothing.
+pub async fn group_roles_and_settings_follow_the_rules(store: Arc<dyn Store>) {
+    let (conv, users, _) = group(&*store, 3, 1).await;
+    let late = user(&*store).await;
+    let limit = MAX_GROUP_MEMBERS;
+    let state = store.group(conv).await.expect("group");
+    assert_eq!(state.role(users[0]), Some(Role::Admin));
+    assert_eq!(state.role(users[1]), Some(Role::Member));
+    assert_eq!(state.name(), chat_core::DEFAULT_GROUP_NAME);
+    assert_eq!(state.settings(), GroupSettings::default());
+
+    // A member may neither remove another nor add (admins add, by default).
+    let err = store
+        .change_group(conv, users[1], &GroupOp::Remove(users[2]), limit)
+        .await;
+    assert!(
+        matches!(err, Err(StoreError::Group(GroupRuleError::NotAdmin))),
+        "{err:?}"
+    );
+    let err = store
+        .change_group(conv, users[1], &GroupOp::Add(vec![late]), limit)
+        .await;
+    assert!(
+        matches!(err, Err(StoreError::Group(GroupRuleError::NotAdmin))),
+        "{err:?}"
+    );
+    assert_eq!(store.group(conv).await.expect("group"), state);
+
+    // Settings and names are stored.
+    let open = GroupSettings {
+        add_members: Permission::Everyone,
+        edit_name: Permission::Admins,
+    };
+    store
+        .change_group(conv, users[0], &GroupOp::ChangeSettings(open), limit)
+        .await
+        .expect("settings");
+    store
+        .change_group(conv, users[0], &GroupOp::Rename("Team".into()), limit)
+        .await
+        .expect("rename");
+    store
+        .change_group(conv, users[1], &GroupOp::Add(vec![late]), limit)
+        .await
+        .expect("a member adds once everyone may");
+    let state = store.group(conv).await.expect("group");
+    assert_eq!((state.name(), state.settings()), ("Team", open));
+    assert_eq!(state.role(late), Some(Role::Member));
+    assert!(store.is_member(conv, late).await.expect("is member"));
+
+    // Promote, demote, and the last admin leaving promotes the oldest member.
+    store
+        .change_group(conv, users[0], &GroupOp::Promote(users[2]), limit)
+        .await
+        .expect("promote");
+    store
+        .change_group(conv, users[2], &GroupOp::Demote(users[0]), limit)
+        .await
+        .expect("demote");
+    let state = store
+        .change_group(conv, users[2], &GroupOp::Leave, limit)
+        .await
+        .expect("leave");
+    // users[0] and users[1] joined at creation; users[0] has the lower ID.
+    assert_eq!(state.admins().collect::<Vec<_>>(), vec![users[0]]);
+    assert_eq!(store.group(conv).await.expect("group"), state);
+    assert!(!store.is_member(conv, users[2]).await.expect("is member"));
+    let err = store
+        .change_group(conv, users[2], &GroupOp::Leave, limit)
+        .await;
+    assert!(
+        matches!(err, Err(StoreError::Group(GroupRuleError::NotMember))),
+        "{err:?}"
+    );
 }
 
 /// One direct conversation per pair, the same from both sides, even when opened at once.

@@ -244,12 +244,26 @@ pub async fn removed_member_gets_nothing_after_removal(store: Arc<dyn Store>) {
         .append(message(conv, all[0], &all[1..]))
         .await
         .expect("append");
-    assert!(store.remove_member(conv, users[2]).await.expect("remove"));
+    store
+        .change_group(
+            conv,
+            users[0],
+            &GroupOp::Remove(users[2]),
+            MAX_GROUP_MEMBERS,
+        )
+        .await
+        .expect("remove");
+    let again = store
+        .change_group(
+            conv,
+            users[0],
+            &GroupOp::Remove(users[2]),
+            MAX_GROUP_MEMBERS,
+        )
+        .await;
     assert!(
-        !store
-            .remove_member(conv, users[2])
-            .await
-            .expect("remove again")
+        matches!(again, Err(StoreError::Group(GroupRuleError::UnknownMember(u))) if u == users[2]),
+        "{again:?}"
     );
     assert!(!store.is_member(conv, users[2]).await.expect("is member"));
     assert_eq!(

@@ -16,9 +16,9 @@ use bytes::Bytes;
 use chat_core::limits::{MAX_DEVICES_PER_USER, MAX_GROUP_MEMBERS};
 use chat_core::{
     AttachmentId, AttachmentMeta, ClientKey, ConversationId, ConversationKind, DeviceAddress,
-    DeviceKeys, Direction, InboxPos, MAX_ID, MessageId, NewMessage, OneTimePrekey, PushToken,
-    ReceiptKind, Recipient, SignedPrekey, Store, StoreError, Timestamp, TokenHash, UserId,
-    Username,
+    DeviceKeys, Direction, GroupOp, GroupRuleError, GroupSettings, InboxPos, MAX_ID, MessageId,
+    NewMessage, OneTimePrekey, Permission, PushToken, ReceiptKind, Recipient, Role, SignedPrekey,
+    Store, StoreError, Timestamp, TokenHash, UserId, Username,
 };
 use tokio::task::JoinSet;
 
@@ -129,6 +129,7 @@ macro_rules! conformance_tests {
             removed_member_gets_nothing_after_removal,
             member_limit_holds_under_concurrent_adds,
             member_limit_is_all_or_nothing,
+            group_roles_and_settings_follow_the_rules,
             direct_conversation_is_one_per_pair_concurrently,
             conversation_records,
             inbox_paging_edges,
@@ -280,7 +281,8 @@ pub use accounts::{
 };
 pub use conversations::{
     conversation_records, direct_conversation_is_one_per_pair_concurrently,
-    member_limit_holds_under_concurrent_adds, member_limit_is_all_or_nothing,
+    group_roles_and_settings_follow_the_rules, member_limit_holds_under_concurrent_adds,
+    member_limit_is_all_or_nothing,
 };
 pub use messages::{
     client_key_reuse_in_another_conversation_is_refused,

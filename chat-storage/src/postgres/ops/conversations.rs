@@ -86,15 +86,111 @@ pub(crate) async fn create_group(
     limit: usize,
     now: Timestamp,
 ) -> StoreResult<Conversation> {
-    let mut all: Vec<UserId> = members.iter().copied().chain([creator]).collect();
-    all.sort_unstable();
-    all.dedup();
-    let limit = effective_limit(limit);
-    if all.len() > limit {
-        return Err(StoreError::GroupFull { limit });
-    }
+    let group = plan_group(creator, members, limit)?;
+    let all: Vec<UserId> = group.members().map(|(u, _)| u).collect();
     require_users(db, &all).await?;
-    new_conversation(db, ConversationKind::Group, &all, now).await
+    let conversation = new_conversation(db, ConversationKind::Group, &all, now).await?;
+    write_group(db, conversation.id, None, &group).await?;
+    Ok(conversation)
+}
+
+/// Writes `new` over `old` (`None`: every member is written): the member rows that
+/// changed and the group's name, settings and join counter.
+async fn write_group(
+    db: &Db<'_>,
+    conversation: ConversationId,
+    old: Option<&GroupState>,
+    new: &GroupState,
+) -> StoreResult<()> {
+    let id = to_sql(conversation.get());
+    let diff = match old {
+        Some(old) => group_diff(old, new),
+        None => GroupDiff {
+            removed: Vec::new(),
+            upserted: new.members().collect(),
+        },
+    };
+    for user in diff.removed {
+        db.exec(REMOVE_MEMBER, &[&id, &to_sql(user.get())]).await?;
+    }
+    for (user, info) in diff.upserted {
+        let role = small(role_sql(info.role));
+        let params: Params<'_> = &[&id, &to_sql(user.get()), &role, &to_sql(info.joined)];
+        db.exec(UPSERT_MEMBER, params).await?;
+    }
+    let settings = new.settings();
+    let params: Params<'_> = &[
+        &id,
+        &new.name(),
+        &small(permission_sql(settings.add_members)),
+        &small(permission_sql(settings.edit_name)),
+        &to_sql(new.admitted()),
+    ];
+    db.exec(UPDATE_GROUP, params).await?;
+    Ok(())
+}
+
+/// A small enumeration's column value (`smallint`).
+fn small(value: i64) -> i16 {
+    i16::try_from(value).unwrap_or(i16::MAX)
+}
+
+/// A group's state as stored. With `lock`, holds the group's row until commit (membership
+/// changes serialise on it, and with appends).
+pub(crate) async fn group(
+    db: &Db<'_>,
+    conversation: ConversationId,
+    lock: bool,
+) -> StoreResult<GroupState> {
+    let id = to_sql(conversation.get());
+    if lock {
+        lock_group(db, conversation).await?;
+    }
+    let row = db.opt(GROUP, &[&id]).await?.ok_or(StoreError::NotFound)?;
+    if kind_from_sql(get(&row, 0)?)? != ConversationKind::Group {
+        return Err(StoreError::Invalid(
+            "a one-to-one conversation has no group state",
+        ));
+    }
+    let add: i16 = get(&row, 2)?;
+    let edit: i16 = get(&row, 3)?;
+    let settings = GroupSettings {
+        add_members: permission_from_sql(add.into())?,
+        edit_name: permission_from_sql(edit.into())?,
+    };
+    let mut members = BTreeMap::new();
+    for r in db.query(GROUP_MEMBERS, &[&id]).await? {
+        let role: i16 = get(&r, 1)?;
+        members.insert(
+            from_sql(get(&r, 0)?, "user ID")?,
+            MemberInfo {
+                role: role_from_sql(role.into())?,
+                joined: from_sql(get(&r, 2)?, "join number")?,
+            },
+        );
+    }
+    group_from_parts(
+        get(&row, 1)?,
+        settings,
+        members,
+        from_sql(get(&row, 4)?, "join counter")?,
+    )
+}
+
+pub(crate) async fn change_group(
+    db: &Db<'_>,
+    conversation: ConversationId,
+    actor: UserId,
+    op: &GroupOp,
+    limit: usize,
+) -> StoreResult<GroupState> {
+    if let GroupOp::Add(users) = op {
+        require_users(db, users).await?;
+    }
+    let current = group(db, conversation, true).await?;
+    let next = plan_group_change(&current, actor, op, limit)?;
+    write_group(db, conversation, Some(&current), &next).await?;
+    Ok(next)
 }
 
 /// Locks a group's row (serialising with appends and other membership changes).
@@ -108,37 +204,6 @@ async fn lock_group(db: &Db<'_>, conversation: ConversationId) -> StoreResult<()
             "members of a one-to-one conversation are fixed",
         )),
     }
-}
-
-pub(crate) async fn add_members(
-    db: &Db<'_>,
-    conversation: ConversationId,
-    users: &[UserId],
-    limit: usize,
-) -> StoreResult<()> {
-    require_users(db, users).await?;
-    lock_group(db, conversation).await?;
-    let id = to_sql(conversation.get());
-    db.exec(INSERT_MEMBERS, &[&id, &ids_sql(users)]).await?;
-    // Counted under the conversation's row lock, in the transaction that adds: over the
-    // limit, the transaction rolls back and nothing was added.
-    let row = db.opt(COUNT_MEMBERS, &[&id]).await?;
-    let n: i64 = row.map(|r| get(&r, 0)).transpose()?.unwrap_or(0);
-    let limit = effective_limit(limit);
-    if usize::try_from(n).unwrap_or(usize::MAX) > limit {
-        return Err(StoreError::GroupFull { limit });
-    }
-    Ok(())
-}
-
-pub(crate) async fn remove_member(
-    db: &Db<'_>,
-    conversation: ConversationId,
-    user: UserId,
-) -> StoreResult<bool> {
-    lock_group(db, conversation).await?;
-    let params: Params<'_> = &[&to_sql(conversation.get()), &to_sql(user.get())];
-    Ok(db.exec(REMOVE_MEMBER, params).await? > 0)
 }
 
 pub(crate) async fn conversation(

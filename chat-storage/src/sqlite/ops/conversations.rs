@@ -107,15 +107,125 @@ pub(crate) fn create_group(
     limit: usize,
     now: Timestamp,
 ) -> StoreResult<Conversation> {
-    let mut all: Vec<UserId> = members.iter().copied().chain([creator]).collect();
-    all.sort_unstable();
-    all.dedup();
-    let limit = effective_limit(limit);
-    if all.len() > limit {
-        return Err(StoreError::GroupFull { limit });
-    }
+    let group = plan_group(creator, members, limit)?;
+    let all: Vec<UserId> = group.members().map(|(u, _)| u).collect();
     require_users(conn, &all)?;
-    new_conversation(conn, ConversationKind::Group, None, &all, now)
+    let conversation = new_conversation(conn, ConversationKind::Group, None, &all, now)?;
+    write_group(conn, conversation.id, None, &group)?;
+    Ok(conversation)
+}
+
+/// Writes `new` over `old` (`None`: every member is written): the member rows that
+/// changed and the group's name, settings and join counter.
+fn write_group(
+    conn: &Connection,
+    conversation: ConversationId,
+    old: Option<&GroupState>,
+    new: &GroupState,
+) -> StoreResult<()> {
+    let id = to_sql(conversation.get());
+    let diff = match old {
+        Some(old) => group_diff(old, new),
+        None => GroupDiff {
+            removed: Vec::new(),
+            upserted: new.members().collect(),
+        },
+    };
+    let mut remove = conn
+        .prepare_cached("DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2")
+        .map_err(backend)?;
+    for user in diff.removed {
+        remove.execute([id, to_sql(user.get())]).map_err(backend)?;
+    }
+    let mut upsert = conn
+        .prepare_cached(
+            "INSERT INTO members (conversation_id, user_id, role, joined) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (conversation_id, user_id)
+             DO UPDATE SET role = excluded.role, joined = excluded.joined",
+        )
+        .map_err(backend)?;
+    for (user, info) in diff.upserted {
+        upsert
+            .execute([
+                id,
+                to_sql(user.get()),
+                role_sql(info.role),
+                to_sql(info.joined),
+            ])
+            .map_err(backend)?;
+    }
+    let settings = new.settings();
+    conn.prepare_cached(
+        "UPDATE conversations SET group_name = ?2, add_members = ?3, edit_name = ?4,
+         admitted = ?5 WHERE id = ?1",
+    )
+    .map_err(backend)?
+    .execute(params![
+        id,
+        new.name(),
+        permission_sql(settings.add_members),
+        permission_sql(settings.edit_name),
+        to_sql(new.admitted()),
+    ])
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// A group's state as stored.
+pub(crate) fn group(conn: &Connection, conversation: ConversationId) -> StoreResult<GroupState> {
+    require_group(conn, conversation)?;
+    let id = to_sql(conversation.get());
+    let (name, add, edit, admitted): (String, i64, i64, i64) = conn
+        .prepare_cached(
+            "SELECT group_name, add_members, edit_name, admitted FROM conversations WHERE id = ?1",
+        )
+        .map_err(backend)?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .map_err(backend)?;
+    let mut stmt = conn
+        .prepare_cached("SELECT user_id, role, joined FROM members WHERE conversation_id = ?1")
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .map_err(backend)?;
+    let mut members = BTreeMap::new();
+    for row in rows {
+        let (user, role, joined) = row.map_err(backend)?;
+        members.insert(
+            from_sql(user, "user ID")?,
+            MemberInfo {
+                role: role_from_sql(role)?,
+                joined: from_sql(joined, "join number")?,
+            },
+        );
+    }
+    let settings = GroupSettings {
+        add_members: permission_from_sql(add)?,
+        edit_name: permission_from_sql(edit)?,
+    };
+    group_from_parts(name, settings, members, from_sql(admitted, "join counter")?)
+}
+
+pub(crate) fn change_group(
+    conn: &Connection,
+    conversation: ConversationId,
+    actor: UserId,
+    op: &GroupOp,
+    limit: usize,
+) -> StoreResult<GroupState> {
+    if let GroupOp::Add(users) = op {
+        require_users(conn, users)?;
+    }
+    let current = group(conn, conversation)?;
+    let next = plan_group_change(&current, actor, op, limit)?;
+    write_group(conn, conversation, Some(&current), &next)?;
+    Ok(next)
 }
 
 fn conversation_kind(
@@ -139,64 +249,6 @@ fn require_group(conn: &Connection, conversation: ConversationId) -> StoreResult
             "members of a one-to-one conversation are fixed",
         )),
     }
-}
-
-pub(crate) fn add_members(
-    conn: &Connection,
-    conversation: ConversationId,
-    users: &[UserId],
-    limit: usize,
-) -> StoreResult<()> {
-    require_users(conn, users)?;
-    require_group(conn, conversation)?;
-    // Counted before writing, so a refusal writes nothing: the members after the insert
-    // are the current ones plus the distinct new users who are not members yet.
-    let mut new: Vec<UserId> = users.to_vec();
-    new.sort_unstable();
-    new.dedup();
-    let mut joining = 0usize;
-    for &user in &new {
-        if !is_member(conn, conversation, user)? {
-            joining += 1;
-        }
-    }
-    let mut count = conn
-        .prepare_cached("SELECT count(*) FROM members WHERE conversation_id = ?1")
-        .map_err(backend)?;
-    let n: i64 = count
-        .query_row([to_sql(conversation.get())], |r| r.get(0))
-        .map_err(backend)?;
-    let limit = effective_limit(limit);
-    if usize::try_from(n)
-        .unwrap_or(usize::MAX)
-        .saturating_add(joining)
-        > limit
-    {
-        return Err(StoreError::GroupFull { limit });
-    }
-    let mut add = conn
-        .prepare_cached("INSERT OR IGNORE INTO members (conversation_id, user_id) VALUES (?1, ?2)")
-        .map_err(backend)?;
-    for user in new {
-        add.execute([to_sql(conversation.get()), to_sql(user.get())])
-            .map_err(backend)?;
-    }
-    Ok(())
-}
-
-pub(crate) fn remove_member(
-    conn: &Connection,
-    conversation: ConversationId,
-    user: UserId,
-) -> StoreResult<bool> {
-    require_group(conn, conversation)?;
-    let mut stmt = conn
-        .prepare_cached("DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2")
-        .map_err(backend)?;
-    Ok(stmt
-        .execute([to_sql(conversation.get()), to_sql(user.get())])
-        .map_err(backend)?
-        > 0)
 }
 
 pub(crate) fn conversation(
