@@ -14,6 +14,7 @@ mod device_sessions;
 mod envelope;
 mod error;
 mod group;
+mod group_chain;
 mod identity;
 mod primitives;
 mod safety;
@@ -43,6 +44,10 @@ pub use error::Error;
 pub use group::{
     GROUP_BODY_OVERHEAD, MAX_GROUP_ID_BYTES, MAX_SENDER_KEY_STATES, SenderKey,
     SenderKeyDistribution, SenderKeyReceiver,
+};
+pub use group_chain::{
+    AccountKeys, ChainError, MAX_CHAIN_CHANGES, MemberReport, SignedGroupChange, StateHash,
+    VerifiedGroup, decode_chain, encode_chain,
 };
 pub use identity::{
     Account, IdentityKeys, IdentityPublic, MAX_ONE_TIME_PREKEYS, MAX_REPLAY_CACHE, OneTimePrekey,

@@ -54,6 +54,10 @@ pub(crate) mod sig_context {
     pub(crate) const IDENTITY: &[u8] = b"chat-crypto/v1/identity-dh-key";
     pub(crate) const SIGNED_PREKEY: &[u8] = b"chat-crypto/v1/signed-prekey";
     pub(crate) const GROUP_MESSAGE: &[u8] = b"chat-crypto/v1/group-message";
+    /// A member's signed group change (issue 17).
+    pub(crate) const GROUP_CHANGE: &[u8] = b"chat-crypto/v1/group-change";
+    /// Not a signature: the label of the group state hash that chains the changes.
+    pub(crate) const GROUP_STATE: &[u8] = b"chat-crypto/v1/group-state";
 }
 
 /// Associated-data contexts.
