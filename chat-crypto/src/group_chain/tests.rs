@@ -367,3 +367,26 @@ proptest! {
         prop_assert_eq!(middle.epoch(), u64::try_from(chain.len()).unwrap());
     }
 }
+
+/// The golden vector in docs/PROTOCOL.md ("Signed group changes"): user 1 (account key
+/// seed `01`×32) creates group 7 named "Hikers" with users 2 and 3, default settings.
+/// Ed25519 signatures are deterministic, so the bytes are fixed.
+#[test]
+fn golden_create_change() {
+    let keys = Keys::new();
+    let (_, create) = created(&keys);
+    let hex = hex::encode(create.encode());
+    assert_eq!(hex, GOLDEN_CREATE);
+    assert_eq!(
+        SignedGroupChange::decode(&hex::decode(GOLDEN_CREATE).unwrap()).unwrap(),
+        create
+    );
+}
+
+const GOLDEN_CREATE: &str = concat!(
+    "47010000000000000007",
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0000000000000001",
+    "000000000648696b65727300010000000200000000000000020000000000000003",
+    "53e66fb5e8dbe35e63c63e9ca30c50c22619461a1c4b2150744a2201f54225067dcfc28de7bb6f7c97c4bffaad7aff7e7f2fd409eaa4f7b12acbdca0cf86ad04",
+);
