@@ -546,8 +546,9 @@ async fn a_key_raced_across_nodes_is_written_once() {
 }
 
 /// A version 3 schema (groups without roles, their creator unrecorded) migrates to version
-/// 4 with every member of an existing group an admin; a version 3 node's member insert
-/// during a rolling upgrade adds a member, not an admin.
+/// 4 with every member of an existing group an admin; what a version 3 node writes during
+/// a rolling upgrade (a member row without a role) reads as an admin too, so no group is
+/// ever left without one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_3_groups_migrate_with_every_member_an_admin() {
     let Some(url) = url() else { return };
@@ -593,7 +594,7 @@ async fn version_3_groups_migrate_with_every_member_an_admin() {
     let mut both = vec![a, b];
     both.sort();
     assert_eq!(group.admins().collect::<Vec<_>>(), both);
-    // What a version 3 node writes when adding: no role. It takes member.
+    // What a version 3 node writes when adding: no role. It reads like pre-roles data.
     client
         .execute(
             &format!("INSERT INTO {schema}.members (conversation_id, user_id) VALUES ($1, $2)"),
@@ -602,5 +603,6 @@ async fn version_3_groups_migrate_with_every_member_an_admin() {
         .await
         .expect("old insert");
     let group = store.group(conv.id).await.expect("group");
-    assert_eq!(group.role(c), Some(chat_core::Role::Member));
+    assert_eq!(group.role(c), Some(chat_core::Role::Admin));
+    assert!(group.admitted() > 0);
 }

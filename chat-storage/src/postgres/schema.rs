@@ -161,11 +161,12 @@ const MIGRATIONS: &[&str] = &[
     // admins, 1 everyone; `admitted` is the group's next `joined` number. Groups from before
     // roles never recorded their creator, so every existing member becomes an admin: no one
     // loses what they could do before (any member could add and remove). Constant
-    // defaults: catalog-only changes. The role default then drops to member, so a node
-    // still on version 3 during a rolling upgrade adds members, not admins.
+    // defaults: catalog-only changes. The role default stays admin, so what a node still
+    // on version 3 writes during a rolling upgrade (a group it creates, members it adds)
+    // reads like data from before roles: every such member an admin, never a group
+    // without one.
     "
     ALTER TABLE members ADD COLUMN role smallint NOT NULL DEFAULT 1;
-    ALTER TABLE members ALTER COLUMN role SET DEFAULT 0;
     ALTER TABLE members ADD COLUMN joined bigint NOT NULL DEFAULT 0;
     ALTER TABLE conversations ADD COLUMN group_name text NOT NULL DEFAULT 'Group';
     ALTER TABLE conversations ADD COLUMN add_members smallint NOT NULL DEFAULT 0;
