@@ -1,0 +1,164 @@
+//! A malicious server, attack by attack (docs/SECURITY.md): the real node behind a man in
+//! the middle (tests/malicious) that rewrites what the server sends to one device. Each test
+//! fails if the attack works.
+
+mod common;
+mod malicious;
+
+use chat::client::{Client, ConversationId, Event, Events, MemoryStore};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+
+use chat::core::Recipient;
+use chat::core::protocol::{ClientFrame, ServerFrame, StaleDevices};
+use common::{PASSWORD, TestServer, config, next_text, synced, wait_for};
+use malicious::{Intercepted, Mitm};
+
+/// Registers `name` through the proxy and waits until it is synced.
+async fn through(mitm: &Mitm, name: &str) -> (Client, Events) {
+    let client = Client::register(&mitm.url(), name, PASSWORD, "phone", MemoryStore::new())
+        .await
+        .expect("register");
+    let mut events = client.events();
+    synced(&mut events).await;
+    (client, events)
+}
+
+/// Waits for `conversation`'s next undecryptable delivery; fails on a readable text there first.
+async fn refused(events: &mut Events, conversation: ConversationId) {
+    wait_for(events, |e| match e {
+        Event::Undecryptable {
+            conversation: c, ..
+        } if *c == conversation => Some(()),
+        Event::Message(m) if m.conversation == conversation && m.text().is_some() => {
+            panic!("the attacked device read the message: {:?}", m.text())
+        }
+        _ => None,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_message_moved_into_a_group_is_refused() {
+    let server = TestServer::start(config("memory:")).await;
+    let mitm = Mitm::start(server.addr).await;
+    let (alice, _alice_events) = through(&mitm, "alice").await;
+    let (bob, mut bob_events) = through(&mitm, "bob").await;
+    let (carol, _carol_events) = through(&mitm, "carol").await;
+    let group = alice
+        .create_group(&[bob.user(), carol.user()])
+        .await
+        .expect("group");
+    let direct = alice.open_direct(bob.user()).await.expect("direct");
+    let target = bob.device();
+    mitm.rule(move |seen, frame| match frame {
+        ServerFrame::Deliver(mut d) if seen.device == Some(target) && d.conversation == direct => {
+            d.conversation = group;
+            vec![ServerFrame::Deliver(d)]
+        }
+        other => vec![other],
+    });
+    alice.send_text(direct, "only for bob").await.expect("send");
+    refused(&mut bob_events, group).await;
+    // Honest again: the next private message arrives where it was sent.
+    mitm.honest();
+    alice
+        .send_text(direct, "still private")
+        .await
+        .expect("send");
+    let m = next_text(&mut bob_events, direct).await;
+    assert_eq!(m.text(), Some("still private"));
+    drop(carol);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_key_handout_refiled_under_another_group_is_refused() {
+    let server = TestServer::start(config("memory:")).await;
+    let mitm = Mitm::start(server.addr).await;
+    let (alice, _alice_events) = through(&mitm, "alice").await;
+    let (bob, mut bob_events) = through(&mitm, "bob").await;
+    let two = alice.create_group(&[bob.user()]).await.expect("group 2");
+    alice.send_text(two, "first").await.expect("send");
+    assert_eq!(next_text(&mut bob_events, two).await.text(), Some("first"));
+    let target = bob.device();
+    // The next group's first message to Bob (it carries Alice's sender key for that group)
+    // is filed under group 2.
+    mitm.rule(move |seen, frame| match frame {
+        ServerFrame::Deliver(mut d)
+            if seen.device == Some(target) && d.conversation != two && !d.header.is_empty() =>
+        {
+            d.conversation = two;
+            vec![ServerFrame::Deliver(d)]
+        }
+        other => vec![other],
+    });
+    // Three other groups' handouts, more than the key ids a receiver keeps per sender: had
+    // they been stored under group 2, Alice's genuine group-2 key would be evicted.
+    for n in 0..3 {
+        let one = alice.create_group(&[bob.user()]).await.expect("group 1");
+        alice
+            .send_text(one, &format!("for group {n}"))
+            .await
+            .expect("send");
+        refused(&mut bob_events, two).await;
+    }
+    mitm.honest();
+    alice.send_text(two, "for group 2").await.expect("send");
+    let m = next_text(&mut bob_events, two).await;
+    assert_eq!(m.text(), Some("for group 2"));
+}
+
+/// The server reports one of Bob's devices removed when Alice sends to the group, yet still
+/// delivers the ciphertext to it: Alice rotates her sender key before the repaired message,
+/// so the "removed" device cannot read it while Bob's remaining device does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_reported_removed_cannot_read_the_next_group_message() {
+    let server = TestServer::start(config("memory:")).await;
+    let mitm = Mitm::start(server.addr).await;
+    let (alice, _alice_events) = through(&mitm, "alice").await;
+    let (bob, mut bob_events) = through(&mitm, "bob").await;
+    let phone = Client::login(&mitm.url(), "bob", PASSWORD, "tablet", MemoryStore::new())
+        .await
+        .expect("login");
+    let mut phone_events = phone.events();
+    synced(&mut phone_events).await;
+    let group = alice.create_group(&[bob.user()]).await.expect("group");
+    alice.send_text(group, "before").await.expect("send");
+    for events in [&mut bob_events, &mut phone_events] {
+        assert_eq!(next_text(events, group).await.text(), Some("before"));
+    }
+    let (sender, gone) = (alice.device(), phone.device());
+    let reported = Arc::new(AtomicBool::new(false));
+    let once = reported.clone();
+    mitm.client_rule(move |seen, frame| match frame {
+        // The first send: "that device is gone" instead of the server's answer.
+        ClientFrame::Send(s) if seen.device == Some(sender) && !once.swap(true, SeqCst) => {
+            Intercepted {
+                to_server: Vec::new(),
+                to_client: vec![ServerFrame::StaleDevices(StaleDevices {
+                    req: s.req,
+                    missing: Vec::new(),
+                    extra: vec![gone],
+                })],
+            }
+        }
+        // The repaired send: the real node still delivers it to the device, headerless.
+        ClientFrame::Send(mut s) if seen.device == Some(sender) => {
+            if !s.recipients.iter().any(|r| r.device == gone) {
+                s.recipients.push(Recipient {
+                    device: gone,
+                    header: Default::default(),
+                });
+            }
+            Intercepted::pass(ClientFrame::Send(s))
+        }
+        other => Intercepted::pass(other),
+    });
+    alice.send_text(group, "after").await.expect("send");
+    assert!(reported.load(SeqCst), "the removal was reported");
+    assert_eq!(
+        next_text(&mut bob_events, group).await.text(),
+        Some("after")
+    );
+    refused(&mut phone_events, group).await;
+}
