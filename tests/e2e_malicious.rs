@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
 use chat::core::Recipient;
-use chat::core::protocol::{ClientFrame, ServerFrame, StaleDevices};
+use chat::core::protocol::{ClientFrame, Deliver, ServerFrame, StaleDevices};
 use common::{PASSWORD, TestServer, config, next_text, synced, wait_for};
 use malicious::{Intercepted, Mitm};
 
@@ -161,4 +161,60 @@ async fn a_device_reported_removed_cannot_read_the_next_group_message() {
         Some("after")
     );
     refused(&mut phone_events, group).await;
+}
+
+/// The server numbers two of Alice's messages the other way round for Bob, so that Alice's
+/// "delete #N" would name Bob's copy of the other message: relations use the sender's own
+/// IDs inside the ciphertext, so the message Alice kept stays there for Bob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renumbering_messages_for_one_recipient_cannot_aim_a_delete() {
+    let server = TestServer::start(config("memory:")).await;
+    let mitm = Mitm::start(server.addr).await;
+    let (alice, _alice_events) = through(&mitm, "alice").await;
+    let (bob, mut bob_events) = through(&mitm, "bob").await;
+    let direct = alice.open_direct(bob.user()).await.expect("direct");
+    let target = bob.device();
+    // Holds Bob's first delivery in the conversation and sends it after the second, each
+    // under the other's ID (positions stay in order).
+    let mut held: Option<Deliver> = None;
+    let mut swapped = false;
+    mitm.rule(move |seen, frame| match frame {
+        ServerFrame::Deliver(d)
+            if seen.device == Some(target) && d.conversation == direct && !swapped =>
+        {
+            let Some(mut first) = held.take() else {
+                held = Some(d);
+                return Vec::new();
+            };
+            let mut second = d;
+            std::mem::swap(&mut first.id, &mut second.id);
+            swapped = true;
+            vec![ServerFrame::Deliver(first), ServerFrame::Deliver(second)]
+        }
+        other => vec![other],
+    });
+    alice.send_text(direct, "keep").await.expect("send");
+    let erase = alice.send_text(direct, "erase").await.expect("send");
+    assert_eq!(
+        next_text(&mut bob_events, direct).await.text(),
+        Some("keep")
+    );
+    assert_eq!(
+        next_text(&mut bob_events, direct).await.text(),
+        Some("erase")
+    );
+    alice.delete_message(direct, erase).await.expect("delete");
+    // In order after the delete: once this arrives, the delete has been applied.
+    alice.send_text(direct, "done").await.expect("send");
+    assert_eq!(
+        next_text(&mut bob_events, direct).await.text(),
+        Some("done")
+    );
+    let timeline = bob.timeline(direct, None, 10).expect("timeline");
+    assert!(
+        timeline
+            .iter()
+            .any(|m| m.text() == Some("keep") && !m.is_deleted()),
+        "the delete hit the message Alice kept: {timeline:?}"
+    );
 }
