@@ -31,11 +31,14 @@
 //! proxy answers the client itself (e.g. a `stale_devices` that reports a device removed,
 //! instead of the server's answer).
 //!
+//! HTTP answers can be rewritten with [`Mitm::http_rule`]: a closure
+//! `FnMut(&Request, serde_json::Value) -> serde_json::Value` given each JSON answer (with the
+//! request's method and path), e.g. to add a device to a `bundles` answer or swap one's
+//! identity. Requests and answers are framed by `Content-Length` (what the node and the
+//! client speak); anything else is copied unchanged to the end of the connection.
+//!
 //! Bounds: every connection task is aborted when the [`Mitm`] is dropped; a rule runs on the
 //! connection's task, so it must not block.
-//!
-//! Not built yet: rewriting HTTP JSON answers (bundles, device lists), which the "invent a
-//! device" and "swap an identity" attacks need; HTTP is copied unchanged.
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
@@ -82,10 +85,22 @@ impl Intercepted {
 
 type ClientRule = Box<dyn FnMut(&Seen, ClientFrame) -> Intercepted + Send>;
 
+/// The HTTP request an answer belongs to.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path and query, e.g. `/v1/users/2/bundles`.
+    pub path: String,
+}
+
+type HttpRule = Box<dyn FnMut(&Request, serde_json::Value) -> serde_json::Value + Send>;
+
 #[derive(Default)]
 struct Rules {
     server: Vec<Rule>,
     client: Vec<ClientRule>,
+    http: Vec<HttpRule>,
 }
 
 /// The proxy. Point clients at [`Mitm::url`].
@@ -131,11 +146,21 @@ impl Mitm {
         self.rules.lock().expect("lock").client.push(Box::new(rule));
     }
 
+    /// Installs a rule for the node's JSON answers to HTTP requests, run in the order
+    /// installed. Answers that are not JSON are passed on unchanged.
+    pub fn http_rule(
+        &self,
+        rule: impl FnMut(&Request, serde_json::Value) -> serde_json::Value + Send + 'static,
+    ) {
+        self.rules.lock().expect("lock").http.push(Box::new(rule));
+    }
+
     /// Removes every rule: the proxy forwards honestly again.
     pub fn honest(&self) {
         let mut rules = self.rules.lock().expect("lock");
         rules.server.clear();
         rules.client.clear();
+        rules.http.clear();
     }
 }
 
@@ -160,6 +185,89 @@ async fn head(stream: &mut TcpStream) -> Option<Vec<u8>> {
     Some(buf)
 }
 
+/// A header's value in an HTTP head (case-insensitive name).
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Reads the body that `head` announces by `Content-Length`; `None` for another framing.
+async fn body(stream: &mut TcpStream, head: &str) -> Option<Vec<u8>> {
+    let len: usize = match header(head, "content-length") {
+        Some(n) => n.parse().ok()?,
+        None if header(head, "transfer-encoding").is_some() => return None,
+        None => 0,
+    };
+    let mut buf = vec![0; len];
+    stream.read_exact(&mut buf).await.ok()?;
+    Some(buf)
+}
+
+/// Relays HTTP/1.1 exchanges one at a time, giving JSON answers to the HTTP rules; falls
+/// back to copying bytes when a message is not framed by `Content-Length`.
+async fn http(
+    mut inbound: TcpStream,
+    mut outbound: TcpStream,
+    mut request: Vec<u8>,
+    rules: &Mutex<Rules>,
+) {
+    loop {
+        let text = String::from_utf8_lossy(&request).into_owned();
+        let mut words = text.split_whitespace();
+        let req = Request {
+            method: words.next().unwrap_or_default().to_owned(),
+            path: words.next().unwrap_or_default().to_owned(),
+        };
+        let Some(sent) = body(&mut inbound, &text).await else {
+            let _ = outbound.write_all(&request).await;
+            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            return;
+        };
+        if outbound.write_all(&request).await.is_err() || outbound.write_all(&sent).await.is_err()
+        {
+            return;
+        }
+        let Some(answer) = head(&mut outbound).await else {
+            return;
+        };
+        let answer_text = String::from_utf8_lossy(&answer).into_owned();
+        let Some(mut answer_body) = body(&mut outbound, &answer_text).await else {
+            let _ = inbound.write_all(&answer).await;
+            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            return;
+        };
+        let mut answer_head = answer_text;
+        if let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&answer_body) {
+            let mut rules = rules.lock().expect("lock");
+            if !rules.http.is_empty() {
+                for rule in rules.http.iter_mut() {
+                    json = rule(&req, json);
+                }
+                answer_body = serde_json::to_vec(&json).expect("json");
+                answer_head = answer_head
+                    .split("\r\n")
+                    .filter(|l| {
+                        !l.to_ascii_lowercase().starts_with("content-length:") && !l.is_empty()
+                    })
+                    .map(|l| format!("{l}\r\n"))
+                    .collect::<String>()
+                    + &format!("content-length: {}\r\n\r\n", answer_body.len());
+            }
+        }
+        if inbound.write_all(answer_head.as_bytes()).await.is_err()
+            || inbound.write_all(&answer_body).await.is_err()
+        {
+            return;
+        }
+        let Some(next) = head(&mut inbound).await else {
+            return;
+        };
+        request = next;
+    }
+}
+
 async fn connection(mut inbound: TcpStream, backend: SocketAddr, rules: Arc<Mutex<Rules>>) {
     let Ok(mut outbound) = TcpStream::connect(backend).await else {
         return;
@@ -168,11 +276,11 @@ async fn connection(mut inbound: TcpStream, backend: SocketAddr, rules: Arc<Mute
         return;
     };
     let websocket = request.starts_with(b"GET /v1/ws");
-    if outbound.write_all(&request).await.is_err() {
+    if !websocket {
+        http(inbound, outbound, request, &rules).await;
         return;
     }
-    if !websocket {
-        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+    if outbound.write_all(&request).await.is_err() {
         return;
     }
     let Some(answer) = head(&mut outbound).await else {
