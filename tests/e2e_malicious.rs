@@ -282,8 +282,7 @@ async fn a_device_the_server_invents_gets_nothing() {
             }
         }
         ClientFrame::Send(s) if seen.device == Some(sender) => {
-            if s
-                .recipients
+            if s.recipients
                 .iter()
                 .any(|r| r.device == ghost && !r.header.is_empty())
             {
@@ -307,4 +306,62 @@ async fn a_device_the_server_invents_gets_nothing() {
         !encrypted.load(SeqCst),
         "Alice encrypted to a device the server invented"
     );
+}
+
+/// The server swaps the identity of Bob's device: Mallory's first message to Alice is
+/// delivered as coming from Bob's device. Alice must neither show it as Bob's nor encrypt to
+/// Mallory's identity in Bob's place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs #16 item 1 (account identities): today's client accepts Mallory's identity as Bob's device's new one (Event::IdentityChanged)"]
+async fn a_swapped_device_identity_is_not_taken_for_the_device() {
+    let server = TestServer::start(config("memory:")).await;
+    let mitm = Mitm::start(server.addr).await;
+    let (alice, mut alice_events) = through(&mitm, "alice").await;
+    let (bob, mut bob_events) = through(&mitm, "bob").await;
+    let (mallory, _mallory_events) = through(&mitm, "mallory").await;
+    let direct = bob.open_direct(alice.user()).await.expect("direct");
+    bob.send_text(direct, "hi, it is bob").await.expect("send");
+    assert_eq!(
+        next_text(&mut alice_events, direct).await.text(),
+        Some("hi, it is bob")
+    );
+    let (target, real, impostor) = (alice.device(), bob.device(), mallory.device());
+    mitm.rule(move |seen, frame| match frame {
+        ServerFrame::Deliver(mut d) if seen.device == Some(target) && d.sender == impostor => {
+            d.sender = real;
+            vec![ServerFrame::Deliver(d)]
+        }
+        other => vec![other],
+    });
+    let theirs = mallory.open_direct(alice.user()).await.expect("direct");
+    mallory
+        .send_text(theirs, "it is bob, really")
+        .await
+        .expect("send");
+    // Bob's next message follows the forged one in Alice's inbox.
+    bob.send_text(direct, "the real bob").await.expect("send");
+    wait_for(&mut alice_events, |e| match e {
+        Event::Message(m) if m.sender == real && m.text() == Some("it is bob, really") => {
+            panic!("Alice took Mallory's message for Bob's")
+        }
+        // A device key that does not chain to Bob's account identity is refused, not
+        // accepted as Bob's device changing its identity.
+        Event::IdentityChanged { device } if *device == real => {
+            panic!("Alice accepted Mallory's identity for Bob's device")
+        }
+        Event::Message(m) if m.conversation == direct && m.text().is_some() => Some(()),
+        Event::Undecryptable { conversation, .. } if *conversation == direct => Some(()),
+        _ => None,
+    })
+    .await;
+    // Alice's answer still goes to the real Bob, not to a session with Mallory's identity.
+    alice.send_text(direct, "answer").await.expect("send");
+    wait_for(&mut bob_events, |e| match e {
+        Event::Message(m) if m.conversation == direct && m.text() == Some("answer") => Some(()),
+        Event::Undecryptable { conversation, .. } if *conversation == direct => {
+            panic!("Alice encrypted her answer to the swapped identity")
+        }
+        _ => None,
+    })
+    .await;
 }

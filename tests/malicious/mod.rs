@@ -225,8 +225,7 @@ async fn http(
             let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
             return;
         };
-        if outbound.write_all(&request).await.is_err() || outbound.write_all(&sent).await.is_err()
-        {
+        if outbound.write_all(&request).await.is_err() || outbound.write_all(&sent).await.is_err() {
             return;
         }
         let Some(answer) = head(&mut outbound).await else {
