@@ -385,7 +385,9 @@ impl Crypto {
     }
 
     /// Adjusts an outbox entry to the server's device list: headers for `missing` devices
-    /// (the body stays the same), none for `extra` ones. Commits the entry and the sessions.
+    /// (the body stays the same), none for `extra` ones. A group message with `extra` devices
+    /// is encrypted again, under a new sender key if any of them held the current one (a
+    /// device that left must not read it). Commits the entry, the sessions and the key.
     pub(crate) fn repair(
         &self,
         client_key: ClientKey,
@@ -432,11 +434,8 @@ impl Crypto {
                 key_before,
                 body,
                 headers,
-            } => {
-                let mut headers: BTreeMap<_, _> = headers
-                    .into_iter()
-                    .filter(|(d, _)| !extra.contains(d))
-                    .collect();
+            } if extra.is_empty() => {
+                let mut headers: BTreeMap<_, _> = headers.into_iter().collect();
                 // The key as it was before this message, so new devices can open it.
                 let key = SenderKey::from_pickle(&key_before)?;
                 let handed = self.distribute(&key, missing, &mut headers, &mut writes)?;
@@ -444,16 +443,15 @@ impl Crypto {
                     headers.entry(*d).or_insert_with(Vec::new);
                 }
                 if let Some((current, mut holders)) = self.store.sender_key(entry.conversation)? {
-                    holders.retain(|h| !extra.contains(h));
                     let current_key = SenderKey::from_pickle(&current)?;
                     if current_key.key_id() == key.key_id() {
                         holders.extend(handed);
+                        writes.push(Write::SenderKey {
+                            conversation: entry.conversation,
+                            pickle: current,
+                            distributed: holders,
+                        });
                     }
-                    writes.push(Write::SenderKey {
-                        conversation: entry.conversation,
-                        pickle: current,
-                        distributed: holders,
-                    });
                 }
                 Payload::Group {
                     key_before,
@@ -461,10 +459,75 @@ impl Crypto {
                     headers: headers.into_iter().collect(),
                 }
             }
+            Payload::Group { headers, .. } => {
+                // A device left: this message must not go out under a key it holds.
+                let recipients: Vec<DeviceAddress> = headers
+                    .iter()
+                    .map(|(d, _)| *d)
+                    .chain(missing.iter().copied())
+                    .filter(|d| !extra.contains(d))
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                self.reencrypt_group(&mut entry, &recipients, extra, &mut writes)?
+            }
         };
         entry.payload = payload.encode();
         writes.push(Write::OutboxPut(entry));
         self.store.commit(writes)
+    }
+
+    /// Encrypts a queued group message again for `recipients`, under the current sender key
+    /// if none of `gone` holds it, else under a new one (the rotation that follows a device
+    /// or member leaving). Queues the new key's writes on `writes`.
+    fn reencrypt_group(
+        &self,
+        entry: &mut OutboxEntry,
+        recipients: &[DeviceAddress],
+        gone: &[DeviceAddress],
+        writes: &mut Vec<Write>,
+    ) -> Result<Payload> {
+        let mut rng = rand::rng();
+        let conversation = entry.conversation;
+        let stored = self.store.sender_key(conversation)?;
+        let (mut key, mut holders) = match stored {
+            Some((p, holders)) if !holders.iter().any(|h| gone.contains(h)) => {
+                (SenderKey::from_pickle(&p)?, holders)
+            }
+            _ => (
+                SenderKey::new(&mut rng, &group_id(conversation), addr(self.me))?,
+                Vec::new(),
+            ),
+        };
+        let before = key.pickle();
+        let mut headers = BTreeMap::new();
+        let need: Vec<DeviceAddress> = recipients
+            .iter()
+            .filter(|d| !holders.contains(d))
+            .copied()
+            .collect();
+        let handed = self.distribute(&key, &need, &mut headers, writes)?;
+        holders.extend(handed);
+        let sealed = seal(
+            ConversationKind::Group,
+            conversation,
+            entry.client_key,
+            &entry.plaintext,
+        );
+        let body = key.encrypt(&mut rng, &sealed)?;
+        for d in recipients {
+            headers.entry(*d).or_insert_with(Vec::new);
+        }
+        writes.push(Write::SenderKey {
+            conversation,
+            pickle: key.pickle(),
+            distributed: holders,
+        });
+        Ok(Payload::Group {
+            key_before: before,
+            body,
+            headers: headers.into_iter().collect(),
+        })
     }
 
     /// Opens one delivery and commits the result with the cursor at `deliver.pos`. Returns the
@@ -1055,5 +1118,187 @@ mod tests {
         assert_eq!(back.wire(), group.wire());
         assert!(Payload::decode(&[2, 0, 0]).is_err());
         assert!(Payload::decode(&[]).is_err());
+    }
+    /// The queued entry of `key`, as the driver would send it after a repair.
+    fn queued(d: &Dev, key: ClientKey) -> OutboxEntry {
+        d.store
+            .outbox()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.client_key == key)
+            .unwrap()
+    }
+
+    /// `entry` handed to `to` even though it has no header in it (a server forwarding the
+    /// ciphertext to a device that was removed).
+    fn forwarded(entry: &OutboxEntry, from: &Dev, to: &Dev, id: u64) -> Deliver {
+        let (body, headers) = Payload::decode(&entry.payload).unwrap().wire();
+        let header = headers
+            .into_iter()
+            .find(|(d, _)| *d == to.addr)
+            .map(|(_, h)| h)
+            .unwrap_or_default();
+        Deliver {
+            pos: InboxPos::new(id).unwrap(),
+            conversation: entry.conversation,
+            id: MessageId::new(id).unwrap(),
+            sender: from.addr,
+            client_key: entry.client_key,
+            sent_at: Timestamp::from_millis(1),
+            header: header.into(),
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn a_repaired_group_message_is_encrypted_again_under_a_new_key() {
+        let (alice, bob, carol) = (device(1), device(2), device(3));
+        alice
+            .crypto
+            .add_bundles(&[bundle(&bob), bundle(&carol)], &[bob.addr, carol.addr])
+            .unwrap();
+        let c = conv(1);
+        let first = alice
+            .crypto
+            .encrypt_group(random_client_key(), c, &[bob.addr, carol.addr], text("one"))
+            .unwrap();
+        for (to, id) in [(&bob, 1), (&carol, 1)] {
+            let (opened, _) = to.crypto.open(&deliver(&first, &alice, to, c, id)).unwrap();
+            assert!(matches!(opened, Opened::Message(_)));
+        }
+        // Alice's list is stale: the server answers that Carol's device is gone.
+        let key = random_client_key();
+        alice
+            .crypto
+            .encrypt_group(key, c, &[bob.addr, carol.addr], text("two"))
+            .unwrap();
+        alice.crypto.repair(key, &[], &[carol.addr]).unwrap();
+        let second = queued(&alice, key);
+        let (_, headers) = Payload::decode(&second.payload).unwrap().wire();
+        assert_eq!(
+            headers.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
+            vec![bob.addr]
+        );
+        // Carol, handed the ciphertext anyway, holds only the old key.
+        let (opened, _) = carol
+            .crypto
+            .open(&forwarded(&second, &alice, &carol, 2))
+            .unwrap();
+        assert_eq!(failed(opened), chat_crypto::Error::UnknownSenderKey);
+        let (opened, _) = bob
+            .crypto
+            .open(&forwarded(&second, &alice, &bob, 2))
+            .unwrap();
+        assert!(matches!(opened, Opened::Message(_)));
+        // The next message stays on the new key, without handing it out again.
+        let third = alice
+            .crypto
+            .encrypt_group(random_client_key(), c, &[bob.addr], text("three"))
+            .unwrap();
+        let (_, headers) = Payload::decode(&third.payload).unwrap().wire();
+        assert!(headers.iter().all(|(_, h)| h.is_empty()));
+        let (opened, _) = bob
+            .crypto
+            .open(&forwarded(&third, &alice, &bob, 3))
+            .unwrap();
+        assert!(matches!(opened, Opened::Message(_)));
+        let (opened, _) = carol
+            .crypto
+            .open(&forwarded(&third, &alice, &carol, 3))
+            .unwrap();
+        assert_eq!(failed(opened), chat_crypto::Error::UnknownSenderKey);
+    }
+
+    /// One step of the sender-key proptest.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Send to the devices whose bit is set (a device left out has left).
+        Send(u8),
+        /// The server reports the device at this index gone while repairing the last send.
+        Gone(usize),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u8..8).prop_map(Step::Send),
+            (0usize..3).prop_map(Step::Gone)
+        ]
+    }
+
+    /// The sender key id a group body was encrypted under (`01` ‖ key id ‖ ...).
+    fn body_key_id(entry: &OutboxEntry) -> u32 {
+        let (body, _) = Payload::decode(&entry.payload).unwrap().wire();
+        u32::from_be_bytes(body[1..5].try_into().unwrap())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Whatever the sends and removals, no message sent after a device left is under a
+        /// key that device was handed before it left.
+        #[test]
+        fn a_removed_device_never_holds_a_later_key(
+            steps in proptest::collection::vec(step(), 1..12),
+        ) {
+            let alice = device(1);
+            let others = [device(2), device(3), device(4)];
+            let bundles: Vec<_> = others.iter().map(bundle).collect();
+            let addrs: Vec<_> = others.iter().map(|d| d.addr).collect();
+            alice.crypto.add_bundles(&bundles, &addrs).unwrap();
+            let c = conv(1);
+            // Key ids each device was handed; the ids it held when it last left.
+            let mut handed: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); 3];
+            let mut left: Vec<Option<BTreeSet<u32>>> = vec![None; 3];
+            let mut last: Option<(ClientKey, Vec<usize>)> = None;
+            let record = |entry: &OutboxEntry,
+                          handed: &mut Vec<BTreeSet<u32>>,
+                          left: &[Option<BTreeSet<u32>>]| {
+                let k = body_key_id(entry);
+                for (i, gone) in left.iter().enumerate() {
+                    if let Some(ids) = gone {
+                        assert!(!ids.contains(&k), "device {i} left but holds key {k}");
+                    }
+                }
+                let (_, headers) = Payload::decode(&entry.payload).unwrap().wire();
+                for (d, h) in headers {
+                    if !h.is_empty() {
+                        let i = addrs.iter().position(|a| *a == d).unwrap();
+                        handed[i].insert(k);
+                    }
+                }
+            };
+            for s in steps {
+                match s {
+                    Step::Send(mask) => {
+                        let members: Vec<usize> =
+                            (0..3).filter(|i| mask & (1 << i) != 0).collect();
+                        for (i, gone) in left.iter_mut().enumerate() {
+                            if members.contains(&i) {
+                                *gone = None;
+                            } else if gone.is_none() {
+                                *gone = Some(handed[i].clone());
+                            }
+                        }
+                        let list: Vec<_> = members.iter().map(|i| addrs[*i]).collect();
+                        let key = random_client_key();
+                        let entry = alice.crypto.encrypt_group(key, c, &list, text("m")).unwrap();
+                        record(&entry, &mut handed, &left);
+                        last = Some((key, members));
+                    }
+                    Step::Gone(i) => {
+                        let Some((key, members)) = last.as_mut() else { continue };
+                        if !members.contains(&i) {
+                            continue;
+                        }
+                        members.retain(|m| *m != i);
+                        left[i] = Some(handed[i].clone());
+                        alice.crypto.repair(*key, &[], &[addrs[i]]).unwrap();
+                        let entry = queued(&alice, *key);
+                        record(&entry, &mut handed, &left);
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,367 @@
+//! A malicious server, attack by attack (docs/SECURITY.md): the real node behind a man in
+//! the middle (tests/malicious) that rewrites what the server sends to one device. Each test
+//! fails if the attack works.
+
+mod common;
+mod malicious;
+
+use chat::client::{Client, ClientStore, ConversationId, Event, Events, MemoryStore};
+use chat::core::{DeviceAddress, DeviceId};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+
+use chat::core::Recipient;
+use chat::core::protocol::{ClientFrame, Deliver, ServerFrame, StaleDevices};
+use common::{PASSWORD, TestServer, config, http_get, next_text, synced, wait_for};
+use malicious::{Intercepted, Mitm};
+
+/// Registers `name` through the proxy and waits until it is synced.
+async fn through(mitm: &Mitm, name: &str) -> (Client, Events) {
+    let client = Client::register(&mitm.url(), name, PASSWORD, "phone", MemoryStore::new())
+        .await
+        .expect("register");
+    let mut events = client.events();
+    synced(&mut events).await;
+    (client, events)
+}
+
+/// Waits for `conversation`'s next undecryptable delivery; fails on a readable text there first.
+async fn refused(events: &mut Events, conversation: ConversationId) {
+    wait_for(events, |e| match e {
+        Event::Undecryptable {
+            conversation: c, ..
+        } if *c == conversation => Some(()),
+        Event::Message(m) if m.conversation == conversation && m.text().is_some() => {
+            panic!("the attacked device read the message: {:?}", m.text())
+        }
+        _ => None,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_message_moved_into_a_group_is_refused() {
+    let server = TestServer::start(config("memory:")).await;
+    let mitm = Mitm::start(server.addr).await;
+    let (alice, _alice_events) = through(&mitm, "alice").await;
+    let (bob, mut bob_events) = through(&mitm, "bob").await;
+    let (carol, _carol_events) = through(&mitm, "carol").await;
+    let group = alice
+        .create_group(&[bob.user(), carol.user()])
+        .await
+        .expect("group");
+    let direct = alice.open_direct(bob.user()).await.expect("direct");
+    let target = bob.device();
+    mitm.rule(move |seen, frame| match frame {
+        ServerFrame::Deliver(mut d) if seen.device == Some(target) && d.conversation == direct => {
+            d.conversation = group;
+            vec![ServerFrame::Deliver(d)]
+        }
+        other => vec![other],
+    });
+    alice.send_text(direct, "only for bob").await.expect("send");
+    refused(&mut bob_events, group).await;
+    // Honest again: the next private message arrives where it was sent.
+    mitm.honest();
+    alice
+        .send_text(direct, "still private")
+        .await
+        .expect("send");
+    let m = next_text(&mut bob_events, direct).await;
+    assert_eq!(m.text(), Some("still private"));
+    drop(carol);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_key_handout_refiled_under_another_group_is_refused() {
+    let server = TestServer::start(config("memory:")).await;
+    let mitm = Mitm::start(server.addr).await;
+    let (alice, _alice_events) = through(&mitm, "alice").await;
+    let (bob, mut bob_events) = through(&mitm, "bob").await;
+    let two = alice.create_group(&[bob.user()]).await.expect("group 2");
+    alice.send_text(two, "first").await.expect("send");
+    assert_eq!(next_text(&mut bob_events, two).await.text(), Some("first"));
+    let target = bob.device();
+    // The next group's first message to Bob (it carries Alice's sender key for that group)
+    // is filed under group 2.
+    mitm.rule(move |seen, frame| match frame {
+        ServerFrame::Deliver(mut d)
+            if seen.device == Some(target) && d.conversation != two && !d.header.is_empty() =>
+        {
+            d.conversation = two;
+            vec![ServerFrame::Deliver(d)]
+        }
+        other => vec![other],
+    });
+    // Three other groups' handouts, more than the key ids a receiver keeps per sender: had
+    // they been stored under group 2, Alice's genuine group-2 key would be evicted.
+    for n in 0..3 {
+        let one = alice.create_group(&[bob.user()]).await.expect("group 1");
+        alice
+            .send_text(one, &format!("for group {n}"))
+            .await
+            .expect("send");
+        refused(&mut bob_events, two).await;
+    }
+    mitm.honest();
+    alice.send_text(two, "for group 2").await.expect("send");
+    let m = next_text(&mut bob_events, two).await;
+    assert_eq!(m.text(), Some("for group 2"));
+}
+
+/// The server reports one of Bob's devices removed when Alice sends to the group, yet still
+/// delivers the ciphertext to it: Alice rotates her sender key before the repaired message,
+/// so the "removed" device cannot read it while Bob's remaining device does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_reported_removed_cannot_read_the_next_group_message() {
+    let server = TestServer::start(config("memory:")).await;
+    let mitm = Mitm::start(server.addr).await;
+    let (alice, _alice_events) = through(&mitm, "alice").await;
+    let (bob, mut bob_events) = through(&mitm, "bob").await;
+    let phone = Client::login(&mitm.url(), "bob", PASSWORD, "tablet", MemoryStore::new())
+        .await
+        .expect("login");
+    let mut phone_events = phone.events();
+    synced(&mut phone_events).await;
+    let group = alice.create_group(&[bob.user()]).await.expect("group");
+    alice.send_text(group, "before").await.expect("send");
+    for events in [&mut bob_events, &mut phone_events] {
+        assert_eq!(next_text(events, group).await.text(), Some("before"));
+    }
+    let (sender, gone) = (alice.device(), phone.device());
+    let reported = Arc::new(AtomicBool::new(false));
+    let once = reported.clone();
+    mitm.client_rule(move |seen, frame| match frame {
+        // The first send: "that device is gone" instead of the server's answer.
+        ClientFrame::Send(s) if seen.device == Some(sender) && !once.swap(true, SeqCst) => {
+            Intercepted {
+                to_server: Vec::new(),
+                to_client: vec![ServerFrame::StaleDevices(StaleDevices {
+                    req: s.req,
+                    missing: Vec::new(),
+                    extra: vec![gone],
+                })],
+            }
+        }
+        // The repaired send: the real node still delivers it to the device, headerless.
+        ClientFrame::Send(mut s) if seen.device == Some(sender) => {
+            if !s.recipients.iter().any(|r| r.device == gone) {
+                s.recipients.push(Recipient {
+                    device: gone,
+                    header: Default::default(),
+                });
+            }
+            Intercepted::pass(ClientFrame::Send(s))
+        }
+        other => Intercepted::pass(other),
+    });
+    alice.send_text(group, "after").await.expect("send");
+    assert!(reported.load(SeqCst), "the removal was reported");
+    assert_eq!(
+        next_text(&mut bob_events, group).await.text(),
+        Some("after")
+    );
+    refused(&mut phone_events, group).await;
+}
+
+/// The server numbers two of Alice's messages the other way round for Bob, so that Alice's
+/// "delete #N" would name Bob's copy of the other message: relations use the sender's own
+/// IDs inside the ciphertext, so the message Alice kept stays there for Bob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renumbering_messages_for_one_recipient_cannot_aim_a_delete() {
+    let server = TestServer::start(config("memory:")).await;
+    let mitm = Mitm::start(server.addr).await;
+    let (alice, _alice_events) = through(&mitm, "alice").await;
+    let (bob, mut bob_events) = through(&mitm, "bob").await;
+    let direct = alice.open_direct(bob.user()).await.expect("direct");
+    let target = bob.device();
+    // Holds Bob's first delivery in the conversation and sends it after the second, each
+    // under the other's ID (positions stay in order).
+    let mut held: Option<Deliver> = None;
+    let mut swapped = false;
+    mitm.rule(move |seen, frame| match frame {
+        ServerFrame::Deliver(d)
+            if seen.device == Some(target) && d.conversation == direct && !swapped =>
+        {
+            let Some(mut first) = held.take() else {
+                held = Some(d);
+                return Vec::new();
+            };
+            let mut second = d;
+            std::mem::swap(&mut first.id, &mut second.id);
+            swapped = true;
+            vec![ServerFrame::Deliver(first), ServerFrame::Deliver(second)]
+        }
+        other => vec![other],
+    });
+    alice.send_text(direct, "keep").await.expect("send");
+    let erase = alice.send_text(direct, "erase").await.expect("send");
+    assert_eq!(
+        next_text(&mut bob_events, direct).await.text(),
+        Some("keep")
+    );
+    assert_eq!(
+        next_text(&mut bob_events, direct).await.text(),
+        Some("erase")
+    );
+    alice.delete_message(direct, erase).await.expect("delete");
+    // In order after the delete: once this arrives, the delete has been applied.
+    alice.send_text(direct, "done").await.expect("send");
+    assert_eq!(
+        next_text(&mut bob_events, direct).await.text(),
+        Some("done")
+    );
+    let timeline = bob.timeline(direct, None, 10).expect("timeline");
+    assert!(
+        timeline
+            .iter()
+            .any(|m| m.text() == Some("keep") && !m.is_deleted()),
+        "the delete hit the message Alice kept: {timeline:?}"
+    );
+}
+
+/// The server invents a device for Bob (reports it missing on Alice's send and serves
+/// Mallory's keys as its bundle): Alice must not encrypt to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs #16 item 1 (account identities): today's client encrypts to a device the server invents"]
+async fn a_device_the_server_invents_gets_nothing() {
+    let server = TestServer::start(config("memory:")).await;
+    let mitm = Mitm::start(server.addr).await;
+    let (alice, _alice_events) = through(&mitm, "alice").await;
+    let (bob, mut bob_events) = through(&mitm, "bob").await;
+    let mallory_store = Arc::new(MemoryStore::new());
+    let mallory = Client::register(
+        &mitm.url(),
+        "mallory",
+        PASSWORD,
+        "phone",
+        mallory_store.clone(),
+    )
+    .await
+    .expect("register");
+    let token = mallory_store
+        .device()
+        .expect("store")
+        .expect("device")
+        .token;
+    let theirs = http_get(
+        server.addr,
+        &format!("/v1/users/{}/bundles", mallory.user()),
+        &token,
+    )
+    .await;
+    let mut ghost_bundle = theirs["bundles"][0].clone();
+    let ghost = DeviceAddress {
+        user: bob.user(),
+        device: DeviceId::new(77).expect("id"),
+    };
+    ghost_bundle["device"] = serde_json::json!({"user": bob.user().get(), "device": 77});
+    let direct = alice.open_direct(bob.user()).await.expect("direct");
+    let bundles_path = format!("/v1/users/{}/bundles", bob.user());
+    mitm.http_rule(move |req, mut json| {
+        if req.path == bundles_path
+            && let Some(list) = json["bundles"].as_array_mut()
+        {
+            list.push(ghost_bundle.clone());
+        }
+        json
+    });
+    let sender = alice.device();
+    let reported = Arc::new(AtomicBool::new(false));
+    let encrypted = Arc::new(AtomicBool::new(false));
+    let (once, seen_header) = (reported.clone(), encrypted.clone());
+    mitm.client_rule(move |seen, frame| match frame {
+        ClientFrame::Send(s) if seen.device == Some(sender) && !once.swap(true, SeqCst) => {
+            Intercepted {
+                to_server: Vec::new(),
+                to_client: vec![ServerFrame::StaleDevices(StaleDevices {
+                    req: s.req,
+                    missing: vec![ghost],
+                    extra: Vec::new(),
+                })],
+            }
+        }
+        ClientFrame::Send(s) if seen.device == Some(sender) => {
+            if s.recipients
+                .iter()
+                .any(|r| r.device == ghost && !r.header.is_empty())
+            {
+                seen_header.store(true, SeqCst);
+            }
+            Intercepted::pass(ClientFrame::Send(s))
+        }
+        other => Intercepted::pass(other),
+    });
+    // Whether the send then succeeds or is refused is the client's policy; the ghost must
+    // get no header either way.
+    let sent = alice.send_text(direct, "for bob only").await;
+    assert!(reported.load(SeqCst), "the ghost was reported");
+    if sent.is_ok() {
+        assert_eq!(
+            next_text(&mut bob_events, direct).await.text(),
+            Some("for bob only")
+        );
+    }
+    assert!(
+        !encrypted.load(SeqCst),
+        "Alice encrypted to a device the server invented"
+    );
+}
+
+/// The server swaps the identity of Bob's device: Mallory's first message to Alice is
+/// delivered as coming from Bob's device. Alice must neither show it as Bob's nor encrypt to
+/// Mallory's identity in Bob's place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs #16 item 1 (account identities): today's client accepts Mallory's identity as Bob's device's new one (Event::IdentityChanged)"]
+async fn a_swapped_device_identity_is_not_taken_for_the_device() {
+    let server = TestServer::start(config("memory:")).await;
+    let mitm = Mitm::start(server.addr).await;
+    let (alice, mut alice_events) = through(&mitm, "alice").await;
+    let (bob, mut bob_events) = through(&mitm, "bob").await;
+    let (mallory, _mallory_events) = through(&mitm, "mallory").await;
+    let direct = bob.open_direct(alice.user()).await.expect("direct");
+    bob.send_text(direct, "hi, it is bob").await.expect("send");
+    assert_eq!(
+        next_text(&mut alice_events, direct).await.text(),
+        Some("hi, it is bob")
+    );
+    let (target, real, impostor) = (alice.device(), bob.device(), mallory.device());
+    mitm.rule(move |seen, frame| match frame {
+        ServerFrame::Deliver(mut d) if seen.device == Some(target) && d.sender == impostor => {
+            d.sender = real;
+            vec![ServerFrame::Deliver(d)]
+        }
+        other => vec![other],
+    });
+    let theirs = mallory.open_direct(alice.user()).await.expect("direct");
+    mallory
+        .send_text(theirs, "it is bob, really")
+        .await
+        .expect("send");
+    // Bob's next message follows the forged one in Alice's inbox.
+    bob.send_text(direct, "the real bob").await.expect("send");
+    wait_for(&mut alice_events, |e| match e {
+        Event::Message(m) if m.sender == real && m.text() == Some("it is bob, really") => {
+            panic!("Alice took Mallory's message for Bob's")
+        }
+        // A device key that does not chain to Bob's account identity is refused, not
+        // accepted as Bob's device changing its identity.
+        Event::IdentityChanged { device } if *device == real => {
+            panic!("Alice accepted Mallory's identity for Bob's device")
+        }
+        Event::Message(m) if m.conversation == direct && m.text().is_some() => Some(()),
+        Event::Undecryptable { conversation, .. } if *conversation == direct => Some(()),
+        _ => None,
+    })
+    .await;
+    // Alice's answer still goes to the real Bob, not to a session with Mallory's identity.
+    alice.send_text(direct, "answer").await.expect("send");
+    wait_for(&mut bob_events, |e| match e {
+        Event::Message(m) if m.conversation == direct && m.text() == Some("answer") => Some(()),
+        Event::Undecryptable { conversation, .. } if *conversation == direct => {
+            panic!("Alice encrypted her answer to the swapped identity")
+        }
+        _ => None,
+    })
+    .await;
+}
