@@ -21,7 +21,7 @@ use chat_core::{
     Topic, UserId,
 };
 use chat_server::{LocalBus, RedisBus};
-use cluster_support::RedisUser;
+use cluster_support::{RedisKeys, RedisUser};
 use common::WAIT;
 use tokio::sync::mpsc;
 
@@ -97,6 +97,8 @@ struct RedisNodes {
     user_b: RedisUser,
     prefix: String,
     url: String,
+    /// Last, so the buses are gone before their keys are deleted.
+    _keys: RedisKeys,
 }
 
 async fn redis_pair() -> Option<RedisNodes> {
@@ -115,6 +117,7 @@ async fn redis_pair() -> Option<RedisNodes> {
         b: Arc::new(b),
         user_a,
         user_b,
+        _keys: RedisKeys::new(&url, &prefix),
         prefix,
         url,
     })
@@ -436,6 +439,7 @@ async fn a_delivery_racing_the_subscription_is_not_lost() {
     let db = cluster_support::Database::create(&pg).await;
     let store = chat_storage::open(&db.url()).await.expect("store");
     let prefix = format!("{}:", cluster_support::unique("gw"));
+    let _keys = RedisKeys::new(&redis, &prefix);
     let config = chat_server::Config {
         store: db.url().into(),
         redis_url: Some(redis.clone().into()),

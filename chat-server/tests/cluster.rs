@@ -21,7 +21,7 @@ use chat_core::{
     ClientKey, ConversationId, DeviceAddress, DeviceId, ErrorCode, MessageId, ReceiptKind,
     Recipient, UserId,
 };
-use cluster_support::{Database, RedisUser};
+use cluster_support::{Database, RedisKeys, RedisUser};
 use common::{Account, Client, WAIT, http};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -52,6 +52,8 @@ struct Cluster {
     redis_url: String,
     _db: Database,
     _dir: tempfile::TempDir,
+    /// Last, so the nodes are gone before their keys are deleted.
+    _keys: RedisKeys,
 }
 
 impl Cluster {
@@ -61,6 +63,7 @@ impl Cluster {
         let pg = cluster_support::postgres_url()?;
         let db = Database::create(&pg).await;
         let prefix = format!("{}:", cluster_support::unique("cluster"));
+        let keys = RedisKeys::new(&redis, &prefix);
         let dir = tempfile::tempdir().unwrap();
         let (webhook, pushes) = webhook().await;
         let mut nodes = Vec::new();
@@ -97,6 +100,7 @@ impl Cluster {
             redis_url: redis,
             _db: db,
             _dir: dir,
+            _keys: keys,
         })
     }
 

@@ -3,58 +3,24 @@
 //! the node registry, presence. Needs `CHAT_TEST_REDIS_URL`; without it each test says it is
 //! skipped (a failure under `CHAT_TEST_REQUIRE_SERVICES=1`, as in CI).
 
+mod cluster_support;
 mod common;
 
 use std::sync::Arc;
 
 use chat_core::protocol::{PresenceEvent, ServerFrame, Subscribe, Unsubscribe};
 use chat_core::{Store, UserId};
+use cluster_support::RedisKeys;
 use common::{TestServer, WAIT, http_from, test_config};
 use serde_json::{Value, json};
 
 const GUESSER: [u8; 4] = [127, 0, 0, 2];
 const OWNER: [u8; 4] = [127, 0, 0, 3];
 
-/// Deletes the keys under a test's Redis prefix when dropped.
-struct Cleanup {
-    url: String,
-    prefix: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Ok(mut conn) =
-            redis::Client::open(self.url.as_str()).and_then(|client| client.get_connection())
-        else {
-            return;
-        };
-        let mut cursor = 0u64;
-        loop {
-            let Ok((next, keys)) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}*", self.prefix))
-                .arg("COUNT")
-                .arg(1000)
-                .query::<(u64, Vec<String>)>(&mut conn)
-            else {
-                return;
-            };
-            if !keys.is_empty() {
-                let _ = redis::cmd("DEL").arg(&keys).exec(&mut conn);
-            }
-            if next == 0 {
-                return;
-            }
-            cursor = next;
-        }
-    }
-}
-
 /// A node configuration for a cluster on `CHAT_TEST_REDIS_URL` under a fresh prefix (whose
 /// keys go when the returned guard is dropped), or `None` (a visible skip, a CI failure) when
 /// it is unset.
-fn cluster_config(test: &str) -> Option<(chat_server::Config, Cleanup)> {
+fn cluster_config(test: &str) -> Option<(chat_server::Config, RedisKeys)> {
     let redis_url = chat_storage::testing::service_url("CHAT_TEST_REDIS_URL")?;
     let mut salt = [0u8; 8];
     getrandom::fill(&mut salt).unwrap();
@@ -67,13 +33,7 @@ fn cluster_config(test: &str) -> Option<(chat_server::Config, Cleanup)> {
         redis_prefix: prefix.clone(),
         ..test_config()
     };
-    Some((
-        config,
-        Cleanup {
-            url: redis_url,
-            prefix,
-        },
-    ))
+    Some((config, RedisKeys::new(&redis_url, &prefix)))
 }
 
 /// Two nodes of one cluster: one store, one Redis prefix.

@@ -32,6 +32,55 @@ pub fn unique(kind: &str) -> String {
     )
 }
 
+/// Deletes every Redis key under a test's prefix when dropped, so a test leaves nothing
+/// behind (presence sets have no TTL), also when it fails. Drop it after the nodes that
+/// write under the prefix: declare it before them, or as a struct's last field.
+pub struct RedisKeys {
+    url: String,
+    prefix: String,
+}
+
+impl RedisKeys {
+    /// A guard for the keys under `prefix` on the Redis at `url`.
+    pub fn new(url: &str, prefix: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+        }
+    }
+}
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        // A blocking connection: drop may run where no runtime can be awaited on.
+        let Ok(mut conn) =
+            redis::Client::open(self.url.as_str()).and_then(|client| client.get_connection())
+        else {
+            return;
+        };
+        let mut cursor = 0u64;
+        loop {
+            let Ok((next, keys)) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query::<(u64, Vec<String>)>(&mut conn)
+            else {
+                return;
+            };
+            if !keys.is_empty() {
+                let _ = redis::cmd("DEL").arg(&keys).exec(&mut conn);
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    }
+}
+
 /// An administrative connection to the test Redis.
 pub async fn admin(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
