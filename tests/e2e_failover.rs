@@ -18,6 +18,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use chat::client::{Client, MemoryStore, Nodes, Server, SqliteStore};
+use chat_storage::testing::FreshPostgres;
 use common::{PASSWORD, WAIT, config, http_get, next_message, synced};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -26,7 +27,6 @@ const SENDS: usize = 60;
 /// Sends made once node 1 is dead.
 const LATE: usize = 10;
 const NODE_ENV: &str = "CHAT_TEST_FAILOVER_NODE";
-const URL_VAR: &str = "CHAT_TEST_POSTGRES_URL";
 
 /// Not a test on its own: the body of a child process serving the store URL in `NODE_ENV`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,79 +70,17 @@ async fn spawn_node(store: &str) -> (Child, SocketAddr) {
     (child, addr)
 }
 
-/// A database of its own for one test, dropped when the test ends.
-struct FreshDatabase {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl FreshDatabase {
-    async fn create() -> Option<Self> {
-        let admin = chat_storage::testing::service_url(URL_VAR)?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let name = format!("chat_failover_{}_{nanos}", std::process::id());
-        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-            .await
-            .expect("connect to PostgreSQL");
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create the test database");
-        // The same server and credentials, another database (any query string kept).
-        let (base, query) = match admin.split_once('?') {
-            Some((base, query)) => (base, format!("?{query}")),
-            None => (admin.as_str(), String::new()),
-        };
-        let (server, _db) = base.rsplit_once('/').expect("a database in the URL");
-        let url = format!("{server}/{name}{query}");
-        Some(Self { admin, name, url })
-    }
-}
-
-impl Drop for FreshDatabase {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        // Drop runs inside the test's runtime, which cannot be blocked on: a thread with its
-        // own.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                let Ok((client, conn)) =
-                    tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
-                else {
-                    return;
-                };
-                tokio::spawn(conn);
-                let _ = client
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
-            });
-        });
-        let _ = cleanup.join();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_move_to_another_node_when_theirs_dies_and_lose_nothing() {
     if std::env::var(NODE_ENV).is_ok() {
         return;
     }
-    let Some(db) = FreshDatabase::create().await else {
+    let Some(db) = FreshPostgres::create("chat_failover").await else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut node1, addr1) = spawn_node(&db.url).await;
-    let (_node2, addr2) = spawn_node(&db.url).await;
+    let (mut node1, addr1) = spawn_node(&db.url()).await;
+    let (_node2, addr2) = spawn_node(&db.url()).await;
     let (url1, url2) = (format!("http://{addr1}"), format!("http://{addr2}"));
     let alice_nodes = Nodes::new([&url1, &url2]).expect("nodes");
 

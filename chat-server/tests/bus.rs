@@ -433,10 +433,9 @@ async fn a_delivery_racing_the_subscription_is_not_lost() {
     let Some(redis) = cluster_support::redis_url() else {
         return;
     };
-    let Some(pg) = cluster_support::postgres_url() else {
+    let Some(db) = chat_storage::testing::FreshPostgres::create("chat_gw").await else {
         return;
     };
-    let db = cluster_support::Database::create(&pg).await;
     let store = chat_storage::open(&db.url()).await.expect("store");
     let prefix = format!("{}:", cluster_support::unique("gw"));
     let _keys = RedisKeys::new(&redis, &prefix);

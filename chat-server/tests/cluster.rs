@@ -21,7 +21,8 @@ use chat_core::{
     ClientKey, ConversationId, DeviceAddress, DeviceId, ErrorCode, MessageId, ReceiptKind,
     Recipient, UserId,
 };
-use cluster_support::{Database, RedisKeys, RedisUser};
+use chat_storage::testing::FreshPostgres;
+use cluster_support::{RedisKeys, RedisUser};
 use common::{Account, Client, WAIT, http};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -50,7 +51,7 @@ struct Cluster {
     pushes: mpsc::UnboundedReceiver<Value>,
     prefix: String,
     redis_url: String,
-    _db: Database,
+    _db: FreshPostgres,
     _dir: tempfile::TempDir,
     /// Last, so the nodes are gone before their keys are deleted.
     _keys: RedisKeys,
@@ -60,8 +61,7 @@ impl Cluster {
     /// Starts `n` nodes, or `None` (the test is skipped) without PostgreSQL or Redis.
     async fn start(n: usize) -> Option<Self> {
         let redis = cluster_support::redis_url()?;
-        let pg = cluster_support::postgres_url()?;
-        let db = Database::create(&pg).await;
+        let db = FreshPostgres::create("chat_cluster").await?;
         let prefix = format!("{}:", cluster_support::unique("cluster"));
         let keys = RedisKeys::new(&redis, &prefix);
         let dir = tempfile::tempdir().unwrap();

@@ -272,26 +272,12 @@ async fn concurrent_adds_stop_at_the_limit_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_adds_stop_at_the_limit_on_postgres() {
-    let Some(url) = chat_storage::testing::service_url("CHAT_TEST_POSTGRES_URL") else {
+    let Some(db) = chat_storage::testing::FreshPostgres::create("chat_groups").await else {
         return;
     };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let schema = format!("chat_groups_{}_{nanos}", std::process::id());
-    let options = chat_storage::PostgresOptions::default().schema(schema.clone());
-    let store = chat_storage::PostgresStore::connect(&url, options)
+    let store = chat_storage::PostgresStore::connect(&db.url(), Default::default())
         .await
         .expect("connect");
     let server = TestServer::with_store(test_config(), Arc::new(store)).await;
     concurrent_adds_stop_at_the_limit(server).await;
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .expect("drop schema");
 }

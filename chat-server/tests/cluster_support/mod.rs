@@ -1,8 +1,9 @@
 //! What the multi-node tests share: the Redis and PostgreSQL of the machine (from
 //! `CHAT_TEST_REDIS_URL` and `CHAT_TEST_POSTGRES_URL`), each test with its own channel
-//! prefix, its own PostgreSQL database, and a Redis ACL user per node so a test can kill
-//! exactly its own nodes' pub/sub connections (`CLIENT KILL USER … TYPE pubsub`) without
-//! touching anyone else's.
+//! prefix (whose keys [`RedisKeys`] deletes), its own PostgreSQL database
+//! (`chat_storage::testing::FreshPostgres`), and a Redis ACL user per node so a test can
+//! kill exactly its own nodes' pub/sub connections (`CLIENT KILL USER … TYPE pubsub`)
+//! without touching anyone else's.
 #![allow(dead_code, unreachable_pub)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -11,12 +12,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// (`chat_storage::testing::service_url`: visible, and a failure in CI).
 pub fn redis_url() -> Option<String> {
     chat_storage::testing::service_url("CHAT_TEST_REDIS_URL")
-}
-
-/// `CHAT_TEST_POSTGRES_URL`, or `None` when the test is skipped
-/// (`chat_storage::testing::service_url`: visible, and a failure in CI).
-pub fn postgres_url() -> Option<String> {
-    chat_storage::testing::service_url("CHAT_TEST_POSTGRES_URL")
 }
 
 /// A name no other test, in this run or a concurrent one, uses.
@@ -167,66 +162,6 @@ impl Drop for RedisUser {
             if let Ok(mut conn) = client.get_connection() {
                 let _: Result<(), _> = redis::cmd("ACL").arg("DELUSER").arg(&name).query(&mut conn);
             }
-        })
-        .join();
-    }
-}
-
-/// A PostgreSQL database of its own, dropped (with its connections) on drop.
-pub struct Database {
-    admin_url: String,
-    pub name: String,
-}
-
-impl Database {
-    pub async fn create(admin_url: &str) -> Self {
-        let name = unique("chat_cluster");
-        let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
-            .await
-            .expect("postgres reachable");
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("CREATE DATABASE");
-        Self {
-            admin_url: admin_url.to_owned(),
-            name,
-        }
-    }
-
-    /// The URL of this database (the admin URL with its database name replaced).
-    pub fn url(&self) -> String {
-        let (base, query) = match self.admin_url.split_once('?') {
-            Some((base, query)) => (base, format!("?{query}")),
-            None => (self.admin_url.as_str(), String::new()),
-        };
-        let (scheme, rest) = base.split_once("://").expect("a URL");
-        let server = rest.split_once('/').map_or(rest, |(server, _)| server);
-        format!("{scheme}://{server}/{}{query}", self.name)
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let (url, name) = (self.admin_url.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-                else {
-                    return;
-                };
-                tokio::spawn(conn);
-                let _ = client
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
-            });
         })
         .join();
     }

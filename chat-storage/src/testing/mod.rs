@@ -272,6 +272,8 @@ mod accounts;
 mod conversations;
 mod messages;
 mod people;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod retention;
 
 pub use accounts::{
@@ -296,6 +298,8 @@ pub use people::{
     blocked_direct_sends_are_withheld, blocks_are_one_way, profiles_round_trip,
     search_pages_by_prefix,
 };
+#[cfg(feature = "postgres")]
+pub use postgres::FreshPostgres;
 pub use retention::{
     concurrent_trims_and_appends_agree, trim_floor_never_moves_down,
     trimming_is_batched_and_keeps_newer_entries,
