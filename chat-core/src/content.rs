@@ -169,36 +169,84 @@ pub struct AttachmentPointer {
     pub caption: Option<String>,
 }
 
-/// What happened to a group's membership.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
-#[cbor(index_only)]
+/// What happened to a group's membership. On the wire, an unsigned number (see
+/// [`GroupAction::number`]); a number this version does not know decodes as
+/// [`GroupAction::Unknown`], so actions added later never make the whole content
+/// undecodable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum GroupAction {
     /// The group was created with these members.
-    #[n(0)]
     Created,
     /// These users were added.
-    #[n(1)]
     Added,
     /// These users were removed.
-    #[n(2)]
     Removed,
     /// The sender left.
-    #[n(3)]
     Left,
     /// These members were made admins (issue 17).
-    #[n(4)]
     Promoted,
     /// These admins were made members.
-    #[n(5)]
     Demoted,
     /// The group was renamed (the new name in `name`; `users` empty).
-    #[n(6)]
     Renamed,
     /// Who may add members or rename changed (`users` empty; the new settings are in the
     /// member list and, once wired, in the signed change chain).
-    #[n(7)]
     SettingsChanged,
+    /// An action of a later version, by its number: shown as a change this client cannot
+    /// describe, and encoded back to the same number.
+    Unknown(u32),
+}
+
+impl GroupAction {
+    /// The action's wire number: 0 created, 1 added, 2 removed, 3 left, 4 promoted,
+    /// 5 demoted, 6 renamed, 7 settings changed.
+    pub const fn number(self) -> u32 {
+        match self {
+            Self::Created => 0,
+            Self::Added => 1,
+            Self::Removed => 2,
+            Self::Left => 3,
+            Self::Promoted => 4,
+            Self::Demoted => 5,
+            Self::Renamed => 6,
+            Self::SettingsChanged => 7,
+            Self::Unknown(n) => n,
+        }
+    }
+
+    /// The action with wire number `n`; [`GroupAction::Unknown`] for numbers past those
+    /// this version knows.
+    pub const fn from_number(n: u32) -> Self {
+        match n {
+            0 => Self::Created,
+            1 => Self::Added,
+            2 => Self::Removed,
+            3 => Self::Left,
+            4 => Self::Promoted,
+            5 => Self::Demoted,
+            6 => Self::Renamed,
+            7 => Self::SettingsChanged,
+            n => Self::Unknown(n),
+        }
+    }
+}
+
+impl<C> Encode<C> for GroupAction {
+    fn encode<W: minicbor::encode::Write>(
+        &self,
+        e: &mut minicbor::Encoder<W>,
+        _: &mut C,
+    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        e.u32(self.number())?;
+        Ok(())
+    }
+}
+
+impl<'b, C> Decode<'b, C> for GroupAction {
+    fn decode(d: &mut minicbor::Decoder<'b>, _: &mut C) -> Result<Self, minicbor::decode::Error> {
+        Ok(Self::from_number(d.u32()?))
+    }
 }
 
 /// A membership change, announced by the member who made it.

@@ -474,15 +474,10 @@ fn any_content() -> impl Strategy<Value = Content> {
                 })
             }),
         (
+            // Every action this version knows, and numbers of later versions (Unknown).
             prop_oneof![
-                Just(GroupAction::Created),
-                Just(GroupAction::Added),
-                Just(GroupAction::Removed),
-                Just(GroupAction::Left),
-                Just(GroupAction::Promoted),
-                Just(GroupAction::Demoted),
-                Just(GroupAction::Renamed),
-                Just(GroupAction::SettingsChanged),
+                (0u32..8).prop_map(GroupAction::from_number),
+                any::<u32>().prop_map(GroupAction::from_number),
             ],
             prop::collection::vec(any_id(), 0..4),
             prop::option::of(text)
