@@ -1,14 +1,14 @@
-//! A device added to a user receives what is sent afterwards (the sender's device list is
-//! repaired on `stale_devices`), and a device that comes back with new keys is reported as
-//! an identity change.
+//! A device linked to a user receives what is sent afterwards (the sender's device list is
+//! repaired on `stale_devices`, from the user's signed list), and a device that comes back
+//! with new keys must be linked again; contacts see both as device list changes.
 
 mod common;
 
 use chat::client::{Client, Event, MemoryStore};
-use common::{PASSWORD, TestServer, config, device, next_message, synced, user, wait_for};
+use common::{PASSWORD, TestServer, config, device, link, next_message, synced, user, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_devices_receive_and_identity_changes_are_reported() {
+async fn linked_devices_receive_and_device_changes_are_reported() {
     let server = TestServer::start(config("memory:")).await;
     let (alice, mut a) = user(&server, "alice").await;
     let (bob1, mut b1) = user(&server, "bob").await;
@@ -17,18 +17,36 @@ async fn new_devices_receive_and_identity_changes_are_reported() {
     let chat = alice.open_direct(bob1.user()).await.expect("open");
     alice.send_text(chat, "one").await.expect("send");
     assert_eq!(next_message(&mut b1, chat).await.text(), Some("one"));
+    let number = alice.safety_number(bob1.user()).await.expect("number");
 
-    // Bob adds a phone; Alice's next message reaches it without Alice doing anything.
-    let (bob2, mut b2) = device(&server, "bob").await;
+    // Bob links a phone; Alice's next message reaches it without Alice doing anything, and
+    // Alice is told.
+    let (bob2, mut b2) = device(&server, "bob", &bob1).await;
     synced(&mut b2).await;
     let two = alice.send_text(chat, "two").await.expect("send");
     for events in [&mut b1, &mut b2] {
         let m = next_message(events, chat).await;
         assert_eq!((m.id, m.text()), (two, Some("two")));
     }
-
-    // The phone is reinstalled: same device, new keys. Alice is told when it writes.
     let phone = bob2.device();
+    let added = wait_for(&mut a, |e| match e {
+        Event::DevicesChanged { user, added, .. } if *user == bob1.user() => Some(added.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(added, vec![phone.device]);
+    assert_eq!(
+        alice.devices_of(bob1.user()).await.expect("devices"),
+        vec![bob1.device().device, phone.device]
+    );
+    assert_eq!(
+        alice.safety_number(bob1.user()).await.expect("number"),
+        number,
+        "a linked device leaves the safety number as it was"
+    );
+
+    // The phone is reinstalled: same device, new keys. Until Bob links it again it is not
+    // on his list; then Alice is told when it writes, and its new keys are used.
     drop((bob2, b2));
     let bob2 = Client::relogin(
         &server.url(),
@@ -39,19 +57,21 @@ async fn new_devices_receive_and_identity_changes_are_reported() {
     )
     .await
     .expect("relogin");
+    link(&bob1, &bob2).await;
     let mut b2 = bob2.events();
     synced(&mut b2).await;
     let three = bob2.send_text(chat, "three").await.expect("send");
     let changed = wait_for(&mut a, |e| match e {
-        Event::IdentityChanged { device } => Some(*device),
+        Event::DevicesChanged { user, changed, .. } if *user == bob1.user() => {
+            Some(changed.clone())
+        }
         _ => None,
     })
     .await;
-    assert_eq!(changed, phone);
+    assert_eq!(changed, vec![phone.device]);
     let m = next_message(&mut a, chat).await;
     assert_eq!((m.id, m.text()), (three, Some("three")));
 
-    // The new keys are used from now on.
     let four = alice.send_text(chat, "four").await.expect("send");
     let m = next_message(&mut b2, chat).await;
     assert_eq!((m.id, m.text()), (four, Some("four")));

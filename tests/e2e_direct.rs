@@ -12,9 +12,9 @@ async fn text_reaches_every_device_and_the_server_stores_no_plaintext() {
     let server = TestServer::start(config(&format!("sqlite://{}", db.display()))).await;
 
     let (alice1, mut a1) = user(&server, "alice").await;
-    let (_alice2, mut a2) = device(&server, "alice").await;
+    let (_alice2, mut a2) = device(&server, "alice", &alice1).await;
     let (bob1, mut b1) = user(&server, "bob").await;
-    let (_bob2, mut b2) = device(&server, "bob").await;
+    let (_bob2, mut b2) = device(&server, "bob", &bob1).await;
     for e in [&mut a1, &mut a2, &mut b1, &mut b2] {
         synced(e).await;
     }

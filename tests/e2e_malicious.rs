@@ -121,6 +121,7 @@ async fn a_device_reported_removed_cannot_read_the_next_group_message() {
     let phone = Client::login(&mitm.url(), "bob", PASSWORD, "tablet", MemoryStore::new())
         .await
         .expect("login");
+    common::link(&bob, &phone).await;
     let mut phone_events = phone.events();
     synced(&mut phone_events).await;
     let group = alice.create_group(&[bob.user()]).await.expect("group");
@@ -223,11 +224,10 @@ async fn renumbering_messages_for_one_recipient_cannot_aim_a_delete() {
 /// The server invents a device for Bob (reports it missing on Alice's send and serves
 /// Mallory's keys as its bundle): Alice must not encrypt to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs #16 item 1 (account identities): today's client encrypts to a device the server invents"]
 async fn a_device_the_server_invents_gets_nothing() {
     let server = TestServer::start(config("memory:")).await;
     let mitm = Mitm::start(server.addr).await;
-    let (alice, _alice_events) = through(&mitm, "alice").await;
+    let (alice, mut alice_events) = through(&mitm, "alice").await;
     let (bob, mut bob_events) = through(&mitm, "bob").await;
     let mallory_store = Arc::new(MemoryStore::new());
     let mallory = Client::register(
@@ -292,8 +292,8 @@ async fn a_device_the_server_invents_gets_nothing() {
         }
         other => Intercepted::pass(other),
     });
-    // Whether the send then succeeds or is refused is the client's policy; the ghost must
-    // get no header either way.
+    // The send goes out with an empty header for the ghost (the server's coverage rule is
+    // met; the ghost learns nothing).
     let sent = alice.send_text(direct, "for bob only").await;
     assert!(reported.load(SeqCst), "the ghost was reported");
     if sent.is_ok() {
@@ -306,13 +306,18 @@ async fn a_device_the_server_invents_gets_nothing() {
         !encrypted.load(SeqCst),
         "Alice encrypted to a device the server invented"
     );
+    // Bob's signed device list does not name it: Alice says so.
+    wait_for(&mut alice_events, |e| match e {
+        Event::DeviceRefused { device } if *device == ghost => Some(()),
+        _ => None,
+    })
+    .await;
 }
 
 /// The server swaps the identity of Bob's device: Mallory's first message to Alice is
 /// delivered as coming from Bob's device. Alice must neither show it as Bob's nor encrypt to
 /// Mallory's identity in Bob's place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs #16 item 1 (account identities): today's client accepts Mallory's identity as Bob's device's new one (Event::IdentityChanged)"]
 async fn a_swapped_device_identity_is_not_taken_for_the_device() {
     let server = TestServer::start(config("memory:")).await;
     let mitm = Mitm::start(server.addr).await;
@@ -344,9 +349,11 @@ async fn a_swapped_device_identity_is_not_taken_for_the_device() {
         Event::Message(m) if m.sender == real && m.text() == Some("it is bob, really") => {
             panic!("Alice took Mallory's message for Bob's")
         }
-        // A device key that does not chain to Bob's account identity is refused, not
-        // accepted as Bob's device changing its identity.
-        Event::IdentityChanged { device } if *device == real => {
+        // A device key that is not on Bob's signed device list is refused, not accepted as
+        // Bob's device changing its identity or Bob's account changing.
+        Event::DevicesChanged { user, .. } | Event::AccountChanged { user, .. }
+            if *user == real.user =>
+        {
             panic!("Alice accepted Mallory's identity for Bob's device")
         }
         Event::Message(m) if m.conversation == direct && m.text().is_some() => Some(()),
@@ -364,4 +371,142 @@ async fn a_swapped_device_identity_is_not_taken_for_the_device() {
         _ => None,
     })
     .await;
+}
+
+/// After Bob removed his tablet, the server serves Alice Bob's older device list (which
+/// still names the tablet) and claims the tablet is missing from her send. Alice keeps the
+/// newer list she trusts: the tablet gets no header, and she reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_device_list_is_not_taken_back() {
+    use std::sync::Mutex;
+
+    let server = TestServer::start(config("memory:")).await;
+    let mitm = Mitm::start(server.addr).await;
+    let (alice, mut alice_events) = through(&mitm, "alice").await;
+    let (bob, mut bob_events) = through(&mitm, "bob").await;
+    let tablet = Client::login(&mitm.url(), "bob", PASSWORD, "tablet", MemoryStore::new())
+        .await
+        .expect("login");
+    common::link(&bob, &tablet).await;
+    // Record every list of Bob's the server hands out.
+    let lists_path = format!("/v1/users/{}/device-list", bob.user());
+    let seen: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let (path, record) = (lists_path.clone(), seen.clone());
+    mitm.http_rule(move |req, json| {
+        if req.path == path {
+            record.lock().expect("lock").push(json.clone());
+        }
+        json
+    });
+    let direct = alice.open_direct(bob.user()).await.expect("direct");
+    alice.send_text(direct, "one").await.expect("send");
+    assert_eq!(next_text(&mut bob_events, direct).await.text(), Some("one"));
+    let with_tablet = seen.lock().expect("lock").last().cloned().expect("a list");
+
+    let gone = tablet.device();
+    bob.remove_device(gone.device).await.expect("remove");
+    alice.send_text(direct, "two").await.expect("send");
+    assert_eq!(next_text(&mut bob_events, direct).await.text(), Some("two"));
+    assert_eq!(
+        alice.devices_of(bob.user()).await.expect("devices"),
+        vec![bob.device().device]
+    );
+
+    // The attack: the old list again, and "the tablet is missing".
+    mitm.honest();
+    mitm.http_rule(move |req, json| {
+        if req.path == lists_path {
+            with_tablet.clone()
+        } else {
+            json
+        }
+    });
+    let sender = alice.device();
+    let claimed = Arc::new(AtomicBool::new(false));
+    let encrypted = Arc::new(AtomicBool::new(false));
+    let (once, seen_header) = (claimed.clone(), encrypted.clone());
+    mitm.client_rule(move |seen, frame| match frame {
+        ClientFrame::Send(s) if seen.device == Some(sender) => {
+            if s.recipients
+                .iter()
+                .any(|r| r.device == gone && !r.header.is_empty())
+            {
+                seen_header.store(true, SeqCst);
+            }
+            if once.swap(true, SeqCst) {
+                return Intercepted::pass(ClientFrame::Send(s));
+            }
+            Intercepted {
+                to_server: Vec::new(),
+                to_client: vec![ServerFrame::StaleDevices(StaleDevices {
+                    req: s.req,
+                    missing: vec![gone],
+                    extra: Vec::new(),
+                })],
+            }
+        }
+        other => Intercepted::pass(other),
+    });
+    let _ = alice.send_text(direct, "three").await;
+    assert!(claimed.load(SeqCst));
+    wait_for(&mut alice_events, |e| match e {
+        Event::DeviceRefused { device } if *device == gone => Some(()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        alice.devices_of(bob.user()).await.expect("devices"),
+        vec![bob.device().device],
+        "the newer list stays trusted"
+    );
+    alice.send_text(direct, "four").await.expect("send");
+    assert!(
+        !encrypted.load(SeqCst),
+        "Alice encrypted to the removed device again"
+    );
+}
+
+/// The server hands Alice a device list for Bob signed by an account key of its own (with a
+/// device of its own on it). Alice verified Bob: she sends nothing until the user decides,
+/// and is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_key_the_server_invents_blocks_sending_to_a_verified_contact() {
+    use chat::crypto::{AccountIdentity, IdentityPublic};
+
+    let server = TestServer::start(config("memory:")).await;
+    let mitm = Mitm::start(server.addr).await;
+    let (alice, mut alice_events) = through(&mitm, "alice").await;
+    let (bob, _bob_events) = through(&mitm, "bob").await;
+    let direct = alice.open_direct(bob.user()).await.expect("direct");
+    alice.send_text(direct, "hi").await.expect("send");
+    alice.verify(bob.user()).await.expect("verify");
+
+    let server_device = IdentityPublic {
+        signing: [7; 32],
+        dh: [8; 32],
+    };
+    let forged = AccountIdentity::from_secret(&[9; 32])
+        .sign_device_list(bob.user(), 1_000, &[(bob.device().device, server_device)])
+        .expect("sign");
+    let path = format!("/v1/users/{}/device-list", bob.user());
+    let hex_list = hex::encode(forged.encode());
+    mitm.http_rule(move |req, json| {
+        if req.path == path {
+            serde_json::json!({"version": 1_000, "list": hex_list})
+        } else {
+            json
+        }
+    });
+    // Anything that makes Alice read Bob's list again: here, showing his devices.
+    let _ = alice.devices_of(bob.user()).await;
+    let blocked = wait_for(&mut alice_events, |e| match e {
+        Event::AccountChanged { user, blocked, .. } if *user == bob.user() => Some(*blocked),
+        _ => None,
+    })
+    .await;
+    assert!(blocked);
+    assert!(matches!(
+        alice.send_text(direct, "still there?").await,
+        Err(chat::client::Error::IdentityNotAccepted(_))
+    ));
 }

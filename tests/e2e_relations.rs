@@ -40,7 +40,7 @@ async fn relations_read_positions_and_search_across_devices() {
     let server = TestServer::start(config("memory:")).await;
     let (alice, mut a) = user(&server, "alice").await;
     let (bob, mut b) = user(&server, "bob").await;
-    let (bob2, mut b2) = device(&server, "bob").await;
+    let (bob2, mut b2) = device(&server, "bob", &bob).await;
     for events in [&mut a, &mut b, &mut b2] {
         synced(events).await;
     }
@@ -115,7 +115,7 @@ async fn relations_read_positions_and_search_across_devices() {
         ReadPosition::up_to(m2)
     );
     // A device added later learns the position with the conversation.
-    let (bob3, _b3) = device(&server, "bob").await;
+    let (bob3, _b3) = device(&server, "bob", &bob).await;
     assert_eq!(bob3.read_position(chat).expect("pos"), ReadPosition::NONE);
     bob3.conversations().await.expect("bob3 learns the chat");
     assert_eq!(

@@ -1,7 +1,7 @@
 //! [`Client`]: the app's handle. Accounts, conversations and sending live here; receiving
 //! lives in the driver task (`driver.rs`) the client starts and stops with itself.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -10,7 +10,7 @@ use chat_core::{
     ClientKey, Content, Conversation, ConversationId, ConversationKind, DeviceAddress, DeviceId,
     ErrorCode, GroupAction, GroupChange, MessageId, ReceiptKind, Text, UserId, Username,
 };
-use chat_crypto::{Account, SafetyNumber};
+use chat_crypto::{Account, IdentityPublic};
 use http_body_util::{BodyExt as _, StreamBody};
 use hyper::Method;
 use hyper::body::Frame;
@@ -88,6 +88,14 @@ pub(crate) struct Inner {
     pub(crate) closed: std::sync::atomic::AtomicBool,
     /// Conversations known to be in the store (a cache for `learn_conversation`).
     known: Mutex<std::collections::HashSet<ConversationId>>,
+    /// How account identity changes of contacts are treated.
+    pub(crate) policy: Mutex<crate::TrustPolicy>,
+    /// Devices already reported as refused (each is reported once per client).
+    pub(crate) refused: Mutex<std::collections::HashSet<DeviceAddress>>,
+    /// The trust records read so far (the store's, with their signatures checked once).
+    pub(crate) trusted: Mutex<HashMap<UserId, crate::trust::TrustRecord>>,
+    /// The link code this unlinked device showed, until it is linked.
+    pub(crate) link_code: Mutex<Option<chat_crypto::LinkCode>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -239,7 +247,10 @@ impl Client {
         .await?;
         let store: Arc<dyn ClientStore> = Arc::new(store);
         let crypto = Crypto::new(me, store.clone(), account);
-        Ok(Self::start(nodes, me, login.token, store, crypto))
+        // The same connections serve the client from now on.
+        let client = Self::start(nodes, http, me, login.token, store, crypto);
+        client.inner.establish_account().await?;
+        Ok(client)
     }
 
     /// Resumes the device kept in `store` (after a restart), connecting to `server` (which may
@@ -249,8 +260,10 @@ impl Client {
         let record = store.device()?.ok_or(Error::NotLoggedIn)?;
         let store: Arc<dyn ClientStore> = Arc::new(store);
         let crypto = Crypto::load(record.address, store.clone())?;
+        let http = Http::new(nodes.clone(), Some(record.token.clone()));
         Ok(Self::start(
             nodes,
+            http,
             record.address,
             record.token,
             store,
@@ -260,6 +273,7 @@ impl Client {
 
     fn start(
         nodes: Nodes,
+        http: Http,
         me: DeviceAddress,
         token: String,
         store: Arc<dyn ClientStore>,
@@ -269,7 +283,7 @@ impl Client {
         let (commands, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             me,
-            http: Http::new(nodes.clone(), Some(token.clone())),
+            http,
             nodes,
             token,
             store,
@@ -285,6 +299,10 @@ impl Client {
             recovery_lock: Mutex::new(()),
             closed: std::sync::atomic::AtomicBool::new(false),
             known: Mutex::new(std::collections::HashSet::new()),
+            policy: Mutex::new(crate::TrustPolicy::default()),
+            refused: Mutex::new(std::collections::HashSet::new()),
+            link_code: Mutex::new(None),
+            trusted: Mutex::new(HashMap::new()),
         });
         let driver = tokio::spawn(driver::run(inner.clone(), rx));
         Self {
@@ -807,26 +825,6 @@ impl Client {
             .map_err(|_| Error::Closed)
     }
 
-    /// The safety number of this user and `other`, over every device of both (compare it
-    /// out of band; it changes when a device is added or re-keyed). Fetching it uses one
-    /// bundle of each device.
-    pub async fn safety_number(&self, other: UserId) -> Result<SafetyNumber> {
-        let identities = |b: BundlesView| -> Result<Vec<_>> {
-            b.bundles
-                .iter()
-                .map(|b| e2e::crypto_bundle(b).map(|c| c.identity))
-                .collect()
-        };
-        let mine: BundlesView = self.inner.bundles(self.user()).await?;
-        let theirs: BundlesView = self.inner.bundles(other).await?;
-        Ok(chat_crypto::safety_number(
-            self.user().get(),
-            &identities(mine)?,
-            other.get(),
-            &identities(theirs)?,
-        ))
-    }
-
     /// Signs off: acknowledges what was received, closes the connection with a normal
     /// WebSocket close and stops the client. The server counts a cleanly closed device as
     /// gone at once, so contacts see this user offline without waiting for the heartbeat
@@ -998,15 +996,24 @@ impl Inner {
         Ok(list)
     }
 
-    /// Fetches bundles and starts sessions for the devices that have none.
-    async fn ensure_sessions(&self, devices: &[DeviceAddress]) -> Result<()> {
-        let missing = self.crypto.without_session(devices)?;
+    /// Fetches bundles and starts sessions for the trusted devices that have no session with
+    /// the identity they are trusted with. A bundle with another identity is refused.
+    async fn ensure_sessions(
+        &self,
+        trusted: &BTreeMap<DeviceAddress, IdentityPublic>,
+    ) -> Result<()> {
+        let missing = self.crypto.without_session(trusted)?;
         if missing.is_empty() {
             return Ok(());
         }
         let mut users: Vec<UserId> = missing.iter().map(|d| d.user).collect();
         users.sort_unstable();
         users.dedup();
+        let wanted: BTreeMap<_, _> = trusted
+            .iter()
+            .filter(|(d, _)| missing.contains(d))
+            .map(|(d, i)| (*d, *i))
+            .collect();
         // A few users at a time: a group's first message may need 99 directories.
         for chunk in users.chunks(16) {
             let fetched = futures::future::join_all(chunk.iter().map(|u| self.bundles(*u))).await;
@@ -1022,7 +1029,9 @@ impl Inner {
                     Err(e) => return Err(e),
                 }
             }
-            self.crypto.add_bundles(&bundles, &missing)?;
+            for device in self.crypto.add_bundles(&bundles, &wanted)? {
+                self.refuse(device);
+            }
         }
         Ok(())
     }
@@ -1034,8 +1043,19 @@ impl Inner {
         conversation: ConversationId,
         plaintext: Vec<u8>,
     ) -> Result<OutboxEntry> {
+        if !self.linked()? {
+            return Err(Error::NotLinked);
+        }
         let kind = self.kind(conversation).await?;
-        let devices = self.devices(conversation).await?;
+        // Only devices on the trusted device lists of their users: the server's list may
+        // name devices it invented (refused and reported).
+        let crate::trust::Recipients {
+            trusted,
+            unreadable,
+        } = self
+            .trusted_recipients(&self.devices(conversation).await?)
+            .await?;
+        let devices: Vec<DeviceAddress> = trusted.keys().copied().collect();
         match kind {
             ConversationKind::Group => {
                 let holders = self
@@ -1043,30 +1063,56 @@ impl Inner {
                     .sender_key(conversation)?
                     .map(|(_, h)| h)
                     .unwrap_or_default();
-                let need: Vec<_> = devices
+                let need: BTreeMap<_, _> = trusted
                     .iter()
-                    .filter(|d| !holders.contains(d))
-                    .copied()
+                    .filter(|(d, _)| !holders.contains(d))
+                    .map(|(d, i)| (*d, *i))
                     .collect();
                 self.ensure_sessions(&need).await?;
-                self.crypto
-                    .encrypt_group(client_key, conversation, &devices, plaintext)
+                self.crypto.encrypt_group(
+                    client_key,
+                    conversation,
+                    &devices,
+                    &unreadable,
+                    plaintext,
+                )
             }
             ConversationKind::Direct => {
-                self.ensure_sessions(&devices).await?;
-                self.crypto
-                    .encrypt_direct(client_key, conversation, &devices, plaintext)
+                self.ensure_sessions(&trusted).await?;
+                self.crypto.encrypt_direct(
+                    client_key,
+                    conversation,
+                    &devices,
+                    &unreadable,
+                    plaintext,
+                )
             }
         }
     }
 
-    /// Makes an outbox entry match the server's device list, then queues it again.
+    /// Makes an outbox entry match the server's device list, then queues it again. Devices
+    /// the server reports missing are encrypted to only if their users' trusted device lists
+    /// name them (fetched again); the others get an empty header.
     pub(crate) async fn repair(
         &self,
         entry: &OutboxEntry,
         missing: Vec<DeviceAddress>,
         extra: Vec<DeviceAddress>,
     ) -> Result<()> {
+        let crate::trust::Recipients {
+            trusted,
+            unreadable,
+        } = self.trusted_recipients(&missing).await?;
+        let missing: Vec<DeviceAddress> = trusted.keys().copied().collect();
+        // Devices gone from the server's list: their users' signed lists say whether they
+        // were removed (reported as a device list change).
+        let gone: std::collections::BTreeSet<UserId> = extra.iter().map(|d| d.user).collect();
+        for user in gone {
+            match self.trust_of(user, true).await {
+                Ok(_) | Err(Error::NoDeviceList(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
         if let Some(mut list) = self.store.conversation_devices(entry.conversation)? {
             list.retain(|d| !extra.contains(d));
             list.extend(
@@ -1081,8 +1127,9 @@ impl Inner {
                 devices: Some(list),
             }])?;
         }
-        self.ensure_sessions(&missing).await?;
-        self.crypto.repair(entry.client_key, &missing, &extra)
+        self.ensure_sessions(&trusted).await?;
+        self.crypto
+            .repair(entry.client_key, &missing, &unreadable, &extra)
     }
 
     /// Reports the end of a send to its waiter, if one is still waiting.

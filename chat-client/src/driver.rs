@@ -610,15 +610,20 @@ impl Conn {
         }
         // Stored (message, sessions, cursor in one commit) before the cursor moves here
         // and before the ack.
-        let (opened, changed) = self
+        // The sender's device must be on its user's trusted device list (fetched first for a
+        // user or device this device has not seen, or one that presents new keys).
+        let claims = chat_crypto::prekey_identity(&d.header).ok();
+        let identity = self
+            .inner
+            .sender_identity(d.sender, claims)
+            .await
+            .map_err(|e| lost(e, self.synced))?;
+        let opened = self
             .inner
             .crypto
-            .open(&d)
+            .open(&d, identity)
             .map_err(|e| lost(e, self.synced))?;
         self.cursor.advance(d.pos);
-        for device in changed {
-            self.inner.emit(Event::IdentityChanged { device });
-        }
         match opened {
             Opened::Message(opened) => {
                 let (m, derived) = *opened;
@@ -633,6 +638,14 @@ impl Conn {
                     .report(m.conversation, m.id, Some(message), derived);
             }
             Opened::Known => {}
+            Opened::Refused => {
+                self.inner.refuse(d.sender);
+                self.inner.emit(Event::Undecryptable {
+                    conversation: d.conversation,
+                    id: d.id,
+                    sender: d.sender,
+                });
+            }
             Opened::Failed(e) => {
                 tracing::warn!(cause = %e, conversation = %d.conversation, id = %d.id, "undecryptable message");
                 self.inner.emit(Event::Undecryptable {

@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chat_core::protocol::Deliver;
 use chat_core::{ClientKey, ConversationId, DeviceAddress, DeviceId, Timestamp, UserId};
 use chat_crypto::{
-    Account, ConversationKind, Decrypted, DeviceSessions, IdentityPublic, MessageBinding,
-    OneTimePrekey, OutgoingMessage, PrekeyBundle, SenderKey, SenderKeyReceiver, Session,
-    SignedPrekey, encrypt_for_devices, is_prekey_message, sender_key_headers,
+    Account, AccountIdentity, ConversationKind, Decrypted, DeviceSessions, IdentityPublic,
+    MessageBinding, OneTimePrekey, OutgoingMessage, PrekeyBundle, SenderKey, SenderKeyReceiver,
+    Session, SignedPrekey, encrypt_for_devices, is_prekey_message, sender_key_headers,
 };
 
 use crate::error::{Error, Result};
@@ -36,6 +36,9 @@ pub(crate) enum Opened {
     Known,
     /// The delivery could not be decrypted; the cursor moved past it.
     Failed(chat_crypto::Error),
+    /// The sending device is on no device list this device trusts: the delivery was not
+    /// opened; the cursor moved past it.
+    Refused,
 }
 
 /// The device's crypto state: the account in memory, everything else in the store.
@@ -202,6 +205,35 @@ impl Crypto {
         device_keys(&account)
     }
 
+    /// This device's identity.
+    pub(crate) fn identity(&self) -> Result<IdentityPublic> {
+        Ok(self.lock()?.identity().public())
+    }
+
+    /// The account key of the account identity this device holds, if any.
+    pub(crate) fn account_key(&self) -> Result<Option<chat_crypto::AccountKey>> {
+        Ok(self.lock()?.account_identity().map(AccountIdentity::public))
+    }
+
+    /// Keeps (or, with `None`, forgets) the user's account identity, saved with the account.
+    pub(crate) fn set_account_identity(&self, identity: Option<AccountIdentity>) -> Result<()> {
+        let mut account = self.lock()?;
+        match identity {
+            Some(identity) => account.set_account_identity(identity),
+            None => account.clear_account_identity(),
+        }
+        self.store.commit(vec![Write::Account(account.pickle())])
+    }
+
+    /// Runs `f` with the account identity this device holds ([`Error::NotLinked`] without).
+    pub(crate) fn with_account_identity<T>(
+        &self,
+        f: impl FnOnce(&AccountIdentity) -> T,
+    ) -> Result<T> {
+        let account = self.lock()?;
+        account.account_identity().map(f).ok_or(Error::NotLinked)
+    }
+
     fn sessions(&self, device: DeviceAddress) -> Result<DeviceSessions> {
         match self.store.sessions(device)? {
             Some(p) => Ok(DeviceSessions::from_pickle(&p)?),
@@ -209,31 +241,47 @@ impl Crypto {
         }
     }
 
-    /// The devices among `devices` with no session yet.
-    pub(crate) fn without_session(&self, devices: &[DeviceAddress]) -> Result<Vec<DeviceAddress>> {
+    /// The devices among `wanted` with no session with the identity they are trusted with.
+    pub(crate) fn without_session(
+        &self,
+        wanted: &BTreeMap<DeviceAddress, IdentityPublic>,
+    ) -> Result<Vec<DeviceAddress>> {
         let mut out = Vec::new();
-        for d in devices {
-            if self.sessions(*d)?.is_empty() {
+        for (d, identity) in wanted {
+            if self.sessions(*d)?.their_identity() != Some(*identity) {
                 out.push(*d);
             }
         }
         Ok(out)
     }
 
-    /// Starts sessions from fetched bundles with the `wanted` devices that still have none.
+    /// Starts sessions from fetched bundles with the `wanted` devices that have no session
+    /// with the identity they are trusted with (replacing sessions with another identity).
+    /// Returns the devices whose bundle carries another identity than the trusted one: the
+    /// server swapped it; nothing is started with them.
     pub(crate) fn add_bundles(
         &self,
         bundles: &[chat_core::PrekeyBundle],
-        wanted: &[DeviceAddress],
-    ) -> Result<()> {
+        wanted: &BTreeMap<DeviceAddress, IdentityPublic>,
+    ) -> Result<Vec<DeviceAddress>> {
         let account = self.lock()?;
         let mut writes = Vec::new();
-        for b in bundles.iter().filter(|b| wanted.contains(&b.device)) {
+        let mut refused = Vec::new();
+        for b in bundles {
+            let Some(trusted) = wanted.get(&b.device) else {
+                continue;
+            };
             let mut sessions = self.sessions(b.device)?;
-            if !sessions.is_empty() {
+            if sessions.their_identity() == Some(*trusted) {
                 continue;
             }
             let bundle = crypto_bundle(b)?;
+            if bundle.identity != *trusted {
+                refused.push(b.device);
+                continue;
+            }
+            // Sessions with another identity belong to a device list no longer trusted.
+            sessions.clear();
             let session = Session::initiate(
                 &mut rand::rng(),
                 &account,
@@ -244,16 +292,18 @@ impl Crypto {
             sessions.add(session)?;
             writes.push(Write::Sessions(b.device, sessions.pickle()));
         }
-        self.store.commit(writes)
+        self.store.commit(writes)?;
+        Ok(refused)
     }
 
     /// Encrypts a one-to-one message for `devices` and commits it to the outbox with the
-    /// advanced sessions.
+    /// advanced sessions; `unreadable` devices get an empty header.
     pub(crate) fn encrypt_direct(
         &self,
         client_key: ClientKey,
         conversation: ConversationId,
         devices: &[DeviceAddress],
+        unreadable: &[DeviceAddress],
         plaintext: Vec<u8>,
     ) -> Result<OutboxEntry> {
         let _account = self.lock()?;
@@ -279,6 +329,7 @@ impl Crypto {
             loaded.iter_mut().filter_map(|(_, s)| s.active()),
         )?;
         take_failed(&mut msg, &mut empty);
+        empty.extend_from_slice(unreadable);
         let entry = OutboxEntry {
             client_key,
             conversation,
@@ -295,12 +346,14 @@ impl Crypto {
     }
 
     /// Encrypts a group message with this device's sender key, handing the key to devices
-    /// that lack it and rotating it first if a device that holds it is no longer a recipient.
+    /// that lack it and rotating it first if a device that holds it is no longer a recipient;
+    /// `unreadable` devices get an empty header (and never the key).
     pub(crate) fn encrypt_group(
         &self,
         client_key: ClientKey,
         conversation: ConversationId,
         devices: &[DeviceAddress],
+        unreadable: &[DeviceAddress],
         plaintext: Vec<u8>,
     ) -> Result<OutboxEntry> {
         let _account = self.lock()?;
@@ -335,7 +388,7 @@ impl Crypto {
             &plaintext,
         );
         let body = key.encrypt(&mut rng, &sealed)?;
-        for d in devices {
+        for d in devices.iter().chain(unreadable) {
             headers.entry(*d).or_insert_with(Vec::new);
         }
         let entry = OutboxEntry {
@@ -385,13 +438,15 @@ impl Crypto {
     }
 
     /// Adjusts an outbox entry to the server's device list: headers for `missing` devices
-    /// (the body stays the same), none for `extra` ones. A group message with `extra` devices
-    /// is encrypted again, under a new sender key if any of them held the current one (a
-    /// device that left must not read it). Commits the entry, the sessions and the key.
+    /// (the body stays the same), empty ones for `unreadable` devices (named by the server,
+    /// not trusted), none for `extra` ones. A group message with `extra` devices is
+    /// encrypted again, under a new sender key if any of them held the current one (a device
+    /// that left must not read it). Commits the entry, the sessions and the key.
     pub(crate) fn repair(
         &self,
         client_key: ClientKey,
         missing: &[DeviceAddress],
+        unreadable: &[DeviceAddress],
         extra: &[DeviceAddress],
     ) -> Result<()> {
         let _account = self.lock()?;
@@ -406,9 +461,12 @@ impl Crypto {
         let mut writes = Vec::new();
         let payload = match Payload::decode(&entry.payload)? {
             Payload::Direct { mut msg, mut empty } => {
-                let gone: Vec<_> = extra.iter().map(|d| addr(*d)).collect();
+                let gone: Vec<_> = extra.iter().chain(unreadable).map(|d| addr(*d)).collect();
                 msg.remove_devices(&gone);
-                empty.retain(|d| !extra.contains(d) && !missing.contains(d));
+                empty.retain(|d| {
+                    !extra.contains(d) && !missing.contains(d) && !unreadable.contains(d)
+                });
+                empty.extend_from_slice(unreadable);
                 let mut loaded = Vec::new();
                 for d in missing {
                     let s = self.sessions(*d)?;
@@ -439,7 +497,7 @@ impl Crypto {
                 // The key as it was before this message, so new devices can open it.
                 let key = SenderKey::from_pickle(&key_before)?;
                 let handed = self.distribute(&key, missing, &mut headers, &mut writes)?;
-                for d in missing {
+                for d in missing.iter().chain(unreadable) {
                     headers.entry(*d).or_insert_with(Vec::new);
                 }
                 if let Some((current, mut holders)) = self.store.sender_key(entry.conversation)? {
@@ -465,11 +523,16 @@ impl Crypto {
                     .iter()
                     .map(|(d, _)| *d)
                     .chain(missing.iter().copied())
-                    .filter(|d| !extra.contains(d))
+                    .filter(|d| !extra.contains(d) && !unreadable.contains(d))
                     .collect::<BTreeSet<_>>()
                     .into_iter()
                     .collect();
-                self.reencrypt_group(&mut entry, &recipients, extra, &mut writes)?
+                let mut payload =
+                    self.reencrypt_group(&mut entry, &recipients, extra, &mut writes)?;
+                if let Payload::Group { headers, .. } = &mut payload {
+                    headers.extend(unreadable.iter().map(|d| (*d, Vec::new())));
+                }
+                payload
             }
         };
         entry.payload = payload.encode();
@@ -530,9 +593,15 @@ impl Crypto {
         })
     }
 
-    /// Opens one delivery and commits the result with the cursor at `deliver.pos`. Returns the
-    /// opened message and the devices whose identity changed (already accepted).
-    pub(crate) fn open(&self, deliver: &Deliver) -> Result<(Opened, Vec<DeviceAddress>)> {
+    /// Opens one delivery and commits the result with the cursor at `deliver.pos`.
+    /// `sender_identity` is the identity the sending device has on the device list this
+    /// device trusts (`None`: it is on none, and the delivery is refused unopened); a
+    /// pairwise message from a session with another identity is refused.
+    pub(crate) fn open(
+        &self,
+        deliver: &Deliver,
+        sender_identity: Option<IdentityPublic>,
+    ) -> Result<Opened> {
         let mut account = self.lock()?;
         let mut writes = vec![Write::Cursor(deliver.pos)];
         // Checked under the lock that history recovery takes too: a message is decrypted
@@ -544,14 +613,17 @@ impl Crypto {
             .is_some_and(|m| m.sender == deliver.sender && m.client_key == deliver.client_key);
         if known {
             self.store.commit(writes)?;
-            return Ok((Opened::Known, Vec::new()));
+            return Ok(Opened::Known);
         }
+        let Some(sender_identity) = sender_identity else {
+            self.store.commit(writes)?;
+            return Ok(Opened::Refused);
+        };
         let otks_before = account.one_time_prekey_count();
         // A first message changes the account: a one-time prekey used, or (without one) an
         // entry in its replay cache, which must survive a restart.
         let first_message = is_prekey_message(&deliver.header);
-        let mut changed = Vec::new();
-        let opened = match self.decrypt(&mut account, deliver, &mut writes, &mut changed) {
+        let opened = match self.decrypt(&mut account, deliver, sender_identity, &mut writes) {
             Ok(plaintext) => {
                 let m = StoredMessage {
                     conversation: deliver.conversation,
@@ -599,7 +671,7 @@ impl Crypto {
             }
             return Err(e);
         }
-        Ok((opened, changed))
+        Ok(opened)
     }
 
     /// Runs `f` under the lock every load-change-commit of messages takes (decrypting,
@@ -657,8 +729,8 @@ impl Crypto {
         &self,
         account: &mut Account,
         d: &Deliver,
+        sender_identity: IdentityPublic,
         writes: &mut Vec<Write>,
-        changed: &mut Vec<DeviceAddress>,
     ) -> Result<Vec<u8>, chat_crypto::Error> {
         let store_err = |_: Error| chat_crypto::Error::Malformed("local state");
         if d.header.is_empty() {
@@ -690,14 +762,19 @@ impl Crypto {
         let (me, them) = (addr(self.me), addr(d.sender));
         let decrypted = match sessions.decrypt(account, me, them, &d.header, &d.body) {
             Err(chat_crypto::Error::IdentityChanged) => {
-                // Reported to the app (Event::IdentityChanged); trust the new identity from
-                // now on, as Signal does after showing its safety-number notice.
-                changed.push(d.sender);
+                // A new session with another identity than the held ones: taken only if the
+                // trusted device list gives the device that identity (checked below); the
+                // old sessions belong to a list no longer trusted.
                 sessions.clear();
                 sessions.decrypt(account, me, them, &d.header, &d.body)?
             }
             other => other?,
         };
+        if sessions.their_identity() != Some(sender_identity) {
+            // A device identity that is not on the sender's trusted list (a server that
+            // swapped it): refused; nothing is committed.
+            return Err(chat_crypto::Error::IdentityChanged);
+        }
         writes.push(Write::Sessions(d.sender, sessions.pickle()));
         match decrypted {
             Decrypted::Message(plaintext) => unseal(
@@ -912,6 +989,20 @@ mod tests {
         addr: DeviceAddress,
     }
 
+    impl Dev {
+        /// This device's identity, as a trusted device list gives it.
+        fn id(&self) -> Option<IdentityPublic> {
+            Some(self.crypto.identity().unwrap())
+        }
+    }
+
+    /// The devices to start sessions with, with their identities.
+    fn wanted(devs: &[&Dev]) -> BTreeMap<DeviceAddress, IdentityPublic> {
+        devs.iter()
+            .map(|d| (d.addr, d.crypto.identity().unwrap()))
+            .collect()
+    }
+
     fn device(user: u64) -> Dev {
         let store: Arc<dyn ClientStore> = Arc::new(MemoryStore::new());
         let account = Account::new(&mut rand::rng());
@@ -982,7 +1073,38 @@ mod tests {
             Opened::Failed(e) => e,
             Opened::Message(_) => panic!("the message was accepted"),
             Opened::Known => panic!("the message was taken as known"),
+            Opened::Refused => panic!("the sender was refused unopened"),
         }
+    }
+
+    /// The server delivers Alice's first message as if from a device whose trusted identity
+    /// is another (a swapped identity), then from a device on no list: both are refused and
+    /// nothing but the cursor is committed, so the genuine delivery still opens.
+    #[test]
+    fn a_sender_with_another_identity_than_the_trusted_one_is_refused() {
+        let (alice, bob, mallory) = (device(1), device(2), device(3));
+        alice
+            .crypto
+            .add_bundles(&[bundle(&bob)], &wanted(&[&bob]))
+            .unwrap();
+        let entry = alice
+            .crypto
+            .encrypt_direct(random_client_key(), conv(1), &[bob.addr], &[], text("hi"))
+            .unwrap();
+        let d = deliver(&entry, &alice, &bob, conv(1), 1);
+        assert_eq!(
+            failed(bob.crypto.open(&d, mallory.id()).unwrap()),
+            chat_crypto::Error::IdentityChanged
+        );
+        assert!(bob.store.sessions(alice.addr).unwrap().is_none());
+        assert!(matches!(
+            bob.crypto.open(&d, None).unwrap(),
+            Opened::Refused
+        ));
+        assert!(matches!(
+            bob.crypto.open(&d, alice.id()).unwrap(),
+            Opened::Message(_)
+        ));
     }
 
     #[test]
@@ -990,17 +1112,17 @@ mod tests {
         let (alice, bob) = (device(1), device(2));
         alice
             .crypto
-            .add_bundles(&[bundle(&bob)], &[bob.addr])
+            .add_bundles(&[bundle(&bob)], &wanted(&[&bob]))
             .unwrap();
         let key = random_client_key();
         let entry = alice
             .crypto
-            .encrypt_direct(key, conv(1), &[bob.addr], text("private"))
+            .encrypt_direct(key, conv(1), &[bob.addr], &[], text("private"))
             .unwrap();
         // The server files the one-to-one message under a group Bob shares with others.
-        let (opened, _) = bob
+        let opened = bob
             .crypto
-            .open(&deliver(&entry, &alice, &bob, conv(2), 1))
+            .open(&deliver(&entry, &alice, &bob, conv(2), 1), alice.id())
             .unwrap();
         assert_eq!(failed(opened), chat_crypto::Error::Misfiled);
         assert!(
@@ -1013,13 +1135,13 @@ mod tests {
         let mut other = deliver(&entry, &alice, &bob, conv(1), 2);
         other.client_key = random_client_key();
         assert_eq!(
-            failed(bob.crypto.open(&other).unwrap().0),
+            failed(bob.crypto.open(&other, alice.id()).unwrap()),
             chat_crypto::Error::Misfiled
         );
         // Where it was sent, it opens (the refused copies changed nothing).
-        let (opened, _) = bob
+        let opened = bob
             .crypto
-            .open(&deliver(&entry, &alice, &bob, conv(1), 3))
+            .open(&deliver(&entry, &alice, &bob, conv(1), 3), alice.id())
             .unwrap();
         assert!(matches!(opened, Opened::Message(_)));
     }
@@ -1029,21 +1151,27 @@ mod tests {
         let (alice, bob) = (device(1), device(2));
         alice
             .crypto
-            .add_bundles(&[bundle(&bob)], &[bob.addr])
+            .add_bundles(&[bundle(&bob)], &wanted(&[&bob]))
             .unwrap();
         let entry = alice
             .crypto
-            .encrypt_group(random_client_key(), conv(1), &[bob.addr], text("group 1"))
+            .encrypt_group(
+                random_client_key(),
+                conv(1),
+                &[bob.addr],
+                &[],
+                text("group 1"),
+            )
             .unwrap();
-        let (opened, _) = bob
+        let opened = bob
             .crypto
-            .open(&deliver(&entry, &alice, &bob, conv(2), 1))
+            .open(&deliver(&entry, &alice, &bob, conv(2), 1), alice.id())
             .unwrap();
         assert_eq!(failed(opened), chat_crypto::Error::SenderKeyMismatch);
         assert!(bob.store.receiver(conv(2), alice.addr).unwrap().is_none());
-        let (opened, _) = bob
+        let opened = bob
             .crypto
-            .open(&deliver(&entry, &alice, &bob, conv(1), 2))
+            .open(&deliver(&entry, &alice, &bob, conv(1), 2), alice.id())
             .unwrap();
         assert!(matches!(opened, Opened::Message(_)));
     }
@@ -1053,13 +1181,13 @@ mod tests {
         let (alice, bob) = (device(1), device(2));
         alice
             .crypto
-            .add_bundles(&[bundle(&bob)], &[bob.addr])
+            .add_bundles(&[bundle(&bob)], &wanted(&[&bob]))
             .unwrap();
         let c = conv(1);
         let send = |content: Vec<u8>| {
             alice
                 .crypto
-                .encrypt_direct(random_client_key(), c, &[bob.addr], content)
+                .encrypt_direct(random_client_key(), c, &[bob.addr], &[], content)
                 .unwrap()
         };
         let first = send(text("first"));
@@ -1073,9 +1201,9 @@ mod tests {
         let delete = send(delete);
         // The server numbers the two the other way round for Bob.
         for (entry, id) in [(&second, 1), (&first, 2), (&delete, 3)] {
-            let (opened, _) = bob
+            let opened = bob
                 .crypto
-                .open(&deliver(entry, &alice, &bob, c, id))
+                .open(&deliver(entry, &alice, &bob, c, id), alice.id())
                 .unwrap();
             assert!(matches!(opened, Opened::Message(_)));
         }
@@ -1155,24 +1283,33 @@ mod tests {
         let (alice, bob, carol) = (device(1), device(2), device(3));
         alice
             .crypto
-            .add_bundles(&[bundle(&bob), bundle(&carol)], &[bob.addr, carol.addr])
+            .add_bundles(&[bundle(&bob), bundle(&carol)], &wanted(&[&bob, &carol]))
             .unwrap();
         let c = conv(1);
         let first = alice
             .crypto
-            .encrypt_group(random_client_key(), c, &[bob.addr, carol.addr], text("one"))
+            .encrypt_group(
+                random_client_key(),
+                c,
+                &[bob.addr, carol.addr],
+                &[],
+                text("one"),
+            )
             .unwrap();
         for (to, id) in [(&bob, 1), (&carol, 1)] {
-            let (opened, _) = to.crypto.open(&deliver(&first, &alice, to, c, id)).unwrap();
+            let opened = to
+                .crypto
+                .open(&deliver(&first, &alice, to, c, id), alice.id())
+                .unwrap();
             assert!(matches!(opened, Opened::Message(_)));
         }
         // Alice's list is stale: the server answers that Carol's device is gone.
         let key = random_client_key();
         alice
             .crypto
-            .encrypt_group(key, c, &[bob.addr, carol.addr], text("two"))
+            .encrypt_group(key, c, &[bob.addr, carol.addr], &[], text("two"))
             .unwrap();
-        alice.crypto.repair(key, &[], &[carol.addr]).unwrap();
+        alice.crypto.repair(key, &[], &[], &[carol.addr]).unwrap();
         let second = queued(&alice, key);
         let (_, headers) = Payload::decode(&second.payload).unwrap().wire();
         assert_eq!(
@@ -1180,31 +1317,31 @@ mod tests {
             vec![bob.addr]
         );
         // Carol, handed the ciphertext anyway, holds only the old key.
-        let (opened, _) = carol
+        let opened = carol
             .crypto
-            .open(&forwarded(&second, &alice, &carol, 2))
+            .open(&forwarded(&second, &alice, &carol, 2), alice.id())
             .unwrap();
         assert_eq!(failed(opened), chat_crypto::Error::UnknownSenderKey);
-        let (opened, _) = bob
+        let opened = bob
             .crypto
-            .open(&forwarded(&second, &alice, &bob, 2))
+            .open(&forwarded(&second, &alice, &bob, 2), alice.id())
             .unwrap();
         assert!(matches!(opened, Opened::Message(_)));
         // The next message stays on the new key, without handing it out again.
         let third = alice
             .crypto
-            .encrypt_group(random_client_key(), c, &[bob.addr], text("three"))
+            .encrypt_group(random_client_key(), c, &[bob.addr], &[], text("three"))
             .unwrap();
         let (_, headers) = Payload::decode(&third.payload).unwrap().wire();
         assert!(headers.iter().all(|(_, h)| h.is_empty()));
-        let (opened, _) = bob
+        let opened = bob
             .crypto
-            .open(&forwarded(&third, &alice, &bob, 3))
+            .open(&forwarded(&third, &alice, &bob, 3), alice.id())
             .unwrap();
         assert!(matches!(opened, Opened::Message(_)));
-        let (opened, _) = carol
+        let opened = carol
             .crypto
-            .open(&forwarded(&third, &alice, &carol, 3))
+            .open(&forwarded(&third, &alice, &carol, 3), alice.id())
             .unwrap();
         assert_eq!(failed(opened), chat_crypto::Error::UnknownSenderKey);
     }
@@ -1245,7 +1382,10 @@ mod tests {
             let others = [device(2), device(3), device(4)];
             let bundles: Vec<_> = others.iter().map(bundle).collect();
             let addrs: Vec<_> = others.iter().map(|d| d.addr).collect();
-            alice.crypto.add_bundles(&bundles, &addrs).unwrap();
+            alice
+                .crypto
+                .add_bundles(&bundles, &wanted(&others.iter().collect::<Vec<_>>()))
+                .unwrap();
             let c = conv(1);
             // Key ids each device was handed; the ids it held when it last left.
             let mut handed: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); 3];
@@ -1282,7 +1422,7 @@ mod tests {
                         }
                         let list: Vec<_> = members.iter().map(|i| addrs[*i]).collect();
                         let key = random_client_key();
-                        let entry = alice.crypto.encrypt_group(key, c, &list, text("m")).unwrap();
+                        let entry = alice.crypto.encrypt_group(key, c, &list, &[], text("m")).unwrap();
                         record(&entry, &mut handed, &left);
                         last = Some((key, members));
                     }
@@ -1293,7 +1433,7 @@ mod tests {
                         }
                         members.retain(|m| *m != i);
                         left[i] = Some(handed[i].clone());
-                        alice.crypto.repair(*key, &[], &[addrs[i]]).unwrap();
+                        alice.crypto.repair(*key, &[], &[], &[addrs[i]]).unwrap();
                         let entry = queued(&alice, *key);
                         record(&entry, &mut handed, &left);
                     }

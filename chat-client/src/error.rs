@@ -38,6 +38,17 @@ pub enum Error {
     /// The client was closed.
     #[error("client closed")]
     Closed,
+    /// This device is not linked to its user's account identity yet (see
+    /// [`crate::Client::is_linked`]).
+    #[error("this device is not linked yet")]
+    NotLinked,
+    /// The user's account identity changed and the new one waits to be accepted
+    /// ([`crate::Client::accept_identity`]); nothing is sent to them until then.
+    #[error("the account identity of user {0} changed; accept it before sending")]
+    IdentityNotAccepted(chat_core::UserId),
+    /// The user published no signed device list, so no device of theirs can be trusted.
+    #[error("user {0} has no signed device list")]
+    NoDeviceList(chat_core::UserId),
 }
 
 impl Error {

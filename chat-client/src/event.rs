@@ -188,9 +188,40 @@ pub enum Event {
         /// When it changed.
         updated_at: Timestamp,
     },
-    /// A remote device presented a new identity key (a reinstall, or an attack). The new key
-    /// is used from now on; show it and let the user compare safety numbers.
-    IdentityChanged {
+    /// A user's trusted device list changed under the same account identity (their signed
+    /// list has a higher version): devices were linked, removed, or re-keyed (a reinstalled
+    /// device linked again). Also for this user's own devices. Show it in their
+    /// conversations; the safety number does not change.
+    DevicesChanged {
+        /// Whose devices.
+        user: UserId,
+        /// Linked since the list trusted before.
+        added: Vec<chat_core::DeviceId>,
+        /// No longer on the list: nothing is encrypted to them, and group sender keys they
+        /// held are replaced before the next group message.
+        removed: Vec<chat_core::DeviceId>,
+        /// On both lists with another identity (their old sessions are gone).
+        changed: Vec<chat_core::DeviceId>,
+    },
+    /// A user's account identity changed: their device list is signed by another account
+    /// key (they recovered their account, or the server is attacking). Comes before anything
+    /// is decrypted from or sent to the new identity; show it as a notice in their
+    /// conversations, with the new safety number. When `blocked` (the user was verified, or
+    /// the policy is [`TrustPolicy::ConfirmEveryChange`](crate::TrustPolicy)), nothing is
+    /// sent to them until [`Client::accept_identity`](crate::Client::accept_identity);
+    /// otherwise the new identity is trusted from now on, unverified.
+    AccountChanged {
+        /// Whose account.
+        user: UserId,
+        /// Whether the previous identity was verified.
+        verified: bool,
+        /// Whether sending to them waits for the user to accept the change.
+        blocked: bool,
+    },
+    /// The server named a device that is on no device list this device trusts (or gave a
+    /// listed device another identity): nothing is encrypted to it and nothing from it is
+    /// shown. Reported once per device and client.
+    DeviceRefused {
         /// The device.
         device: DeviceAddress,
     },

@@ -16,6 +16,7 @@ mod search;
 mod sqlite;
 mod store;
 mod thread;
+mod trust;
 
 pub use chat_core::protocol::ResyncReason;
 pub use chat_core::{
@@ -40,3 +41,4 @@ pub use store::{
     SearchWrite, Secret, StoredMessage, Write,
 };
 pub use thread::TimelineItem;
+pub use trust::TrustPolicy;

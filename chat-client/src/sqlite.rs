@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS conversations (id INTEGER PRIMARY KEY, kind TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS conversation_devices (
     conversation INTEGER PRIMARY KEY, devices BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS trust (user INTEGER PRIMARY KEY, record BLOB NOT NULL);
 ";
 
 /// Created after the columns they index exist (a store made before them gains the columns in
@@ -419,6 +420,12 @@ impl ClientStore for SqliteStore {
                         [id(conversation.get())],
                     )?;
                 }
+                Write::Trust { user, record } => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO trust (user, record) VALUES (?1, ?2)",
+                        params![id(user.get()), record],
+                    )?;
+                }
                 Write::SignedPrekeyMadeAt(t) => {
                     tx.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('spk_made_at', ?1)",
@@ -721,6 +728,17 @@ impl ClientStore for SqliteStore {
             )
             .optional()?;
         row.map(|b| decode_addresses(&b)).transpose()
+    }
+
+    fn trust(&self, user: UserId) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT record FROM trust WHERE user = ?1",
+                [id(user.get())],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()?)
     }
 
     fn signed_prekey_made_at(&self) -> Result<Option<Timestamp>> {

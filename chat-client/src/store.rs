@@ -279,6 +279,14 @@ pub enum Write {
         /// Every member device but this one; `None` to fetch it again.
         devices: Option<Vec<DeviceAddress>>,
     },
+    /// Sets what this device trusts of a user: their signed device list, whether it was
+    /// verified, and an account change waiting to be accepted (the client's encoding).
+    Trust {
+        /// The user (this user included).
+        user: UserId,
+        /// The encoded record (public keys and flags; no secret).
+        record: Vec<u8>,
+    },
 }
 
 /// Where a client keeps its state. Implementations: [`MemoryStore`] and
@@ -357,6 +365,8 @@ pub trait ClientStore: Send + Sync + 'static {
         &self,
         conversation: ConversationId,
     ) -> Result<Option<Vec<DeviceAddress>>>;
+    /// What this device trusts of `user` ([`Write::Trust`]).
+    fn trust(&self, user: UserId) -> Result<Option<Vec<u8>>>;
 }
 
 /// A shared store: the app (or a test) can keep a handle to the store it gave the client.
@@ -453,6 +463,9 @@ impl<S: ClientStore + ?Sized> ClientStore for std::sync::Arc<S> {
     ) -> Result<Option<Vec<DeviceAddress>>> {
         (**self).conversation_devices(conversation)
     }
+    fn trust(&self, user: UserId) -> Result<Option<Vec<u8>>> {
+        (**self).trust(user)
+    }
 }
 
 /// A store in memory: for tests, bots and demos; everything is lost with the process.
@@ -481,6 +494,7 @@ struct MemoryInner {
     conversations: BTreeMap<ConversationId, ConversationRecord>,
     spk_made_at: Option<Timestamp>,
     conversation_devices: BTreeMap<ConversationId, Vec<DeviceAddress>>,
+    trust: BTreeMap<UserId, Vec<u8>>,
     /// Content type and target of every stored message.
     kinds: BTreeMap<(ConversationId, MessageId), (u32, Option<MessageId>)>,
     /// (conversation, target, relation) of every stored edit, delete and reaction.
@@ -503,6 +517,7 @@ impl Default for MemoryInner {
             conversations: BTreeMap::new(),
             spk_made_at: None,
             conversation_devices: BTreeMap::new(),
+            trust: BTreeMap::new(),
             kinds: BTreeMap::new(),
             relations: std::collections::BTreeSet::new(),
             read: BTreeMap::new(),
@@ -669,6 +684,9 @@ impl ClientStore for MemoryStore {
                         s.conversation_devices.remove(&conversation);
                     }
                 },
+                Write::Trust { user, record } => {
+                    s.trust.insert(user, record);
+                }
             }
         }
         drop(s);
@@ -849,6 +867,10 @@ impl ClientStore for MemoryStore {
             .get(&conversation)
             .cloned())
     }
+
+    fn trust(&self, user: UserId) -> Result<Option<Vec<u8>>> {
+        Ok(self.lock()?.trust.get(&user).cloned())
+    }
 }
 
 /// The behaviour every [`ClientStore`] must have, run against each implementation.
@@ -881,6 +903,17 @@ pub(crate) mod conformance {
     pub(crate) fn run(store: &dyn ClientStore) {
         let conv = ConversationId::new(3).unwrap();
         assert!(store.device().unwrap().is_none());
+        let someone = chat_core::UserId::new(4).unwrap();
+        assert_eq!(store.trust(someone).unwrap(), None);
+        for record in [vec![1, 2], vec![3]] {
+            store
+                .commit(vec![Write::Trust {
+                    user: someone,
+                    record,
+                }])
+                .unwrap();
+        }
+        assert_eq!(store.trust(someone).unwrap(), Some(vec![3]));
         assert_eq!(store.signed_prekey_made_at().unwrap(), None);
         store
             .commit(vec![Write::SignedPrekeyMadeAt(Timestamp::from_millis(77))])

@@ -55,8 +55,9 @@ pub use ids::{
 };
 pub use model::{
     Appended, AttachmentMeta, Conversation, ConversationKind, Credentials, Device, DeviceKeys,
-    DeviceMismatch, Direction, Envelope, InboxEntry, NewMessage, OneTimePrekey, PrekeyBundle,
-    PushToken, ReceiptKind, ReceiptPosition, Recipient, SignedPrekey, TokenHash, User,
+    DeviceListRecord, DeviceMismatch, Direction, Envelope, InboxEntry, NewMessage, OneTimePrekey,
+    PrekeyBundle, PushToken, ReceiptKind, ReceiptPosition, Recipient, SignedPrekey, TokenHash,
+    User,
 };
 pub use people::{
     Block, DisplayName, PeopleError, Profile, ProfileUpdate, SearchCursor, SearchKey, SearchPrefix,

@@ -156,6 +156,20 @@ pub struct Device {
     pub name: String,
     /// When it was registered.
     pub created_at: Timestamp,
+    /// Whether messages to the user fan out to it: the device is on the user's signed device
+    /// list (issue 16), or the user has published no list. A device that logs in to a user
+    /// with a list waits, unlinked, until a linked device adds it.
+    pub linked: bool,
+}
+
+/// A user's signed device list as the key directory keeps it: opaque bytes (chat-crypto's
+/// `SignedDeviceList` encoding, checked by the server before storing) and their version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceListRecord {
+    /// The list's version; a stored list is only ever replaced by a higher one.
+    pub version: u64,
+    /// The encoded, signed list.
+    pub list: Bytes,
 }
 
 /// The SHA-256 hash of a bearer token. The store keeps only this, never the token.

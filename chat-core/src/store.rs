@@ -7,16 +7,17 @@
 //! several server processes sharing one database.
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use crate::error::ErrorCode;
 use crate::group::{GroupOp, GroupRuleError, GroupState};
 use crate::ids::{
-    AttachmentId, ConversationId, DeviceAddress, InboxPos, MessageId, UserId, Username,
+    AttachmentId, ConversationId, DeviceAddress, DeviceId, InboxPos, MessageId, UserId, Username,
 };
 use crate::model::{
-    Appended, AttachmentMeta, Conversation, Credentials, Device, DeviceKeys, DeviceMismatch,
-    Direction, Envelope, InboxEntry, NewMessage, OneTimePrekey, PrekeyBundle, PushToken,
-    ReceiptKind, ReceiptPosition, TokenHash, User,
+    Appended, AttachmentMeta, Conversation, Credentials, Device, DeviceKeys, DeviceListRecord,
+    DeviceMismatch, Direction, Envelope, InboxEntry, NewMessage, OneTimePrekey, PrekeyBundle,
+    PushToken, ReceiptKind, ReceiptPosition, TokenHash, User,
 };
 use crate::people::{Block, Profile, ProfileUpdate, SearchCursor, SearchPrefix};
 use crate::time::Timestamp;
@@ -200,6 +201,27 @@ pub trait KeyStore: Send + Sync {
 
     /// How many one-time prekeys the device has left.
     async fn one_time_prekey_count(&self, device: DeviceAddress) -> StoreResult<u64>;
+
+    /// The user's signed device list, if one was published.
+    async fn device_list(&self, user: UserId) -> StoreResult<Option<DeviceListRecord>>;
+
+    /// Publishes the user's device list, atomically: the record replaces the stored one and
+    /// exactly the user's devices in `linked` (the devices the list names) become linked.
+    /// [`StoreError::Conflict`] unless the version is higher than the stored one's.
+    async fn set_device_list(
+        &self,
+        user: UserId,
+        record: &DeviceListRecord,
+        linked: &[DeviceId],
+    ) -> StoreResult<()>;
+
+    /// Leaves a sealed link payload for `device` (replacing an earlier one), for it to fetch
+    /// with [`KeyStore::link_payload`]. [`StoreError::NotFound`] if the device is not the
+    /// user's.
+    async fn set_link_payload(&self, device: DeviceAddress, sealed: Bytes) -> StoreResult<()>;
+
+    /// The sealed link payload left for `device`, if any.
+    async fn link_payload(&self, device: DeviceAddress) -> StoreResult<Option<Bytes>>;
 }
 
 /// Conversations and their members (R-CONV).

@@ -58,6 +58,10 @@ pub enum Error {
     /// A prekey message names a one-time prekey that was already used or never existed.
     #[error("unknown one-time prekey")]
     UnknownOneTimePrekey,
+    /// A signed device list older than the one already trusted, or another list of the same
+    /// version: the server replays or equivocates.
+    #[error("device list is older than, or conflicts with, one already seen")]
+    DeviceListRollback,
     /// A remote device presents an identity other than the one its sessions were made with;
     /// surface it to the user (see `DeviceSessions::clear`).
     #[error("identity key changed")]

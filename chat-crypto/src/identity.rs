@@ -13,9 +13,9 @@ use rand_core::CryptoRng;
 use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
-use crate::Error;
 use crate::codec::{Reader, Writer};
 use crate::primitives::{self, sig_context};
+use crate::{AccountIdentity, Error};
 
 /// Signed prekeys kept after a rotation, so messages started against them still open.
 pub const PREVIOUS_SIGNED_PREKEYS_KEPT: usize = 2;
@@ -31,8 +31,9 @@ pub const MAX_REPLAY_CACHE: usize = 2_000;
 pub const PUBLISHED_IDENTITY_BYTES: usize = 128;
 
 const ACCOUNT_TAG: u8 = 0xA1;
-/// 2: with the replay cache. Version 1 pickles still load (with an empty cache).
-const ACCOUNT_VERSION: u8 = 2;
+/// 2: with the replay cache; 3: with the account identity. Versions 1 and 2 still load
+/// (with an empty cache, without an account identity).
+const ACCOUNT_VERSION: u8 = 3;
 const BUNDLE_VERSION: u8 = 1;
 
 /// The public identity of one device: its Ed25519 key and the X25519 key that it signs.
@@ -334,6 +335,8 @@ pub struct Account {
     /// (signed prekey id, base key) of accepted first messages without a one-time prekey,
     /// oldest first, at most [`MAX_REPLAY_CACHE`].
     replay_cache: VecDeque<(u32, [u8; 32])>,
+    /// The user's account identity, once this device created it or was linked.
+    account_identity: Option<AccountIdentity>,
 }
 
 impl Account {
@@ -346,6 +349,7 @@ impl Account {
             one_time: BTreeMap::new(),
             next_id: 1,
             replay_cache: VecDeque::new(),
+            account_identity: None,
         };
         account.rotate_signed_prekey(rng);
         account
@@ -354,6 +358,22 @@ impl Account {
     /// The identity keys.
     pub fn identity(&self) -> &IdentityKeys {
         &self.identity
+    }
+
+    /// The user's account identity, if this device holds it (it made it, or was linked).
+    pub fn account_identity(&self) -> Option<&AccountIdentity> {
+        self.account_identity.as_ref()
+    }
+
+    /// Stores the user's account identity (made by this device, received by linking, or a
+    /// new one after a recovery), replacing any held before.
+    pub fn set_account_identity(&mut self, identity: AccountIdentity) {
+        self.account_identity = Some(identity);
+    }
+
+    /// Forgets the account identity (one this device made but lost the race to publish).
+    pub fn clear_account_identity(&mut self) {
+        self.account_identity = None;
     }
 
     /// The current signed prekey, signed.
@@ -474,6 +494,10 @@ impl Account {
         for (id, base_key) in &self.replay_cache {
             w.u32(*id).raw(base_key);
         }
+        match &self.account_identity {
+            Some(identity) => w.u8(1).raw(identity.secret().as_slice()),
+            None => w.u8(0),
+        };
         w.into_secret()
     }
 
@@ -484,7 +508,7 @@ impl Account {
             return Err(Error::Malformed("account pickle"));
         }
         let version = r.u8()?;
-        if version != 1 && version != ACCOUNT_VERSION {
+        if !(1..=ACCOUNT_VERSION).contains(&version) {
             return Err(Error::UnsupportedVersion(version));
         }
         let identity = IdentityKeys::read(&mut r)?;
@@ -510,7 +534,7 @@ impl Account {
             one_time.insert(id, StaticSecret::from(*Zeroizing::new(r.array::<32>()?)));
         }
         let mut replay_cache = VecDeque::new();
-        if version == ACCOUNT_VERSION {
+        if version >= 2 {
             let n = r.u32()?;
             if n as usize > MAX_REPLAY_CACHE {
                 return Err(Error::Malformed("account pickle"));
@@ -519,6 +543,11 @@ impl Account {
                 replay_cache.push_back((r.u32()?, r.array()?));
             }
         }
+        let account_identity = if version >= 3 && r.bool()? {
+            Some(AccountIdentity::from_secret(&Zeroizing::new(r.array()?)))
+        } else {
+            None
+        };
         r.finish()?;
         Ok(Self {
             identity,
@@ -526,6 +555,7 @@ impl Account {
             one_time,
             next_id,
             replay_cache,
+            account_identity,
         })
     }
 }
@@ -537,6 +567,7 @@ impl fmt::Debug for Account {
             .field("signed_prekeys", &self.signed_prekeys.len())
             .field("one_time_prekeys", &self.one_time.len())
             .field("replay_cache", &self.replay_cache.len())
+            .field("account_identity", &self.account_identity)
             .finish_non_exhaustive()
     }
 }
@@ -596,11 +627,17 @@ mod tests {
         assert_eq!(*back.pickle(), *p);
         assert_eq!(back.identity().public(), acct.identity().public());
         let mut other = p.to_vec();
-        other[1] = 3;
+        other[1] = 4;
         assert_eq!(
             Account::from_pickle(&other).unwrap_err(),
-            Error::UnsupportedVersion(3)
+            Error::UnsupportedVersion(4)
         );
+        // A version 2 pickle (no account identity flag) still loads.
+        let mut v2 = p[..p.len() - 1].to_vec();
+        v2[1] = 2;
+        let old = Account::from_pickle(&v2).unwrap();
+        assert!(old.account_identity().is_none());
+        assert_eq!(old.identity().public(), acct.identity().public());
         assert!(Account::from_pickle(&p[..p.len() - 1]).is_err());
         assert!(!format!("{acct:?}").contains(&hex::encode(&p[2..10])));
     }

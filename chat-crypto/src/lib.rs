@@ -7,6 +7,7 @@
     clippy::indexing_slicing
 )]
 
+mod account;
 pub mod attachment;
 mod binding;
 mod codec;
@@ -35,6 +36,10 @@ pub mod fuzzing {
     }
 }
 
+pub use account::{
+    AccountIdentity, AccountKey, DeviceListUpdate, LINK_CODE_BYTES, LinkCode, MAX_LISTED_DEVICES,
+    SignedDeviceList,
+};
 pub use binding::{BINDING_LEN, ConversationKind, MessageBinding};
 pub use device_sessions::{DeviceSessions, MAX_SESSIONS_PER_DEVICE};
 pub use envelope::{
@@ -57,7 +62,7 @@ pub use rand_core::CryptoRng;
 pub use safety::{SafetyNumber, safety_number};
 pub use session::{
     DeviceAddress, MAX_FORWARD_JUMP, MAX_RECEIVER_CHAINS, MAX_SKIPPED_KEY_AGE,
-    MAX_SKIPPED_PER_CHAIN, MAX_SKIPPED_TOTAL, Session, is_prekey_message,
+    MAX_SKIPPED_PER_CHAIN, MAX_SKIPPED_TOTAL, Session, is_prekey_message, prekey_identity,
 };
 pub use zeroize::Zeroizing;
 

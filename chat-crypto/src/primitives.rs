@@ -58,6 +58,8 @@ pub(crate) mod sig_context {
     pub(crate) const GROUP_CHANGE: &[u8] = b"chat-crypto/v1/group-change";
     /// Not a signature: the label of the group state hash that chains the changes.
     pub(crate) const GROUP_STATE: &[u8] = b"chat-crypto/v1/group-state";
+    /// A user's device list, signed by the account identity (issue 16).
+    pub(crate) const DEVICE_LIST: &[u8] = b"chat-crypto/v1/device-list";
 }
 
 /// Associated-data contexts.
@@ -65,6 +67,8 @@ pub(crate) mod ad_context {
     pub(crate) const PAIRWISE: &[u8] = b"chat-crypto/v1/pairwise-ad";
     pub(crate) const BODY: &[u8] = b"chat-crypto/v1/body";
     pub(crate) const GROUP: &[u8] = b"chat-crypto/v1/group-ad";
+    /// The sealed account secret of a device link.
+    pub(crate) const LINK: &[u8] = b"chat-crypto/v1/link-ad";
 }
 
 /// HKDF-SHA256 extract-and-expand into `out`.
@@ -614,23 +618,34 @@ mod tests {
             b[32..].copy_from_slice(&x25519_public(&secret(n + 1)));
             crate::IdentityPublic::from_bytes(&b)
         };
-        let (alice, bob) = ([identity(1)], [identity(3), identity(5)]);
-        let devices = |p: &str| -> Vec<String> {
-            v.pointer(p)
-                .and_then(Value::as_array)
-                .unwrap()
-                .iter()
-                .map(|d| d.as_str().unwrap().to_owned())
-                .collect()
-        };
-        let hexes = |ids: &[crate::IdentityPublic]| -> Vec<String> {
-            ids.iter().map(|i| hex::encode(i.to_bytes())).collect()
-        };
-        assert_eq!(hexes(&alice), devices("/safety_number/alice/devices"));
-        assert_eq!(hexes(&bob), devices("/safety_number/bob/devices"));
-        let sn = crate::safety_number(1, &alice, 2, &bob);
+        let bob = [identity(3), identity(5)];
+        let user = |n| chat_core::UserId::new(n).unwrap();
+        let account = |n: u8| crate::AccountIdentity::from_secret(&[n; 32]);
+        let (alice_key, bob_key) = (account(0x0A).public(), account(0x0B).public());
+        assert_eq!(
+            hex::encode(alice_key.to_bytes()),
+            get("/safety_number/alice/account_key")
+        );
+        let sn = crate::safety_number(user(1), &alice_key, user(2), &bob_key);
         assert_eq!(sn.digits(), get("/safety_number/digits"));
-        assert_eq!(crate::safety_number(2, &bob, 1, &alice), sn);
+        assert_eq!(
+            crate::safety_number(user(2), &bob_key, user(1), &alice_key),
+            sn
+        );
+
+        // The signed device list: Ed25519 signatures are deterministic, so the bytes agree.
+        let device = |n| chat_core::DeviceId::new(n).unwrap();
+        let list = account(0x0B)
+            .sign_device_list(user(2), 3, &[(device(7), bob[0]), (device(4), bob[1])])
+            .unwrap();
+        assert_eq!(hex::encode(list.encode()), get("/device_list/encoded"));
+        let decoded = crate::SignedDeviceList::decode(&list.encode()).unwrap();
+        assert_eq!(decoded.identity_of(device(7)), Some(bob[0]));
+
+        let mut link_key = [0u8; 32];
+        let secret: [u8; 32] = core::array::from_fn(|i| i as u8);
+        hkdf(&[], &secret, b"chat-crypto/v1/link-key", &mut link_key).unwrap();
+        assert_eq!(hex::encode(link_key), get("/link_key/key"));
     }
 
     #[test]

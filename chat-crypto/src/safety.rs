@@ -1,22 +1,28 @@
-//! Safety numbers: a numeric fingerprint of two users' identity keys, the same on both sides.
+//! Safety numbers: a numeric fingerprint of two users' account identities, the same on both
+//! sides.
 //!
-//! As Signal's: for each user, `h = SHA-512(version || keys || user id)` (the numeric user ID
-//! as a u64, big-endian: 8 bytes), then 5,200 times
-//! `h = SHA-512(h || keys)`; the first 30 bytes make six 5-digit groups (each 5-byte chunk as a
-//! big-endian integer mod 100,000). The two 30-digit halves are ordered (smaller first) and
-//! joined, so both users compute the same 60 digits. Users here have several devices, each
-//! with its own identity, so `keys` is the sorted, de-duplicated concatenation of all the
-//! user's device identities: adding or changing a device changes the number.
+//! As Signal's, over account keys (version 2): for each user,
+//! `h = SHA-512(00 02 || account key || user id)` (the account key's 32 bytes; the numeric
+//! user ID as a u64, big-endian: 8 bytes), then 5,200 times `h = SHA-512(h || account key)`;
+//! the first 30 bytes make six 5-digit groups (each 5-byte chunk as a big-endian integer mod
+//! 100,000). The two 30-digit halves are ordered (smaller first) and joined, so both users
+//! compute the same 60 digits.
+//!
+//! The number depends only on the account keys the client trusts, so it stays the same when
+//! devices are linked or removed (each device is signed by the account key), it needs no
+//! server call, and it changes exactly when an account identity changes.
 
-use std::collections::BTreeSet;
 use std::fmt;
 
 use sha2::{Digest, Sha512};
 
-use crate::IdentityPublic;
+use chat_core::UserId;
+
+use crate::AccountKey;
 
 const ITERATIONS: usize = 5_200;
-const VERSION: [u8; 2] = [0, 1];
+/// Version 1 hashed every device identity; version 2 hashes the account key.
+const VERSION: [u8; 2] = [0, 2];
 
 /// 60 decimal digits, shown as 12 groups of 5.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -44,35 +50,30 @@ impl fmt::Debug for SafetyNumber {
     }
 }
 
-/// The safety number of two users, each given by their numeric user ID and the identities of
-/// all their devices. Symmetric: both users get the same number.
+/// The safety number of two users, each given by their user ID and their trusted account
+/// key. Symmetric: both users get the same number.
 pub fn safety_number(
-    our_user: u64,
-    our_devices: &[IdentityPublic],
-    their_user: u64,
-    their_devices: &[IdentityPublic],
+    our_user: UserId,
+    ours: &AccountKey,
+    their_user: UserId,
+    theirs: &AccountKey,
 ) -> SafetyNumber {
-    let a = fingerprint(&our_user.to_be_bytes(), our_devices);
-    let b = fingerprint(&their_user.to_be_bytes(), their_devices);
+    let a = fingerprint(our_user, ours);
+    let b = fingerprint(their_user, theirs);
     SafetyNumber(if a <= b { a + &b } else { b + &a })
 }
 
-fn fingerprint(user: &[u8], devices: &[IdentityPublic]) -> String {
-    let keys: Vec<u8> = devices
-        .iter()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .flat_map(|d| d.to_bytes())
-        .collect();
+fn fingerprint(user: UserId, account: &AccountKey) -> String {
+    let key = account.to_bytes();
     let mut h = Sha512::new();
     h.update(VERSION);
-    h.update(&keys);
-    h.update(user);
+    h.update(key);
+    h.update(user.get().to_be_bytes());
     let mut hash = h.finalize();
     for _ in 0..ITERATIONS {
         let mut h = Sha512::new();
         h.update(hash);
-        h.update(&keys);
+        h.update(key);
         hash = h.finalize();
     }
     hash.chunks_exact(5)

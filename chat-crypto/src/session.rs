@@ -88,8 +88,10 @@ pub fn is_prekey_message(header: &[u8]) -> bool {
     header.get(..2) == Some(&[MESSAGE_VERSION, KIND_PREKEY][..])
 }
 
-/// The identity a prekey message claims (verified later by `accept`).
-pub(crate) fn prekey_identity(header: &[u8]) -> Result<IdentityPublic, Error> {
+/// The identity a prekey message claims (unverified: `Session::accept` checks it). A client
+/// uses it to notice that a device presents another identity than the trusted one before it
+/// decrypts.
+pub fn prekey_identity(header: &[u8]) -> Result<IdentityPublic, Error> {
     Ok(PrekeyMessage::parse(header)?.identity)
 }
 

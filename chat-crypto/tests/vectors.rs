@@ -10,9 +10,10 @@
 
 use std::convert::Infallible;
 
+use chat_core::UserId;
 use chat_crypto::attachment;
 use chat_crypto::{
-    Account, Decrypted, DeviceAddress, IdentityKeys, PrekeyBundle, SenderKey, SenderKeyReceiver,
+    Account, AccountIdentity, Decrypted, DeviceAddress, PrekeyBundle, SenderKey, SenderKeyReceiver,
     Session, encrypt_for_devices, safety_number, sender_key_headers,
 };
 use rand_core::{TryCryptoRng, TryRng};
@@ -145,18 +146,24 @@ fn compute() -> Value {
     let (ct, ptr) = attachment::encrypt(t.for_("attachment: file key"), &file).unwrap();
     assert_eq!(attachment::decrypt(&ptr, &ct).unwrap(), file);
 
-    // Safety number of alice's and bob's identities (one device each).
+    // Safety number (version 2) of alice's and bob's account identities.
+    let alice_account = AccountIdentity::generate(t.for_("alice account identity"));
+    let bob_account = AccountIdentity::generate(t.for_("bob account identity"));
+    let user = |n| UserId::new(n).unwrap();
     let sn = safety_number(
-        1,
-        &[alice.identity().public()],
-        2,
-        &[bob.identity().public()],
+        user(1),
+        &alice_account.public(),
+        user(2),
+        &bob_account.public(),
     );
-    let other =
-        IdentityKeys::generate(t.for_("unused identity (safety number sensitivity)")).public();
     assert_ne!(
         sn,
-        safety_number(1, &[other], 2, &[bob.identity().public()])
+        safety_number(
+            user(1),
+            &bob_account.public(),
+            user(2),
+            &bob_account.public()
+        )
     );
 
     json!({
@@ -188,7 +195,15 @@ fn compute() -> Value {
             "ciphertext_first_32": hex::encode(&ct[..32]),
             "ciphertext_last_32": hex::encode(&ct[ct.len() - 32..]),
         },
-        "safety_number": { "alice_user_id": 1, "bob_user_id": 2, "user_id_encoding": "u64 big-endian", "digits": sn.digits() },
+        "safety_number": {
+            "version": 2,
+            "alice_user_id": 1,
+            "alice_account_key": hex::encode(alice_account.public().to_bytes()),
+            "bob_user_id": 2,
+            "bob_account_key": hex::encode(bob_account.public().to_bytes()),
+            "user_id_encoding": "u64 big-endian",
+            "digits": sn.digits(),
+        },
     })
 }
 

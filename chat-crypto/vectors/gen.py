@@ -72,20 +72,40 @@ def identity(n):
     return ed + x_public(n + 1)
 
 
-def fingerprint(user_id, devices):
-    """Signal's numeric fingerprint over the sorted, de-duplicated device identities."""
-    keys = b"".join(sorted(set(devices)))
-    h = hashlib.sha512(b"\x00\x01" + keys + struct.pack(">Q", user_id)).digest()
+def ed_public(n):
+    """The Ed25519 public key whose seed is 32 repetitions of the byte n."""
+    return Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32).public_key().public_bytes(*RAW)
+
+
+def fingerprint(user_id, account_key):
+    """Signal's numeric fingerprint, version 2: over the user's account key."""
+    h = hashlib.sha512(b"\x00\x02" + account_key + struct.pack(">Q", user_id)).digest()
     for _ in range(5200):
-        h = hashlib.sha512(h + keys).digest()
+        h = hashlib.sha512(h + account_key).digest()
     return "".join(
         "%05d" % (int.from_bytes(h[i : i + 5], "big") % 100000) for i in range(0, 30, 5)
     )
 
 
-def safety_number(a_user, a_devices, b_user, b_devices):
-    a, b = fingerprint(a_user, a_devices), fingerprint(b_user, b_devices)
+def safety_number(a_user, a_account, b_user, b_account):
+    a, b = fingerprint(a_user, a_account), fingerprint(b_user, b_account)
     return a + b if a <= b else b + a
+
+
+def labelled(context, *fields):
+    """Every field, the context first, each with a u32 big-endian length prefix."""
+    return b"".join(struct.pack(">I", len(f)) + f for f in (context,) + fields)
+
+
+def device_list(user_id, version, account_seed, devices):
+    """The signed device list: 44 01, user, version, account key, count, (id, identity)*,
+    then the Ed25519 signature of labelled("chat-crypto/v1/device-list", all of that)."""
+    body = b"\x44\x01" + struct.pack(">QQ", user_id, version) + ed_public(account_seed)
+    body += struct.pack(">I", len(devices))
+    for device_id, ident in sorted(devices):
+        body += struct.pack(">Q", device_id) + ident
+    key = Ed25519PrivateKey.from_private_bytes(bytes([account_seed]) * 32)
+    return body + key.sign(labelled(b"chat-crypto/v1/device-list", body))
 
 
 def main():
@@ -143,12 +163,25 @@ def main():
             "commitment": hx(body[32:]),
         },
         "safety_number": {
+            "version": 2,
             "user_id_encoding": "u64 big-endian",
-            "alice": {"user_id": 1, "devices": [hx(d) for d in alice]},
-            "bob": {"user_id": 2, "devices": [hx(d) for d in bob]},
-            "alice_fingerprint": fingerprint(1, alice),
-            "bob_fingerprint": fingerprint(2, bob),
-            "digits": safety_number(1, alice, 2, bob),
+            "account_key": "Ed25519 public of seed n^32",
+            "alice": {"user_id": 1, "account_seed": "0a", "account_key": hx(ed_public(0x0A))},
+            "bob": {"user_id": 2, "account_seed": "0b", "account_key": hx(ed_public(0x0B))},
+            "alice_fingerprint": fingerprint(1, ed_public(0x0A)),
+            "bob_fingerprint": fingerprint(2, ed_public(0x0B)),
+            "digits": safety_number(1, ed_public(0x0A), 2, ed_public(0x0B)),
+        },
+        "device_list": {
+            "user_id": 2,
+            "version": 3,
+            "account_seed": "0b",
+            "devices": {"7": hx(bob[0]), "4": hx(bob[1])},
+            "encoded": hx(device_list(2, 3, 0x0B, [(7, bob[0]), (4, bob[1])])),
+        },
+        "link_key": {
+            "secret": hx(bytes(range(32))),
+            "key": hx(hkdf(None, bytes(range(32)), b"chat-crypto/v1/link-key", 32)),
         },
     }
     json.dump(out, sys.stdout, indent=2, sort_keys=True)

@@ -14,11 +14,11 @@ use chat_core::limits::MAX_DEVICES_PER_USER;
 use chat_core::{
     AccountStore, Appended, AttachmentId, AttachmentMeta, Block, BlockStore, ClientKey,
     Conversation, ConversationId, ConversationKind, ConversationStore, Credentials, Device,
-    DeviceAddress, DeviceId, DeviceKeys, Direction, Envelope, GroupOp, GroupState, HealthStore,
-    InboxEntry, InboxPos, KeyStore, MessageId, MessageStore, MetaStore, NewMessage, OneTimePrekey,
-    PrekeyBundle, Profile, ProfileStore, ProfileUpdate, PushToken, ReceiptKind, ReceiptPosition,
-    ReceiptStore, SearchCursor, SearchKey, SearchPrefix, StoreError, StoreResult, Timestamp,
-    TokenHash, User, UserId, Username,
+    DeviceAddress, DeviceId, DeviceKeys, DeviceListRecord, Direction, Envelope, GroupOp,
+    GroupState, HealthStore, InboxEntry, InboxPos, KeyStore, MessageId, MessageStore, MetaStore,
+    NewMessage, OneTimePrekey, PrekeyBundle, Profile, ProfileStore, ProfileUpdate, PushToken,
+    ReceiptKind, ReceiptPosition, ReceiptStore, SearchCursor, SearchKey, SearchPrefix, StoreError,
+    StoreResult, Timestamp, TokenHash, User, UserId, Username,
 };
 
 use crate::common::{
@@ -65,6 +65,8 @@ struct State {
     blocks: BTreeMap<(UserId, UserId), Timestamp>,
     /// Messages withheld from a blocker, and whom from.
     withheld: HashMap<(ConversationId, MessageId), UserId>,
+    /// Signed device lists by user.
+    device_lists: HashMap<UserId, DeviceListRecord>,
 }
 
 #[derive(Debug)]
@@ -88,6 +90,7 @@ struct DeviceRow {
     keys: Option<DeviceKeys>,
     prekeys: BTreeMap<u32, OneTimePrekey>,
     push: Option<PushToken>,
+    link_payload: Option<Bytes>,
 }
 
 /// One inbox entry: the message it points at, its header for this device, and when the
@@ -236,6 +239,7 @@ impl AccountStore for MemoryStore {
             address,
             name: name.into(),
             created_at: now,
+            linked: !s.device_lists.contains_key(&user),
         };
         s.tokens.insert(token, address);
         let row = DeviceRow {
@@ -247,6 +251,7 @@ impl AccountStore for MemoryStore {
             keys: None,
             prekeys: BTreeMap::new(),
             push: None,
+            link_payload: None,
         };
         s.devices.insert(id, row);
         Ok(device)
@@ -308,6 +313,42 @@ impl AccountStore for MemoryStore {
 
 #[async_trait]
 impl KeyStore for MemoryStore {
+    async fn device_list(&self, user: UserId) -> StoreResult<Option<DeviceListRecord>> {
+        Ok(self.lock()?.device_lists.get(&user).cloned())
+    }
+
+    async fn set_device_list(
+        &self,
+        user: UserId,
+        record: &DeviceListRecord,
+        linked: &[DeviceId],
+    ) -> StoreResult<()> {
+        let mut s = self.lock()?;
+        s.require_users([user])?;
+        if s.device_lists
+            .get(&user)
+            .is_some_and(|old| old.version >= record.version)
+        {
+            return Err(StoreError::Conflict);
+        }
+        s.device_lists.insert(user, record.clone());
+        for row in s.devices.values_mut() {
+            if row.device.address.user == user {
+                row.device.linked = linked.contains(&row.device.address.device);
+            }
+        }
+        Ok(())
+    }
+
+    async fn set_link_payload(&self, device: DeviceAddress, sealed: Bytes) -> StoreResult<()> {
+        self.lock()?.device_mut(device)?.link_payload = Some(sealed);
+        Ok(())
+    }
+
+    async fn link_payload(&self, device: DeviceAddress) -> StoreResult<Option<Bytes>> {
+        Ok(self.lock()?.device(device)?.link_payload.clone())
+    }
+
     async fn set_device_keys(&self, device: DeviceAddress, keys: &DeviceKeys) -> StoreResult<()> {
         let mut s = self.lock()?;
         let row = s.device_mut(device)?;
@@ -518,7 +559,9 @@ impl MessageStore for MemoryStore {
         let current: Vec<DeviceAddress> = row
             .members
             .iter()
-            .flat_map(|&u| s.user_devices(u).map(|d| d.device.address))
+            .flat_map(|&u| s.user_devices(u))
+            .filter(|d| d.device.linked)
+            .map(|d| d.device.address)
             .collect();
         check_coverage(&current, &message)?;
         let withheld_from = match row.conversation.kind {

@@ -57,6 +57,13 @@ const COMMANDS: &str = "\
 /name NAME [| STATUS]  set your display name (and status)
 /who PREFIX            find users by display name
 /safety NAME           the safety number to compare with NAME out of band
+/verify NAME           mark NAME verified (after comparing safety numbers)
+/accept NAME           trust NAME's new account identity after a change was blocked
+/devices [NAME]        the devices of NAME (default: yours) on their signed device list
+/link CODE             add your new device that shows CODE (run on a linked device)
+/linked                finish linking this device, once a linked one ran /link
+/unlink DEVICE         remove your device DEVICE (from /devices)
+/recover               no linked device left: make a new account identity on this one
 /block NAME | /unblock NAME   block or unblock a user (by username)
 /quit                  sign off (also Ctrl-C, or Ctrl-D on an empty line)
 anything else          sent to the current conversation";
@@ -111,6 +118,15 @@ async fn run(args: Args) -> Result<(), String> {
     let (screen, keyboard, mut inputs) = screen::start();
     let mut app = App::new(client.clone(), screen.clone()).await;
     let mut events = client.events();
+    if !client.is_linked().map_err(|e| words::error(&e))? {
+        let code = client.link_code().map_err(|e| words::error(&e))?;
+        screen.print(format!(
+            "this device is not linked to your account yet. On a device that is, type\n  \
+             /link {}\nthen type /linked here. (No device left? /recover makes a new account \
+             identity; your contacts will see it change.)",
+            code.as_str()
+        ));
+    }
     loop {
         tokio::select! {
             input = inputs.recv() => match input {
@@ -584,11 +600,74 @@ impl App {
             "/safety" => {
                 let user = self.user_named(words.next(), "/safety NAME").await?;
                 let number = self.client.safety_number(user).await?;
+                let verified = if self.client.is_verified(user)? {
+                    "verified"
+                } else {
+                    "not verified: compare it in person or on a call, then /verify NAME"
+                };
                 self.screen.print(format!(
-                    "safety number with {}: {number}\n  (compare it in person or on a call; \
-                     it changes when a device is added or re-keyed)",
+                    "safety number with {}: {number}\n  ({verified}; it changes only when \
+                     an account identity changes)",
                     self.names.of(user)
                 ));
+            }
+            "/verify" => {
+                let user = self.user_named(words.next(), "/verify NAME").await?;
+                self.client.verify(user).await?;
+                self.screen.print(format!(
+                    "{} is verified; a change of their identity will stop your messages to \
+                     them until you /accept it",
+                    self.names.of(user)
+                ));
+            }
+            "/accept" => {
+                let user = self.user_named(words.next(), "/accept NAME").await?;
+                self.client.accept_identity(user)?;
+                self.screen.print(format!(
+                    "{}'s new identity is trusted (not verified)",
+                    self.names.of(user)
+                ));
+            }
+            "/devices" => {
+                let user = match words.next() {
+                    Some(name) => self.user_named(Some(name), "/devices [NAME]").await?,
+                    None => self.client.user(),
+                };
+                let devices = self.client.devices_of(user).await?;
+                let list: Vec<String> = devices.iter().map(ToString::to_string).collect();
+                self.screen.print(format!(
+                    "{}'s devices: {}",
+                    self.names.of(user),
+                    list.join(", ")
+                ));
+            }
+            "/link" => {
+                let code = words.next().ok_or("/link CODE (shown by the new device)")?;
+                let device = self.client.link_device(code).await?;
+                self.screen
+                    .print(format!("device {device} is linked; type /linked on it"));
+            }
+            "/linked" => {
+                if self.client.finish_link().await? {
+                    self.screen.print("this device is linked");
+                } else {
+                    self.screen
+                        .print("not yet: run /link CODE on a linked device first");
+                }
+            }
+            "/unlink" => {
+                let id = words
+                    .next()
+                    .and_then(|w| w.parse::<u64>().ok())
+                    .ok_or("/unlink DEVICE (a number from /devices)")?;
+                let device = chat::client::DeviceId::new(id).map_err(|e| e.to_string())?;
+                self.client.remove_device(device).await?;
+                self.screen.print(format!("device {device} is removed"));
+            }
+            "/recover" => {
+                self.client.recover_account().await?;
+                self.screen
+                    .print("this device has a new account identity; link your other devices again");
             }
             cmd @ ("/block" | "/unblock") => {
                 let user = self.user_named(words.next(), "/block NAME").await?;
@@ -852,13 +931,52 @@ impl App {
                 }
                 self.prompt();
             }
-            Event::IdentityChanged { device } => {
+            Event::DevicesChanged {
+                user,
+                added,
+                removed,
+                changed,
+            } => {
+                self.learn_names([user]).await;
+                let ids = |d: &[chat::client::DeviceId]| {
+                    d.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                self.screen.print(format!(
+                    "  {}'s devices changed: added [{}], removed [{}], new keys [{}]",
+                    self.names.of(user),
+                    ids(&added),
+                    ids(&removed),
+                    ids(&changed)
+                ));
+            }
+            Event::AccountChanged {
+                user,
+                verified,
+                blocked,
+            } => {
+                self.learn_names([user]).await;
+                let what = if blocked {
+                    "nothing is sent to them until you /accept NAME"
+                } else {
+                    "compare safety numbers: /safety NAME"
+                };
+                let was = if verified { "verified " } else { "" };
+                self.screen.print(format!(
+                    "! {}'s {was}account identity changed (a recovered account, or an \
+                     attack); {what}",
+                    self.names.of(user)
+                ));
+            }
+            Event::DeviceRefused { device } => {
                 self.learn_names([device.user]).await;
                 self.screen.print(format!(
-                    "! {}'s device {} has a new identity key (a reinstall, or an attack); \
-                     compare safety numbers: /safety USERNAME",
-                    self.names.of(device.user),
-                    device.device
+                    "! the server named device {} of {}, which is not on their signed \
+                     device list; nothing is sent to it",
+                    device.device,
+                    self.names.of(device.user)
                 ));
             }
             Event::ResyncRequired { reason } => self.screen.print(format!(

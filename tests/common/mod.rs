@@ -28,6 +28,9 @@ pub fn config(store: &str) -> Config {
         frame_burst: 100_000,
         frames_per_second: 100_000.0,
         outbound_queue: 4096,
+        // Every test user connects from 127.0.0.1: a hundred clients, each with its
+        // WebSocket and pooled HTTP connections, are one address here.
+        max_connections_per_address: 1024,
         ..Config::default()
     }
 }
@@ -149,8 +152,9 @@ pub async fn user(server: &TestServer, name: &str) -> (Client, Events) {
     (client, events)
 }
 
-/// Logs in another device of `name` on a memory store.
-pub async fn device(server: &TestServer, name: &str) -> (Client, Events) {
+/// Logs in another device of `name` on a memory store and links it from `linker`, a linked
+/// device of the same user.
+pub async fn device(server: &TestServer, name: &str, linker: &Client) -> (Client, Events) {
     let client = Client::login(
         &server.url(),
         name,
@@ -160,8 +164,23 @@ pub async fn device(server: &TestServer, name: &str) -> (Client, Events) {
     )
     .await
     .expect("login");
+    link(linker, &client).await;
     let events = client.events();
     (client, events)
+}
+
+/// Links `new`, an unlinked device, from `linker`, a linked device of the same user: the
+/// code goes from one to the other as the user would carry it.
+pub async fn link(linker: &Client, new: &Client) {
+    assert!(
+        !new.is_linked().expect("state"),
+        "a new device starts unlinked"
+    );
+    let code = new.link_code().expect("code");
+    let device = linker.link_device(&code).await.expect("link");
+    assert_eq!(device, new.device().device);
+    assert!(new.finish_link().await.expect("finish link"), "linked");
+    assert!(new.is_linked().expect("state"));
 }
 
 /// One authenticated `GET` on a fresh connection; the JSON answer.

@@ -185,6 +185,8 @@ pub(crate) struct DeviceView {
     device_id: DeviceId,
     name: String,
     created_at: Timestamp,
+    /// On the user's signed device list (or the user has none): messages reach it.
+    linked: bool,
 }
 
 pub(crate) async fn devices(
@@ -199,6 +201,7 @@ pub(crate) async fn devices(
                 device_id: d.address.device,
                 name: d.name,
                 created_at: d.created_at,
+                linked: d.linked,
             })
             .collect(),
     ))

@@ -249,8 +249,8 @@ pub(crate) struct Devices {
     devices: Vec<DeviceAddress>,
 }
 
-/// The current devices of every member: the recipient set a `send` must cover (minus the
-/// sending device).
+/// The current linked devices of every member: the recipient set a `send` must cover (minus
+/// the sending device).
 pub(crate) async fn devices(
     State(shared): State<Arc<Shared>>,
     Member { id, .. }: Member,
@@ -263,6 +263,7 @@ pub(crate) async fn devices(
                 .devices(user)
                 .await?
                 .into_iter()
+                .filter(|d| d.linked)
                 .map(|d| d.address),
         );
     }

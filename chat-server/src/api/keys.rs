@@ -11,7 +11,10 @@ use std::time::Instant;
 use axum::extract::State;
 use axum::http::StatusCode;
 use bytes::Bytes;
-use chat_core::{DeviceKeys, ErrorCode, OneTimePrekey, PrekeyBundle, UserId};
+use chat_core::{
+    DeviceAddress, DeviceId, DeviceKeys, DeviceListRecord, ErrorCode, OneTimePrekey, PrekeyBundle,
+    StoreError, UserId,
+};
 use chat_crypto::{IdentityPublic, MAX_ONE_TIME_PREKEYS, SignedPrekey};
 use serde::{Deserialize, Serialize};
 
@@ -220,4 +223,134 @@ pub fn identity_blob(public: &IdentityPublic, binding: &[u8; 64]) -> Bytes {
     blob.extend_from_slice(&public.to_bytes());
     blob.extend_from_slice(binding);
     Bytes::from(blob)
+}
+
+/// The most bytes of a sealed link payload: the account seed, a full device list and the
+/// AEAD overhead fit with room to spare.
+pub(crate) const MAX_LINK_PAYLOAD_BYTES: usize = 4096;
+
+/// A signed device list as `GET /v1/users/{id}/device-list` returns it.
+#[derive(Serialize)]
+pub(crate) struct DeviceListView {
+    version: u64,
+    /// The encoded, signed list (hex).
+    list: String,
+}
+
+pub(crate) async fn device_list(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+    Path(user): Path<UserId>,
+) -> ApiResult<Json<DeviceListView>> {
+    let missing = || ApiError::new(ErrorCode::NotFound, "no device list");
+    super::people::unless_blocked_by(&shared, user, authed.device.user, missing).await?;
+    let record = shared.store.device_list(user).await?.ok_or_else(missing)?;
+    Ok(Json(DeviceListView {
+        version: record.version,
+        list: hex::encode(&record.list),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PutDeviceList {
+    list: String,
+}
+
+/// Publishes the caller's signed device list. The server checks what it can, so that an
+/// honest server never relays a list its clients would refuse: the signature under the
+/// account key the list names, that the list is the caller's, that every device it names is
+/// one of the caller's with those published keys, and that its version is higher than the
+/// stored one (409 otherwise). The listed devices become the ones messages fan out to.
+pub(crate) async fn put_device_list(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+    Json(req): Json<PutDeviceList>,
+) -> ApiResult<StatusCode> {
+    let bad = |m: &str| ApiError::new(ErrorCode::InvalidRequest, m);
+    let bytes = hex::decode(&req.list).map_err(|_| bad("the list is a hex string"))?;
+    let list = chat_crypto::SignedDeviceList::decode(&bytes)
+        .map_err(|e| bad(&format!("device list refused: {e}")))?;
+    let user = authed.device.user;
+    if list.user() != user {
+        return Err(bad("the list is another user's"));
+    }
+    let published = shared.store.fallback_bundles(user).await?;
+    for (device, identity) in list.devices() {
+        let keys = published.iter().find(|b| b.device.device == *device);
+        let matches = keys.is_some_and(|b| b.identity.get(..64) == Some(&identity.to_bytes()[..]));
+        if !matches {
+            return Err(bad(&format!(
+                "device {device} is not the caller's with the listed identity"
+            )));
+        }
+    }
+    let linked: Vec<DeviceId> = list.devices().iter().map(|(d, _)| *d).collect();
+    let record = DeviceListRecord {
+        version: list.version(),
+        list: Bytes::from(bytes),
+    };
+    shared
+        .store
+        .set_device_list(user, &record, &linked)
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict => ApiError::new(
+                ErrorCode::Conflict,
+                "a list of this version or a later one is published",
+            ),
+            other => other.into(),
+        })?;
+    tracing::info!(user = %user, version = list.version(), devices = linked.len(), "device list published");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LinkPayload {
+    /// The sealed payload (hex): opaque to the server.
+    sealed: String,
+}
+
+/// Leaves a sealed link payload for another device of the caller (the device being linked
+/// fetches it with `GET /v1/link`).
+pub(crate) async fn put_link(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+    Path(device): Path<DeviceId>,
+    Json(req): Json<LinkPayload>,
+) -> ApiResult<StatusCode> {
+    let sealed = hex::decode(&req.sealed)
+        .ok()
+        .filter(|s| s.len() <= MAX_LINK_PAYLOAD_BYTES)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "the payload is hex, at most 4096 bytes",
+            )
+        })?;
+    let address = DeviceAddress {
+        user: authed.device.user,
+        device,
+    };
+    shared
+        .store
+        .set_link_payload(address, Bytes::from(sealed))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The sealed link payload left for the calling device.
+pub(crate) async fn get_link(
+    State(shared): State<Arc<Shared>>,
+    authed: Authed,
+) -> ApiResult<Json<LinkPayload>> {
+    let sealed = shared
+        .store
+        .link_payload(authed.device)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no link payload yet"))?;
+    Ok(Json(LinkPayload {
+        sealed: hex::encode(&sealed),
+    }))
 }

@@ -10,13 +10,15 @@
 use std::fmt;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use chat_core::{
     AccountStore, Appended, AttachmentId, AttachmentMeta, Block, BlockStore, Conversation,
-    ConversationId, ConversationStore, Credentials, Device, DeviceAddress, DeviceKeys, Direction,
-    Envelope, GroupOp, GroupState, HealthStore, InboxEntry, InboxPos, KeyStore, MessageId,
-    MessageStore, MetaStore, NewMessage, OneTimePrekey, PrekeyBundle, Profile, ProfileStore,
-    ProfileUpdate, PushToken, ReceiptKind, ReceiptPosition, ReceiptStore, SearchCursor,
-    SearchPrefix, StoreError, StoreResult, Timestamp, TokenHash, User, UserId, Username,
+    ConversationId, ConversationStore, Credentials, Device, DeviceAddress, DeviceId, DeviceKeys,
+    DeviceListRecord, Direction, Envelope, GroupOp, GroupState, HealthStore, InboxEntry, InboxPos,
+    KeyStore, MessageId, MessageStore, MetaStore, NewMessage, OneTimePrekey, PrekeyBundle, Profile,
+    ProfileStore, ProfileUpdate, PushToken, ReceiptKind, ReceiptPosition, ReceiptStore,
+    SearchCursor, SearchPrefix, StoreError, StoreResult, Timestamp, TokenHash, User, UserId,
+    Username,
 };
 use tokio_postgres::Config;
 
@@ -263,6 +265,28 @@ impl AccountStore for PostgresStore {
 
 #[async_trait]
 impl KeyStore for PostgresStore {
+    async fn device_list(&self, user: UserId) -> StoreResult<Option<DeviceListRecord>> {
+        on_conn!(self, |db| ops::device_list(&db, user).await)
+    }
+
+    async fn set_device_list(
+        &self,
+        user: UserId,
+        record: &DeviceListRecord,
+        linked: &[DeviceId],
+    ) -> StoreResult<()> {
+        in_tx!(self, |db| ops::set_device_list(&db, user, record, linked)
+            .await)
+    }
+
+    async fn set_link_payload(&self, device: DeviceAddress, sealed: Bytes) -> StoreResult<()> {
+        on_conn!(self, |db| ops::set_link_payload(&db, device, &sealed).await)
+    }
+
+    async fn link_payload(&self, device: DeviceAddress) -> StoreResult<Option<Bytes>> {
+        on_conn!(self, |db| ops::link_payload(&db, device).await)
+    }
+
     async fn set_device_keys(&self, device: DeviceAddress, keys: &DeviceKeys) -> StoreResult<()> {
         on_conn!(self, |db| ops::set_device_keys(&db, device, keys).await)
     }

@@ -20,10 +20,10 @@ use bytes::Bytes;
 use chat_core::limits::MAX_DEVICES_PER_USER;
 use chat_core::{
     Appended, AttachmentId, AttachmentMeta, ClientKey, Conversation, ConversationId,
-    ConversationKind, Credentials, Device, DeviceAddress, DeviceKeys, Direction, Envelope, GroupOp,
-    GroupSettings, GroupState, InboxEntry, InboxPos, MemberInfo, MessageId, NewMessage,
-    OneTimePrekey, PrekeyBundle, PushToken, ReceiptKind, ReceiptPosition, SignedPrekey, StoreError,
-    StoreResult, Timestamp, TokenHash, User, UserId, Username,
+    ConversationKind, Credentials, Device, DeviceAddress, DeviceId, DeviceKeys, DeviceListRecord,
+    Direction, Envelope, GroupOp, GroupSettings, GroupState, InboxEntry, InboxPos, MemberInfo,
+    MessageId, NewMessage, OneTimePrekey, PrekeyBundle, PushToken, ReceiptKind, ReceiptPosition,
+    SignedPrekey, StoreError, StoreResult, Timestamp, TokenHash, User, UserId, Username,
 };
 use std::collections::BTreeMap;
 use tokio_postgres::error::SqlState;
@@ -201,14 +201,16 @@ const LOCK_USER: &str = "SELECT 1 FROM users WHERE id = $1 FOR UPDATE";
 const LOCK_USERS_SHARE: &str = "SELECT count(*) FROM (
         SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR SHARE) AS u";
 const COUNT_DEVICES: &str = "SELECT count(*) FROM devices WHERE user_id = $1";
-const INSERT_DEVICE: &str = "INSERT INTO devices (user_id, name, created_at)
-    VALUES ($1, $2, $3) RETURNING id";
+const INSERT_DEVICE: &str = "INSERT INTO devices (user_id, name, created_at, linked)
+    VALUES ($1, $2, $3, NOT EXISTS (SELECT 1 FROM device_lists WHERE user_id = $1))
+    RETURNING id, linked";
 const INSERT_TOKEN: &str = "INSERT INTO tokens (hash, user_id, device_id, created_at)
     VALUES ($1, $2, $3, $4)";
 const DEVICE_EXISTS: &str = "SELECT 1 FROM devices WHERE id = $1 AND user_id = $2";
 const LOCK_DEVICE: &str = "SELECT 1 FROM devices WHERE id = $1 AND user_id = $2 FOR UPDATE";
 const LOCK_DEVICE_SHARE: &str = "SELECT 1 FROM devices WHERE id = $1 AND user_id = $2 FOR SHARE";
-const DEVICES: &str = "SELECT id, name, created_at FROM devices WHERE user_id = $1 ORDER BY id";
+const DEVICES: &str =
+    "SELECT id, name, created_at, linked FROM devices WHERE user_id = $1 ORDER BY id";
 const LOCK_CONVERSATIONS_OF: &str = "SELECT id FROM conversations
     WHERE id IN (SELECT conversation_id FROM members WHERE user_id = $1) ORDER BY id FOR UPDATE";
 const DELETE_TOKENS_OF: &str = "DELETE FROM tokens WHERE device_id = $1";
@@ -233,6 +235,14 @@ const SET_KEYS: &str = "UPDATE devices
 const ADD_PREKEYS: &str = "INSERT INTO one_time_prekeys (device_id, key_id, public)
     SELECT $1, k, p FROM unnest($2::bigint[], $3::bytea[]) AS t (k, p)
     ON CONFLICT DO NOTHING";
+const DEVICE_LIST: &str = "SELECT version, list FROM device_lists WHERE user_id = $1";
+const UPSERT_DEVICE_LIST: &str = "INSERT INTO device_lists (user_id, version, list)
+    VALUES ($1, $2, $3)
+    ON CONFLICT (user_id) DO UPDATE SET version = excluded.version, list = excluded.list";
+const SET_LINKED: &str = "UPDATE devices SET linked = (id = ANY($2)) WHERE user_id = $1";
+const SET_LINK_PAYLOAD: &str =
+    "UPDATE devices SET link_payload = $3 WHERE id = $1 AND user_id = $2";
+const LINK_PAYLOAD: &str = "SELECT link_payload FROM devices WHERE id = $1 AND user_id = $2";
 const KEYED_DEVICES: &str = "SELECT id, identity, spk_id, spk_public, spk_signature
     FROM devices WHERE user_id = $1 AND identity IS NOT NULL ORDER BY id";
 const CLAIM_PREKEY: &str = "DELETE FROM one_time_prekeys
@@ -350,6 +360,11 @@ pub(crate) const STATEMENTS: &[&str] = &[
     DROP_STALE_PREKEYS,
     SET_KEYS,
     ADD_PREKEYS,
+    DEVICE_LIST,
+    UPSERT_DEVICE_LIST,
+    SET_LINKED,
+    SET_LINK_PAYLOAD,
+    LINK_PAYLOAD,
     KEYED_DEVICES,
     CLAIM_PREKEY,
     PREKEY_COUNT,
@@ -507,6 +522,7 @@ pub(crate) async fn add_device(
         address,
         name: name.to_owned(),
         created_at: now,
+        linked: get(&row, 1)?,
     })
 }
 
@@ -550,6 +566,7 @@ pub(crate) async fn devices(db: &Db<'_>, user: UserId) -> StoreResult<Vec<Device
                 address,
                 name: get(row, 1)?,
                 created_at: ts(get(row, 2)?),
+                linked: get(row, 3)?,
             })
         })
         .collect()
@@ -613,6 +630,70 @@ pub(crate) async fn last_active(db: &Db<'_>, user: UserId) -> StoreResult<Option
 }
 
 // ---- keys -----------------------------------------------------------------------------
+
+pub(crate) async fn device_list(
+    db: &Db<'_>,
+    user: UserId,
+) -> StoreResult<Option<DeviceListRecord>> {
+    let Some(row) = db.opt(DEVICE_LIST, &[&to_sql(user.get())]).await? else {
+        return Ok(None);
+    };
+    let list: Vec<u8> = get(&row, 1)?;
+    Ok(Some(DeviceListRecord {
+        version: from_sql(get(&row, 0)?, "device list version")?,
+        list: list.into(),
+    }))
+}
+
+/// Locks the user and their conversations first, as adding a device does: a message being
+/// appended sees the devices linked either before or after the new list, never half.
+pub(crate) async fn set_device_list(
+    db: &Db<'_>,
+    user: UserId,
+    record: &DeviceListRecord,
+    linked: &[DeviceId],
+) -> StoreResult<()> {
+    lock_user_and_conversations(db, user).await?;
+    if device_list(db, user)
+        .await?
+        .is_some_and(|old| old.version >= record.version)
+    {
+        return Err(StoreError::Conflict);
+    }
+    let id = to_sql(user.get());
+    let list: &[u8] = &record.list;
+    db.exec(UPSERT_DEVICE_LIST, &[&id, &to_sql(record.version), &list])
+        .await?;
+    let linked: Vec<i64> = linked.iter().map(|d| to_sql(d.get())).collect();
+    db.exec(SET_LINKED, &[&id, &linked]).await?;
+    Ok(())
+}
+
+pub(crate) async fn set_link_payload(
+    db: &Db<'_>,
+    device: DeviceAddress,
+    sealed: &[u8],
+) -> StoreResult<()> {
+    let params: Params<'_> = &[
+        &to_sql(device.device.get()),
+        &to_sql(device.user.get()),
+        &sealed,
+    ];
+    match db.exec(SET_LINK_PAYLOAD, params).await? {
+        0 => Err(StoreError::NotFound),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) async fn link_payload(db: &Db<'_>, device: DeviceAddress) -> StoreResult<Option<Bytes>> {
+    let params: Params<'_> = &[&to_sql(device.device.get()), &to_sql(device.user.get())];
+    let row = db
+        .opt(LINK_PAYLOAD, params)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    let payload: Option<Vec<u8>> = get(&row, 0)?;
+    Ok(payload.map(Bytes::from))
+}
 
 pub(crate) async fn set_device_keys(
     db: &Db<'_>,

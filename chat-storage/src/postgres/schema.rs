@@ -173,6 +173,19 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE conversations ADD COLUMN edit_name smallint NOT NULL DEFAULT 1;
     ALTER TABLE conversations ADD COLUMN admitted bigint NOT NULL DEFAULT 1;
     ",
+    // Version 5: signed device lists and linking (issue 16). Existing devices stay linked
+    // (their users have no list yet), and so do devices a version 4 node registers during a
+    // rolling upgrade; a device a user with a list logs in with starts unlinked and
+    // receives nothing until a linked device adds it. Constant defaults: catalog-only.
+    "
+    ALTER TABLE devices ADD COLUMN linked boolean NOT NULL DEFAULT true;
+    ALTER TABLE devices ADD COLUMN link_payload bytea;
+    CREATE TABLE device_lists (
+        user_id bigint PRIMARY KEY REFERENCES users (id),
+        version bigint NOT NULL,
+        list    bytea NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes.

@@ -12,13 +12,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use chat_core::{
     AccountStore, Appended, AttachmentId, AttachmentMeta, Block, BlockStore, Conversation,
-    ConversationId, ConversationStore, Credentials, Device, DeviceAddress, DeviceKeys, Direction,
-    Envelope, GroupOp, GroupState, HealthStore, InboxEntry, InboxPos, KeyStore, MessageId,
-    MessageStore, MetaStore, NewMessage, OneTimePrekey, PrekeyBundle, Profile, ProfileStore,
-    ProfileUpdate, PushToken, ReceiptKind, ReceiptPosition, ReceiptStore, SearchCursor,
-    SearchPrefix, StoreError, StoreResult, Timestamp, TokenHash, User, UserId, Username,
+    ConversationId, ConversationStore, Credentials, Device, DeviceAddress, DeviceId, DeviceKeys,
+    DeviceListRecord, Direction, Envelope, GroupOp, GroupState, HealthStore, InboxEntry, InboxPos,
+    KeyStore, MessageId, MessageStore, MetaStore, NewMessage, OneTimePrekey, PrekeyBundle, Profile,
+    ProfileStore, ProfileUpdate, PushToken, ReceiptKind, ReceiptPosition, ReceiptStore,
+    SearchCursor, SearchPrefix, StoreError, StoreResult, Timestamp, TokenHash, User, UserId,
+    Username,
 };
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
@@ -404,6 +406,30 @@ impl AccountStore for SqliteStore {
 
 #[async_trait]
 impl KeyStore for SqliteStore {
+    async fn device_list(&self, user: UserId) -> StoreResult<Option<DeviceListRecord>> {
+        self.read(move |c| ops::device_list(c, user)).await
+    }
+
+    async fn set_device_list(
+        &self,
+        user: UserId,
+        record: &DeviceListRecord,
+        linked: &[DeviceId],
+    ) -> StoreResult<()> {
+        let (record, linked) = (record.clone(), linked.to_vec());
+        self.write(move |c| ops::set_device_list(c, user, &record, &linked))
+            .await
+    }
+
+    async fn set_link_payload(&self, device: DeviceAddress, sealed: Bytes) -> StoreResult<()> {
+        self.write(move |c| ops::set_link_payload(c, device, &sealed))
+            .await
+    }
+
+    async fn link_payload(&self, device: DeviceAddress) -> StoreResult<Option<Bytes>> {
+        self.read(move |c| ops::link_payload(c, device)).await
+    }
+
     async fn set_device_keys(&self, device: DeviceAddress, keys: &DeviceKeys) -> StoreResult<()> {
         let keys = keys.clone();
         self.write(move |c| ops::set_device_keys(c, device, &keys))

@@ -9,10 +9,10 @@ use bytes::Bytes;
 use chat_core::limits::MAX_DEVICES_PER_USER;
 use chat_core::{
     Appended, AttachmentId, AttachmentMeta, ClientKey, Conversation, ConversationId,
-    ConversationKind, Credentials, Device, DeviceAddress, DeviceKeys, Direction, Envelope, GroupOp,
-    GroupSettings, GroupState, InboxEntry, InboxPos, MemberInfo, MessageId, NewMessage,
-    OneTimePrekey, PrekeyBundle, PushToken, ReceiptKind, ReceiptPosition, SignedPrekey, StoreError,
-    StoreResult, Timestamp, TokenHash, User, UserId, Username,
+    ConversationKind, Credentials, Device, DeviceAddress, DeviceId, DeviceKeys, DeviceListRecord,
+    Direction, Envelope, GroupOp, GroupSettings, GroupState, InboxEntry, InboxPos, MemberInfo,
+    MessageId, NewMessage, OneTimePrekey, PrekeyBundle, PushToken, ReceiptKind, ReceiptPosition,
+    SignedPrekey, StoreError, StoreResult, Timestamp, TokenHash, User, UserId, Username,
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
 use std::collections::BTreeMap;
@@ -196,11 +196,15 @@ pub(crate) fn add_device(
     }
     let mut insert = conn
         .prepare_cached(
-            "INSERT INTO devices (user_id, name, created_at) VALUES (?1, ?2, ?3) RETURNING id",
+            "INSERT INTO devices (user_id, name, created_at, linked)
+             VALUES (?1, ?2, ?3, NOT EXISTS (SELECT 1 FROM device_lists WHERE user_id = ?1))
+             RETURNING id, linked",
         )
         .map_err(backend)?;
-    let id: i64 = insert
-        .query_row(params![to_sql(user.get()), name, ts_sql(now)], |r| r.get(0))
+    let (id, linked): (i64, bool) = insert
+        .query_row(params![to_sql(user.get()), name, ts_sql(now)], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .map_err(backend)?;
     let address = DeviceAddress {
         user,
@@ -211,6 +215,7 @@ pub(crate) fn add_device(
         address,
         name: name.to_owned(),
         created_at: now,
+        linked,
     })
 }
 
@@ -250,7 +255,9 @@ pub(crate) fn add_token(
 
 pub(crate) fn devices(conn: &Connection, user: UserId) -> StoreResult<Vec<Device>> {
     let mut stmt = conn
-        .prepare_cached("SELECT id, name, created_at FROM devices WHERE user_id = ?1 ORDER BY id")
+        .prepare_cached(
+            "SELECT id, name, created_at, linked FROM devices WHERE user_id = ?1 ORDER BY id",
+        )
         .map_err(backend)?;
     let rows = stmt
         .query_map([to_sql(user.get())], |r| {
@@ -258,11 +265,12 @@ pub(crate) fn devices(conn: &Connection, user: UserId) -> StoreResult<Vec<Device
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, i64>(2)?,
+                r.get::<_, bool>(3)?,
             ))
         })
         .map_err(backend)?;
     rows.map(|row| {
-        let (id, name, created_at) = row.map_err(backend)?;
+        let (id, name, created_at, linked) = row.map_err(backend)?;
         let address = DeviceAddress {
             user,
             device: from_sql(id, "device ID")?,
@@ -271,6 +279,7 @@ pub(crate) fn devices(conn: &Connection, user: UserId) -> StoreResult<Vec<Device
             address,
             name,
             created_at: ts(created_at),
+            linked,
         })
     })
     .collect()
@@ -356,6 +365,89 @@ pub(crate) fn last_active(conn: &Connection, user: UserId) -> StoreResult<Option
 }
 
 // ---- keys -----------------------------------------------------------------------------
+
+pub(crate) fn device_list(
+    conn: &Connection,
+    user: UserId,
+) -> StoreResult<Option<DeviceListRecord>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT version, list FROM device_lists WHERE user_id = ?1")
+        .map_err(backend)?;
+    let row = stmt
+        .query_row([to_sql(user.get())], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })
+        .optional()
+        .map_err(backend)?;
+    row.map(|(version, list)| {
+        Ok(DeviceListRecord {
+            version: from_sql(version, "device list version")?,
+            list: list.into(),
+        })
+    })
+    .transpose()
+}
+
+pub(crate) fn set_device_list(
+    conn: &Connection,
+    user: UserId,
+    record: &DeviceListRecord,
+    linked: &[DeviceId],
+) -> StoreResult<()> {
+    if !user_exists(conn, user)? {
+        return Err(StoreError::NotFound);
+    }
+    if device_list(conn, user)?.is_some_and(|old| old.version >= record.version) {
+        return Err(StoreError::Conflict);
+    }
+    conn.prepare_cached(
+        "INSERT INTO device_lists (user_id, version, list) VALUES (?1, ?2, ?3)
+         ON CONFLICT (user_id) DO UPDATE SET version = excluded.version, list = excluded.list",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            to_sql(user.get()),
+            to_sql(record.version),
+            &record.list[..]
+        ])
+    })
+    .map_err(backend)?;
+    let user = to_sql(user.get());
+    conn.prepare_cached("UPDATE devices SET linked = 0 WHERE user_id = ?1")
+        .and_then(|mut s| s.execute([user]))
+        .map_err(backend)?;
+    let mut link = conn
+        .prepare_cached("UPDATE devices SET linked = 1 WHERE id = ?1 AND user_id = ?2")
+        .map_err(backend)?;
+    for device in linked {
+        link.execute([to_sql(device.get()), user])
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn set_link_payload(
+    conn: &Connection,
+    device: DeviceAddress,
+    sealed: &[u8],
+) -> StoreResult<()> {
+    require_device(conn, device)?;
+    conn.prepare_cached("UPDATE devices SET link_payload = ?2 WHERE id = ?1")
+        .and_then(|mut s| s.execute(params![to_sql(device.device.get()), sealed]))
+        .map_err(backend)?;
+    Ok(())
+}
+
+pub(crate) fn link_payload(conn: &Connection, device: DeviceAddress) -> StoreResult<Option<Bytes>> {
+    require_device(conn, device)?;
+    let mut stmt = conn
+        .prepare_cached("SELECT link_payload FROM devices WHERE id = ?1")
+        .map_err(backend)?;
+    let payload: Option<Vec<u8>> = stmt
+        .query_row([to_sql(device.device.get())], |r| r.get(0))
+        .map_err(backend)?;
+    Ok(payload.map(Bytes::from))
+}
 
 pub(crate) fn set_device_keys(
     conn: &Connection,

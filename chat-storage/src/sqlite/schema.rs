@@ -155,6 +155,18 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE conversations ADD COLUMN edit_name INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE conversations ADD COLUMN admitted INTEGER NOT NULL DEFAULT 1;
     ",
+    // Version 5: signed device lists and linking (issue 16). Existing devices stay linked
+    // (their users have no list yet); a device a user with a list logs in with starts
+    // unlinked and receives nothing until a linked device adds it.
+    "
+    ALTER TABLE devices ADD COLUMN linked INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE devices ADD COLUMN link_payload BLOB;
+    CREATE TABLE device_lists (
+        user_id INTEGER PRIMARY KEY REFERENCES users (id),
+        version INTEGER NOT NULL,
+        list    BLOB NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes.

@@ -447,3 +447,111 @@ pub async fn attachments_and_push_tokens(store: Arc<dyn Store>) {
     store.set_push_token(d, None).await.expect("clear");
     assert_eq!(store.push_token(d).await.expect("push"), None);
 }
+
+/// Signed device lists (issue 16): versions only grow, the list decides which devices are
+/// linked, a device that logs in to a user with a list starts unlinked and gets nothing, and
+/// link payloads reach only their device.
+pub async fn device_lists_decide_which_devices_are_linked(store: Arc<dyn Store>) {
+    let (alice, devices) = user_with_devices(&*store, 1).await;
+    let first = devices[0];
+    let listed = |version: u64| DeviceListRecord {
+        version,
+        list: Bytes::from(format!("list v{version}")),
+    };
+    let linked = |store: Arc<dyn Store>| async move {
+        let devices = store.devices(alice).await.expect("devices");
+        devices
+            .iter()
+            .filter(|d| d.linked)
+            .map(|d| d.address)
+            .collect::<Vec<_>>()
+    };
+    assert!(store.devices(alice).await.expect("devices")[0].linked);
+    assert_eq!(store.device_list(alice).await.expect("list"), None);
+
+    store
+        .set_device_list(alice, &listed(1), &[first.device])
+        .await
+        .expect("first list");
+    assert_eq!(
+        store.device_list(alice).await.expect("list"),
+        Some(listed(1))
+    );
+    // With a list, a new device waits unlinked, and a message to alice need not cover it.
+    let second = store
+        .add_device(alice, "laptop", token(), NOW)
+        .await
+        .expect("device");
+    assert!(!second.linked);
+    assert_eq!(linked(store.clone()).await, vec![first]);
+    let (bob, bobs) = user_with_devices(&*store, 1).await;
+    let conv = store.open_direct(alice, bob, NOW).await.expect("direct");
+    store
+        .append(message(conv.id, bobs[0], &[first]))
+        .await
+        .expect("the unlinked device is not a recipient");
+    let with_unlinked = store
+        .append(message(conv.id, bobs[0], &[first, second.address]))
+        .await;
+    let Err(StoreError::StaleDevices(m)) = with_unlinked else {
+        panic!("expected stale devices: {with_unlinked:?}")
+    };
+    assert_eq!(m.extra, vec![second.address]);
+    assert_eq!(
+        store.inbox_head(second.address).await.expect("head"),
+        InboxPos::ZERO
+    );
+
+    // A link payload reaches only its device; another user's device is not found.
+    assert_eq!(
+        store.link_payload(second.address).await.expect("payload"),
+        None
+    );
+    store
+        .set_link_payload(second.address, Bytes::from_static(b"sealed"))
+        .await
+        .expect("payload");
+    assert_eq!(
+        store.link_payload(second.address).await.expect("payload"),
+        Some(Bytes::from_static(b"sealed"))
+    );
+    let not_alices = DeviceAddress {
+        user: bob,
+        device: second.address.device,
+    };
+    assert!(matches!(
+        store
+            .set_link_payload(not_alices, Bytes::from_static(b"x"))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+
+    // Version 2 links the second device and unlinks the first; an equal or lower version is
+    // refused and changes nothing.
+    store
+        .set_device_list(alice, &listed(2), &[second.address.device])
+        .await
+        .expect("second list");
+    assert_eq!(linked(store.clone()).await, vec![second.address]);
+    for stale in [1, 2] {
+        assert!(matches!(
+            store
+                .set_device_list(alice, &listed(stale), &[first.device])
+                .await,
+            Err(StoreError::Conflict)
+        ));
+    }
+    assert_eq!(
+        store.device_list(alice).await.expect("list"),
+        Some(listed(2))
+    );
+    assert_eq!(linked(store.clone()).await, vec![second.address]);
+    store
+        .append(message(conv.id, bobs[0], &[second.address]))
+        .await
+        .expect("now the second device is the recipient");
+    assert_eq!(
+        store.inbox_head(second.address).await.expect("head"),
+        pos(1)
+    );
+}

@@ -16,9 +16,9 @@ use bytes::Bytes;
 use chat_core::limits::{MAX_DEVICES_PER_USER, MAX_GROUP_MEMBERS};
 use chat_core::{
     AttachmentId, AttachmentMeta, ClientKey, ConversationId, ConversationKind, DeviceAddress,
-    DeviceKeys, Direction, GroupOp, GroupRuleError, GroupSettings, InboxPos, MAX_ID, MessageId,
-    NewMessage, OneTimePrekey, Permission, PushToken, ReceiptKind, Recipient, Role, SignedPrekey,
-    Store, StoreError, Timestamp, TokenHash, UserId, Username,
+    DeviceKeys, DeviceListRecord, Direction, GroupOp, GroupRuleError, GroupSettings, InboxPos,
+    MAX_ID, MessageId, NewMessage, OneTimePrekey, Permission, PushToken, ReceiptKind, Recipient,
+    Role, SignedPrekey, Store, StoreError, Timestamp, TokenHash, UserId, Username,
 };
 use tokio::task::JoinSet;
 
@@ -114,6 +114,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@each $fixture;
             accounts_and_tokens,
             too_many_devices,
+            device_lists_decide_which_devices_are_linked,
             device_removal_revokes_everything,
             prekeys_are_claimed_at_most_once_concurrently,
             signed_prekey_is_the_fallback,
@@ -277,9 +278,10 @@ mod postgres;
 mod retention;
 
 pub use accounts::{
-    accounts_and_tokens, attachments_and_push_tokens, device_removal_revokes_everything,
-    fallback_bundles_claim_nothing, new_identity_empties_the_prekey_pool,
-    prekeys_are_claimed_at_most_once_concurrently, signed_prekey_is_the_fallback, too_many_devices,
+    accounts_and_tokens, attachments_and_push_tokens, device_lists_decide_which_devices_are_linked,
+    device_removal_revokes_everything, fallback_bundles_claim_nothing,
+    new_identity_empties_the_prekey_pool, prekeys_are_claimed_at_most_once_concurrently,
+    signed_prekey_is_the_fallback, too_many_devices,
 };
 pub use conversations::{
     conversation_records, direct_conversation_is_one_per_pair_concurrently,

@@ -30,7 +30,7 @@ pub(crate) const MEMBER_DEVICES: &str =
         WHERE o.conversation_id = m.conversation_id AND o.user_id <> m.user_id
             AND b.blocker = m.user_id)
     FROM conversations c JOIN members m ON m.conversation_id = c.id
-    LEFT JOIN devices d ON d.user_id = m.user_id
+    LEFT JOIN devices d ON d.user_id = m.user_id AND d.linked
     WHERE c.id = ANY($1)";
 /// Writes the batch's accepted messages: client keys, messages, the conversations' last
 /// IDs, then the recipients' device rows locked in ID order and bumped by their number of

@@ -344,7 +344,7 @@ pub(crate) fn append(conn: &Connection, message: &NewMessage) -> StoreResult<App
     let mut current = conn
         .prepare_cached(
             "SELECT d.user_id, d.id FROM members m JOIN devices d ON d.user_id = m.user_id
-             WHERE m.conversation_id = ?1",
+             WHERE m.conversation_id = ?1 AND d.linked",
         )
         .map_err(backend)?;
     let devices = current
