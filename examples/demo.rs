@@ -67,10 +67,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let chat = alice.open_direct(alice.user_by_name("bob").await?).await?;
+    let number = alice.safety_number(bob.user()).await?;
+    println!("safety number (compare it out of band): {number}");
     println!(
-        "safety number (compare it out of band): {}",
-        alice.safety_number(bob.user()).await?
+        "bob computes the same: {}",
+        bob.safety_number(alice.user()).await? == number
     );
+    alice.verify(bob.user()).await?;
 
     let id = alice
         .send_text(chat, "Hi Bob! Only you can read this.")
@@ -110,11 +113,54 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    // Bob links a tablet: it shows a code, his phone adds it to his signed device list.
+    let tablet = Client::login(
+        &server,
+        "bob",
+        "battery staple",
+        "tablet",
+        MemoryStore::new(),
+    )
+    .await?;
+    let mut tablet_events = tablet.events();
+    println!("bob's tablet is linked: {}", tablet.is_linked()?);
+    let code = tablet.link_code()?;
+    bob.link_device(&code).await?;
+    tablet.finish_link().await?;
+    println!(
+        "after entering its code on the phone: {}",
+        tablet.is_linked()?
+    );
+    alice
+        .send_text(chat, "Both of your devices can read this.")
+        .await?;
+    let m = next_text(&mut tablet_events).await?;
+    println!(
+        "bob's tablet decrypted message {}: \u{201c}{}\u{201d}",
+        m.0, m.1
+    );
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), alice_events.next()).await? {
+            Some(Event::DevicesChanged { user, added, .. }) if user == bob.user() => {
+                println!("alice sees: bob linked devices {added:?}");
+                break;
+            }
+            Some(_) => {}
+            None => return Err("alice's client stopped".into()),
+        }
+    }
+    println!(
+        "bob's devices as alice trusts them: {:?}; the safety number is unchanged: {}",
+        alice.devices_of(bob.user()).await?,
+        alice.safety_number(bob.user()).await? == number
+    );
+
     // What the server keeps is ciphertext only.
     // Sign off: a normal close, so each is offline for the other at once.
     alice.close().await;
     bob.close().await;
-    drop((alice, bob));
+    tablet.close().await;
+    drop((alice, bob, tablet));
     let _ = stop.send(());
     serving.await??;
     let mut found = false;

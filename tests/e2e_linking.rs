@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chat::client::{Client, ClientStore, Error, Event, MemoryStore, TrustPolicy};
 use chat::core::{Direction, MessageId, Store};
-use common::{PASSWORD, TestServer, config, device, link, next_text, synced, user, wait_for};
+use common::{PASSWORD, TestServer, config, link, next_text, synced, user, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linked_device_reads_and_sends_in_direct_and_group_chats() {

@@ -510,3 +510,85 @@ async fn an_account_key_the_server_invents_blocks_sending_to_a_verified_contact(
         Err(chat::client::Error::IdentityNotAccepted(_))
     ));
 }
+
+/// The server strips the one-time prekeys from Bob's bundles, so Alice's first message is
+/// one a replay cache must guard, records it, and after Bob restarts delivers it again in
+/// place of Alice's next message. Bob refuses it: it is not shown twice, and the session it
+/// started does not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_first_message_is_refused_after_a_restart() {
+    use std::sync::Mutex;
+
+    let server = TestServer::start(config("memory:")).await;
+    let mitm = Mitm::start(server.addr).await;
+    let (alice, _alice_events) = through(&mitm, "alice").await;
+    let bob_store = Arc::new(MemoryStore::new());
+    let bob = Client::register(&mitm.url(), "bob", PASSWORD, "phone", bob_store.clone())
+        .await
+        .expect("register");
+    let mut bob_events = bob.events();
+    synced(&mut bob_events).await;
+    let bundles = format!("/v1/users/{}/bundles", bob.user());
+    mitm.http_rule(move |req, mut json| {
+        if req.path == bundles
+            && let Some(list) = json["bundles"].as_array_mut()
+        {
+            for b in list {
+                if let Some(b) = b.as_object_mut() {
+                    b.remove("one_time_prekey");
+                }
+            }
+        }
+        json
+    });
+    let target = bob.device();
+    let recorded: Arc<Mutex<Option<Deliver>>> = Arc::default();
+    let keep = recorded.clone();
+    mitm.rule(move |seen, frame| {
+        if let ServerFrame::Deliver(d) = &frame
+            && seen.device == Some(target)
+        {
+            keep.lock().expect("lock").get_or_insert_with(|| d.clone());
+        }
+        vec![frame]
+    });
+    let direct = alice.open_direct(bob.user()).await.expect("direct");
+    alice.send_text(direct, "first").await.expect("send");
+    assert_eq!(
+        next_text(&mut bob_events, direct).await.text(),
+        Some("first")
+    );
+    let first = recorded.lock().expect("lock").clone().expect("recorded");
+    assert!(chat::crypto::is_prekey_message(&first.header));
+    assert_eq!(first.header[166], 0, "sent without a one-time prekey");
+
+    // Bob restarts; the server swaps Alice's next message for the recorded one.
+    drop((bob, bob_events));
+    mitm.honest();
+    let replayed = Arc::new(AtomicBool::new(false));
+    let done = replayed.clone();
+    mitm.rule(move |seen, frame| match frame {
+        ServerFrame::Deliver(d) if seen.device == Some(target) && !done.swap(true, SeqCst) => {
+            vec![ServerFrame::Deliver(Deliver {
+                pos: d.pos,
+                id: d.id,
+                ..first.clone()
+            })]
+        }
+        other => vec![other],
+    });
+    let bob = Client::open(&mitm.url(), bob_store.clone())
+        .await
+        .expect("open");
+    let mut bob_events = bob.events();
+    synced(&mut bob_events).await;
+    alice.send_text(direct, "second").await.expect("send");
+    refused(&mut bob_events, direct).await;
+    assert!(replayed.load(SeqCst));
+    // The session is intact: the next message opens.
+    alice.send_text(direct, "third").await.expect("send");
+    assert_eq!(
+        next_text(&mut bob_events, direct).await.text(),
+        Some("third")
+    );
+}

@@ -87,13 +87,47 @@ async fn next_heartbeat(ws: &mut Ws) {
     }
 }
 
+/// Whether the request waiting on `tcp` asks for a WebSocket upgrade (read without taking
+/// it off the socket, so the handshake still sees it).
+async fn is_upgrade(tcp: &tokio::net::TcpStream) -> bool {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok(n) = tcp.peek(&mut buf).await else {
+            return false;
+        };
+        let head = &buf[..n];
+        if n == 0 || n == buf.len() || head.windows(4).any(|w| w == b"\r\n\r\n") {
+            return head
+                .to_ascii_lowercase()
+                .windows(18)
+                .any(|w| w == b"upgrade: websocket");
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Accepts connections in the background: WebSocket upgrades (answered with the subprotocol
-/// the client offers, as the real gateway does) go to the test; anything else (the client's
-/// HTTP key upkeep) is closed at once.
+/// the client offers, as the real gateway does) go to the test; any other request (the
+/// client's HTTP upkeep, the sender's device list) is answered `not_found` and closed, so
+/// the garbage deliveries come from a device on no list.
 fn acceptor(listener: TcpListener) -> mpsc::UnboundedReceiver<Ws> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            if !is_upgrade(&tcp).await {
+                use tokio::io::AsyncWriteExt;
+                let body = format!(
+                    r#"{{"code":{},"message":"scripted"}}"#,
+                    chat_core::ErrorCode::NotFound.number()
+                );
+                let answer = format!(
+                    "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+                continue;
+            }
             // The callback's error type is tungstenite's, large by design.
             #[allow(clippy::result_large_err)]
             let callback = |_: &Request, mut response: Response| {

@@ -183,6 +183,53 @@ fn per_message_additions(c: &mut Criterion) {
     g.finish();
 }
 
+/// Issue 16's account identities: what a client does when a user's device list is new or
+/// changed (not per message), and a safety number.
+fn device_lists(c: &mut Criterion) {
+    use chat_core::{DeviceId, UserId};
+    use chat_crypto::{AccountIdentity, IdentityKeys, LinkCode, SignedDeviceList, safety_number};
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut g = c.benchmark_group("device_lists");
+    let account = AccountIdentity::generate(&mut rng);
+    let user = UserId::new(1).unwrap();
+    let devices: Vec<_> = (1..=10u64)
+        .map(|d| {
+            (
+                DeviceId::new(d).unwrap(),
+                IdentityKeys::generate(&mut rng).public(),
+            )
+        })
+        .collect();
+    g.bench_function("sign_10_devices", |bench| {
+        bench.iter(|| {
+            account
+                .sign_device_list(user, 2, black_box(&devices))
+                .unwrap()
+        })
+    });
+    let list = account.sign_device_list(user, 2, &devices).unwrap();
+    let older = account.sign_device_list(user, 1, &devices[..9]).unwrap();
+    let bytes = list.encode();
+    g.bench_function("decode_verify_10_devices", |bench| {
+        bench.iter(|| SignedDeviceList::decode(black_box(&bytes)).unwrap())
+    });
+    g.bench_function("update_from", |bench| {
+        bench.iter(|| list.update_from(black_box(&older)).unwrap())
+    });
+    let other = AccountIdentity::generate(&mut rng).public();
+    g.bench_function("safety_number", |bench| {
+        bench.iter(|| safety_number(user, &account.public(), UserId::new(2).unwrap(), &other))
+    });
+    let code = LinkCode::new(&mut rng, devices[9].0, devices[9].1);
+    g.bench_function("link_seal_open", |bench| {
+        bench.iter(|| {
+            let sealed = code.seal(&mut rng, &account, &list).unwrap();
+            code.open(user, &sealed).unwrap()
+        })
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(20)
@@ -190,5 +237,5 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(2))
 }
 
-criterion_group! { name = benches; config = config(); targets = pairwise, group, handshake, attachments, primitives, per_message_additions }
+criterion_group! { name = benches; config = config(); targets = pairwise, group, handshake, attachments, primitives, per_message_additions, device_lists }
 criterion_main!(benches);

@@ -199,7 +199,7 @@ impl SignedDeviceList {
     /// removed and changed. A lower version, or the same version with other contents, is
     /// refused ([`Error::DeviceListRollback`]): the server replays an old list or shows two
     /// lists of one version to different users.
-    pub fn update_from(&self, older: &SignedDeviceList) -> Result<DeviceListUpdate, Error> {
+    pub fn update_from(&self, older: &Self) -> Result<DeviceListUpdate, Error> {
         if self.user != older.user {
             return Err(Error::Malformed("device list of another user"));
         }

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::Poll;
 
 use chat_core::{
-    ConversationId, ConversationStore as _, InboxPos, MessageStore as _, StoreError, Timestamp,
+    AccountStore as _, ConversationId, ConversationStore as _, InboxPos, MessageStore as _,
+    StoreError, Timestamp,
 };
 use chat_storage::testing::{self, Fixture};
 use chat_storage::{PostgresOptions, PostgresStore};
@@ -208,6 +209,8 @@ async fn version_2_inboxes_migrate_with_their_message_times() {
              ALTER TABLE members DROP COLUMN role, DROP COLUMN joined;
              ALTER TABLE conversations DROP COLUMN group_name, DROP COLUMN add_members,
                  DROP COLUMN edit_name, DROP COLUMN admitted;
+             ALTER TABLE devices DROP COLUMN linked, DROP COLUMN link_payload;
+             DROP TABLE device_lists;
              UPDATE schema_version SET version = 2;"
         ))
         .await
@@ -582,6 +585,8 @@ async fn version_3_groups_migrate_with_every_member_an_admin() {
              ALTER TABLE members DROP COLUMN role, DROP COLUMN joined;
              ALTER TABLE conversations DROP COLUMN group_name, DROP COLUMN add_members,
                  DROP COLUMN edit_name, DROP COLUMN admitted;
+             ALTER TABLE devices DROP COLUMN linked, DROP COLUMN link_payload;
+             DROP TABLE device_lists;
              UPDATE schema_version SET version = 3;"
         ))
         .await
@@ -605,4 +610,56 @@ async fn version_3_groups_migrate_with_every_member_an_admin() {
     let group = store.group(conv.id).await.expect("group");
     assert_eq!(group.role(c), Some(chat_core::Role::Admin));
     assert!(group.admitted() > 0);
+}
+
+/// A version 4 schema (no device lists) migrates to version 5 with every device linked, and
+/// a device a version 4 node registers during a rolling upgrade (without the column) is
+/// linked too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_4_devices_migrate_linked() {
+    let Some(url) = url() else { return };
+    let schema = schema_name();
+    let _cleanup = DropSchema {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let options = PostgresOptions::default()
+        .pool_size(2)
+        .schema(schema.clone());
+    let store = PostgresStore::connect(&url, options.clone())
+        .await
+        .expect("connect");
+    let (user, _) = testing::user_with_devices(&store, 1).await;
+    drop(store);
+
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("raw");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "SET search_path = {schema};
+             ALTER TABLE devices DROP COLUMN linked, DROP COLUMN link_payload;
+             DROP TABLE device_lists;
+             UPDATE schema_version SET version = 4;"
+        ))
+        .await
+        .expect("downgrade");
+
+    let store = PostgresStore::connect(&url, options)
+        .await
+        .expect("migrate");
+    // What a version 4 node writes when a device logs in: no `linked`.
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.devices (user_id, name, created_at) VALUES ($1, 'old node', 0)"
+            ),
+            &[&i64::try_from(user.get()).expect("id")],
+        )
+        .await
+        .expect("insert as version 4");
+    let devices = store.devices(user).await.expect("devices");
+    assert_eq!(devices.len(), 2);
+    assert!(devices.iter().all(|d| d.linked));
 }

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use chat_core::{ConversationStore as _, InboxPos, MessageStore as _, StoreError, Timestamp};
+use chat_core::{
+    AccountStore as _, ConversationStore as _, InboxPos, KeyStore as _, MessageStore as _,
+    StoreError, Timestamp,
+};
 use chat_storage::testing::{self, Fixture};
 use chat_storage::{SqliteOptions, SqliteStore};
 
@@ -111,6 +114,9 @@ async fn version_2_inboxes_migrate_with_their_message_times() {
          ALTER TABLE conversations DROP COLUMN add_members;
          ALTER TABLE conversations DROP COLUMN edit_name;
          ALTER TABLE conversations DROP COLUMN admitted;
+         ALTER TABLE devices DROP COLUMN linked;
+         ALTER TABLE devices DROP COLUMN link_payload;
+         DROP TABLE device_lists;
          PRAGMA user_version = 2;",
     )
     .expect("downgrade");
@@ -162,6 +168,9 @@ async fn version_3_groups_migrate_with_every_member_an_admin() {
          ALTER TABLE conversations DROP COLUMN add_members;
          ALTER TABLE conversations DROP COLUMN edit_name;
          ALTER TABLE conversations DROP COLUMN admitted;
+         ALTER TABLE devices DROP COLUMN linked;
+         ALTER TABLE devices DROP COLUMN link_payload;
+         DROP TABLE device_lists;
          PRAGMA user_version = 3;",
     )
     .expect("downgrade");
@@ -180,4 +189,35 @@ async fn version_3_groups_migrate_with_every_member_an_admin() {
         .change_group(conv.id, c, &chat_core::GroupOp::Remove(a), 100)
         .await
         .expect("an old member removes another");
+}
+
+/// A version 4 database (no device lists) migrates to version 5 with every device linked:
+/// messages keep reaching them until their user publishes a list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_4_devices_migrate_linked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("chat.db");
+    let store = SqliteStore::open(&path, SqliteOptions::default())
+        .await
+        .expect("open");
+    let (user, devices) = testing::user_with_devices(&store, 2).await;
+    drop(store);
+
+    let conn = rusqlite::Connection::open(&path).expect("raw open");
+    conn.execute_batch(
+        "ALTER TABLE devices DROP COLUMN linked;
+         ALTER TABLE devices DROP COLUMN link_payload;
+         DROP TABLE device_lists;
+         PRAGMA user_version = 4;",
+    )
+    .expect("downgrade");
+    drop(conn);
+
+    let store = SqliteStore::open(&path, SqliteOptions::default())
+        .await
+        .expect("migrate");
+    let listed = store.devices(user).await.expect("devices");
+    assert_eq!(listed.len(), devices.len());
+    assert!(listed.iter().all(|d| d.linked));
+    assert_eq!(store.device_list(user).await.expect("list"), None);
 }
