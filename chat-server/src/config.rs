@@ -150,8 +150,9 @@ pub struct Config {
     pub concurrent_uploads_per_account: usize,
     /// The push gateway to POST notifications to (`http://host:port/path`; plain HTTP, as
     /// the gateway is usually a sidecar on the same host or network). Without it, the
-    /// logging notifier only writes a log line per notification.
-    pub push_webhook_url: Option<String>,
+    /// logging notifier only writes a log line per notification. Its path and query (which
+    /// may carry the gateway's key) never appear in `Debug` or `Display` output.
+    pub push_webhook_url: Option<WebhookUrl>,
     /// How long one webhook request may take, in milliseconds.
     pub push_timeout_ms: u64,
     /// Attempts per notification before it is given up (with a log line).
@@ -208,6 +209,46 @@ impl StoreUrl {
     /// The URL with any password replaced by `***`.
     pub fn redacted(&self) -> String {
         redact(&self.0)
+    }
+}
+
+/// The push gateway's URL. `Debug` and `Display` show only its scheme and host (a gateway
+/// key in the path or query, or a password, stays out of logs); [`WebhookUrl::as_str`]
+/// gives the URL to connect to.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct WebhookUrl(String);
+
+impl WebhookUrl {
+    /// The whole URL. Never log it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The scheme and host (with port), the rest replaced by `/…`.
+    pub fn redacted(&self) -> String {
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = authority.rsplit('@').next().unwrap_or_default();
+        format!("{scheme}://{host}/…")
+    }
+}
+
+impl From<&str> for WebhookUrl {
+    fn from(url: &str) -> Self {
+        Self(url.to_owned())
+    }
+}
+
+impl std::fmt::Debug for WebhookUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl std::fmt::Display for WebhookUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
     }
 }
 
@@ -586,7 +627,7 @@ impl Config {
             return bad("push_attempts, push_concurrency and push_queue must be positive");
         }
         if let Some(url) = &self.push_webhook_url
-            && crate::push::Target::parse(url).is_none()
+            && crate::push::Target::parse(url.as_str()).is_none()
         {
             return bad("push_webhook_url must be an http://host[:port][/path] URL");
         }
@@ -688,6 +729,22 @@ mod tests {
         let config: Config = serde_json::from_str(r#"{"inbox_retention_days": 0}"#).unwrap();
         assert_eq!(config.inbox_retention(), None);
         assert!(serde_json::from_str::<Config>(r#"{"inbox_retention_days": -1}"#).is_err());
+    }
+
+    #[test]
+    fn webhook_keys_never_show() {
+        let config: Config = serde_json::from_str(
+            r#"{"push_webhook_url": "http://gateway:8088/push/k3y-s3cret?token=t0ken"}"#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let url = config.push_webhook_url.clone().unwrap();
+        assert_eq!(url.to_string(), "http://gateway:8088/…");
+        let shown = format!("{config:?}");
+        for secret in ["k3y-s3cret", "t0ken"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(url.as_str().ends_with("token=t0ken"));
     }
 
     #[test]

@@ -43,7 +43,9 @@ pub use backup::{BackupError, BackupReport, backup};
 pub use blob::FsBlobStore;
 pub use bus::LocalBus;
 pub use cluster::{BusStats, RedisBus};
-pub use config::{BlobStoreKind, Config, ConfigError, S3Config, Secret, StoreUrl, TlsConfig};
+pub use config::{
+    BlobStoreKind, Config, ConfigError, S3Config, Secret, StoreUrl, TlsConfig, WebhookUrl,
+};
 pub use discovery::LocalRegistry;
 pub use s3::{PART_SIZE, S3BlobStore, S3Error};
 pub use server::{Server, ServerError};

@@ -112,7 +112,7 @@ async fn serve(mut stream: TcpStream, mode: Mode, tx: mpsc::UnboundedSender<Valu
 
 fn config(webhook: &str) -> chat_server::Config {
     chat_server::Config {
-        push_webhook_url: Some(webhook.to_owned()),
+        push_webhook_url: Some(webhook.into()),
         // Generous, so a burst sent by a slow test machine still falls in one window.
         push_coalesce_ms: 1_000,
         ..test_config()

@@ -36,7 +36,7 @@ use self::coalesce::{Coalescer, Ready};
 pub(crate) use self::webhook::Target;
 use self::webhook::{LogNotifier, Policy, WebhookNotifier};
 use crate::cluster::lease::Leases;
-use crate::config::Config;
+use crate::config::{Config, WebhookUrl};
 
 type Offline = (DeviceAddress, ConversationId);
 
@@ -56,21 +56,22 @@ impl PushDispatcher {
         node: String,
     ) -> (Self, Worker) {
         let (tx, rx) = mpsc::channel(config.push_queue);
-        let notifier: Arc<dyn PushNotifier> = match config.push_webhook_url.as_deref() {
-            Some(url) => {
-                let policy = Policy {
-                    timeout: Duration::from_millis(config.push_timeout_ms),
-                    attempts: config.push_attempts,
-                    backoff: Duration::from_millis(config.push_backoff_ms),
-                };
-                match WebhookNotifier::new(url, policy) {
-                    Some(webhook) => Arc::new(webhook),
-                    // `Config::validate` refuses such URLs; this only keeps the node up.
-                    None => Arc::new(LogNotifier),
+        let notifier: Arc<dyn PushNotifier> =
+            match config.push_webhook_url.as_ref().map(WebhookUrl::as_str) {
+                Some(url) => {
+                    let policy = Policy {
+                        timeout: Duration::from_millis(config.push_timeout_ms),
+                        attempts: config.push_attempts,
+                        backoff: Duration::from_millis(config.push_backoff_ms),
+                    };
+                    match WebhookNotifier::new(url, policy) {
+                        Some(webhook) => Arc::new(webhook),
+                        // `Config::validate` refuses such URLs; this only keeps the node up.
+                        None => Arc::new(LogNotifier),
+                    }
                 }
-            }
-            None => Arc::new(LogNotifier),
-        };
+                None => Arc::new(LogNotifier),
+            };
         let worker = Worker {
             rx,
             store,
