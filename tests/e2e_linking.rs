@@ -89,6 +89,21 @@ async fn a_linked_device_reads_and_sends_in_direct_and_group_chats() {
         alice.safety_number(carol.user()).await.expect("number"),
         number
     );
+
+    // The tablet logs out: it takes itself off Bob's list, and Alice is told when she next
+    // writes to Bob.
+    let gone = tablet.device().device;
+    tablet.logout().await.expect("logout");
+    alice.send_text(direct, "just bob").await.expect("send");
+    assert_eq!(next_text(&mut b1, direct).await.text(), Some("just bob"));
+    let removed = wait_for(&mut a, |e| match e {
+        Event::DevicesChanged { user, removed, .. } if *user == bob.user() => {
+            (!removed.is_empty()).then(|| removed.clone())
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(removed, vec![gone]);
 }
 
 /// Bob loses his only device and recovers the account on a new one. Alice verified him, so

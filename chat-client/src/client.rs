@@ -852,8 +852,12 @@ impl Client {
         }
     }
 
-    /// Logs this device out on the server and stops the client.
+    /// Logs this device out on the server and stops the client. A linked device that is not
+    /// its user's last first takes itself off the signed device list, so contacts stop
+    /// encrypting to it (the last one stays listed: logging in again elsewhere then needs
+    /// [`Client::recover_account`]).
     pub async fn logout(self) -> Result<()> {
+        self.inner.unlist_self().await?;
         self.inner
             .http
             .send(Method::POST, "/v1/logout", None::<&()>)

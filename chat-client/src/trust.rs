@@ -460,6 +460,24 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Takes this device off its user's list before it logs out, unless it is the last one.
+    pub(crate) async fn unlist_self(&self) -> Result<()> {
+        if !self.linked()? {
+            return Ok(());
+        }
+        let me = self.me.device;
+        let alone = self
+            .trust(self.me.user)?
+            .is_none_or(|r| r.list.devices().iter().all(|(d, _)| *d == me));
+        if !alone {
+            self.change_own_list(|devices| devices.retain(|(d, _)| *d != me))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 /// This user's own list: trusted as verified (this device signed or received it itself).
 fn own(list: SignedDeviceList) -> TrustRecord {
     TrustRecord {
