@@ -30,7 +30,18 @@ async fn messages_flow_over_tls_and_an_untrusted_server_is_refused() {
     // Without the private authority, the web's roots do not vouch for this server.
     let refused = Client::register(&url, "mallory", PASSWORD, "laptop", MemoryStore::new()).await;
     match refused {
-        Err(Error::Network(message)) => assert!(message.contains("TLS"), "{message}"),
+        Err(Error::Network(n)) => {
+            assert_eq!(n.kind(), chat::client::NetworkErrorKind::Tls, "{n}");
+            assert!(
+                matches!(
+                    n.tls(),
+                    Some(chat::client::TlsError::InvalidCertificate(
+                        chat::client::CertificateError::UnknownIssuer
+                    ))
+                ),
+                "{n}"
+            );
+        }
         other => panic!("expected a TLS failure, got {other:?}"),
     }
 

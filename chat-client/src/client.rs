@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::driver::{self, Command};
 use crate::e2e::{self, Crypto};
-use crate::error::{Error, Result};
+use crate::error::{Error, NetworkError, NetworkErrorKind, Result};
 use crate::event::{Event, Events, Message};
 use crate::http::Http;
 use crate::nodes::{IntoNodes, Nodes};
@@ -585,7 +585,7 @@ impl Client {
         let sha256: [u8; 32] = encoded
             .get(41..73)
             .and_then(|d| d.try_into().ok())
-            .ok_or_else(|| Error::Protocol("attachment pointer layout".into()))?;
+            .ok_or_else(|| Error::protocol("attachment pointer layout"))?;
         let uploaded: Uploaded = self
             .inner
             .http
@@ -643,7 +643,7 @@ impl Client {
 
         let path = path.as_ref();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        let io = |e: std::io::Error| Error::Invalid(format!("{}: {e}", path.display()));
+        let io = |e: std::io::Error| Error::io(path, e);
         let mut file = tokio::fs::File::open(path).await.map_err(io)?;
         let (tx, rx) =
             tokio::sync::mpsc::channel::<std::result::Result<Frame<Bytes>, std::io::Error>>(4);
@@ -664,9 +664,9 @@ impl Client {
                     Ok(n) => n,
                     Err(e) => {
                         // An error item aborts the upload: the server keeps nothing.
-                        let message = e.to_string();
+                        let copy = std::io::Error::new(e.kind(), e.to_string());
                         let _ = tx.send(Err(e)).await;
-                        return Err(Error::Invalid(message));
+                        return Err(Error::io(path, copy));
                     }
                 };
                 if n == 0 {
@@ -675,23 +675,24 @@ impl Client {
                 size += n as u64;
                 let chunk = encryptor.update(buf.get(..n).unwrap_or_default())?;
                 if !chunk.is_empty() && tx.send(Ok(Frame::data(chunk.into()))).await.is_err() {
-                    return Err(Error::Network("upload ended early".into()));
+                    return Err(ended_early());
                 }
             }
             let (tail, pointer) = encryptor.finish()?;
             if tx.send(Ok(Frame::data(tail.into()))).await.is_err() {
-                return Err(Error::Network("upload ended early".into()));
+                return Err(ended_early());
             }
             Ok((pointer, size))
         };
         let (uploaded, produced) = tokio::join!(upload, produce);
-        let (pointer, size) = produced?;
+        // The upload's error first: when it fails, the file reader only sees the body end.
         let uploaded = uploaded?;
+        let (pointer, size) = produced?;
         let encoded = pointer.to_bytes();
         let sha256: [u8; 32] = encoded
             .get(41..73)
             .and_then(|d| d.try_into().ok())
-            .ok_or_else(|| Error::Protocol("attachment pointer layout".into()))?;
+            .ok_or_else(|| Error::protocol("attachment pointer layout"))?;
         let content = Content::Attachment(chat_core::AttachmentPointer {
             id: uploaded.id,
             key: chat_core::AttachmentKey(*pointer.key()),
@@ -721,7 +722,7 @@ impl Client {
         match result {
             Ok(()) => tokio::fs::rename(&part, path)
                 .await
-                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display()))),
+                .map_err(|e| Error::io(path, e)),
             Err(e) => {
                 let _ = tokio::fs::remove_file(&part).await;
                 Err(e)
@@ -736,7 +737,7 @@ impl Client {
     ) -> Result<()> {
         use tokio::io::AsyncWriteExt as _;
 
-        let io = |e: std::io::Error| Error::Invalid(format!("{}: {e}", part.display()));
+        let io = |e: std::io::Error| Error::io(part, e);
         let mut body = self
             .inner
             .http
@@ -753,7 +754,13 @@ impl Client {
             .ok_or(chat_crypto::Error::AttachmentSize)?;
         let mut received = 0u64;
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| Error::Network(e.to_string()))?;
+            let frame = frame.map_err(|e| {
+                NetworkError::new(
+                    NetworkErrorKind::ConnectionLost,
+                    self.inner.nodes.current().authority(),
+                    e,
+                )
+            })?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
@@ -872,6 +879,12 @@ pub(crate) fn now() -> chat_core::Timestamp {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     chat_core::Timestamp::from_millis(ms)
+}
+
+/// The body of an upload stopped being read: the request failed (its error is the one to
+/// report; this one only ends the file reader).
+fn ended_early() -> Error {
+    Error::protocol("the upload ended before the file was read")
 }
 
 /// A store holds one device; logging another in would mix their keys and sessions.

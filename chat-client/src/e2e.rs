@@ -102,7 +102,7 @@ fn unseal(
 
 /// The directory's bundle as chat-crypto wants it.
 pub(crate) fn crypto_bundle(b: &chat_core::PrekeyBundle) -> Result<PrekeyBundle> {
-    let bad = || Error::Protocol("malformed key bundle".into());
+    let bad = || Error::protocol("malformed key bundle");
     let identity: &[u8; 128] = b.identity.as_ref().try_into().map_err(|_| bad())?;
     let (public, binding) = identity.split_at(64);
     Ok(PrekeyBundle {
@@ -140,7 +140,7 @@ pub(crate) fn device_keys(account: &Account) -> Result<chat_core::DeviceKeys> {
     identity.extend_from_slice(&id.binding_signature());
     let spk = account
         .signed_prekey()
-        .ok_or_else(|| Error::Protocol("account without a signed prekey".into()))?;
+        .ok_or_else(|| Error::protocol("account without a signed prekey"))?;
     Ok(chat_core::DeviceKeys {
         identity: identity.into(),
         signed_prekey: chat_core::SignedPrekey {
@@ -181,7 +181,7 @@ impl Crypto {
         // A std mutex: held only around synchronous crypto and one store commit.
         self.account
             .lock()
-            .map_err(|_| Error::Store("crypto state poisoned".into()))
+            .map_err(|_| Error::poisoned("crypto state"))
     }
 
     /// Adds `count` one-time prekeys to the account and saves it; returns what to upload.
@@ -917,7 +917,7 @@ impl Payload {
                     headers,
                 })
             }
-            _ => Err(Error::Store("unknown outbox payload".into())),
+            _ => Err(Error::corrupt("outbox payload")),
         }
     }
 }
@@ -941,7 +941,7 @@ struct Reader<'a>(&'a [u8]);
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.0.len() < n {
-            return Err(Error::Store("truncated outbox payload".into()));
+            return Err(Error::corrupt("outbox payload"));
         }
         let (a, b) = self.0.split_at(n);
         self.0 = b;
@@ -954,14 +954,14 @@ impl<'a> Reader<'a> {
         let b: [u8; 4] = self
             .take(4)?
             .try_into()
-            .map_err(|_| Error::Store("payload".into()))?;
+            .map_err(|_| Error::corrupt("outbox payload"))?;
         Ok(u32::from_be_bytes(b))
     }
     fn u64(&mut self) -> Result<u64> {
         let b: [u8; 8] = self
             .take(8)?
             .try_into()
-            .map_err(|_| Error::Store("payload".into()))?;
+            .map_err(|_| Error::corrupt("outbox payload"))?;
         Ok(u64::from_be_bytes(b))
     }
     fn var(&mut self) -> Result<&'a [u8]> {

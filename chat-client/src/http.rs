@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, NetworkError, NetworkErrorKind, ProtocolError, Result};
 use crate::net::Server;
 use crate::nodes::Nodes;
 
@@ -91,7 +91,12 @@ impl Http {
             .raw(method, path, body, "application/json", MAX_RESPONSE)
             .await?;
         let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
-        serde_json::from_slice(bytes).map_err(|e| Error::Protocol(format!("{path}: {e}")))
+        serde_json::from_slice(bytes).map_err(|e| {
+            Error::Protocol(ProtocolError::with_source(
+                format!("the answer to {path}"),
+                e,
+            ))
+        })
     }
 
     /// `GET path`, decoding the JSON answer.
@@ -115,7 +120,12 @@ impl Http {
         let bytes = self
             .raw(Method::POST, path, body, OCTET_STREAM, MAX_RESPONSE)
             .await?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("{path}: {e}")))
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Protocol(ProtocolError::with_source(
+                format!("the answer to {path}"),
+                e,
+            ))
+        })
     }
 
     /// Downloads raw bytes, refusing more than `max`.
@@ -142,8 +152,10 @@ impl Http {
                     attempt += 1;
                     tokio::time::sleep(wait).await;
                 }
-                Err(Retry(_)) => {
-                    return Err(Error::server(ErrorCode::RateLimited, "rate limited"));
+                Err(Retry(wait)) => {
+                    return Err(Error::RateLimited {
+                        retry_after: Some(wait),
+                    });
                 }
                 Ok(result) => return result,
             }
@@ -177,12 +189,8 @@ impl Http {
         };
         let bytes = match tokio::time::timeout(wait, limited.collect()).await {
             Ok(Ok(c)) => c.to_bytes(),
-            Ok(Err(e)) => return Ok(Err(Error::Network(e.to_string()))),
-            Err(_) => {
-                return Ok(Err(Error::Network(
-                    "the answer did not arrive in time".into(),
-                )));
-            }
+            Ok(Err(e)) => return Ok(Err(lost(&addr, e).into())),
+            Err(_) => return Ok(Err(NetworkError::timeout(addr.authority()).into())),
         };
         // The whole answer was read: the connection can carry the next request.
         let ready = tokio::time::timeout(IDLE_CHECK, sender.ready()).await;
@@ -193,10 +201,7 @@ impl Http {
             return Ok(Ok(bytes));
         }
         match error_of(status, &bytes) {
-            Error::Server {
-                code: ErrorCode::RateLimited,
-                ..
-            } => Err(Retry(std::time::Duration::from_secs(
+            Error::RateLimited { .. } => Err(Retry(std::time::Duration::from_secs(
                 retry_after.unwrap_or(1).clamp(1, 30),
             ))),
             e => Ok(Err(e)),
@@ -211,7 +216,7 @@ impl Http {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let response = self
+        let (addr, response) = self
             .request(Method::POST, path, body, Some(OCTET_STREAM))
             .await?;
         let status = response.status();
@@ -219,17 +224,22 @@ impl Http {
         let bytes = limited
             .collect()
             .await
-            .map_err(|e| Error::Network(e.to_string()))?
+            .map_err(|e| lost(&addr, e))?
             .to_bytes();
         if !status.is_success() {
             return Err(error_of(status, &bytes));
         }
-        serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("{path}: {e}")))
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Protocol(ProtocolError::with_source(
+                format!("the answer to {path}"),
+                e,
+            ))
+        })
     }
 
     /// Starts a download and returns its body to stream, once the status says it succeeded.
     pub(crate) async fn download_stream(&self, path: &str) -> Result<hyper::body::Incoming> {
-        let response = self
+        let (addr, response) = self
             .request(Method::GET, path, Full::new(Bytes::new()), None)
             .await?;
         let status = response.status();
@@ -240,7 +250,7 @@ impl Http {
         let bytes = limited
             .collect()
             .await
-            .map_err(|e| Error::Network(e.to_string()))?
+            .map_err(|e| lost(&addr, e))?
             .to_bytes();
         Err(error_of(status, &bytes))
     }
@@ -254,8 +264,6 @@ impl Http {
         body: Bytes,
         content_type: Option<&str>,
     ) -> Result<(Server, Sender, hyper::Response<hyper::body::Incoming>)> {
-        let net = |e: &dyn std::fmt::Display| Error::Network(e.to_string());
-        let timed_out = |_| Error::Network("the server did not answer in time".into());
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         let idempotent = matches!(
             method,
@@ -291,7 +299,7 @@ impl Http {
             } else {
                 tokio::time::timeout_at(deadline, sender.try_send_request(request))
                     .await
-                    .map_err(timed_out)?
+                    .map_err(|_| NetworkError::timeout(addr.authority()))?
             };
             match sent {
                 Ok(response) => return Ok((addr, sender, response)),
@@ -302,7 +310,7 @@ impl Http {
                     // The idle connection broke under it before an answer: an idempotent
                     // request may be sent again, as browsers do.
                     _ if reused && idempotent && !e.error().is_timeout() => {}
-                    _ => return Err(net(e.error())),
+                    _ => return Err(lost(&addr, e.into_error()).into()),
                 },
             }
         }
@@ -366,8 +374,7 @@ impl Http {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let net = |e: &dyn std::fmt::Display| Error::Network(e.to_string());
-        let timed_out = |_| Error::Network("the server did not answer in time".into());
+        let timed_out = |_| NetworkError::timeout(addr.authority());
         let stream = tokio::time::timeout_at(deadline, addr.connect())
             .await
             .map_err(timed_out)??;
@@ -377,7 +384,7 @@ impl Http {
         )
         .await
         .map_err(timed_out)?
-        .map_err(|e| net(&e))?;
+        .map_err(|e| lost(addr, e))?;
         tokio::spawn(conn);
         Ok(sender)
     }
@@ -413,26 +420,31 @@ impl Http {
         path: &str,
         body: B,
         content_type: Option<&str>,
-    ) -> Result<hyper::Response<hyper::body::Incoming>>
+    ) -> Result<(Server, hyper::Response<hyper::body::Incoming>)>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let net = |e: &dyn std::fmt::Display| Error::Network(e.to_string());
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
-        let timed_out = |_| Error::Network("the server did not answer in time".into());
         let (addr, mut sender) = self.open(deadline).await?;
         let request = self.build(&addr, method, path, body, content_type)?;
         // Until the response head: a body may then take as long as its size needs (an
         // upload streams its body inside this call, so uploads get no deadline here).
-        if content_type == Some(OCTET_STREAM) {
-            return sender.send_request(request).await.map_err(|e| net(&e));
-        }
-        tokio::time::timeout_at(deadline, sender.send_request(request))
-            .await
-            .map_err(timed_out)?
-            .map_err(|e| net(&e))
+        let response = if content_type == Some(OCTET_STREAM) {
+            sender.send_request(request).await
+        } else {
+            tokio::time::timeout_at(deadline, sender.send_request(request))
+                .await
+                .map_err(|_| NetworkError::timeout(addr.authority()))?
+        };
+        let response = response.map_err(|e| lost(&addr, e))?;
+        Ok((addr, response))
     }
+}
+
+/// A connection to `addr` that broke, or whose HTTP could not be read.
+fn lost(addr: &Server, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> NetworkError {
+    NetworkError::new(NetworkErrorKind::ConnectionLost, addr.authority(), e)
 }
 
 /// Points a request that goes to another node than it was built for at that node.

@@ -27,7 +27,7 @@ pub use chat_core::{
 pub use chat_crypto::SafetyNumber;
 pub use client::Client;
 pub use conversations::{ConversationSummary, MAX_TIMELINE_PAGE};
-pub use error::{Error, Result};
+pub use error::{Error, Limit, NetworkError, NetworkErrorKind, ProtocolError, Result, StoreError};
 pub use event::{ConnectionState, Event, Events, Message};
 pub use net::{IntoServer, Server};
 pub use nodes::{IntoNodes, Nodes};
@@ -41,4 +41,6 @@ pub use store::{
     SearchWrite, Secret, StoredMessage, Write,
 };
 pub use thread::TimelineItem;
+/// rustls' error and certificate reasons, as [`NetworkError::tls`] gives them.
+pub use tokio_rustls::rustls::{CertificateError, Error as TlsError};
 pub use trust::TrustPolicy;

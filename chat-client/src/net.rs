@@ -15,7 +15,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, NetworkError, NetworkErrorKind, Result};
 
 /// A chat server's address: `https://host:port` (TLS, the server's certificate checked
 /// against the web's root authorities, or the roots given to
@@ -143,7 +143,7 @@ impl Server {
     pub(crate) async fn connect(&self) -> Result<Stream> {
         let tcp = TcpStream::connect(&self.authority)
             .await
-            .map_err(|e| Error::Network(format!("{}: {e}", self.authority)))?;
+            .map_err(|e| NetworkError::new(NetworkErrorKind::Connect, &self.authority, e))?;
         let _ = tcp.set_nodelay(true);
         let Some(config) = &self.tls else {
             return Ok(Stream::Plain(tcp));
@@ -153,7 +153,7 @@ impl Server {
         let tls = TlsConnector::from(config.clone())
             .connect(name, tcp)
             .await
-            .map_err(|e| Error::Network(format!("TLS with {}: {e}", self.authority)))?;
+            .map_err(|e| NetworkError::new(NetworkErrorKind::Tls, &self.authority, e))?;
         Ok(Stream::Tls(Box::new(tls)))
     }
 }

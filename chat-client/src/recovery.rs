@@ -116,7 +116,7 @@ async fn once(inner: &Inner, seen: u64) -> Result<bool> {
         let _guard = inner
             .recovery_lock
             .lock()
-            .map_err(|_| Error::Store("recovery lock poisoned".into()))?;
+            .map_err(|_| Error::poisoned("recovery lock"))?;
         let done = inner.resyncs.load(Ordering::Acquire) == seen;
         if done {
             inner.store.commit(vec![Write::Recovery(None)])?;

@@ -89,7 +89,7 @@ impl SqliteStore {
         // A std mutex: every use is a short synchronous call, never held across an await.
         self.conn
             .lock()
-            .map_err(|_| Error::Store("sqlite store poisoned".into()))
+            .map_err(|_| Error::poisoned("sqlite store"))
     }
 
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -200,8 +200,8 @@ fn uid(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-fn corrupt(what: &str) -> Error {
-    Error::Store(format!("corrupt {what} in the local store"))
+fn corrupt(what: &'static str) -> Error {
+    Error::corrupt(what)
 }
 
 fn address(user: i64, device: i64) -> Result<DeviceAddress> {

@@ -535,7 +535,7 @@ impl MemoryStore {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, MemoryInner>> {
         self.inner
             .lock()
-            .map_err(|_| Error::Store("memory store poisoned".into()))
+            .map_err(|_| Error::poisoned("memory store"))
     }
 
     /// Runs `f` on the search index, opening it on first use.
@@ -546,16 +546,16 @@ impl MemoryStore {
         let mut slot = self
             .search
             .lock()
-            .map_err(|_| Error::Store("memory store poisoned".into()))?;
-        if slot.is_none() {
-            let conn = rusqlite::Connection::open_in_memory()?;
-            crate::search::create_schema(&conn)?;
-            *slot = Some(conn);
-        }
-        match slot.as_ref() {
-            Some(conn) => Ok(f(conn)?),
-            None => Err(Error::Store("search index unavailable".into())),
-        }
+            .map_err(|_| Error::poisoned("memory store"))?;
+        let conn = match &mut *slot {
+            Some(conn) => conn,
+            empty => {
+                let conn = rusqlite::Connection::open_in_memory()?;
+                crate::search::create_schema(&conn)?;
+                empty.insert(conn)
+            }
+        };
+        Ok(f(conn)?)
     }
 }
 

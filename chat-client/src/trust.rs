@@ -100,7 +100,7 @@ impl TrustRecord {
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
-        let corrupt = || Error::Store("corrupt trust record".into());
+        let corrupt = || Error::corrupt("trust record");
         let (head, mut rest) = bytes.split_at_checked(3).ok_or_else(corrupt)?;
         if head.get(..2) != Some(&[RECORD_TAG, RECORD_VERSION][..]) {
             return Err(corrupt());
@@ -192,12 +192,12 @@ impl Inner {
             Err(e) if e.code() == Some(ErrorCode::NotFound) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let bytes = hex::decode(&view.list)
-            .map_err(|_| Error::Protocol("device list is not hex".into()))?;
+        let bytes =
+            hex::decode(&view.list).map_err(|_| Error::protocol("device list is not hex"))?;
         let list = SignedDeviceList::decode(&bytes)?;
         if list.user() != user {
-            return Err(Error::Protocol(
-                "the server sent another user's device list".into(),
+            return Err(Error::protocol(
+                "the server sent another user's device list",
             ));
         }
         Ok(Some(list))
@@ -517,7 +517,7 @@ impl Client {
             .inner
             .link_code
             .lock()
-            .map_err(|_| Error::Store("link state poisoned".into()))?;
+            .map_err(|_| Error::poisoned("link state"))?;
         let code = match slot.as_ref() {
             Some(code) => code,
             None => slot.insert(LinkCode::new(
@@ -569,7 +569,7 @@ impl Client {
             .inner
             .link_code
             .lock()
-            .map_err(|_| Error::Store("link state poisoned".into()))?
+            .map_err(|_| Error::poisoned("link state"))?
             .take()
         else {
             return Err(Error::Invalid("show a link code first".into()));
@@ -585,8 +585,7 @@ impl Client {
                 return Err(e);
             }
         };
-        let sealed =
-            hex::decode(&view.sealed).map_err(|_| Error::Protocol("link payload".into()))?;
+        let sealed = hex::decode(&view.sealed).map_err(|_| Error::protocol("link payload"))?;
         let (account, list) = match code.open(self.inner.me.user, &sealed) {
             Ok(opened) => opened,
             // Not sealed under this code (an old payload, or the server's own): wait on.
@@ -606,7 +605,7 @@ impl Client {
             .inner
             .link_code
             .lock()
-            .map_err(|_| Error::Store("link state poisoned".into()))? = Some(code);
+            .map_err(|_| Error::poisoned("link state"))? = Some(code);
         Ok(())
     }
 

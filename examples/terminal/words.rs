@@ -5,8 +5,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use chat::client::{
-    Content, ConversationId, Error, ErrorCode, GroupAction, GroupChange, ResyncReason,
-    TimelineItem, UserId,
+    CertificateError, Content, ConversationId, Error, ErrorCode, GroupAction, GroupChange, Limit,
+    NetworkError, ResyncReason, TimelineItem, TlsError, UserId,
 };
 
 /// Display names of the users seen so far, kept fresh by profile events.
@@ -164,42 +164,49 @@ pub(crate) fn error(e: &Error) -> String {
     match e {
         Error::Server { code, message } => match *code {
             ErrorCode::BadCredentials => "wrong username or password".to_owned(),
-            ErrorCode::InvalidToken => {
-                "the server no longer accepts this device (it was signed out or removed)".to_owned()
-            }
             ErrorCode::Forbidden => "the server does not allow that".to_owned(),
-            ErrorCode::NotMember => "you are not a member of that conversation".to_owned(),
             ErrorCode::NotFound => "the server does not know it".to_owned(),
-            ErrorCode::GroupFull => "the group has as many members as allowed".to_owned(),
             ErrorCode::Conflict => "the name is taken".to_owned(),
-            ErrorCode::TooManyDevices => {
-                "this account has as many devices as allowed; remove one first".to_owned()
-            }
-            ErrorCode::RateLimited => "too many requests; wait a moment and try again".to_owned(),
-            ErrorCode::PayloadTooLarge => "the file is larger than the server accepts".to_owned(),
             ErrorCode::Internal | ErrorCode::Unavailable | ErrorCode::ShuttingDown => {
                 format!("the server cannot do it now ({message}); try again later")
             }
             _ => format!("the server refused ({code}): {message}"),
         },
-        Error::Network(m) if m.contains("CaUsedAsEndEntity") => format!(
-            "cannot reach the server securely: {m}. The server presents an authority's \
-             certificate as its own; it must serve a certificate the authority signed (see \
-             docs/OPERATIONS.md)"
-        ),
-        Error::Network(m) if m.contains("not valid for name") => {
-            format!("cannot reach the server securely: {m}. Use a name its certificate is for")
+        Error::Unauthorized => {
+            "the server no longer accepts this device (it was signed out or removed)".to_owned()
         }
-        Error::Network(m) if m.contains("certificate") || m.contains("Issuer") => format!(
-            "cannot reach the server securely: {m}. If its certificate comes from a private \
-             authority, give that authority's certificate with --ca-file PEM"
-        ),
-        Error::Network(m) if m.contains("invalid HTTP version") => {
-            format!("cannot reach the server: {m} (does it use TLS? then give it as https://)")
+        Error::NotMember => "you are not a member of that conversation".to_owned(),
+        Error::RateLimited { .. } => "too many requests; wait a moment and try again".to_owned(),
+        Error::LimitExceeded(Limit::DevicesPerUser(n)) => {
+            format!("this account has {n} devices, as many as allowed; remove one first")
         }
-        Error::Network(m) => format!("cannot reach the server: {m}"),
+        Error::LimitExceeded(limit) => format!("not possible: {limit}"),
+        Error::Network(n) => network(n),
+        Error::Io { path, source } => format!("{}: {source}", path.display()),
         Error::Closed => "the client has stopped".to_owned(),
         other => other.to_string(),
+    }
+}
+
+/// A network failure as a sentence, with what to do about the usual TLS mistakes.
+fn network(n: &NetworkError) -> String {
+    let what = format!("cannot reach the server securely: {n}");
+    match n.tls() {
+        Some(tls) if tls.to_string().contains("CaUsedAsEndEntity") => format!(
+            "{what}. The server presents an authority's certificate as its own; it must serve \
+             a certificate the authority signed (see docs/OPERATIONS.md)"
+        ),
+        Some(TlsError::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        )) => format!("{what}. Use a name its certificate is for"),
+        Some(TlsError::InvalidCertificate(_)) => format!(
+            "{what}. If its certificate comes from a private authority, give that authority's \
+             certificate with --ca-file PEM"
+        ),
+        _ if n.to_string().contains("invalid HTTP version") => {
+            format!("cannot reach the server: {n} (does it use TLS? then give it as https://)")
+        }
+        _ => format!("cannot reach the server: {n}"),
     }
 }
 
