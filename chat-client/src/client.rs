@@ -913,12 +913,7 @@ impl Inner {
     }
 
     async fn kind(&self, conversation: ConversationId) -> Result<ConversationKind> {
-        if let Some(c) = self
-            .store
-            .conversations()?
-            .into_iter()
-            .find(|c| c.id == conversation)
-        {
+        if let Some(c) = self.store.conversation(conversation)? {
             return Ok(c.kind);
         }
         let c: Conversation = self

@@ -384,13 +384,13 @@ impl Conn {
                 k
             }
         };
-        let outbox = self
+        let entry = self
             .inner
             .store
-            .outbox()
+            .outbox_entry(key)
             .map_err(|e| lost(e, self.synced))?;
-        match outbox.iter().find(|e| e.client_key == key) {
-            Some(entry) => self.send_entry(ws, entry).await,
+        match entry {
+            Some(entry) => self.send_entry(ws, &entry).await,
             None => Ok(()),
         }
     }
@@ -664,7 +664,7 @@ impl Conn {
     /// The server stored an outbox entry: move it to history and tell the waiter.
     fn sent(&mut self, key: ClientKey, s: &chat_core::protocol::Sent) -> Result<(), Error> {
         let store = &self.inner.store;
-        let Some(entry) = store.outbox()?.into_iter().find(|e| e.client_key == key) else {
+        let Some(entry) = store.outbox_entry(key)? else {
             // A second answer for the same key (sent twice across a repair): already done.
             return Ok(());
         };
@@ -703,11 +703,7 @@ impl Conn {
         };
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            let entry = inner
-                .store
-                .outbox()
-                .ok()
-                .and_then(|o| o.into_iter().find(|e| e.client_key == key));
+            let entry = inner.store.outbox_entry(key).ok().flatten();
             let Some(entry) = entry else {
                 return;
             };
@@ -741,9 +737,9 @@ impl Conn {
         let conversation = self
             .inner
             .store
-            .outbox()
+            .outbox_entry(key)
             .ok()
-            .and_then(|o| o.into_iter().find(|x| x.client_key == key))
+            .flatten()
             .map(|x| x.conversation);
         if let Some(conversation) = conversation {
             let err = Error::server(e.code, e.message);

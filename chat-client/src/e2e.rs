@@ -450,12 +450,7 @@ impl Crypto {
         extra: &[DeviceAddress],
     ) -> Result<()> {
         let _account = self.lock()?;
-        let Some(mut entry) = self
-            .store
-            .outbox()?
-            .into_iter()
-            .find(|e| e.client_key == client_key)
-        else {
+        let Some(mut entry) = self.store.outbox_entry(client_key)? else {
             return Ok(());
         };
         let mut writes = Vec::new();

@@ -200,6 +200,32 @@ fn uid(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+type OutboxRow = (Vec<u8>, i64, Vec<u8>, Vec<u8>);
+
+fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn outbox_entry((k, c, p, t): OutboxRow) -> Result<OutboxEntry> {
+    Ok(OutboxEntry {
+        client_key: ClientKey::from_bytes(k.try_into().map_err(|_| corrupt("client key"))?),
+        conversation: ConversationId::new(uid(c)).map_err(|_| corrupt("conversation"))?,
+        payload: Secret::new(p),
+        plaintext: t,
+    })
+}
+
+fn conversation_record((cid, kind): (i64, String)) -> Result<ConversationRecord> {
+    Ok(ConversationRecord {
+        id: ConversationId::new(uid(cid)).map_err(|_| corrupt("conversation"))?,
+        kind: if kind == "group" {
+            ConversationKind::Group
+        } else {
+            ConversationKind::Direct
+        },
+    })
+}
+
 fn corrupt(what: &'static str) -> Error {
     Error::corrupt(what)
 }
@@ -538,28 +564,23 @@ impl ClientStore for SqliteStore {
 
     fn outbox(&self) -> Result<Vec<OutboxEntry>> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT client_key, conversation, payload, plaintext FROM outbox ORDER BY seq",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (k, c, p, t) = row?;
-            out.push(OutboxEntry {
-                client_key: ClientKey::from_bytes(k.try_into().map_err(|_| corrupt("client key"))?),
-                conversation: ConversationId::new(uid(c)).map_err(|_| corrupt("conversation"))?,
-                payload: Secret::new(p),
-                plaintext: t,
-            });
-        }
-        Ok(out)
+        let rows = stmt.query_map([], outbox_row)?;
+        rows.map(|r| r.map_err(Error::from).and_then(outbox_entry))
+            .collect()
+    }
+
+    fn outbox_entry(&self, client_key: ClientKey) -> Result<Option<OutboxEntry>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT client_key, conversation, payload, plaintext FROM outbox WHERE client_key = ?1",
+        )?;
+        stmt.query_row([client_key.as_bytes().as_slice()], outbox_row)
+            .optional()?
+            .map(outbox_entry)
+            .transpose()
     }
 
     fn messages(
@@ -753,20 +774,20 @@ impl ClientStore for SqliteStore {
 
     fn conversations(&self) -> Result<Vec<ConversationRecord>> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare("SELECT id, kind FROM conversations ORDER BY id")?;
+        let mut stmt = conn.prepare_cached("SELECT id, kind FROM conversations ORDER BY id")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (cid, kind) = row?;
-            out.push(ConversationRecord {
-                id: ConversationId::new(uid(cid)).map_err(|_| corrupt("conversation"))?,
-                kind: if kind == "group" {
-                    ConversationKind::Group
-                } else {
-                    ConversationKind::Direct
-                },
-            });
-        }
-        Ok(out)
+        rows.map(|r| r.map_err(Error::from).and_then(conversation_record))
+            .collect()
+    }
+
+    fn conversation(&self, cid: ConversationId) -> Result<Option<ConversationRecord>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached("SELECT id, kind FROM conversations WHERE id = ?1")?;
+        stmt.query_row([id(cid.get())], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })
+        .optional()?
+        .map(conversation_record)
+        .transpose()
     }
 }

@@ -315,6 +315,14 @@ pub trait ClientStore: Send + Sync + 'static {
     fn cursor(&self) -> Result<InboxPos>;
     /// Every outbox entry, oldest first.
     fn outbox(&self) -> Result<Vec<OutboxEntry>>;
+    /// One outbox entry, by its client key. The default reads the whole outbox; the stores
+    /// here read the one row.
+    fn outbox_entry(&self, client_key: ClientKey) -> Result<Option<OutboxEntry>> {
+        Ok(self
+            .outbox()?
+            .into_iter()
+            .find(|e| e.client_key == client_key))
+    }
     /// History of a conversation after `after` (exclusive), oldest first, at most `limit`.
     fn messages(
         &self,
@@ -358,6 +366,10 @@ pub trait ClientStore: Send + Sync + 'static {
     fn recovery(&self) -> Result<Option<Vec<RecoveryPoint>>>;
     /// Every known conversation.
     fn conversations(&self) -> Result<Vec<ConversationRecord>>;
+    /// One conversation record. The default reads them all; the stores here read one.
+    fn conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>> {
+        Ok(self.conversations()?.into_iter().find(|c| c.id == id))
+    }
     /// When the signed prekey was last made.
     fn signed_prekey_made_at(&self) -> Result<Option<Timestamp>>;
     /// The devices a send to `conversation` must cover, as last known.
@@ -401,6 +413,9 @@ impl<S: ClientStore + ?Sized> ClientStore for std::sync::Arc<S> {
     }
     fn outbox(&self) -> Result<Vec<OutboxEntry>> {
         (**self).outbox()
+    }
+    fn outbox_entry(&self, client_key: ClientKey) -> Result<Option<OutboxEntry>> {
+        (**self).outbox_entry(client_key)
     }
     fn messages(
         &self,
@@ -453,6 +468,9 @@ impl<S: ClientStore + ?Sized> ClientStore for std::sync::Arc<S> {
     }
     fn conversations(&self) -> Result<Vec<ConversationRecord>> {
         (**self).conversations()
+    }
+    fn conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>> {
+        (**self).conversation(id)
     }
     fn signed_prekey_made_at(&self) -> Result<Option<Timestamp>> {
         (**self).signed_prekey_made_at()
@@ -738,6 +756,15 @@ impl ClientStore for MemoryStore {
         Ok(self.lock()?.outbox.clone())
     }
 
+    fn outbox_entry(&self, client_key: ClientKey) -> Result<Option<OutboxEntry>> {
+        Ok(self
+            .lock()?
+            .outbox
+            .iter()
+            .find(|e| e.client_key == client_key)
+            .cloned())
+    }
+
     fn messages(
         &self,
         conversation: ConversationId,
@@ -756,6 +783,10 @@ impl ClientStore for MemoryStore {
 
     fn conversations(&self) -> Result<Vec<ConversationRecord>> {
         Ok(self.lock()?.conversations.values().copied().collect())
+    }
+
+    fn conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>> {
+        Ok(self.lock()?.conversations.get(&id).copied())
     }
 
     fn message(
@@ -968,6 +999,14 @@ pub(crate) mod conformance {
             store.conversations().unwrap()[0].kind,
             ConversationKind::Group
         );
+        let first = store.conversations().unwrap()[0];
+        assert_eq!(store.conversation(first.id).unwrap(), Some(first));
+        assert_eq!(
+            store
+                .conversation(ConversationId::new(999).unwrap())
+                .unwrap(),
+            None
+        );
 
         // History: ordered, paged, and a message stored twice is kept once (the first).
         store
@@ -1001,6 +1040,11 @@ pub(crate) mod conformance {
             ])
             .unwrap();
         store.commit(vec![Write::OutboxPut(entry(1, 9))]).unwrap();
+        assert_eq!(
+            store.outbox_entry(entry(2, 1).client_key).unwrap(),
+            Some(entry(2, 1))
+        );
+        assert_eq!(store.outbox_entry(entry(9, 9).client_key).unwrap(), None);
         let o = store.outbox().unwrap();
         assert_eq!(o, vec![entry(1, 9), entry(2, 1)]);
         store
