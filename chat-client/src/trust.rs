@@ -318,7 +318,12 @@ impl Inner {
                 record = self.trust_of(user, true).await?;
             }
             if record.pending.is_some() {
-                return Err(Error::IdentityNotAccepted(user));
+                // This user's own account changed: recovered on another device.
+                return Err(if user == self.me.user {
+                    Error::NotLinked
+                } else {
+                    Error::IdentityNotAccepted(user)
+                });
             }
             for address in addresses {
                 match record.list.identity_of(address.device) {
@@ -423,8 +428,12 @@ impl Inner {
             return Ok(false);
         };
         let mine = self.crypto.identity()?;
+        // A pending change of this user's own account: the account was recovered elsewhere,
+        // and this device's account identity is no longer the user's.
         Ok(self.trust(self.me.user)?.is_some_and(|r| {
-            r.list.account() == account && r.list.identity_of(self.me.device) == Some(mine)
+            r.pending.is_none()
+                && r.list.account() == account
+                && r.list.identity_of(self.me.device) == Some(mine)
         }))
     }
 
@@ -497,7 +506,8 @@ fn diff(a: &[(DeviceId, IdentityPublic)], b: &[(DeviceId, IdentityPublic)]) -> V
 
 impl Client {
     /// Whether this device is linked: it holds the account identity and is on the user's
-    /// signed device list, so contacts encrypt to it. The first device of a user is linked
+    /// signed device list, so contacts encrypt to it. A device whose user recovered the
+    /// account elsewhere (its own user's [`Event::AccountChanged`]) is no longer linked. The first device of a user is linked
     /// at registration; a device logged in later waits until a linked device adds it
     /// ([`Client::link_code`], [`Client::link_device`]) or the user recovers the account on
     /// it ([`Client::recover_account`]). An unlinked device cannot send.
