@@ -275,6 +275,15 @@ pub enum StoreError {
     /// on safely. Open the store again.
     #[error("local store: {0} poisoned by a panic")]
     Poisoned(&'static str),
+    /// The file was written by a newer build (its schema version is higher than this build
+    /// knows); open it with that build.
+    #[error("local store: schema version {found} is newer than this build's {supported}")]
+    TooNew {
+        /// The file's version.
+        found: u32,
+        /// The newest version this build knows.
+        supported: u32,
+    },
 }
 
 impl Error {

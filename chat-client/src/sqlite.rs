@@ -15,7 +15,7 @@ use chat_core::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StoreError};
 use crate::search::{SearchPage, SearchResults};
 use crate::store::{
     ClientStore, ConversationRecord, DeviceRecord, OutboxEntry, RecoveryPoint, Secret,
@@ -76,10 +76,7 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Deleted messages are erased, not just unlinked: freed pages are overwritten.
         conn.pragma_update(None, "secure_delete", "ON")?;
-        conn.execute_batch(SCHEMA)?;
-        crate::search::create_schema(&conn)?;
         migrate(&mut conn)?;
-        conn.execute_batch(INDEXES)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -100,10 +97,55 @@ impl SqliteStore {
     }
 }
 
-/// Brings a store made by an earlier version up to date: messages gain their content type and
-/// target (derived from the plaintext), and the search index is filled with every message's
-/// current text. One transaction; a no-op on an up-to-date store.
+/// The schema version this build writes, in `PRAGMA user_version`. Version 0 is a new file or
+/// one from before versioning; every later step is a numbered migration below.
+///
+/// 1. `messages.kind` and `target` (derived from the plaintext), their index, the search
+///    index filled with every message's text; the outbox, conversations and their devices.
+/// 2. The `trust` table: the device lists this device trusts (issue 16).
+const LATEST: u32 = 2;
+
+/// Brings the store to [`LATEST`], or refuses a file a newer build wrote
+/// ([`StoreError::TooNew`]). Each step commits with its version, so a crash in between leaves
+/// the previous version.
 fn migrate(conn: &mut Connection) -> Result<()> {
+    let found: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > LATEST {
+        return Err(StoreError::TooNew {
+            found,
+            supported: LATEST,
+        }
+        .into());
+    }
+    if found == 0 {
+        // A new file gets the latest shape at once; a file from before versioning gets the
+        // tables it lacks, then the one migration it may need.
+        let tx = conn.transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        crate::search::create_schema(&tx)?;
+        tx.commit()?;
+        add_kind_and_target(conn)?;
+        let tx = conn.transaction()?;
+        tx.execute_batch(INDEXES)?;
+        tx.pragma_update(None, "user_version", LATEST)?;
+        tx.commit()?;
+        return Ok(());
+    }
+    if found < 2 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS trust (user INTEGER PRIMARY KEY, record BLOB NOT NULL);",
+        )?;
+        tx.pragma_update(None, "user_version", 2)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Migration 1 for a file from before versioning: messages gain their content type and target
+/// (derived from the plaintext), and the search index is filled with every message's current
+/// text. One transaction; a no-op on a file that has them.
+fn add_kind_and_target(conn: &mut Connection) -> Result<()> {
     let has_target: bool = conn
         .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'target'")?
         .exists([])?;

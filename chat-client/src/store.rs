@@ -1296,6 +1296,41 @@ pub(crate) mod conformance {
     }
 
     #[test]
+    fn the_schema_version_is_recorded_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.db");
+        drop(crate::SqliteStore::open(&path).unwrap());
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let version: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        // A version 1 file (before the trust table) gains it.
+        conn.execute_batch("DROP TABLE trust; PRAGMA user_version = 1;")
+            .unwrap();
+        drop(conn);
+        let store = crate::SqliteStore::open(&path).unwrap();
+        let someone = chat_core::UserId::new(3).unwrap();
+        store
+            .commit(vec![Write::Trust {
+                user: someone,
+                record: vec![1],
+            }])
+            .unwrap();
+        drop(store);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA user_version = 99;").unwrap();
+        drop(conn);
+        assert!(matches!(
+            crate::SqliteStore::open(&path),
+            Err(Error::Store(crate::StoreError::TooNew {
+                found: 99,
+                supported: 2
+            }))
+        ));
+    }
+
+    #[test]
     fn sqlite_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
