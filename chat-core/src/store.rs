@@ -32,6 +32,11 @@ pub enum StoreError {
     /// The user is not a member of the conversation.
     #[error("not a member of the conversation")]
     NotMember,
+    /// The sending device is not linked: its user's signed device list does not name it (a
+    /// device waiting to be linked, or one left behind when the account was recovered
+    /// elsewhere). Answered as `forbidden`.
+    #[error("this device is not on its user's device list")]
+    NotLinked,
     /// Adding would take the group past its member limit.
     #[error("group is full ({limit} members)")]
     GroupFull {
@@ -100,6 +105,7 @@ impl StoreError {
         match self {
             Self::NotFound => ErrorCode::NotFound,
             Self::NotMember => ErrorCode::NotMember,
+            Self::NotLinked => ErrorCode::Forbidden,
             Self::GroupFull { .. } => ErrorCode::GroupFull,
             Self::StaleDevices(_) => ErrorCode::StaleDevices,
             Self::Conflict | Self::ClientKeyReused => ErrorCode::Conflict,

@@ -169,9 +169,12 @@ pub(crate) fn check_distinct_recipients(message: &NewMessage) -> StoreResult<()>
     }
 }
 
-/// Checks that the recipients are exactly `current` (every current device of every member)
-/// minus the sending device.
+/// Checks that the sending device is one of `current` (every linked device of every member:
+/// an unlinked device may not send) and that the recipients are exactly the others.
 pub(crate) fn check_coverage(current: &[DeviceAddress], message: &NewMessage) -> StoreResult<()> {
+    if !current.contains(&message.sender) {
+        return Err(StoreError::NotLinked);
+    }
     let expected: Vec<DeviceAddress> = current
         .iter()
         .copied()

@@ -501,6 +501,13 @@ pub async fn device_lists_decide_which_devices_are_linked(store: Arc<dyn Store>)
         store.inbox_head(second.address).await.expect("head"),
         InboxPos::ZERO
     );
+    // An unlinked device may not send.
+    assert!(matches!(
+        store
+            .append(message(conv.id, second.address, &[bobs[0]]))
+            .await,
+        Err(StoreError::NotLinked)
+    ));
 
     // A link payload reaches only its device; another user's device is not found.
     assert_eq!(

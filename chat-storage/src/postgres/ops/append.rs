@@ -361,12 +361,12 @@ fn plan_one<'m>(
         .values()
         .flat_map(|m| m.devices.iter().copied())
         .collect();
-    // The sender's own device is among the current devices exactly when the device exists
-    // and its user is a member.
+    // The sender's own device is among the current devices exactly when the device exists,
+    // is linked, and its user is a member.
     if !current.contains(&message.sender) {
         return Ok(
             if members.contains_key(&to_sql(message.sender.user.get())) {
-                Outcome::Done(Err(StoreError::NotFound))
+                Outcome::Done(Err(StoreError::NotLinked))
             } else {
                 Outcome::NotMemberOrUnknown
             },

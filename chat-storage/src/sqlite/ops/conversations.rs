@@ -358,12 +358,18 @@ pub(crate) fn append(conn: &Connection, message: &NewMessage) -> StoreResult<App
             })
         })
         .collect::<StoreResult<Vec<_>>>()?;
-    // The sending device is among the current devices exactly when it exists, the
-    // conversation exists and the sender is a member; only a refusal needs to say which.
+    // The sending device is among the current devices exactly when it exists, is linked,
+    // the conversation exists and the sender is a member; only a refusal needs to say which.
     if !devices.contains(&message.sender) {
         require_device(conn, message.sender)?;
         conversation_kind(conn, message.conversation)?;
-        return Err(StoreError::NotMember);
+        return Err(
+            if is_member(conn, message.conversation, message.sender.user)? {
+                StoreError::NotLinked
+            } else {
+                StoreError::NotMember
+            },
+        );
     }
     check_coverage(&devices, message)?;
     let withheld_from = super::people::withheld_from(conn, message)?;
