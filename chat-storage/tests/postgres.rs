@@ -37,6 +37,22 @@ fn schema_name() -> String {
     )
 }
 
+/// A schema of its own for one test: the URL, the schema's name, store options for it with
+/// `pool` connections, and the guard that drops it when the test ends (also on failure).
+/// `None` (the test skips) without `CHAT_TEST_POSTGRES_URL`.
+fn fresh_schema(pool: usize) -> Option<(String, String, PostgresOptions, DropSchema)> {
+    let url = url()?;
+    let schema = schema_name();
+    let options = PostgresOptions::default()
+        .pool_size(pool)
+        .schema(schema.clone());
+    let guard = DropSchema {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    Some((url, schema, options, guard))
+}
+
 /// Drops the test's schema when the test ends.
 struct DropSchema {
     url: String,
@@ -89,15 +105,9 @@ chat_storage::conformance_tests!(fresh());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newer_schema_is_refused() {
-    let Some(url) = url() else { return };
-    let schema = schema_name();
-    let _cleanup = DropSchema {
-        url: url.clone(),
-        schema: schema.clone(),
+    let Some((url, schema, options, _cleanup)) = fresh_schema(1) else {
+        return;
     };
-    let options = PostgresOptions::default()
-        .pool_size(1)
-        .schema(schema.clone());
     drop(
         PostgresStore::connect(&url, options.clone())
             .await
@@ -173,15 +183,9 @@ async fn open_accepts_postgres_urls() {
 /// insert (without the new column) still works during a rolling upgrade.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_2_inboxes_migrate_with_their_message_times() {
-    let Some(url) = url() else { return };
-    let schema = schema_name();
-    let _cleanup = DropSchema {
-        url: url.clone(),
-        schema: schema.clone(),
+    let Some((url, schema, options, _cleanup)) = fresh_schema(2) else {
+        return;
     };
-    let options = PostgresOptions::default()
-        .pool_size(2)
-        .schema(schema.clone());
     let store = PostgresStore::connect(&url, options.clone())
         .await
         .expect("connect");
@@ -268,17 +272,11 @@ async fn queue<F: Future + Unpin>(mut future: F) -> (F, Option<F::Output>) {
 /// positions in batch order, and the refused ones write nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_requests_do_not_affect_their_batch() {
-    let Some(url) = url() else { return };
-    let schema = schema_name();
-    let _cleanup = DropSchema {
-        url: url.clone(),
-        schema: schema.clone(),
+    let Some((url, schema, options, _cleanup)) = fresh_schema(2) else {
+        return;
     };
     // One appender, so that the requests queued while it is busy form one batch.
-    let options = PostgresOptions::default()
-        .pool_size(2)
-        .appenders(1)
-        .schema(schema.clone());
+    let options = options.appenders(1);
     let store = PostgresStore::connect(&url, options)
         .await
         .expect("connect");
@@ -423,16 +421,10 @@ async fn refused_requests_do_not_affect_their_batch() {
 /// at once: IDs stay gapless in commit order and every inbox gapless.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn appends_from_two_nodes_are_gapless() {
-    let Some(url) = url() else { return };
-    let schema = schema_name();
-    let _cleanup = DropSchema {
-        url: url.clone(),
-        schema: schema.clone(),
+    let Some((url, _schema, options, _cleanup)) = fresh_schema(2) else {
+        return;
     };
-    let options = PostgresOptions::default()
-        .pool_size(2)
-        .appenders(3)
-        .schema(schema.clone());
+    let options = options.appenders(3);
     let first = Arc::new(
         PostgresStore::connect(&url, options.clone())
             .await
@@ -503,15 +495,9 @@ async fn appends_from_two_nodes_are_gapless() {
 /// on the key runs its batch again and finds the winner's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_key_raced_across_nodes_is_written_once() {
-    let Some(url) = url() else { return };
-    let schema = schema_name();
-    let _cleanup = DropSchema {
-        url: url.clone(),
-        schema: schema.clone(),
+    let Some((url, _schema, options, _cleanup)) = fresh_schema(2) else {
+        return;
     };
-    let options = PostgresOptions::default()
-        .pool_size(2)
-        .schema(schema.clone());
     let first = PostgresStore::connect(&url, options.clone())
         .await
         .expect("connect");
@@ -554,15 +540,9 @@ async fn a_key_raced_across_nodes_is_written_once() {
 /// ever left without one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_3_groups_migrate_with_every_member_an_admin() {
-    let Some(url) = url() else { return };
-    let schema = schema_name();
-    let _cleanup = DropSchema {
-        url: url.clone(),
-        schema: schema.clone(),
+    let Some((url, schema, options, _cleanup)) = fresh_schema(2) else {
+        return;
     };
-    let options = PostgresOptions::default()
-        .pool_size(2)
-        .schema(schema.clone());
     let store = PostgresStore::connect(&url, options.clone())
         .await
         .expect("connect");
@@ -617,15 +597,9 @@ async fn version_3_groups_migrate_with_every_member_an_admin() {
 /// linked too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_4_devices_migrate_linked() {
-    let Some(url) = url() else { return };
-    let schema = schema_name();
-    let _cleanup = DropSchema {
-        url: url.clone(),
-        schema: schema.clone(),
+    let Some((url, schema, options, _cleanup)) = fresh_schema(2) else {
+        return;
     };
-    let options = PostgresOptions::default()
-        .pool_size(2)
-        .schema(schema.clone());
     let store = PostgresStore::connect(&url, options.clone())
         .await
         .expect("connect");
