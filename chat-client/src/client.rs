@@ -8,7 +8,7 @@ use bytes::Bytes;
 use chat_core::protocol::{ClientFrame, ReceiptUpdate, Subscribe, TypingUpdate, Unsubscribe};
 use chat_core::{
     ClientKey, Content, Conversation, ConversationId, ConversationKind, DeviceAddress, DeviceId,
-    ErrorCode, GroupAction, GroupChange, MessageId, ReceiptKind, Text, UserId, Username,
+    ErrorCode, GroupAction, MessageId, ReceiptKind, Text, UserId, Username,
 };
 use chat_crypto::{Account, IdentityPublic};
 use http_body_util::{BodyExt as _, StreamBody};
@@ -371,23 +371,9 @@ impl Client {
             )
             .await?;
         self.remember(&c)?;
-        self.announce(c.id, GroupAction::Created, members).await?;
+        self.announce(c.id, GroupAction::Created, members, None)
+            .await?;
         Ok(c.id)
-    }
-
-    /// Sends a membership change to the group's members, inside the encryption.
-    async fn announce(
-        &self,
-        group: ConversationId,
-        action: GroupAction,
-        users: &[UserId],
-    ) -> Result<MessageId> {
-        let change = Content::GroupChange(GroupChange {
-            action,
-            users: users.to_vec(),
-            name: None,
-        });
-        self.send(group, &change).await
     }
 
     /// Adds members to a group, all or none (`group_full` past the limit), and announces it.
@@ -401,7 +387,8 @@ impl Client {
             )
             .await?;
         self.inner.forget_devices(group);
-        self.announce(group, GroupAction::Added, members).await?;
+        self.announce(group, GroupAction::Added, members, None)
+            .await?;
         Ok(())
     }
 
@@ -411,7 +398,8 @@ impl Client {
     pub async fn remove_member(&self, group: ConversationId, user: UserId) -> Result<()> {
         let leaving = user == self.user();
         if leaving {
-            self.announce(group, GroupAction::Left, &[user]).await?;
+            self.announce(group, GroupAction::Left, &[user], None)
+                .await?;
         }
         self.inner
             .http
@@ -423,7 +411,8 @@ impl Client {
             .await?;
         self.inner.forget_devices(group);
         if !leaving {
-            self.announce(group, GroupAction::Removed, &[user]).await?;
+            self.announce(group, GroupAction::Removed, &[user], None)
+                .await?;
         }
         Ok(())
     }
@@ -483,7 +472,7 @@ impl Client {
         Ok(self.inner.store.outbox()?.len())
     }
 
-    fn remember(&self, c: &Conversation) -> Result<()> {
+    pub(crate) fn remember(&self, c: &Conversation) -> Result<()> {
         self.inner
             .store
             .commit(vec![Write::Conversation(ConversationRecord {

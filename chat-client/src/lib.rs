@@ -7,6 +7,7 @@ mod driver;
 mod e2e;
 mod error;
 mod event;
+mod groups;
 mod http;
 mod net;
 mod nodes;
@@ -21,14 +22,15 @@ mod trust;
 pub use chat_core::protocol::ResyncReason;
 pub use chat_core::{
     AttachmentId, AttachmentPointer, ClientKey, Content, ConversationId, ConversationKind, Delete,
-    DeviceAddress, DeviceId, Edit, ErrorCode, GroupAction, GroupChange, MessageId, MessageView,
-    Reaction, ReadPosition, ReceiptKind, Text, UserId,
+    DeviceAddress, DeviceId, Edit, ErrorCode, GroupAction, GroupChange, GroupSettings, MessageId,
+    MessageView, Permission, Reaction, ReadPosition, ReceiptKind, Role, Text, UserId,
 };
 pub use chat_crypto::SafetyNumber;
 pub use client::Client;
 pub use conversations::{ConversationSummary, MAX_TIMELINE_PAGE};
 pub use error::{Error, Limit, NetworkError, NetworkErrorKind, ProtocolError, Result, StoreError};
 pub use event::{ConnectionState, Event, Events, Message};
+pub use groups::GroupInfo;
 pub use net::{IntoServer, Server};
 pub use nodes::{IntoNodes, Nodes};
 pub use people::{Profile, UserPage};

@@ -45,7 +45,11 @@ const COMMANDS: &str = "\
 /open NAME             the one-to-one conversation with user NAME (and their presence)
 /group NAME NAME...    a new group with these users
 /to ID                 switch to conversation ID (from /list), show its latest messages
-/add NAME | /remove NAME   change the current group's members
+/add NAME | /kick NAME     change the current group's members (admins; /remove works too)
+/members               the current group's name, members with their roles, and settings
+/promote NAME | /demote NAME   make a member an admin, or an admin a member again
+/rename NAME           rename the current group
+/leave                 leave the current group
 /history               the current conversation's latest messages
 /send-file PATH        send a file to the current conversation (end-to-end encrypted)
 /save ID [PATH]        save the file of message ID (default: its own name, here)
@@ -501,10 +505,10 @@ impl App {
                 }
                 self.switch(id).await?;
             }
-            cmd @ ("/add" | "/remove") => {
+            cmd @ ("/add" | "/remove" | "/kick") => {
                 let id = self.here()?;
                 let user = self
-                    .user_named(words.next(), "/add NAME or /remove NAME")
+                    .user_named(words.next(), "/add NAME or /kick NAME")
                     .await?;
                 if cmd == "/add" {
                     self.client.add_members(id, &[user]).await?;
@@ -521,6 +525,64 @@ impl App {
             "/history" => {
                 let id = self.here()?;
                 self.history(id).await?;
+            }
+            "/members" => {
+                let id = self.here()?;
+                let info = self.client.group_info(id).await?;
+                self.learn_names(info.members.iter().map(|(u, _)| *u)).await;
+                let list: Vec<String> = info
+                    .members
+                    .iter()
+                    .map(|(u, role)| match role {
+                        chat::client::Role::Admin => format!("{} (admin)", self.names.of(*u)),
+                        _ => self.names.of(*u),
+                    })
+                    .collect();
+                let who = |p: chat::client::Permission| match p {
+                    chat::client::Permission::Admins => "admins",
+                    _ => "everyone",
+                };
+                self.screen.print(format!(
+                    "  {}: {}\n  adding members: {}; renaming: {}",
+                    info.name,
+                    list.join(", "),
+                    who(info.settings.add_members),
+                    who(info.settings.edit_name)
+                ));
+            }
+            cmd @ ("/promote" | "/demote") => {
+                let id = self.here()?;
+                let user = self
+                    .user_named(words.next(), "/promote NAME or /demote NAME")
+                    .await?;
+                if cmd == "/promote" {
+                    self.client.promote(id, user).await?;
+                } else {
+                    self.client.demote(id, user).await?;
+                }
+                self.learn_names([user]).await;
+                let what = if cmd == "/promote" {
+                    "is an admin now"
+                } else {
+                    "is no longer an admin"
+                };
+                self.screen
+                    .print(format!("* {} {what}", self.names.of(user)));
+            }
+            "/rename" => {
+                let id = self.here()?;
+                let name = line.strip_prefix("/rename").unwrap_or_default().trim();
+                if name.is_empty() {
+                    return Err("/rename NAME".into());
+                }
+                self.client.rename(id, name).await?;
+                self.screen
+                    .print(format!("* the group is called {name} now"));
+            }
+            "/leave" => {
+                let id = self.here()?;
+                self.client.leave(id).await?;
+                self.screen.print("* you left the group");
             }
             "/send-file" => {
                 let id = self.here()?;

@@ -87,7 +87,13 @@ pub(crate) fn group_change(names: &Names, sender: UserId, change: &GroupChange) 
         GroupAction::Removed if change.users == [sender] => format!("{who} left the group"),
         GroupAction::Removed => format!("{who} removed {users}"),
         GroupAction::Left => format!("{who} left the group"),
-        _ => format!("{who} changed the group's members ({users})"),
+        GroupAction::Promoted => format!("{who} made {users} admin"),
+        GroupAction::Demoted => format!("{who} made {users} members again"),
+        GroupAction::Renamed => format!("{who} renamed the group"),
+        GroupAction::SettingsChanged => {
+            format!("{who} changed who may add members and rename (/members)")
+        }
+        _ => format!("{who} changed the group ({users})"),
     };
     if let Some(name) = &change.name {
         line.push_str(&format!("; the group is called \u{201c}{name}\u{201d}"));
