@@ -294,3 +294,71 @@ async fn removing_a_device_rotates_the_group_keys_it_held() {
     let key_id = |b: &[u8]| b.get(1..5).map(|k| k.to_vec());
     assert_ne!(key_id(&body(before)), key_id(&body(after)));
 }
+
+/// A device whose store was made before device lists (no account identity, and its user
+/// published no list) makes its user's account identity once it is online, as the first
+/// device at registration does, and can then send to contacts who require lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_from_before_device_lists_makes_the_account_identity() {
+    use chat::client::{DeviceRecord, Write};
+    use common::http_call;
+    use serde_json::json;
+
+    let server = TestServer::start(config("memory:")).await;
+    let (alice, mut a) = user(&server, "alice").await;
+    // What a client before device lists did: register, log in, keep its account, publish
+    // its keys. No list.
+    let creds = json!({"username": "olga", "password": PASSWORD});
+    let (status, _) = http_call(server.addr, "POST", "/v1/register", None, Some(&creds)).await;
+    assert_eq!(status, 201);
+    let login = json!({"username": "olga", "password": PASSWORD, "device_name": "old"});
+    let (status, login) = http_call(server.addr, "POST", "/v1/login", None, Some(&login)).await;
+    assert_eq!(status, 200);
+    let token = login["token"].as_str().expect("token").to_owned();
+    let me = chat::core::DeviceAddress {
+        user: chat::core::UserId::new(login["user_id"].as_u64().expect("user")).expect("id"),
+        device: chat::core::DeviceId::new(login["device_id"].as_u64().expect("device"))
+            .expect("id"),
+    };
+    let account = chat::crypto::Account::new(&mut rand::rng());
+    let spk = account.signed_prekey().expect("signed prekey");
+    let keys = json!({
+        "identity": hex::encode(account.identity().published()),
+        "signed_prekey": {
+            "id": spk.id,
+            "public": hex::encode(spk.key),
+            "signature": hex::encode(spk.signature),
+        },
+    });
+    let (status, _) = http_call(server.addr, "PUT", "/v1/keys", Some(&token), Some(&keys)).await;
+    assert_eq!(status, 204);
+    let (status, _) = http_call(
+        server.addr,
+        "GET",
+        &format!("/v1/users/{}/device-list", me.user),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "no list yet");
+    let store = Arc::new(MemoryStore::new());
+    store
+        .commit(vec![
+            Write::Device(DeviceRecord {
+                server: server.url(),
+                address: me,
+                token: token.clone(),
+            }),
+            Write::Account(account.pickle()),
+        ])
+        .expect("store");
+
+    // The upgraded client opens the old store; once connected it is linked.
+    let olga = Client::open(&server.url(), store).await.expect("open");
+    let mut o = olga.events();
+    synced(&mut o).await;
+    assert!(olga.is_linked().expect("state"));
+    let direct = olga.open_direct(alice.user()).await.expect("direct");
+    olga.send_text(direct, "still here").await.expect("send");
+    assert_eq!(next_text(&mut a, direct).await.text(), Some("still here"));
+}

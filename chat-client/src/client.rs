@@ -91,6 +91,8 @@ pub(crate) struct Inner {
     pub(crate) refused: Mutex<std::collections::HashSet<DeviceAddress>>,
     /// The trust records read so far (the store's, with their signatures checked once).
     pub(crate) trusted: Mutex<HashMap<UserId, crate::trust::TrustRecord>>,
+    /// Held while the account identity is made (log-in and key upkeep may race).
+    pub(crate) establishing: tokio::sync::Mutex<()>,
     /// The link code this unlinked device showed, until it is linked.
     pub(crate) link_code: Mutex<Option<chat_crypto::LinkCode>>,
 }
@@ -241,7 +243,7 @@ impl Client {
         let crypto = Crypto::new(me, store.clone(), account);
         // The same connections serve the client from now on.
         let client = Self::start(nodes, http, me, login.token, store, crypto);
-        client.inner.establish_account().await?;
+        client.inner.establish_if_needed().await?;
         Ok(client)
     }
 
@@ -293,6 +295,7 @@ impl Client {
             known: Mutex::new(std::collections::HashSet::new()),
             policy: Mutex::new(crate::TrustPolicy::default()),
             refused: Mutex::new(std::collections::HashSet::new()),
+            establishing: tokio::sync::Mutex::new(()),
             link_code: Mutex::new(None),
             trusted: Mutex::new(HashMap::new()),
         });
@@ -927,9 +930,11 @@ impl Inner {
         let _ = self.events.send(event);
     }
 
-    /// Tops up the one-time prekey pool on the server when it runs low, and rotates the
-    /// signed prekey once it is a week old.
+    /// Key upkeep on every connection: makes the account identity of a device from before
+    /// device lists, tops up the one-time prekey pool on the server when it runs low, and
+    /// rotates the signed prekey once it is a week old.
     pub(crate) async fn refill_prekeys(&self) -> Result<()> {
+        self.establish_if_needed().await?;
         let made = self.store.signed_prekey_made_at()?;
         let now = now();
         if made

@@ -395,10 +395,10 @@ impl Inner {
             .await
     }
 
-    /// Run once at log-in, after the device published its keys: makes the user's account
-    /// identity if the user has none (the first device), else leaves this device waiting to
-    /// be linked.
-    pub(crate) async fn establish_account(&self) -> Result<()> {
+    /// Run once per device (through [`Inner::establish_if_needed`]), after it published its
+    /// keys: makes the user's account identity if the user has none (the first device), else
+    /// leaves this device waiting to be linked.
+    async fn establish_account(&self) -> Result<()> {
         let me = self.me;
         if let Some(list) = self.fetch_list(me.user).await? {
             return self.save_trust(me.user, &TrustRecord::first(list));
@@ -420,6 +420,18 @@ impl Inner {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Makes the account identity for a device from before device lists (it has none and
+    /// trusts no list of its own user) when it is online, as at log-in: the user's first such
+    /// device publishes the list, later ones wait to be linked. Run with the key upkeep.
+    pub(crate) async fn establish_if_needed(&self) -> Result<()> {
+        // One at a time: log-in and the driver's first key upkeep may both get here.
+        let _one = self.establishing.lock().await;
+        if self.crypto.account_key()?.is_some() || self.trust(self.me.user)?.is_some() {
+            return Ok(());
+        }
+        self.establish_account().await
     }
 
     /// Whether this device holds the account identity and is on its user's trusted list.

@@ -185,10 +185,30 @@ pub async fn link(linker: &Client, new: &Client) {
 
 /// One authenticated `GET` on a fresh connection; the JSON answer.
 pub async fn http_get(addr: SocketAddr, path: &str, token: &str) -> serde_json::Value {
+    let (status, json) = http_call(addr, "GET", path, Some(token), None).await;
+    assert_eq!(status, 200, "GET {path}: {json}");
+    json
+}
+
+/// One HTTP request on a fresh connection (optionally authenticated, optionally with a JSON
+/// body): the status and the JSON answer (`null` for none).
+pub async fn http_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let body = body.map(ToString::to_string).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     );
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = Vec::new();
@@ -198,8 +218,17 @@ pub async fn http_get(addr: SocketAddr, path: &str, token: &str) -> serde_json::
         .expect("read");
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text.split_once("\r\n\r\n").expect("a response");
-    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
-    serde_json::from_str(body).expect("json")
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    let json = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(body).expect("json")
+    };
+    (status, json)
 }
 
 /// The next text message in `conversation`, skipping other content (group changes).
