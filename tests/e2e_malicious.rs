@@ -592,3 +592,75 @@ async fn a_replayed_first_message_is_refused_after_a_restart() {
         Some("third")
     );
 }
+
+/// Carol is removed from a group; the server then hands her the next group message anyway
+/// (in place of a one-to-one delivery she expects). Every sender rotated when she left, so
+/// her copies of their sender keys open nothing sent after the removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_cannot_read_what_is_sent_after_even_given_the_ciphertext() {
+    use std::sync::Mutex;
+
+    let server = TestServer::start(config("memory:")).await;
+    let mitm = Mitm::start(server.addr).await;
+    let (alice, _alice_events) = through(&mitm, "alice").await;
+    let (bob, mut bob_events) = through(&mitm, "bob").await;
+    let (carol, mut carol_events) = through(&mitm, "carol").await;
+    let (dave, _dave_events) = through(&mitm, "dave").await;
+    let group = alice
+        .create_group(&[bob.user(), carol.user()])
+        .await
+        .expect("group");
+    bob.send_text(group, "before").await.expect("send");
+    assert_eq!(
+        next_text(&mut carol_events, group).await.text(),
+        Some("before")
+    );
+    alice
+        .remove_member(group, carol.user())
+        .await
+        .expect("remove");
+    common::next_change(&mut bob_events, group).await;
+
+    // Bob's next group message, as the server stores it.
+    let sender = bob.device();
+    let sent: Arc<Mutex<Option<chat::core::protocol::Send>>> = Arc::default();
+    let keep = sent.clone();
+    mitm.client_rule(move |seen, frame| {
+        if let ClientFrame::Send(s) = &frame
+            && seen.device == Some(sender)
+            && s.conversation == group
+        {
+            *keep.lock().expect("lock") = Some(s.clone());
+        }
+        Intercepted::pass(frame)
+    });
+    let after = bob.send_text(group, "after").await.expect("send");
+    let recorded = sent.lock().expect("lock").clone().expect("recorded");
+    assert!(
+        recorded
+            .recipients
+            .iter()
+            .all(|r| r.device.user != carol.user()),
+        "nothing was addressed to Carol"
+    );
+
+    // The server gives it to Carol in place of Dave's message to her.
+    let target = carol.device();
+    let decoy = dave.open_direct(carol.user()).await.expect("direct");
+    mitm.rule(move |seen, frame| match frame {
+        ServerFrame::Deliver(d) if seen.device == Some(target) && d.conversation == decoy => {
+            vec![ServerFrame::Deliver(Deliver {
+                conversation: group,
+                id: after,
+                sender,
+                client_key: recorded.client_key,
+                header: Default::default(),
+                body: recorded.body.clone(),
+                ..d
+            })]
+        }
+        other => vec![other],
+    });
+    dave.send_text(decoy, "decoy").await.expect("send");
+    refused(&mut carol_events, group).await;
+}
