@@ -217,7 +217,7 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Installs the process-wide Prometheus recorder (histograms with [`BUCKETS`]), describes
+/// Installs the process-wide Prometheus recorder (histograms with the `BUCKETS` latency buckets), describes
 /// every metric and registers each counter and gauge at zero. Returns the handle to render
 /// with [`render`]; call `run_upkeep` on it every few seconds so histogram samples are
 /// folded into buckets even when nobody scrapes. Fails if a recorder is installed already.

@@ -217,7 +217,7 @@ pub(crate) async fn bundles(
     Ok(Json(Bundles { bundles }))
 }
 
-/// The identity blob for `public` and its binding signature, as [`put_keys`] expects it.
+/// The identity blob for `public` and its binding signature, as `PUT /v1/keys` expects it.
 pub fn identity_blob(public: &IdentityPublic, binding: &[u8; 64]) -> Bytes {
     let mut blob = Vec::with_capacity(IDENTITY_BYTES);
     blob.extend_from_slice(&public.to_bytes());
