@@ -100,6 +100,20 @@ async fn run(args: Args) -> Result<(), String> {
             }
         }
     };
+    if !bot.is_linked().map_err(|e| e.to_string())? {
+        // The account has a linked device already: this one must be added by it.
+        let code = bot.link_code().map_err(|e| e.to_string())?;
+        println!(
+            "this device is not linked to {}'s account yet; on a linked device, run\n  \
+             /link {}\nthe bot goes on once it is linked",
+            args.username,
+            code.as_str()
+        );
+        // The sealed account identity arrives once the linked device used the code.
+        while !bot.finish_link().await.map_err(|e| e.to_string())? {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+    }
     println!("echo bot {} is running", args.username);
     let mut events = bot.events();
     while let Some(event) = events.next().await {
