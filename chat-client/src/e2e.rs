@@ -5,7 +5,8 @@
 //! - a ciphertext is committed to the outbox in the same batch as the ratchet state that
 //!   produced it, before it leaves the device; a retry resends those bytes;
 //! - a decrypted message, the state that decrypted it and the advanced cursor are one batch;
-//! - an identity change of a remote device is reported before its new session is accepted;
+//! - a pairwise session is taken only with the identity the sender's trusted device list gives
+//!   the device (trust.rs); anything else is refused with nothing committed;
 //! - every plaintext is sealed with its [`MessageBinding`] (conversation, kind, client key,
 //!   the sender's time) before it is encrypted, and a delivery whose binding names another
 //!   conversation, kind or client key is refused (the server refiled it); a sender key handed
