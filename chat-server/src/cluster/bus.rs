@@ -105,7 +105,7 @@ impl RedisBus {
     /// starts the subscriber task. Every channel is named under `prefix`: nodes of one
     /// cluster share it, and clusters (or tests) sharing a Redis use different ones.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, BusError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
+        let client = super::client(url).map_err(unavailable)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT))

@@ -56,10 +56,21 @@ impl std::fmt::Debug for Redis {
     }
 }
 
+/// A Redis client whose connections send each command at once (`TCP_NODELAY`): redis-rs
+/// leaves Nagle's algorithm on, which holds a small write back while an earlier one is
+/// unacknowledged; every command here is small and latency-bound.
+pub(crate) fn client(url: &str) -> redis::RedisResult<redis::Client> {
+    use redis::IntoConnectionInfo as _;
+    let info = url
+        .into_connection_info()?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    redis::Client::open(info)
+}
+
 impl Redis {
     /// Connects to `url`; every key will start with `prefix`.
     pub(crate) async fn connect(url: &str, prefix: &str) -> redis::RedisResult<Self> {
-        let client = redis::Client::open(url)?;
+        let client = client(url)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(CONNECT_TIMEOUT));
@@ -144,5 +155,14 @@ pub(crate) mod testing {
             .await
             .expect("CHAT_TEST_REDIS_URL reachable");
         Some(TestRedis { redis, url })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redis_connections_send_commands_at_once() {
+        let client = super::client("redis://127.0.0.1:6379/0").expect("url");
+        assert!(client.get_connection_info().tcp_settings().nodelay());
     }
 }
