@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use chat_core::protocol::{ClientFrame, ReceiptUpdate, Subscribe, TypingUpdate, Unsubscribe};
 use chat_core::{
     ClientKey, Content, Conversation, ConversationId, ConversationKind, DeviceAddress, DeviceId,
-    ErrorCode, GroupAction, MessageId, ReceiptKind, Text, UserId, Username,
+    ErrorCode, MessageId, ReceiptKind, Text, UserId, Username,
 };
 use chat_crypto::{Account, IdentityPublic};
 use hyper::Method;
@@ -350,66 +350,6 @@ impl Client {
             .await?;
         self.remember(&c)?;
         Ok(c.id)
-    }
-
-    /// Creates a group with this user and `members` (at most 100 in all), and announces it
-    /// to them (a [`GroupChange`](chat_core::GroupChange) message, which also hands them this
-    /// device's sender key).
-    pub async fn create_group(&self, members: &[UserId]) -> Result<ConversationId> {
-        let c: Conversation = self
-            .inner
-            .http
-            .call(
-                Method::POST,
-                "/v1/conversations/groups",
-                Some(&json!({"members": members})),
-            )
-            .await?;
-        self.remember(&c)?;
-        self.announce(c.id, GroupAction::Created, members, None)
-            .await?;
-        Ok(c.id)
-    }
-
-    /// Adds members to a group, all or none (`group_full` past the limit), and announces it.
-    pub async fn add_members(&self, group: ConversationId, members: &[UserId]) -> Result<()> {
-        self.inner
-            .http
-            .send(
-                Method::POST,
-                &format!("/v1/conversations/{group}/members"),
-                Some(&json!({"members": members})),
-            )
-            .await?;
-        self.inner.forget_devices(group);
-        self.announce(group, GroupAction::Added, members, None)
-            .await?;
-        Ok(())
-    }
-
-    /// Removes a member and announces it to the others, or leaves (for this user, announced
-    /// first). This device's next message to the group (the announcement) uses a new sender
-    /// key that the removed member never gets.
-    pub async fn remove_member(&self, group: ConversationId, user: UserId) -> Result<()> {
-        let leaving = user == self.user();
-        if leaving {
-            self.announce(group, GroupAction::Left, &[user], None)
-                .await?;
-        }
-        self.inner
-            .http
-            .send(
-                Method::DELETE,
-                &format!("/v1/conversations/{group}/members/{user}"),
-                None::<&()>,
-            )
-            .await?;
-        self.inner.forget_devices(group);
-        if !leaving {
-            self.announce(group, GroupAction::Removed, &[user], None)
-                .await?;
-        }
-        Ok(())
     }
 
     /// The members of a conversation.

@@ -67,6 +67,56 @@ struct RoleView {
 }
 
 impl Client {
+    /// Creates a group with this user (its only admin) and `members` (at most 100 in all),
+    /// named `Group` under the default settings, and announces it to them (a
+    /// [`GroupChange`](chat_core::GroupChange) message, which also hands them this device's
+    /// sender key).
+    pub async fn create_group(&self, members: &[UserId]) -> Result<ConversationId> {
+        self.create(json!({ "members": members }), members, None)
+            .await
+    }
+
+    /// Adds members to a group, all or none (`group_full` past the limit), and announces it.
+    pub async fn add_members(&self, group: ConversationId, members: &[UserId]) -> Result<()> {
+        self.inner
+            .http
+            .send(
+                Method::POST,
+                &format!("/v1/conversations/{group}/members"),
+                Some(&json!({"members": members})),
+            )
+            .await?;
+        self.inner.forget_devices(group);
+        self.announce(group, GroupAction::Added, members, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a member and announces it to the others, or leaves (for this user, announced
+    /// first). This device's next message to the group (the announcement) uses a new sender
+    /// key that the removed member never gets.
+    pub async fn remove_member(&self, group: ConversationId, user: UserId) -> Result<()> {
+        let leaving = user == self.user();
+        if leaving {
+            self.announce(group, GroupAction::Left, &[user], None)
+                .await?;
+        }
+        self.inner
+            .http
+            .send(
+                Method::DELETE,
+                &format!("/v1/conversations/{group}/members/{user}"),
+                None::<&()>,
+            )
+            .await?;
+        self.inner.forget_devices(group);
+        if !leaving {
+            self.announce(group, GroupAction::Removed, &[user], None)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Creates a group named `name` with this user (its only admin) and `members`, under
     /// `settings`, and announces it to them.
     pub async fn create_named_group(
@@ -75,17 +125,23 @@ impl Client {
         members: &[UserId],
         settings: GroupSettings,
     ) -> Result<ConversationId> {
+        let body = json!({"members": members, "name": name, "settings": settings});
+        self.create(body, members, Some(name)).await
+    }
+
+    async fn create(
+        &self,
+        body: serde_json::Value,
+        members: &[UserId],
+        name: Option<&str>,
+    ) -> Result<ConversationId> {
         let c: Conversation = self
             .inner
             .http
-            .call(
-                Method::POST,
-                "/v1/conversations/groups",
-                Some(&json!({"members": members, "name": name, "settings": settings})),
-            )
+            .call(Method::POST, "/v1/conversations/groups", Some(&body))
             .await?;
         self.remember(&c)?;
-        self.announce(c.id, GroupAction::Created, members, Some(name))
+        self.announce(c.id, GroupAction::Created, members, name)
             .await?;
         Ok(c.id)
     }

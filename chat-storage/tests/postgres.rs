@@ -53,6 +53,44 @@ fn fresh_schema(pool: usize) -> Option<(String, String, PostgresOptions, DropSch
     Some((url, schema, options, guard))
 }
 
+/// What each migration after version 2 added, undone (index 0 undoes migration 3): a test
+/// takes a fresh schema back to an older version with [`downgrade`] and checks that the
+/// migrations bring its data forward.
+const UNDO: [&str; 3] = [
+    "DROP INDEX inbox_by_time;
+     ALTER TABLE inbox DROP COLUMN sent_at;
+     ALTER TABLE devices DROP COLUMN inbox_floor;",
+    "ALTER TABLE members DROP COLUMN role, DROP COLUMN joined;
+     ALTER TABLE conversations DROP COLUMN group_name, DROP COLUMN add_members,
+         DROP COLUMN edit_name, DROP COLUMN admitted;",
+    "ALTER TABLE devices DROP COLUMN linked, DROP COLUMN link_payload;
+     DROP TABLE device_lists;",
+];
+
+/// Takes `schema` back to `version` (undoing every later migration, newest first) on a raw
+/// connection, which it returns for the test's own statements.
+async fn downgrade(url: &str, schema: &str, version: usize) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("raw");
+    tokio::spawn(conn);
+    let undo: String = UNDO
+        .iter()
+        .skip(version - 2)
+        .rev()
+        .map(|sql| format!("{sql}\n"))
+        .collect();
+    client
+        .batch_execute(&format!(
+            "SET search_path = {schema};
+             {undo}
+             UPDATE schema_version SET version = {version};"
+        ))
+        .await
+        .expect("downgrade");
+    client
+}
+
 /// Drops the test's schema when the test ends.
 struct DropSchema {
     url: String,
@@ -200,25 +238,7 @@ async fn version_2_inboxes_migrate_with_their_message_times() {
     }
     drop(store);
 
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("raw");
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!(
-            "SET search_path = {schema};
-             DROP INDEX inbox_by_time;
-             ALTER TABLE inbox DROP COLUMN sent_at;
-             ALTER TABLE devices DROP COLUMN inbox_floor;
-             ALTER TABLE members DROP COLUMN role, DROP COLUMN joined;
-             ALTER TABLE conversations DROP COLUMN group_name, DROP COLUMN add_members,
-                 DROP COLUMN edit_name, DROP COLUMN admitted;
-             ALTER TABLE devices DROP COLUMN linked, DROP COLUMN link_payload;
-             DROP TABLE device_lists;
-             UPDATE schema_version SET version = 2;"
-        ))
-        .await
-        .expect("downgrade");
+    let client = downgrade(&url, &schema, 2).await;
 
     let store = PostgresStore::connect(&url, options)
         .await
@@ -555,22 +575,7 @@ async fn version_3_groups_migrate_with_every_member_an_admin() {
         .expect("group");
     drop(store);
 
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("raw");
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!(
-            "SET search_path = {schema};
-             ALTER TABLE members DROP COLUMN role, DROP COLUMN joined;
-             ALTER TABLE conversations DROP COLUMN group_name, DROP COLUMN add_members,
-                 DROP COLUMN edit_name, DROP COLUMN admitted;
-             ALTER TABLE devices DROP COLUMN linked, DROP COLUMN link_payload;
-             DROP TABLE device_lists;
-             UPDATE schema_version SET version = 3;"
-        ))
-        .await
-        .expect("downgrade");
+    let client = downgrade(&url, &schema, 3).await;
 
     let store = PostgresStore::connect(&url, options)
         .await
@@ -606,19 +611,7 @@ async fn version_4_devices_migrate_linked() {
     let (user, _) = testing::user_with_devices(&store, 1).await;
     drop(store);
 
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("raw");
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!(
-            "SET search_path = {schema};
-             ALTER TABLE devices DROP COLUMN linked, DROP COLUMN link_payload;
-             DROP TABLE device_lists;
-             UPDATE schema_version SET version = 4;"
-        ))
-        .await
-        .expect("downgrade");
+    let client = downgrade(&url, &schema, 4).await;
 
     let store = PostgresStore::connect(&url, options)
         .await

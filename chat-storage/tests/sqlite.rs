@@ -20,6 +20,34 @@ async fn fresh() -> Option<Fixture> {
 
 chat_storage::conformance_tests!(fresh());
 
+/// What each migration after version 2 added, undone (index 0 undoes migration 3): a test
+/// takes a fresh file back to an older version with [`downgrade`] and checks that the
+/// migrations bring its data forward.
+const UNDO: [&str; 3] = [
+    "DROP INDEX inbox_by_time;
+     ALTER TABLE inbox DROP COLUMN sent_at;
+     ALTER TABLE devices DROP COLUMN inbox_floor;",
+    "ALTER TABLE members DROP COLUMN role;
+     ALTER TABLE members DROP COLUMN joined;
+     ALTER TABLE conversations DROP COLUMN group_name;
+     ALTER TABLE conversations DROP COLUMN add_members;
+     ALTER TABLE conversations DROP COLUMN edit_name;
+     ALTER TABLE conversations DROP COLUMN admitted;",
+    "ALTER TABLE devices DROP COLUMN linked;
+     ALTER TABLE devices DROP COLUMN link_payload;
+     DROP TABLE device_lists;",
+];
+
+/// Takes the file at `path` back to `version`, undoing every later migration, newest first.
+fn downgrade(path: &std::path::Path, version: usize) {
+    let conn = rusqlite::Connection::open(path).expect("raw open");
+    for sql in UNDO.iter().skip(version - 2).rev() {
+        conn.execute_batch(sql).expect("downgrade");
+    }
+    conn.pragma_update(None, "user_version", version as i64)
+        .expect("downgrade");
+}
+
 #[tokio::test]
 async fn newer_schema_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -103,24 +131,7 @@ async fn version_2_inboxes_migrate_with_their_message_times() {
     drop(store);
 
     // Back to the version 2 shape: what migration 3 adds, removed.
-    let conn = rusqlite::Connection::open(&path).expect("raw open");
-    conn.execute_batch(
-        "DROP INDEX inbox_by_time;
-         ALTER TABLE inbox DROP COLUMN sent_at;
-         ALTER TABLE devices DROP COLUMN inbox_floor;
-         ALTER TABLE members DROP COLUMN role;
-         ALTER TABLE members DROP COLUMN joined;
-         ALTER TABLE conversations DROP COLUMN group_name;
-         ALTER TABLE conversations DROP COLUMN add_members;
-         ALTER TABLE conversations DROP COLUMN edit_name;
-         ALTER TABLE conversations DROP COLUMN admitted;
-         ALTER TABLE devices DROP COLUMN linked;
-         ALTER TABLE devices DROP COLUMN link_payload;
-         DROP TABLE device_lists;
-         PRAGMA user_version = 2;",
-    )
-    .expect("downgrade");
-    drop(conn);
+    downgrade(&path, 2);
 
     let store = SqliteStore::open(&path, SqliteOptions::default())
         .await
@@ -160,21 +171,7 @@ async fn version_3_groups_migrate_with_every_member_an_admin() {
         .expect("group");
     drop(store);
 
-    let conn = rusqlite::Connection::open(&path).expect("raw open");
-    conn.execute_batch(
-        "ALTER TABLE members DROP COLUMN role;
-         ALTER TABLE members DROP COLUMN joined;
-         ALTER TABLE conversations DROP COLUMN group_name;
-         ALTER TABLE conversations DROP COLUMN add_members;
-         ALTER TABLE conversations DROP COLUMN edit_name;
-         ALTER TABLE conversations DROP COLUMN admitted;
-         ALTER TABLE devices DROP COLUMN linked;
-         ALTER TABLE devices DROP COLUMN link_payload;
-         DROP TABLE device_lists;
-         PRAGMA user_version = 3;",
-    )
-    .expect("downgrade");
-    drop(conn);
+    downgrade(&path, 3);
 
     let store = SqliteStore::open(&path, SqliteOptions::default())
         .await
@@ -203,15 +200,7 @@ async fn version_4_devices_migrate_linked() {
     let (user, devices) = testing::user_with_devices(&store, 2).await;
     drop(store);
 
-    let conn = rusqlite::Connection::open(&path).expect("raw open");
-    conn.execute_batch(
-        "ALTER TABLE devices DROP COLUMN linked;
-         ALTER TABLE devices DROP COLUMN link_payload;
-         DROP TABLE device_lists;
-         PRAGMA user_version = 4;",
-    )
-    .expect("downgrade");
-    drop(conn);
+    downgrade(&path, 4);
 
     let store = SqliteStore::open(&path, SqliteOptions::default())
         .await
