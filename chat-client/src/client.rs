@@ -95,6 +95,11 @@ pub(crate) struct Inner {
     pub(crate) establishing: tokio::sync::Mutex<()>,
     /// The link code this unlinked device showed, until it is linked.
     pub(crate) link_code: Mutex<Option<chat_crypto::LinkCode>>,
+    /// Held while a group's signed changes are fetched and applied.
+    pub(crate) group_sync: tokio::sync::Mutex<()>,
+    /// Group reports already made (each once per client).
+    pub(crate) group_reports:
+        Mutex<std::collections::HashSet<(ConversationId, crate::groups::Report)>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -297,6 +302,8 @@ impl Client {
             refused: Mutex::new(std::collections::HashSet::new()),
             establishing: tokio::sync::Mutex::new(()),
             link_code: Mutex::new(None),
+            group_sync: tokio::sync::Mutex::new(()),
+            group_reports: Mutex::new(std::collections::HashSet::new()),
             trusted: Mutex::new(HashMap::new()),
         });
         let driver = tokio::spawn(driver::run(inner.clone(), rx));
@@ -769,14 +776,23 @@ impl Inner {
             return Err(Error::NotLinked);
         }
         let kind = self.kind(conversation).await?;
+        let cached = self.store.conversation_devices(conversation)?.is_some();
         // Only devices on the trusted device lists of their users: the server's list may
         // name devices it invented (refused and reported).
+        let mut recipients = self
+            .trusted_recipients(&self.devices(conversation).await?)
+            .await?;
+        if kind == ConversationKind::Group {
+            // And only the verified members' devices: the server may list a member no
+            // signed change added. The group's new changes are fetched whenever its
+            // devices are.
+            self.verified_recipients(conversation, &mut recipients, !cached)
+                .await?;
+        }
         let crate::trust::Recipients {
             trusted,
             unreadable,
-        } = self
-            .trusted_recipients(&self.devices(conversation).await?)
-            .await?;
+        } = recipients;
         let devices: Vec<DeviceAddress> = trusted.keys().copied().collect();
         match kind {
             ConversationKind::Group => {
@@ -821,10 +837,15 @@ impl Inner {
         missing: Vec<DeviceAddress>,
         extra: Vec<DeviceAddress>,
     ) -> Result<()> {
+        let mut recipients = self.trusted_recipients(&missing).await?;
+        if self.kind(entry.conversation).await? == ConversationKind::Group {
+            self.verified_recipients(entry.conversation, &mut recipients, true)
+                .await?;
+        }
         let crate::trust::Recipients {
             trusted,
             unreadable,
-        } = self.trusted_recipients(&missing).await?;
+        } = recipients;
         let missing: Vec<DeviceAddress> = trusted.keys().copied().collect();
         // Devices gone from the server's list: their users' signed lists say whether they
         // were removed (reported as a device list change).

@@ -631,8 +631,13 @@ impl Conn {
                 let message = Message::from_stored(&m);
                 if let chat_core::Content::GroupChange(_) = message.content {
                     // Membership changed: the next send reads the device list again, so a
-                    // member who left no longer holds the sender key it uses (rotation).
+                    // member who left no longer holds the sender key it uses (rotation),
+                    // and the group's signed changes are fetched and verified now, so the
+                    // app hears of them (`Event::GroupChanged`) with the announcement.
                     self.inner.forget_devices(m.conversation);
+                    if let Err(e) = self.inner.sync_group(m.conversation).await {
+                        tracing::warn!(cause = %e, conversation = %m.conversation, "could not fetch a group's changes");
+                    }
                 }
                 self.inner
                     .report(m.conversation, m.id, Some(message), derived);

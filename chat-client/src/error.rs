@@ -86,6 +86,10 @@ pub enum Error {
     /// The user published no signed device list, so no device of theirs can be trusted.
     #[error("user {0} has no signed device list")]
     NoDeviceList(chat_core::UserId),
+    /// The group's signed changes do not verify (or the server has none for it), so this
+    /// device cannot sign a change to it.
+    #[error("the group's signed changes do not verify: {0}")]
+    GroupChain(#[from] chat_crypto::ChainError),
 }
 
 /// Which limit [`Error::LimitExceeded`] hit, with the limit where it is fixed.

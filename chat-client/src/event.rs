@@ -225,6 +225,35 @@ pub enum Event {
         /// The device.
         device: DeviceAddress,
     },
+    /// A change to a group, signed by the member who made it and checked against the group
+    /// rules (issue 17): the group's verified state now includes it. Every device reports
+    /// every change once, in the group's order, its own included.
+    GroupChanged {
+        /// The group.
+        conversation: ConversationId,
+        /// Who made it.
+        actor: UserId,
+        /// What it did.
+        op: chat_core::GroupOp,
+    },
+    /// The server served a group change this device refuses (a bad signature, a change
+    /// the rules forbid, a dropped, reordered or replayed change): the verified state
+    /// stays where it was and the changes after it wait. Reported once per change.
+    GroupChangeRefused {
+        /// The group.
+        conversation: ConversationId,
+        /// Why it was refused.
+        reason: chat_crypto::ChainError,
+    },
+    /// The server lists a member of a group whom no verified change added (or the group
+    /// has no verified state at all): nothing is encrypted to their devices, which get no
+    /// sender key. Reported once per group and user.
+    GroupMemberUnverified {
+        /// The group.
+        conversation: ConversationId,
+        /// The user the server lists.
+        user: UserId,
+    },
     /// The server could not serve the inbox from this device's cursor (entries past the
     /// inbox retention, or a server restored from a backup). The client continues from the
     /// position the server gave and, once the backlog is in, recovers what it can from

@@ -26,7 +26,7 @@ pub use chat_core::{
     DeviceAddress, DeviceId, Edit, ErrorCode, GroupAction, GroupChange, GroupSettings, MessageId,
     MessageView, Permission, Reaction, ReadPosition, ReceiptKind, Role, Text, UserId,
 };
-pub use chat_crypto::SafetyNumber;
+pub use chat_crypto::{ChainError, SafetyNumber};
 pub use client::Client;
 pub use conversations::{ConversationSummary, MAX_TIMELINE_PAGE};
 pub use error::{Error, Limit, NetworkError, NetworkErrorKind, ProtocolError, Result, StoreError};

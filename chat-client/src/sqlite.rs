@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS conversations (id INTEGER PRIMARY KEY, kind TEXT NOT 
 CREATE TABLE IF NOT EXISTS conversation_devices (
     conversation INTEGER PRIMARY KEY, devices BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS trust (user INTEGER PRIMARY KEY, record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS groups (conversation INTEGER PRIMARY KEY, state BLOB NOT NULL);
 ";
 
 /// Created after the columns they index exist (a store made before them gains the columns in
@@ -103,7 +104,8 @@ impl SqliteStore {
 /// 1. `messages.kind` and `target` (derived from the plaintext), their index, the search
 ///    index filled with every message's text; the outbox, conversations and their devices.
 /// 2. The `trust` table: the device lists this device trusts (issue 16).
-const LATEST: u32 = 2;
+/// 3. The `groups` table: the group states this device verified (issue 17).
+const LATEST: u32 = 3;
 
 /// Brings the store to [`LATEST`], or refuses a file a newer build wrote
 /// ([`StoreError::TooNew`]). Each step commits with its version, so a crash in between leaves
@@ -137,6 +139,14 @@ fn migrate(conn: &mut Connection) -> Result<()> {
             "CREATE TABLE IF NOT EXISTS trust (user INTEGER PRIMARY KEY, record BLOB NOT NULL);",
         )?;
         tx.pragma_update(None, "user_version", 2)?;
+        tx.commit()?;
+    }
+    if found < 3 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS groups (conversation INTEGER PRIMARY KEY, state BLOB NOT NULL);",
+        )?;
+        tx.pragma_update(None, "user_version", 3)?;
         tx.commit()?;
     }
     Ok(())
@@ -494,6 +504,15 @@ impl ClientStore for SqliteStore {
                         params![id(user.get()), record],
                     )?;
                 }
+                Write::VerifiedGroup {
+                    conversation,
+                    pickle,
+                } => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO groups (conversation, state) VALUES (?1, ?2)",
+                        params![id(conversation.get()), pickle],
+                    )?;
+                }
                 Write::SignedPrekeyMadeAt(t) => {
                     tx.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('spk_made_at', ?1)",
@@ -799,6 +818,17 @@ impl ClientStore for SqliteStore {
             .query_row(
                 "SELECT record FROM trust WHERE user = ?1",
                 [id(user.get())],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()?)
+    }
+
+    fn verified_group(&self, conversation: ConversationId) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT state FROM groups WHERE conversation = ?1",
+                [id(conversation.get())],
                 |r| r.get::<_, Vec<u8>>(0),
             )
             .optional()?)

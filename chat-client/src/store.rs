@@ -287,6 +287,14 @@ pub enum Write {
         /// The encoded record (public keys and flags; no secret).
         record: Vec<u8>,
     },
+    /// Sets the group state this device verified from the group's signed changes (a
+    /// `chat_crypto::VerifiedGroup` pickle; public, no secret).
+    VerifiedGroup {
+        /// The group.
+        conversation: ConversationId,
+        /// The pickle.
+        pickle: Vec<u8>,
+    },
 }
 
 /// Where a client keeps its state. Implementations: [`MemoryStore`] and
@@ -379,6 +387,8 @@ pub trait ClientStore: Send + Sync + 'static {
     ) -> Result<Option<Vec<DeviceAddress>>>;
     /// What this device trusts of `user` ([`Write::Trust`]).
     fn trust(&self, user: UserId) -> Result<Option<Vec<u8>>>;
+    /// The group state this device verified ([`Write::VerifiedGroup`]).
+    fn verified_group(&self, conversation: ConversationId) -> Result<Option<Vec<u8>>>;
 }
 
 /// A shared store: the app (or a test) can keep a handle to the store it gave the client.
@@ -483,6 +493,9 @@ impl<S: ClientStore + ?Sized> ClientStore for std::sync::Arc<S> {
     }
     fn trust(&self, user: UserId) -> Result<Option<Vec<u8>>> {
         (**self).trust(user)
+    }
+    fn verified_group(&self, conversation: ConversationId) -> Result<Option<Vec<u8>>> {
+        (**self).verified_group(conversation)
     }
 }
 

@@ -191,7 +191,7 @@ pub enum GroupAction {
     /// The group was renamed (the new name in `name`; `users` empty).
     Renamed,
     /// Who may add members or rename changed (`users` empty; the new settings are in the
-    /// member list and, once wired, in the signed change chain).
+    /// group's signed change chain).
     SettingsChanged,
     /// An action of a later version, by its number: shown as a change this client cannot
     /// describe, and encoded back to the same number.

@@ -66,8 +66,8 @@ pub use people::{
 pub use presence::{PresenceChange, PresenceConfig, PresenceTracker};
 pub use push::{Notification, PushError, PushNotifier};
 pub use store::{
-    AccountStore, BlockStore, ConversationStore, HealthStore, KeyStore, MessageStore, MetaStore,
-    ProfileStore, ReceiptStore, Store, StoreError, StoreResult,
+    AccountStore, BlockStore, ChainLink, ConversationStore, HealthStore, KeyStore, MessageStore,
+    MetaStore, ProfileStore, ReceiptStore, Store, StoreError, StoreResult,
 };
 pub use thread::{DEFAULT_MAX_ORPHANS, MessageView, Timeline};
 pub use time::Timestamp;

@@ -62,6 +62,13 @@ pub enum StoreError {
     /// A group operation the group rules refuse ([`crate::apply_group_op`]).
     #[error("group rule: {0}")]
     Group(GroupRuleError),
+    /// A signed group change names a parent other than the group's stored chain head: a
+    /// concurrent change won, and the change must be made again on the new state.
+    #[error("group change applies to another state")]
+    StaleGroupChange,
+    /// An unsigned group change to a group that has a chain of signed changes.
+    #[error("this group changes only by signed changes")]
+    UnsignedGroupChange,
     /// The database was written by a newer version of this software.
     #[error("store schema version {found} is newer than this build supports ({supported})")]
     SchemaTooNew {
@@ -108,9 +115,9 @@ impl StoreError {
             Self::NotLinked => ErrorCode::Forbidden,
             Self::GroupFull { .. } => ErrorCode::GroupFull,
             Self::StaleDevices(_) => ErrorCode::StaleDevices,
-            Self::Conflict | Self::ClientKeyReused => ErrorCode::Conflict,
+            Self::Conflict | Self::ClientKeyReused | Self::StaleGroupChange => ErrorCode::Conflict,
             Self::TooManyDevices => ErrorCode::TooManyDevices,
-            Self::Invalid(_) => ErrorCode::InvalidRequest,
+            Self::Invalid(_) | Self::UnsignedGroupChange => ErrorCode::InvalidRequest,
             Self::Group(rule) => match rule {
                 GroupRuleError::NotMember => ErrorCode::NotMember,
                 GroupRuleError::NotAdmin => ErrorCode::Forbidden,
@@ -125,6 +132,18 @@ impl StoreError {
 
 /// Shorthand for store results.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A signed group change as the store keeps it (issue 17): where it goes in the group's
+/// chain, and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainLink {
+    /// The chain head the change applies to (all zeros for a group's first change).
+    pub parent: [u8; 32],
+    /// The chain head after it.
+    pub head: [u8; 32],
+    /// The encoded change (opaque to the store).
+    pub change: Bytes,
+}
 
 /// Users, devices and bearer tokens (R-ACC-1, R-ACC-2).
 #[async_trait]
@@ -251,19 +270,46 @@ pub trait ConversationStore: Send + Sync {
     /// Applies a group operation by `actor` under the group rules of
     /// [`crate::apply_group_op`], in one atomic step serialized with every other change to
     /// the group, so the member limit holds under concurrent adds. Returns the new state.
+    /// Past `limit` (never above `MAX_GROUP_MEMBERS`) nothing changes and
+    /// [`StoreError::GroupFull`] is returned; other rule refusals are [`StoreError::Group`];
+    /// an add naming a user that does not exist is [`StoreError::NotFound`]; a one-to-one
+    /// conversation is [`StoreError::Invalid`], an unknown one [`StoreError::NotFound`].
+    /// Every refusal changes nothing.
     ///
-    /// Kept from before roles, for old clients: users already members are skipped in an
-    /// add, and an add naming only members changes nothing. Past `limit` (never above
-    /// `MAX_GROUP_MEMBERS`) nothing changes and [`StoreError::GroupFull`] is returned;
-    /// other refusals are [`StoreError::Group`]; a one-to-one conversation is
-    /// [`StoreError::Invalid`], an unknown one [`StoreError::NotFound`].
+    /// `link` is the signed change that carries `op` (issue 17), or `None`:
+    /// - `None`, the unsigned path kept for old clients: users already members are skipped
+    ///   in an add, and an add naming only members changes nothing. A group that has a chain
+    ///   (a stored head) refuses it with [`StoreError::UnsignedGroupChange`].
+    /// - `Some(link)`: in the same atomic step, `link.parent` must be the group's stored
+    ///   chain head (all zeros before its first signed change), else
+    ///   [`StoreError::StaleGroupChange`]. The first signed change must be a
+    ///   [`GroupOp::Create`] by `actor` that gives exactly the stored state (the creator,
+    ///   members, roles, name and settings the group has), else [`StoreError::Invalid`]; it
+    ///   starts the chain and leaves the state as it is. Every later one follows the group
+    ///   rules strictly (an add naming a member is refused, as on every device). The change
+    ///   is then appended to the chain (sequence numbers from 1) and `link.head` becomes the
+    ///   stored head. A `link.head` of all zeros is [`StoreError::Invalid`].
+    ///
+    /// The store never parses or verifies `link.change`: the server and the clients do.
     async fn change_group(
         &self,
         conversation: ConversationId,
         actor: UserId,
         op: &GroupOp,
         limit: usize,
+        link: Option<&ChainLink>,
     ) -> StoreResult<GroupState>;
+
+    /// Up to `limit` changes of a group's signed chain with a sequence number above
+    /// `after`, with their sequence numbers, in order (the first change is 1). Empty for a
+    /// group without a chain; [`StoreError::Invalid`] for a one-to-one conversation,
+    /// [`StoreError::NotFound`] for an unknown one.
+    async fn group_changes(
+        &self,
+        conversation: ConversationId,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, Bytes)>>;
 
     /// A group's members with their roles, its name and settings.
     /// [`StoreError::Invalid`] for a one-to-one conversation.

@@ -39,7 +39,9 @@ use crate::primitives::{labelled, sha256, sig_context, sign, verify};
 const CHANGE_TAG: u8 = 0x47;
 /// The first byte of an encoded chain ([`encode_chain`]).
 const CHAIN_TAG: u8 = 0x48;
-/// The version of both layouts.
+/// The first byte of a [`VerifiedGroup`] pickle.
+const PICKLE_TAG: u8 = 0x49;
+/// The version of the three layouts.
 const VERSION: u8 = 1;
 /// The most bytes of an encoded name (UTF-8 of at most [`MAX_GROUP_NAME_CHARS`] characters).
 const MAX_NAME_BYTES: usize = MAX_GROUP_NAME_CHARS * 4;
@@ -180,6 +182,13 @@ impl SignedGroupChange {
         .map_err(|_| ChainError::BadSignature)
     }
 
+    /// The hash of the state this change leads to, `state` being that state (the group
+    /// rules applied to its parent's state). How a server that keeps the group's state
+    /// itself names the chain's new head without replaying the chain.
+    pub fn next_hash(&self, state: &GroupState) -> StateHash {
+        next_hash(self.parent, self, state)
+    }
+
     /// The versioned encoding: `0x47, 1`, then the signed fields (group u64, parent 32
     /// bytes, actor u64, operation), then the 64-byte signature. See docs/PROTOCOL.md.
     pub fn encode(&self) -> Vec<u8> {
@@ -299,6 +308,36 @@ impl VerifiedGroup {
     /// How many changes were applied (1 after the creation).
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// This device's record of the group, to keep between runs: `0x49, 1`, group u64, hash
+    /// 32 bytes, epoch u64, then the state's canonical encoding. Not a proof for anyone
+    /// else: only [`Self::create`], [`Self::apply`] and [`Self::from_chain`] verify.
+    pub fn pickle(&self) -> Vec<u8> {
+        let state = encode_state(&self.state);
+        let mut w = Writer::with_capacity(50 + state.len());
+        w.u8(PICKLE_TAG).u8(VERSION);
+        w.u64(self.group.get()).raw(&self.hash.0).u64(self.epoch);
+        w.raw(&state);
+        w.into_vec()
+    }
+
+    /// Loads [`Self::pickle`]'s output (this device's own record, verified when it was
+    /// made).
+    pub fn unpickle(bytes: &[u8]) -> Result<Self, ChainError> {
+        let mut r = Reader::new(bytes, "group pickle");
+        r.expect_header(PICKLE_TAG, VERSION)?;
+        let group = ConversationId::new(r.u64()?).map_err(|_| malformed())?;
+        let hash = StateHash(r.array()?);
+        let epoch = r.u64()?;
+        let state = decode_state(&mut r)?;
+        r.finish()?;
+        Ok(Self {
+            group,
+            state,
+            hash,
+            epoch,
+        })
     }
 
     /// Compares the server's member list with the verified state.
@@ -526,6 +565,31 @@ fn encode_state(state: &GroupState) -> Vec<u8> {
         w.u64(user.get()).u8(role).u64(info.joined);
     }
     w.into_vec()
+}
+
+fn decode_state(r: &mut Reader<'_>) -> Result<GroupState, ChainError> {
+    let name = name(r)?;
+    let settings = settings(r)?;
+    let admitted = r.u64()?;
+    let count = usize::try_from(r.u32()?).map_err(|_| malformed())?;
+    if count > MAX_GROUP_MEMBERS {
+        return Err(malformed().into());
+    }
+    let mut members = BTreeMap::new();
+    for _ in 0..count {
+        let member = user(r)?;
+        let role = match r.u8()? {
+            0 => Role::Member,
+            1 => Role::Admin,
+            _ => return Err(malformed().into()),
+        };
+        let joined = r.u64()?;
+        members.insert(member, chat_core::MemberInfo { role, joined });
+    }
+    if members.len() != count {
+        return Err(malformed().into());
+    }
+    Ok(GroupState::from_parts(name, settings, members, admitted)?)
 }
 
 fn next_hash(parent: StateHash, change: &SignedGroupChange, state: &GroupState) -> StateHash {

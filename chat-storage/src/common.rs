@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 
 use chat_core::limits::MAX_GROUP_MEMBERS;
 use chat_core::{
-    DeviceAddress, DeviceMismatch, GroupOp, GroupRuleError, GroupSettings, GroupState, MemberInfo,
-    NewMessage, Permission, Role, StoreError, StoreResult, UserId,
+    ChainLink, DeviceAddress, DeviceMismatch, GroupOp, GroupRuleError, GroupSettings, GroupState,
+    MemberInfo, NewMessage, Permission, Role, StoreError, StoreResult, UserId,
 };
 
 /// A backend failure described by a message: data read back that breaks an invariant, or a
@@ -25,16 +25,93 @@ pub(crate) fn effective_limit(limit: usize) -> usize {
     limit.min(MAX_GROUP_MEMBERS)
 }
 
-/// The server's reading of a group operation, the one place every backend's
-/// `change_group` decides: old clients' lenient add (members already in are skipped, an add
-/// of nobody new changes nothing), then chat-core's group rules, then the deployment's limit.
+/// The one place every backend's `change_group` decides, given what it read under the
+/// group's lock: the group's state and its chain head (`None` before its first signed
+/// change). Returns the state to write; with a `link`, the backend then appends
+/// `link.change` to the chain and stores `link.head`, in the same atomic step.
+///
+/// - Without a link (old clients): refused once the group has a chain, else
+///   [`lenient_change`].
+/// - With one: its parent must be the head (all zeros for none). The first signed change is
+///   the group's creation, which must give exactly the stored state and changes nothing;
+///   every later one follows chat-core's group rules strictly, then the deployment's limit.
 pub(crate) fn plan_group_change(
+    state: &GroupState,
+    head: Option<&[u8; 32]>,
+    actor: UserId,
+    op: &GroupOp,
+    limit: usize,
+    link: Option<&ChainLink>,
+) -> StoreResult<GroupState> {
+    let Some(link) = link else {
+        return match head {
+            Some(_) => Err(StoreError::UnsignedGroupChange),
+            None => lenient_change(state, actor, op, limit),
+        };
+    };
+    if link.parent != *head.unwrap_or(&GENESIS) {
+        return Err(StoreError::StaleGroupChange);
+    }
+    // An all-zero head would read back as "no chain yet" to the parent check above.
+    if link.head == GENESIS {
+        return Err(StoreError::Invalid(
+            "a group change cannot lead to the all-zero head",
+        ));
+    }
+    match (head, op) {
+        (None, GroupOp::Create { .. }) => {
+            if chat_core::apply_group_op(None, actor, op).as_ref() == Ok(state) {
+                Ok(state.clone())
+            } else {
+                Err(StoreError::Invalid(
+                    "a signed creation must match the group as created",
+                ))
+            }
+        }
+        (None, _) => Err(StoreError::Invalid(
+            "a group's first signed change is its creation",
+        )),
+        (Some(_), op) => strict_change(state, actor, op, limit),
+    }
+}
+
+/// The parent of a group's first signed change, and the head of a group without a chain.
+const GENESIS: [u8; 32] = [0; 32];
+
+/// A signed change after the creation: chat-core's group rules as every device applies
+/// them (an add naming a member is refused), then the deployment's limit.
+fn strict_change(
     state: &GroupState,
     actor: UserId,
     op: &GroupOp,
     limit: usize,
 ) -> StoreResult<GroupState> {
     let limit = effective_limit(limit);
+    let next = state.apply(actor, op).map_err(|e| rule_error(e, limit))?;
+    if next.len() > limit && next.len() > state.len() {
+        return Err(StoreError::GroupFull { limit });
+    }
+    Ok(next)
+}
+
+/// A group rule's refusal as a store error: passing the build's limit is
+/// [`StoreError::GroupFull`] with the limit in force.
+fn rule_error(e: GroupRuleError, limit: usize) -> StoreError {
+    match e {
+        GroupRuleError::TooManyMembers => StoreError::GroupFull { limit },
+        other => StoreError::Group(other),
+    }
+}
+
+/// The server's reading of an unsigned group operation, for old clients: a lenient add
+/// (members already in are skipped, an add of nobody new changes nothing), then chat-core's
+/// group rules, then the deployment's limit.
+fn lenient_change(
+    state: &GroupState,
+    actor: UserId,
+    op: &GroupOp,
+    limit: usize,
+) -> StoreResult<GroupState> {
     let op = match op {
         GroupOp::Add(users) => {
             let mut new: Vec<UserId> = users
@@ -54,14 +131,7 @@ pub(crate) fn plan_group_change(
         }
         other => other.clone(),
     };
-    let next = state.apply(actor, &op).map_err(|e| match e {
-        GroupRuleError::TooManyMembers => StoreError::GroupFull { limit },
-        other => StoreError::Group(other),
-    })?;
-    if next.len() > limit && next.len() > state.len() {
-        return Err(StoreError::GroupFull { limit });
-    }
-    Ok(next)
+    strict_change(state, actor, &op, limit)
 }
 
 /// The new group state for a create: the creator (admin) and the distinct other members,

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chat_core::limits::MAX_DEVICES_PER_USER;
 use chat_core::{
-    AccountStore, Appended, AttachmentId, AttachmentMeta, Block, BlockStore, ClientKey,
+    AccountStore, Appended, AttachmentId, AttachmentMeta, Block, BlockStore, ChainLink, ClientKey,
     Conversation, ConversationId, ConversationKind, ConversationStore, Credentials, Device,
     DeviceAddress, DeviceId, DeviceKeys, DeviceListRecord, Direction, Envelope, GroupOp,
     GroupState, HealthStore, InboxEntry, InboxPos, KeyStore, MessageId, MessageStore, MetaStore,
@@ -109,6 +109,10 @@ struct ConversationRow {
     members: BTreeSet<UserId>,
     /// A group's roles, name and settings; `members` is always its member set.
     group: Option<GroupState>,
+    /// A group's signed changes: change `i` has sequence number `i + 1`.
+    chain: Vec<Bytes>,
+    /// The head of `chain`, `None` while it is empty.
+    head: Option<[u8; 32]>,
     /// Message `i` has ID `i + 1`: IDs are gapless from 1.
     messages: Vec<Envelope>,
     receipts: BTreeMap<(UserId, ReceiptKind), MessageId>,
@@ -167,6 +171,8 @@ impl State {
             conversation: conversation.clone(),
             members,
             group: None,
+            chain: Vec::new(),
+            head: None,
             messages: Vec::new(),
             receipts: BTreeMap::new(),
         };
@@ -455,6 +461,7 @@ impl ConversationStore for MemoryStore {
         actor: UserId,
         op: &GroupOp,
         limit: usize,
+        link: Option<&ChainLink>,
     ) -> StoreResult<GroupState> {
         let mut s = self.lock()?;
         if let GroupOp::Add(users) = op {
@@ -467,10 +474,40 @@ impl ConversationStore for MemoryStore {
         let current = row.group.as_ref().ok_or(StoreError::Invalid(
             "members of a one-to-one conversation are fixed",
         ))?;
-        let next = plan_group_change(current, actor, op, limit)?;
+        let next = plan_group_change(current, row.head.as_ref(), actor, op, limit, link)?;
         row.members = next.members().map(|(u, _)| u).collect();
         row.group = Some(next.clone());
+        if let Some(link) = link {
+            row.chain.push(link.change.clone());
+            row.head = Some(link.head);
+        }
         Ok(next)
+    }
+
+    async fn group_changes(
+        &self,
+        conversation: ConversationId,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, Bytes)>> {
+        let s = self.lock()?;
+        let row = s
+            .conversations
+            .get(&conversation)
+            .ok_or(StoreError::NotFound)?;
+        if row.group.is_none() {
+            return Err(StoreError::Invalid(
+                "a one-to-one conversation has no group changes",
+            ));
+        }
+        // Sequence number `n` is `chain[n - 1]`: skip the first `after`.
+        let skip = usize::try_from(after).unwrap_or(usize::MAX);
+        Ok((1..)
+            .zip(&row.chain)
+            .skip(skip)
+            .take(limit)
+            .map(|(seq, change)| (seq, change.clone()))
+            .collect())
     }
 
     async fn group(&self, conversation: ConversationId) -> StoreResult<GroupState> {

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::Poll;
 
+use bytes::Bytes;
 use chat_core::{
-    AccountStore as _, ConversationId, ConversationStore as _, InboxPos, MessageStore as _,
-    StoreError, Timestamp,
+    AccountStore as _, ChainLink, ConversationId, ConversationStore as _, GroupOp, GroupSettings,
+    InboxPos, MessageStore as _, StoreError, Timestamp,
 };
 use chat_storage::testing::{self, Fixture};
 use chat_storage::{PostgresOptions, PostgresStore};
@@ -56,7 +57,7 @@ fn fresh_schema(pool: usize) -> Option<(String, String, PostgresOptions, DropSch
 /// What each migration after version 2 added, undone (index 0 undoes migration 3): a test
 /// takes a fresh schema back to an older version with [`downgrade`] and checks that the
 /// migrations bring its data forward.
-const UNDO: [&str; 3] = [
+const UNDO: [&str; 4] = [
     "DROP INDEX inbox_by_time;
      ALTER TABLE inbox DROP COLUMN sent_at;
      ALTER TABLE devices DROP COLUMN inbox_floor;",
@@ -65,6 +66,8 @@ const UNDO: [&str; 3] = [
          DROP COLUMN edit_name, DROP COLUMN admitted;",
     "ALTER TABLE devices DROP COLUMN linked, DROP COLUMN link_payload;
      DROP TABLE device_lists;",
+    "ALTER TABLE conversations DROP COLUMN group_head;
+     DROP TABLE group_changes;",
 ];
 
 /// Takes `schema` back to `version` (undoing every later migration, newest first) on a raw
@@ -629,4 +632,65 @@ async fn version_4_devices_migrate_linked() {
     let devices = store.devices(user).await.expect("devices");
     assert_eq!(devices.len(), 2);
     assert!(devices.iter().all(|d| d.linked));
+}
+
+/// A version 5 schema (no group chains) migrates to version 6 with every existing group
+/// without a chain: unsigned changes keep working on it, and a signed creation can start one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_5_groups_migrate_without_a_chain() {
+    let Some((url, schema, options, _cleanup)) = fresh_schema(2) else {
+        return;
+    };
+    let store = PostgresStore::connect(&url, options.clone())
+        .await
+        .expect("connect");
+    let a = testing::user(&store).await;
+    let b = testing::user(&store).await;
+    let renamed = store
+        .create_group(a, &[b], 100, testing::NOW)
+        .await
+        .expect("group");
+    let signed = store
+        .create_group(b, &[a], 100, testing::NOW)
+        .await
+        .expect("group");
+    drop(store);
+
+    downgrade(&url, &schema, 5).await;
+
+    let store = PostgresStore::connect(&url, options)
+        .await
+        .expect("migrate");
+    for conv in [renamed.id, signed.id] {
+        assert_eq!(
+            store.group_changes(conv, 0, 10).await.expect("changes"),
+            Vec::new()
+        );
+    }
+    let state = store
+        .change_group(renamed.id, a, &GroupOp::Rename("Team".into()), 100, None)
+        .await
+        .expect("an unsigned change");
+    assert_eq!(state.name(), "Team");
+    let create = GroupOp::Create {
+        name: chat_core::DEFAULT_GROUP_NAME.into(),
+        members: vec![a],
+        settings: GroupSettings::default(),
+    };
+    let link = ChainLink {
+        parent: [0; 32],
+        head: [1; 32],
+        change: Bytes::from_static(b"signed creation"),
+    };
+    store
+        .change_group(signed.id, b, &create, 100, Some(&link))
+        .await
+        .expect("a signed creation starts the chain");
+    assert_eq!(
+        store
+            .group_changes(signed.id, 0, 10)
+            .await
+            .expect("changes"),
+        vec![(1, link.change)]
+    );
 }

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use chat_core::{
-    AccountStore as _, ConversationStore as _, InboxPos, KeyStore as _, MessageStore as _,
-    StoreError, Timestamp,
+    AccountStore as _, ChainLink, ConversationStore as _, GroupOp, GroupSettings, InboxPos,
+    KeyStore as _, MessageStore as _, StoreError, Timestamp,
 };
 use chat_storage::testing::{self, Fixture};
 use chat_storage::{SqliteOptions, SqliteStore};
@@ -23,7 +24,7 @@ chat_storage::conformance_tests!(fresh());
 /// What each migration after version 2 added, undone (index 0 undoes migration 3): a test
 /// takes a fresh file back to an older version with [`downgrade`] and checks that the
 /// migrations bring its data forward.
-const UNDO: [&str; 3] = [
+const UNDO: [&str; 4] = [
     "DROP INDEX inbox_by_time;
      ALTER TABLE inbox DROP COLUMN sent_at;
      ALTER TABLE devices DROP COLUMN inbox_floor;",
@@ -36,6 +37,8 @@ const UNDO: [&str; 3] = [
     "ALTER TABLE devices DROP COLUMN linked;
      ALTER TABLE devices DROP COLUMN link_payload;
      DROP TABLE device_lists;",
+    "ALTER TABLE conversations DROP COLUMN group_head;
+     DROP TABLE group_changes;",
 ];
 
 /// Takes the file at `path` back to `version`, undoing every later migration, newest first.
@@ -183,7 +186,7 @@ async fn version_3_groups_migrate_with_every_member_an_admin() {
     assert_eq!(group.settings(), chat_core::GroupSettings::default());
     // Any of them may now act as an admin, as any member could before.
     store
-        .change_group(conv.id, c, &chat_core::GroupOp::Remove(a), 100)
+        .change_group(conv.id, c, &chat_core::GroupOp::Remove(a), 100, None)
         .await
         .expect("an old member removes another");
 }
@@ -209,4 +212,64 @@ async fn version_4_devices_migrate_linked() {
     assert_eq!(listed.len(), devices.len());
     assert!(listed.iter().all(|d| d.linked));
     assert_eq!(store.device_list(user).await.expect("list"), None);
+}
+
+/// A version 5 database (no group chains) migrates to version 6 with every existing group
+/// without a chain: unsigned changes keep working on it, and a signed creation can start one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_5_groups_migrate_without_a_chain() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("chat.db");
+    let store = SqliteStore::open(&path, SqliteOptions::default())
+        .await
+        .expect("open");
+    let a = testing::user(&store).await;
+    let b = testing::user(&store).await;
+    let renamed = store
+        .create_group(a, &[b], 100, testing::NOW)
+        .await
+        .expect("group");
+    let signed = store
+        .create_group(b, &[a], 100, testing::NOW)
+        .await
+        .expect("group");
+    drop(store);
+
+    downgrade(&path, 5);
+
+    let store = SqliteStore::open(&path, SqliteOptions::default())
+        .await
+        .expect("migrate");
+    for conv in [renamed.id, signed.id] {
+        assert_eq!(
+            store.group_changes(conv, 0, 10).await.expect("changes"),
+            Vec::new()
+        );
+    }
+    let state = store
+        .change_group(renamed.id, a, &GroupOp::Rename("Team".into()), 100, None)
+        .await
+        .expect("an unsigned change");
+    assert_eq!(state.name(), "Team");
+    let create = GroupOp::Create {
+        name: chat_core::DEFAULT_GROUP_NAME.into(),
+        members: vec![a],
+        settings: GroupSettings::default(),
+    };
+    let link = ChainLink {
+        parent: [0; 32],
+        head: [1; 32],
+        change: Bytes::from_static(b"signed creation"),
+    };
+    store
+        .change_group(signed.id, b, &create, 100, Some(&link))
+        .await
+        .expect("a signed creation starts the chain");
+    assert_eq!(
+        store
+            .group_changes(signed.id, 0, 10)
+            .await
+            .expect("changes"),
+        vec![(1, link.change)]
+    );
 }

@@ -1041,6 +1041,21 @@ impl App {
                     self.names.of(device.user)
                 ));
             }
+            Event::GroupMemberUnverified { conversation, user } => {
+                self.learn_names([user]).await;
+                self.screen.print(format!(
+                    "! the server lists {} in conversation {conversation}, but no member's \
+                     signed change added them; nothing is sent to them",
+                    self.names.of(user)
+                ));
+            }
+            Event::GroupChangeRefused {
+                conversation,
+                reason,
+            } => self.screen.print(format!(
+                "! refused a change to conversation {conversation} the server served \
+                 ({reason}); the group stays as verified"
+            )),
             Event::ResyncRequired { reason } => self.screen.print(format!(
                 "! {}; reading what history allows",
                 words::resync(reason)

@@ -38,6 +38,16 @@ pub(crate) fn run(store: &dyn ClientStore) {
             .unwrap();
     }
     assert_eq!(store.trust(someone).unwrap(), Some(vec![3]));
+    assert_eq!(store.verified_group(conv).unwrap(), None);
+    for pickle in [vec![1, 2], vec![3]] {
+        store
+            .commit(vec![Write::VerifiedGroup {
+                conversation: conv,
+                pickle,
+            }])
+            .unwrap();
+    }
+    assert_eq!(store.verified_group(conv).unwrap(), Some(vec![3]));
     assert_eq!(store.signed_prekey_made_at().unwrap(), None);
     store
         .commit(vec![Write::SignedPrekeyMadeAt(Timestamp::from_millis(77))])
@@ -397,18 +407,24 @@ fn the_schema_version_is_recorded_and_a_newer_one_refused() {
     let version: u32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
-    // A version 1 file (before the trust table) gains it.
-    conn.execute_batch("DROP TABLE trust; PRAGMA user_version = 1;")
+    assert_eq!(version, 3);
+    // A version 1 file (before the trust and groups tables) gains them.
+    conn.execute_batch("DROP TABLE trust; DROP TABLE groups; PRAGMA user_version = 1;")
         .unwrap();
     drop(conn);
     let store = crate::SqliteStore::open(&path).unwrap();
     let someone = chat_core::UserId::new(3).unwrap();
     store
-        .commit(vec![Write::Trust {
-            user: someone,
-            record: vec![1],
-        }])
+        .commit(vec![
+            Write::Trust {
+                user: someone,
+                record: vec![1],
+            },
+            Write::VerifiedGroup {
+                conversation: ConversationId::new(5).unwrap(),
+                pickle: vec![2],
+            },
+        ])
         .unwrap();
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
@@ -418,7 +434,7 @@ fn the_schema_version_is_recorded_and_a_newer_one_refused() {
         crate::SqliteStore::open(&path),
         Err(Error::Store(crate::StoreError::TooNew {
             found: 99,
-            supported: 2
+            supported: 3
         }))
     ));
 }

@@ -29,6 +29,7 @@ struct MemoryInner {
     spk_made_at: Option<Timestamp>,
     conversation_devices: BTreeMap<ConversationId, Vec<DeviceAddress>>,
     trust: BTreeMap<UserId, Vec<u8>>,
+    groups: BTreeMap<ConversationId, Vec<u8>>,
     /// Content type and target of every stored message.
     kinds: BTreeMap<(ConversationId, MessageId), (u32, Option<MessageId>)>,
     /// (conversation, target, relation) of every stored edit, delete and reaction.
@@ -52,6 +53,7 @@ impl Default for MemoryInner {
             spk_made_at: None,
             conversation_devices: BTreeMap::new(),
             trust: BTreeMap::new(),
+            groups: BTreeMap::new(),
             kinds: BTreeMap::new(),
             relations: std::collections::BTreeSet::new(),
             read: BTreeMap::new(),
@@ -202,6 +204,12 @@ impl ClientStore for MemoryStore {
                 },
                 Write::Trust { user, record } => {
                     s.trust.insert(user, record);
+                }
+                Write::VerifiedGroup {
+                    conversation,
+                    pickle,
+                } => {
+                    s.groups.insert(conversation, pickle);
                 }
             }
         }
@@ -399,5 +407,9 @@ impl ClientStore for MemoryStore {
 
     fn trust(&self, user: UserId) -> Result<Option<Vec<u8>>> {
         Ok(self.lock()?.trust.get(&user).cloned())
+    }
+
+    fn verified_group(&self, conversation: ConversationId) -> Result<Option<Vec<u8>>> {
+        Ok(self.lock()?.groups.get(&conversation).cloned())
     }
 }

@@ -79,6 +79,35 @@ fn a_chain_verifies_from_creation_for_a_later_device() {
 }
 
 #[test]
+fn a_pickle_keeps_the_group_and_refuses_bad_bytes() {
+    let keys = Keys::new();
+    let (g0, _) = created(&keys);
+    let add = keys.change(1, g0.hash(), GroupOp::Add(vec![u(4), u(5)]));
+    let g1 = g0.apply(&add, &keys.lookup()).unwrap();
+    let pickle = g1.pickle();
+    let back = VerifiedGroup::unpickle(&pickle).unwrap();
+    assert_eq!(back, g1);
+    // The next change applies to the restored group as to the original.
+    let leave = keys.change(4, g1.hash(), GroupOp::Leave);
+    assert_eq!(
+        back.apply(&leave, &keys.lookup()),
+        g1.apply(&leave, &keys.lookup())
+    );
+    for cut in 0..pickle.len() {
+        assert!(
+            VerifiedGroup::unpickle(&pickle[..cut]).is_err(),
+            "cut {cut}"
+        );
+    }
+    let mut long = pickle.clone();
+    long.push(0);
+    assert!(VerifiedGroup::unpickle(&long).is_err());
+    let mut wrong = pickle;
+    wrong[0] = 0x47;
+    assert!(VerifiedGroup::unpickle(&wrong).is_err());
+}
+
+#[test]
 fn a_bad_signature_is_refused() {
     let keys = Keys::new();
     let (g, _) = created(&keys);
@@ -338,6 +367,9 @@ proptest! {
                 Ok(next) => {
                     prop_assert!(!forged && parent_hash == live.hash());
                     prop_assert_eq!(Ok(next.state().clone()), expected);
+                    // A server that keeps the state names the same head.
+                    prop_assert_eq!(wire.next_hash(next.state()), next.hash());
+                    prop_assert_eq!(&VerifiedGroup::unpickle(&next.pickle()).unwrap(), &next);
                     live = next;
                     hashes.push(live.hash());
                     accepted.push(wire);

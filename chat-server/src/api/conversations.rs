@@ -30,9 +30,9 @@ const MAX_HISTORY_ROUNDS: usize = 4;
 /// checked for membership before the handler runs.
 pub(crate) struct Member {
     /// The calling device.
-    device: DeviceAddress,
+    pub(crate) device: DeviceAddress,
     /// The conversation in the path.
-    id: ConversationId,
+    pub(crate) id: ConversationId,
 }
 
 #[derive(Deserialize)]
@@ -62,7 +62,11 @@ impl FromRequestParts<Arc<Shared>> for Member {
 }
 
 /// Refuses membership changes in a one-to-one conversation.
-async fn require_group(shared: &Shared, id: ConversationId, message: &str) -> ApiResult<()> {
+pub(crate) async fn require_group(
+    shared: &Shared,
+    id: ConversationId,
+    message: &str,
+) -> ApiResult<()> {
     let conversation = shared.store.conversation(id).await?;
     if conversation.is_some_and(|c| c.kind == ConversationKind::Direct) {
         return Err(ApiError::new(ErrorCode::InvalidRequest, message));
@@ -70,7 +74,7 @@ async fn require_group(shared: &Shared, id: ConversationId, message: &str) -> Ap
     Ok(())
 }
 
-async fn require_users_exist(shared: &Shared, users: &[UserId]) -> ApiResult<()> {
+pub(crate) async fn require_users_exist(shared: &Shared, users: &[UserId]) -> ApiResult<()> {
     for &user in users {
         if shared.store.user(user).await?.is_none() {
             return Err(ApiError::new(
@@ -158,10 +162,11 @@ pub(crate) async fn create_group(
     Ok((StatusCode::CREATED, Json(group)))
 }
 
-/// Every membership, role, name and settings change goes through here to the store, which
-/// decides it with chat-core's group rules in one atomic step (the one place they are
-/// checked: a non-admin removing another member is refused there, as is the 101st member
-/// under concurrent adds).
+/// Every unsigned membership, role, name and settings change (clients from before signed
+/// changes; refused for a group with a chain, whose changes come through
+/// [`super::group_changes`]) goes through here to the store, which decides it with
+/// chat-core's group rules in one atomic step (the one place they are checked: a non-admin
+/// removing another member is refused there, as is the 101st member under concurrent adds).
 async fn change(
     shared: &Shared,
     id: ConversationId,
@@ -169,7 +174,10 @@ async fn change(
     op: GroupOp,
 ) -> ApiResult<GroupState> {
     let limit = shared.config.max_group_members;
-    Ok(shared.store.change_group(id, actor, &op, limit).await?)
+    Ok(shared
+        .store
+        .change_group(id, actor, &op, limit, None)
+        .await?)
 }
 
 pub(crate) async fn list(

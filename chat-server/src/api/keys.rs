@@ -12,8 +12,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use bytes::Bytes;
 use chat_core::{
-    DeviceAddress, DeviceId, DeviceKeys, DeviceListRecord, ErrorCode, OneTimePrekey, PrekeyBundle,
-    StoreError, UserId,
+    ConversationKind, DeviceAddress, DeviceId, DeviceKeys, DeviceListRecord, ErrorCode,
+    OneTimePrekey, PrekeyBundle, StoreError, UserId,
 };
 use chat_crypto::{IdentityPublic, MAX_ONE_TIME_PREKEYS, SignedPrekey};
 use serde::{Deserialize, Serialize};
@@ -243,12 +243,31 @@ pub(crate) async fn device_list(
     Path(user): Path<UserId>,
 ) -> ApiResult<Json<DeviceListView>> {
     let missing = || ApiError::new(ErrorCode::NotFound, "no device list");
-    super::people::unless_blocked_by(&shared, user, authed.device.user, missing).await?;
+    // A user who blocks the caller looks like one who does not exist, except to a fellow
+    // member of a group: there the caller sees the user anyway, and needs the account key
+    // to verify the group's signed changes (issue 17).
+    if shared.store.is_blocked(user, authed.device.user).await?
+        && !share_a_group(&shared, user, authed.device.user).await?
+    {
+        return Err(missing());
+    }
     let record = shared.store.device_list(user).await?.ok_or_else(missing)?;
     Ok(Json(DeviceListView {
         version: record.version,
         list: hex::encode(&record.list),
     }))
+}
+
+/// Whether `a` and `b` are both members of some group.
+async fn share_a_group(shared: &Shared, a: UserId, b: UserId) -> ApiResult<bool> {
+    for conversation in shared.store.conversations_of(a).await? {
+        if conversation.kind == ConversationKind::Group
+            && shared.store.is_member(conversation.id, b).await?
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 #[derive(Deserialize)]

@@ -6,6 +6,7 @@ pub(crate) mod attachments;
 pub(crate) mod conversations;
 pub(crate) mod discovery;
 pub(crate) mod error;
+pub(crate) mod group_changes;
 pub(crate) mod keys;
 pub(crate) mod people;
 pub(crate) mod push;
@@ -71,6 +72,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/v1/conversations/{id}/members/{user_id}/admin",
             put(c::promote).delete(c::demote),
+        )
+        .route(
+            "/v1/conversations/{id}/changes",
+            get(group_changes::list).post(group_changes::post),
         )
         .route("/v1/conversations/{id}/leave", post(c::leave))
         .route("/v1/conversations/{id}/name", put(c::rename))

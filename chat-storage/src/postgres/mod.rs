@@ -12,13 +12,13 @@ use std::fmt;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chat_core::{
-    AccountStore, Appended, AttachmentId, AttachmentMeta, Block, BlockStore, Conversation,
-    ConversationId, ConversationStore, Credentials, Device, DeviceAddress, DeviceId, DeviceKeys,
-    DeviceListRecord, Direction, Envelope, GroupOp, GroupState, HealthStore, InboxEntry, InboxPos,
-    KeyStore, MessageId, MessageStore, MetaStore, NewMessage, OneTimePrekey, PrekeyBundle, Profile,
-    ProfileStore, ProfileUpdate, PushToken, ReceiptKind, ReceiptPosition, ReceiptStore,
-    SearchCursor, SearchPrefix, StoreError, StoreResult, Timestamp, TokenHash, User, UserId,
-    Username,
+    AccountStore, Appended, AttachmentId, AttachmentMeta, Block, BlockStore, ChainLink,
+    Conversation, ConversationId, ConversationStore, Credentials, Device, DeviceAddress, DeviceId,
+    DeviceKeys, DeviceListRecord, Direction, Envelope, GroupOp, GroupState, HealthStore,
+    InboxEntry, InboxPos, KeyStore, MessageId, MessageStore, MetaStore, NewMessage, OneTimePrekey,
+    PrekeyBundle, Profile, ProfileStore, ProfileUpdate, PushToken, ReceiptKind, ReceiptPosition,
+    ReceiptStore, SearchCursor, SearchPrefix, StoreError, StoreResult, Timestamp, TokenHash, User,
+    UserId, Username,
 };
 use tokio_postgres::Config;
 
@@ -338,12 +338,29 @@ impl ConversationStore for PostgresStore {
         actor: UserId,
         op: &GroupOp,
         limit: usize,
+        link: Option<&ChainLink>,
     ) -> StoreResult<GroupState> {
         in_tx!(self, |db| ops::change_group(
             &db,
             conversation,
             actor,
             op,
+            limit,
+            link
+        )
+        .await)
+    }
+
+    async fn group_changes(
+        &self,
+        conversation: ConversationId,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, Bytes)>> {
+        on_conn!(self, |db| ops::group_changes(
+            &db,
+            conversation,
+            after,
             limit
         )
         .await)

@@ -19,7 +19,7 @@
 use bytes::Bytes;
 use chat_core::limits::MAX_DEVICES_PER_USER;
 use chat_core::{
-    Appended, AttachmentId, AttachmentMeta, ClientKey, Conversation, ConversationId,
+    Appended, AttachmentId, AttachmentMeta, ChainLink, ClientKey, Conversation, ConversationId,
     ConversationKind, Credentials, Device, DeviceAddress, DeviceId, DeviceKeys, DeviceListRecord,
     Direction, Envelope, GroupOp, GroupSettings, GroupState, InboxEntry, InboxPos, MemberInfo,
     MessageId, NewMessage, OneTimePrekey, PrekeyBundle, PushToken, ReceiptKind, ReceiptPosition,
@@ -266,12 +266,20 @@ const LOCK_CONVERSATION: &str = "SELECT kind FROM conversations WHERE id = $1 FO
 const UPSERT_MEMBER: &str = "INSERT INTO members (conversation_id, user_id, role, joined)
     VALUES ($1, $2, $3, $4) ON CONFLICT (conversation_id, user_id)
     DO UPDATE SET role = excluded.role, joined = excluded.joined";
-const GROUP: &str = "SELECT kind, group_name, add_members, edit_name, admitted
+const GROUP: &str = "SELECT kind, group_name, add_members, edit_name, admitted, group_head
     FROM conversations WHERE id = $1";
 const GROUP_MEMBERS: &str = "SELECT user_id, role, joined FROM members WHERE conversation_id = $1";
 const UPDATE_GROUP: &str = "UPDATE conversations SET group_name = $2, add_members = $3,
     edit_name = $4, admitted = $5 WHERE id = $1";
 const REMOVE_MEMBER: &str = "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2";
+/// Appends change $2 to group $1's chain with the next sequence number (safe under the
+/// group's row lock) and makes $3 its head, in one round trip.
+const APPEND_GROUP_CHANGE: &str = "WITH appended AS (
+        INSERT INTO group_changes (conversation_id, seq, change)
+        SELECT $1, coalesce(max(seq), 0) + 1, $2 FROM group_changes WHERE conversation_id = $1)
+    UPDATE conversations SET group_head = $3 WHERE id = $1";
+const GROUP_CHANGES: &str = "SELECT seq, change FROM group_changes
+    WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
 const CONVERSATION: &str = "SELECT id, kind, created_at, last_id FROM conversations WHERE id = $1";
 const MEMBERS: &str = "SELECT user_id FROM members WHERE conversation_id = $1 ORDER BY user_id";
 const IS_MEMBER: &str = "SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2";
@@ -378,6 +386,8 @@ pub(crate) const STATEMENTS: &[&str] = &[
     GROUP_MEMBERS,
     UPDATE_GROUP,
     REMOVE_MEMBER,
+    APPEND_GROUP_CHANGE,
+    GROUP_CHANGES,
     CONVERSATION,
     MEMBERS,
     IS_MEMBER,

@@ -186,6 +186,21 @@ const MIGRATIONS: &[&str] = &[
         list    bytea NOT NULL
     );
     ",
+    // Version 6: a group's chain of signed changes (issue 17). `group_head` is the chain's
+    // head, NULL until the group's first signed change: existing groups have no chain and
+    // keep changing by unsigned changes until a signed creation starts one. The changes are
+    // opaque bytes, numbered from 1 per group, keyed by conversation like `messages` (the
+    // shard key). Nullable without a default and a new table: catalog only, and nodes still
+    // on version 5 keep working (they know nothing of chains: see docs/STORAGE.md).
+    "
+    ALTER TABLE conversations ADD COLUMN group_head bytea;
+    CREATE TABLE group_changes (
+        conversation_id bigint NOT NULL,
+        seq             bigint NOT NULL,
+        change          bytea  NOT NULL,
+        PRIMARY KEY (conversation_id, seq)
+    );
+    ",
 ];
 
 /// The schema version this build writes.

@@ -14,13 +14,13 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chat_core::{
-    AccountStore, Appended, AttachmentId, AttachmentMeta, Block, BlockStore, Conversation,
-    ConversationId, ConversationStore, Credentials, Device, DeviceAddress, DeviceId, DeviceKeys,
-    DeviceListRecord, Direction, Envelope, GroupOp, GroupState, HealthStore, InboxEntry, InboxPos,
-    KeyStore, MessageId, MessageStore, MetaStore, NewMessage, OneTimePrekey, PrekeyBundle, Profile,
-    ProfileStore, ProfileUpdate, PushToken, ReceiptKind, ReceiptPosition, ReceiptStore,
-    SearchCursor, SearchPrefix, StoreError, StoreResult, Timestamp, TokenHash, User, UserId,
-    Username,
+    AccountStore, Appended, AttachmentId, AttachmentMeta, Block, BlockStore, ChainLink,
+    Conversation, ConversationId, ConversationStore, Credentials, Device, DeviceAddress, DeviceId,
+    DeviceKeys, DeviceListRecord, Direction, Envelope, GroupOp, GroupState, HealthStore,
+    InboxEntry, InboxPos, KeyStore, MessageId, MessageStore, MetaStore, NewMessage, OneTimePrekey,
+    PrekeyBundle, Profile, ProfileStore, ProfileUpdate, PushToken, ReceiptKind, ReceiptPosition,
+    ReceiptStore, SearchCursor, SearchPrefix, StoreError, StoreResult, Timestamp, TokenHash, User,
+    UserId, Username,
 };
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
@@ -484,9 +484,21 @@ impl ConversationStore for SqliteStore {
         actor: UserId,
         op: &GroupOp,
         limit: usize,
+        link: Option<&ChainLink>,
     ) -> StoreResult<GroupState> {
         let op = op.clone();
-        self.write(move |c| ops::change_group(c, conversation, actor, &op, limit))
+        let link = link.cloned();
+        self.write(move |c| ops::change_group(c, conversation, actor, &op, limit, link.as_ref()))
+            .await
+    }
+
+    async fn group_changes(
+        &self,
+        conversation: ConversationId,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, Bytes)>> {
+        self.read(move |c| ops::group_changes(c, conversation, after, limit))
             .await
     }
 

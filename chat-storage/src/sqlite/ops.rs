@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use chat_core::limits::MAX_DEVICES_PER_USER;
 use chat_core::{
-    Appended, AttachmentId, AttachmentMeta, ClientKey, Conversation, ConversationId,
+    Appended, AttachmentId, AttachmentMeta, ChainLink, ClientKey, Conversation, ConversationId,
     ConversationKind, Credentials, Device, DeviceAddress, DeviceId, DeviceKeys, DeviceListRecord,
     Direction, Envelope, GroupOp, GroupSettings, GroupState, InboxEntry, InboxPos, MemberInfo,
     MessageId, NewMessage, OneTimePrekey, PrekeyBundle, PushToken, ReceiptKind, ReceiptPosition,

@@ -167,6 +167,20 @@ const MIGRATIONS: &[&str] = &[
         list    BLOB NOT NULL
     );
     ",
+    // Version 6: a group's chain of signed changes (issue 17). `group_head` is the chain's
+    // head, NULL until the group's first signed change: existing groups have no chain and
+    // keep changing by unsigned changes until a signed creation starts one. The changes are
+    // opaque bytes, numbered from 1 per group. A rowid table, not WITHOUT ROWID: a change
+    // (an add names up to a hundred users, plus a signature) is larger than such tables suit.
+    "
+    ALTER TABLE conversations ADD COLUMN group_head BLOB;
+    CREATE TABLE group_changes (
+        conversation_id INTEGER NOT NULL,
+        seq             INTEGER NOT NULL,
+        change          BLOB    NOT NULL,
+        PRIMARY KEY (conversation_id, seq)
+    );
+    ",
 ];
 
 /// The schema version this build writes.

@@ -20,7 +20,7 @@ pub async fn member_limit_holds_under_concurrent_adds(store: Arc<dyn Store>) {
         let chunk = chunk.to_vec();
         // A limit above the build's is capped at the build's.
         let add = GroupOp::Add(chunk);
-        tasks.spawn(async move { store.change_group(conv, creator, &add, 1_000).await });
+        tasks.spawn(async move { store.change_group(conv, creator, &add, 1_000, None).await });
     }
     let (mut ok, mut full) = (0, 0);
     while let Some(result) = tasks.join_next().await {
@@ -40,7 +40,7 @@ pub async fn member_limit_holds_under_concurrent_adds(store: Arc<dyn Store>) {
     if store.is_member(conv, last).await.expect("is member") {
         let remove = GroupOp::Remove(last);
         store
-            .change_group(conv, creator, &remove, MAX_GROUP_MEMBERS)
+            .change_group(conv, creator, &remove, MAX_GROUP_MEMBERS, None)
             .await
             .expect("remove");
     }
@@ -50,7 +50,7 @@ pub async fn member_limit_holds_under_concurrent_adds(store: Arc<dyn Store>) {
         let add = GroupOp::Add(vec![u]);
         tasks.spawn(async move {
             store
-                .change_group(conv, creator, &add, MAX_GROUP_MEMBERS)
+                .change_group(conv, creator, &add, MAX_GROUP_MEMBERS, None)
                 .await
         });
     }
@@ -82,7 +82,7 @@ pub async fn member_limit_is_all_or_nothing(store: Arc<dyn Store>) {
     assert_eq!(conv.kind, ConversationKind::Group);
     let add = |users: &[UserId]| GroupOp::Add(users.to_vec());
     let err = store
-        .change_group(conv.id, users[0], &add(&users[3..6]), 5)
+        .change_group(conv.id, users[0], &add(&users[3..6]), 5, None)
         .await;
     assert!(
         matches!(err, Err(StoreError::GroupFull { limit: 5 })),
@@ -98,6 +98,7 @@ pub async fn member_limit_is_all_or_nothing(store: Arc<dyn Store>) {
             users[0],
             &add(&[users[1], users[3], users[3], users[4]]),
             5,
+            None,
         )
         .await
         .expect("add");
@@ -108,7 +109,7 @@ pub async fn member_limit_is_all_or_nothing(store: Arc<dyn Store>) {
     let ghost = UserId::new(MAX_ID).expect("id");
     assert!(matches!(
         store
-            .change_group(conv.id, users[0], &add(&[ghost]), 100)
+            .change_group(conv.id, users[0], &add(&[ghost]), 100, None)
             .await,
         Err(StoreError::NotFound)
     ));
@@ -117,11 +118,11 @@ pub async fn member_limit_is_all_or_nothing(store: Arc<dyn Store>) {
         .await
         .expect("direct");
     let err = store
-        .change_group(direct.id, users[0], &add(&[users[2]]), 100)
+        .change_group(direct.id, users[0], &add(&[users[2]]), 100, None)
         .await;
     assert!(matches!(err, Err(StoreError::Invalid(_))), "{err:?}");
     let err = store
-        .change_group(direct.id, users[0], &GroupOp::Remove(users[1]), 100)
+        .change_group(direct.id, users[0], &GroupOp::Remove(users[1]), 100, None)
         .await;
     assert!(matches!(err, Err(StoreError::Invalid(_))), "{err:?}");
     assert!(matches!(
@@ -145,14 +146,14 @@ pub async fn group_roles_and_settings_follow_the_rules(store: Arc<dyn Store>) {
 
     // A member may neither remove another nor add (admins add, by default).
     let err = store
-        .change_group(conv, users[1], &GroupOp::Remove(users[2]), limit)
+        .change_group(conv, users[1], &GroupOp::Remove(users[2]), limit, None)
         .await;
     assert!(
         matches!(err, Err(StoreError::Group(GroupRuleError::NotAdmin))),
         "{err:?}"
     );
     let err = store
-        .change_group(conv, users[1], &GroupOp::Add(vec![late]), limit)
+        .change_group(conv, users[1], &GroupOp::Add(vec![late]), limit, None)
         .await;
     assert!(
         matches!(err, Err(StoreError::Group(GroupRuleError::NotAdmin))),
@@ -166,15 +167,15 @@ pub async fn group_roles_and_settings_follow_the_rules(store: Arc<dyn Store>) {
         edit_name: Permission::Admins,
     };
     store
-        .change_group(conv, users[0], &GroupOp::ChangeSettings(open), limit)
+        .change_group(conv, users[0], &GroupOp::ChangeSettings(open), limit, None)
         .await
         .expect("settings");
     store
-        .change_group(conv, users[0], &GroupOp::Rename("Team".into()), limit)
+        .change_group(conv, users[0], &GroupOp::Rename("Team".into()), limit, None)
         .await
         .expect("rename");
     store
-        .change_group(conv, users[1], &GroupOp::Add(vec![late]), limit)
+        .change_group(conv, users[1], &GroupOp::Add(vec![late]), limit, None)
         .await
         .expect("a member adds once everyone may");
     let state = store.group(conv).await.expect("group");
@@ -184,15 +185,15 @@ pub async fn group_roles_and_settings_follow_the_rules(store: Arc<dyn Store>) {
 
     // Promote, demote, and the last admin leaving promotes the oldest member.
     store
-        .change_group(conv, users[0], &GroupOp::Promote(users[2]), limit)
+        .change_group(conv, users[0], &GroupOp::Promote(users[2]), limit, None)
         .await
         .expect("promote");
     store
-        .change_group(conv, users[2], &GroupOp::Demote(users[0]), limit)
+        .change_group(conv, users[2], &GroupOp::Demote(users[0]), limit, None)
         .await
         .expect("demote");
     let state = store
-        .change_group(conv, users[2], &GroupOp::Leave, limit)
+        .change_group(conv, users[2], &GroupOp::Leave, limit, None)
         .await
         .expect("leave");
     // users[0] and users[1] joined at creation; users[0] has the lower ID.
@@ -200,7 +201,7 @@ pub async fn group_roles_and_settings_follow_the_rules(store: Arc<dyn Store>) {
     assert_eq!(store.group(conv).await.expect("group"), state);
     assert!(!store.is_member(conv, users[2]).await.expect("is member"));
     let err = store
-        .change_group(conv, users[2], &GroupOp::Leave, limit)
+        .change_group(conv, users[2], &GroupOp::Leave, limit, None)
         .await;
     assert!(
         matches!(err, Err(StoreError::Group(GroupRuleError::NotMember))),

@@ -250,6 +250,7 @@ pub async fn removed_member_gets_nothing_after_removal(store: Arc<dyn Store>) {
             users[0],
             &GroupOp::Remove(users[2]),
             MAX_GROUP_MEMBERS,
+            None,
         )
         .await
         .expect("remove");
@@ -259,6 +260,7 @@ pub async fn removed_member_gets_nothing_after_removal(store: Arc<dyn Store>) {
             users[0],
             &GroupOp::Remove(users[2]),
             MAX_GROUP_MEMBERS,
+            None,
         )
         .await;
     assert!(

@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use chat_core::limits::{MAX_DEVICES_PER_USER, MAX_GROUP_MEMBERS};
 use chat_core::{
-    AttachmentId, AttachmentMeta, ClientKey, ConversationId, ConversationKind, DeviceAddress,
-    DeviceKeys, DeviceListRecord, Direction, GroupOp, GroupRuleError, GroupSettings, InboxPos,
-    MAX_ID, MessageId, NewMessage, OneTimePrekey, Permission, PushToken, ReceiptKind, Recipient,
-    Role, SignedPrekey, Store, StoreError, Timestamp, TokenHash, UserId, Username,
+    AttachmentId, AttachmentMeta, ChainLink, ClientKey, ConversationId, ConversationKind,
+    DeviceAddress, DeviceKeys, DeviceListRecord, Direction, GroupOp, GroupRuleError, GroupSettings,
+    InboxPos, MAX_ID, MessageId, NewMessage, OneTimePrekey, Permission, PushToken, ReceiptKind,
+    Recipient, Role, SignedPrekey, Store, StoreError, Timestamp, TokenHash, UserId, Username,
 };
 use tokio::task::JoinSet;
 
@@ -131,6 +131,13 @@ macro_rules! conformance_tests {
             member_limit_holds_under_concurrent_adds,
             member_limit_is_all_or_nothing,
             group_roles_and_settings_follow_the_rules,
+            signed_creation_must_match_the_group,
+            stale_group_change_changes_nothing,
+            group_chain_pages_in_order,
+            unsigned_change_is_refused_once_chained,
+            signed_changes_follow_the_rules_strictly,
+            concurrent_signed_changes_on_one_parent_one_wins,
+            group_changes_need_a_group,
             direct_conversation_is_one_per_pair_concurrently,
             conversation_records,
             inbox_paging_edges,
@@ -270,6 +277,7 @@ async fn group(
 }
 
 mod accounts;
+mod chain;
 mod conversations;
 mod messages;
 mod people;
@@ -282,6 +290,12 @@ pub use accounts::{
     device_removal_revokes_everything, fallback_bundles_claim_nothing,
     new_identity_empties_the_prekey_pool, prekeys_are_claimed_at_most_once_concurrently,
     signed_prekey_is_the_fallback, too_many_devices,
+};
+pub use chain::{
+    concurrent_signed_changes_on_one_parent_one_wins, group_chain_pages_in_order,
+    group_changes_need_a_group, signed_changes_follow_the_rules_strictly,
+    signed_creation_must_match_the_group, stale_group_change_changes_nothing,
+    unsigned_change_is_refused_once_chained,
 };
 pub use conversations::{
     conversation_records, direct_conversation_is_one_per_pair_concurrently,

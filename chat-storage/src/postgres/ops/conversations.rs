@@ -142,6 +142,18 @@ pub(crate) async fn group(
     conversation: ConversationId,
     lock: bool,
 ) -> StoreResult<GroupState> {
+    group_and_head(db, conversation, lock)
+        .await
+        .map(|(state, _)| state)
+}
+
+/// A group's state and the head of its chain of signed changes (`None` before the first),
+/// read together; `lock` as for [`group`].
+async fn group_and_head(
+    db: &Db<'_>,
+    conversation: ConversationId,
+    lock: bool,
+) -> StoreResult<(GroupState, Option<[u8; 32]>)> {
     let id = to_sql(conversation.get());
     if lock {
         lock_group(db, conversation).await?;
@@ -169,28 +181,78 @@ pub(crate) async fn group(
             },
         );
     }
-    group_from_parts(
+    let head = get::<Option<Vec<u8>>>(&row, 5)?
+        .map(|h| array_from_sql(&h, "group chain head"))
+        .transpose()?;
+    let state = group_from_parts(
         get(&row, 1)?,
         settings,
         members,
         from_sql(get(&row, 4)?, "join counter")?,
-    )
+    )?;
+    Ok((state, head))
 }
 
+/// Decides with `common::plan_group_change` on what it read under the group's row lock,
+/// then writes the state and, for a signed change, the chain's new link, all in the
+/// caller's transaction.
 pub(crate) async fn change_group(
     db: &Db<'_>,
     conversation: ConversationId,
     actor: UserId,
     op: &GroupOp,
     limit: usize,
+    link: Option<&ChainLink>,
 ) -> StoreResult<GroupState> {
     if let GroupOp::Add(users) = op {
         require_users(db, users).await?;
     }
-    let current = group(db, conversation, true).await?;
-    let next = plan_group_change(&current, actor, op, limit)?;
+    let (current, head) = group_and_head(db, conversation, true).await?;
+    let next = plan_group_change(&current, head.as_ref(), actor, op, limit, link)?;
     write_group(db, conversation, Some(&current), &next).await?;
+    if let Some(link) = link {
+        let params: Params<'_> = &[
+            &to_sql(conversation.get()),
+            &&link.change[..],
+            &&link.head[..],
+        ];
+        db.exec(APPEND_GROUP_CHANGE, params).await?;
+    }
     Ok(next)
+}
+
+pub(crate) async fn group_changes(
+    db: &Db<'_>,
+    conversation: ConversationId,
+    after: u64,
+    limit: usize,
+) -> StoreResult<Vec<(u64, Bytes)>> {
+    let params: Params<'_> = &[
+        &to_sql(conversation.get()),
+        &to_sql(after),
+        &limit_sql(limit),
+    ];
+    let rows = db.query(GROUP_CHANGES, params).await?;
+    if rows.is_empty() {
+        // Only an empty page needs to tell "no changes" from "no such group".
+        let found = self::conversation(db, conversation).await?;
+        match found.ok_or(StoreError::NotFound)?.kind {
+            ConversationKind::Group => {}
+            ConversationKind::Direct => {
+                return Err(StoreError::Invalid(
+                    "a one-to-one conversation has no group changes",
+                ));
+            }
+        }
+    }
+    rows.iter()
+        .map(|row| {
+            Ok((
+                from_sql(get(row, 0)?, "group change number")?,
+                Bytes::from(get::<Vec<u8>>(row, 1)?),
+            ))
+        })
+        .collect()
 }
 
 /// Locks a group's row (serialising with appends and other membership changes).

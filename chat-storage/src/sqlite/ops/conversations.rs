@@ -173,15 +173,30 @@ fn write_group(
 
 /// A group's state as stored.
 pub(crate) fn group(conn: &Connection, conversation: ConversationId) -> StoreResult<GroupState> {
+    group_and_head(conn, conversation).map(|(state, _)| state)
+}
+
+/// A group's state and the head of its chain of signed changes (`None` before the first).
+fn group_and_head(
+    conn: &Connection,
+    conversation: ConversationId,
+) -> StoreResult<(GroupState, Option<[u8; 32]>)> {
     require_group(conn, conversation)?;
     let id = to_sql(conversation.get());
-    let (name, add, edit, admitted): (String, i64, i64, i64) = conn
+    type Columns = (String, i64, i64, i64, Option<Vec<u8>>);
+    let (name, add, edit, admitted, head): Columns = conn
         .prepare_cached(
-            "SELECT group_name, add_members, edit_name, admitted FROM conversations WHERE id = ?1",
+            "SELECT group_name, add_members, edit_name, admitted, group_head
+             FROM conversations WHERE id = ?1",
         )
         .map_err(backend)?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .query_row([id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
         .map_err(backend)?;
+    let head = head
+        .map(|h| array_from_sql(&h, "group chain head"))
+        .transpose()?;
     let mut stmt = conn
         .prepare_cached("SELECT user_id, role, joined FROM members WHERE conversation_id = ?1")
         .map_err(backend)?;
@@ -209,23 +224,82 @@ pub(crate) fn group(conn: &Connection, conversation: ConversationId) -> StoreRes
         add_members: permission_from_sql(add)?,
         edit_name: permission_from_sql(edit)?,
     };
-    group_from_parts(name, settings, members, from_sql(admitted, "join counter")?)
+    let state = group_from_parts(name, settings, members, from_sql(admitted, "join counter")?)?;
+    Ok((state, head))
 }
 
+/// Decides with `common::plan_group_change` (every check before the first write, as the
+/// writer needs), then writes the state and, for a signed change, the chain's new link.
 pub(crate) fn change_group(
     conn: &Connection,
     conversation: ConversationId,
     actor: UserId,
     op: &GroupOp,
     limit: usize,
+    link: Option<&ChainLink>,
 ) -> StoreResult<GroupState> {
     if let GroupOp::Add(users) = op {
         require_users(conn, users)?;
     }
-    let current = group(conn, conversation)?;
-    let next = plan_group_change(&current, actor, op, limit)?;
+    let (current, head) = group_and_head(conn, conversation)?;
+    let next = plan_group_change(&current, head.as_ref(), actor, op, limit, link)?;
     write_group(conn, conversation, Some(&current), &next)?;
+    if let Some(link) = link {
+        append_link(conn, conversation, link)?;
+    }
     Ok(next)
+}
+
+/// Appends a signed change to its group's chain (the next sequence number; the single
+/// writer makes it race-free) and makes its head the stored one.
+fn append_link(
+    conn: &Connection,
+    conversation: ConversationId,
+    link: &ChainLink,
+) -> StoreResult<()> {
+    let id = to_sql(conversation.get());
+    conn.prepare_cached(
+        "INSERT INTO group_changes (conversation_id, seq, change)
+         SELECT ?1, coalesce(max(seq), 0) + 1, ?2 FROM group_changes WHERE conversation_id = ?1",
+    )
+    .map_err(backend)?
+    .execute(params![id, &link.change[..]])
+    .map_err(backend)?;
+    conn.prepare_cached("UPDATE conversations SET group_head = ?2 WHERE id = ?1")
+        .map_err(backend)?
+        .execute(params![id, &link.head[..]])
+        .map_err(backend)?;
+    Ok(())
+}
+
+pub(crate) fn group_changes(
+    conn: &Connection,
+    conversation: ConversationId,
+    after: u64,
+    limit: usize,
+) -> StoreResult<Vec<(u64, Bytes)>> {
+    if conversation_kind(conn, conversation)? != ConversationKind::Group {
+        return Err(StoreError::Invalid(
+            "a one-to-one conversation has no group changes",
+        ));
+    }
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, change FROM group_changes
+             WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map(
+            [to_sql(conversation.get()), to_sql(after), limit_sql(limit)],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+        )
+        .map_err(backend)?;
+    rows.map(|row| {
+        let (seq, change) = row.map_err(backend)?;
+        Ok((from_sql(seq, "group change number")?, Bytes::from(change)))
+    })
+    .collect()
 }
 
 fn conversation_kind(
