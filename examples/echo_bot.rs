@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chat::client::ClientStore as _;
-use chat::client::{Client, ConnectionState, ErrorCode, Event, ReceiptKind, Server, SqliteStore};
+use chat::client::{
+    Client, ConnectionState, Credentials, ErrorCode, Event, ReceiptKind, Server, SqliteStore,
+};
 use clap::Parser;
 
 /// A bot that echoes every text message it receives.
@@ -65,20 +67,20 @@ async fn run(args: Args) -> Result<(), String> {
     let store = SqliteStore::open(&args.store)
         .map_err(|e| format!("cannot open the store {}: {e}", args.store.display()))?;
     let device = store.device().map_err(|e| e.to_string())?;
+    let builder = Client::builder(server).store(store).device_name("echo bot");
     let bot = if device.is_some() {
-        Client::open(server, store)
-            .await
-            .map_err(|e| e.to_string())?
+        builder.open().await.map_err(|e| e.to_string())?
     } else {
         let password = args
             .password
             .as_deref()
             .ok_or("a password is needed to sign the bot in (argument or CHAT_PASSWORD)")?;
         let user = &args.username;
+        let credentials = Credentials::new(user, password);
         let signed_in = if args.register {
-            Client::register(server, user, password, "echo bot", store).await
+            builder.register(&credentials).await
         } else {
-            Client::login(server, user, password, "echo bot", store).await
+            builder.login(&credentials).await
         };
         match signed_in {
             Ok(bot) => bot,
@@ -121,8 +123,9 @@ async fn run(args: Args) -> Result<(), String> {
             // Only other users' messages: echoing our own other devices would loop.
             Event::Message(m) if m.sender.user != bot.user() => {
                 if let Some(text) = m.text() {
-                    let _ = bot.send_receipt(m.conversation, ReceiptKind::Read, m.id);
-                    match bot.send_text(m.conversation, text).await {
+                    let chat = bot.conversation(m.conversation);
+                    let _ = chat.send_receipt(ReceiptKind::Read, m.id);
+                    match chat.send_text(text).await {
                         Ok(id) => println!(
                             "echoed message {} as {id} in conversation {}",
                             m.id, m.conversation

@@ -34,18 +34,29 @@ const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Events buffered for a receiver that is not reading.
 const EVENT_BUFFER: usize = 4096;
 
-/// A logged-in device: send with its methods, receive with [`Client::events`].
+/// A logged-in device: send with its methods (or a [`Conversation`](crate::Conversation)
+/// handle's), receive with [`Client::events`]. Cheap to clone: every clone is the same
+/// device.
 ///
-/// Dropping the client stops its connection; its store keeps everything, and
-/// [`Client::open`] resumes where it stopped, resending what the server had not acknowledged.
-#[derive(Debug)]
+/// Dropping the last clone stops its connection ([`Client::close`] does it at once, and
+/// tells the server); its store keeps everything, and [`Client::open`] resumes where it
+/// stopped, resending what the server had not acknowledged.
+#[derive(Debug, Clone)]
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
+    running: Arc<Running>,
+}
+
+/// What stops with the last clone of a client.
+#[derive(Debug)]
+struct Running {
+    inner: Arc<Inner>,
+    /// The receiver that sees every event from the start, for the first `events` call.
     first_events: Mutex<Option<broadcast::Receiver<Event>>>,
     driver: JoinHandle<()>,
 }
 
-impl Drop for Client {
+impl Drop for Running {
     fn drop(&mut self) {
         // Tasks started off the driver (history recovery) stop at their next step.
         self.inner
@@ -308,16 +319,24 @@ impl Client {
         });
         let driver = tokio::spawn(driver::run(inner.clone(), rx));
         Self {
+            running: Arc::new(Running {
+                inner: inner.clone(),
+                first_events: Mutex::new(Some(first)),
+                driver,
+            }),
             inner,
-            first_events: Mutex::new(Some(first)),
-            driver,
         }
     }
 
     /// The event stream. The first call sees every event since the client was created; later
     /// calls see events from then on.
     pub fn events(&self) -> Events {
-        let first = self.first_events.lock().ok().and_then(|mut f| f.take());
+        let first = self
+            .running
+            .first_events
+            .lock()
+            .ok()
+            .and_then(|mut f| f.take());
         Events {
             rx: first.unwrap_or_else(|| self.inner.events.subscribe()),
         }

@@ -578,6 +578,13 @@ fn decode_state(r: &mut Reader<'_>) -> Result<GroupState, ChainError> {
     let mut members = BTreeMap::new();
     for _ in 0..count {
         let member = user(r)?;
+        // Canonical: strictly ascending, as `encode_state` writes them.
+        if members
+            .last_key_value()
+            .is_some_and(|(last, _)| *last >= member)
+        {
+            return Err(malformed().into());
+        }
         let role = match r.u8()? {
             0 => Role::Member,
             1 => Role::Admin,
@@ -585,9 +592,6 @@ fn decode_state(r: &mut Reader<'_>) -> Result<GroupState, ChainError> {
         };
         let joined = r.u64()?;
         members.insert(member, chat_core::MemberInfo { role, joined });
-    }
-    if members.len() != count {
-        return Err(malformed().into());
     }
     Ok(GroupState::from_parts(name, settings, members, admitted)?)
 }

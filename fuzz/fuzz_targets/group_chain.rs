@@ -1,12 +1,14 @@
 //! chat-crypto's signed group changes (issue 17), which a device decodes from other members
 //! (and, for a chain handed to a joining device, from whoever relays it).
 //!
-//! The first byte picks the parser:
-//! - even: `SignedGroupChange::decode`; what parses re-encodes to the same bytes, and
+//! The first byte picks the parser (modulo 3):
+//! - 0: `SignedGroupChange::decode`; what parses re-encodes to the same bytes, and
 //!   verifying it against the fixture's account keys and applying it to a fixed group never
 //!   panics.
-//! - odd: `decode_chain`; what parses re-encodes to the same bytes, and
+//! - 1: `decode_chain`; what parses re-encodes to the same bytes, and
 //!   `VerifiedGroup::from_chain` over it never panics.
+//! - 2: `VerifiedGroup::unpickle` (a device's stored group state, which a damaged store may
+//!   hand back as anything); what loads pickles to the same bytes.
 #![no_main]
 
 use chat_core::{ConversationId, GroupOp, GroupSettings, UserId};
@@ -40,14 +42,24 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else {
         return;
     };
-    if which % 2 == 0 {
-        if let Ok(change) = SignedGroupChange::decode(rest) {
-            assert_eq!(change.encode(), rest);
-            let _ = change.verify(&key);
-            let _ = group().apply(&change, &key);
+    match which % 3 {
+        0 => {
+            if let Ok(change) = SignedGroupChange::decode(rest) {
+                assert_eq!(change.encode(), rest);
+                let _ = change.verify(&key);
+                let _ = group().apply(&change, &key);
+            }
         }
-    } else if let Ok(chain) = decode_chain(rest) {
-        assert_eq!(encode_chain(&chain), rest);
-        let _ = VerifiedGroup::from_chain(&chain, &key);
+        1 => {
+            if let Ok(chain) = decode_chain(rest) {
+                assert_eq!(encode_chain(&chain), rest);
+                let _ = VerifiedGroup::from_chain(&chain, &key);
+            }
+        }
+        _ => {
+            if let Ok(group) = VerifiedGroup::unpickle(rest) {
+                assert_eq!(group.pickle(), rest);
+            }
+        }
     }
 });

@@ -1,0 +1,365 @@
+//! The two entry points an app starts from (issue 19): [`ClientBuilder`], which opens a
+//! [`Client`] by registering, logging in or resuming a stored device, and [`Conversation`],
+//! a cheap, cloneable handle on one conversation that everything about it goes through.
+//!
+//! ```no_run
+//! # async fn run() -> chat_client::Result<()> {
+//! use chat_client::{Client, Credentials, SqliteStore};
+//!
+//! let alice = Client::builder("127.0.0.1:8080")
+//!     .store(SqliteStore::open("alice.db")?)
+//!     .device_name("laptop")
+//!     .register(&Credentials::new("alice", "correct horse battery staple"))
+//!     .await?;
+//! let bob = alice.user_by_name("bob").await?;
+//! let chat = alice.conversation(alice.open_direct(bob).await?);
+//! chat.send_text("hi Bob").await?; // returns once the server stored it
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use chat_core::{
+    AttachmentPointer, ClientKey, Content, ConversationId, GroupSettings, MessageId, ReadPosition,
+    ReceiptKind, UserId,
+};
+use chat_crypto::Zeroizing;
+
+use crate::client::Client;
+use crate::error::Result;
+use crate::event::Message;
+use crate::groups::GroupInfo;
+use crate::nodes::{IntoNodes, Nodes};
+use crate::store::{ClientStore, MemoryStore};
+use crate::thread::TimelineItem;
+
+/// A username and password, for [`ClientBuilder::register`] and [`ClientBuilder::login`].
+/// The password is zeroized when dropped and never shown by `Debug`.
+#[derive(Clone)]
+pub struct Credentials {
+    username: String,
+    password: Zeroizing<String>,
+}
+
+impl Credentials {
+    /// A username (3 to 32 characters of `a-z`, `0-9`, `_`, `.`, `-`) and its password.
+    pub fn new(username: impl Into<String>, password: impl Into<String>) -> Self {
+        Self {
+            username: username.into(),
+            password: Zeroizing::new(password.into()),
+        }
+    }
+
+    /// The username.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Opens a [`Client`]: where to connect ([`Client::builder`]), where to keep the device's
+/// state ([`Self::store`]; in memory unless given) and the device's name, then one of
+/// [`Self::register`], [`Self::login`] or [`Self::open`].
+#[must_use = "a builder does nothing until register, login or open"]
+pub struct ClientBuilder {
+    nodes: Result<Nodes>,
+    store: Option<Arc<dyn ClientStore>>,
+    device_name: String,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("nodes", &self.nodes.as_ref().ok())
+            .field("device_name", &self.device_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The device name when the app gives none.
+const DEFAULT_DEVICE_NAME: &str = "device";
+
+impl ClientBuilder {
+    pub(crate) fn new(server: impl IntoNodes) -> Self {
+        Self {
+            nodes: server.into_nodes(),
+            store: None,
+            device_name: DEFAULT_DEVICE_NAME.to_owned(),
+        }
+    }
+
+    /// Keeps the device's keys, sessions, outbox and history in `store`
+    /// ([`SqliteStore`](crate::SqliteStore) for an app; [`MemoryStore`], the default, for
+    /// tests and bots that need nothing to survive a restart).
+    pub fn store(mut self, store: impl ClientStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// The name other devices of the user see for this one (register and log-in only).
+    pub fn device_name(mut self, name: impl Into<String>) -> Self {
+        self.device_name = name.into();
+        self
+    }
+
+    fn parts(self) -> Result<(Nodes, Arc<dyn ClientStore>, String)> {
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn ClientStore>);
+        Ok((self.nodes?, store, self.device_name))
+    }
+
+    /// Registers the user, logs this device in as its first, creates its keys and
+    /// publishes them.
+    pub async fn register(self, credentials: &Credentials) -> Result<Client> {
+        let (nodes, store, name) = self.parts()?;
+        Client::register(
+            nodes,
+            &credentials.username,
+            &credentials.password,
+            &name,
+            store,
+        )
+        .await
+    }
+
+    /// Logs in a new device of an existing user, creating and publishing its keys. It
+    /// reads and sends once linked by one of the user's devices
+    /// ([`Client::link_device`]).
+    pub async fn login(self, credentials: &Credentials) -> Result<Client> {
+        let (nodes, store, name) = self.parts()?;
+        Client::login(
+            nodes,
+            &credentials.username,
+            &credentials.password,
+            &name,
+            store,
+        )
+        .await
+    }
+
+    /// Resumes the device kept in the store (after a restart).
+    pub async fn open(self) -> Result<Client> {
+        let (nodes, store, _) = self.parts()?;
+        Client::open(nodes, store).await
+    }
+}
+
+/// One conversation, one-to-one or group: a cheap handle (a [`Client`] and an ID) to clone
+/// and keep, made by [`Client::conversation`] from an ID ([`Client::open_direct`],
+/// [`Client::create_group`], [`Client::conversation_list`], or any event's).
+#[derive(Clone)]
+pub struct Conversation {
+    client: Client,
+    id: ConversationId,
+}
+
+impl fmt::Debug for Conversation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conversation")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Starts opening a client on `server`: `host:port`, `http://host:port`,
+    /// `https://host`, or several nodes of one cluster ([`Nodes`]).
+    pub fn builder(server: impl IntoNodes) -> ClientBuilder {
+        ClientBuilder::new(server)
+    }
+
+    /// A handle on the conversation `id` (no request is made).
+    pub fn conversation(&self, id: ConversationId) -> Conversation {
+        Conversation {
+            client: self.clone(),
+            id,
+        }
+    }
+}
+
+impl Conversation {
+    /// Its ID.
+    pub fn id(&self) -> ConversationId {
+        self.id
+    }
+
+    /// The client it belongs to.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    // ---- sending ----------------------------------------------------------------------
+
+    /// Sends a text; returns once the server stored it (or fails).
+    pub async fn send_text(&self, text: &str) -> Result<MessageId> {
+        self.client.send_text(self.id, text).await
+    }
+
+    /// Sends any content.
+    pub async fn send(&self, content: &Content) -> Result<MessageId> {
+        self.client.send(self.id, content).await
+    }
+
+    /// Writes a text to the outbox and returns at once; it is sent now or on the next
+    /// connection ([`crate::Event::Sent`] or [`crate::Event::SendFailed`] say how it ended).
+    pub async fn queue_text(&self, text: &str) -> Result<ClientKey> {
+        self.client.queue_text(self.id, text).await
+    }
+
+    /// Replies to a message.
+    pub async fn reply(&self, to: MessageId, text: &str) -> Result<MessageId> {
+        self.client.send_reply(self.id, to, text).await
+    }
+
+    /// Replaces the text of one of this user's messages.
+    pub async fn edit(&self, message: MessageId, text: &str) -> Result<MessageId> {
+        self.client.edit_message(self.id, message, text).await
+    }
+
+    /// Deletes one of this user's messages for everyone.
+    pub async fn delete(&self, message: MessageId) -> Result<MessageId> {
+        self.client.delete_message(self.id, message).await
+    }
+
+    /// Reacts to a message with an emoji.
+    pub async fn react(&self, message: MessageId, emoji: &str) -> Result<MessageId> {
+        self.client.react(self.id, message, emoji).await
+    }
+
+    /// Takes a reaction back.
+    pub async fn unreact(&self, message: MessageId, emoji: &str) -> Result<MessageId> {
+        self.client.unreact(self.id, message, emoji).await
+    }
+
+    /// Encrypts and uploads a file held in memory and sends it.
+    pub async fn send_attachment(
+        &self,
+        file: &[u8],
+        mime: &str,
+        name: Option<&str>,
+    ) -> Result<MessageId> {
+        self.client.send_attachment(self.id, file, mime, name).await
+    }
+
+    /// Encrypts, uploads and sends a file from disk, streamed.
+    pub async fn send_file(
+        &self,
+        path: impl AsRef<std::path::Path>,
+        mime: &str,
+    ) -> Result<MessageId> {
+        self.client.send_file(self.id, path, mime).await
+    }
+
+    /// Downloads and decrypts an attachment received in this conversation.
+    pub async fn download_attachment(&self, pointer: &AttachmentPointer) -> Result<Vec<u8>> {
+        self.client.download_attachment(pointer).await
+    }
+
+    /// Starts or stops this user's typing indicator (the server expires it by itself).
+    pub fn set_typing(&self, active: bool) -> Result<()> {
+        self.client.send_typing(self.id, active)
+    }
+
+    /// Raises this user's delivered or read position, as others see it.
+    pub fn send_receipt(&self, kind: ReceiptKind, up_to: MessageId) -> Result<()> {
+        self.client.send_receipt(self.id, kind, up_to)
+    }
+
+    // ---- reading (local, no request) ----------------------------------------------------
+
+    /// A page of the timeline: messages with their current text, edits, reactions and
+    /// replies resolved, newest last, before `before` (the newest page with `None`).
+    pub fn timeline(&self, before: Option<MessageId>, limit: usize) -> Result<Vec<TimelineItem>> {
+        self.client.timeline(self.id, before, limit)
+    }
+
+    /// One message of the timeline.
+    pub fn message(&self, id: MessageId) -> Result<Option<TimelineItem>> {
+        self.client.message(self.id, id)
+    }
+
+    /// The stored messages after `after` (exclusive), oldest first, as received (edits and
+    /// reactions as messages of their own).
+    pub fn history(&self, after: Option<MessageId>, limit: usize) -> Result<Vec<Message>> {
+        self.client.history(self.id, after, limit)
+    }
+
+    /// Marks everything up to `up_to` read, on this user's other devices too.
+    pub fn mark_read(&self, up_to: MessageId) -> Result<()> {
+        self.client.mark_read(self.id, up_to)
+    }
+
+    /// This user's read position.
+    pub fn read_position(&self) -> Result<ReadPosition> {
+        self.client.read_position(self.id)
+    }
+
+    /// How many messages from others are after the read position.
+    pub fn unread_count(&self) -> Result<usize> {
+        self.client.unread_count(self.id)
+    }
+
+    /// Who is typing now.
+    pub fn typing(&self) -> BTreeSet<UserId> {
+        self.client.typing(self.id)
+    }
+
+    // ---- members ------------------------------------------------------------------------
+
+    /// The current members, as the server lists them.
+    pub async fn members(&self) -> Result<Vec<UserId>> {
+        self.client.members(self.id).await
+    }
+
+    /// A group's name, settings and members with their roles, as this device verified
+    /// them from the group's signed changes.
+    pub async fn group_info(&self) -> Result<GroupInfo> {
+        self.client.group_info(self.id).await
+    }
+
+    /// Adds members to a group (see [`Client::add_members`]).
+    pub async fn add_members(&self, members: &[UserId]) -> Result<()> {
+        self.client.add_members(self.id, members).await
+    }
+
+    /// Removes a member from a group (admins only; for this user, leaves).
+    pub async fn remove_member(&self, user: UserId) -> Result<()> {
+        self.client.remove_member(self.id, user).await
+    }
+
+    /// Leaves the group.
+    pub async fn leave(&self) -> Result<()> {
+        self.client.leave(self.id).await
+    }
+
+    /// Makes a member an admin (admins only).
+    pub async fn promote(&self, user: UserId) -> Result<()> {
+        self.client.promote(self.id, user).await
+    }
+
+    /// Makes an admin a member (admins only; never the last admin).
+    pub async fn demote(&self, user: UserId) -> Result<()> {
+        self.client.demote(self.id, user).await
+    }
+
+    /// Renames the group.
+    pub async fn rename(&self, name: &str) -> Result<()> {
+        self.client.rename(self.id, name).await
+    }
+
+    /// Changes who may add members and rename (admins only).
+    pub async fn set_settings(&self, settings: GroupSettings) -> Result<()> {
+        self.client.set_group_settings(self.id, settings).await
+    }
+}
