@@ -288,6 +288,17 @@ pub enum StoreError {
         /// The newest version this build knows.
         supported: u32,
     },
+    /// The store is encrypted: open it with its key
+    /// ([`SqliteStore::open_encrypted`](crate::SqliteStore::open_encrypted)).
+    #[error("local store: encrypted; a key is needed to open it")]
+    KeyRequired,
+    /// The key does not open this store.
+    #[error("local store: the key does not open it")]
+    WrongKey,
+    /// The store was made without encryption, and a key was given: it is not encrypted now
+    /// (there is no conversion; a new device with an encrypted store is).
+    #[error("local store: made without encryption")]
+    NotEncrypted,
 }
 
 impl Error {

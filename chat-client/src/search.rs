@@ -278,6 +278,22 @@ impl SearchIndex {
 const SECURE_DELETE: &str =
     "INSERT INTO search_terms (search_terms, rank) VALUES ('secure-delete', 1)";
 
+/// The index's tables in SQLite's `temp` schema (an encrypted store's index, kept in
+/// memory): unqualified names resolve to `temp` before the file's own tables.
+pub(crate) fn create_temp_schema(conn: &Connection) -> Result<(), SearchError> {
+    let schema = SCHEMA
+        .replace(
+            "CREATE TABLE IF NOT EXISTS search_keys",
+            "CREATE TEMP TABLE IF NOT EXISTS search_keys",
+        )
+        .replace(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS search_terms",
+            "CREATE VIRTUAL TABLE IF NOT EXISTS temp.search_terms",
+        );
+    conn.execute_batch(&schema)?;
+    Ok(())
+}
+
 pub(crate) fn create_schema(conn: &Connection) -> Result<(), SearchError> {
     let old = conn
         .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'search_text'")?

@@ -4,6 +4,15 @@
 //! committed batch survives a power cut as well as a crash of the app. `secure_delete=ON`, so
 //! the text of a message deleted for everyone (erased by [`Write::Redact`]) and its index
 //! entries do not linger in free pages.
+//!
+//! Encryption at rest ([`SqliteStore::open_encrypted`]): every secret value (the device's
+//! token, its account and its sessions, sender keys, message plaintext, the outbox) is sealed
+//! with a [`StoreCipher`] under the app's key, bound to its table and row; the search index,
+//! which is plaintext by nature, then lives in memory only (SQLite's `temp` schema) and is
+//! built again from the decrypted messages each time the store opens. What stays readable in
+//! the file is metadata: conversation and message IDs, senders, times, content types and
+//! reply targets, read positions, the devices and trusted public keys of contacts, group
+//! states.
 
 use std::fmt;
 use std::path::Path;
@@ -13,6 +22,7 @@ use chat_core::{
     ClientKey, ConversationId, ConversationKind, DeviceAddress, DeviceId, InboxPos, MessageId,
     ReadPosition, Timestamp, UserId,
 };
+use chat_crypto::{StoreCipher, Zeroizing};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{Error, Result, StoreError};
@@ -57,9 +67,43 @@ CREATE INDEX IF NOT EXISTS messages_by_target ON messages (conversation, target,
     WHERE target IS NOT NULL;
 ";
 
-/// A [`ClientStore`] in one SQLite file.
+/// A [`ClientStore`] in one SQLite file, encrypted or not.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    values: Values,
+}
+
+/// Seals and opens the secret values of an encrypted store; passes them through otherwise.
+struct Values(Option<StoreCipher>);
+
+/// What the key check in an encrypted store's `meta` holds.
+const KEY_CHECK: &[u8] = b"chat-client store key check";
+
+impl Values {
+    /// `value` as stored at the place `ad` names.
+    fn seal(&self, ad: &str, value: &[u8]) -> Result<Vec<u8>> {
+        match &self.0 {
+            None => Ok(value.to_vec()),
+            Some(cipher) => Ok(cipher.seal(&mut rand::rng(), ad.as_bytes(), value)?),
+        }
+    }
+
+    /// The value stored at `ad`. An empty column (an erased message) is empty.
+    fn open(&self, ad: &str, stored: Vec<u8>) -> Result<Vec<u8>> {
+        match &self.0 {
+            Some(cipher) if !stored.is_empty() => {
+                let opened: Zeroizing<Vec<u8>> = cipher
+                    .open(ad.as_bytes(), &stored)
+                    .map_err(|_| corrupt("sealed value"))?;
+                Ok(opened.to_vec())
+            }
+            _ => Ok(stored),
+        }
+    }
+}
+
+fn message_ad(conversation: i64, message: i64) -> String {
+    format!("messages/{conversation}/{message}")
 }
 
 impl fmt::Debug for SqliteStore {
@@ -69,8 +113,57 @@ impl fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the store at `path`.
+    /// Opens (creating if needed) the unencrypted store at `path`. An encrypted one is
+    /// refused ([`StoreError::KeyRequired`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let conn = Self::connect(path)?;
+        if meta_of(&conn, "key_check")?.is_some() {
+            return Err(StoreError::KeyRequired.into());
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+            values: Values(None),
+        })
+    }
+
+    /// Opens (creating if needed) the store at `path`, encrypted under `key`: 32 random
+    /// bytes the app keeps outside the store, in the OS keychain (Keychain, the Android
+    /// Keystore, the Secret Service, DPAPI). A store made with another key is refused
+    /// ([`StoreError::WrongKey`]), as is one made without encryption
+    /// ([`StoreError::NotEncrypted`]). Opening rebuilds the in-memory search index from
+    /// every stored message (see the module docs).
+    pub fn open_encrypted(path: impl AsRef<Path>, key: &[u8; 32]) -> Result<Self> {
+        let conn = Self::connect(path)?;
+        let cipher = StoreCipher::new(key)?;
+        match meta_of(&conn, "key_check")? {
+            Some(check) => {
+                let opened = cipher
+                    .open(b"meta/key_check", &check)
+                    .map_err(|_| StoreError::WrongKey)?;
+                if opened.as_slice() != KEY_CHECK {
+                    return Err(StoreError::WrongKey.into());
+                }
+            }
+            None if meta_of(&conn, "device")?.is_some() => {
+                return Err(StoreError::NotEncrypted.into());
+            }
+            None => {
+                let check = cipher.seal(&mut rand::rng(), b"meta/key_check", KEY_CHECK)?;
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('key_check', ?1)",
+                    [check],
+                )?;
+            }
+        }
+        let store = Self {
+            conn: Mutex::new(conn),
+            values: Values(Some(cipher)),
+        };
+        store.index_in_memory()?;
+        Ok(store)
+    }
+
+    fn connect(path: impl AsRef<Path>) -> Result<Connection> {
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -78,9 +171,19 @@ impl SqliteStore {
         // Deleted messages are erased, not just unlinked: freed pages are overwritten.
         conn.pragma_update(None, "secure_delete", "ON")?;
         migrate(&mut conn)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
+        Ok(conn)
+    }
+
+    /// An encrypted store's search index: in SQLite's `temp` schema, kept in memory (names
+    /// resolve there before the file's empty tables), filled from the decrypted messages.
+    fn index_in_memory(&self) -> Result<()> {
+        let mut conn = self.conn()?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        crate::search::create_temp_schema(&conn)?;
+        let tx = conn.transaction()?;
+        index_all(&tx, &self.values)?;
+        tx.commit()?;
+        Ok(())
     }
 
     fn conn(&self) -> Result<MutexGuard<'_, Connection>> {
@@ -91,11 +194,21 @@ impl SqliteStore {
     }
 
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .conn()?
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-            .optional()?)
+        meta_of(&*self.conn()?, key)
     }
+
+    /// A secret `meta` value, opened.
+    fn secret_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.meta(key)?
+            .map(|v| self.values.open(&format!("meta/{key}"), v))
+            .transpose()
+    }
+}
+
+fn meta_of(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>> {
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?)
 }
 
 /// The schema version this build writes, in `PRAGMA user_version`. Version 0 is a new file or
@@ -180,25 +293,32 @@ fn add_kind_and_target(conn: &mut Connection) -> Result<()> {
     }
     // The relations of each message are read below: index them first.
     tx.execute_batch(INDEXES)?;
-    let standalone: Vec<StoredMessage> = {
-        let mut stmt = tx.prepare(&format!(
-            "SELECT {COLUMNS} FROM messages WHERE target IS NULL ORDER BY conversation, id"
-        ))?;
-        let rows = stmt.query_map([], row_of)?;
-        rows.map(|r| r.map_err(Error::from).and_then(stored))
-            .collect::<Result<_>>()?
-    };
+    // A file from before versioning was never encrypted.
+    index_all(&tx, &Values(None))?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Indexes every message's current text for search (each standalone message with its
+/// edits and deletes applied).
+fn index_all(conn: &Connection, values: &Values) -> Result<()> {
+    let standalone = select_messages(
+        conn,
+        values,
+        "WHERE target IS NULL ORDER BY conversation, id",
+        [],
+    )?;
     for m in standalone {
         let relations = select_messages(
-            &tx,
+            conn,
+            values,
             "WHERE conversation = ?1 AND target = ?2 ORDER BY id",
             params![id(m.conversation.get()), id(m.id.get())],
         )?;
         if let Some(text) = crate::thread::searchable(&crate::thread::view(&m, &relations)) {
-            crate::search::upsert(&tx, m.conversation, m.id, &text)?;
+            crate::search::upsert(conn, m.conversation, m.id, &text)?;
         }
     }
-    tx.commit()?;
     Ok(())
 }
 
@@ -220,7 +340,8 @@ fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     ))
 }
 
-fn stored((c, mid, su, sd, k, at, text): Row) -> Result<StoredMessage> {
+fn stored(values: &Values, (c, mid, su, sd, k, at, text): Row) -> Result<StoredMessage> {
+    let text = values.open(&message_ad(c, mid), text)?;
     Ok(StoredMessage {
         conversation: ConversationId::new(uid(c)).map_err(|_| corrupt("conversation"))?,
         id: MessageId::new(uid(mid)).map_err(|_| corrupt("message id"))?,
@@ -234,12 +355,13 @@ fn stored((c, mid, su, sd, k, at, text): Row) -> Result<StoredMessage> {
 /// Messages selected by `clause` (a `WHERE ... ORDER BY ... LIMIT ...` tail).
 fn select_messages(
     conn: &Connection,
+    values: &Values,
     clause: &str,
     args: impl rusqlite::Params,
 ) -> Result<Vec<StoredMessage>> {
     let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM messages {clause}"))?;
     let rows = stmt.query_map(args, row_of)?;
-    rows.map(|r| r.map_err(Error::from).and_then(stored))
+    rows.map(|r| r.map_err(Error::from).and_then(|r| stored(values, r)))
         .collect()
 }
 
@@ -258,13 +380,18 @@ fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
 }
 
-fn outbox_entry((k, c, p, t): OutboxRow) -> Result<OutboxEntry> {
+fn outbox_entry(values: &Values, (k, c, p, t): OutboxRow) -> Result<OutboxEntry> {
+    let client_key = ClientKey::from_bytes(k.try_into().map_err(|_| corrupt("client key"))?);
     Ok(OutboxEntry {
-        client_key: ClientKey::from_bytes(k.try_into().map_err(|_| corrupt("client key"))?),
+        client_key,
         conversation: ConversationId::new(uid(c)).map_err(|_| corrupt("conversation"))?,
-        payload: Secret::new(p),
-        plaintext: t,
+        payload: Secret::new(values.open(&outbox_ad(client_key, "payload"), p)?),
+        plaintext: values.open(&outbox_ad(client_key, "plaintext"), t)?,
     })
+}
+
+fn outbox_ad(client_key: ClientKey, column: &str) -> String {
+    format!("outbox/{}/{column}", hex::encode(client_key.as_bytes()))
 }
 
 fn conversation_record((cid, kind): (i64, String)) -> Result<ConversationRecord> {
@@ -311,6 +438,14 @@ fn decode_addresses(bytes: &[u8]) -> Result<Vec<DeviceAddress>> {
         .collect()
 }
 
+fn sessions_ad(device: DeviceAddress) -> String {
+    format!("sessions/{}/{}", device.user, device.device)
+}
+
+fn receiver_ad(conversation: ConversationId, sender: DeviceAddress) -> String {
+    format!("receivers/{conversation}/{}/{}", sender.user, sender.device)
+}
+
 fn kind_name(kind: ConversationKind) -> &'static str {
     match kind {
         ConversationKind::Direct => "direct",
@@ -336,19 +471,25 @@ impl ClientStore for SqliteStore {
                     });
                     tx.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('device', ?1)",
-                        [json.to_string().into_bytes()],
+                        [self
+                            .values
+                            .seal("meta/device", json.to_string().as_bytes())?],
                     )?;
                 }
                 Write::Account(a) => {
                     tx.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('account', ?1)",
-                        [a.as_slice()],
+                        [self.values.seal("meta/account", a.as_slice())?],
                     )?;
                 }
                 Write::Sessions(d, p) => {
                     tx.execute(
                         "INSERT OR REPLACE INTO sessions (user, device, pickle) VALUES (?1, ?2, ?3)",
-                        params![id(d.user.get()), id(d.device.get()), p.as_slice()],
+                        params![
+                            id(d.user.get()),
+                            id(d.device.get()),
+                            self.values.seal(&sessions_ad(d), p.as_slice())?
+                        ],
                     )?;
                 }
                 Write::SenderKey {
@@ -358,7 +499,11 @@ impl ClientStore for SqliteStore {
                 } => {
                     tx.execute(
                         "INSERT OR REPLACE INTO sender_keys (conversation, pickle, distributed) VALUES (?1, ?2, ?3)",
-                        params![id(conversation.get()), pickle.as_slice(), encode_addresses(&distributed)],
+                        params![
+                            id(conversation.get()),
+                            self.values.seal(&format!("sender_keys/{conversation}"), pickle.as_slice())?,
+                            encode_addresses(&distributed)
+                        ],
                     )?;
                 }
                 Write::Receiver {
@@ -372,7 +517,7 @@ impl ClientStore for SqliteStore {
                             id(conversation.get()),
                             id(sender.user.get()),
                             id(sender.device.get()),
-                            pickle.as_slice()
+                            self.values.seal(&receiver_ad(conversation, sender), pickle.as_slice())?
                         ],
                     )?;
                 }
@@ -394,7 +539,10 @@ impl ClientStore for SqliteStore {
                         id(m.sender.device.get()),
                         m.client_key.as_bytes().as_slice(),
                         id(m.sent_at.as_millis()),
-                        m.plaintext,
+                        self.values.seal(
+                            &message_ad(id(m.conversation.get()), id(m.id.get())),
+                            &m.plaintext
+                        )?,
                         kind,
                         target.map(|t| id(t.get()))
                     ])?;
@@ -469,8 +617,8 @@ impl ClientStore for SqliteStore {
                         params![
                             e.client_key.as_bytes().as_slice(),
                             id(e.conversation.get()),
-                            e.payload.as_slice(),
-                            e.plaintext
+                            self.values.seal(&outbox_ad(e.client_key, "payload"), e.payload.as_slice())?,
+                            self.values.seal(&outbox_ad(e.client_key, "plaintext"), &e.plaintext)?
                         ],
                     )?;
                 }
@@ -540,7 +688,7 @@ impl ClientStore for SqliteStore {
     }
 
     fn device(&self) -> Result<Option<DeviceRecord>> {
-        let Some(bytes) = self.meta("device")? else {
+        let Some(bytes) = self.secret_meta("device")? else {
             return Ok(None);
         };
         let v: serde_json::Value =
@@ -560,7 +708,7 @@ impl ClientStore for SqliteStore {
     }
 
     fn account(&self) -> Result<Option<Secret>> {
-        Ok(self.meta("account")?.map(Secret::new))
+        Ok(self.secret_meta("account")?.map(Secret::new))
     }
 
     fn sessions(&self, device: DeviceAddress) -> Result<Option<Secret>> {
@@ -572,6 +720,8 @@ impl ClientStore for SqliteStore {
                 |r| r.get::<_, Vec<u8>>(0),
             )
             .optional()?
+            .map(|p| self.values.open(&sessions_ad(device), p))
+            .transpose()?
             .map(Secret::new))
     }
 
@@ -588,7 +738,12 @@ impl ClientStore for SqliteStore {
             )
             .optional()?;
         match row {
-            Some((p, d)) => Ok(Some((Secret::new(p), decode_addresses(&d)?))),
+            Some((p, d)) => {
+                let p = self
+                    .values
+                    .open(&format!("sender_keys/{conversation}"), p)?;
+                Ok(Some((Secret::new(p), decode_addresses(&d)?)))
+            }
             None => Ok(None),
         }
     }
@@ -610,6 +765,8 @@ impl ClientStore for SqliteStore {
                 |r| r.get::<_, Vec<u8>>(0),
             )
             .optional()?
+            .map(|p| self.values.open(&receiver_ad(conversation, sender), p))
+            .transpose()?
             .map(Secret::new))
     }
 
@@ -629,8 +786,11 @@ impl ClientStore for SqliteStore {
             "SELECT client_key, conversation, payload, plaintext FROM outbox ORDER BY seq",
         )?;
         let rows = stmt.query_map([], outbox_row)?;
-        rows.map(|r| r.map_err(Error::from).and_then(outbox_entry))
-            .collect()
+        rows.map(|r| {
+            r.map_err(Error::from)
+                .and_then(|r| outbox_entry(&self.values, r))
+        })
+        .collect()
     }
 
     fn outbox_entry(&self, client_key: ClientKey) -> Result<Option<OutboxEntry>> {
@@ -640,7 +800,7 @@ impl ClientStore for SqliteStore {
         )?;
         stmt.query_row([client_key.as_bytes().as_slice()], outbox_row)
             .optional()?
-            .map(outbox_entry)
+            .map(|r| outbox_entry(&self.values, r))
             .transpose()
     }
 
@@ -652,6 +812,7 @@ impl ClientStore for SqliteStore {
     ) -> Result<Vec<StoredMessage>> {
         select_messages(
             &*self.conn()?,
+            &self.values,
             "WHERE conversation = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
             params![
                 id(conversation.get()),
@@ -668,6 +829,7 @@ impl ClientStore for SqliteStore {
     ) -> Result<Option<StoredMessage>> {
         Ok(select_messages(
             &*self.conn()?,
+            &self.values,
             "WHERE conversation = ?1 AND id = ?2",
             params![id(conversation.get()), id(message.get())],
         )?
@@ -698,6 +860,7 @@ impl ClientStore for SqliteStore {
     ) -> Result<Vec<StoredMessage>> {
         select_messages(
             &*self.conn()?,
+            &self.values,
             "WHERE conversation = ?1 AND id < ?2 AND target IS NULL ORDER BY id DESC LIMIT ?3",
             params![
                 id(conversation.get()),
@@ -714,6 +877,7 @@ impl ClientStore for SqliteStore {
     ) -> Result<Vec<StoredMessage>> {
         select_messages(
             &*self.conn()?,
+            &self.values,
             "WHERE conversation = ?1 AND target = ?2 ORDER BY id",
             params![id(conversation.get()), id(target.get())],
         )

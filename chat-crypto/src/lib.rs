@@ -20,6 +20,7 @@ mod identity;
 mod primitives;
 mod safety;
 mod session;
+mod store_cipher;
 
 /// Entry points for the fuzz targets in `fuzz/`, compiled only under `cfg(fuzzing)` (which
 /// cargo-fuzz sets): the parsers a peer reaches only inside an authenticated ciphertext,
@@ -64,6 +65,7 @@ pub use session::{
     DeviceAddress, MAX_FORWARD_JUMP, MAX_RECEIVER_CHAINS, MAX_SKIPPED_KEY_AGE,
     MAX_SKIPPED_PER_CHAIN, MAX_SKIPPED_TOTAL, Session, is_prekey_message, prekey_identity,
 };
+pub use store_cipher::{STORE_OVERHEAD, StoreCipher};
 pub use zeroize::Zeroizing;
 
 /// The server's limit on one device header, in bytes. Every header this crate makes fits.

@@ -448,3 +448,119 @@ fn sqlite_and_reopen() {
     assert_eq!(again.cursor().unwrap().get(), 41);
     assert_eq!(again.outbox().unwrap().len(), 1);
 }
+
+const KEY: [u8; 32] = [0x5A; 32];
+
+#[test]
+fn sqlite_encrypted_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    run(&crate::SqliteStore::open_encrypted(&path, &KEY).unwrap());
+    let again = crate::SqliteStore::open_encrypted(&path, &KEY).unwrap();
+    assert_eq!(again.cursor().unwrap().get(), 41);
+    assert_eq!(again.outbox().unwrap().len(), 1);
+}
+
+/// Everything secret is sealed in the file (and its WAL): the token, the account and session
+/// pickles, message and outbox plaintext, the search index. The file opens only with its key;
+/// the index, kept in memory, is built again from the messages when it opens.
+#[test]
+fn an_encrypted_store_keeps_no_secret_in_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let conv = ConversationId::new(3).unwrap();
+    let secrets: [&[u8]; 6] = [
+        b"token-SECRET-7f3a",
+        b"ACCOUNT-PICKLE-SECRET",
+        b"SESSION-PICKLE-SECRET",
+        b"SENDERKEY-PICKLE-SECRET",
+        b"meet me at the old mill",
+        b"outgoing private words",
+    ];
+    {
+        let store = crate::SqliteStore::open_encrypted(&path, &KEY).unwrap();
+        store
+            .commit(vec![
+                Write::Device(DeviceRecord {
+                    server: "127.0.0.1:1".into(),
+                    address: dev(1, 1),
+                    token: "token-SECRET-7f3a".into(),
+                }),
+                Write::Account(Secret::new(secrets[1].to_vec())),
+                Write::Sessions(dev(2, 1), Secret::new(secrets[2].to_vec())),
+                Write::SenderKey {
+                    conversation: conv,
+                    pickle: Secret::new(secrets[3].to_vec()),
+                    distributed: vec![dev(2, 1)],
+                },
+                Write::Message(content_msg(3, 1, 2, &text("meet me at the old mill"))),
+                Write::Search(SearchWrite::Index {
+                    conversation: conv,
+                    message: MessageId::new(1).unwrap(),
+                    text: "meet me at the old mill".into(),
+                }),
+                Write::OutboxPut(OutboxEntry {
+                    client_key: ClientKey::from_bytes([9; 16]),
+                    conversation: conv,
+                    payload: Secret::new(b"ciphertext".to_vec()),
+                    plaintext: b"outgoing private words".to_vec(),
+                }),
+            ])
+            .unwrap();
+        let hits = store
+            .search("old mill", crate::search::SearchPage::first(5))
+            .unwrap()
+            .hits;
+        assert_eq!(hits.len(), 1);
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            for secret in secrets {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret),
+                    "{} in the files",
+                    String::from_utf8_lossy(secret)
+                );
+            }
+            assert!(
+                !bytes.windows(4).any(|w| w == b"mill"),
+                "the index is in the file"
+            );
+        }
+    }
+    let store = crate::SqliteStore::open_encrypted(&path, &KEY).unwrap();
+    assert_eq!(store.device().unwrap().unwrap().token, "token-SECRET-7f3a");
+    assert_eq!(store.account().unwrap().unwrap().as_slice(), secrets[1]);
+    assert_eq!(
+        store.sessions(dev(2, 1)).unwrap().unwrap().as_slice(),
+        secrets[2]
+    );
+    assert_eq!(store.outbox().unwrap()[0].plaintext, secrets[5]);
+    let hits = store
+        .search("old mill", crate::search::SearchPage::first(5))
+        .unwrap()
+        .hits;
+    assert_eq!(hits.len(), 1, "the index is built again on opening");
+    drop(store);
+
+    assert!(matches!(
+        crate::SqliteStore::open(&path),
+        Err(Error::Store(crate::StoreError::KeyRequired))
+    ));
+    assert!(matches!(
+        crate::SqliteStore::open_encrypted(&path, &[1; 32]),
+        Err(Error::Store(crate::StoreError::WrongKey))
+    ));
+    let plain = dir.path().join("plain.db");
+    crate::SqliteStore::open(&plain)
+        .unwrap()
+        .commit(vec![Write::Device(DeviceRecord {
+            server: "127.0.0.1:1".into(),
+            address: dev(1, 1),
+            token: "t".into(),
+        })])
+        .unwrap();
+    assert!(matches!(
+        crate::SqliteStore::open_encrypted(&plain, &KEY),
+        Err(Error::Store(crate::StoreError::NotEncrypted))
+    ));
+}
