@@ -68,8 +68,14 @@ CREATE INDEX IF NOT EXISTS messages_by_target ON messages (conversation, target,
 ";
 
 /// A [`ClientStore`] in one SQLite file, encrypted or not.
+///
+/// Two connections: commits go through one (on a multi-threaded tokio runtime inside
+/// `block_in_place`, so the worker's other tasks move to another thread while SQLite
+/// fsyncs), reads through the other, which WAL lets read the last commit while the next one
+/// is being written: a read never waits for a commit's fsync.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    reader: Mutex<Connection>,
     values: Values,
 }
 
@@ -116,13 +122,22 @@ impl SqliteStore {
     /// Opens (creating if needed) the unencrypted store at `path`. An encrypted one is
     /// refused ([`StoreError::KeyRequired`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
         let conn = Self::connect(path)?;
         if meta_of(&conn, "key_check")?.is_some() {
             return Err(StoreError::KeyRequired.into());
         }
+        Self::with(path, conn, Values(None))
+    }
+
+    fn with(path: &Path, conn: Connection, values: Values) -> Result<Self> {
+        let reader = Connection::open(path)?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        reader.pragma_update(None, "query_only", "ON")?;
         Ok(Self {
             conn: Mutex::new(conn),
-            values: Values(None),
+            reader: Mutex::new(reader),
+            values,
         })
     }
 
@@ -133,6 +148,7 @@ impl SqliteStore {
     /// ([`StoreError::NotEncrypted`]). Opening rebuilds the in-memory search index from
     /// every stored message (see the module docs).
     pub fn open_encrypted(path: impl AsRef<Path>, key: &[u8; 32]) -> Result<Self> {
+        let path = path.as_ref();
         let conn = Self::connect(path)?;
         let cipher = StoreCipher::new(key)?;
         match meta_of(&conn, "key_check")? {
@@ -155,10 +171,7 @@ impl SqliteStore {
                 )?;
             }
         }
-        let store = Self {
-            conn: Mutex::new(conn),
-            values: Values(Some(cipher)),
-        };
+        let store = Self::with(path, conn, Values(Some(cipher)))?;
         store.index_in_memory()?;
         Ok(store)
     }
@@ -186,15 +199,23 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// The connection that commits. A std mutex: every use is a synchronous call, never
+    /// held across an await.
     fn conn(&self) -> Result<MutexGuard<'_, Connection>> {
-        // A std mutex: every use is a short synchronous call, never held across an await.
         self.conn
             .lock()
             .map_err(|_| Error::poisoned("sqlite store"))
     }
 
+    /// The connection that reads.
+    fn read(&self) -> Result<MutexGuard<'_, Connection>> {
+        self.reader
+            .lock()
+            .map_err(|_| Error::poisoned("sqlite store"))
+    }
+
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        meta_of(&*self.conn()?, key)
+        meta_of(&*self.read()?, key)
     }
 
     /// A secret `meta` value, opened.
@@ -453,8 +474,8 @@ fn kind_name(kind: ConversationKind) -> &'static str {
     }
 }
 
-impl ClientStore for SqliteStore {
-    fn commit(&self, writes: Vec<Write>) -> Result<()> {
+impl SqliteStore {
+    fn commit_now(&self, writes: Vec<Write>) -> Result<()> {
         let mut conn = self.conn()?;
         let erases = writes
             .iter()
@@ -686,7 +707,23 @@ impl ClientStore for SqliteStore {
         }
         Ok(())
     }
+}
 
+/// Runs a blocking call: on a multi-threaded tokio runtime inside `block_in_place`, so the
+/// worker's other tasks carry on elsewhere; otherwise as it is.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+impl ClientStore for SqliteStore {
+    fn commit(&self, writes: Vec<Write>) -> Result<()> {
+        blocking(|| self.commit_now(writes))
+    }
     fn device(&self) -> Result<Option<DeviceRecord>> {
         let Some(bytes) = self.secret_meta("device")? else {
             return Ok(None);
@@ -781,7 +818,7 @@ impl ClientStore for SqliteStore {
     }
 
     fn outbox(&self) -> Result<Vec<OutboxEntry>> {
-        let conn = self.conn()?;
+        let conn = self.read()?;
         let mut stmt = conn.prepare_cached(
             "SELECT client_key, conversation, payload, plaintext FROM outbox ORDER BY seq",
         )?;
@@ -794,7 +831,7 @@ impl ClientStore for SqliteStore {
     }
 
     fn outbox_entry(&self, client_key: ClientKey) -> Result<Option<OutboxEntry>> {
-        let conn = self.conn()?;
+        let conn = self.read()?;
         let mut stmt = conn.prepare_cached(
             "SELECT client_key, conversation, payload, plaintext FROM outbox WHERE client_key = ?1",
         )?;
@@ -811,7 +848,7 @@ impl ClientStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<StoredMessage>> {
         select_messages(
-            &*self.conn()?,
+            &*self.read()?,
             &self.values,
             "WHERE conversation = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
             params![
@@ -828,7 +865,7 @@ impl ClientStore for SqliteStore {
         message: MessageId,
     ) -> Result<Option<StoredMessage>> {
         Ok(select_messages(
-            &*self.conn()?,
+            &*self.read()?,
             &self.values,
             "WHERE conversation = ?1 AND id = ?2",
             params![id(conversation.get()), id(message.get())],
@@ -837,7 +874,7 @@ impl ClientStore for SqliteStore {
     }
 
     fn newest_messages(&self) -> Result<Vec<(ConversationId, MessageId)>> {
-        let conn = self.conn()?;
+        let conn = self.read()?;
         let mut stmt =
             conn.prepare("SELECT conversation, max(id) FROM messages GROUP BY conversation")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
@@ -859,7 +896,7 @@ impl ClientStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<StoredMessage>> {
         select_messages(
-            &*self.conn()?,
+            &*self.read()?,
             &self.values,
             "WHERE conversation = ?1 AND id < ?2 AND target IS NULL ORDER BY id DESC LIMIT ?3",
             params![
@@ -876,7 +913,7 @@ impl ClientStore for SqliteStore {
         target: MessageId,
     ) -> Result<Vec<StoredMessage>> {
         select_messages(
-            &*self.conn()?,
+            &*self.read()?,
             &self.values,
             "WHERE conversation = ?1 AND target = ?2 ORDER BY id",
             params![id(conversation.get()), id(target.get())],
@@ -905,7 +942,7 @@ impl ClientStore for SqliteStore {
         conversation: ConversationId,
         read: ReadPosition,
     ) -> Result<Vec<(MessageId, UserId)>> {
-        let conn = self.conn()?;
+        let conn = self.read()?;
         // Texts, attachments and unknown types (see `counts_as_unread`), minus those a delete
         // by their own sender tombstoned.
         let mut stmt = conn.prepare_cached(
@@ -936,7 +973,13 @@ impl ClientStore for SqliteStore {
     }
 
     fn search(&self, query: &str, page: SearchPage) -> Result<SearchResults> {
-        Ok(crate::search::search(&*self.conn()?, query, page)?)
+        // An encrypted store's index is in the committing connection's memory.
+        let conn = if self.values.0.is_some() {
+            self.conn()?
+        } else {
+            self.read()?
+        };
+        Ok(crate::search::search(&conn, query, page)?)
     }
 
     fn recovery(&self) -> Result<Option<Vec<RecoveryPoint>>> {
@@ -1009,7 +1052,7 @@ impl ClientStore for SqliteStore {
     }
 
     fn conversations(&self) -> Result<Vec<ConversationRecord>> {
-        let conn = self.conn()?;
+        let conn = self.read()?;
         let mut stmt = conn.prepare_cached("SELECT id, kind FROM conversations ORDER BY id")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
         rows.map(|r| r.map_err(Error::from).and_then(conversation_record))
@@ -1017,7 +1060,7 @@ impl ClientStore for SqliteStore {
     }
 
     fn conversation(&self, cid: ConversationId) -> Result<Option<ConversationRecord>> {
-        let conn = self.conn()?;
+        let conn = self.read()?;
         let mut stmt = conn.prepare_cached("SELECT id, kind FROM conversations WHERE id = ?1")?;
         stmt.query_row([id(cid.get())], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
