@@ -1,0 +1,147 @@
+//! A device that comes back to a 10,000-message backlog (issue 19): how fast its client
+//! stores the backlog (decrypt, commit, acknowledge each message), and whether the client's
+//! runtime stalls meanwhile. The stall figure is the lateness of a 1 ms ticker on the client's
+//! runtime (2 workers): the longest time no worker could run it, an upper bound on the
+//! longest poll (stable tokio exposes no per-poll metrics). The node runs on a runtime of
+//! its own.
+//!
+//! `cargo bench -p chat-client --bench backlog` (`BACKLOG_MESSAGES`, default 10,000;
+//! `BACKLOG_ENCRYPTED=1` for an encrypted store; `BACKLOG_CONCURRENCY`, default 200, sends
+//! in flight while the backlog is made).
+
+use std::time::{Duration, Instant};
+
+use chat_client::{Client, Credentials, Event, SqliteStore};
+
+const KEY: [u8; 32] = [0x42; 32];
+
+fn main() {
+    let messages: usize = std::env::var("BACKLOG_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let encrypted = std::env::var("BACKLOG_ENCRYPTED").is_ok_and(|v| v == "1");
+    let concurrency: usize = std::env::var("BACKLOG_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+
+    let node_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let config = chat_server::Config {
+        listen: ([127, 0, 0, 1], 0).into(),
+        store: "memory:".into(),
+        argon2_memory_kib: 8,
+        argon2_iterations: 1,
+        auth_burst_per_address: 100_000,
+        send_burst_per_account: 100_000,
+        sends_per_account_per_second: 100_000.0,
+        frame_burst: 100_000,
+        frames_per_second: 100_000.0,
+        ..chat_server::Config::default()
+    };
+    let node = node_runtime
+        .block_on(chat_server::Server::bind(config))
+        .expect("bind");
+    let server = format!("http://{}", node.local_addr());
+    node_runtime.spawn(node.run_until(std::future::pending()));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bob.db");
+    let open = |path: &std::path::Path| {
+        if encrypted {
+            SqliteStore::open_encrypted(path, &KEY).expect("store")
+        } else {
+            SqliteStore::open(path).expect("store")
+        }
+    };
+    runtime.block_on(async {
+        let alice = Client::builder(&server)
+            .register(&Credentials::new("alice", "correct horse"))
+            .await
+            .expect("alice");
+        let bob = Client::builder(&server)
+            .store(open(&path))
+            .register(&Credentials::new("bob", "battery staple"))
+            .await
+            .expect("bob");
+        let chat = alice.conversation(alice.open_direct(bob.user()).await.expect("open"));
+        chat.send_text("hello").await.expect("first");
+        // Bob has the session; now he is away while the backlog builds.
+        bob.close().await;
+        drop(bob);
+        let sent = Instant::now();
+        for chunk in (0..messages).collect::<Vec<_>>().chunks(concurrency) {
+            let sends = chunk.iter().map(|n| {
+                let chat = chat.clone();
+                async move { chat.send_text(&format!("backlog message {n}")).await }
+            });
+            for r in futures::future::join_all(sends).await {
+                r.expect("send");
+            }
+        }
+        println!(
+            "backlog of {messages} sent in {:.1} s",
+            sent.elapsed().as_secs_f64()
+        );
+
+        // The ticker: how late each 1 ms tick runs.
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let ticker = tokio::spawn(async move {
+            let mut late = Vec::new();
+            let mut next = Instant::now() + Duration::from_millis(1);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return late,
+                    () = tokio::time::sleep_until(next.into()) => {
+                        late.push(Instant::now().saturating_duration_since(next));
+                        next = Instant::now() + Duration::from_millis(1);
+                    }
+                }
+            }
+        });
+        let start = Instant::now();
+        let bob = Client::builder(&server)
+            .store(open(&path))
+            .open()
+            .await
+            .expect("open");
+        let mut events = bob.events();
+        let mut got = 0;
+        while got < messages {
+            match tokio::time::timeout(Duration::from_secs(120), events.next()).await {
+                Ok(Some(Event::Message(_))) => got += 1,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => panic!("backlog stopped at {got}"),
+            }
+        }
+        let took = start.elapsed().as_secs_f64();
+        let _ = stop.send(());
+        let mut late = ticker.await.expect("ticker");
+        late.sort();
+        let at = |q: f64| {
+            late.get(((late.len() as f64 * q) as usize).min(late.len() - 1))
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        println!(
+            "{} store: {messages} messages stored in {took:.2} s ({:.0} messages/s); \
+             ticker lateness over {} ticks: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            if encrypted { "encrypted" } else { "plain" },
+            messages as f64 / took,
+            late.len(),
+            at(0.5),
+            at(0.99),
+            at(1.0)
+        );
+        bob.close().await;
+        alice.close().await;
+    });
+}
