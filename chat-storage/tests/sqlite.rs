@@ -3,10 +3,9 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use chat_core::{
-    AccountStore as _, ChainLink, ConversationStore as _, GroupOp, GroupSettings, InboxPos,
-    KeyStore as _, MessageStore as _, StoreError, Timestamp,
+    AccountStore as _, ConversationStore as _, InboxPos, KeyStore as _, MessageStore as _,
+    StoreError, Timestamp,
 };
 use chat_storage::testing::{self, Fixture};
 use chat_storage::{SqliteOptions, SqliteStore};
@@ -223,16 +222,7 @@ async fn version_5_groups_migrate_without_a_chain() {
     let store = SqliteStore::open(&path, SqliteOptions::default())
         .await
         .expect("open");
-    let a = testing::user(&store).await;
-    let b = testing::user(&store).await;
-    let renamed = store
-        .create_group(a, &[b], 100, testing::NOW)
-        .await
-        .expect("group");
-    let signed = store
-        .create_group(b, &[a], 100, testing::NOW)
-        .await
-        .expect("group");
+    let groups = testing::groups_before_chains(&store).await;
     drop(store);
 
     downgrade(&path, 5);
@@ -240,36 +230,5 @@ async fn version_5_groups_migrate_without_a_chain() {
     let store = SqliteStore::open(&path, SqliteOptions::default())
         .await
         .expect("migrate");
-    for conv in [renamed.id, signed.id] {
-        assert_eq!(
-            store.group_changes(conv, 0, 10).await.expect("changes"),
-            Vec::new()
-        );
-    }
-    let state = store
-        .change_group(renamed.id, a, &GroupOp::Rename("Team".into()), 100, None)
-        .await
-        .expect("an unsigned change");
-    assert_eq!(state.name(), "Team");
-    let create = GroupOp::Create {
-        name: chat_core::DEFAULT_GROUP_NAME.into(),
-        members: vec![a],
-        settings: GroupSettings::default(),
-    };
-    let link = ChainLink {
-        parent: [0; 32],
-        head: [1; 32],
-        change: Bytes::from_static(b"signed creation"),
-    };
-    store
-        .change_group(signed.id, b, &create, 100, Some(&link))
-        .await
-        .expect("a signed creation starts the chain");
-    assert_eq!(
-        store
-            .group_changes(signed.id, 0, 10)
-            .await
-            .expect("changes"),
-        vec![(1, link.change)]
-    );
+    testing::groups_made_before_chains_still_change(&store, groups).await;
 }

@@ -456,3 +456,53 @@ pub async fn group_changes_need_a_group(store: Arc<dyn Store>) {
         .await;
     assert!(matches!(err, Err(StoreError::NotFound)), "{err:?}");
 }
+
+/// Two groups made before a migration that adds chains (see
+/// [`groups_made_before_chains_still_change`]).
+#[derive(Debug, Clone, Copy)]
+pub struct GroupsBeforeChains {
+    a: UserId,
+    b: UserId,
+    renamed: ConversationId,
+    signed: ConversationId,
+}
+
+/// Makes two groups, before a test takes the schema back to a version without chains.
+pub async fn groups_before_chains(store: &dyn Store) -> GroupsBeforeChains {
+    let a = user(store).await;
+    let b = user(store).await;
+    let group = |creator, other| async move {
+        store
+            .create_group(creator, &[other], 100, NOW)
+            .await
+            .expect("group")
+            .id
+    };
+    let renamed = group(a, b).await;
+    let signed = group(b, a).await;
+    GroupsBeforeChains {
+        a,
+        b,
+        renamed,
+        signed,
+    }
+}
+
+/// After the migration, the groups have no chain: an unsigned change still applies to one,
+/// and a signed creation starts the other's chain.
+pub async fn groups_made_before_chains_still_change(store: &dyn Store, g: GroupsBeforeChains) {
+    for conv in [g.renamed, g.signed] {
+        assert_eq!(chain(store, conv).await, Vec::new());
+    }
+    let state = store
+        .change_group(g.renamed, g.a, &GroupOp::Rename("Team".into()), 100, None)
+        .await
+        .expect("an unsigned change");
+    assert_eq!(state.name(), "Team");
+    let first = link(GENESIS, "creation");
+    store
+        .change_group(g.signed, g.b, &creation(&[g.a]), 100, Some(&first))
+        .await
+        .expect("a signed creation starts the chain");
+    assert_eq!(chain(store, g.signed).await, vec![(1, first.change)]);
+}

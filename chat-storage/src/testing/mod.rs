@@ -292,8 +292,9 @@ pub use accounts::{
     signed_prekey_is_the_fallback, too_many_devices,
 };
 pub use chain::{
-    concurrent_signed_changes_on_one_parent_one_wins, group_chain_pages_in_order,
-    group_changes_need_a_group, signed_changes_follow_the_rules_strictly,
+    GroupsBeforeChains, concurrent_signed_changes_on_one_parent_one_wins,
+    group_chain_pages_in_order, group_changes_need_a_group, groups_before_chains,
+    groups_made_before_chains_still_change, signed_changes_follow_the_rules_strictly,
     signed_creation_must_match_the_group, stale_group_change_changes_nothing,
     unsigned_change_is_refused_once_chained,
 };
