@@ -1,7 +1,7 @@
 //! A device that comes back to a 10,000-message backlog (issue 19): how fast its client
 //! stores the backlog (decrypt, commit, acknowledge each message), and whether the client's
 //! runtime stalls meanwhile. The stall figure is the lateness of a 1 ms ticker on the client's
-//! runtime (2 workers): the longest time no worker could run it, an upper bound on the
+//! runtime (2 workers, `BACKLOG_WORKERS` for another number): the longest time no worker could run it, an upper bound on the
 //! longest poll (stable tokio exposes no per-poll metrics). The node runs on a runtime of
 //! its own.
 //!
@@ -49,8 +49,12 @@ fn main() {
     let server = format!("http://{}", node.local_addr());
     node_runtime.spawn(node.run_until(std::future::pending()));
 
+    let workers: usize = std::env::var("BACKLOG_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("runtime");
