@@ -100,3 +100,44 @@ async fn bob_peer(bob: &Client) -> chat::client::UserId {
         .find(|u| *u != bob.user())
         .expect("a peer")
 }
+
+/// `close` sends what the outbox holds before it signs off, and the client is stopped
+/// afterwards on every clone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_flushes_the_outbox_and_stops_every_clone() {
+    let server = TestServer::start(config("memory:")).await;
+    let alice = Client::builder(server.url())
+        .register(&Credentials::new("alice", PASSWORD))
+        .await
+        .expect("register");
+    let bob = Client::builder(server.url())
+        .register(&Credentials::new("bob", PASSWORD))
+        .await
+        .expect("register");
+    let mut b = bob.events();
+    synced(&mut b).await;
+    let chat = alice.conversation(alice.open_direct(bob.user()).await.expect("open"));
+    for n in 0..20 {
+        chat.queue_text(&format!("queued {n}"))
+            .await
+            .expect("queue");
+    }
+    let clone = alice.clone();
+    alice.close().await;
+    assert_eq!(
+        alice.pending().expect("pending"),
+        0,
+        "the outbox was sent first"
+    );
+    for n in 0..20 {
+        let text = format!("queued {n}");
+        assert_eq!(
+            next_text(&mut b, chat.id()).await.text(),
+            Some(text.as_str())
+        );
+    }
+    assert!(matches!(
+        clone.conversation(chat.id()).send_text("after").await,
+        Err(Error::Closed)
+    ));
+}

@@ -53,16 +53,22 @@ struct Running {
     inner: Arc<Inner>,
     /// The receiver that sees every event from the start, for the first `events` call.
     first_events: Mutex<Option<broadcast::Receiver<Event>>>,
-    driver: JoinHandle<()>,
+    /// The driver task, until `close` joins it.
+    driver: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        // Tasks started off the driver (history recovery) stop at their next step.
+        // Tasks started off the driver stop at their next step, or now.
         self.inner
             .closed
             .store(true, std::sync::atomic::Ordering::Release);
-        self.driver.abort();
+        if let Some(driver) = self.driver.get_mut().ok().and_then(Option::take) {
+            driver.abort();
+        }
+        if let Ok(mut tasks) = self.inner.tasks.lock() {
+            tasks.abort_all();
+        }
     }
 }
 
@@ -108,6 +114,9 @@ pub(crate) struct Inner {
     pub(crate) link_code: Mutex<Option<chat_crypto::LinkCode>>,
     /// Held while a group's signed changes are fetched and applied.
     pub(crate) group_sync: tokio::sync::Mutex<()>,
+    /// The tasks started off the driver (history recovery, repairs, retries, learning a
+    /// conversation); `close` joins them.
+    pub(crate) tasks: Mutex<tokio::task::JoinSet<()>>,
     /// Group reports already made (each once per client).
     pub(crate) group_reports:
         Mutex<std::collections::HashSet<(ConversationId, crate::groups::Report)>>,
@@ -315,6 +324,7 @@ impl Client {
             link_code: Mutex::new(None),
             group_sync: tokio::sync::Mutex::new(()),
             group_reports: Mutex::new(std::collections::HashSet::new()),
+            tasks: Mutex::new(tokio::task::JoinSet::new()),
             trusted: Mutex::new(HashMap::new()),
         });
         let driver = tokio::spawn(driver::run(inner.clone(), rx));
@@ -322,7 +332,7 @@ impl Client {
             running: Arc::new(Running {
                 inner: inner.clone(),
                 first_events: Mutex::new(Some(first)),
-                driver,
+                driver: Mutex::new(Some(driver)),
             }),
             inner,
         }
@@ -574,22 +584,36 @@ impl Client {
             .map_err(|_| Error::Closed)
     }
 
-    /// Signs off: acknowledges what was received, closes the connection with a normal
-    /// WebSocket close and stops the client. The server counts a cleanly closed device as
-    /// gone at once, so contacts see this user offline without waiting for the heartbeat
-    /// window (a dropped client, or a lost connection, is seen as offline only when the
-    /// window ends). Waits at most a few seconds; the store keeps everything, and
-    /// [`Client::open`] resumes.
-    /// Other calls fail with [`Error::Closed`] afterwards.
+    /// Signs off: waits for the outbox to be sent, acknowledges what was received, closes
+    /// the connection with a normal WebSocket close, stops the client and joins every task
+    /// it started. The server counts a cleanly closed device as gone at once, so contacts see
+    /// this user offline without waiting for the heartbeat window (a dropped client, or a
+    /// lost connection, is seen as offline only when the window ends). Takes at most a few
+    /// seconds in all: what is still unsent then stays in the store, and [`Client::open`]
+    /// resumes it. Other calls (on every clone) fail with [`Error::Closed`] afterwards.
     pub async fn close(&self) {
+        let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+        self.flush_outbox(deadline).await;
         let (done, closed) = oneshot::channel::<()>();
         if self.inner.commands.send(Command::Close(done)).is_ok() {
             // Answered (by dropping `done`) once the driver has closed the connection.
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, closed).await;
+            let _ = tokio::time::timeout_at(deadline, closed).await;
         }
         self.inner
             .closed
             .store(true, std::sync::atomic::Ordering::Release);
+        let driver = self.running.driver.lock().ok().and_then(|mut d| d.take());
+        if let Some(mut driver) = driver
+            && tokio::time::timeout_at(deadline, &mut driver).await.is_err()
+        {
+            driver.abort();
+        }
+        let mut tasks = match self.inner.tasks.lock() {
+            Ok(mut tasks) => std::mem::take(&mut *tasks),
+            Err(_) => tokio::task::JoinSet::new(),
+        };
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {}
+        // Dropping the set aborts what did not finish in time.
         // Sends still waiting for an acknowledgement end now; their messages stay in the
         // outbox and go out when the device is opened again.
         let waiting: Vec<_> = match self.inner.waiters.lock() {
@@ -598,6 +622,16 @@ impl Client {
         };
         for tx in waiting {
             let _ = tx.send(Err(Error::Closed));
+        }
+    }
+
+    /// Waits until the outbox is empty (every send acknowledged or failed), or `deadline`.
+    async fn flush_outbox(&self, deadline: tokio::time::Instant) {
+        let mut events = self.inner.events.subscribe();
+        while self.pending().is_ok_and(|n| n > 0) {
+            if tokio::time::timeout_at(deadline, events.recv()).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -684,7 +718,7 @@ impl Inner {
         }
         drop(known);
         let inner = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             match inner.kind(conversation).await {
                 Ok(kind) => inner.emit(Event::NewConversation {
                     id: conversation,
@@ -903,6 +937,15 @@ impl Inner {
             .and_then(|mut w| w.remove(&client_key));
         if let Some(w) = waiter {
             let _ = w.send(result);
+        }
+    }
+
+    /// Runs `task` beside the driver; [`Client::close`] joins it.
+    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            // Reap the finished ones, so the set holds only what runs.
+            while tasks.try_join_next().is_some() {}
+            tasks.spawn(task);
         }
     }
 

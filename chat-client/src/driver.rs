@@ -583,7 +583,7 @@ impl Conn {
             return;
         }
         let inner = self.inner.clone();
-        tokio::spawn(async move {
+        self.inner.spawn(async move {
             if let Err(e) = crate::recovery::run(&inner).await {
                 // Kept in the store: the next connection tries again.
                 tracing::warn!(cause = %e, "history recovery failed");
@@ -707,7 +707,7 @@ impl Conn {
             return;
         };
         let inner = self.inner.clone();
-        tokio::spawn(async move {
+        self.inner.spawn(async move {
             let entry = inner.store.outbox_entry(key).ok().flatten();
             let Some(entry) = entry else {
                 return;
@@ -732,7 +732,7 @@ impl Conn {
         if e.code.is_retryable() {
             let wait = Duration::from_millis(u64::from(e.retry_after_ms.unwrap_or(1000)));
             let commands = self.inner.commands.clone();
-            tokio::spawn(async move {
+            self.inner.spawn(async move {
                 tokio::time::sleep(wait).await;
                 let _ = commands.send(Command::Retry(key));
             });
