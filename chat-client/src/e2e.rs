@@ -104,11 +104,11 @@ fn unseal(
 /// The directory's bundle as chat-crypto wants it.
 pub(crate) fn crypto_bundle(b: &chat_core::PrekeyBundle) -> Result<PrekeyBundle> {
     let bad = || Error::protocol("malformed key bundle");
-    let identity: &[u8; 128] = b.identity.as_ref().try_into().map_err(|_| bad())?;
-    let (public, binding) = identity.split_at(64);
+    let (identity, identity_signature) =
+        IdentityPublic::from_published(&b.identity).map_err(|_| bad())?;
     Ok(PrekeyBundle {
-        identity: IdentityPublic::from_bytes(public.try_into().map_err(|_| bad())?),
-        identity_signature: binding.try_into().map_err(|_| bad())?,
+        identity,
+        identity_signature,
         signed_prekey: SignedPrekey {
             id: b.signed_prekey.id,
             key: b

@@ -65,6 +65,28 @@ impl IdentityPublic {
         }
     }
 
+    /// The published form of this identity with its binding signature: `signing || dh ||
+    /// binding signature`, [`PUBLISHED_IDENTITY_BYTES`] long. The one place that layout is
+    /// written ([`IdentityKeys::published`] uses it too).
+    pub fn published_with(&self, binding: &[u8; 64]) -> [u8; PUBLISHED_IDENTITY_BYTES] {
+        let mut out = [0u8; PUBLISHED_IDENTITY_BYTES];
+        let (public, signature) = out.split_at_mut(64);
+        public.copy_from_slice(&self.to_bytes());
+        signature.copy_from_slice(binding);
+        out
+    }
+
+    /// Splits a published identity into the identity and its binding signature, without
+    /// checking the signature ([`Self::verify_binding`] does). The one place that layout is
+    /// read.
+    pub fn from_published(bytes: &[u8]) -> Result<(Self, [u8; 64]), Error> {
+        let mut r = Reader::new(bytes, "published identity");
+        let public: [u8; 64] = r.array()?;
+        let binding: [u8; 64] = r.array()?;
+        r.finish()?;
+        Ok((Self::from_bytes(&public), binding))
+    }
+
     /// Checks the Ed25519 signature binding the X25519 identity key to the signing key.
     pub fn verify_binding(&self, signature: &[u8; 64]) -> Result<(), Error> {
         primitives::verify(
@@ -143,11 +165,7 @@ impl IdentityKeys {
     /// What the device publishes in the key directory: `signing || dh || binding signature`
     /// ([`PUBLISHED_IDENTITY_BYTES`]).
     pub fn published(&self) -> [u8; PUBLISHED_IDENTITY_BYTES] {
-        let mut out = [0u8; PUBLISHED_IDENTITY_BYTES];
-        let (public, binding) = out.split_at_mut(64);
-        public.copy_from_slice(&self.public.to_bytes());
-        binding.copy_from_slice(&self.binding);
-        out
+        self.public.published_with(&self.binding)
     }
 
     pub(crate) fn dh_secret(&self) -> &StaticSecret {
@@ -614,6 +632,20 @@ mod tests {
         let mut bad = bundle;
         bad.identity.dh[0] ^= 1;
         assert_eq!(bad.verify().unwrap_err(), Error::BadSignature);
+    }
+
+    #[test]
+    fn the_published_identity_is_read_as_it_is_written() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let keys = IdentityKeys::generate(&mut rng);
+        let published = keys.published();
+        let (public, binding) = IdentityPublic::from_published(&published).unwrap();
+        assert_eq!(public, keys.public());
+        assert_eq!(binding, keys.binding_signature());
+        public.verify_binding(&binding).unwrap();
+        assert_eq!(public.published_with(&binding), published);
+        assert!(IdentityPublic::from_published(&published[..127]).is_err());
+        assert!(IdentityPublic::from_published(&[published.as_slice(), &[0]].concat()).is_err());
     }
 
     #[test]

@@ -45,18 +45,10 @@ fn text<T: FromStr + ToString + PartialEq + Debug>(text: &str) {
 /// What `PUT /v1/keys` checks after decoding (chat-server's `verify_keys`), through the same
 /// chat-crypto calls.
 fn verify_keys(keys: &DeviceKeys) {
-    let Ok(identity) = <&[u8; 128]>::try_from(keys.identity.as_ref()) else {
+    let Ok((public, binding)) = chat_crypto::IdentityPublic::from_published(&keys.identity) else {
         return;
     };
-    let (public, binding) = identity.split_at(64);
-    let (Ok(public), Ok(binding)) = (
-        <&[u8; 64]>::try_from(public),
-        <&[u8; 64]>::try_from(binding),
-    ) else {
-        return;
-    };
-    let public = chat_crypto::IdentityPublic::from_bytes(public);
-    let _ = public.verify_binding(binding);
+    let _ = public.verify_binding(&binding);
     let spk = &keys.signed_prekey;
     if let (Ok(key), Ok(signature)) = (
         spk.public.as_ref().try_into(),

@@ -23,8 +23,8 @@ use super::{Json, Path};
 use crate::auth::Authed;
 use crate::state::Shared;
 
-/// Length of the published identity blob.
-pub const IDENTITY_BYTES: usize = 128;
+/// Length of the published identity blob (chat-crypto's layout).
+pub const IDENTITY_BYTES: usize = chat_crypto::PUBLISHED_IDENTITY_BYTES;
 
 /// The body of `PUT /v1/keys`: [`DeviceKeys`] with unknown fields refused, like every other
 /// request body. The model type stays lenient because clients also read it from bundles,
@@ -76,14 +76,8 @@ pub(crate) async fn put_keys(
 /// Checks the identity binding and the signed prekey's signature (strict Ed25519).
 fn verify_keys(keys: &DeviceKeys) -> ApiResult<()> {
     let bad = |m: &str| ApiError::new(ErrorCode::InvalidRequest, m);
-    let identity: &[u8; IDENTITY_BYTES] = keys
-        .identity
-        .as_ref()
-        .try_into()
+    let (public, binding) = IdentityPublic::from_published(&keys.identity)
         .map_err(|_| bad("identity must be 128 bytes"))?;
-    let (public, binding) = identity.split_at(64);
-    let public = IdentityPublic::from_bytes(public.try_into().map_err(|_| bad("identity"))?);
-    let binding: [u8; 64] = binding.try_into().map_err(|_| bad("identity"))?;
     public
         .verify_binding(&binding)
         .map_err(|_| bad("identity signature does not verify"))?;
@@ -219,10 +213,7 @@ pub(crate) async fn bundles(
 
 /// The identity blob for `public` and its binding signature, as `PUT /v1/keys` expects it.
 pub fn identity_blob(public: &IdentityPublic, binding: &[u8; 64]) -> Bytes {
-    let mut blob = Vec::with_capacity(IDENTITY_BYTES);
-    blob.extend_from_slice(&public.to_bytes());
-    blob.extend_from_slice(binding);
-    Bytes::from(blob)
+    Bytes::copy_from_slice(&public.published_with(binding))
 }
 
 /// The most bytes of a sealed link payload: the account seed, a full device list and the
@@ -297,7 +288,9 @@ pub(crate) async fn put_device_list(
     let published = shared.store.fallback_bundles(user).await?;
     for (device, identity) in list.devices() {
         let keys = published.iter().find(|b| b.device.device == *device);
-        let matches = keys.is_some_and(|b| b.identity.get(..64) == Some(&identity.to_bytes()[..]));
+        let matches = keys.is_some_and(|b| {
+            IdentityPublic::from_published(&b.identity).is_ok_and(|(id, _)| id == *identity)
+        });
         if !matches {
             return Err(bad(&format!(
                 "device {device} is not the caller's with the listed identity"
