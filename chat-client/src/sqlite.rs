@@ -20,7 +20,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use chat_core::{
     ClientKey, ConversationId, ConversationKind, DeviceAddress, DeviceId, InboxPos, MessageId,
-    ReadPosition, Timestamp, UserId,
+    ReadPosition, Timestamp, UserId, kinds,
 };
 use chat_crypto::{StoreCipher, Zeroizing};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -948,16 +948,20 @@ impl ClientStore for SqliteStore {
         let mut stmt = conn.prepare_cached(
             "SELECT m.id, m.sender_user FROM messages m
              WHERE m.conversation = ?1 AND m.id > ?2 AND m.target IS NULL
-               AND m.kind NOT BETWEEN 3 AND 6
+               AND m.kind NOT IN (?3, ?4, ?5, ?6)
                AND NOT EXISTS (SELECT 1 FROM messages d
-                   WHERE d.conversation = m.conversation AND d.target = m.id AND d.kind = 5
+                   WHERE d.conversation = m.conversation AND d.target = m.id AND d.kind = ?5
                      AND d.sender_user = m.sender_user)
              ORDER BY m.id",
         )?;
         let rows = stmt.query_map(
             params![
                 id(conversation.get()),
-                id(read.get().map_or(0, MessageId::get))
+                id(read.get().map_or(0, MessageId::get)),
+                kinds::GROUP_CHANGE,
+                kinds::EDIT,
+                kinds::DELETE,
+                kinds::REACTION
             ],
             |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
         )?;

@@ -194,7 +194,8 @@ pub(crate) fn classify(plaintext: &[u8]) -> (u32, Option<MessageId>) {
 /// this build does not know, not membership changes (edits, deletes and reactions are not
 /// messages of their own).
 pub(crate) fn counts_as_unread(kind: u32) -> bool {
-    !matches!(kind, 3..=6)
+    use chat_core::kinds::{DELETE, EDIT, GROUP_CHANGE, REACTION};
+    !matches!(kind, GROUP_CHANGE | EDIT | DELETE | REACTION)
 }
 
 /// One change to the store; a batch of them is applied atomically by [`ClientStore::commit`].

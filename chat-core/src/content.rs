@@ -265,16 +265,32 @@ pub struct GroupChange {
     pub name: Option<String>,
 }
 
+/// The content type numbers (docs/PROTOCOL.md section 5), the one place they are written.
+pub mod kinds {
+    /// [`super::Text`].
+    pub const TEXT: u32 = 1;
+    /// [`super::AttachmentPointer`].
+    pub const ATTACHMENT: u32 = 2;
+    /// [`super::GroupChange`].
+    pub const GROUP_CHANGE: u32 = 3;
+    /// [`super::Edit`].
+    pub const EDIT: u32 = 4;
+    /// [`super::Delete`].
+    pub const DELETE: u32 = 5;
+    /// [`super::Reaction`].
+    pub const REACTION: u32 = 6;
+}
+
 impl Content {
-    /// The content's type number.
+    /// The content's type number ([`kinds`]).
     pub const fn kind(&self) -> u32 {
         match self {
-            Self::Text(_) => 1,
-            Self::Attachment(_) => 2,
-            Self::GroupChange(_) => 3,
-            Self::Edit(_) => 4,
-            Self::Delete(_) => 5,
-            Self::Reaction(_) => 6,
+            Self::Text(_) => kinds::TEXT,
+            Self::Attachment(_) => kinds::ATTACHMENT,
+            Self::GroupChange(_) => kinds::GROUP_CHANGE,
+            Self::Edit(_) => kinds::EDIT,
+            Self::Delete(_) => kinds::DELETE,
+            Self::Reaction(_) => kinds::REACTION,
             Self::Unknown { kind } => *kind,
         }
     }
@@ -351,12 +367,12 @@ impl Content {
             .array(len)
             .map_err(|e| ContentError::Malformed(e.to_string()))?;
         let written = match self {
-            Self::Text(b) => e.u32(1).and_then(|e| e.encode(b)),
-            Self::Attachment(b) => e.u32(2).and_then(|e| e.encode(b)),
-            Self::GroupChange(b) => e.u32(3).and_then(|e| e.encode(b)),
-            Self::Edit(b) => e.u32(4).and_then(|e| e.encode(b)),
-            Self::Delete(b) => e.u32(5).and_then(|e| e.encode(b)),
-            Self::Reaction(b) => e.u32(6).and_then(|e| e.encode(b)),
+            Self::Text(b) => e.u32(self.kind()).and_then(|e| e.encode(b)),
+            Self::Attachment(b) => e.u32(self.kind()).and_then(|e| e.encode(b)),
+            Self::GroupChange(b) => e.u32(self.kind()).and_then(|e| e.encode(b)),
+            Self::Edit(b) => e.u32(self.kind()).and_then(|e| e.encode(b)),
+            Self::Delete(b) => e.u32(self.kind()).and_then(|e| e.encode(b)),
+            Self::Reaction(b) => e.u32(self.kind()).and_then(|e| e.encode(b)),
             Self::Unknown { .. } => {
                 return Err(ContentError::Malformed(
                     "unknown content cannot be encoded".into(),
@@ -391,12 +407,12 @@ impl Content {
             ));
         }
         let content = match d.u32().map_err(malformed)? {
-            1 => Self::Text(d.decode().map_err(malformed)?),
-            2 => Self::Attachment(d.decode().map_err(malformed)?),
-            3 => Self::GroupChange(d.decode().map_err(malformed)?),
-            4 => Self::Edit(d.decode().map_err(malformed)?),
-            5 => Self::Delete(d.decode().map_err(malformed)?),
-            6 => Self::Reaction(d.decode().map_err(malformed)?),
+            kinds::TEXT => Self::Text(d.decode().map_err(malformed)?),
+            kinds::ATTACHMENT => Self::Attachment(d.decode().map_err(malformed)?),
+            kinds::GROUP_CHANGE => Self::GroupChange(d.decode().map_err(malformed)?),
+            kinds::EDIT => Self::Edit(d.decode().map_err(malformed)?),
+            kinds::DELETE => Self::Delete(d.decode().map_err(malformed)?),
+            kinds::REACTION => Self::Reaction(d.decode().map_err(malformed)?),
             kind => return Ok(Self::Unknown { kind }),
         };
         content.validate()?;

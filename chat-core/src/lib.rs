@@ -39,7 +39,7 @@ pub use blob::{BlobError, BlobStore, ByteStream};
 pub use bus::{Bus, BusError, BusMessage, BusSink, SubscriptionId, Topic};
 pub use content::{
     AttachmentKey, AttachmentPointer, Content, ContentError, Delete, Edit, GroupAction,
-    GroupChange, MAX_REACTION_BYTES, Reaction, Text,
+    GroupChange, MAX_REACTION_BYTES, Reaction, Text, kinds,
 };
 pub use cursor::{SyncCursor, Verdict};
 pub use delivery::{Action, DeliveryStream, Entry, Live};

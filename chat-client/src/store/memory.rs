@@ -364,7 +364,9 @@ impl ClientStore for MemoryStore {
             s.relations
                 .range((conversation, id, MessageId::MIN)..=(conversation, id, MessageId::MAX))
                 .any(|(c, _, rel)| {
-                    s.kinds.get(&(*c, *rel)).is_some_and(|(kind, _)| *kind == 5)
+                    s.kinds
+                        .get(&(*c, *rel))
+                        .is_some_and(|(kind, _)| *kind == chat_core::kinds::DELETE)
                         && s.messages
                             .get(&(*c, *rel))
                             .is_some_and(|m| m.sender.user == sender)
