@@ -41,7 +41,8 @@ async fn a_large_attachment_round_trips_and_tampering_is_refused() {
     let mut file: Vec<u8> = (0..SIZE).map(|i| (i * 31 % 251) as u8).collect();
     file[SIZE / 2..SIZE / 2 + canary.len()].copy_from_slice(canary);
     let id = alice
-        .send_attachment(chat, &file, "application/octet-stream", Some("big.bin"))
+        .conversation(chat)
+        .send_attachment(&file, "application/octet-stream", Some("big.bin"))
         .await
         .expect("send");
 
@@ -106,7 +107,8 @@ async fn files_stream_both_ways_and_a_tampered_one_leaves_nothing_behind() {
     let source = dir.path().join("photo.raw");
     std::fs::write(&source, &file).expect("write");
     let id = alice
-        .send_file(chat, &source, "image/x-raw")
+        .conversation(chat)
+        .send_file(&source, "image/x-raw")
         .await
         .expect("send file");
     let m = next_message(&mut b, chat).await;

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use chat::client::{Client, SqliteStore};
+use chat::client::{Client, Credentials, SqliteStore};
 use common::{PASSWORD, WAIT, config, http_get, next_message, synced};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -95,40 +95,33 @@ async fn acknowledged_and_retried_sends_survive_a_killed_server() {
     let backend = Arc::new(Mutex::new(node_addr));
     let url = format!("http://{}", proxy(backend.clone()).await);
 
-    let alice = Arc::new(
-        Client::register(
-            &url,
-            "alice",
-            PASSWORD,
-            "laptop",
-            SqliteStore::open(dir.path().join("alice.db")).expect("store"),
-        )
+    let alice = Client::builder(&url)
+        .store(SqliteStore::open(dir.path().join("alice.db")).expect("store"))
+        .device_name("laptop")
+        .register(&Credentials::new("alice", PASSWORD))
         .await
-        .expect("alice"),
-    );
-    let bob = Client::register(
-        &url,
-        "bob",
-        PASSWORD,
-        "phone",
-        SqliteStore::open(dir.path().join("bob.db")).expect("store"),
-    )
-    .await
-    .expect("bob");
+        .expect("alice");
+    let bob = Client::builder(&url)
+        .store(SqliteStore::open(dir.path().join("bob.db")).expect("store"))
+        .device_name("phone")
+        .register(&Credentials::new("bob", PASSWORD))
+        .await
+        .expect("bob");
     let mut a = alice.events();
     let mut b = bob.events();
     synced(&mut a).await;
     synced(&mut b).await;
     let chat = alice.open_direct(bob.user()).await.expect("open");
-    alice.send_text(chat, "before").await.expect("send");
+    let to_bob = alice.conversation(chat);
+    to_bob.send_text("before").await.expect("send");
     assert_eq!(next_message(&mut b, chat).await.text(), Some("before"));
 
     // A burst of sends; the node dies once some of them are acknowledged.
-    let mut burst = common::Burst::start(&alice, &mut a, chat, SENDS).await;
+    let mut burst = common::Burst::start(&to_bob, &mut a, SENDS).await;
     node.kill().await.expect("SIGKILL");
     // More messages while the node is dead: certainly unacknowledged, they wait in the
     // outbox for the restart.
-    burst.queue_late(&alice, chat, LATE).await;
+    burst.queue_late(&to_bob, LATE).await;
     let total = burst.total;
 
     // Restarted on the same database; the clients reconnect by themselves.
@@ -139,7 +132,7 @@ async fn acknowledged_and_retried_sends_survive_a_killed_server() {
     assert_eq!(alice.pending().expect("outbox"), 0);
 
     // Bob gets each exactly once.
-    common::assert_burst_received_once(&bob, &mut b, chat, total).await;
+    common::assert_burst_received_once(&bob.conversation(chat), &mut b, total).await;
 
     // And the server stored exactly one message per send: IDs are gapless from 1 ("before"),
     // so the highest is the count, and nothing lies beyond it.

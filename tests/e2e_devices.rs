@@ -4,7 +4,7 @@
 
 mod common;
 
-use chat::client::{Client, Event, MemoryStore};
+use chat::client::{Client, Credentials, Event, MemoryStore};
 use common::{PASSWORD, TestServer, config, device, link, next_message, synced, user, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,7 +15,8 @@ async fn linked_devices_receive_and_device_changes_are_reported() {
     synced(&mut a).await;
     synced(&mut b1).await;
     let chat = alice.open_direct(bob1.user()).await.expect("open");
-    alice.send_text(chat, "one").await.expect("send");
+    let alice_chat = alice.conversation(chat);
+    alice_chat.send_text("one").await.expect("send");
     assert_eq!(next_message(&mut b1, chat).await.text(), Some("one"));
     let number = alice.safety_number(bob1.user()).await.expect("number");
 
@@ -23,7 +24,7 @@ async fn linked_devices_receive_and_device_changes_are_reported() {
     // Alice is told.
     let (bob2, mut b2) = device(&server, "bob", &bob1).await;
     synced(&mut b2).await;
-    let two = alice.send_text(chat, "two").await.expect("send");
+    let two = alice_chat.send_text("two").await.expect("send");
     for events in [&mut b1, &mut b2] {
         let m = next_message(events, chat).await;
         assert_eq!((m.id, m.text()), (two, Some("two")));
@@ -60,7 +61,11 @@ async fn linked_devices_receive_and_device_changes_are_reported() {
     link(&bob1, &bob2).await;
     let mut b2 = bob2.events();
     synced(&mut b2).await;
-    let three = bob2.send_text(chat, "three").await.expect("send");
+    let three = bob2
+        .conversation(chat)
+        .send_text("three")
+        .await
+        .expect("send");
     let changed = wait_for(&mut a, |e| match e {
         Event::DevicesChanged { user, changed, .. } if *user == bob1.user() => {
             Some(changed.clone())
@@ -72,7 +77,7 @@ async fn linked_devices_receive_and_device_changes_are_reported() {
     let m = next_message(&mut a, chat).await;
     assert_eq!((m.id, m.text()), (three, Some("three")));
 
-    let four = alice.send_text(chat, "four").await.expect("send");
+    let four = alice_chat.send_text("four").await.expect("send");
     let m = next_message(&mut b2, chat).await;
     assert_eq!((m.id, m.text()), (four, Some("four")));
 }
@@ -87,25 +92,19 @@ async fn a_week_old_signed_prekey_is_rotated_and_published() {
     let server = TestServer::start(config("memory:")).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bob.db");
-    let bob = Client::register(
-        &server.url(),
-        "bob",
-        PASSWORD,
-        "phone",
-        SqliteStore::open(&path).expect("store"),
-    )
-    .await
-    .expect("register");
+    let bob = Client::builder(server.url())
+        .store(SqliteStore::open(&path).expect("store"))
+        .device_name("phone")
+        .register(&Credentials::new("bob", PASSWORD))
+        .await
+        .expect("register");
     let alice_store = Arc::new(MemoryStore::new());
-    let alice = Client::register(
-        &server.url(),
-        "alice",
-        PASSWORD,
-        "laptop",
-        alice_store.clone(),
-    )
-    .await
-    .expect("register");
+    let alice = Client::builder(server.url())
+        .store(alice_store.clone())
+        .device_name("laptop")
+        .register(&Credentials::new("alice", PASSWORD))
+        .await
+        .expect("register");
     let token = alice_store.device().expect("read").expect("device").token;
     let spk = |bundles: &serde_json::Value| bundles["bundles"][0]["signed_prekey"]["id"].as_u64();
     let bundles = format!("/v1/users/{}/bundles", bob.user());
@@ -118,7 +117,11 @@ async fn a_week_old_signed_prekey_is_rotated_and_published() {
     store
         .commit(vec![Write::SignedPrekeyMadeAt(Timestamp::from_millis(0))])
         .expect("commit");
-    let bob = Client::open(&server.url(), store).await.expect("open");
+    let bob = Client::builder(server.url())
+        .store(store)
+        .open()
+        .await
+        .expect("open");
     let mut b = bob.events();
     synced(&mut b).await;
     let after = common::http_get(server.addr, &bundles, &token).await;
@@ -132,7 +135,8 @@ async fn a_week_old_signed_prekey_is_rotated_and_published() {
     // A session started on the new key works.
     let chat = alice.open_direct(bob.user()).await.expect("open");
     alice
-        .send_text(chat, "on the new prekey")
+        .conversation(chat)
+        .send_text("on the new prekey")
         .await
         .expect("send");
     assert_eq!(

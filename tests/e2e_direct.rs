@@ -21,8 +21,9 @@ async fn text_reaches_every_device_and_the_server_stores_no_plaintext() {
 
     let bob = alice1.user_by_name("bob").await.expect("find bob");
     let chat = alice1.open_direct(bob).await.expect("open");
+    let to_bob = alice1.conversation(chat);
     let canary = "canary-7f3a91c2-the-server-must-never-see-this";
-    let id = alice1.send_text(chat, canary).await.expect("send");
+    let id = to_bob.send_text(canary).await.expect("send");
 
     for events in [&mut b1, &mut b2, &mut a2] {
         let m = next_message(events, chat).await;
@@ -35,7 +36,11 @@ async fn text_reaches_every_device_and_the_server_stores_no_plaintext() {
     let reply = "reply-0c1d2e3f-also-secret";
     let chat_b = bob1.open_direct(alice1.user()).await.expect("open");
     assert_eq!(chat_b, chat);
-    let reply_id = _bob2.send_text(chat, reply).await.expect("reply");
+    let reply_id = _bob2
+        .conversation(chat)
+        .send_text(reply)
+        .await
+        .expect("reply");
     for events in [&mut a1, &mut a2, &mut b1] {
         let m = next_message(events, chat).await;
         assert_eq!(m.text(), Some(reply));
@@ -44,24 +49,22 @@ async fn text_reaches_every_device_and_the_server_stores_no_plaintext() {
     // The text limit: 100,000 characters go through (multi-byte ones too); one more is
     // refused on the device, before anything is encrypted or sent.
     let longest = "é".repeat(100_000);
-    let long_id = alice1
-        .send_text(chat, &longest)
-        .await
-        .expect("longest text");
+    let long_id = to_bob.send_text(&longest).await.expect("longest text");
     let m = next_message(&mut b1, chat).await;
     assert_eq!((m.id, m.text().map(str::len)), (long_id, Some(200_000)));
     for events in [&mut b2, &mut a2] {
         assert_eq!(next_message(events, chat).await.id, long_id);
     }
-    let too_long = alice1.send_text(chat, &"x".repeat(100_001)).await;
+    let too_long = to_bob.send_text(&"x".repeat(100_001)).await;
     assert!(matches!(too_long, Err(chat::client::Error::Content(_))));
     assert_eq!(alice1.pending().expect("outbox"), 0);
 
-    let history = alice1.history(chat, None, 10).expect("history");
+    let history = to_bob.history(None, 10).expect("history");
     let texts: Vec<_> = history.iter().filter_map(|m| m.text()).collect();
     assert_eq!(texts, [canary, reply, longest.as_str()]);
 
-    drop((alice1, _alice2, bob1, _bob2));
+    // The handle is a clone of Alice's client: it goes too, or her connection stays.
+    drop((to_bob, alice1, _alice2, bob1, _bob2));
     server.shutdown().await;
     let mut scanned = 0;
     for entry in std::fs::read_dir(dir.path()).expect("read dir") {

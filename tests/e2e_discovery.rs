@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use chat::client::{Client, MemoryStore, Nodes, Server};
+use chat::client::{Client, Credentials, Nodes, Server};
 use chat::server::LocalRegistry;
 use common::{PASSWORD, TestServer, config, next_text, synced};
 
@@ -29,7 +29,9 @@ async fn a_client_learns_the_nodes_from_discovery_and_moves_when_its_node_goes()
 
     // Only node one's address is given; discovery lists both.
     let nodes = Nodes::discover(&url1).expect("nodes");
-    let alice = Client::register(&nodes, "alice", PASSWORD, "laptop", MemoryStore::new())
+    let alice = Client::builder(&nodes)
+        .device_name("laptop")
+        .register(&Credentials::new("alice", PASSWORD))
         .await
         .expect("alice");
     let listed = nodes.list();
@@ -37,15 +39,11 @@ async fn a_client_learns_the_nodes_from_discovery_and_moves_when_its_node_goes()
         listed.contains(&parse(&url1)) && listed.contains(&parse(&url2)),
         "{listed:?}"
     );
-    let bob = Client::register(
-        Nodes::new([&url1, &url2]).expect("nodes"),
-        "bob",
-        PASSWORD,
-        "phone",
-        MemoryStore::new(),
-    )
-    .await
-    .expect("bob");
+    let bob = Client::builder(Nodes::new([&url1, &url2]).expect("nodes"))
+        .device_name("phone")
+        .register(&Credentials::new("bob", PASSWORD))
+        .await
+        .expect("bob");
     let (mut a, mut b) = (alice.events(), bob.events());
     synced(&mut a).await;
     synced(&mut b).await;
@@ -58,7 +56,11 @@ async fn a_client_learns_the_nodes_from_discovery_and_moves_when_its_node_goes()
     };
     gone.shutdown().await;
     let chat = alice.open_direct(bob.user()).await.expect("open");
-    alice.send_text(chat, "still here").await.expect("send");
+    alice
+        .conversation(chat)
+        .send_text("still here")
+        .await
+        .expect("send");
     assert_eq!(next_text(&mut b, chat).await.text(), Some("still here"));
     assert_eq!(nodes.current(), parse(&left_url), "alice moved");
     drop(left);

@@ -15,9 +15,8 @@ mod common;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::Arc;
 
-use chat::client::{Client, MemoryStore, Nodes, Server, SqliteStore};
+use chat::client::{Client, Credentials, Nodes, Server, SqliteStore};
 use chat_storage::testing::FreshPostgres;
 use common::{PASSWORD, WAIT, config, http_get, next_message, synced};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -84,40 +83,32 @@ async fn clients_move_to_another_node_when_theirs_dies_and_lose_nothing() {
     let (url1, url2) = (format!("http://{addr1}"), format!("http://{addr2}"));
     let alice_nodes = Nodes::new([&url1, &url2]).expect("nodes");
 
-    let alice = Arc::new(
-        Client::register(
-            &alice_nodes,
-            "alice",
-            PASSWORD,
-            "laptop",
-            MemoryStore::new(),
-        )
+    let alice = Client::builder(&alice_nodes)
+        .device_name("laptop")
+        .register(&Credentials::new("alice", PASSWORD))
         .await
-        .expect("alice"),
-    );
-    let bob = Client::register(
-        Nodes::new([&url1, &url2]).expect("nodes"),
-        "bob",
-        PASSWORD,
-        "phone",
-        SqliteStore::open(dir.path().join("bob.db")).expect("store"),
-    )
-    .await
-    .expect("bob");
+        .expect("alice");
+    let bob = Client::builder(Nodes::new([&url1, &url2]).expect("nodes"))
+        .store(SqliteStore::open(dir.path().join("bob.db")).expect("store"))
+        .device_name("phone")
+        .register(&Credentials::new("bob", PASSWORD))
+        .await
+        .expect("bob");
     let mut a = alice.events();
     let mut b = bob.events();
     synced(&mut a).await;
     synced(&mut b).await;
     assert_eq!(alice_nodes.current(), Server::parse(&url1).expect("url"));
     let chat = alice.open_direct(bob.user()).await.expect("open");
-    alice.send_text(chat, "before").await.expect("send");
+    let to_bob = alice.conversation(chat);
+    to_bob.send_text("before").await.expect("send");
     assert_eq!(next_message(&mut b, chat).await.text(), Some("before"));
 
     // A burst of sends; node 1 dies once some of them are acknowledged.
-    let mut burst = common::Burst::start(&alice, &mut a, chat, SENDS).await;
+    let mut burst = common::Burst::start(&to_bob, &mut a, SENDS).await;
     node1.kill().await.expect("SIGKILL");
     // More messages once node 1 is dead: certainly unacknowledged, they go through node 2.
-    burst.queue_late(&alice, chat, LATE).await;
+    burst.queue_late(&to_bob, LATE).await;
     let total = burst.total;
     let ids = burst.acknowledged(&mut a).await;
     assert_eq!(ids.len(), total, "one message per send");
@@ -129,7 +120,7 @@ async fn clients_move_to_another_node_when_theirs_dies_and_lose_nothing() {
     );
 
     // Bob, moved to node 2 as well, gets each exactly once.
-    common::assert_burst_received_once(&bob, &mut b, chat, total).await;
+    common::assert_burst_received_once(&bob.conversation(chat), &mut b, total).await;
 
     // The cluster stored exactly one message per send: IDs are gapless from 1 ("before"),
     // so the highest is the count, and nothing lies beyond it.

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use chat::client::{Client, ClientStore, ErrorCode, Events, GroupAction, MemoryStore};
+use chat::client::{Client, ClientStore, Credentials, ErrorCode, Events, GroupAction, MemoryStore};
 use chat::crypto::{Error as CryptoError, SenderKeyReceiver};
 use common::{PASSWORD, TestServer, config, http_get, next_change, next_text, synced};
 use futures::future::join_all;
@@ -21,15 +21,12 @@ struct Member {
 
 async fn member(server: &TestServer, i: usize) -> Member {
     let store = Arc::new(MemoryStore::new());
-    let client = Client::register(
-        &server.url(),
-        &format!("member{i:03}"),
-        PASSWORD,
-        "phone",
-        store.clone(),
-    )
-    .await
-    .expect("register");
+    let client = Client::builder(server.url())
+        .store(store.clone())
+        .device_name("phone")
+        .register(&Credentials::new(format!("member{i:03}"), PASSWORD))
+        .await
+        .expect("register");
     let mut events = client.events();
     synced(&mut events).await;
     Member {
@@ -52,11 +49,14 @@ async fn a_group_of_100() {
         .create_group(&others)
         .await
         .expect("create");
+    let (by_creator, by_second) = (
+        members[0].client.conversation(group),
+        members[1].client.conversation(group),
+    );
 
     // One message reaches all 99 other members.
-    let id = members[0]
-        .client
-        .send_text(group, "hello, 99 of you")
+    let id = by_creator
+        .send_text("hello, 99 of you")
         .await
         .expect("send");
     for m in join_all(
@@ -71,9 +71,8 @@ async fn a_group_of_100() {
 
     // Another member writes too, so the member removed below holds their sender key.
     let second = members[1].client.device();
-    let id2 = members[1]
-        .client
-        .send_text(group, "from the second member")
+    let id2 = by_second
+        .send_text("from the second member")
         .await
         .expect("send");
     let (first, rest) = members.split_at_mut(2);
@@ -84,9 +83,8 @@ async fn a_group_of_100() {
 
     // The 101st member is refused.
     let extra = member(&server, MEMBERS).await;
-    let err = members[0]
-        .client
-        .add_members(group, &[extra.client.user()])
+    let err = by_creator
+        .add_members(&[extra.client.user()])
         .await
         .expect_err("the group is full");
     assert_eq!(err.code(), Some(ErrorCode::GroupFull));
@@ -94,14 +92,12 @@ async fn a_group_of_100() {
     // A member is removed; what is sent afterwards is unreadable with what they hold.
     let removed = members.pop().expect("a member");
     let sender = members[0].client.device();
-    members[0]
-        .client
-        .remove_member(group, removed.client.user())
+    by_creator
+        .remove_member(removed.client.user())
         .await
         .expect("remove");
-    let after = members[0]
-        .client
-        .send_text(group, "after the removal")
+    let after = by_creator
+        .send_text("after the removal")
         .await
         .expect("send");
     for change in join_all(
@@ -126,9 +122,8 @@ async fn a_group_of_100() {
         assert_eq!((m.id, m.text()), (after, Some("after the removal")));
     }
     // The second member learnt of the removal from the announcement and rotates too.
-    let after2 = members[1]
-        .client
-        .send_text(group, "second after the removal")
+    let after2 = by_second
+        .send_text("second after the removal")
         .await
         .expect("send");
     let (first, rest) = members.split_at_mut(2);
@@ -173,7 +168,8 @@ async fn a_group_of_100() {
     assert!(
         removed
             .client
-            .history(group, Some(id2), 10)
+            .conversation(group)
+            .history(Some(id2), 10)
             .expect("history")
             .is_empty()
     );

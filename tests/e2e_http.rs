@@ -10,15 +10,11 @@ async fn calls_share_a_connection_and_survive_its_loss() {
     let server = TestServer::start(config("memory:")).await;
     let proxy = Proxy::start(server.addr).await;
     let (_, _) = user(&server, "bob").await;
-    let alice = chat::client::Client::register(
-        &proxy.url(),
-        "alice",
-        common::PASSWORD,
-        "laptop",
-        chat::client::MemoryStore::new(),
-    )
-    .await
-    .expect("register");
+    let alice = chat::client::Client::builder(proxy.url())
+        .device_name("laptop")
+        .register(&chat::client::Credentials::new("alice", common::PASSWORD))
+        .await
+        .expect("register");
     let mut a = alice.events();
     synced(&mut a).await;
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use chat::client::{Client, ClientStore, Error, Event, MemoryStore, TrustPolicy};
+use chat::client::{Client, ClientStore, Credentials, Error, Event, MemoryStore, TrustPolicy};
 use chat::core::{Direction, MessageId, Store};
 use common::{PASSWORD, TestServer, config, link, next_text, synced, user, wait_for};
 
@@ -25,29 +25,36 @@ async fn a_linked_device_reads_and_sends_in_direct_and_group_chats() {
     );
 
     // Bob's tablet logs in: unlinked, it can send nothing and is sent nothing.
-    let tablet = Client::login(&server.url(), "bob", PASSWORD, "tablet", MemoryStore::new())
+    let tablet = Client::builder(server.url())
+        .device_name("tablet")
+        .login(&Credentials::new("bob", PASSWORD))
         .await
         .expect("login");
     let mut b2 = tablet.events();
     synced(&mut b2).await;
     let direct = alice.open_direct(bob.user()).await.expect("direct");
-    alice.send_text(direct, "before").await.expect("send");
+    let alice_direct = alice.conversation(direct);
+    alice_direct.send_text("before").await.expect("send");
     assert_eq!(next_text(&mut b1, direct).await.text(), Some("before"));
     assert!(matches!(
-        tablet.send_text(direct, "from the tablet").await,
+        tablet
+            .conversation(direct)
+            .send_text("from the tablet")
+            .await,
         Err(Error::NotLinked)
     ));
     assert!(tablet.finish_link().await.is_err(), "no code was shown yet");
 
     link(&bob, &tablet).await;
     // The first message the tablet gets is the first one sent after it was linked.
-    alice.send_text(direct, "after").await.expect("send");
+    alice_direct.send_text("after").await.expect("send");
     assert_eq!(next_text(&mut b2, direct).await.text(), Some("after"));
     assert_eq!(next_text(&mut b1, direct).await.text(), Some("after"));
 
     // The tablet sends one-to-one and in a group; everyone else reads it.
     tablet
-        .send_text(direct, "hi from the tablet")
+        .conversation(direct)
+        .send_text("hi from the tablet")
         .await
         .expect("send");
     for events in [&mut a, &mut b1] {
@@ -60,12 +67,17 @@ async fn a_linked_device_reads_and_sends_in_direct_and_group_chats() {
         .create_group(&[bob.user(), carol.user()])
         .await
         .expect("group");
-    alice.send_text(group, "group hello").await.expect("send");
+    alice
+        .conversation(group)
+        .send_text("group hello")
+        .await
+        .expect("send");
     for events in [&mut b1, &mut b2, &mut c] {
         assert_eq!(next_text(events, group).await.text(), Some("group hello"));
     }
     tablet
-        .send_text(group, "tablet in group")
+        .conversation(group)
+        .send_text("tablet in group")
         .await
         .expect("send");
     for events in [&mut a, &mut b1, &mut c] {
@@ -94,7 +106,7 @@ async fn a_linked_device_reads_and_sends_in_direct_and_group_chats() {
     // writes to Bob.
     let gone = tablet.device().device;
     tablet.logout().await.expect("logout");
-    alice.send_text(direct, "just bob").await.expect("send");
+    alice_direct.send_text("just bob").await.expect("send");
     assert_eq!(next_text(&mut b1, direct).await.text(), Some("just bob"));
     let removed = wait_for(&mut a, |e| match e {
         Event::DevicesChanged { user, removed, .. } if *user == bob.user() => {
@@ -117,8 +129,12 @@ async fn a_verified_contacts_new_identity_blocks_sending_until_accepted() {
     let (bob, _b) = user(&server, "bob").await;
     let with_alice = alice.open_direct(bob.user()).await.expect("direct");
     let with_carol = carol.open_direct(bob.user()).await.expect("direct");
-    alice.send_text(with_alice, "hi").await.expect("send");
-    carol.send_text(with_carol, "hi").await.expect("send");
+    let (alice_bob, carol_bob) = (
+        alice.conversation(with_alice),
+        carol.conversation(with_carol),
+    );
+    alice_bob.send_text("hi").await.expect("send");
+    carol_bob.send_text("hi").await.expect("send");
     let number = alice.safety_number(bob.user()).await.expect("number");
     assert_eq!(
         bob.safety_number(alice.user()).await.expect("number"),
@@ -128,22 +144,18 @@ async fn a_verified_contacts_new_identity_blocks_sending_until_accepted() {
     assert!(alice.is_verified(bob.user()).expect("state"));
     drop(bob);
 
-    let new_bob = Client::login(
-        &server.url(),
-        "bob",
-        PASSWORD,
-        "new phone",
-        MemoryStore::new(),
-    )
-    .await
-    .expect("login");
+    let new_bob = Client::builder(server.url())
+        .device_name("new phone")
+        .login(&Credentials::new("bob", PASSWORD))
+        .await
+        .expect("login");
     let mut nb = new_bob.events();
     assert!(!new_bob.is_linked().expect("state"));
     new_bob.recover_account().await.expect("recover");
     assert!(new_bob.is_linked().expect("state"));
     synced(&mut nb).await;
 
-    let blocked = alice.send_text(with_alice, "are you there?").await;
+    let blocked = alice_bob.send_text("are you there?").await;
     assert!(
         matches!(blocked, Err(Error::IdentityNotAccepted(u)) if u == new_bob.user()),
         "{blocked:?}"
@@ -160,7 +172,7 @@ async fn a_verified_contacts_new_identity_blocks_sending_until_accepted() {
     assert!(verified && was_blocked);
     // Still blocked on a second try: nothing goes out until the user decides.
     assert!(matches!(
-        alice.send_text(with_alice, "again?").await,
+        alice_bob.send_text("again?").await,
         Err(Error::IdentityNotAccepted(_))
     ));
     assert_eq!(
@@ -174,8 +186,8 @@ async fn a_verified_contacts_new_identity_blocks_sending_until_accepted() {
         alice.safety_number(new_bob.user()).await.expect("number"),
         number
     );
-    alice
-        .send_text(with_alice, "welcome back")
+    alice_bob
+        .send_text("welcome back")
         .await
         .expect("send after accepting");
     assert_eq!(
@@ -184,10 +196,7 @@ async fn a_verified_contacts_new_identity_blocks_sending_until_accepted() {
     );
 
     // Carol never verified Bob: she is told, and her message goes to the new identity.
-    carol
-        .send_text(with_carol, "new phone?")
-        .await
-        .expect("send");
+    carol_bob.send_text("new phone?").await.expect("send");
     let blocked = wait_for(&mut c, |e| match e {
         Event::AccountChanged { user, blocked, .. } if *user == new_bob.user() => Some(*blocked),
         _ => None,
@@ -208,19 +217,22 @@ async fn the_strict_policy_confirms_every_account_change() {
     let (bob, _b) = user(&server, "bob").await;
     alice.set_trust_policy(TrustPolicy::ConfirmEveryChange);
     let chat = alice.open_direct(bob.user()).await.expect("direct");
-    alice.send_text(chat, "hi").await.expect("send");
+    let alice_chat = alice.conversation(chat);
+    alice_chat.send_text("hi").await.expect("send");
     let bob_user = bob.user();
     drop(bob);
-    let new_bob = Client::login(&server.url(), "bob", PASSWORD, "new", MemoryStore::new())
+    let new_bob = Client::builder(server.url())
+        .device_name("new")
+        .login(&Credentials::new("bob", PASSWORD))
         .await
         .expect("login");
     new_bob.recover_account().await.expect("recover");
     assert!(matches!(
-        alice.send_text(chat, "still you?").await,
+        alice_chat.send_text("still you?").await,
         Err(Error::IdentityNotAccepted(u)) if u == bob_user
     ));
     alice.accept_identity(bob_user).expect("accept");
-    alice.send_text(chat, "ok").await.expect("send");
+    alice_chat.send_text("ok").await.expect("send");
 }
 
 /// Bob removes his tablet: the next group message from Alice is under a new sender key, so
@@ -232,27 +244,25 @@ async fn removing_a_device_rotates_the_group_keys_it_held() {
     let (alice, mut a) = user(&server, "alice").await;
     let (bob, mut b1) = user(&server, "bob").await;
     let tablet_store = Arc::new(MemoryStore::new());
-    let tablet = Client::login(
-        &server.url(),
-        "bob",
-        PASSWORD,
-        "tablet",
-        tablet_store.clone(),
-    )
-    .await
-    .expect("login");
+    let tablet = Client::builder(server.url())
+        .store(tablet_store.clone())
+        .device_name("tablet")
+        .login(&Credentials::new("bob", PASSWORD))
+        .await
+        .expect("login");
     link(&bob, &tablet).await;
     let mut b2 = tablet.events();
     synced(&mut b2).await;
     let group = alice.create_group(&[bob.user()]).await.expect("group");
-    let before = alice.send_text(group, "before").await.expect("send");
+    let alice_group = alice.conversation(group);
+    let before = alice_group.send_text("before").await.expect("send");
     for events in [&mut b1, &mut b2] {
         assert_eq!(next_text(events, group).await.text(), Some("before"));
     }
 
     let gone = tablet.device();
     bob.remove_device(gone.device).await.expect("remove");
-    let after = alice.send_text(group, "after").await.expect("send");
+    let after = alice_group.send_text("after").await.expect("send");
     assert_eq!(next_text(&mut b1, group).await.text(), Some("after"));
     let removed = wait_for(&mut a, |e| match e {
         Event::DevicesChanged { user, removed, .. } if *user == bob.user() => Some(removed.clone()),
@@ -354,11 +364,18 @@ async fn a_device_from_before_device_lists_makes_the_account_identity() {
         .expect("store");
 
     // The upgraded client opens the old store; once connected it is linked.
-    let olga = Client::open(&server.url(), store).await.expect("open");
+    let olga = Client::builder(server.url())
+        .store(store)
+        .open()
+        .await
+        .expect("open");
     let mut o = olga.events();
     synced(&mut o).await;
     assert!(olga.is_linked().expect("state"));
     let direct = olga.open_direct(alice.user()).await.expect("direct");
-    olga.send_text(direct, "still here").await.expect("send");
+    olga.conversation(direct)
+        .send_text("still here")
+        .await
+        .expect("send");
     assert_eq!(next_text(&mut a, direct).await.text(), Some("still here"));
 }

@@ -5,7 +5,7 @@
 mod common;
 mod malicious;
 
-use chat::client::{Client, ClientStore, ConversationId, Event, Events, MemoryStore};
+use chat::client::{Client, ClientStore, ConversationId, Credentials, Event, Events, MemoryStore};
 use chat::core::{DeviceAddress, DeviceId};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -17,7 +17,9 @@ use malicious::{Intercepted, Mitm};
 
 /// Registers `name` through the proxy and waits until it is synced.
 async fn through(mitm: &Mitm, name: &str) -> (Client, Events) {
-    let client = Client::register(&mitm.url(), name, PASSWORD, "phone", MemoryStore::new())
+    let client = Client::builder(mitm.url())
+        .device_name("phone")
+        .register(&Credentials::new(name, PASSWORD))
         .await
         .expect("register");
     let mut events = client.events();
@@ -59,14 +61,12 @@ async fn a_private_message_moved_into_a_group_is_refused() {
         }
         other => vec![other],
     });
-    alice.send_text(direct, "only for bob").await.expect("send");
+    let alice_direct = alice.conversation(direct);
+    alice_direct.send_text("only for bob").await.expect("send");
     refused(&mut bob_events, group).await;
     // Honest again: the next private message arrives where it was sent.
     mitm.honest();
-    alice
-        .send_text(direct, "still private")
-        .await
-        .expect("send");
+    alice_direct.send_text("still private").await.expect("send");
     let m = next_text(&mut bob_events, direct).await;
     assert_eq!(m.text(), Some("still private"));
     drop(carol);
@@ -79,7 +79,8 @@ async fn a_sender_key_handout_refiled_under_another_group_is_refused() {
     let (alice, _alice_events) = through(&mitm, "alice").await;
     let (bob, mut bob_events) = through(&mitm, "bob").await;
     let two = alice.create_group(&[bob.user()]).await.expect("group 2");
-    alice.send_text(two, "first").await.expect("send");
+    let alice_two = alice.conversation(two);
+    alice_two.send_text("first").await.expect("send");
     assert_eq!(next_text(&mut bob_events, two).await.text(), Some("first"));
     let target = bob.device();
     // The next group's first message to Bob (it carries Alice's sender key for that group)
@@ -98,13 +99,14 @@ async fn a_sender_key_handout_refiled_under_another_group_is_refused() {
     for n in 0..3 {
         let one = alice.create_group(&[bob.user()]).await.expect("group 1");
         alice
-            .send_text(one, &format!("for group {n}"))
+            .conversation(one)
+            .send_text(&format!("for group {n}"))
             .await
             .expect("send");
         refused(&mut bob_events, two).await;
     }
     mitm.honest();
-    alice.send_text(two, "for group 2").await.expect("send");
+    alice_two.send_text("for group 2").await.expect("send");
     let m = next_text(&mut bob_events, two).await;
     assert_eq!(m.text(), Some("for group 2"));
 }
@@ -118,14 +120,17 @@ async fn a_device_reported_removed_cannot_read_the_next_group_message() {
     let mitm = Mitm::start(server.addr).await;
     let (alice, _alice_events) = through(&mitm, "alice").await;
     let (bob, mut bob_events) = through(&mitm, "bob").await;
-    let phone = Client::login(&mitm.url(), "bob", PASSWORD, "tablet", MemoryStore::new())
+    let phone = Client::builder(mitm.url())
+        .device_name("tablet")
+        .login(&Credentials::new("bob", PASSWORD))
         .await
         .expect("login");
     common::link(&bob, &phone).await;
     let mut phone_events = phone.events();
     synced(&mut phone_events).await;
     let group = alice.create_group(&[bob.user()]).await.expect("group");
-    alice.send_text(group, "before").await.expect("send");
+    let alice_group = alice.conversation(group);
+    alice_group.send_text("before").await.expect("send");
     for events in [&mut bob_events, &mut phone_events] {
         assert_eq!(next_text(events, group).await.text(), Some("before"));
     }
@@ -156,7 +161,7 @@ async fn a_device_reported_removed_cannot_read_the_next_group_message() {
         }
         other => Intercepted::pass(other),
     });
-    alice.send_text(group, "after").await.expect("send");
+    alice_group.send_text("after").await.expect("send");
     assert!(reported.load(SeqCst), "the removal was reported");
     assert_eq!(
         next_text(&mut bob_events, group).await.text(),
@@ -195,8 +200,9 @@ async fn renumbering_messages_for_one_recipient_cannot_aim_a_delete() {
         }
         other => vec![other],
     });
-    alice.send_text(direct, "keep").await.expect("send");
-    let erase = alice.send_text(direct, "erase").await.expect("send");
+    let alice_direct = alice.conversation(direct);
+    alice_direct.send_text("keep").await.expect("send");
+    let erase = alice_direct.send_text("erase").await.expect("send");
     assert_eq!(
         next_text(&mut bob_events, direct).await.text(),
         Some("keep")
@@ -205,14 +211,17 @@ async fn renumbering_messages_for_one_recipient_cannot_aim_a_delete() {
         next_text(&mut bob_events, direct).await.text(),
         Some("erase")
     );
-    alice.delete_message(direct, erase).await.expect("delete");
+    alice_direct.delete(erase).await.expect("delete");
     // In order after the delete: once this arrives, the delete has been applied.
-    alice.send_text(direct, "done").await.expect("send");
+    alice_direct.send_text("done").await.expect("send");
     assert_eq!(
         next_text(&mut bob_events, direct).await.text(),
         Some("done")
     );
-    let timeline = bob.timeline(direct, None, 10).expect("timeline");
+    let timeline = bob
+        .conversation(direct)
+        .timeline(None, 10)
+        .expect("timeline");
     assert!(
         timeline
             .iter()
@@ -230,15 +239,12 @@ async fn a_device_the_server_invents_gets_nothing() {
     let (alice, mut alice_events) = through(&mitm, "alice").await;
     let (bob, mut bob_events) = through(&mitm, "bob").await;
     let mallory_store = Arc::new(MemoryStore::new());
-    let mallory = Client::register(
-        &mitm.url(),
-        "mallory",
-        PASSWORD,
-        "phone",
-        mallory_store.clone(),
-    )
-    .await
-    .expect("register");
+    let mallory = Client::builder(mitm.url())
+        .store(mallory_store.clone())
+        .device_name("phone")
+        .register(&Credentials::new("mallory", PASSWORD))
+        .await
+        .expect("register");
     let token = mallory_store
         .device()
         .expect("store")
@@ -294,7 +300,7 @@ async fn a_device_the_server_invents_gets_nothing() {
     });
     // The send goes out with an empty header for the ghost (the server's coverage rule is
     // met; the ghost learns nothing).
-    let sent = alice.send_text(direct, "for bob only").await;
+    let sent = alice.conversation(direct).send_text("for bob only").await;
     assert!(reported.load(SeqCst), "the ghost was reported");
     if sent.is_ok() {
         assert_eq!(
@@ -325,7 +331,8 @@ async fn a_swapped_device_identity_is_not_taken_for_the_device() {
     let (bob, mut bob_events) = through(&mitm, "bob").await;
     let (mallory, _mallory_events) = through(&mitm, "mallory").await;
     let direct = bob.open_direct(alice.user()).await.expect("direct");
-    bob.send_text(direct, "hi, it is bob").await.expect("send");
+    let bob_direct = bob.conversation(direct);
+    bob_direct.send_text("hi, it is bob").await.expect("send");
     assert_eq!(
         next_text(&mut alice_events, direct).await.text(),
         Some("hi, it is bob")
@@ -340,11 +347,12 @@ async fn a_swapped_device_identity_is_not_taken_for_the_device() {
     });
     let theirs = mallory.open_direct(alice.user()).await.expect("direct");
     mallory
-        .send_text(theirs, "it is bob, really")
+        .conversation(theirs)
+        .send_text("it is bob, really")
         .await
         .expect("send");
     // Bob's next message follows the forged one in Alice's inbox.
-    bob.send_text(direct, "the real bob").await.expect("send");
+    bob_direct.send_text("the real bob").await.expect("send");
     wait_for(&mut alice_events, |e| match e {
         Event::Message(m) if m.sender == real && m.text() == Some("it is bob, really") => {
             panic!("Alice took Mallory's message for Bob's")
@@ -362,7 +370,11 @@ async fn a_swapped_device_identity_is_not_taken_for_the_device() {
     })
     .await;
     // Alice's answer still goes to the real Bob, not to a session with Mallory's identity.
-    alice.send_text(direct, "answer").await.expect("send");
+    alice
+        .conversation(direct)
+        .send_text("answer")
+        .await
+        .expect("send");
     wait_for(&mut bob_events, |e| match e {
         Event::Message(m) if m.conversation == direct && m.text() == Some("answer") => Some(()),
         Event::Undecryptable { conversation, .. } if *conversation == direct => {
@@ -384,7 +396,9 @@ async fn an_older_device_list_is_not_taken_back() {
     let mitm = Mitm::start(server.addr).await;
     let (alice, mut alice_events) = through(&mitm, "alice").await;
     let (bob, mut bob_events) = through(&mitm, "bob").await;
-    let tablet = Client::login(&mitm.url(), "bob", PASSWORD, "tablet", MemoryStore::new())
+    let tablet = Client::builder(mitm.url())
+        .device_name("tablet")
+        .login(&Credentials::new("bob", PASSWORD))
         .await
         .expect("login");
     common::link(&bob, &tablet).await;
@@ -399,13 +413,14 @@ async fn an_older_device_list_is_not_taken_back() {
         json
     });
     let direct = alice.open_direct(bob.user()).await.expect("direct");
-    alice.send_text(direct, "one").await.expect("send");
+    let alice_direct = alice.conversation(direct);
+    alice_direct.send_text("one").await.expect("send");
     assert_eq!(next_text(&mut bob_events, direct).await.text(), Some("one"));
     let with_tablet = seen.lock().expect("lock").last().cloned().expect("a list");
 
     let gone = tablet.device();
     bob.remove_device(gone.device).await.expect("remove");
-    alice.send_text(direct, "two").await.expect("send");
+    alice_direct.send_text("two").await.expect("send");
     assert_eq!(next_text(&mut bob_events, direct).await.text(), Some("two"));
     assert_eq!(
         alice.devices_of(bob.user()).await.expect("devices"),
@@ -447,7 +462,7 @@ async fn an_older_device_list_is_not_taken_back() {
         }
         other => Intercepted::pass(other),
     });
-    let _ = alice.send_text(direct, "three").await;
+    let _ = alice_direct.send_text("three").await;
     assert!(claimed.load(SeqCst));
     wait_for(&mut alice_events, |e| match e {
         Event::DeviceRefused { device } if *device == gone => Some(()),
@@ -459,7 +474,7 @@ async fn an_older_device_list_is_not_taken_back() {
         vec![bob.device().device],
         "the newer list stays trusted"
     );
-    alice.send_text(direct, "four").await.expect("send");
+    alice_direct.send_text("four").await.expect("send");
     assert!(
         !encrypted.load(SeqCst),
         "Alice encrypted to the removed device again"
@@ -478,7 +493,8 @@ async fn an_account_key_the_server_invents_blocks_sending_to_a_verified_contact(
     let (alice, mut alice_events) = through(&mitm, "alice").await;
     let (bob, _bob_events) = through(&mitm, "bob").await;
     let direct = alice.open_direct(bob.user()).await.expect("direct");
-    alice.send_text(direct, "hi").await.expect("send");
+    let alice_direct = alice.conversation(direct);
+    alice_direct.send_text("hi").await.expect("send");
     alice.verify(bob.user()).await.expect("verify");
 
     let server_device = IdentityPublic {
@@ -506,7 +522,7 @@ async fn an_account_key_the_server_invents_blocks_sending_to_a_verified_contact(
     .await;
     assert!(blocked);
     assert!(matches!(
-        alice.send_text(direct, "still there?").await,
+        alice_direct.send_text("still there?").await,
         Err(chat::client::Error::IdentityNotAccepted(_))
     ));
 }
@@ -523,7 +539,10 @@ async fn a_replayed_first_message_is_refused_after_a_restart() {
     let mitm = Mitm::start(server.addr).await;
     let (alice, _alice_events) = through(&mitm, "alice").await;
     let bob_store = Arc::new(MemoryStore::new());
-    let bob = Client::register(&mitm.url(), "bob", PASSWORD, "phone", bob_store.clone())
+    let bob = Client::builder(mitm.url())
+        .store(bob_store.clone())
+        .device_name("phone")
+        .register(&Credentials::new("bob", PASSWORD))
         .await
         .expect("register");
     let mut bob_events = bob.events();
@@ -553,7 +572,8 @@ async fn a_replayed_first_message_is_refused_after_a_restart() {
         vec![frame]
     });
     let direct = alice.open_direct(bob.user()).await.expect("direct");
-    alice.send_text(direct, "first").await.expect("send");
+    let alice_direct = alice.conversation(direct);
+    alice_direct.send_text("first").await.expect("send");
     assert_eq!(
         next_text(&mut bob_events, direct).await.text(),
         Some("first")
@@ -577,16 +597,18 @@ async fn a_replayed_first_message_is_refused_after_a_restart() {
         }
         other => vec![other],
     });
-    let bob = Client::open(&mitm.url(), bob_store.clone())
+    let bob = Client::builder(mitm.url())
+        .store(bob_store.clone())
+        .open()
         .await
         .expect("open");
     let mut bob_events = bob.events();
     synced(&mut bob_events).await;
-    alice.send_text(direct, "second").await.expect("send");
+    alice_direct.send_text("second").await.expect("send");
     refused(&mut bob_events, direct).await;
     assert!(replayed.load(SeqCst));
     // The session is intact: the next message opens.
-    alice.send_text(direct, "third").await.expect("send");
+    alice_direct.send_text("third").await.expect("send");
     assert_eq!(
         next_text(&mut bob_events, direct).await.text(),
         Some("third")
@@ -610,13 +632,15 @@ async fn a_removed_member_cannot_read_what_is_sent_after_even_given_the_cipherte
         .create_group(&[bob.user(), carol.user()])
         .await
         .expect("group");
-    bob.send_text(group, "before").await.expect("send");
+    let bob_group = bob.conversation(group);
+    bob_group.send_text("before").await.expect("send");
     assert_eq!(
         next_text(&mut carol_events, group).await.text(),
         Some("before")
     );
     alice
-        .remove_member(group, carol.user())
+        .conversation(group)
+        .remove_member(carol.user())
         .await
         .expect("remove");
     common::next_change(&mut bob_events, group).await;
@@ -634,7 +658,7 @@ async fn a_removed_member_cannot_read_what_is_sent_after_even_given_the_cipherte
         }
         Intercepted::pass(frame)
     });
-    let after = bob.send_text(group, "after").await.expect("send");
+    let after = bob_group.send_text("after").await.expect("send");
     let recorded = sent.lock().expect("lock").clone().expect("recorded");
     assert!(
         recorded
@@ -661,6 +685,9 @@ async fn a_removed_member_cannot_read_what_is_sent_after_even_given_the_cipherte
         }
         other => vec![other],
     });
-    dave.send_text(decoy, "decoy").await.expect("send");
+    dave.conversation(decoy)
+        .send_text("decoy")
+        .await
+        .expect("send");
     refused(&mut carol_events, group).await;
 }

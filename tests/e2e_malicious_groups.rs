@@ -7,7 +7,7 @@ mod malicious;
 
 use std::sync::{Arc, Mutex};
 
-use chat::client::{ChainError, Client, ConversationId, Event, Events, MemoryStore};
+use chat::client::{ChainError, Client, Conversation, ConversationId, Credentials, Event, Events};
 use chat::core::{ChainLink, GroupOp, GroupSettings, Store, UserId};
 use chat::crypto::{AccountIdentity, SignedDeviceList, SignedGroupChange, VerifiedGroup};
 use common::{PASSWORD, TestServer, config, next_text, synced, user, wait_for};
@@ -61,7 +61,8 @@ async fn a_member_the_server_adds_with_a_forged_change_gets_no_keys() {
     let (bob, mut b) = user(&server, "bob").await;
     let (mallory, mut m) = user(&server, "mallory").await;
     let group = alice.create_group(&[bob.user()]).await.expect("group");
-    alice.send_text(group, "before").await.expect("send");
+    let alice_group = alice.conversation(group);
+    alice_group.send_text("before").await.expect("send");
     assert_eq!(next_text(&mut b, group).await.text(), Some("before"));
 
     let (_, verified) = chain(store.as_ref(), group).await;
@@ -86,7 +87,7 @@ async fn a_member_the_server_adds_with_a_forged_change_gets_no_keys() {
         .expect("the server adds mallory");
 
     // The server asks Alice's send to cover Mallory's device.
-    alice.send_text(group, "after").await.expect("send");
+    alice_group.send_text("after").await.expect("send");
     let reason = change_refused(&mut a, group).await;
     assert_eq!(reason, ChainError::BadSignature);
     wait_for(&mut a, |e| match e {
@@ -107,14 +108,14 @@ async fn a_member_the_server_adds_with_a_forged_change_gets_no_keys() {
         _ => None,
     })
     .await;
-    let info = alice.group_info(group).await.expect("info");
+    let info = alice_group.group_info().await.expect("info");
     assert!(info.verified);
     assert_eq!(info.role(mallory.user()), None);
 }
 
-/// The name in `client`'s verified view of `group` (fetching the chain first).
-async fn name_of(client: &Client, group: ConversationId) -> String {
-    let info = client.group_info(group).await.expect("info");
+/// The group's name as the handle's client verified it (fetching the chain first).
+async fn name_of(group: &Conversation) -> String {
+    let info = group.group_info().await.expect("info");
     assert!(info.verified);
     info.name
 }
@@ -133,7 +134,9 @@ async fn dropped_replayed_and_reordered_group_changes_are_refused() {
     let mitm = Mitm::start(server.addr).await;
     let (alice, _a) = user(&server, "alice").await;
     let (dave, _d) = user(&server, "dave").await;
-    let carol = Client::register(&mitm.url(), "carol", PASSWORD, "phone", MemoryStore::new())
+    let carol = Client::builder(mitm.url())
+        .device_name("phone")
+        .register(&Credentials::new("carol", PASSWORD))
         .await
         .expect("register");
     let mut c = carol.events();
@@ -142,7 +145,8 @@ async fn dropped_replayed_and_reordered_group_changes_are_refused() {
         .create_named_group("Trip", &[carol.user()], GroupSettings::default())
         .await
         .expect("group");
-    assert_eq!(name_of(&carol, group).await, "Trip");
+    let carol_group = carol.conversation(group);
+    assert_eq!(name_of(&carol_group).await, "Trip");
     let changes = format!("/v1/conversations/{group}/changes");
 
     // Dropped: the rename to "A" never reaches Carol, so the rename to "B" names a state she
@@ -156,12 +160,13 @@ async fn dropped_replayed_and_reordered_group_changes_are_refused() {
         }
         json
     });
-    alice.rename(group, "A").await.expect("rename");
-    alice.rename(group, "B").await.expect("rename");
-    assert_eq!(name_of(&carol, group).await, "Trip");
+    let alice_group = alice.conversation(group);
+    alice_group.rename("A").await.expect("rename");
+    alice_group.rename("B").await.expect("rename");
+    assert_eq!(name_of(&carol_group).await, "Trip");
     assert_eq!(change_refused(&mut c, group).await, ChainError::StaleParent);
     mitm.honest();
-    assert_eq!(name_of(&carol, group).await, "B");
+    assert_eq!(name_of(&carol_group).await, "B");
 
     // Replayed: after Dave's removal, his addition comes again.
     let (path, added) = (changes.clone(), Arc::new(Mutex::new(None)));
@@ -184,20 +189,20 @@ async fn dropped_replayed_and_reordered_group_changes_are_refused() {
         }
         json
     });
-    alice.add_members(group, &[dave.user()]).await.expect("add");
+    alice_group.add_members(&[dave.user()]).await.expect("add");
     assert_eq!(
-        carol
-            .group_info(group)
+        carol_group
+            .group_info()
             .await
             .expect("info")
             .role(dave.user()),
         Some(chat::core::Role::Member)
     );
-    alice
-        .remove_member(group, dave.user())
+    alice_group
+        .remove_member(dave.user())
         .await
         .expect("remove");
-    let info = carol.group_info(group).await.expect("info");
+    let info = carol_group.group_info().await.expect("info");
     assert_eq!(
         info.role(dave.user()),
         None,
@@ -227,12 +232,12 @@ async fn dropped_replayed_and_reordered_group_changes_are_refused() {
         }
         json
     });
-    alice.rename(group, "X").await.expect("rename");
-    alice.rename(group, "Y").await.expect("rename");
-    assert_eq!(name_of(&carol, group).await, "B");
+    alice_group.rename("X").await.expect("rename");
+    alice_group.rename("Y").await.expect("rename");
+    assert_eq!(name_of(&carol_group).await, "B");
     assert_eq!(change_refused(&mut c, group).await, ChainError::StaleParent);
     mitm.honest();
-    assert_eq!(name_of(&carol, group).await, "Y");
+    assert_eq!(name_of(&carol_group).await, "Y");
     // Alice was served honestly throughout.
-    assert_eq!(name_of(&alice, group).await, "Y");
+    assert_eq!(name_of(&alice_group).await, "Y");
 }

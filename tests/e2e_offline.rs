@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use chat::client::{Client, Event, SqliteStore};
+use chat::client::{Client, Credentials, Event, SqliteStore};
 use common::{PASSWORD, TestServer, WAIT, config, synced, user};
 
 const MESSAGES: usize = 1_000;
@@ -19,28 +19,28 @@ async fn offline_device_catches_up_in_order_once_across_a_restart() {
     let (alice, mut a) = user(&server, "alice").await;
     synced(&mut a).await;
     // Bob registers, then goes offline (the app is closed).
-    let bob = Client::register(
-        &server.url(),
-        "bob",
-        PASSWORD,
-        "phone",
-        SqliteStore::open(&path).expect("store"),
-    )
-    .await
-    .expect("register bob");
+    let bob = Client::builder(server.url())
+        .store(SqliteStore::open(&path).expect("store"))
+        .device_name("phone")
+        .register(&Credentials::new("bob", PASSWORD))
+        .await
+        .expect("register bob");
     let bob_user = bob.user();
     drop(bob);
 
     let chat = alice.open_direct(bob_user).await.expect("open");
+    let alice_chat = alice.conversation(chat);
     let mut ids = Vec::new();
     for i in 0..MESSAGES {
-        ids.push(alice.send_text(chat, &format!("m{i}")).await.expect("send"));
+        ids.push(alice_chat.send_text(&format!("m{i}")).await.expect("send"));
     }
 
     // Bob's app starts, processes part of the backlog, and is killed.
     let mut seen = Vec::new();
     {
-        let bob = Client::open(&server.url(), SqliteStore::open(&path).expect("store"))
+        let bob = Client::builder(server.url())
+            .store(SqliteStore::open(&path).expect("store"))
+            .open()
             .await
             .expect("open bob");
         let mut events = bob.events();
@@ -72,7 +72,9 @@ async fn offline_device_catches_up_in_order_once_across_a_restart() {
     eprintln!("first run processed {first_run} messages");
 
     // The restarted app resumes from its stored cursor.
-    let bob = Client::open(&server.url(), SqliteStore::open(&path).expect("store"))
+    let bob = Client::builder(server.url())
+        .store(SqliteStore::open(&path).expect("store"))
+        .open()
         .await
         .expect("reopen bob");
     let mut events = bob.events();
@@ -94,19 +96,19 @@ async fn offline_device_catches_up_in_order_once_across_a_restart() {
         .map(|(i, id)| (*id, Some(format!("m{i}"))))
         .collect();
     assert_eq!(seen, expected, "every message once, in order");
-    let stored = bob.history(chat, None, 2 * MESSAGES).expect("history");
+    let stored = bob
+        .conversation(chat)
+        .history(None, 2 * MESSAGES)
+        .expect("history");
     assert_eq!(stored.len(), MESSAGES);
     let unique: BTreeSet<_> = stored.iter().map(|m| m.id).collect();
     assert_eq!(unique.len(), MESSAGES);
 
     // A store holds one device: logging another into it is refused.
-    let again = Client::login(
-        &server.url(),
-        "bob",
-        PASSWORD,
-        "tablet",
-        SqliteStore::open(&path).expect("store"),
-    )
-    .await;
+    let again = Client::builder(server.url())
+        .store(SqliteStore::open(&path).expect("store"))
+        .device_name("tablet")
+        .login(&Credentials::new("bob", PASSWORD))
+        .await;
     assert!(matches!(again, Err(chat::client::Error::Invalid(_))));
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use chat::client::{Client, ConnectionState, Event, ReceiptKind, SqliteStore};
+use chat::client::{Client, ConnectionState, Credentials, Event, ReceiptKind, SqliteStore};
 use common::{PASSWORD, Proxy, TestServer, config, next_text, synced, user, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,21 +17,19 @@ async fn the_outbox_survives_an_app_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("alice.db");
 
-    let alice = Client::register(
-        &proxy.url(),
-        "alice",
-        PASSWORD,
-        "laptop",
-        SqliteStore::open(&path).expect("store"),
-    )
-    .await
-    .expect("alice");
+    let alice = Client::builder(proxy.url())
+        .store(SqliteStore::open(&path).expect("store"))
+        .device_name("laptop")
+        .register(&Credentials::new("alice", PASSWORD))
+        .await
+        .expect("alice");
     let mut a = alice.events();
     let (bob, mut b) = user(&server, "bob").await;
     synced(&mut a).await;
     synced(&mut b).await;
     let chat = alice.open_direct(bob.user()).await.expect("open");
-    alice.send_text(chat, "online").await.expect("send");
+    let alice_chat = alice.conversation(chat);
+    alice_chat.send_text("online").await.expect("send");
     assert_eq!(next_text(&mut b, chat).await.text(), Some("online"));
 
     // The network goes away; Alice writes anyway, then her app is killed.
@@ -43,23 +41,26 @@ async fn the_outbox_survives_an_app_restart() {
     let mut keys = Vec::new();
     for i in 0..3 {
         keys.push(
-            alice
-                .queue_text(chat, &format!("offline {i}"))
+            alice_chat
+                .queue_text(&format!("offline {i}"))
                 .await
                 .expect("queue"),
         );
     }
     assert_eq!(alice.pending().expect("outbox"), 3);
-    drop((alice, a));
+    drop((alice_chat, alice, a)); // the handle too: it is a clone of the client
 
     // Restarted while still offline: writing works from what the store knows.
-    let alice = Client::open(&proxy.url(), SqliteStore::open(&path).expect("store"))
+    let alice = Client::builder(proxy.url())
+        .store(SqliteStore::open(&path).expect("store"))
+        .open()
         .await
         .expect("reopen");
+    let alice_chat = alice.conversation(chat);
     for i in 3..5 {
         keys.push(
-            alice
-                .queue_text(chat, &format!("offline {i}"))
+            alice_chat
+                .queue_text(&format!("offline {i}"))
                 .await
                 .expect("queue offline after a restart"),
         );
@@ -86,23 +87,25 @@ async fn the_outbox_survives_an_app_restart() {
         assert_eq!(m.client_key, *key);
     }
     // Exactly once: Alice's history and Bob's both hold six messages.
-    assert_eq!(alice.history(chat, None, 100).expect("history").len(), 6);
-    assert_eq!(bob.history(chat, None, 100).expect("history").len(), 6);
+    assert_eq!(alice_chat.history(None, 100).expect("history").len(), 6);
+    assert_eq!(
+        bob.conversation(chat)
+            .history(None, 100)
+            .expect("history")
+            .len(),
+        6
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_typing_and_receipts_reach_the_other_side() {
     let server = TestServer::start(config("memory:")).await;
     let proxy = Proxy::start(server.addr).await;
-    let alice = Client::register(
-        &proxy.url(),
-        "alice",
-        PASSWORD,
-        "laptop",
-        chat::client::MemoryStore::new(),
-    )
-    .await
-    .expect("alice");
+    let alice = Client::builder(proxy.url())
+        .device_name("laptop")
+        .register(&Credentials::new("alice", PASSWORD))
+        .await
+        .expect("alice");
     let mut a = alice.events();
     let (bob, mut b) = user(&server, "bob").await;
     synced(&mut a).await;
@@ -127,8 +130,9 @@ async fn presence_typing_and_receipts_reach_the_other_side() {
         wait_for(&mut a, bob_online).await,
         "renewed after the reconnect"
     );
+    let bob_chat = bob.conversation(chat);
 
-    bob.send_typing(chat, true).expect("typing");
+    bob_chat.set_typing(true).expect("typing");
     let users = wait_for(&mut a, |e| match e {
         Event::Typing { users, .. } if !users.is_empty() => Some(users.clone()),
         _ => None,
@@ -136,9 +140,14 @@ async fn presence_typing_and_receipts_reach_the_other_side() {
     .await;
     assert_eq!(users.into_iter().collect::<Vec<_>>(), vec![bob.user()]);
 
-    let id = alice.send_text(chat, "read me").await.expect("send");
+    let id = alice
+        .conversation(chat)
+        .send_text("read me")
+        .await
+        .expect("send");
     let m = next_text(&mut b, chat).await;
-    bob.send_receipt(chat, ReceiptKind::Read, m.id)
+    bob_chat
+        .send_receipt(ReceiptKind::Read, m.id)
         .expect("receipt");
     let (who, up_to) = wait_for(&mut a, |e| match e {
         Event::Receipt {

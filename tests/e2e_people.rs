@@ -58,17 +58,23 @@ async fn profiles_search_and_blocks_through_the_client() {
         .create_group(&[bob.user(), carol.user()])
         .await
         .expect("group");
-    let hidden = bob.send_text(group, "from bob").await.expect("bob sends");
+    let hidden = bob
+        .conversation(group)
+        .send_text("from bob")
+        .await
+        .expect("bob sends");
     assert_eq!(next_text(&mut c, group).await.id, hidden);
     let shown = carol
-        .send_text(group, "from carol")
+        .conversation(group)
+        .send_text("from carol")
         .await
         .expect("carol sends");
     let first = next_text(&mut a, group).await.id;
     assert_eq!(first, shown, "Bob's message is hidden from Alice");
     assert!(
         alice
-            .history(group, None, 100)
+            .conversation(group)
+            .history(None, 100)
             .expect("history")
             .iter()
             .all(|m| m.sender.user != bob.user())
@@ -87,7 +93,8 @@ async fn profiles_search_and_blocks_through_the_client() {
         .expect("group");
     next_message(&mut d, later).await; // Carol's announcement.
     let id = dave
-        .send_text(later, "from dave")
+        .conversation(later)
+        .send_text("from dave")
         .await
         .expect("dave sends");
     assert_eq!(next_text(&mut c, later).await.id, id);

@@ -47,27 +47,32 @@ async fn relations_read_positions_and_search_across_devices() {
     let chat: ConversationId = alice.open_direct(bob.user()).await.expect("open");
     bob.conversations().await.expect("bob learns the chat");
     bob2.conversations().await.expect("bob2 learns the chat");
+    let (alice_chat, bob_chat, bob2_chat) = (
+        alice.conversation(chat),
+        bob.conversation(chat),
+        bob2.conversation(chat),
+    );
 
     // Three messages from Alice: all unread for Bob, on both devices.
-    let m1 = alice
-        .send_text(chat, "hello world, 你好世界")
+    let m1 = alice_chat
+        .send_text("hello world, 你好世界")
         .await
         .expect("m1");
-    let m2 = alice.send_text(chat, "second").await.expect("m2");
-    let m3 = alice.send_text(chat, "third").await.expect("m3");
+    let m2 = alice_chat.send_text("second").await.expect("m2");
+    let m3 = alice_chat.send_text("third").await.expect("m3");
     for events in [&mut b, &mut b2] {
         for _ in 0..3 {
             next_text(events, chat).await;
         }
     }
-    assert_eq!(bob.unread_count(chat).expect("unread"), 3);
-    assert_eq!(bob2.unread_count(chat).expect("unread"), 3);
-    assert_eq!(alice.unread_count(chat).expect("own"), 0, "own messages");
+    assert_eq!(bob_chat.unread_count().expect("unread"), 3);
+    assert_eq!(bob2_chat.unread_count().expect("unread"), 3);
+    assert_eq!(alice_chat.unread_count().expect("own"), 0, "own messages");
     assert_eq!(found(&bob, "世界"), [m1], "CJK text is found");
 
     // Bob reacts twice with the same emoji: one reaction, on Alice's side too.
-    bob.react(chat, m1, "👍").await.expect("react");
-    bob.react(chat, m1, "👍").await.expect("react again");
+    bob_chat.react(m1, "👍").await.expect("react");
+    bob_chat.react(m1, "👍").await.expect("react again");
     let item = updated(&mut a, m1, |i| !i.view.reactions.is_empty()).await;
     assert_eq!(
         item.view.reactions.get("👍").map(|users| users.len()),
@@ -75,12 +80,9 @@ async fn relations_read_positions_and_search_across_devices() {
     );
 
     // Only the sender may edit; Alice's edit shows everywhere and search follows it.
-    let refused = bob.edit_message(chat, m1, "hacked").await;
+    let refused = bob_chat.edit(m1, "hacked").await;
     assert!(matches!(refused, Err(Error::Invalid(_))), "{refused:?}");
-    alice
-        .edit_message(chat, m1, "hello there")
-        .await
-        .expect("edit");
+    alice_chat.edit(m1, "hello there").await.expect("edit");
     for events in [&mut b, &mut b2] {
         let item = updated(events, m1, TimelineItem::is_edited).await;
         assert_eq!(item.text(), Some("hello there"));
@@ -96,44 +98,47 @@ async fn relations_read_positions_and_search_across_devices() {
     assert_eq!(found(&alice, "there"), [m1], "the sender's own index too");
 
     // Bob reads up to m2 on his phone; his other device's count follows.
-    bob.mark_read(chat, m2).expect("read");
+    bob_chat.mark_read(m2).expect("read");
     wait_for(&mut b2, |e| match e {
         Event::Receipt { user, up_to, .. } if *user == bob.user() && *up_to == m2 => Some(()),
         _ => None,
     })
     .await;
     assert_eq!(
-        bob2.read_position(chat).expect("pos"),
+        bob2_chat.read_position().expect("pos"),
         ReadPosition::up_to(m2)
     );
-    assert_eq!(bob.unread_count(chat).expect("unread"), 1);
-    assert_eq!(bob2.unread_count(chat).expect("unread"), 1);
+    assert_eq!(bob_chat.unread_count().expect("unread"), 1);
+    assert_eq!(bob2_chat.unread_count().expect("unread"), 1);
     // A lower position never moves it back.
-    bob2.mark_read(chat, m1).expect("lower");
+    bob2_chat.mark_read(m1).expect("lower");
     assert_eq!(
-        bob2.read_position(chat).expect("pos"),
+        bob2_chat.read_position().expect("pos"),
         ReadPosition::up_to(m2)
     );
     // A device added later learns the position with the conversation.
     let (bob3, _b3) = device(&server, "bob", &bob).await;
-    assert_eq!(bob3.read_position(chat).expect("pos"), ReadPosition::NONE);
+    assert_eq!(
+        bob3.conversation(chat).read_position().expect("pos"),
+        ReadPosition::NONE
+    );
     bob3.conversations().await.expect("bob3 learns the chat");
     assert_eq!(
-        bob3.read_position(chat).expect("pos"),
+        bob3.conversation(chat).read_position().expect("pos"),
         ReadPosition::up_to(m2)
     );
 
     // Alice deletes m3: a tombstone everywhere, no longer unread, no longer found.
     assert_eq!(found(&bob, "third"), [m3]);
-    alice.delete_message(chat, m3).await.expect("delete");
+    alice_chat.delete(m3).await.expect("delete");
     let item = updated(&mut b, m3, TimelineItem::is_deleted).await;
     assert!(item.is_deleted());
     assert_eq!(item.view.content, None);
-    assert_eq!(bob.unread_count(chat).expect("unread"), 0);
+    assert_eq!(bob_chat.unread_count().expect("unread"), 0);
     assert!(found(&bob, "third").is_empty());
 
     // A reply points at its message.
-    let reply = bob.send_reply(chat, m1, "replying").await.expect("reply");
+    let reply = bob_chat.reply(m1, "replying").await.expect("reply");
     let m = next_text(&mut a, chat).await;
     assert_eq!(m.id, reply);
     match m.content {
@@ -143,7 +148,7 @@ async fn relations_read_positions_and_search_across_devices() {
 
     // The views as a conversation shows them, newest first; edits, deletes and reactions are
     // not messages of their own.
-    let timeline = bob.timeline(chat, None, 10).expect("timeline");
+    let timeline = bob_chat.timeline(None, 10).expect("timeline");
     let ids: Vec<_> = timeline.iter().map(TimelineItem::id).collect();
     assert_eq!(ids, [reply, m3, m2, m1]);
     assert_eq!(timeline[3].text(), Some("hello there"));
@@ -173,22 +178,23 @@ async fn typing_indicators_stop_and_expire_by_themselves() {
     synced(&mut a).await;
     synced(&mut b).await;
     let chat = alice.open_direct(bob.user()).await.expect("open");
+    let (alice_chat, bob_chat) = (alice.conversation(chat), bob.conversation(chat));
 
-    bob.send_typing(chat, true).expect("typing");
+    bob_chat.set_typing(true).expect("typing");
     assert_eq!(typing(&mut a, chat).await, [bob.user()]);
     assert_eq!(
-        alice.typing(chat).into_iter().collect::<Vec<_>>(),
+        alice_chat.typing().into_iter().collect::<Vec<_>>(),
         [bob.user()]
     );
-    bob.send_typing(chat, false).expect("stop");
+    bob_chat.set_typing(false).expect("stop");
     assert!(typing(&mut a, chat).await.is_empty());
 
     // Started and never stopped (the app died): the indicator goes after its TTL by itself.
-    bob.send_typing(chat, true).expect("typing");
+    bob_chat.set_typing(true).expect("typing");
     assert_eq!(typing(&mut a, chat).await, [bob.user()]);
-    drop(bob);
+    drop((bob_chat, bob)); // the handle is a clone of the client
     assert!(typing(&mut a, chat).await.is_empty());
-    assert!(alice.typing(chat).is_empty());
+    assert!(alice_chat.typing().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,7 +207,11 @@ async fn a_conversation_started_by_someone_else_joins_the_list() {
     assert!(bob.conversation_list().expect("list").is_empty());
 
     let group = alice.create_group(&[bob.user()]).await.expect("group");
-    alice.send_text(group, "welcome").await.expect("send");
+    alice
+        .conversation(group)
+        .send_text("welcome")
+        .await
+        .expect("send");
     // Both arrive, in either order: the message, and the news of the conversation.
     let (mut kind, mut text) = (None, false);
     wait_for(&mut b, |e| {

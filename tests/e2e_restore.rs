@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use chat::client::{Client, Event, MemoryStore, ResyncReason};
+use chat::client::{Client, Credentials, Event, MemoryStore, ResyncReason};
 use common::{PASSWORD, TestServer, config, next_text, stop, synced, wait_for};
 
 /// Copies the node's database files (the main file, its WAL and shared memory).
@@ -39,16 +39,16 @@ async fn messages_after_a_restore_replace_the_lost_ones() {
 
     // Alice and Bob talk; the operator takes a backup.
     let server = start(&db).await;
-    let alice = Client::register(
-        &server.url(),
-        "alice",
-        PASSWORD,
-        "laptop",
-        alice_store.clone(),
-    )
-    .await
-    .expect("alice");
-    let bob = Client::register(&server.url(), "bob", PASSWORD, "phone", bob_store.clone())
+    let alice = Client::builder(server.url())
+        .store(alice_store.clone())
+        .device_name("laptop")
+        .register(&Credentials::new("alice", PASSWORD))
+        .await
+        .expect("alice");
+    let bob = Client::builder(server.url())
+        .store(bob_store.clone())
+        .device_name("phone")
+        .register(&Credentials::new("bob", PASSWORD))
         .await
         .expect("bob");
     let (mut a, mut b) = (alice.events(), bob.events());
@@ -56,7 +56,8 @@ async fn messages_after_a_restore_replace_the_lost_ones() {
     synced(&mut b).await;
     let chat = alice.open_direct(bob.user()).await.expect("open");
     let m1 = alice
-        .send_text(chat, "before the backup")
+        .conversation(chat)
+        .send_text("before the backup")
         .await
         .expect("m1");
     assert_eq!(next_text(&mut b, chat).await.id, m1);
@@ -67,23 +68,33 @@ async fn messages_after_a_restore_replace_the_lost_ones() {
 
     // More is said, then the server is lost and restored from the backup.
     let server = start(&db).await;
-    let alice = Client::open(&server.url(), alice_store.clone())
+    let alice = Client::builder(server.url())
+        .store(alice_store.clone())
+        .open()
         .await
         .expect("alice");
-    let bob = Client::open(&server.url(), bob_store.clone())
+    let bob = Client::builder(server.url())
+        .store(bob_store.clone())
+        .open()
         .await
         .expect("bob");
     let (a, mut b) = (alice.events(), bob.events());
     let lost = alice
-        .send_text(chat, "lost with the server")
+        .conversation(chat)
+        .send_text("lost with the server")
         .await
         .expect("m2");
     assert_eq!(next_text(&mut b, chat).await.id, lost);
     // The lost part of the conversation also deletes that message and edits the first one,
     // and Bob reads all of it.
-    alice.delete_message(chat, lost).await.expect("delete m2");
+    alice
+        .conversation(chat)
+        .delete(lost)
+        .await
+        .expect("delete m2");
     let edit = alice
-        .edit_message(chat, m1, "edited, then lost")
+        .conversation(chat)
+        .edit(m1, "edited, then lost")
         .await
         .expect("edit m1");
     wait_for(&mut b, |e| match e {
@@ -91,8 +102,8 @@ async fn messages_after_a_restore_replace_the_lost_ones() {
         _ => None,
     })
     .await;
-    bob.mark_read(chat, edit).expect("read");
-    assert_eq!(bob.unread_count(chat).expect("unread"), 0);
+    bob.conversation(chat).mark_read(edit).expect("read");
+    assert_eq!(bob.conversation(chat).unread_count().expect("unread"), 0);
     stop(alice, a).await;
     stop(bob, b).await;
     server.shutdown().await;
@@ -101,7 +112,9 @@ async fn messages_after_a_restore_replace_the_lost_ones() {
     copy_db(&backup, &restored);
 
     let server = start(&restored).await;
-    let bob = Client::open(&server.url(), bob_store.clone())
+    let bob = Client::builder(server.url())
+        .store(bob_store.clone())
+        .open()
         .await
         .expect("bob");
     let mut b = bob.events();
@@ -112,7 +125,9 @@ async fn messages_after_a_restore_replace_the_lost_ones() {
     .await;
     assert_eq!(reason, ResyncReason::CursorAhead);
     synced(&mut b).await;
-    let alice = Client::open(&server.url(), alice_store.clone())
+    let alice = Client::builder(server.url())
+        .store(alice_store.clone())
+        .open()
         .await
         .expect("alice");
     let mut a = alice.events();
@@ -120,7 +135,8 @@ async fn messages_after_a_restore_replace_the_lost_ones() {
 
     // The restored server gives the lost message's ID to the next one.
     let next = alice
-        .send_text(chat, "after the restore")
+        .conversation(chat)
+        .send_text("after the restore")
         .await
         .expect("m3");
     assert_eq!(next, lost, "the ID is given again");
@@ -140,7 +156,8 @@ async fn messages_after_a_restore_replace_the_lost_ones() {
     // first one shows its text from before the backup, and the new one is unread.
     for (who, client) in [("bob", &bob), ("alice", &alice)] {
         let shown: Vec<_> = client
-            .timeline(chat, None, 10)
+            .conversation(chat)
+            .timeline(None, 10)
             .expect("timeline")
             .iter()
             .map(|i| (i.id(), i.text().map(str::to_owned), i.is_deleted()))
@@ -158,10 +175,11 @@ async fn messages_after_a_restore_replace_the_lost_ones() {
             .expect("search");
         assert!(found.hits.is_empty(), "{who}: the lost edit is not found");
     }
-    assert_eq!(bob.unread_count(chat).expect("unread"), 1);
+    assert_eq!(bob.conversation(chat).unread_count().expect("unread"), 1);
     for (who, client) in [("bob", &bob), ("alice", &alice)] {
         let texts: Vec<_> = client
-            .history(chat, None, 10)
+            .conversation(chat)
+            .history(None, 10)
             .expect("history")
             .into_iter()
             .map(|m| m.text().map(str::to_owned))

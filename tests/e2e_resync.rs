@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat::client::{Client, Event, MemoryStore, ResyncReason};
+use chat::client::{Client, Credentials, Event, MemoryStore, ResyncReason};
 use chat::core::{MessageStore as _, Timestamp};
 use common::{PASSWORD, TestServer, WAIT, config, next_text, stop, synced, user, wait_for};
 
@@ -20,7 +20,10 @@ async fn a_trimmed_inbox_is_resynced_and_recovered_from_history() {
     let (alice, mut a) = user(&server, "alice").await;
     synced(&mut a).await;
     let bob_store = Arc::new(MemoryStore::new());
-    let bob = Client::register(&server.url(), "bob", PASSWORD, "phone", bob_store.clone())
+    let bob = Client::builder(server.url())
+        .store(bob_store.clone())
+        .device_name("phone")
+        .register(&Credentials::new("bob", PASSWORD))
         .await
         .expect("register bob");
     let mut b = bob.events();
@@ -30,16 +33,18 @@ async fn a_trimmed_inbox_is_resynced_and_recovered_from_history() {
     // so he holds Alice's sender key for the group.
     let group = alice.create_group(&[bob.user()]).await.expect("group");
     let direct = alice.open_direct(bob.user()).await.expect("direct");
-    alice.send_text(group, "g0").await.expect("g0");
-    alice.send_text(direct, "d0").await.expect("d0");
+    let alice_group = alice.conversation(group);
+    alice_group.send_text("g0").await.expect("g0");
+    let alice_direct = alice.conversation(direct);
+    alice_direct.send_text("d0").await.expect("d0");
     assert_eq!(next_text(&mut b, group).await.text(), Some("g0"));
     assert_eq!(next_text(&mut b, direct).await.text(), Some("d0"));
     stop(bob, b).await;
 
     // Bob is away; what is sent meanwhile outlives the inbox retention.
-    let g1 = alice.send_text(group, "g1").await.expect("g1");
-    let d1 = alice.send_text(direct, "d1").await.expect("d1");
-    let g2 = alice.send_text(group, "g2").await.expect("g2");
+    let g1 = alice_group.send_text("g1").await.expect("g1");
+    let d1 = alice_direct.send_text("d1").await.expect("d1");
+    let g2 = alice_group.send_text("g2").await.expect("g2");
     let a_year_later = Timestamp::from_millis(
         u64::try_from(
             (std::time::SystemTime::now() + Duration::from_secs(365 * 24 * 3600))
@@ -56,7 +61,9 @@ async fn a_trimmed_inbox_is_resynced_and_recovered_from_history() {
     assert!(trimmed >= 3, "Bob's entries were trimmed ({trimmed})");
 
     // Bob comes back with his old cursor.
-    let bob = Client::open(&server.url(), bob_store.clone())
+    let bob = Client::builder(server.url())
+        .store(bob_store.clone())
+        .open()
         .await
         .expect("reopen bob");
     let mut b = bob.events();
@@ -83,7 +90,8 @@ async fn a_trimmed_inbox_is_resynced_and_recovered_from_history() {
     );
     assert_eq!(missed, [(direct, d1)], "the one-to-one message is reported");
     let group_history: Vec<_> = bob
-        .history(group, None, 100)
+        .conversation(group)
+        .history(None, 100)
         .expect("history")
         .into_iter()
         .filter_map(|m| m.text().map(|t| (m.id, t.to_owned())))
@@ -96,16 +104,18 @@ async fn a_trimmed_inbox_is_resynced_and_recovered_from_history() {
     assert!(group_history.iter().any(|(id, _)| *id == g1));
 
     // Bob's cursor continues from where the server said: new messages arrive as usual.
-    let d2 = alice.send_text(direct, "d2").await.expect("d2");
+    let d2 = alice_direct.send_text("d2").await.expect("d2");
     let m = tokio::time::timeout(WAIT, next_text(&mut b, direct))
         .await
         .expect("in time");
     assert_eq!((m.id, m.text()), (d2, Some("d2")));
-    let g3 = alice.send_text(group, "g3").await.expect("g3");
+    let g3 = alice_group.send_text("g3").await.expect("g3");
     assert_eq!(next_text(&mut b, group).await.id, g3);
     // And a reconnect does not ask for a resync again.
     stop(bob, b).await;
-    let bob = Client::open(&server.url(), bob_store)
+    let bob = Client::builder(server.url())
+        .store(bob_store)
+        .open()
         .await
         .expect("reopen");
     let mut b = bob.events();

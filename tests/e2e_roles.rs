@@ -32,6 +32,8 @@ async fn admins_members_removal_and_rejoin_across_devices() {
         )
         .await
         .expect("create");
+    let [alice_group, alice2_group, bob_group, carol_group] =
+        [&alice, &alice2, &bob, &carol].map(|c| c.conversation(group));
     // Every device verified the signed creation and reports it...
     for events in [&mut a2, &mut b, &mut c] {
         let (actor, op) = wait_for(events, |e| match e {
@@ -52,7 +54,7 @@ async fn admins_members_removal_and_rejoin_across_devices() {
         assert_eq!(change.action, GroupAction::Created);
         assert_eq!(change.name.as_deref(), Some("Trip"));
     }
-    let info = bob.group_info(group).await.expect("info");
+    let info = bob_group.group_info().await.expect("info");
     assert!(info.verified);
     assert_eq!(info.name, "Trip");
     assert_eq!(info.admins().collect::<Vec<_>>(), vec![alice.user()]);
@@ -60,19 +62,19 @@ async fn admins_members_removal_and_rejoin_across_devices() {
     assert_eq!(info.members.len(), 3);
 
     // A member may not remove others, nor add under the default settings.
-    let refused = bob
-        .remove_member(group, carol.user())
+    let refused = bob_group
+        .remove_member(carol.user())
         .await
         .expect_err("member");
     assert_eq!(refused.code(), Some(ErrorCode::Forbidden), "{refused:?}");
-    let refused = bob
-        .add_members(group, &[dave.user()])
+    let refused = bob_group
+        .add_members(&[dave.user()])
         .await
         .expect_err("member");
     assert_eq!(refused.code(), Some(ErrorCode::Forbidden), "{refused:?}");
 
     // Alice makes Bob an admin; now he may remove Carol.
-    alice.promote(group, bob.user()).await.expect("promote");
+    alice_group.promote(bob.user()).await.expect("promote");
     for events in [&mut a2, &mut b] {
         let change = next_change(events, group).await;
         assert_eq!(
@@ -80,48 +82,47 @@ async fn admins_members_removal_and_rejoin_across_devices() {
             (GroupAction::Promoted, vec![bob.user()])
         );
     }
-    bob.remove_member(group, carol.user())
+    bob_group
+        .remove_member(carol.user())
         .await
         .expect("an admin removes");
     assert!(matches!(
-        carol.send_text(group, "still here?").await,
+        carol_group.send_text("still here?").await,
         Err(Error::NotMember)
     ));
 
     // Anyone may rename under the default settings; then only admins may.
-    bob.rename(group, "Trip 2026").await.expect("rename");
-    alice
-        .set_group_settings(
-            group,
-            GroupSettings {
-                add_members: Permission::Admins,
-                edit_name: Permission::Admins,
-            },
-        )
+    bob_group.rename("Trip 2026").await.expect("rename");
+    alice_group
+        .set_settings(GroupSettings {
+            add_members: Permission::Admins,
+            edit_name: Permission::Admins,
+        })
         .await
         .expect("settings");
-    let info = alice2.group_info(group).await.expect("info");
+    let info = alice2_group.group_info().await.expect("info");
     assert_eq!(info.name, "Trip 2026");
     assert_eq!(info.settings.edit_name, Permission::Admins);
 
     // Carol is added back and reads what is sent after; Alice leaves, Bob stays admin.
-    bob.add_members(group, &[carol.user()])
+    bob_group
+        .add_members(&[carol.user()])
         .await
         .expect("rejoin");
-    bob.send_text(group, "welcome back").await.expect("send");
+    bob_group.send_text("welcome back").await.expect("send");
     assert_eq!(next_text(&mut c, group).await.text(), Some("welcome back"));
-    alice.leave(group).await.expect("leave");
-    let info = bob.group_info(group).await.expect("info");
+    alice_group.leave().await.expect("leave");
+    let info = bob_group.group_info().await.expect("info");
     assert_eq!(info.role(alice.user()), None);
     assert_eq!(info.admins().collect::<Vec<_>>(), vec![bob.user()]);
     // Both of Alice's devices are out: neither may send.
     assert!(matches!(
-        alice2.send_text(group, "bye").await,
+        alice2_group.send_text("bye").await,
         Err(Error::NotMember)
     ));
     // The last admin leaving makes the oldest member one.
-    bob.leave(group).await.expect("bob leaves");
-    let info = carol.group_info(group).await.expect("info");
+    bob_group.leave().await.expect("bob leaves");
+    let info = carol_group.group_info().await.expect("info");
     assert_eq!(info.admins().collect::<Vec<_>>(), vec![carol.user()]);
 }
 
@@ -138,25 +139,23 @@ async fn concurrent_changes_by_two_admins_are_rebased() {
         .create_group(&[bob.user(), carol.user()])
         .await
         .expect("group");
-    alice.promote(group, bob.user()).await.expect("promote");
+    let (alice_group, bob_group) = (alice.conversation(group), bob.conversation(group));
+    alice_group.promote(bob.user()).await.expect("promote");
     for _ in 0..3 {
         let (renamed, demoted) = tokio::join!(
-            alice.rename(group, "Alice's"),
-            bob.set_group_settings(
-                group,
-                GroupSettings {
-                    add_members: Permission::Everyone,
-                    edit_name: Permission::Admins,
-                },
-            ),
+            alice_group.rename("Alice's"),
+            bob_group.set_settings(GroupSettings {
+                add_members: Permission::Everyone,
+                edit_name: Permission::Admins,
+            }),
         );
         renamed.expect("rename");
         demoted.expect("settings");
     }
     let views = [
-        alice.group_info(group).await.expect("info"),
-        bob.group_info(group).await.expect("info"),
-        carol.group_info(group).await.expect("info"),
+        alice_group.group_info().await.expect("info"),
+        bob_group.group_info().await.expect("info"),
+        carol.conversation(group).group_info().await.expect("info"),
     ];
     for info in &views {
         assert!(info.verified);
@@ -236,7 +235,7 @@ async fn the_server_takes_only_changes_that_verify() {
         (status, answer["error"].as_str()),
         (400, Some("invalid_request"))
     );
-    let info = alice.group_info(group).await.expect("info");
+    let info = alice.conversation(group).group_info().await.expect("info");
     assert_eq!(info.role(carol.user()), None);
 
     // Carol is not a member: the chain is not hers to read.

@@ -37,7 +37,8 @@ async fn a_closed_client_is_offline_at_once() {
     assert!(!offline);
 
     // The closed client says so instead of waiting for a connection that will not come.
-    let refused = tokio::time::timeout(window / 3, bob.send_text(chat, "too late")).await;
+    let refused =
+        tokio::time::timeout(window / 3, bob.conversation(chat).send_text("too late")).await;
     assert!(
         matches!(refused, Ok(Err(Error::Closed))),
         "expected Closed, got {refused:?}"

@@ -4,7 +4,7 @@
 
 mod common;
 
-use chat::client::{Client, Error, MemoryStore, Server};
+use chat::client::{Client, Credentials, Error, Server};
 use chat::server::TlsConfig;
 use common::{PASSWORD, TestServer, config, next_text, synced};
 
@@ -28,7 +28,10 @@ async fn messages_flow_over_tls_and_an_untrusted_server_is_refused() {
     let url = format!("https://127.0.0.1:{}", node.addr.port());
 
     // Without the private authority, the web's roots do not vouch for this server.
-    let refused = Client::register(&url, "mallory", PASSWORD, "laptop", MemoryStore::new()).await;
+    let refused = Client::builder(&url)
+        .device_name("laptop")
+        .register(&Credentials::new("mallory", PASSWORD))
+        .await;
     match refused {
         Err(Error::Network(n)) => {
             assert_eq!(n.kind(), chat::client::NetworkErrorKind::Tls, "{n}");
@@ -49,16 +52,24 @@ async fn messages_flow_over_tls_and_an_untrusted_server_is_refused() {
         .expect("url")
         .with_root_certificates(cert_pem.as_bytes())
         .expect("roots");
-    let alice = Client::register(&server, "alice", PASSWORD, "laptop", MemoryStore::new())
+    let alice = Client::builder(&server)
+        .device_name("laptop")
+        .register(&Credentials::new("alice", PASSWORD))
         .await
         .expect("register alice over https");
-    let bob = Client::register(&server, "bob", PASSWORD, "phone", MemoryStore::new())
+    let bob = Client::builder(&server)
+        .device_name("phone")
+        .register(&Credentials::new("bob", PASSWORD))
         .await
         .expect("register bob over https");
     let (mut a, mut b) = (alice.events(), bob.events());
     synced(&mut a).await; // the WebSocket (wss) is up
     synced(&mut b).await;
     let chat = alice.open_direct(bob.user()).await.expect("open");
-    alice.send_text(chat, "over TLS").await.expect("send");
+    alice
+        .conversation(chat)
+        .send_text("over TLS")
+        .await
+        .expect("send");
     assert_eq!(next_text(&mut b, chat).await.text(), Some("over TLS"));
 }

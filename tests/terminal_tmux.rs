@@ -20,7 +20,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chat::client::{Client, MemoryStore, Server};
+use chat::client::{Client, Credentials, Server};
 use chat::server::TlsConfig;
 use common::{PASSWORD, TestServer, config};
 
@@ -260,7 +260,9 @@ async fn a_person_chats_in_the_terminal_client() {
     let server = Server::parse(&url)
         .and_then(|s| s.with_root_certificates(cert.cert.pem().as_bytes()))
         .expect("server");
-    let carol = Client::register(server, "carol", PASSWORD, "phone", MemoryStore::new())
+    let carol = Client::builder(server)
+        .device_name("phone")
+        .register(&Credentials::new("carol", PASSWORD))
         .await
         .expect("carol");
 

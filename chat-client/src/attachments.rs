@@ -20,7 +20,7 @@ impl Client {
     /// Encrypts a file with a fresh key, uploads the ciphertext, and sends the pointer (id,
     /// key, size, digest) inside an end-to-end encrypted message; returns the message's ID.
     /// The whole file is held in memory while it is encrypted and uploaded.
-    pub async fn send_attachment(
+    pub(crate) async fn send_attachment(
         &self,
         conversation: ConversationId,
         file: &[u8],
@@ -81,7 +81,7 @@ impl Client {
 
     /// Like [`send_attachment`](Self::send_attachment) for a file on disk, streamed: it is
     /// read, encrypted and uploaded 64 KiB at a time, never held whole in memory.
-    pub async fn send_file(
+    pub(crate) async fn send_file(
         &self,
         conversation: ConversationId,
         path: impl AsRef<std::path::Path>,

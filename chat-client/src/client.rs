@@ -34,13 +34,15 @@ const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Events buffered for a receiver that is not reading.
 const EVENT_BUFFER: usize = 4096;
 
-/// A logged-in device: send with its methods (or a [`Conversation`](crate::Conversation)
-/// handle's), receive with [`Client::events`]. Cheap to clone: every clone is the same
-/// device.
+/// A logged-in device, opened by [`Client::builder`]: send and read in a conversation
+/// through its [`Conversation`](crate::Conversation) handle ([`Client::conversation`]),
+/// receive with [`Client::events`]. Cheap to clone: every clone is the same device (and so
+/// is every handle, which holds a clone).
 ///
 /// Dropping the last clone stops its connection ([`Client::close`] does it at once, and
-/// tells the server); its store keeps everything, and [`Client::open`] resumes where it
-/// stopped, resending what the server had not acknowledged.
+/// tells the server); its store keeps everything, and
+/// [`ClientBuilder::open`](crate::ClientBuilder::open) resumes where it stopped, resending
+/// what the server had not acknowledged.
 #[derive(Debug, Clone)]
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
@@ -165,21 +167,8 @@ struct Count {
 
 impl Client {
     /// Registers `username`, logs in a first device named `device_name`, creates its keys and
-    /// publishes them. `server` is `host:port`, `http://host:port`, `https://host`, or
-    /// several nodes of one cluster ([`Nodes`]): the client moves to another node when its
-    /// node cannot be reached.
-    ///
-    /// ```no_run
-    /// # async fn run() -> chat_client::Result<()> {
-    /// use chat_client::{Client, MemoryStore};
-    /// let alice = Client::register("127.0.0.1:8080", "alice", "correct horse", "laptop",
-    ///     MemoryStore::new()).await?;
-    /// let bob = alice.user_by_name("bob").await?;
-    /// let chat = alice.open_direct(bob).await?;
-    /// let id = alice.send_text(chat, "hi Bob").await?; // returns once the server stored it
-    /// # let _ = id; Ok(()) }
-    /// ```
-    pub async fn register(
+    /// publishes them ([`ClientBuilder::register`](crate::ClientBuilder::register)).
+    pub(crate) async fn register(
         server: impl IntoNodes,
         username: &str,
         password: &str,
@@ -199,8 +188,9 @@ impl Client {
         Self::login(nodes, username.as_str(), password, device_name, store).await
     }
 
-    /// Logs in a new device of an existing user, creating and publishing its keys.
-    pub async fn login(
+    /// Logs in a new device of an existing user, creating and publishing its keys
+    /// ([`ClientBuilder::login`](crate::ClientBuilder::login)).
+    pub(crate) async fn login(
         server: impl IntoNodes,
         username: &str,
         password: &str,
@@ -212,7 +202,8 @@ impl Client {
     }
 
     /// Logs in again on an existing device (after a reinstall, with an empty store): new
-    /// keys replace the device's old ones, and its peers see an identity change.
+    /// keys replace the device's old ones, and its peers see an identity change. `server` is
+    /// given as to [`Client::builder`].
     ///
     /// Publishing a new identity empties the device's one-time prekey pool on the server
     /// (those keys belonged to the old identity) before the new ones are uploaded, so peers
@@ -272,9 +263,9 @@ impl Client {
         Ok(client)
     }
 
-    /// Resumes the device kept in `store` (after a restart), connecting to `server` (which may
-    /// differ from the address it was registered with, and may be several nodes).
-    pub async fn open(server: impl IntoNodes, store: impl ClientStore) -> Result<Self> {
+    /// Resumes the device kept in `store` (after a restart), connecting to `server`
+    /// ([`ClientBuilder::open`](crate::ClientBuilder::open)).
+    pub(crate) async fn open(server: impl IntoNodes, store: impl ClientStore) -> Result<Self> {
         let nodes = server.into_nodes()?;
         let record = store.device()?.ok_or(Error::NotLoggedIn)?;
         let store: Arc<dyn ClientStore> = Arc::new(store);
@@ -389,7 +380,7 @@ impl Client {
     }
 
     /// The members of a conversation.
-    pub async fn members(&self, conversation: ConversationId) -> Result<Vec<UserId>> {
+    pub(crate) async fn members(&self, conversation: ConversationId) -> Result<Vec<UserId>> {
         let m: MembersView = self
             .inner
             .http
@@ -422,7 +413,7 @@ impl Client {
     }
 
     /// Stored history of a conversation after `after` (exclusive), oldest first.
-    pub fn history(
+    pub(crate) fn history(
         &self,
         conversation: ConversationId,
         after: Option<MessageId>,
@@ -458,7 +449,11 @@ impl Client {
     /// are set up on first use and the device list is repaired when the server says it is
     /// stale. The message is in the local outbox before it leaves the device, so it is sent
     /// even if the app restarts first (then [`Event::Sent`] reports it).
-    pub async fn send_text(&self, conversation: ConversationId, text: &str) -> Result<MessageId> {
+    pub(crate) async fn send_text(
+        &self,
+        conversation: ConversationId,
+        text: &str,
+    ) -> Result<MessageId> {
         let content = Content::Text(Text {
             body: text.to_owned(),
             reply_to: None,
@@ -467,7 +462,11 @@ impl Client {
     }
 
     /// Sends any content (see [`send_text`](Self::send_text)).
-    pub async fn send(&self, conversation: ConversationId, content: &Content) -> Result<MessageId> {
+    pub(crate) async fn send(
+        &self,
+        conversation: ConversationId,
+        content: &Content,
+    ) -> Result<MessageId> {
         let client_key = e2e::random_client_key();
         // Registered first: a reconnect may send the entry as soon as it is in the outbox.
         let (tx, rx) = oneshot::channel();
@@ -486,7 +485,11 @@ impl Client {
     /// Encrypts a text message into the outbox and returns at once with its client key. The
     /// client sends it now or after a reconnect or restart, and reports [`Event::Sent`] (or
     /// [`Event::SendFailed`]) with that key.
-    pub async fn queue_text(&self, conversation: ConversationId, text: &str) -> Result<ClientKey> {
+    pub(crate) async fn queue_text(
+        &self,
+        conversation: ConversationId,
+        text: &str,
+    ) -> Result<ClientKey> {
         let content = Content::Text(Text {
             body: text.to_owned(),
             reply_to: None,
@@ -530,7 +533,7 @@ impl Client {
     }
 
     /// Raises this user's delivered or read position in a conversation.
-    pub fn send_receipt(
+    pub(crate) fn send_receipt(
         &self,
         conversation: ConversationId,
         kind: ReceiptKind,
@@ -544,7 +547,7 @@ impl Client {
     }
 
     /// Starts or stops the typing indicator (the server expires it by itself).
-    pub fn send_typing(&self, conversation: ConversationId, active: bool) -> Result<()> {
+    pub(crate) fn send_typing(&self, conversation: ConversationId, active: bool) -> Result<()> {
         self.frame(ClientFrame::Typing(TypingUpdate {
             conversation,
             active,
@@ -589,8 +592,9 @@ impl Client {
     /// it started. The server counts a cleanly closed device as gone at once, so contacts see
     /// this user offline without waiting for the heartbeat window (a dropped client, or a
     /// lost connection, is seen as offline only when the window ends). Takes at most a few
-    /// seconds in all: what is still unsent then stays in the store, and [`Client::open`]
-    /// resumes it. Other calls (on every clone) fail with [`Error::Closed`] afterwards.
+    /// seconds in all: what is still unsent then stays in the store, and
+    /// [`ClientBuilder::open`](crate::ClientBuilder::open) resumes it. Other calls (on every
+    /// clone and handle) fail with [`Error::Closed`] afterwards.
     pub async fn close(&self) {
         let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
         self.flush_outbox(deadline).await;
@@ -604,7 +608,9 @@ impl Client {
             .store(true, std::sync::atomic::Ordering::Release);
         let driver = self.running.driver.lock().ok().and_then(|mut d| d.take());
         if let Some(mut driver) = driver
-            && tokio::time::timeout_at(deadline, &mut driver).await.is_err()
+            && tokio::time::timeout_at(deadline, &mut driver)
+                .await
+                .is_err()
         {
             driver.abort();
         }
@@ -629,7 +635,10 @@ impl Client {
     async fn flush_outbox(&self, deadline: tokio::time::Instant) {
         let mut events = self.inner.events.subscribe();
         while self.pending().is_ok_and(|n| n > 0) {
-            if tokio::time::timeout_at(deadline, events.recv()).await.is_err() {
+            if tokio::time::timeout_at(deadline, events.recv())
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -661,7 +670,7 @@ pub(crate) fn now() -> chat_core::Timestamp {
 fn refuse_used(store: &impl ClientStore) -> Result<()> {
     if store.device()?.is_some() {
         return Err(Error::Invalid(
-            "this store already holds a device: resume it with Client::open".into(),
+            "this store already holds a device: resume it with ClientBuilder::open".into(),
         ));
     }
     Ok(())

@@ -22,7 +22,8 @@ use crate::event::{Event, Message};
 use crate::search::{SearchPage, SearchResults};
 use crate::thread::{self, Derived, TimelineItem};
 
-/// The most messages one [`Client::timeline`] page returns.
+/// The most messages one [`Conversation::timeline`](crate::Conversation::timeline) page
+/// returns.
 pub const MAX_TIMELINE_PAGE: usize = 500;
 
 /// One line of the conversation list.
@@ -44,7 +45,7 @@ pub struct ConversationSummary {
 
 impl Client {
     /// Sends a text that replies to `reply_to` (a message of the same conversation).
-    pub async fn send_reply(
+    pub(crate) async fn send_reply(
         &self,
         conversation: ConversationId,
         reply_to: MessageId,
@@ -60,7 +61,7 @@ impl Client {
     /// Replaces the text of one of this user's own text messages. Every device (this
     /// user's and the other members') shows the new text; an edit of someone else's message
     /// is refused here (and ignored by every client if sent anyway).
-    pub async fn edit_message(
+    pub(crate) async fn edit_message(
         &self,
         conversation: ConversationId,
         target: MessageId,
@@ -76,7 +77,7 @@ impl Client {
 
     /// Deletes one of this user's own messages for everyone: a tombstone that also hides its
     /// edits and reactions. Deleting someone else's message is refused.
-    pub async fn delete_message(
+    pub(crate) async fn delete_message(
         &self,
         conversation: ConversationId,
         target: MessageId,
@@ -88,7 +89,7 @@ impl Client {
 
     /// Adds this user's reaction `emoji` (1 to 64 bytes of text) to a message. Reacting twice
     /// with the same emoji is one reaction.
-    pub async fn react(
+    pub(crate) async fn react(
         &self,
         conversation: ConversationId,
         target: MessageId,
@@ -98,7 +99,7 @@ impl Client {
     }
 
     /// Takes this user's reaction `emoji` on a message back.
-    pub async fn unreact(
+    pub(crate) async fn unreact(
         &self,
         conversation: ConversationId,
         target: MessageId,
@@ -137,7 +138,7 @@ impl Client {
     /// before `before` (exclusive; `None`: the newest), newest first, at most `limit`
     /// (capped at [`MAX_TIMELINE_PAGE`]), each with its edits, reactions and delete applied.
     /// Messages of users this user blocks are left out.
-    pub fn timeline(
+    pub(crate) fn timeline(
         &self,
         conversation: ConversationId,
         before: Option<MessageId>,
@@ -153,7 +154,7 @@ impl Client {
     }
 
     /// One message in its current state, if it is stored here.
-    pub fn message(
+    pub(crate) fn message(
         &self,
         conversation: ConversationId,
         id: MessageId,
@@ -164,7 +165,7 @@ impl Client {
     /// Marks a conversation read up to and including `up_to`: raises the read position here
     /// (never lowers it) and sends it to the server, which keeps the highest and passes it to
     /// this user's other devices (their unread counts follow) and to the other members.
-    pub fn mark_read(&self, conversation: ConversationId, up_to: MessageId) -> Result<()> {
+    pub(crate) fn mark_read(&self, conversation: ConversationId, up_to: MessageId) -> Result<()> {
         self.inner
             .store
             .commit(vec![crate::store::Write::ReadPosition {
@@ -180,13 +181,13 @@ impl Client {
 
     /// This user's read position in a conversation (raised by [`Client::mark_read`] here and
     /// by read receipts from this user's other devices).
-    pub fn read_position(&self, conversation: ConversationId) -> Result<ReadPosition> {
+    pub(crate) fn read_position(&self, conversation: ConversationId) -> Result<ReadPosition> {
         self.inner.store.read_position(conversation)
     }
 
     /// The unread count of a conversation, computed from IDs (`chat_core::unread_count`):
     /// messages after the read position that others sent, deleted ones left out.
-    pub fn unread_count(&self, conversation: ConversationId) -> Result<usize> {
+    pub(crate) fn unread_count(&self, conversation: ConversationId) -> Result<usize> {
         let read = self.inner.store.read_position(conversation)?;
         self.unread_after(conversation, read)
     }
@@ -246,7 +247,7 @@ impl Client {
     }
 
     /// The users typing in a conversation now (indicators expire by themselves).
-    pub fn typing(&self, conversation: ConversationId) -> BTreeSet<UserId> {
+    pub(crate) fn typing(&self, conversation: ConversationId) -> BTreeSet<UserId> {
         // Expiring reports what expired, so the events and this answer agree.
         self.inner.expire_typing();
         match self.inner.typing.lock() {

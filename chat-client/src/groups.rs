@@ -157,7 +157,11 @@ impl Client {
 
     /// Adds members to a group, all or none (`group_full` past the limit), and announces it.
     /// Users already members are skipped.
-    pub async fn add_members(&self, group: ConversationId, members: &[UserId]) -> Result<()> {
+    pub(crate) async fn add_members(
+        &self,
+        group: ConversationId,
+        members: &[UserId],
+    ) -> Result<()> {
         let current = self.inner.require_verified(group).await?;
         let mut new: Vec<UserId> = members
             .iter()
@@ -179,7 +183,7 @@ impl Client {
     /// Removes a member (admins only) and announces it to the others, or leaves (for this
     /// user). This device's next message to the group (the announcement) uses a new sender
     /// key that the removed member never gets.
-    pub async fn remove_member(&self, group: ConversationId, user: UserId) -> Result<()> {
+    pub(crate) async fn remove_member(&self, group: ConversationId, user: UserId) -> Result<()> {
         if user == self.user() {
             return self.leave(group).await;
         }
@@ -196,7 +200,7 @@ impl Client {
     /// verified from the group's signed changes, or the server's word for a group without
     /// them ([`GroupInfo::verified`] says which). For a one-to-one conversation, both
     /// members, neither an admin.
-    pub async fn group_info(&self, group: ConversationId) -> Result<GroupInfo> {
+    pub(crate) async fn group_info(&self, group: ConversationId) -> Result<GroupInfo> {
         let v: MembersView = self
             .inner
             .http
@@ -229,7 +233,7 @@ impl Client {
 
     /// Leaves the group (announced first, while this user may still send to it). If this
     /// user was its last admin, the oldest member becomes one.
-    pub async fn leave(&self, group: ConversationId) -> Result<()> {
+    pub(crate) async fn leave(&self, group: ConversationId) -> Result<()> {
         self.announce(group, GroupAction::Left, &[self.user()], None)
             .await?;
         self.inner.change_group(group, GroupOp::Leave).await?;
@@ -238,7 +242,7 @@ impl Client {
     }
 
     /// Makes a member an admin (admins only), and announces it.
-    pub async fn promote(&self, group: ConversationId, user: UserId) -> Result<()> {
+    pub(crate) async fn promote(&self, group: ConversationId, user: UserId) -> Result<()> {
         self.inner
             .change_group(group, GroupOp::Promote(user))
             .await?;
@@ -248,7 +252,7 @@ impl Client {
     }
 
     /// Makes an admin a member again (admins only; never the last admin), and announces it.
-    pub async fn demote(&self, group: ConversationId, user: UserId) -> Result<()> {
+    pub(crate) async fn demote(&self, group: ConversationId, user: UserId) -> Result<()> {
         self.inner
             .change_group(group, GroupOp::Demote(user))
             .await?;
@@ -258,7 +262,7 @@ impl Client {
     }
 
     /// Renames the group (1 to 128 characters; who may is in its settings), and announces it.
-    pub async fn rename(&self, group: ConversationId, name: &str) -> Result<()> {
+    pub(crate) async fn rename(&self, group: ConversationId, name: &str) -> Result<()> {
         self.inner
             .change_group(group, GroupOp::Rename(name.to_owned()))
             .await?;
@@ -268,7 +272,7 @@ impl Client {
     }
 
     /// Changes who may add members and rename (admins only), and announces it.
-    pub async fn set_group_settings(
+    pub(crate) async fn set_group_settings(
         &self,
         group: ConversationId,
         settings: GroupSettings,

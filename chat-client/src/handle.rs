@@ -148,7 +148,9 @@ impl ClientBuilder {
         .await
     }
 
-    /// Resumes the device kept in the store (after a restart).
+    /// Resumes the device kept in the store (after a restart), connecting to the server
+    /// given to [`Client::builder`] (which may differ from the address it was registered
+    /// with, and may be several nodes).
     pub async fn open(self) -> Result<Client> {
         let (nodes, store, _) = self.parts()?;
         Client::open(nodes, store).await
@@ -158,6 +160,9 @@ impl ClientBuilder {
 /// One conversation, one-to-one or group: a cheap handle (a [`Client`] and an ID) to clone
 /// and keep, made by [`Client::conversation`] from an ID ([`Client::open_direct`],
 /// [`Client::create_group`], [`Client::conversation_list`], or any event's).
+///
+/// The handle holds a clone of its client, so the client's connection runs while a handle
+/// is kept: a client stops when its last clone and its last handle are dropped.
 #[derive(Clone)]
 pub struct Conversation {
     client: Client,
@@ -174,7 +179,8 @@ impl fmt::Debug for Conversation {
 
 impl Client {
     /// Starts opening a client on `server`: `host:port`, `http://host:port`,
-    /// `https://host`, or several nodes of one cluster ([`Nodes`]).
+    /// `https://host`, or several nodes of one cluster ([`Nodes`]): the client moves to
+    /// another node when its node cannot be reached.
     pub fn builder(server: impl IntoNodes) -> ClientBuilder {
         ClientBuilder::new(server)
     }
@@ -201,12 +207,17 @@ impl Conversation {
 
     // ---- sending ----------------------------------------------------------------------
 
-    /// Sends a text; returns once the server stored it (or fails).
+    /// Sends a text; returns its ID once the server stored it (or fails).
+    ///
+    /// Encrypted for every device of every member and this user's other devices; sessions
+    /// are set up on first use and the device list is repaired when the server says it is
+    /// stale. The message is in the local outbox before it leaves the device, so it is sent
+    /// even if the app restarts first (then [`crate::Event::Sent`] reports it).
     pub async fn send_text(&self, text: &str) -> Result<MessageId> {
         self.client.send_text(self.id, text).await
     }
 
-    /// Sends any content.
+    /// Sends any content (see [`Self::send_text`]).
     pub async fn send(&self, content: &Content) -> Result<MessageId> {
         self.client.send(self.id, content).await
     }
@@ -217,32 +228,39 @@ impl Conversation {
         self.client.queue_text(self.id, text).await
     }
 
-    /// Replies to a message.
+    /// Sends a text that replies to `to` (a message of this conversation).
     pub async fn reply(&self, to: MessageId, text: &str) -> Result<MessageId> {
         self.client.send_reply(self.id, to, text).await
     }
 
-    /// Replaces the text of one of this user's messages.
+    /// Replaces the text of one of this user's own text messages. Every device (this
+    /// user's and the other members') shows the new text; an edit of someone else's message
+    /// is refused here (and ignored by every client if sent anyway).
     pub async fn edit(&self, message: MessageId, text: &str) -> Result<MessageId> {
         self.client.edit_message(self.id, message, text).await
     }
 
-    /// Deletes one of this user's messages for everyone.
+    /// Deletes one of this user's own messages for everyone: a tombstone that also hides its
+    /// edits and reactions. Deleting someone else's message is refused.
     pub async fn delete(&self, message: MessageId) -> Result<MessageId> {
         self.client.delete_message(self.id, message).await
     }
 
-    /// Reacts to a message with an emoji.
+    /// Adds this user's reaction `emoji` (1 to 64 bytes of text) to a message. Reacting twice
+    /// with the same emoji is one reaction.
     pub async fn react(&self, message: MessageId, emoji: &str) -> Result<MessageId> {
         self.client.react(self.id, message, emoji).await
     }
 
-    /// Takes a reaction back.
+    /// Takes this user's reaction `emoji` on a message back.
     pub async fn unreact(&self, message: MessageId, emoji: &str) -> Result<MessageId> {
         self.client.unreact(self.id, message, emoji).await
     }
 
-    /// Encrypts and uploads a file held in memory and sends it.
+    /// Encrypts a file with a fresh key, uploads the ciphertext, and sends the pointer (ID,
+    /// key, size, digest) inside an end-to-end encrypted message; returns the message's ID.
+    /// The whole file is held in memory while it is encrypted and uploaded
+    /// ([`Self::send_file`] streams one from disk).
     pub async fn send_attachment(
         &self,
         file: &[u8],
@@ -261,7 +279,8 @@ impl Conversation {
         self.client.send_file(self.id, path, mime).await
     }
 
-    /// Downloads and decrypts an attachment received in this conversation.
+    /// Downloads and decrypts an attachment received in this conversation
+    /// ([`Client::download_attachment`]).
     pub async fn download_attachment(&self, pointer: &AttachmentPointer) -> Result<Vec<u8>> {
         self.client.download_attachment(pointer).await
     }
@@ -278,13 +297,15 @@ impl Conversation {
 
     // ---- reading (local, no request) ----------------------------------------------------
 
-    /// A page of the timeline: messages with their current text, edits, reactions and
-    /// replies resolved, newest last, before `before` (the newest page with `None`).
+    /// A page of the conversation as it should be shown: messages that stand on their own,
+    /// before `before` (exclusive; `None`: the newest), newest first, at most `limit`
+    /// (capped at [`MAX_TIMELINE_PAGE`](crate::MAX_TIMELINE_PAGE)), each with its edits,
+    /// reactions and delete applied. Messages of users this user blocks are left out.
     pub fn timeline(&self, before: Option<MessageId>, limit: usize) -> Result<Vec<TimelineItem>> {
         self.client.timeline(self.id, before, limit)
     }
 
-    /// One message of the timeline.
+    /// One message in its current state, if it is stored here.
     pub fn message(&self, id: MessageId) -> Result<Option<TimelineItem>> {
         self.client.message(self.id, id)
     }
@@ -295,22 +316,26 @@ impl Conversation {
         self.client.history(self.id, after, limit)
     }
 
-    /// Marks everything up to `up_to` read, on this user's other devices too.
+    /// Marks the conversation read up to and including `up_to`: raises the read position
+    /// here (never lowers it) and sends it to the server, which keeps the highest and passes
+    /// it to this user's other devices (their unread counts follow) and to the other members.
     pub fn mark_read(&self, up_to: MessageId) -> Result<()> {
         self.client.mark_read(self.id, up_to)
     }
 
-    /// This user's read position.
+    /// This user's read position (raised by [`Self::mark_read`] here and by read receipts
+    /// from this user's other devices).
     pub fn read_position(&self) -> Result<ReadPosition> {
         self.client.read_position(self.id)
     }
 
-    /// How many messages from others are after the read position.
+    /// The unread count, computed from IDs: messages after the read position that others
+    /// sent, deleted ones left out.
     pub fn unread_count(&self) -> Result<usize> {
         self.client.unread_count(self.id)
     }
 
-    /// Who is typing now.
+    /// The users typing here now (indicators expire by themselves).
     pub fn typing(&self) -> BTreeSet<UserId> {
         self.client.typing(self.id)
     }
@@ -322,43 +347,49 @@ impl Conversation {
         self.client.members(self.id).await
     }
 
-    /// A group's name, settings and members with their roles, as this device verified
-    /// them from the group's signed changes.
+    /// The group's name, settings and members with their roles: the state this device
+    /// verified from the group's signed changes, or the server's word for a group without
+    /// them ([`GroupInfo::verified`] says which). For a one-to-one conversation, both
+    /// members, neither an admin.
     pub async fn group_info(&self) -> Result<GroupInfo> {
         self.client.group_info(self.id).await
     }
 
-    /// Adds members to a group (see [`Client::add_members`]).
+    /// Adds members to a group, all or none (`group_full` past the limit), and announces it.
+    /// Users already members are skipped.
     pub async fn add_members(&self, members: &[UserId]) -> Result<()> {
         self.client.add_members(self.id, members).await
     }
 
-    /// Removes a member from a group (admins only; for this user, leaves).
+    /// Removes a member (admins only) and announces it to the others, or leaves (for this
+    /// user). This device's next message to the group (the announcement) uses a new sender
+    /// key that the removed member never gets.
     pub async fn remove_member(&self, user: UserId) -> Result<()> {
         self.client.remove_member(self.id, user).await
     }
 
-    /// Leaves the group.
+    /// Leaves the group (announced first, while this user may still send to it). If this
+    /// user was its last admin, the oldest member becomes one.
     pub async fn leave(&self) -> Result<()> {
         self.client.leave(self.id).await
     }
 
-    /// Makes a member an admin (admins only).
+    /// Makes a member an admin (admins only), and announces it.
     pub async fn promote(&self, user: UserId) -> Result<()> {
         self.client.promote(self.id, user).await
     }
 
-    /// Makes an admin a member (admins only; never the last admin).
+    /// Makes an admin a member again (admins only; never the last admin), and announces it.
     pub async fn demote(&self, user: UserId) -> Result<()> {
         self.client.demote(self.id, user).await
     }
 
-    /// Renames the group.
+    /// Renames the group (1 to 128 characters; who may is in its settings), and announces it.
     pub async fn rename(&self, name: &str) -> Result<()> {
         self.client.rename(self.id, name).await
     }
 
-    /// Changes who may add members and rename (admins only).
+    /// Changes who may add members and rename (admins only), and announces it.
     pub async fn set_settings(&self, settings: GroupSettings) -> Result<()> {
         self.client.set_group_settings(self.id, settings).await
     }

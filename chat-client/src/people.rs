@@ -4,7 +4,7 @@
 //! section 11). In groups both users stay members; this client hides the messages of users
 //! it knows this user blocks: they are stored (the cursor moves on as usual) but not
 //! reported as [`Event::Message`](crate::Event::Message) and left out of
-//! [`Client::history`]. The list is loaded by [`Client::blocks`] (call it once at start) and
+//! [`Conversation::history`](crate::Conversation::history). The list is loaded by [`Client::blocks`] (call it once at start) and
 //! kept up to date by [`Client::block`] and [`Client::unblock`].
 
 use chat_core::{AttachmentId, DisplayName, StatusText, Timestamp, UserId};

@@ -196,7 +196,9 @@ async fn gaps_are_repaired_duplicates_dropped_and_the_cursor_resumes() {
             Write::Account(account.pickle()),
         ])
         .unwrap();
-    let client = Client::open(&addr.to_string(), store.clone())
+    let client = Client::builder(addr.to_string())
+        .store(store.clone())
+        .open()
         .await
         .unwrap();
     let mut events = client.events();

@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use chat::client::ClientStore as _;
 use chat::client::{
-    Client, ConnectionState, Content, ConversationId, ConversationKind, ErrorCode, Event,
-    MessageId, SearchPage, Server, SqliteStore, UserId,
+    Client, ConnectionState, Content, ConversationId, ConversationKind, Credentials, ErrorCode,
+    Event, MessageId, SearchPage, Server, SqliteStore, UserId,
 };
 use clap::Parser;
 
@@ -192,7 +192,9 @@ async fn sign_in(args: &Args, server: Server) -> Result<Client, String> {
                 path.display()
             ));
         }
-        return Client::open(server, store)
+        return Client::builder(server)
+            .store(store)
+            .open()
             .await
             .map_err(|e| words::error(&e));
     }
@@ -203,10 +205,12 @@ async fn sign_in(args: &Args, server: Server) -> Result<Client, String> {
             .ok_or("no password given")?,
     };
     let user = &args.username;
+    let credentials = Credentials::new(user, password);
+    let builder = Client::builder(server).store(store).device_name("terminal");
     let result = if args.register {
-        Client::register(server, user, &password, "terminal", store).await
+        builder.register(&credentials).await
     } else {
-        Client::login(server, user, &password, "terminal", store).await
+        builder.login(&credentials).await
     };
     result.map_err(|e| {
         if !existed {
@@ -332,7 +336,7 @@ impl App {
 
     /// Fetches a conversation's members and their names; fails unless this user is one.
     async fn learn(&mut self, id: ConversationId) -> Result<(), Failure> {
-        let members = self.client.members(id).await?;
+        let members = self.client.conversation(id).members().await?;
         self.learn_names(members.iter().copied()).await;
         self.members.insert(id, members);
         if !self.kinds.contains_key(&id) {
@@ -386,13 +390,13 @@ impl App {
             (Some(id), Some((at, sent))) if at == id && sent.elapsed() < TYPING_RENEW => {}
             (Some(id), previous) => {
                 if let Some((other, _)) = previous.filter(|(c, _)| *c != id) {
-                    let _ = self.client.send_typing(other, false);
+                    let _ = self.client.conversation(other).set_typing(false);
                 }
-                let _ = self.client.send_typing(id, true);
+                let _ = self.client.conversation(id).set_typing(true);
                 self.typing = Some((id, Instant::now()));
             }
             (None, Some((at, _))) => {
-                let _ = self.client.send_typing(at, false);
+                let _ = self.client.conversation(at).set_typing(false);
                 self.typing = None;
             }
             (None, None) => {}
@@ -405,7 +409,8 @@ impl App {
         self.current = Some(id);
         self.typing_here = self
             .client
-            .typing(id)
+            .conversation(id)
+            .typing()
             .into_iter()
             .filter(|u| *u != self.client.user())
             .collect();
@@ -418,7 +423,7 @@ impl App {
 
     /// Prints a conversation's latest messages and marks them read.
     async fn history(&mut self, id: ConversationId) -> Result<(), Failure> {
-        let mut page = self.client.timeline(id, None, 20)?;
+        let mut page = self.client.conversation(id).timeline(None, 20)?;
         page.reverse();
         let users: Vec<UserId> = page.iter().flat_map(words::users_in).collect();
         self.learn_names(users).await;
@@ -430,7 +435,7 @@ impl App {
                 .print(format!("  {}", words::item(&self.names, m)));
         }
         if let Some(last) = page.last() {
-            self.client.mark_read(id, last.id())?;
+            self.client.conversation(id).mark_read(last.id())?;
         }
         Ok(())
     }
@@ -511,9 +516,9 @@ impl App {
                     .user_named(words.next(), "/add NAME or /kick NAME")
                     .await?;
                 if cmd == "/add" {
-                    self.client.add_members(id, &[user]).await?;
+                    self.client.conversation(id).add_members(&[user]).await?;
                 } else {
-                    self.client.remove_member(id, user).await?;
+                    self.client.conversation(id).remove_member(user).await?;
                 }
                 self.learn(id).await?;
                 self.learn_names([user]).await;
@@ -528,7 +533,7 @@ impl App {
             }
             "/members" => {
                 let id = self.here()?;
-                let info = self.client.group_info(id).await?;
+                let info = self.client.conversation(id).group_info().await?;
                 self.learn_names(info.members.iter().map(|(u, _)| *u)).await;
                 let list: Vec<String> = info
                     .members
@@ -556,9 +561,9 @@ impl App {
                     .user_named(words.next(), "/promote NAME or /demote NAME")
                     .await?;
                 if cmd == "/promote" {
-                    self.client.promote(id, user).await?;
+                    self.client.conversation(id).promote(user).await?;
                 } else {
-                    self.client.demote(id, user).await?;
+                    self.client.conversation(id).demote(user).await?;
                 }
                 self.learn_names([user]).await;
                 let what = if cmd == "/promote" {
@@ -575,13 +580,13 @@ impl App {
                 if name.is_empty() {
                     return Err("/rename NAME".into());
                 }
-                self.client.rename(id, name).await?;
+                self.client.conversation(id).rename(name).await?;
                 self.screen
                     .print(format!("* the group is called {name} now"));
             }
             "/leave" => {
                 let id = self.here()?;
-                self.client.leave(id).await?;
+                self.client.conversation(id).leave().await?;
                 self.screen.print("* you left the group");
             }
             "/send-file" => {
@@ -607,12 +612,13 @@ impl App {
                     .parse()
                     .map_err(|_| format!("{target} is not a message number"))?;
                 let rest = words.collect::<Vec<_>>().join(" ");
+                let chat = self.client.conversation(id);
                 let sent = match cmd {
-                    "/reply" => self.client.send_reply(id, target, &rest).await?,
-                    "/edit" => self.client.edit_message(id, target, &rest).await?,
-                    "/delete" => self.client.delete_message(id, target).await?,
-                    "/react" => self.client.react(id, target, &rest).await?,
-                    _ => self.client.unreact(id, target, &rest).await?,
+                    "/reply" => chat.reply(target, &rest).await?,
+                    "/edit" => chat.edit(target, &rest).await?,
+                    "/delete" => chat.delete(target).await?,
+                    "/react" => chat.react(target, &rest).await?,
+                    _ => chat.unreact(target, &rest).await?,
                 };
                 self.screen.print(format!("  (sent as #{sent})"));
             }
@@ -789,10 +795,11 @@ impl App {
     fn send_text(&mut self, text: &str) -> Result<(), Failure> {
         let id = self.here()?;
         self.edited(false);
-        let (client, screen, text) = (self.client.clone(), self.screen.clone(), text.to_owned());
+        let chat = self.client.conversation(id);
+        let (screen, text) = (self.screen.clone(), text.to_owned());
         // Sending waits for the server's acknowledgement; keep the prompt responsive.
         tokio::spawn(async move {
-            match client.send_text(id, &text).await {
+            match chat.send_text(&text).await {
                 Ok(mid) => screen.print(format!("  (sent as #{mid})")),
                 Err(e) => screen.print(format!("! not sent: {}", words::error(&e))),
             }
@@ -808,13 +815,14 @@ impl App {
         if !meta.is_file() {
             return Err(format!("{path} is not a file").into());
         }
-        let (client, screen, path) = (self.client.clone(), self.screen.clone(), path.to_owned());
+        let chat = self.client.conversation(id);
+        let (screen, path) = (self.screen.clone(), path.to_owned());
         screen.print(format!(
             "  sending {path} ({}), encrypted…",
             words::size(meta.len())
         ));
         tokio::spawn(async move {
-            match client.send_file(id, &path, mime(&path)).await {
+            match chat.send_file(&path, mime(&path)).await {
                 Ok(mid) => screen.print(format!("  (sent {path} as #{mid})")),
                 Err(e) => screen.print(format!("! {path} not sent: {}", words::error(&e))),
             }
@@ -825,7 +833,8 @@ impl App {
     fn save(&self, id: ConversationId, message: MessageId, path: &str) -> Result<(), Failure> {
         let item = self
             .client
-            .message(id, message)?
+            .conversation(id)
+            .message(message)?
             .ok_or_else(|| format!("there is no message #{message} in this conversation"))?;
         let Some(Content::Attachment(pointer)) = item.view.content else {
             return Err(format!("message #{message} is not a file").into());
@@ -878,10 +887,14 @@ impl App {
                 if Some(m.conversation) == self.current {
                     self.screen.print(format!("  {line}"));
                     if m.sender.user != me {
-                        let _ = self.client.mark_read(m.conversation, m.id);
+                        let _ = self.client.conversation(m.conversation).mark_read(m.id);
                     }
                 } else {
-                    let unread = self.client.unread_count(m.conversation).unwrap_or(0);
+                    let unread = self
+                        .client
+                        .conversation(m.conversation)
+                        .unread_count()
+                        .unwrap_or(0);
                     self.screen.print(format!(
                         "  [{}] {line}   ({unread} unread; /to {})",
                         self.title(m.conversation),

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chat::client::{Client, ConversationId, Event, Events, Message};
+use chat::client::{Client, Conversation, ConversationId, Credentials, Event, Events, Message};
 use chat::server::{Config, Server};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -139,15 +139,11 @@ pub async fn synced(events: &mut Events) {
 
 /// Registers a user with a first device on a memory store.
 pub async fn user(server: &TestServer, name: &str) -> (Client, Events) {
-    let client = Client::register(
-        &server.url(),
-        name,
-        PASSWORD,
-        "first",
-        chat::client::MemoryStore::new(),
-    )
-    .await
-    .expect("register");
+    let client = Client::builder(server.url())
+        .device_name("first")
+        .register(&Credentials::new(name, PASSWORD))
+        .await
+        .expect("register");
     let events = client.events();
     (client, events)
 }
@@ -155,15 +151,11 @@ pub async fn user(server: &TestServer, name: &str) -> (Client, Events) {
 /// Logs in another device of `name` on a memory store and links it from `linker`, a linked
 /// device of the same user.
 pub async fn device(server: &TestServer, name: &str, linker: &Client) -> (Client, Events) {
-    let client = Client::login(
-        &server.url(),
-        name,
-        PASSWORD,
-        "another",
-        chat::client::MemoryStore::new(),
-    )
-    .await
-    .expect("login");
+    let client = Client::builder(server.url())
+        .device_name("another")
+        .login(&Credentials::new(name, PASSWORD))
+        .await
+        .expect("login");
     link(linker, &client).await;
     let events = client.events();
     (client, events)
@@ -328,23 +320,15 @@ pub struct Burst {
 }
 
 impl Burst {
-    /// Starts `count` sends of `burst {i}` from `client` and returns once ten of them are
-    /// acknowledged (`Event::Sent` on `events`): the moment to kill the node.
-    pub async fn start(
-        client: &std::sync::Arc<Client>,
-        events: &mut Events,
-        conversation: ConversationId,
-        count: usize,
-    ) -> Self {
+    /// Starts `count` sends of `burst {i}` in `chat` and returns once ten of them are
+    /// acknowledged (`Event::Sent` on `events`, its client's): the moment to kill the node.
+    pub async fn start(chat: &Conversation, events: &mut Events, count: usize) -> Self {
         let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let sends = (0..count)
             .map(|i| {
-                let (client, acked) = (client.clone(), acked.clone());
+                let (chat, acked) = (chat.clone(), acked.clone());
                 tokio::spawn(async move {
-                    let id = client
-                        .send_text(conversation, &format!("burst {i}"))
-                        .await
-                        .expect("send");
+                    let id = chat.send_text(&format!("burst {i}")).await.expect("send");
                     acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     id
                 })
@@ -370,22 +354,14 @@ impl Burst {
 
     /// After the kill: says how many sends were acknowledged before it, then queues `count`
     /// more (certainly unacknowledged: they wait in the outbox for a node).
-    pub async fn queue_late(
-        &mut self,
-        client: &Client,
-        conversation: ConversationId,
-        count: usize,
-    ) {
+    pub async fn queue_late(&mut self, chat: &Conversation, count: usize) {
         let acked = self.acked.load(std::sync::atomic::Ordering::SeqCst);
         eprintln!(
             "{acked} of the first {} sends were acknowledged before the kill",
             self.total
         );
         for i in self.total..self.total + count {
-            let key = client
-                .queue_text(conversation, &format!("burst {i}"))
-                .await
-                .expect("queue");
+            let key = chat.queue_text(&format!("burst {i}")).await.expect("queue");
             self.late.insert(key);
         }
         self.total += count;
@@ -421,16 +397,11 @@ impl Burst {
 }
 
 /// The receiving side of a [`Burst`] of `total` sends after one earlier message: each text
-/// arrives exactly once and history holds them all.
-pub async fn assert_burst_received_once(
-    receiver: &Client,
-    events: &mut Events,
-    conversation: ConversationId,
-    total: usize,
-) {
+/// arrives exactly once (on `events`, the receiver's) and `chat`'s history holds them all.
+pub async fn assert_burst_received_once(chat: &Conversation, events: &mut Events, total: usize) {
     let mut texts = std::collections::BTreeSet::new();
     while texts.len() < total {
-        let m = next_message(events, conversation).await;
+        let m = next_message(events, chat.id()).await;
         assert!(
             texts.insert(m.text().expect("text").to_owned()),
             "a duplicate delivery"
@@ -439,11 +410,5 @@ pub async fn assert_burst_received_once(
     let expected: std::collections::BTreeSet<_> =
         (0..total).map(|i| format!("burst {i}")).collect();
     assert_eq!(texts, expected);
-    assert_eq!(
-        receiver
-            .history(conversation, None, 1000)
-            .expect("history")
-            .len(),
-        total + 1
-    );
+    assert_eq!(chat.history(None, 1000).expect("history").len(), total + 1);
 }
