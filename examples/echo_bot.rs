@@ -14,7 +14,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chat::client::ClientStore as _;
 use chat::client::{
     Client, ConnectionState, Credentials, ErrorCode, Event, ReceiptKind, Server, SqliteStore,
 };
@@ -66,9 +65,9 @@ async fn run(args: Args) -> Result<(), String> {
     let existed = args.store.exists();
     let store = SqliteStore::open(&args.store)
         .map_err(|e| format!("cannot open the store {}: {e}", args.store.display()))?;
-    let device = store.device().map_err(|e| e.to_string())?;
+    let resume = store.has_device().map_err(|e| e.to_string())?;
     let builder = Client::builder(server).store(store).device_name("echo bot");
-    let bot = if device.is_some() {
+    let bot = if resume {
         builder.open().await.map_err(|e| e.to_string())?
     } else {
         let password = args

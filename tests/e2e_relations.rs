@@ -45,8 +45,10 @@ async fn relations_read_positions_and_search_across_devices() {
         synced(events).await;
     }
     let chat: ConversationId = alice.open_direct(bob.user()).await.expect("open");
-    bob.conversations().await.expect("bob learns the chat");
-    bob2.conversations().await.expect("bob2 learns the chat");
+    bob.sync_conversations().await.expect("bob learns the chat");
+    bob2.sync_conversations()
+        .await
+        .expect("bob2 learns the chat");
     let (alice_chat, bob_chat, bob2_chat) = (
         alice.conversation(chat),
         bob.conversation(chat),
@@ -122,7 +124,9 @@ async fn relations_read_positions_and_search_across_devices() {
         bob3.conversation(chat).read_position().expect("pos"),
         ReadPosition::NONE
     );
-    bob3.conversations().await.expect("bob3 learns the chat");
+    bob3.sync_conversations()
+        .await
+        .expect("bob3 learns the chat");
     assert_eq!(
         bob3.conversation(chat).read_position().expect("pos"),
         ReadPosition::up_to(m2)

@@ -389,12 +389,16 @@ impl Client {
         Ok(m.members)
     }
 
-    /// The conversations this user is in (and remembers them locally).
+    /// Fetches the conversations this user is in from the server and adds the ones this
+    /// device did not know to [`Client::conversation_list`] (the local list, which is what
+    /// an app shows); returns their IDs. Conversations started by others also join the list
+    /// by themselves when their first message arrives, so this is for a new device or a
+    /// store that lost its list.
     ///
     /// A conversation new to this device also gets this user's read position from the
     /// server (read on other devices before this one knew the conversation), so its unread
     /// count starts right.
-    pub async fn conversations(&self) -> Result<Vec<ConversationId>> {
+    pub async fn sync_conversations(&self) -> Result<Vec<ConversationId>> {
         let list: Vec<Conversation> = self.inner.http.get("/v1/conversations").await?;
         let known: std::collections::BTreeSet<ConversationId> = self
             .inner

@@ -176,6 +176,13 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Whether a device registered or logged in with this store, so that
+    /// [`ClientBuilder::open`](crate::ClientBuilder::open) resumes it (a new store needs
+    /// `register` or `login` instead).
+    pub fn has_device(&self) -> Result<bool> {
+        Ok(self.meta("device")?.is_some())
+    }
+
     fn connect(path: impl AsRef<Path>) -> Result<Connection> {
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;

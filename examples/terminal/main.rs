@@ -30,7 +30,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat::client::ClientStore as _;
 use chat::client::{
     Client, ConnectionState, Content, ConversationId, ConversationKind, Credentials, ErrorCode,
     Event, MessageId, SearchPage, Server, SqliteStore, UserId,
@@ -181,10 +180,10 @@ async fn sign_in(args: &Args, server: Server) -> Result<Client, String> {
     let existed = path.exists();
     let store = SqliteStore::open(&path)
         .map_err(|e| format!("cannot open the store {}: {e}", path.display()))?;
-    let device = store
-        .device()
+    let resume = store
+        .has_device()
         .map_err(|e| format!("cannot read the store {}: {e}", path.display()))?;
-    if device.is_some() {
+    if resume {
         if args.register {
             return Err(format!(
                 "{} already holds a signed-in device; run without --register to resume it, \
@@ -323,7 +322,7 @@ impl App {
 
     /// Learns the conversations (also ones started elsewhere), their kinds and members.
     async fn refresh(&mut self) -> Result<(), Failure> {
-        for id in self.client.conversations().await? {
+        for id in self.client.sync_conversations().await? {
             if !self.members.contains_key(&id) {
                 self.learn(id).await?;
             }

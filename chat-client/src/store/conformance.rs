@@ -528,6 +528,7 @@ fn an_encrypted_store_keeps_no_secret_in_its_files() {
         }
     }
     let store = crate::SqliteStore::open_encrypted(&path, &KEY).unwrap();
+    assert!(store.has_device().unwrap());
     assert_eq!(store.device().unwrap().unwrap().token, "token-SECRET-7f3a");
     assert_eq!(store.account().unwrap().unwrap().as_slice(), secrets[1]);
     assert_eq!(
@@ -551,14 +552,17 @@ fn an_encrypted_store_keeps_no_secret_in_its_files() {
         Err(Error::Store(crate::StoreError::WrongKey))
     ));
     let plain = dir.path().join("plain.db");
-    crate::SqliteStore::open(&plain)
-        .unwrap()
+    let fresh = crate::SqliteStore::open(&plain).unwrap();
+    assert!(!fresh.has_device().unwrap());
+    fresh
         .commit(vec![Write::Device(DeviceRecord {
             server: "127.0.0.1:1".into(),
             address: dev(1, 1),
             token: "t".into(),
         })])
         .unwrap();
+    assert!(fresh.has_device().unwrap());
+    drop(fresh);
     assert!(matches!(
         crate::SqliteStore::open_encrypted(&plain, &KEY),
         Err(Error::Store(crate::StoreError::NotEncrypted))
