@@ -205,7 +205,7 @@ impl Client {
     }
 
     /// The conversations stored on this device with their unread counts and newest message,
-    /// most recent first (call [`Client::conversations`] first on a new device to learn them
+    /// most recent first (call [`Client::sync_conversations`] first on a new device to learn them
     /// from the server).
     pub fn conversation_list(&self) -> Result<Vec<ConversationSummary>> {
         let mut list = Vec::new();
