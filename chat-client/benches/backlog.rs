@@ -8,6 +8,13 @@
 //! `cargo bench -p chat-client --bench backlog` (`BACKLOG_MESSAGES`, default 10,000;
 //! `BACKLOG_ENCRYPTED=1` for an encrypted store; `BACKLOG_CONCURRENCY`, default 200, sends
 //! in flight while the backlog is made).
+//!
+//! It also times sends from the returning device, one at a time, while the backlog is stored
+//! and when the client is idle afterwards (`BACKLOG_SENDS` of each, default 500): until
+//! `queue_text` returns (encrypted, durable in the outbox) and until the recipient's client
+//! reports the message (the frame left, the node stored and delivered it). `send_text` itself
+//! would wait for the node's acknowledgement, which comes behind the backlog on the same
+//! connection.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +32,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
+    let sends: usize = std::env::var("BACKLOG_SENDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
 
     let node_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -68,7 +79,10 @@ fn main() {
         }
     };
     runtime.block_on(async {
+        // Alice's store is durable too: making the backlog times 200 sends in flight against
+        // one SQLite file.
         let alice = Client::builder(&server)
+            .store(SqliteStore::open(dir.path().join("alice.db")).expect("store"))
             .register(&Credentials::new("alice", "correct horse"))
             .await
             .expect("alice");
@@ -92,9 +106,10 @@ fn main() {
                 r.expect("send");
             }
         }
+        let took = sent.elapsed().as_secs_f64();
         println!(
-            "backlog of {messages} sent in {:.1} s",
-            sent.elapsed().as_secs_f64()
+            "backlog of {messages} sent in {took:.2} s ({:.0} sends/s, {concurrency} in flight)",
+            messages as f64 / took
         );
 
         // The ticker: how late each 1 ms tick runs.
@@ -119,16 +134,24 @@ fn main() {
             .await
             .expect("open");
         let mut events = bob.events();
+        // Bob answers while his client stores the backlog: one send at a time.
+        let reply = bob.conversation(chat.id());
+        let (done, backlog_done) = tokio::sync::oneshot::channel::<()>();
+        let busy_sends = tokio::spawn(answer(reply, alice.events(), sends, Some(backlog_done)));
         let mut got = 0;
         while got < messages {
             match tokio::time::timeout(Duration::from_secs(120), events.next()).await {
-                Ok(Some(Event::Message(_))) => got += 1,
+                Ok(Some(Event::Message(m))) if m.sender.user == alice.user() => got += 1,
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => panic!("backlog stopped at {got}"),
             }
         }
         let took = start.elapsed().as_secs_f64();
+        let _ = done.send(());
         let _ = stop.send(());
+        let (busy_queued, busy_arrived) = busy_sends.await.expect("sends");
+        let (idle_queued, idle_arrived) =
+            answer(bob.conversation(chat.id()), alice.events(), sends, None).await;
         let mut late = ticker.await.expect("ticker");
         late.sort();
         let at = |q: f64| {
@@ -145,7 +168,64 @@ fn main() {
             at(0.99),
             at(1.0)
         );
+        for (name, took) in [
+            ("queued while storing the backlog", busy_queued),
+            ("at the recipient while storing the backlog", busy_arrived),
+            ("queued, idle", idle_queued),
+            ("at the recipient, idle", idle_arrived),
+        ] {
+            println!("send {name}: {}", percentiles(took));
+        }
         bob.close().await;
         alice.close().await;
     });
+}
+
+/// Sends `sends` texts one at a time (until `stop` fires, if given) and times each: until
+/// `queue_text` returns (encrypted and durable in the outbox), and until the recipient's client
+/// reports it. The first send is left out: it also fetches keys and starts a session.
+async fn answer(
+    chat: chat_client::Conversation,
+    mut recipient: chat_client::Events,
+    sends: usize,
+    mut stop: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let mut queued = Vec::new();
+    let mut arrived = Vec::new();
+    for n in 0..=sends {
+        if stop.as_mut().is_some_and(|s| s.try_recv().is_ok()) {
+            break;
+        }
+        let at = Instant::now();
+        let key = chat.queue_text(&format!("reply {n}")).await.expect("queue");
+        let q = at.elapsed();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(120), recipient.next()).await {
+                Ok(Some(Event::Message(m))) if m.client_key == key => break,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => panic!("reply {n} never arrived"),
+            }
+        }
+        if n > 0 {
+            queued.push(q);
+            arrived.push(at.elapsed());
+        }
+    }
+    (queued, arrived)
+}
+
+/// "p50 / p99 / max" of `took`, in milliseconds.
+fn percentiles(mut took: Vec<Duration>) -> String {
+    took.sort();
+    let at = |q: f64| {
+        took.get(((took.len() as f64 * q) as usize).min(took.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    format!(
+        "{} sends, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        took.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    )
 }

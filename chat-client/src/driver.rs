@@ -216,7 +216,12 @@ impl Conn {
         };
         self.inner
             .emit(Event::Connection(ConnectionState::Connected));
-        let outbox = match self.inner.store.outbox() {
+        // An entry staged a moment ago (`ClientStore::stage`) may not be on disk yet, and
+        // nothing leaves the device before it is.
+        let outbox = match self.inner.store.outbox().and_then(|o| {
+            self.inner.store.sync()?;
+            Ok(o)
+        }) {
             Ok(o) => o,
             Err(e) => return lost(e, false),
         };
@@ -384,6 +389,7 @@ impl Conn {
                 k
             }
         };
+        // Queued (or repaired) entries are durable: they were synced before the command.
         let entry = self
             .inner
             .store
@@ -414,6 +420,9 @@ impl Conn {
     async fn ack(&mut self, ws: &mut Ws) -> Result<(), End> {
         let pos = self.cursor.position();
         if pos.get() > self.acked {
+            // Deliveries are staged (`Crypto::open`): one fsync makes all since the last ack
+            // durable before the server may drop them.
+            self.inner.store.sync().map_err(|e| lost(e, self.synced))?;
             self.acked = pos.get();
             return self.send(ws, &Ack { up_to: pos }.into()).await;
         }
@@ -608,8 +617,8 @@ impl Conn {
             }
             Verdict::Next => {}
         }
-        // Stored (message, sessions, cursor in one commit) before the cursor moves here
-        // and before the ack.
+        // Stored (message, sessions, cursor in one batch) before the cursor moves here, and
+        // durable before the ack (`ack` syncs).
         // The sender's device must be on its user's trusted device list (fetched first for a
         // user or device this device has not seen, or one that presents new keys).
         let claims = chat_crypto::prekey_identity(&d.header).ok();
@@ -688,7 +697,7 @@ impl Conn {
             let mut derived = thread::derive(store.as_ref(), &message, stored.as_ref())?;
             let mut writes = vec![Write::OutboxRemove(key)];
             writes.extend(thread::store_writes(message, &mut derived));
-            store.commit(writes)?;
+            store.stage(writes)?;
             Ok(derived)
         })?;
         self.inner.report(s.conversation, s.id, None, derived);

@@ -1,5 +1,7 @@
 //! End-to-end encryption glue: chat-crypto's values, loaded from and saved to the
-//! [`ClientStore`], under one lock so that every load-change-commit is atomic.
+//! [`ClientStore`], under one lock so that every load-change-stage is atomic. The lock is
+//! released before the fsync ([`ClientStore::sync`]), which each caller then waits for: the
+//! next operation runs during it, and one fsync covers all that were staged before it.
 //!
 //! Invariants (docs/SECURITY.md, "the contract for chat-client"):
 //! - a ciphertext is committed to the outbox in the same batch as the ratchet state that
@@ -178,8 +180,22 @@ impl Crypto {
         Ok(Self::new(me, store, account))
     }
 
+    /// Runs `f` under the lock, then waits outside it until what `f` staged is durable:
+    /// the next load-change-stage goes on during this one's fsync (one fsync covers both),
+    /// and nothing `f` made leaves the device before it is on disk.
+    fn durably<T>(&self, f: impl FnOnce(&mut Account) -> Result<T>) -> Result<T> {
+        let out = self.staged(f);
+        self.store.sync()?;
+        out
+    }
+
+    /// Runs `f` under the lock; what it stages is durable after the caller's next sync.
+    fn staged<T>(&self, f: impl FnOnce(&mut Account) -> Result<T>) -> Result<T> {
+        f(&mut *self.lock()?)
+    }
+
     fn lock(&self) -> Result<MutexGuard<'_, Account>> {
-        // A std mutex: held only around synchronous crypto and one store commit.
+        // A std mutex: held only around synchronous crypto and staging one batch (no fsync).
         self.account
             .lock()
             .map_err(|_| Error::poisoned("crypto state"))
@@ -188,22 +204,24 @@ impl Crypto {
     /// Adds `count` one-time prekeys to the account and saves it; returns what to upload.
     /// Saved first: an uploaded key whose secret a crash lost would make first messages fail.
     pub(crate) fn new_one_time_keys(&self, count: usize) -> Result<Vec<OneTimePrekey>> {
-        let mut account = self.lock()?;
-        let keys = account.generate_one_time_prekeys(&mut rand::rng(), count);
-        self.store.commit(vec![Write::Account(account.pickle())])?;
-        Ok(keys)
+        self.durably(|account| {
+            let keys = account.generate_one_time_prekeys(&mut rand::rng(), count);
+            self.store.stage(vec![Write::Account(account.pickle())])?;
+            Ok(keys)
+        })
     }
 
     /// Makes a new signed prekey and saves the account with the time; returns the keys to
     /// publish. The previous ones stay usable for first messages still in flight.
     pub(crate) fn rotate_signed_prekey(&self, now: Timestamp) -> Result<chat_core::DeviceKeys> {
-        let mut account = self.lock()?;
-        account.rotate_signed_prekey(&mut rand::rng());
-        self.store.commit(vec![
-            Write::Account(account.pickle()),
-            Write::SignedPrekeyMadeAt(now),
-        ])?;
-        device_keys(&account)
+        self.durably(|account| {
+            account.rotate_signed_prekey(&mut rand::rng());
+            self.store.stage(vec![
+                Write::Account(account.pickle()),
+                Write::SignedPrekeyMadeAt(now),
+            ])?;
+            device_keys(account)
+        })
     }
 
     /// This device's identity.
@@ -218,12 +236,13 @@ impl Crypto {
 
     /// Keeps (or, with `None`, forgets) the user's account identity, saved with the account.
     pub(crate) fn set_account_identity(&self, identity: Option<AccountIdentity>) -> Result<()> {
-        let mut account = self.lock()?;
-        match identity {
-            Some(identity) => account.set_account_identity(identity),
-            None => account.clear_account_identity(),
-        }
-        self.store.commit(vec![Write::Account(account.pickle())])
+        self.durably(|account| {
+            match identity {
+                Some(identity) => account.set_account_identity(identity),
+                None => account.clear_account_identity(),
+            }
+            self.store.stage(vec![Write::Account(account.pickle())])
+        })
     }
 
     /// Runs `f` with the account identity this device holds ([`Error::NotLinked`] without).
@@ -265,36 +284,37 @@ impl Crypto {
         bundles: &[chat_core::PrekeyBundle],
         wanted: &BTreeMap<DeviceAddress, IdentityPublic>,
     ) -> Result<Vec<DeviceAddress>> {
-        let account = self.lock()?;
-        let mut writes = Vec::new();
-        let mut refused = Vec::new();
-        for b in bundles {
-            let Some(trusted) = wanted.get(&b.device) else {
-                continue;
-            };
-            let mut sessions = self.sessions(b.device)?;
-            if sessions.their_identity() == Some(*trusted) {
-                continue;
+        self.durably(|account| {
+            let mut writes = Vec::new();
+            let mut refused = Vec::new();
+            for b in bundles {
+                let Some(trusted) = wanted.get(&b.device) else {
+                    continue;
+                };
+                let mut sessions = self.sessions(b.device)?;
+                if sessions.their_identity() == Some(*trusted) {
+                    continue;
+                }
+                let bundle = crypto_bundle(b)?;
+                if bundle.identity != *trusted {
+                    refused.push(b.device);
+                    continue;
+                }
+                // Sessions with another identity belong to a device list no longer trusted.
+                sessions.clear();
+                let session = Session::initiate(
+                    &mut rand::rng(),
+                    account,
+                    addr(self.me),
+                    addr(b.device),
+                    &bundle,
+                )?;
+                sessions.add(session)?;
+                writes.push(Write::Sessions(b.device, sessions.pickle()));
             }
-            let bundle = crypto_bundle(b)?;
-            if bundle.identity != *trusted {
-                refused.push(b.device);
-                continue;
-            }
-            // Sessions with another identity belong to a device list no longer trusted.
-            sessions.clear();
-            let session = Session::initiate(
-                &mut rand::rng(),
-                &account,
-                addr(self.me),
-                addr(b.device),
-                &bundle,
-            )?;
-            sessions.add(session)?;
-            writes.push(Write::Sessions(b.device, sessions.pickle()));
-        }
-        self.store.commit(writes)?;
-        Ok(refused)
+            self.store.stage(writes)?;
+            Ok(refused)
+        })
     }
 
     /// Encrypts a one-to-one message for `devices` and commits it to the outbox with the
@@ -307,43 +327,44 @@ impl Crypto {
         unreadable: &[DeviceAddress],
         plaintext: Vec<u8>,
     ) -> Result<OutboxEntry> {
-        let _account = self.lock()?;
-        let mut loaded = Vec::new();
-        let mut empty = Vec::new();
-        for d in devices {
-            let s = self.sessions(*d)?;
-            if s.is_empty() {
-                empty.push(*d);
-            } else {
-                loaded.push((*d, s));
+        self.durably(|_| {
+            let mut loaded = Vec::new();
+            let mut empty = Vec::new();
+            for d in devices {
+                let s = self.sessions(*d)?;
+                if s.is_empty() {
+                    empty.push(*d);
+                } else {
+                    loaded.push((*d, s));
+                }
             }
-        }
-        let sealed = seal(
-            ConversationKind::Direct,
-            conversation,
-            client_key,
-            &plaintext,
-        );
-        let mut msg = encrypt_for_devices(
-            &mut rand::rng(),
-            &sealed,
-            loaded.iter_mut().filter_map(|(_, s)| s.active()),
-        )?;
-        take_failed(&mut msg, &mut empty);
-        empty.extend_from_slice(unreadable);
-        let entry = OutboxEntry {
-            client_key,
-            conversation,
-            payload: Payload::Direct { msg, empty }.encode(),
-            plaintext,
-        };
-        let mut writes: Vec<Write> = loaded
-            .into_iter()
-            .map(|(d, s)| Write::Sessions(d, s.pickle()))
-            .collect();
-        writes.push(Write::OutboxPut(entry.clone()));
-        self.store.commit(writes)?;
-        Ok(entry)
+            let sealed = seal(
+                ConversationKind::Direct,
+                conversation,
+                client_key,
+                &plaintext,
+            );
+            let mut msg = encrypt_for_devices(
+                &mut rand::rng(),
+                &sealed,
+                loaded.iter_mut().filter_map(|(_, s)| s.active()),
+            )?;
+            take_failed(&mut msg, &mut empty);
+            empty.extend_from_slice(unreadable);
+            let entry = OutboxEntry {
+                client_key,
+                conversation,
+                payload: Payload::Direct { msg, empty }.encode(),
+                plaintext,
+            };
+            let mut writes: Vec<Write> = loaded
+                .into_iter()
+                .map(|(d, s)| Write::Sessions(d, s.pickle()))
+                .collect();
+            writes.push(Write::OutboxPut(entry.clone()));
+            self.store.stage(writes)?;
+            Ok(entry)
+        })
     }
 
     /// Encrypts a group message with this device's sender key, handing the key to devices
@@ -357,60 +378,61 @@ impl Crypto {
         unreadable: &[DeviceAddress],
         plaintext: Vec<u8>,
     ) -> Result<OutboxEntry> {
-        let _account = self.lock()?;
-        let mut rng = rand::rng();
-        let current: BTreeSet<DeviceAddress> = devices.iter().copied().collect();
-        let (mut key, mut holders) = match self.store.sender_key(conversation)? {
-            Some((p, holders)) => (SenderKey::from_pickle(&p)?, holders),
-            None => (
-                SenderKey::new(&mut rng, &group_id(conversation), addr(self.me))?,
-                Vec::new(),
-            ),
-        };
-        if holders.iter().any(|h| !current.contains(h)) {
-            // Someone left: a new key that only the remaining devices get.
-            key = SenderKey::new(&mut rng, &group_id(conversation), addr(self.me))?;
-            holders.clear();
-        }
-        let before = key.pickle();
-        let mut writes = Vec::new();
-        let mut headers = BTreeMap::new();
-        let need: Vec<DeviceAddress> = devices
-            .iter()
-            .filter(|d| !holders.contains(d))
-            .copied()
-            .collect();
-        let handed = self.distribute(&key, &need, &mut headers, &mut writes)?;
-        holders.extend(handed);
-        let sealed = seal(
-            ConversationKind::Group,
-            conversation,
-            client_key,
-            &plaintext,
-        );
-        let body = key.encrypt(&mut rng, &sealed)?;
-        for d in devices.iter().chain(unreadable) {
-            headers.entry(*d).or_insert_with(Vec::new);
-        }
-        let entry = OutboxEntry {
-            client_key,
-            conversation,
-            payload: Payload::Group {
-                key_before: before,
-                body,
-                headers: headers.into_iter().collect(),
+        self.durably(|_| {
+            let mut rng = rand::rng();
+            let current: BTreeSet<DeviceAddress> = devices.iter().copied().collect();
+            let (mut key, mut holders) = match self.store.sender_key(conversation)? {
+                Some((p, holders)) => (SenderKey::from_pickle(&p)?, holders),
+                None => (
+                    SenderKey::new(&mut rng, &group_id(conversation), addr(self.me))?,
+                    Vec::new(),
+                ),
+            };
+            if holders.iter().any(|h| !current.contains(h)) {
+                // Someone left: a new key that only the remaining devices get.
+                key = SenderKey::new(&mut rng, &group_id(conversation), addr(self.me))?;
+                holders.clear();
             }
-            .encode(),
-            plaintext,
-        };
-        writes.push(Write::SenderKey {
-            conversation,
-            pickle: key.pickle(),
-            distributed: holders,
-        });
-        writes.push(Write::OutboxPut(entry.clone()));
-        self.store.commit(writes)?;
-        Ok(entry)
+            let before = key.pickle();
+            let mut writes = Vec::new();
+            let mut headers = BTreeMap::new();
+            let need: Vec<DeviceAddress> = devices
+                .iter()
+                .filter(|d| !holders.contains(d))
+                .copied()
+                .collect();
+            let handed = self.distribute(&key, &need, &mut headers, &mut writes)?;
+            holders.extend(handed);
+            let sealed = seal(
+                ConversationKind::Group,
+                conversation,
+                client_key,
+                &plaintext,
+            );
+            let body = key.encrypt(&mut rng, &sealed)?;
+            for d in devices.iter().chain(unreadable) {
+                headers.entry(*d).or_insert_with(Vec::new);
+            }
+            let entry = OutboxEntry {
+                client_key,
+                conversation,
+                payload: Payload::Group {
+                    key_before: before,
+                    body,
+                    headers: headers.into_iter().collect(),
+                }
+                .encode(),
+                plaintext,
+            };
+            writes.push(Write::SenderKey {
+                conversation,
+                pickle: key.pickle(),
+                distributed: holders,
+            });
+            writes.push(Write::OutboxPut(entry.clone()));
+            self.store.stage(writes)?;
+            Ok(entry)
+        })
     }
 
     /// Wraps `key`'s distribution for each of `devices` that has a session; returns them.
@@ -450,90 +472,93 @@ impl Crypto {
         unreadable: &[DeviceAddress],
         extra: &[DeviceAddress],
     ) -> Result<()> {
-        let _account = self.lock()?;
-        let Some(mut entry) = self.store.outbox_entry(client_key)? else {
-            return Ok(());
-        };
-        let mut writes = Vec::new();
-        let payload = match Payload::decode(&entry.payload)? {
-            Payload::Direct { mut msg, mut empty } => {
-                let gone: Vec<_> = extra.iter().chain(unreadable).map(|d| addr(*d)).collect();
-                msg.remove_devices(&gone);
-                empty.retain(|d| {
-                    !extra.contains(d) && !missing.contains(d) && !unreadable.contains(d)
-                });
-                empty.extend_from_slice(unreadable);
-                let mut loaded = Vec::new();
-                for d in missing {
-                    let s = self.sessions(*d)?;
-                    if s.is_empty() {
-                        empty.push(*d);
-                    } else {
-                        loaded.push((*d, s));
+        self.durably(|_| {
+            let Some(mut entry) = self.store.outbox_entry(client_key)? else {
+                return Ok(());
+            };
+            let mut writes = Vec::new();
+            let payload = match Payload::decode(&entry.payload)? {
+                Payload::Direct { mut msg, mut empty } => {
+                    let gone: Vec<_> = extra.iter().chain(unreadable).map(|d| addr(*d)).collect();
+                    msg.remove_devices(&gone);
+                    empty.retain(|d| {
+                        !extra.contains(d) && !missing.contains(d) && !unreadable.contains(d)
+                    });
+                    empty.extend_from_slice(unreadable);
+                    let mut loaded = Vec::new();
+                    for d in missing {
+                        let s = self.sessions(*d)?;
+                        if s.is_empty() {
+                            empty.push(*d);
+                        } else {
+                            loaded.push((*d, s));
+                        }
                     }
-                }
-                msg.add_devices(
-                    &mut rand::rng(),
-                    loaded.iter_mut().filter_map(|(_, s)| s.active()),
-                );
-                take_failed(&mut msg, &mut empty);
-                writes.extend(
-                    loaded
-                        .into_iter()
-                        .map(|(d, s)| Write::Sessions(d, s.pickle())),
-                );
-                Payload::Direct { msg, empty }
-            }
-            Payload::Group {
-                key_before,
-                body,
-                headers,
-            } if extra.is_empty() => {
-                let mut headers: BTreeMap<_, _> = headers.into_iter().collect();
-                // The key as it was before this message, so new devices can open it.
-                let key = SenderKey::from_pickle(&key_before)?;
-                let handed = self.distribute(&key, missing, &mut headers, &mut writes)?;
-                for d in missing.iter().chain(unreadable) {
-                    headers.entry(*d).or_insert_with(Vec::new);
-                }
-                if let Some((current, mut holders)) = self.store.sender_key(entry.conversation)? {
-                    let current_key = SenderKey::from_pickle(&current)?;
-                    if current_key.key_id() == key.key_id() {
-                        holders.extend(handed);
-                        writes.push(Write::SenderKey {
-                            conversation: entry.conversation,
-                            pickle: current,
-                            distributed: holders,
-                        });
-                    }
+                    msg.add_devices(
+                        &mut rand::rng(),
+                        loaded.iter_mut().filter_map(|(_, s)| s.active()),
+                    );
+                    take_failed(&mut msg, &mut empty);
+                    writes.extend(
+                        loaded
+                            .into_iter()
+                            .map(|(d, s)| Write::Sessions(d, s.pickle())),
+                    );
+                    Payload::Direct { msg, empty }
                 }
                 Payload::Group {
                     key_before,
                     body,
-                    headers: headers.into_iter().collect(),
+                    headers,
+                } if extra.is_empty() => {
+                    let mut headers: BTreeMap<_, _> = headers.into_iter().collect();
+                    // The key as it was before this message, so new devices can open it.
+                    let key = SenderKey::from_pickle(&key_before)?;
+                    let handed = self.distribute(&key, missing, &mut headers, &mut writes)?;
+                    for d in missing.iter().chain(unreadable) {
+                        headers.entry(*d).or_insert_with(Vec::new);
+                    }
+                    if let Some((current, mut holders)) =
+                        self.store.sender_key(entry.conversation)?
+                    {
+                        let current_key = SenderKey::from_pickle(&current)?;
+                        if current_key.key_id() == key.key_id() {
+                            holders.extend(handed);
+                            writes.push(Write::SenderKey {
+                                conversation: entry.conversation,
+                                pickle: current,
+                                distributed: holders,
+                            });
+                        }
+                    }
+                    Payload::Group {
+                        key_before,
+                        body,
+                        headers: headers.into_iter().collect(),
+                    }
                 }
-            }
-            Payload::Group { headers, .. } => {
-                // A device left: this message must not go out under a key it holds.
-                let recipients: Vec<DeviceAddress> = headers
-                    .iter()
-                    .map(|(d, _)| *d)
-                    .chain(missing.iter().copied())
-                    .filter(|d| !extra.contains(d) && !unreadable.contains(d))
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect();
-                let mut payload =
-                    self.reencrypt_group(&mut entry, &recipients, extra, &mut writes)?;
-                if let Payload::Group { headers, .. } = &mut payload {
-                    headers.extend(unreadable.iter().map(|d| (*d, Vec::new())));
+                Payload::Group { headers, .. } => {
+                    // A device left: this message must not go out under a key it holds.
+                    let recipients: Vec<DeviceAddress> = headers
+                        .iter()
+                        .map(|(d, _)| *d)
+                        .chain(missing.iter().copied())
+                        .filter(|d| !extra.contains(d) && !unreadable.contains(d))
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
+                    let mut payload =
+                        self.reencrypt_group(&mut entry, &recipients, extra, &mut writes)?;
+                    if let Payload::Group { headers, .. } = &mut payload {
+                        headers.extend(unreadable.iter().map(|d| (*d, Vec::new())));
+                    }
+                    payload
                 }
-                payload
-            }
-        };
-        entry.payload = payload.encode();
-        writes.push(Write::OutboxPut(entry));
-        self.store.commit(writes)
+            };
+            entry.payload = payload.encode();
+            writes.push(Write::OutboxPut(entry));
+            self.store.stage(writes)
+        })
     }
 
     /// Encrypts a queued group message again for `recipients`, under the current sender key
@@ -589,7 +614,9 @@ impl Crypto {
         })
     }
 
-    /// Opens one delivery and commits the result with the cursor at `deliver.pos`.
+    /// Opens one delivery and stages the result with the cursor at `deliver.pos`; durable
+    /// once a later [`ClientStore::sync`] returns, which the driver waits for before it
+    /// acknowledges (so a backlog shares an fsync between the deliveries of one ack).
     /// `sender_identity` is the identity the sending device has on the device list this
     /// device trusts (`None`: it is on none, and the delivery is refused unopened); a
     /// pairwise message from a session with another identity is refused.
@@ -598,83 +625,85 @@ impl Crypto {
         deliver: &Deliver,
         sender_identity: Option<IdentityPublic>,
     ) -> Result<Opened> {
-        let mut account = self.lock()?;
-        let mut writes = vec![Write::Cursor(deliver.pos)];
-        // Checked under the lock that history recovery takes too: a message is decrypted
-        // once (a second decryption would fail: its key is gone). Another message under the
-        // same ID is not this one: it is replaced (see `thread::derive`).
-        let stored = self.store.message(deliver.conversation, deliver.id)?;
-        let known = stored
-            .as_ref()
-            .is_some_and(|m| m.sender == deliver.sender && m.client_key == deliver.client_key);
-        if known {
-            self.store.commit(writes)?;
-            return Ok(Opened::Known);
-        }
-        let Some(sender_identity) = sender_identity else {
-            self.store.commit(writes)?;
-            return Ok(Opened::Refused);
-        };
-        let otks_before = account.one_time_prekey_count();
-        // A first message changes the account: a one-time prekey used, or (without one) an
-        // entry in its replay cache, which must survive a restart.
-        let first_message = is_prekey_message(&deliver.header);
-        let opened = match self.decrypt(&mut account, deliver, sender_identity, &mut writes) {
-            Ok(plaintext) => {
-                let m = StoredMessage {
-                    conversation: deliver.conversation,
-                    id: deliver.id,
-                    sender: deliver.sender,
-                    client_key: deliver.client_key,
-                    sent_at: deliver.sent_at,
-                    plaintext,
-                };
-                let mut derived = match thread::derive(self.store.as_ref(), &m, stored.as_ref()) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        // Decryption changed the account in memory (a one-time prekey used):
-                        // go back to the committed one, so a retry can decrypt again.
-                        if let Some(p) = self.store.account()? {
-                            *account = Account::from_pickle(&p)?;
-                        }
-                        return Err(e);
-                    }
-                };
-                writes.extend(thread::store_writes(m.clone(), &mut derived));
-                Opened::Message(Box::new((m, derived)))
+        self.staged(|account| {
+            let mut writes = vec![Write::Cursor(deliver.pos)];
+            // Checked under the lock that history recovery takes too: a message is decrypted
+            // once (a second decryption would fail: its key is gone). Another message under the
+            // same ID is not this one: it is replaced (see `thread::derive`).
+            let stored = self.store.message(deliver.conversation, deliver.id)?;
+            let known = stored
+                .as_ref()
+                .is_some_and(|m| m.sender == deliver.sender && m.client_key == deliver.client_key);
+            if known {
+                self.store.stage(writes)?;
+                return Ok(Opened::Known);
             }
-            Err(e) => {
-                // Nothing about the state changed; drop the partial writes except the cursor.
-                // A check after the session opened the message (a misfiled binding, a sender
-                // key for another group) may have changed the account in memory (a one-time
-                // prekey used): go back to the committed one.
-                writes.truncate(1);
+            let Some(sender_identity) = sender_identity else {
+                self.store.stage(writes)?;
+                return Ok(Opened::Refused);
+            };
+            let otks_before = account.one_time_prekey_count();
+            // A first message changes the account: a one-time prekey used, or (without one) an
+            // entry in its replay cache, which must survive a restart.
+            let first_message = is_prekey_message(&deliver.header);
+            let opened = match self.decrypt(account, deliver, sender_identity, &mut writes) {
+                Ok(plaintext) => {
+                    let m = StoredMessage {
+                        conversation: deliver.conversation,
+                        id: deliver.id,
+                        sender: deliver.sender,
+                        client_key: deliver.client_key,
+                        sent_at: deliver.sent_at,
+                        plaintext,
+                    };
+                    let mut derived = match thread::derive(self.store.as_ref(), &m, stored.as_ref())
+                    {
+                        Ok(d) => d,
+                        Err(e) => {
+                            // Decryption changed the account in memory (a one-time prekey used):
+                            // go back to the committed one, so a retry can decrypt again.
+                            if let Some(p) = self.store.account()? {
+                                *account = Account::from_pickle(&p)?;
+                            }
+                            return Err(e);
+                        }
+                    };
+                    writes.extend(thread::store_writes(m.clone(), &mut derived));
+                    Opened::Message(Box::new((m, derived)))
+                }
+                Err(e) => {
+                    // Nothing about the state changed; drop the partial writes except the cursor.
+                    // A check after the session opened the message (a misfiled binding, a sender
+                    // key for another group) may have changed the account in memory (a one-time
+                    // prekey used): go back to the committed one.
+                    writes.truncate(1);
+                    if let Some(p) = self.store.account()? {
+                        *account = Account::from_pickle(&p)?;
+                    }
+                    Opened::Failed(e)
+                }
+            };
+            if account.one_time_prekey_count() != otks_before
+                || (first_message && matches!(opened, Opened::Message(_)))
+            {
+                writes.push(Write::Account(account.pickle()));
+            }
+            if let Err(e) = self.store.stage(writes) {
+                // Keep memory equal to the store: reload the account as committed.
                 if let Some(p) = self.store.account()? {
                     *account = Account::from_pickle(&p)?;
                 }
-                Opened::Failed(e)
+                return Err(e);
             }
-        };
-        if account.one_time_prekey_count() != otks_before
-            || (first_message && matches!(opened, Opened::Message(_)))
-        {
-            writes.push(Write::Account(account.pickle()));
-        }
-        if let Err(e) = self.store.commit(writes) {
-            // Keep memory equal to the store: reload the account as committed.
-            if let Some(p) = self.store.account()? {
-                *account = Account::from_pickle(&p)?;
-            }
-            return Err(e);
-        }
-        Ok(opened)
+            Ok(opened)
+        })
     }
 
-    /// Runs `f` under the lock every load-change-commit of messages takes (decrypting,
-    /// recovering, storing an own message), so they never interleave.
+    /// Runs `f` under the lock every load-change-stage of messages takes (decrypting,
+    /// recovering, storing an own message), so they never interleave, then waits until what
+    /// `f` staged ([`ClientStore::stage`]) is durable.
     pub(crate) fn serialized<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let _account = self.lock()?;
-        f()
+        self.durably(|_| f())
     }
 
     /// Decrypts a message read from history (no per-device header: only group messages under
@@ -685,40 +714,41 @@ impl Crypto {
         envelope: StoredMessage,
         body: &[u8],
     ) -> Result<Option<(Message, Derived)>, Error> {
-        let _account = self.lock()?;
-        if self
-            .store
-            .message(envelope.conversation, envelope.id)?
-            .is_some()
-        {
-            return Ok(None);
-        }
-        let pickle = self
-            .store
-            .receiver(envelope.conversation, envelope.sender)?
-            .ok_or(chat_crypto::Error::UnknownSenderKey)?;
-        let mut receiver = SenderKeyReceiver::from_pickle(&pickle)?;
-        let plaintext = unseal(
-            &receiver.decrypt(body)?,
-            ConversationKind::Group,
-            envelope.conversation,
-            envelope.client_key,
-        )?;
-        let m = StoredMessage {
-            plaintext,
-            ..envelope
-        };
-        // Nothing is stored under this ID (checked above).
-        let mut derived = thread::derive(self.store.as_ref(), &m, None)?;
-        let mut writes = vec![Write::Receiver {
-            conversation: m.conversation,
-            sender: m.sender,
-            pickle: receiver.pickle(),
-        }];
-        let message = Message::from_stored(&m);
-        writes.extend(thread::store_writes(m, &mut derived));
-        self.store.commit(writes)?;
-        Ok(Some((message, derived)))
+        self.durably(|_| {
+            if self
+                .store
+                .message(envelope.conversation, envelope.id)?
+                .is_some()
+            {
+                return Ok(None);
+            }
+            let pickle = self
+                .store
+                .receiver(envelope.conversation, envelope.sender)?
+                .ok_or(chat_crypto::Error::UnknownSenderKey)?;
+            let mut receiver = SenderKeyReceiver::from_pickle(&pickle)?;
+            let plaintext = unseal(
+                &receiver.decrypt(body)?,
+                ConversationKind::Group,
+                envelope.conversation,
+                envelope.client_key,
+            )?;
+            let m = StoredMessage {
+                plaintext,
+                ..envelope
+            };
+            // Nothing is stored under this ID (checked above).
+            let mut derived = thread::derive(self.store.as_ref(), &m, None)?;
+            let mut writes = vec![Write::Receiver {
+                conversation: m.conversation,
+                sender: m.sender,
+                pickle: receiver.pickle(),
+            }];
+            let message = Message::from_stored(&m);
+            writes.extend(thread::store_writes(m, &mut derived));
+            self.store.stage(writes)?;
+            Ok(Some((message, derived)))
+        })
     }
 
     fn decrypt(

@@ -288,6 +288,11 @@ pub enum StoreError {
         /// The newest version this build knows.
         supported: u32,
     },
+    /// An fsync of the store failed (the source, the first time): the batches since the last
+    /// good one may or may not be on disk, so the store refuses every later write. Open it
+    /// again (SQLite recovers it to a consistent state).
+    #[error("local store: an fsync failed; open the store again")]
+    SyncFailed(#[source] Option<std::io::Error>),
     /// The store is encrypted: open it with its key
     /// ([`SqliteStore::open_encrypted`](crate::SqliteStore::open_encrypted)).
     #[error("local store: encrypted; a key is needed to open it")]

@@ -1,7 +1,15 @@
 //! [`SqliteStore`]: the embedded, durable [`ClientStore`].
 //!
-//! One SQLite file in WAL mode; a [`Write`] batch is one transaction. `synchronous=FULL`, so a
-//! committed batch survives a power cut as well as a crash of the app. `secure_delete=ON`, so
+//! One SQLite file in WAL mode; a [`Write`] batch is one transaction. Group commit: a staged
+//! batch ([`ClientStore::stage`]) is written to the WAL without an fsync
+//! (`synchronous=NORMAL`), and [`ClientStore::sync`] fsyncs the WAL file once for every batch
+//! written before it, so concurrent commits share one fsync and the crypto lock is never held
+//! across one. A batch that `commit` or `sync` returned for survives a power cut as well as a
+//! crash of the app; one only staged survives a crash of the app (it is in the OS's cache), and
+//! a power cut loses staged batches only as a suffix: SQLite's recovery replays the WAL's
+//! committed transactions in order up to the first one not wholly on disk. An fsync that fails
+//! leaves the store refusing every later write ([`StoreError::SyncFailed`]): what it covered may
+//! or may not be on disk, and nothing may act as if it were. `secure_delete=ON`, so
 //! the text of a message deleted for everyone (erased by [`Write::Redact`]) and its index
 //! entries do not linger in free pages.
 //!
@@ -15,7 +23,9 @@
 //! states.
 
 use std::fmt;
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use chat_core::{
@@ -77,6 +87,111 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
     reader: Mutex<Connection>,
     values: Values,
+    wal: Wal,
+}
+
+/// The group commit's bookkeeping: batches written to the WAL, and how many of them an fsync
+/// made durable.
+struct Wal {
+    /// The WAL file (`None` for an in-memory database, which has nothing to make durable).
+    path: Option<PathBuf>,
+    /// Batches written to the WAL, counted after each transaction commits.
+    written: AtomicU64,
+    /// Set when an fsync failed; every later write and sync is refused.
+    failed: AtomicBool,
+    /// Held across the fsync: a caller that waited for it finds its batch covered.
+    synced: Mutex<Synced>,
+    /// Fsyncs done.
+    #[cfg(test)]
+    fsyncs: AtomicU64,
+}
+
+struct Synced {
+    /// Batches durable: `written` as it was when the last fsync began.
+    upto: u64,
+    /// The WAL, opened at the first sync.
+    file: Option<File>,
+}
+
+impl Wal {
+    fn new(path: Option<PathBuf>) -> Self {
+        Self {
+            path,
+            written: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            synced: Mutex::new(Synced {
+                upto: 0,
+                file: None,
+            }),
+            #[cfg(test)]
+            fsyncs: AtomicU64::new(0),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StoreError::SyncFailed(None).into());
+        }
+        Ok(())
+    }
+
+    /// Fsyncs the WAL unless every batch written before the call is durable already.
+    fn sync(&self) -> Result<()> {
+        self.check()?;
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let wanted = self.written.load(Ordering::Acquire);
+        let mut synced = self
+            .synced
+            .lock()
+            .map_err(|_| Error::poisoned("sqlite store"))?;
+        if synced.upto >= wanted {
+            return Ok(());
+        }
+        // Every batch counted here is wholly in the file: the count follows the commit.
+        let upto = self.written.load(Ordering::Acquire);
+        let result = match &synced.file {
+            Some(file) => file.sync_data(),
+            None => File::options().append(true).open(path).and_then(|file| {
+                // The WAL's directory entry too, once: a file SQLite just made.
+                if let Some(dir) = path.parent() {
+                    sync_dir(dir)?;
+                }
+                file.sync_data()?;
+                synced.file = Some(file);
+                Ok(())
+            }),
+        };
+        match result {
+            Ok(()) => {
+                synced.upto = upto;
+                #[cfg(test)]
+                self.fsyncs.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.failed.store(true, Ordering::Release);
+                Err(StoreError::SyncFailed(Some(e)).into())
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// Directories cannot be opened for an fsync elsewhere (NTFS journals the entry).
+#[cfg(not(unix))]
+fn sync_dir(_: &Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Seals and opens the secret values of an encrypted store; passes them through otherwise.
@@ -134,10 +249,18 @@ impl SqliteStore {
         let reader = Connection::open(path)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         reader.pragma_update(None, "query_only", "ON")?;
+        // An in-memory database ("memory" journal) has no WAL to make durable.
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+        let wal = mode.eq_ignore_ascii_case("wal").then(|| {
+            let mut wal = path.as_os_str().to_owned();
+            wal.push("-wal");
+            PathBuf::from(wal)
+        });
         Ok(Self {
             conn: Mutex::new(conn),
             reader: Mutex::new(reader),
             values,
+            wal: Wal::new(wal),
         })
     }
 
@@ -186,7 +309,8 @@ impl SqliteStore {
     fn connect(path: impl AsRef<Path>) -> Result<Connection> {
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // Commits reach the disk through `Wal::sync` (see the module docs).
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Deleted messages are erased, not just unlinked: freed pages are overwritten.
         conn.pragma_update(None, "secure_delete", "ON")?;
@@ -204,6 +328,12 @@ impl SqliteStore {
         index_all(&tx, &self.values)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Fsyncs of the WAL so far.
+    #[cfg(test)]
+    pub(crate) fn fsyncs(&self) -> u64 {
+        self.wal.fsyncs.load(Ordering::Relaxed)
     }
 
     /// The connection that commits. A std mutex: every use is a synchronous call, never
@@ -482,7 +612,9 @@ fn kind_name(kind: ConversationKind) -> &'static str {
 }
 
 impl SqliteStore {
-    fn commit_now(&self, writes: Vec<Write>) -> Result<()> {
+    /// Writes one batch to the WAL (no fsync).
+    fn write(&self, writes: Vec<Write>) -> Result<()> {
+        self.wal.check()?;
         let mut conn = self.conn()?;
         let erases = writes
             .iter()
@@ -704,6 +836,7 @@ impl SqliteStore {
             }
         }
         tx.commit()?;
+        self.wal.written.fetch_add(1, Ordering::AcqRel);
         if erases {
             // The WAL still holds the erased text in earlier frames: copy everything into the
             // database (whose freed pages secure_delete overwrote) and empty it. Best effort:
@@ -729,7 +862,16 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 impl ClientStore for SqliteStore {
     fn commit(&self, writes: Vec<Write>) -> Result<()> {
-        blocking(|| self.commit_now(writes))
+        blocking(|| {
+            self.write(writes)?;
+            self.wal.sync()
+        })
+    }
+    fn stage(&self, writes: Vec<Write>) -> Result<()> {
+        blocking(|| self.write(writes))
+    }
+    fn sync(&self) -> Result<()> {
+        blocking(|| self.wal.sync())
     }
     fn device(&self) -> Result<Option<DeviceRecord>> {
         let Some(bytes) = self.secret_meta("device")? else {

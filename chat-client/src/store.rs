@@ -301,8 +301,18 @@ pub enum Write {
 /// Where a client keeps its state. Implementations: [`MemoryStore`] and
 /// [`SqliteStore`](crate::SqliteStore).
 pub trait ClientStore: Send + Sync + 'static {
-    /// Applies `writes` atomically: all or none.
+    /// Applies `writes` atomically (all or none) and durably: on disk when it returns.
     fn commit(&self, writes: Vec<Write>) -> Result<()>;
+    /// Applies `writes` atomically and visibly (every later read sees them), durable once a
+    /// later [`sync`](Self::sync) returns. A crash of the machine may lose staged batches
+    /// only as a suffix, never one without those staged before it. The default commits.
+    fn stage(&self, writes: Vec<Write>) -> Result<()> {
+        self.commit(writes)
+    }
+    /// Makes every batch staged before the call durable. The default has nothing to do.
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
     /// This device's record, if it registered or logged in.
     fn device(&self) -> Result<Option<DeviceRecord>>;
     /// The account pickle.
@@ -396,6 +406,12 @@ pub trait ClientStore: Send + Sync + 'static {
 impl<S: ClientStore + ?Sized> ClientStore for std::sync::Arc<S> {
     fn commit(&self, writes: Vec<Write>) -> Result<()> {
         (**self).commit(writes)
+    }
+    fn stage(&self, writes: Vec<Write>) -> Result<()> {
+        (**self).stage(writes)
+    }
+    fn sync(&self) -> Result<()> {
+        (**self).sync()
     }
     fn device(&self) -> Result<Option<DeviceRecord>> {
         (**self).device()

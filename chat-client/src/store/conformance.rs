@@ -38,6 +38,17 @@ pub(crate) fn run(store: &dyn ClientStore) {
             .unwrap();
     }
     assert_eq!(store.trust(someone).unwrap(), Some(vec![3]));
+    // A staged batch is read back at once, and stays after the sync that makes it durable.
+    store
+        .stage(vec![Write::Trust {
+            user: someone,
+            record: vec![4],
+        }])
+        .unwrap();
+    assert_eq!(store.trust(someone).unwrap(), Some(vec![4]));
+    store.sync().unwrap();
+    store.sync().unwrap();
+    assert_eq!(store.trust(someone).unwrap(), Some(vec![4]));
     assert_eq!(store.verified_group(conv).unwrap(), None);
     for pickle in [vec![1, 2], vec![3]] {
         store
@@ -447,6 +458,57 @@ fn sqlite_and_reopen() {
     let again = crate::SqliteStore::open(&path).unwrap();
     assert_eq!(again.cursor().unwrap().get(), 41);
     assert_eq!(again.outbox().unwrap().len(), 1);
+}
+
+/// Group commit: staged batches are read back at once and share one fsync, a sync with nothing
+/// new does none, a commit is one; what threads staged and synced at once is all in the file
+/// when it opens again.
+#[test]
+fn sqlite_staged_batches_share_one_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.db");
+    let store = crate::SqliteStore::open(&path).unwrap();
+    let before = store.fsyncs();
+    for n in 1..=3 {
+        store
+            .stage(vec![Write::Cursor(InboxPos::new(n).unwrap())])
+            .unwrap();
+        assert_eq!(store.cursor().unwrap().get(), n);
+    }
+    assert_eq!(store.fsyncs(), before);
+    store.sync().unwrap();
+    assert_eq!(store.fsyncs(), before + 1);
+    store.sync().unwrap();
+    assert_eq!(store.fsyncs(), before + 1);
+    store
+        .commit(vec![Write::Cursor(InboxPos::new(4).unwrap())])
+        .unwrap();
+    assert_eq!(store.fsyncs(), before + 2);
+    let users: Vec<_> = (1..=4)
+        .map(|u| chat_core::UserId::new(u).unwrap())
+        .collect();
+    std::thread::scope(|s| {
+        for &user in &users {
+            let store = &store;
+            s.spawn(move || {
+                for i in 0..25u8 {
+                    store
+                        .stage(vec![Write::Trust {
+                            user,
+                            record: vec![i],
+                        }])
+                        .unwrap();
+                    store.sync().unwrap();
+                }
+            });
+        }
+    });
+    drop(store);
+    let again = crate::SqliteStore::open(&path).unwrap();
+    assert_eq!(again.cursor().unwrap().get(), 4);
+    for user in users {
+        assert_eq!(again.trust(user).unwrap(), Some(vec![24]));
+    }
 }
 
 const KEY: [u8; 32] = [0x5A; 32];
