@@ -15,7 +15,10 @@
 //!   over in a conversation must be for that conversation's group.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::{Mutex, MutexGuard};
 
 use chat_core::protocol::Deliver;
 use chat_core::{ClientKey, ConversationId, DeviceAddress, DeviceId, Timestamp, UserId};
@@ -27,7 +30,7 @@ use chat_crypto::{
 
 use crate::error::{Error, Result};
 use crate::event::Message;
-use crate::store::{ClientStore, OutboxEntry, Secret, StoredMessage, Write};
+use crate::store::{ClientStore, OutboxEntry, Secret, StoredMessage, Write, blocking};
 use crate::thread::{self, Derived};
 
 /// What one delivery produced, once committed.
@@ -48,7 +51,23 @@ pub(crate) enum Opened {
 pub(crate) struct Crypto {
     me: DeviceAddress,
     store: Arc<dyn ClientStore>,
+    /// A fair mutex (parking_lot's), held only around synchronous crypto and staging one
+    /// batch (no fsync).
     account: Mutex<Account>,
+    /// Set when a panic unwound through the lock: the account may be half-changed, so
+    /// nothing uses it again (std's poisoning, which parking_lot does not have).
+    poisoned: AtomicBool,
+}
+
+/// Poisons the crypto state if dropped during a panic.
+struct PoisonOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for PoisonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl std::fmt::Debug for Crypto {
@@ -170,6 +189,7 @@ impl Crypto {
             me,
             store,
             account: Mutex::new(account),
+            poisoned: AtomicBool::new(false),
         }
     }
 
@@ -190,15 +210,23 @@ impl Crypto {
     }
 
     /// Runs `f` under the lock; what it stages is durable after the caller's next sync.
+    /// Off the runtime's workers (`blocking`): neither the wait for the lock nor the crypto
+    /// under it holds up other tasks. The lock is handed over fairly: a send waiting while
+    /// a backlog is decrypted gets it next, not after the whole backlog.
     fn staged<T>(&self, f: impl FnOnce(&mut Account) -> Result<T>) -> Result<T> {
-        f(&mut *self.lock()?)
-    }
-
-    fn lock(&self) -> Result<MutexGuard<'_, Account>> {
-        // A std mutex: held only around synchronous crypto and staging one batch (no fsync).
-        self.account
-            .lock()
-            .map_err(|_| Error::poisoned("crypto state"))
+        blocking(|| {
+            let mut account = self.account.lock();
+            if self.poisoned.load(Ordering::Acquire) {
+                return Err(Error::poisoned("crypto state"));
+            }
+            let out = {
+                // A panic under the lock may leave the account half-changed.
+                let _poison = PoisonOnPanic(&self.poisoned);
+                f(&mut account)
+            };
+            MutexGuard::unlock_fair(account);
+            out
+        })
     }
 
     /// Adds `count` one-time prekeys to the account and saves it; returns what to upload.
@@ -226,12 +254,12 @@ impl Crypto {
 
     /// This device's identity.
     pub(crate) fn identity(&self) -> Result<IdentityPublic> {
-        Ok(self.lock()?.identity().public())
+        self.staged(|account| Ok(account.identity().public()))
     }
 
     /// The account key of the account identity this device holds, if any.
     pub(crate) fn account_key(&self) -> Result<Option<chat_crypto::AccountKey>> {
-        Ok(self.lock()?.account_identity().map(AccountIdentity::public))
+        self.staged(|account| Ok(account.account_identity().map(AccountIdentity::public)))
     }
 
     /// Keeps (or, with `None`, forgets) the user's account identity, saved with the account.
@@ -250,8 +278,7 @@ impl Crypto {
         &self,
         f: impl FnOnce(&AccountIdentity) -> T,
     ) -> Result<T> {
-        let account = self.lock()?;
-        account.account_identity().map(f).ok_or(Error::NotLinked)
+        self.staged(|account| account.account_identity().map(f).ok_or(Error::NotLinked))
     }
 
     fn sessions(&self, device: DeviceAddress) -> Result<DeviceSessions> {

@@ -39,7 +39,7 @@ use crate::error::{Error, Result, StoreError};
 use crate::search::{SearchPage, SearchResults};
 use crate::store::{
     ClientStore, ConversationRecord, DeviceRecord, OutboxEntry, RecoveryPoint, Secret,
-    StoredMessage, Write, apply_search, classify,
+    StoredMessage, Write, apply_search, blocking, classify,
 };
 
 const SCHEMA: &str = "
@@ -846,17 +846,6 @@ impl SqliteStore {
             }
         }
         Ok(())
-    }
-}
-
-/// Runs a blocking call: on a multi-threaded tokio runtime inside `block_in_place`, so the
-/// worker's other tasks carry on elsewhere; otherwise as it is.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
     }
 }
 

@@ -539,3 +539,15 @@ pub use memory::MemoryStore;
 
 #[cfg(test)]
 pub(crate) mod conformance;
+
+/// Runs a call that blocks (a store's I/O, or waiting for the crypto lock and the work under
+/// it): on a multi-threaded tokio runtime inside `block_in_place`, so the worker's other tasks
+/// carry on on another thread; otherwise (or nested) as it is.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}

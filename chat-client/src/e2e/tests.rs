@@ -39,7 +39,7 @@ fn device(user: u64) -> Dev {
 
 /// `to`'s bundle as the directory would serve it, with a one-time prekey.
 fn bundle(to: &Dev) -> chat_core::PrekeyBundle {
-    let keys = device_keys(&to.crypto.lock().unwrap()).unwrap();
+    let keys = to.crypto.staged(|account| device_keys(account)).unwrap();
     let otk = to.crypto.new_one_time_keys(1).unwrap();
     chat_core::PrekeyBundle {
         device: to.addr,
