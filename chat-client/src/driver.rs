@@ -2,8 +2,8 @@
 //!
 //! It connects, authenticates with the stored cursor, processes the backlog and live
 //! deliveries through [`SyncCursor`] (duplicates dropped, a gap answered with `sync`), stores
-//! each decrypted message with its session state and cursor in one commit before acking,
-//! sends the outbox (again after every reconnect, with the same client keys and bytes),
+//! each decrypted message with its session state and cursor in one atomic batch, fsyncs once
+//! for every batch before each ack (group commit, see [`crate::SqliteStore`]), sends the outbox (again after every reconnect, with the same client keys and bytes),
 //! sends heartbeats on the interval from `welcome`, and reconnects with exponential backoff
 //! and full jitter.
 //!
