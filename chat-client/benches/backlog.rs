@@ -2,8 +2,8 @@
 //! stores the backlog (decrypt, commit, acknowledge each message), and whether the client's
 //! runtime stalls meanwhile. The stall figure is the lateness of a 1 ms ticker on the client's
 //! runtime (2 workers, `BACKLOG_WORKERS` for another number): the longest time no worker
-//! could run it, an upper bound on the longest poll (stable tokio exposes no per-poll metrics). The node runs on a runtime of
-//! its own.
+//! could run it, an upper bound on the longest poll (stable tokio exposes no per-poll
+//! metrics). The node runs on a runtime of its own.
 //!
 //! `cargo bench -p chat-client --bench backlog` (`BACKLOG_MESSAGES`, default 10,000;
 //! `BACKLOG_ENCRYPTED=1` for an encrypted store; `BACKLOG_CONCURRENCY`, default 200, sends
