@@ -13,6 +13,7 @@ mod handle;
 mod http;
 mod net;
 mod nodes;
+mod outgoing;
 mod people;
 mod recovery;
 mod search;
