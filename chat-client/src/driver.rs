@@ -3,9 +3,10 @@
 //! It connects, authenticates with the stored cursor, processes the backlog and live
 //! deliveries through [`SyncCursor`] (duplicates dropped, a gap answered with `sync`), stores
 //! each decrypted message with its session state and cursor in one atomic batch, fsyncs once
-//! for every batch before each ack (group commit, see [`crate::SqliteStore`]), sends the outbox (again after every reconnect, with the same client keys and bytes),
-//! sends heartbeats on the interval from `welcome`, and reconnects with exponential backoff
-//! and full jitter.
+//! for every batch before each ack (group commit, see [`crate::SqliteStore`]), sends the
+//! outbox (again after every reconnect, with the same client keys and bytes), sends
+//! heartbeats on the interval from `welcome`, and reconnects with exponential backoff and
+//! full jitter. What needs no socket (request IDs, busy entries, acks) is in `bookkeeping`.
 //!
 //! It connects to the current node of the client's [`crate::Nodes`]. A connection that is
 //! lost is tried again on the same node; a node that cannot be connected to (or sends no
@@ -15,7 +16,6 @@
 //! and duplicates nothing: the server stores one message per client key, and answers a
 //! repeated key with the message it stored.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -41,13 +41,16 @@ use crate::event::{ConnectionState, Event, Message};
 use crate::store::{OutboxEntry, RecoveryPoint, StoredMessage, Write};
 use crate::thread;
 
+mod bookkeeping;
+
+use bookkeeping::{Acks, Sends};
+
 /// How long connecting and the `welcome` may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first reconnect delay; doubled per failed attempt up to [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Ack at least every this many processed entries, and otherwise on a short timer.
-const ACK_EVERY: u64 = 64;
+/// Ack on this timer, and sooner after `bookkeeping::ACK_EVERY` entries.
 const ACK_INTERVAL: Duration = Duration::from_millis(250);
 /// How long the server's answer to a normal close may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -166,13 +169,11 @@ fn backoff(attempt: u32) -> Duration {
 struct Conn {
     inner: Arc<Inner>,
     cursor: SyncCursor,
-    acked: u64,
+    acks: Acks,
     resyncing: bool,
     synced: bool,
-    next_req: u32,
-    in_flight: HashMap<u32, ClientKey>,
     /// Entries sent on this connection and not answered, or being repaired.
-    busy: HashSet<ClientKey>,
+    sends: Sends,
 }
 
 fn lost(reason: impl std::fmt::Display, synced: bool) -> End {
@@ -187,12 +188,10 @@ impl Conn {
         Self {
             inner,
             cursor: SyncCursor::default(),
-            acked: 0,
+            acks: Acks::default(),
             resyncing: false,
             synced: false,
-            next_req: 1,
-            in_flight: HashMap::new(),
-            busy: HashSet::new(),
+            sends: Sends::default(),
         }
     }
 
@@ -315,7 +314,7 @@ impl Conn {
     async fn handshake(&mut self, ws: &mut Ws) -> Result<u32, End> {
         let cursor = self.inner.store.cursor().map_err(|e| lost(e, false))?;
         self.cursor = SyncCursor::new(cursor);
-        self.acked = cursor.get();
+        self.acks.resume(cursor);
         let auth = Auth {
             version: PROTOCOL_VERSION,
             token: self.inner.token.clone(),
@@ -358,10 +357,7 @@ impl Conn {
             }
         };
         let (body, headers) = payload.wire();
-        let req = self.next_req;
-        self.next_req = self.next_req.wrapping_add(1).max(1);
-        self.in_flight.insert(req, entry.client_key);
-        self.busy.insert(entry.client_key);
+        let req = self.sends.start(entry.client_key);
         let send = chat_core::protocol::Send {
             req,
             conversation: entry.conversation,
@@ -382,10 +378,10 @@ impl Conn {
         let key = match cmd {
             Command::Frame(f) => return self.send(ws, &f).await,
             Command::Close(_done) => return Err(self.close(ws).await),
-            Command::Send(k) if self.busy.contains(&k) => return Ok(()),
+            Command::Send(k) if !self.sends.wants(k) => return Ok(()),
             Command::Send(k) => k,
             Command::Retry(k) => {
-                self.busy.remove(&k);
+                self.sends.retry(k);
                 k
             }
         };
@@ -418,15 +414,13 @@ impl Conn {
     }
 
     async fn ack(&mut self, ws: &mut Ws) -> Result<(), End> {
-        let pos = self.cursor.position();
-        if pos.get() > self.acked {
-            // Deliveries are staged (`Crypto::open`): one fsync makes all since the last ack
-            // durable before the server may drop them.
-            self.inner.store.sync().map_err(|e| lost(e, self.synced))?;
-            self.acked = pos.get();
-            return self.send(ws, &Ack { up_to: pos }.into()).await;
-        }
-        Ok(())
+        let Some(up_to) = self.acks.take(self.cursor.position()) else {
+            return Ok(());
+        };
+        // Deliveries are staged (`Crypto::open`): one fsync makes all since the last ack
+        // durable before the server may drop them.
+        self.inner.store.sync().map_err(|e| lost(e, self.synced))?;
+        self.send(ws, &Ack { up_to }.into()).await
     }
 
     async fn handle(&mut self, ws: &mut Ws, frame: ServerFrame) -> Result<(), End> {
@@ -476,13 +470,12 @@ impl Conn {
                     self.inner.resyncs.fetch_add(1, Ordering::AcqRel);
                 }
                 self.cursor = SyncCursor::new(r.head);
-                self.acked = self.acked.min(r.head.get());
+                self.acks.restart(r.head);
                 self.inner.emit(Event::ResyncRequired { reason: r.reason });
                 Ok(())
             }
             ServerFrame::Sent(s) => {
-                if let Some(key) = self.in_flight.remove(&s.req) {
-                    self.busy.remove(&key);
+                if let Some(key) = self.sends.stored(s.req) {
                     self.sent(key, &s).map_err(|e| lost(e, self.synced))?;
                 }
                 Ok(())
@@ -669,7 +662,7 @@ impl Conn {
                 });
             }
         }
-        if d.pos.get() >= self.acked + ACK_EVERY {
+        if self.acks.due(d.pos) {
             self.ack(ws).await?;
         }
         Ok(())
@@ -712,7 +705,7 @@ impl Conn {
 
     /// The device list was stale: repair the entry off the connection's task, then retry.
     fn stale(&mut self, s: StaleDevices) {
-        let Some(key) = self.in_flight.remove(&s.req) else {
+        let Some(key) = self.sends.answered(s.req) else {
             return;
         };
         let inner = self.inner.clone();
@@ -734,7 +727,7 @@ impl Conn {
     }
 
     fn error(&mut self, e: ErrorFrame) {
-        let Some(key) = e.req.and_then(|r| self.in_flight.remove(&r)) else {
+        let Some(key) = e.req.and_then(|r| self.sends.answered(r)) else {
             tracing::debug!(code = e.code.name(), message = %e.message, "server error");
             return;
         };
@@ -747,7 +740,7 @@ impl Conn {
             });
             return;
         }
-        self.busy.remove(&key);
+        self.sends.settle(key);
         let conversation = self
             .inner
             .store
@@ -768,7 +761,7 @@ impl Conn {
         code: ErrorCode,
         err: Error,
     ) {
-        self.busy.remove(&key);
+        self.sends.settle(key);
         fail(&self.inner, key, conversation, code, err);
     }
 }
