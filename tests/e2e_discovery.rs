@@ -55,6 +55,11 @@ async fn a_client_learns_the_nodes_from_discovery_and_moves_when_its_node_goes()
         (two, one, url1)
     };
     gone.shutdown().await;
+    // Alice's connection moves to the node left (a reconnect, then the next node). Waited
+    // for before the HTTP call below: a POST is not sent again when the connection it went
+    // out on dies under it, and an idle connection to the node that went may look open for
+    // a moment after the node closed it.
+    synced(&mut a).await;
     let chat = alice.open_direct(bob.user()).await.expect("open");
     alice
         .conversation(chat)
