@@ -402,6 +402,10 @@ impl Conn {
     /// the server's close in answer.
     async fn close(&mut self, ws: &mut Ws) -> End {
         let _ = self.ack(ws).await;
+        // Sends the server stored since the last ack (`sent`) are staged too.
+        if let Err(e) = self.inner.store.sync() {
+            tracing::warn!(cause = %e, "could not sync the store on close");
+        }
         let frame = CloseFrame {
             code: CloseCode::Normal,
             reason: "signed off".into(),
@@ -684,7 +688,9 @@ impl Conn {
             plaintext: entry.plaintext,
         };
         // Under the crypto lock, like deliveries and recovery: what `derive` read is what the
-        // commit applies to.
+        // batch applies to. Staged, not synced: if a power cut loses it, the entry is back in
+        // the outbox and goes again with its client key, and the server answers with the
+        // message it stored. The next ack (or `close`) syncs it.
         let derived = self.inner.crypto.serialized(|| {
             let stored = store.message(s.conversation, s.id)?;
             let mut derived = thread::derive(store.as_ref(), &message, stored.as_ref())?;

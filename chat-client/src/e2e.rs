@@ -727,10 +727,10 @@ impl Crypto {
     }
 
     /// Runs `f` under the lock every load-change-stage of messages takes (decrypting,
-    /// recovering, storing an own message), so they never interleave, then waits until what
-    /// `f` staged ([`ClientStore::stage`]) is durable.
+    /// recovering, storing an own message), so they never interleave. What `f` stages is
+    /// durable after the caller's next [`ClientStore::sync`].
     pub(crate) fn serialized<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        self.durably(|_| f())
+        self.staged(|_| f())
     }
 
     /// Decrypts a message read from history (no per-device header: only group messages under
