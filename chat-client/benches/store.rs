@@ -1,7 +1,7 @@
 //! The client's SQLite store with and without encryption at rest (issue 19): messages stored
-//! per second one commit at a time (as the driver stores each delivery: message, search
-//! entry and cursor in one fsynced commit) and in batches of 100 (the CPU part, fsyncs
-//! amortised), and how long opening takes once 10,000 messages are stored (an encrypted
+//! per second one commit at a time (a delivery's writes, message, search entry and cursor,
+//! in one `commit`, written and fsynced; the driver itself stages deliveries and fsyncs once
+//! per ack) and in batches of 100 (the CPU part, fsyncs amortised), and how long opening takes once 10,000 messages are stored (an encrypted
 //! store builds its in-memory search index then).
 //!
 //! `cargo bench -p chat-client --bench store` (`STORE_MESSAGES` for the one-at-a-time count,
