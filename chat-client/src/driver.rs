@@ -215,15 +215,15 @@ impl Conn {
         };
         self.inner
             .emit(Event::Connection(ConnectionState::Connected));
-        // An entry staged a moment ago (`ClientStore::stage`) may not be on disk yet, and
-        // nothing leaves the device before it is.
-        let outbox = match self.inner.store.outbox().and_then(|o| {
-            self.inner.store.sync()?;
-            Ok(o)
-        }) {
+        let outbox = match self.inner.store.outbox() {
             Ok(o) => o,
             Err(e) => return lost(e, false),
         };
+        // An entry read above may have been staged a moment ago (`ClientStore::stage`) and
+        // not be on disk yet; nothing leaves the device before it is.
+        if let Err(e) = self.inner.store.sync() {
+            return lost(e, false);
+        }
         for entry in outbox {
             if let Err(end) = self.send_entry(&mut ws, &entry).await {
                 return end;

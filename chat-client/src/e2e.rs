@@ -281,6 +281,25 @@ impl Crypto {
         self.staged(|account| account.account_identity().map(f).ok_or(Error::NotLinked))
     }
 
+    /// The sessions with `devices`; a device with none goes to `empty` (it gets an empty
+    /// header).
+    fn load_sessions(
+        &self,
+        devices: &[DeviceAddress],
+        empty: &mut Vec<DeviceAddress>,
+    ) -> Result<Vec<(DeviceAddress, DeviceSessions)>> {
+        let mut loaded = Vec::new();
+        for d in devices {
+            let s = self.sessions(*d)?;
+            if s.is_empty() {
+                empty.push(*d);
+            } else {
+                loaded.push((*d, s));
+            }
+        }
+        Ok(loaded)
+    }
+
     fn sessions(&self, device: DeviceAddress) -> Result<DeviceSessions> {
         match self.store.sessions(device)? {
             Some(p) => Ok(DeviceSessions::from_pickle(&p)?),
@@ -355,16 +374,8 @@ impl Crypto {
         plaintext: Vec<u8>,
     ) -> Result<OutboxEntry> {
         self.durably(|_| {
-            let mut loaded = Vec::new();
             let mut empty = Vec::new();
-            for d in devices {
-                let s = self.sessions(*d)?;
-                if s.is_empty() {
-                    empty.push(*d);
-                } else {
-                    loaded.push((*d, s));
-                }
-            }
+            let mut loaded = self.load_sessions(devices, &mut empty)?;
             let sealed = seal(
                 ConversationKind::Direct,
                 conversation,
@@ -512,15 +523,7 @@ impl Crypto {
                         !extra.contains(d) && !missing.contains(d) && !unreadable.contains(d)
                     });
                     empty.extend_from_slice(unreadable);
-                    let mut loaded = Vec::new();
-                    for d in missing {
-                        let s = self.sessions(*d)?;
-                        if s.is_empty() {
-                            empty.push(*d);
-                        } else {
-                            loaded.push((*d, s));
-                        }
-                    }
+                    let mut loaded = self.load_sessions(missing, &mut empty)?;
                     msg.add_devices(
                         &mut rand::rng(),
                         loaded.iter_mut().filter_map(|(_, s)| s.active()),
