@@ -52,8 +52,5 @@ pub(crate) async fn upgrade(
         .max_write_buffer_size(MAX_MESSAGE + WRITE_BUFFER)
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| async move {
-            conn::run(shared, socket).await;
-            drop(slot);
-        })
+        .on_upgrade(move |socket| conn::run(shared, socket, slot.map(|Extension(slot)| slot)))
 }

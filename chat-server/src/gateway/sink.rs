@@ -5,42 +5,56 @@
 //! 100 MB. Each queued event is charged its encoded length ([`BusMessage::frame_len`]) when
 //! it is enqueued and released when the connection takes it off the queue. A shared message
 //! body counts in full in every queue that holds it, since each one keeps it alive.
+//!
+//! The queue is a `VecDeque` under a mutex rather than a tokio channel: a channel allocates
+//! its first block of 32 slots (about 2 KB with its shared state) when it is created, which
+//! every idle connection would carry, while an empty `VecDeque` holds no memory at all and
+//! gives back what a burst made it allocate once it is drained.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use chat_core::{BusMessage, BusSink, Topic};
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
-/// Feeds bus events into a connection's bounded queue without ever blocking the publisher.
+/// Slots a drained queue may keep; a larger one (after a burst) is shrunk to nothing.
+const KEEP_CAPACITY: usize = 16;
+
+/// Feeds bus events into a connection's bounded queue without ever blocking the publisher;
+/// the connection takes them with [`recv`](Self::recv).
 #[derive(Debug)]
 pub(super) struct ConnSink {
-    tx: mpsc::Sender<BusMessage>,
-    /// Encoded bytes queued and not yet taken.
-    queued: AtomicUsize,
+    queue: Mutex<Queued>,
+    max_frames: usize,
     max_bytes: usize,
     lagged: AtomicBool,
+    /// Woken when the queue overflows.
     wake: Notify,
+    /// Woken when an event is queued.
+    ready: Notify,
 }
 
-/// The receiving end of a [`ConnSink`]'s queue.
-#[derive(Debug)]
-pub(super) struct Queue {
-    rx: mpsc::Receiver<BusMessage>,
+#[derive(Debug, Default)]
+struct Queued {
+    events: VecDeque<BusMessage>,
+    /// Encoded bytes of `events`.
+    bytes: usize,
+    /// The connection takes no more events.
+    closed: bool,
 }
 
 impl ConnSink {
     /// A sink whose queue holds at most `frames` events and `max_bytes` encoded bytes.
-    pub(super) fn new(frames: usize, max_bytes: usize) -> (Self, Queue) {
-        let (tx, rx) = mpsc::channel(frames);
-        let sink = Self {
-            tx,
-            queued: AtomicUsize::new(0),
+    pub(super) fn new(frames: usize, max_bytes: usize) -> Self {
+        Self {
+            queue: Mutex::default(),
+            max_frames: frames,
             max_bytes,
             lagged: AtomicBool::new(false),
             wake: Notify::new(),
-        };
-        (sink, Queue { rx })
+            ready: Notify::new(),
+        }
     }
 
     /// Resolves once the queue has overflowed: the connection is a slow consumer.
@@ -57,15 +71,49 @@ impl ConnSink {
         }
     }
 
-    /// Releases the bytes of an event taken off the queue.
-    pub(super) fn taken(&self, message: &BusMessage) {
-        self.queued.fetch_sub(message.frame_len(), Ordering::AcqRel);
+    /// The next event, waiting for one. Only the connection takes events off its queue.
+    pub(super) async fn recv(&self) -> BusMessage {
+        loop {
+            // Registered before the queue is looked at, so an event queued in between wakes
+            // it.
+            let notified = self.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(message) = self.try_recv() {
+                return message;
+            }
+            notified.await;
+        }
+    }
+
+    /// The next event if one is queued.
+    pub(super) fn try_recv(&self) -> Option<BusMessage> {
+        let mut queue = self.lock();
+        let message = queue.events.pop_front()?;
+        queue.bytes -= message.frame_len();
+        if queue.events.is_empty() && queue.events.capacity() > KEEP_CAPACITY {
+            queue.events = VecDeque::new();
+        }
+        Some(message)
+    }
+
+    /// The connection takes no more events: what is queued is dropped, and the bus is told
+    /// the sink is gone from now on.
+    pub(super) fn close(&self) {
+        *self.lock() = Queued {
+            closed: true,
+            ..Queued::default()
+        };
     }
 
     /// Encoded bytes queued now.
     #[cfg(test)]
     fn queued(&self) -> usize {
-        self.queued.load(Ordering::Acquire)
+        self.lock().bytes
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queued> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn overflow(&self) {
@@ -75,46 +123,27 @@ impl ConnSink {
     }
 }
 
-impl Queue {
-    /// The next event, releasing its bytes from `sink`'s account.
-    pub(super) async fn recv(&mut self, sink: &ConnSink) -> Option<BusMessage> {
-        let message = self.rx.recv().await?;
-        sink.taken(&message);
-        Some(message)
-    }
-
-    /// The next event if one is queued, releasing its bytes from `sink`'s account.
-    pub(super) fn try_recv(&mut self, sink: &ConnSink) -> Option<BusMessage> {
-        let message = self.rx.try_recv().ok()?;
-        sink.taken(&message);
-        Some(message)
-    }
-}
-
 impl BusSink for ConnSink {
     fn deliver(&self, _topic: Topic, message: &BusMessage) -> bool {
         if self.lagged.load(Ordering::Acquire) {
             return false;
         }
         let len = message.frame_len();
-        let queued = self.queued.fetch_add(len, Ordering::AcqRel) + len;
-        if queued > self.max_bytes {
-            self.queued.fetch_sub(len, Ordering::AcqRel);
-            self.overflow();
-            return false;
-        }
-        match self.tx.try_send(message.clone()) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                self.queued.fetch_sub(len, Ordering::AcqRel);
+        {
+            let mut queue = self.lock();
+            if queue.closed {
+                return false;
+            }
+            if queue.events.len() >= self.max_frames || queue.bytes + len > self.max_bytes {
+                drop(queue);
                 self.overflow();
-                false
+                return false;
             }
-            Err(TrySendError::Closed(_)) => {
-                self.queued.fetch_sub(len, Ordering::AcqRel);
-                false
-            }
+            queue.bytes += len;
+            queue.events.push_back(message.clone());
         }
+        self.ready.notify_one();
+        true
     }
 }
 
@@ -131,7 +160,7 @@ mod tests {
     #[tokio::test]
     async fn bounded_in_bytes_and_frames() {
         let topic = Topic::User(UserId::MIN);
-        let (sink, mut queue) = ConnSink::new(4, 1_000);
+        let sink = ConnSink::new(4, 1_000);
         assert!(sink.deliver(topic, &frame(600)));
         assert!(sink.deliver(topic, &frame(400)));
         assert_eq!(sink.queued(), 1_000);
@@ -140,15 +169,15 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(1), sink.overflowed())
             .await
             .unwrap();
-        assert!(queue.try_recv(&sink).is_some());
+        assert!(sink.try_recv().is_some());
         assert_eq!(sink.queued(), 400);
         assert!(!sink.deliver(topic, &frame(1)));
 
-        let (sink, mut queue) = ConnSink::new(2, 1_000_000);
+        let sink = ConnSink::new(2, 1_000_000);
         assert!(sink.deliver(topic, &frame(1)));
         assert!(sink.deliver(topic, &frame(1)));
         assert!(!sink.deliver(topic, &frame(1)), "a third frame");
-        assert!(queue.recv(&sink).await.is_some());
+        sink.recv().await;
         assert_eq!(sink.queued(), 1);
     }
 }
