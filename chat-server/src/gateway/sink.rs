@@ -180,4 +180,56 @@ mod tests {
         sink.recv().await;
         assert_eq!(sink.queued(), 1);
     }
+
+    #[test]
+    fn a_closed_sink_refuses_and_drops_what_it_held() {
+        let topic = Topic::User(UserId::MIN);
+        let sink = ConnSink::new(8, 1_000);
+        assert!(sink.deliver(topic, &frame(10)));
+        sink.close();
+        assert_eq!(sink.queued(), 0);
+        assert!(sink.try_recv().is_none());
+        assert!(
+            !sink.deliver(topic, &frame(10)),
+            "the bus learns the sink is gone"
+        );
+    }
+
+    #[test]
+    fn a_drained_burst_gives_its_memory_back() {
+        let topic = Topic::User(UserId::MIN);
+        let sink = ConnSink::new(1_000, 1_000_000);
+        assert_eq!(
+            sink.lock().events.capacity(),
+            0,
+            "an idle queue holds nothing"
+        );
+        for _ in 0..100 {
+            assert!(sink.deliver(topic, &frame(1)));
+        }
+        while sink.try_recv().is_some() {}
+        assert_eq!(sink.lock().events.capacity(), 0);
+        // A queue that never grows past a few events keeps its small buffer.
+        assert!(sink.deliver(topic, &frame(1)));
+        assert!(sink.try_recv().is_some());
+        assert!(sink.lock().events.capacity() <= KEEP_CAPACITY);
+    }
+
+    #[tokio::test]
+    async fn recv_wakes_for_an_event_queued_while_it_waits() {
+        let topic = Topic::User(UserId::MIN);
+        let sink = std::sync::Arc::new(ConnSink::new(8, 1_000));
+        let waiting = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.recv().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(sink.deliver(topic, &frame(3)));
+        let message = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(message.frame_len(), frame(3).frame_len());
+        assert_eq!(sink.queued(), 0);
+    }
 }
