@@ -6,6 +6,7 @@
 //! time and talks only to the address it is given.
 #![forbid(unsafe_code)]
 
+mod floor;
 mod http;
 mod proc;
 mod stats;
@@ -112,6 +113,23 @@ enum Workload {
         #[arg(long, default_value_t = 200)]
         size: usize,
     },
+    /// The floor under `idle`'s CPU per heartbeat on this machine: the same heartbeat
+    /// frames, at the same rate, sent to a minimal tokio server (a child process) that only
+    /// reads and discards them. Needs no node.
+    HeartbeatFloor {
+        /// Connections to open.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// How long to send heartbeats once all are open (with a unit).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        hold: Duration,
+        /// Heartbeat interval of each connection (with a unit).
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        heartbeat: Duration,
+    },
+    /// The server side of `heartbeat-floor` (started by it).
+    #[command(hide = true)]
+    FloorServer,
     /// One device offline while messages arrive; then the time to drain them on connect.
     Drain {
         /// Messages queued for the offline device.
@@ -174,6 +192,9 @@ fn is_chat_server(comm: &str, exe: Option<&str>) -> bool {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if matches!(args.workload, Workload::FloorServer) {
+        return floor::serve();
+    }
     if !args.server.ip().is_loopback() {
         eprintln!("chat-bench only drives servers on loopback addresses");
         return std::process::ExitCode::FAILURE;

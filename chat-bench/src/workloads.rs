@@ -40,6 +40,12 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
             hold,
             heartbeat,
         } => idle(&env, connections, hold, heartbeat).await,
+        Workload::HeartbeatFloor {
+            connections,
+            hold,
+            heartbeat,
+        } => crate::floor::measure(connections, hold, heartbeat).await,
+        Workload::FloorServer => Err("floor-server runs on its own".to_owned()),
         Workload::OneToOne {
             users,
             rate,
@@ -142,7 +148,7 @@ impl Env {
     }
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     if let Ok(style) = ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} {elapsed}") {
         bar.set_style(style.progress_chars("=> "));
@@ -151,7 +157,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
-fn report(workload: &str, fields: &Value) {
+pub(crate) fn report(workload: &str, fields: &Value) {
     let mut line = json!({"workload": workload});
     if let (Some(out), Some(map)) = (line.as_object_mut(), fields.as_object()) {
         for (k, v) in map {

@@ -32,6 +32,7 @@ async fn every_option_has_help() {
         vec!["ramp", "--help"],
         vec!["group", "--help"],
         vec!["drain", "--help"],
+        vec!["heartbeat-floor", "--help"],
     ] {
         let out = bench(&command).await;
         assert!(out.status.success(), "{command:?}");
@@ -126,4 +127,31 @@ async fn a_reused_prefix_fails_with_the_reason() {
     assert!(err.contains("--prefix"), "the reason is given: {err}");
     let _ = stop.send(());
     node.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn the_heartbeat_floor_runs_its_own_server_and_reports() {
+    let out = bench(&[
+        "heartbeat-floor",
+        "--connections",
+        "20",
+        "--hold",
+        "1s",
+        "--heartbeat",
+        "100ms",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let report: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .expect("a JSON report line");
+    assert_eq!(report["workload"], "heartbeat-floor");
+    assert_eq!(report["connections"], 20);
+    let beats = report["heartbeats"].as_u64().expect("heartbeats");
+    // 20 connections, one every 100 ms for a second (phases spread over the first 100 ms).
+    assert!((100..=240).contains(&beats), "{beats} heartbeats");
+    assert!(report["floor_cpu_us_per_heartbeat"].is_number(), "{report}");
 }
