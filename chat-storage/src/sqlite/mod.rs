@@ -69,7 +69,11 @@ pub struct SqliteOptions {
     readers: usize,
     max_batch: usize,
     queue: usize,
+    max_wal_bytes: u64,
 }
+
+/// The default bound on the write-ahead log's size: 64 MiB.
+const MAX_WAL_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for SqliteOptions {
     fn default() -> Self {
@@ -78,6 +82,7 @@ impl Default for SqliteOptions {
             readers: 4,
             max_batch: 1024,
             queue: 8192,
+            max_wal_bytes: MAX_WAL_BYTES,
         }
     }
 }
@@ -107,6 +112,16 @@ impl SqliteOptions {
         self.queue = queue.max(1);
         self
     }
+
+    /// Sets the size past which the write-ahead log is brought back to its start (default
+    /// 64 MiB, at least 64 KiB): the checkpointer then runs a checkpoint that briefly holds
+    /// new writes until every reader has moved past the log, and the file is cut back to
+    /// this size. Under constant load the log would otherwise grow without end (see the
+    /// checkpointer's module docs). Smaller means more of those short holds.
+    pub fn max_wal_bytes(mut self, bytes: u64) -> Self {
+        self.max_wal_bytes = bytes.max(64 * 1024);
+        self
+    }
 }
 
 /// The embedded SQLite store. Cheap to share behind an `Arc`; dropping the last handle stops
@@ -133,6 +148,9 @@ pub struct SqliteStats {
     pub reruns: u64,
     /// Checkpoints run by the checkpointer thread (off the writer).
     pub checkpoints: u64,
+    /// Of those, the ones that brought the write-ahead log back to its start because it
+    /// had passed [`SqliteOptions::max_wal_bytes`] (each holds new writes briefly).
+    pub wal_restarts: u64,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -162,7 +180,8 @@ impl SqliteStore {
         }
         let open_path = path.clone();
         let sync = options.synchronous;
-        let conn = tokio::task::spawn_blocking(move || open_writer(&open_path, sync))
+        let max_wal = options.max_wal_bytes;
+        let conn = tokio::task::spawn_blocking(move || open_writer(&open_path, sync, max_wal))
             .await
             .map_err(|e| failure(format!("open task failed: {e}")))??;
         let (tx, rx) = mpsc::channel(options.queue);
@@ -175,11 +194,20 @@ impl SqliteStore {
             .map_err(StoreError::backend)?;
         let checkpoint_conn =
             checkpointer::open(&path, sync.pragma()).map_err(StoreError::backend)?;
+        let max_wal_frames =
+            checkpointer::frames(&checkpoint_conn, max_wal).map_err(StoreError::backend)?;
         let (stop, stopped) = std::sync::mpsc::channel();
         let checkpoint_counters = Arc::clone(&counters);
         std::thread::Builder::new()
             .name("chat-sqlite-checkpointer".into())
-            .spawn(move || checkpointer::run(checkpoint_conn, checkpoint_counters, stopped))
+            .spawn(move || {
+                checkpointer::run(
+                    checkpoint_conn,
+                    max_wal_frames,
+                    checkpoint_counters,
+                    stopped,
+                )
+            })
             .map_err(StoreError::backend)?;
         let readers = Readers {
             path,
@@ -233,6 +261,7 @@ impl SqliteStore {
             writes: self.counters.writes.load(Ordering::Relaxed),
             reruns: self.counters.reruns.load(Ordering::Relaxed),
             checkpoints: self.counters.checkpoints.load(Ordering::Relaxed),
+            wal_restarts: self.counters.wal_restarts.load(Ordering::Relaxed),
         }
     }
 
@@ -284,7 +313,7 @@ impl SqliteStore {
     }
 }
 
-fn open_writer(path: &Path, sync: Synchronous) -> StoreResult<Connection> {
+fn open_writer(path: &Path, sync: Synchronous, max_wal_bytes: u64) -> StoreResult<Connection> {
     let mut conn = Connection::open(path).map_err(StoreError::backend)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -295,11 +324,11 @@ fn open_writer(path: &Path, sync: Synchronous) -> StoreResult<Connection> {
         )));
     }
     // Checkpoints run on the checkpointer thread, never inside the writer's commits; the
-    // WAL file is cut back to 64 MiB when SQLite restarts it after a full checkpoint.
+    // WAL file is cut back to its bound when SQLite restarts it after a full checkpoint.
     conn.execute_batch(&format!(
         "PRAGMA synchronous = {};
          PRAGMA wal_autocheckpoint = 0;
-         PRAGMA journal_size_limit = 67108864;
+         PRAGMA journal_size_limit = {max_wal_bytes};
          PRAGMA busy_timeout = 5000;
          PRAGMA cache_size = -65536;
          PRAGMA temp_store = MEMORY;",

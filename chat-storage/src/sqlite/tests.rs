@@ -181,3 +181,65 @@ async fn the_checkpointer_copies_the_wal_off_the_writer() {
         .await
         .expect("the checkpointer copied the WAL into the database file");
 }
+
+/// Under steady appends with readers always busy, SQLite never finds the moment to write
+/// the WAL from its start again on its own: the checkpointer restarts it once it passes
+/// its bound, so the file stays near the bound instead of holding everything written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_stays_bounded_under_steady_load() {
+    const BOUND: u64 = 256 * 1024;
+    const BODY: usize = 16 * 1024;
+    const APPENDS: usize = 400;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("chat.db");
+    let options = SqliteOptions::default()
+        .synchronous(super::Synchronous::Normal)
+        .max_wal_bytes(BOUND);
+    let store = Arc::new(SqliteStore::open(&path, options).await.expect("open"));
+    let (a, senders) = testing::user_with_devices(&*store, 1).await;
+    let (b, readers) = testing::user_with_devices(&*store, 1).await;
+    let conv = store.open_direct(a, b, NOW).await.expect("direct").id;
+
+    // Readers that keep a snapshot open most of the time, as a busy node's do.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut reading = Vec::new();
+    for _ in 0..3 {
+        let (store, stop, device) = (store.clone(), stop.clone(), readers[0]);
+        reading.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                store
+                    .inbox(device, InboxPos::ZERO, 20)
+                    .await
+                    .expect("inbox");
+            }
+        }));
+    }
+    let wal_size = || std::fs::metadata(dir.path().join("chat.db-wal")).map_or(0, |m| m.len());
+    let mut largest = 0;
+    for i in 0..APPENDS {
+        let mut message = testing::message(conv, senders[0], &readers);
+        message.body = bytes::Bytes::from(vec![7u8; BODY]);
+        store.append(message).await.expect("append");
+        // Give the checkpointer its turns: wait for one every 16 appends (256 KiB).
+        if i % 16 == 15 {
+            let checkpointed = store.counters.checkpointed.notified();
+            tokio::time::timeout(std::time::Duration::from_secs(20), checkpointed)
+                .await
+                .expect("a checkpoint ran");
+        }
+        largest = largest.max(wal_size());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in reading {
+        r.await.expect("reader");
+    }
+    let written = (APPENDS * BODY) as u64;
+    let restarts = store.stats().wal_restarts;
+    // The bound, plus what is written between two checkpoints and the pages beside each
+    // body: far below the 6.4 MB written.
+    assert!(
+        largest < written / 4,
+        "the WAL reached {largest} bytes for {written} written ({restarts} restarts)"
+    );
+    assert!(restarts > 0);
+}

@@ -95,6 +95,8 @@ pub(crate) struct Counters {
     pub(crate) commits: AtomicU64,
     /// Checkpoints run by the checkpointer thread.
     pub(crate) checkpoints: AtomicU64,
+    /// Checkpoints that restarted the WAL because it had passed its bound.
+    pub(crate) wal_restarts: AtomicU64,
     /// Woken after every checkpoint (for tests waiting on one).
     pub(crate) checkpointed: tokio::sync::Notify,
     pub(crate) writes: AtomicU64,
