@@ -70,6 +70,11 @@ enum Workload {
         /// Body size in bytes.
         #[arg(long, default_value_t = 200)]
         size: usize,
+        /// How long to wait after the run, connections still open, before reading the
+        /// server's RSS again: whether memory returns to its level before the load
+        /// (`server_rss_kib_before` and `server_rss_kib_settled` in the report; 0s to skip).
+        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        settle: Duration,
     },
     /// One-to-one at rising rates until delivery falls behind or p99 exceeds a bound.
     Ramp {

@@ -51,10 +51,28 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
             rate,
             duration,
             size,
+            settle,
         } => {
             let mesh = Mesh::pairs(&env, users).await?;
+            let before = env.sample();
             let result = mesh.drive(&env, rate, duration, size).await?;
-            report("one-to-one", &result.to_json(rate));
+            let mut fields = result.to_json(rate);
+            if !settle.is_zero()
+                && let Some(out) = fields.as_object_mut()
+            {
+                tokio::time::sleep(settle).await;
+                let settled = env.sample();
+                out.insert(
+                    "server_rss_kib_before".into(),
+                    json!(before.map(|s| s.rss_kib)),
+                );
+                out.insert(
+                    "server_rss_kib_settled".into(),
+                    json!(settled.map(|s| s.rss_kib)),
+                );
+                out.insert("settle_s".into(), json!(settle.as_secs_f64()));
+            }
+            report("one-to-one", &fields);
             result.check(&mesh.stats)
         }
         Workload::Ramp {
