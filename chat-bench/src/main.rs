@@ -45,17 +45,7 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Workload {
     /// Open N authenticated connections with heartbeats and hold them.
-    Idle {
-        /// Connections to open (ten devices per account).
-        #[arg(long, default_value_t = 10_000)]
-        connections: usize,
-        /// How long to hold them once all are open (with a unit: 30s, 500ms, 2m).
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
-        hold: Duration,
-        /// Heartbeat interval of each connection (with a unit).
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
-        heartbeat: Duration,
-    },
+    Idle(Holding),
     /// Online users send messages to random partners at a fixed rate.
     OneToOne {
         /// Users, one connected device each; each talks to three partners.
@@ -121,17 +111,7 @@ enum Workload {
     /// The floor under `idle`'s CPU per heartbeat on this machine: the same heartbeat
     /// frames, at the same rate, sent to a minimal tokio server (a child process) that only
     /// reads and discards them. Needs no node.
-    HeartbeatFloor {
-        /// Connections to open.
-        #[arg(long, default_value_t = 10_000)]
-        connections: usize,
-        /// How long to send heartbeats once all are open (with a unit).
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
-        hold: Duration,
-        /// Heartbeat interval of each connection (with a unit).
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
-        heartbeat: Duration,
-    },
+    HeartbeatFloor(Holding),
     /// The server side of `heartbeat-floor` (started by it).
     #[command(hide = true)]
     FloorServer,
@@ -144,6 +124,20 @@ enum Workload {
         #[arg(long, default_value_t = 200)]
         size: usize,
     },
+}
+
+/// Connections held open with heartbeats (`idle`, `heartbeat-floor`).
+#[derive(Debug, clap::Args)]
+struct Holding {
+    /// Connections to open (`idle`: ten devices per account).
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// How long to hold them once all are open (with a unit: 30s, 500ms, 2m).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    hold: Duration,
+    /// Heartbeat interval of each connection (with a unit).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    heartbeat: Duration,
 }
 
 fn default_prefix() -> String {

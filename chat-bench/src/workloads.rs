@@ -35,16 +35,10 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
         prefix: args.prefix.clone(),
     };
     match args.workload {
-        Workload::Idle {
-            connections,
-            hold,
-            heartbeat,
-        } => idle(&env, connections, hold, heartbeat).await,
-        Workload::HeartbeatFloor {
-            connections,
-            hold,
-            heartbeat,
-        } => crate::floor::measure(connections, hold, heartbeat).await,
+        Workload::Idle(ref h) => idle(&env, h.connections, h.hold, h.heartbeat).await,
+        Workload::HeartbeatFloor(ref h) => {
+            crate::floor::measure(h.connections, h.hold, h.heartbeat).await
+        }
         Workload::FloorServer => Err("floor-server runs on its own".to_owned()),
         Workload::OneToOne {
             users,
