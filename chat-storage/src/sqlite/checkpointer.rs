@@ -13,14 +13,17 @@
 //! reader is still using a snapshot that includes WAL frames. Under steady load that moment
 //! never comes: commits arrive faster than the checkpoints, and the readers are always busy.
 //! Measured through chat-server at 2,000 messages/s, the WAL grew by 50 MB a second and was
-//! 1 GB after 20 s, every frame of it copied. So once the WAL's length passes its bound
-//! ([`SqliteOptions::max_wal_bytes`](super::SqliteOptions::max_wal_bytes), default 64 MiB),
-//! the checkpointer follows its passive checkpoint with a `RESTART` checkpoint: it copies
-//! the few frames committed since, waits (up to the busy timeout) until every reader has
-//! moved past the log, and holds new writes meanwhile. The next commit then writes from the
-//! start of the file, and the writer's `journal_size_limit` cuts the file back to the
-//! bound. The hold is short (the passive checkpoint just copied almost everything, and reads
-//! take milliseconds) and comes once per bound's worth of WAL.
+//! 1 GB after 20 s, every frame of it copied. So once a passive checkpoint finds the WAL
+//! longer than its bound ([`SqliteOptions::max_wal_bytes`](super::SqliteOptions::max_wal_bytes),
+//! default 64 MiB), the checkpointer asks the writer thread for a `RESTART` checkpoint, which
+//! the writer runs between two transactions (`writer::restart_wal`): it copies what the
+//! passive checkpoint left, waits (up to the busy timeout) until every reader has moved past
+//! the log, and holds new writes meanwhile. The next commit then writes from the start of the
+//! file, and the writer's `journal_size_limit` cuts the file back to the bound. The hold is
+//! short (the passive checkpoint has just copied nearly everything, and reads take
+//! milliseconds) and comes once per bound's worth of WAL. Run from this thread instead, the
+//! `RESTART` had to wait for a moment the writer was between transactions, seconds under
+//! heavy load, and then copied everything written meanwhile with writes held.
 //!
 //! The same checkpoint bounds the other way the WAL grows: a passive checkpoint cannot copy
 //! frames that a long read still needs.
@@ -46,7 +49,7 @@ pub(crate) fn run(conn: Connection, max_frames: i64, counters: Arc<Counters>, st
         match stop.recv_timeout(INTERVAL) {
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                let _ = checkpoint(&conn, "PASSIVE");
+                let _ = checkpoint(&conn);
                 return;
             }
         }
@@ -55,18 +58,10 @@ pub(crate) fn run(conn: Connection, max_frames: i64, counters: Arc<Counters>, st
             continue;
         }
         seen = commits;
-        match checkpoint(&conn, "PASSIVE") {
-            Ok(wal) if wal.frames > max_frames => match checkpoint(&conn, "RESTART") {
-                Ok(wal) if !wal.busy => {
-                    counters.wal_restarts.fetch_add(1, Ordering::Relaxed);
-                }
-                // A reader outlasted the busy timeout: tried again after the next commits.
-                Ok(_) => tracing::warn!(
-                    frames = wal.frames,
-                    "WAL past its bound and readers still on it; will try again"
-                ),
-                Err(err) => tracing::warn!(cause = %err, "restarting checkpoint failed"),
-            },
+        match checkpoint(&conn) {
+            Ok(frames) if frames > max_frames => {
+                counters.restart_wanted.store(true, Ordering::Relaxed);
+            }
             Ok(_) => {}
             Err(err) => tracing::warn!(cause = %err, "checkpoint failed"),
         }
@@ -75,22 +70,9 @@ pub(crate) fn run(conn: Connection, max_frames: i64, counters: Arc<Counters>, st
     }
 }
 
-/// What a checkpoint reports.
-struct Wal {
-    /// It could not finish: a reader or the writer was in the way.
-    busy: bool,
-    /// Frames in the WAL, copied or not.
-    frames: i64,
-}
-
-/// Runs one checkpoint of `mode`.
-fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<Wal> {
-    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-        Ok(Wal {
-            busy: r.get::<_, i64>(0)? != 0,
-            frames: r.get(1)?,
-        })
-    })
+/// Runs one passive checkpoint; returns the frames in the WAL, copied or not.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
 }
 
 /// `bytes` of WAL in frames of the database's page size.

@@ -17,7 +17,7 @@
 //! of the run that is committed. Nothing was acknowledged before the commit, so nothing
 //! acknowledged is lost.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use chat_core::{StoreError, StoreResult};
 use rusqlite::Connection;
@@ -97,6 +97,9 @@ pub(crate) struct Counters {
     pub(crate) checkpoints: AtomicU64,
     /// Checkpoints that restarted the WAL because it had passed its bound.
     pub(crate) wal_restarts: AtomicU64,
+    /// Set by the checkpointer when the WAL has passed its bound: the writer restarts it
+    /// after its current transaction.
+    pub(crate) restart_wanted: AtomicBool,
     /// Woken after every checkpoint (for tests waiting on one).
     pub(crate) checkpointed: tokio::sync::Notify,
     pub(crate) writes: AtomicU64,
@@ -126,6 +129,27 @@ pub(crate) fn run(
         }
         let committed = outcome.as_ref().map(|_| ()).map_err(String::as_str);
         batch.into_iter().for_each(|job| job.finish(committed));
+        if counters.restart_wanted.swap(false, Ordering::Relaxed) {
+            restart_wal(&conn, counters);
+        }
+    }
+}
+
+/// Brings the WAL back to its start once the checkpointer found it past its bound (see the
+/// checkpointer's module docs). Run here, between two transactions, because a `RESTART`
+/// checkpoint needs the write lock, which this thread holds almost all the time under
+/// load: from the checkpointer's thread it waited seconds for a gap, and copied all that
+/// had come in meanwhile while holding it. Here it gets the lock at once and copies only
+/// what the last passive checkpoint left; new writes wait that long, and for the readers
+/// still on the WAL to finish.
+fn restart_wal(conn: &Connection, counters: &Counters) {
+    match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
+        Ok(0) => {
+            counters.wal_restarts.fetch_add(1, Ordering::Relaxed);
+        }
+        // A reader outlasted the busy timeout: asked again after the next passive one.
+        Ok(_) => tracing::warn!("WAL past its bound and readers still on it; will try again"),
+        Err(err) => tracing::warn!(cause = %err, "restarting the WAL failed"),
     }
 }
 
