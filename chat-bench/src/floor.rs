@@ -7,24 +7,26 @@
 //! the task poll and the reads, with no WebSocket, protocol or presence work: the node
 //! cannot get below it without fewer wake-ups or fewer reads per heartbeat.
 
-use std::io::{BufRead, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chat_core::protocol::{ClientFrame, Heartbeat};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::process::{Child, Command};
 
 use crate::http::Result;
 use crate::proc;
 use crate::workloads::{bar, report};
 use crate::ws;
 
-/// Runs the floor server: listens on an ephemeral loopback port, prints it on stdout, and
-/// serves until its stdin closes (the parent ended or dropped the pipe).
-pub(crate) fn serve() -> std::process::ExitCode {
+/// Runs the floor server: listens on an ephemeral loopback port, prints it on stdout, prints
+/// `ready` once `connections` are accepted, and serves until its stdin closes (the parent
+/// ended or dropped the pipe).
+pub(crate) fn serve(connections: usize) -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -43,13 +45,18 @@ pub(crate) fn serve() -> std::process::ExitCode {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         println!("{}", listener.local_addr()?.port());
         std::io::stdout().flush()?;
-        loop {
+        for accepted in 1.. {
             let (mut stream, _) = listener.accept().await?;
+            if accepted == connections {
+                println!("ready");
+                std::io::stdout().flush()?;
+            }
             tokio::spawn(async move {
                 let mut buf = [0u8; 1024];
                 while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
             });
         }
+        Ok(())
     });
     match served {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -64,33 +71,42 @@ pub(crate) fn serve() -> std::process::ExitCode {
 /// every `heartbeat` for `hold`, and reports the server's CPU per heartbeat and its RSS per
 /// connection.
 pub(crate) async fn measure(connections: usize, hold: Duration, heartbeat: Duration) -> Result<()> {
+    if connections == 0 {
+        return Err("heartbeat-floor needs at least one connection".into());
+    }
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let mut child = Command::new(exe)
-        .arg("floor-server")
+        .args(["floor-server", "--connections", &connections.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("starting the floor server: {e}"))?;
     let result = drive(&mut child, connections, hold, heartbeat).await;
     // Closing its stdin ends it; the kill is for a child that did not get that far.
     drop(child.stdin.take());
-    let _ = child.kill();
-    let _ = child.wait();
+    let _ = child.start_kill();
+    let _ = child.wait().await;
     result
 }
 
 async fn drive(
-    child: &mut std::process::Child,
+    child: &mut Child,
     connections: usize,
     hold: Duration,
     heartbeat: Duration,
 ) -> Result<()> {
-    let pid = child.id();
-    let mut port = String::new();
+    let pid = child.id().ok_or("floor server: exited at once")?;
     let stdout = child.stdout.take().ok_or("floor server: no stdout")?;
-    std::io::BufReader::new(stdout)
-        .read_line(&mut port)
-        .map_err(|e| format!("floor server: {e}"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut next_line = async || {
+        lines
+            .next_line()
+            .await
+            .map_err(|e| format!("floor server: {e}"))?
+            .ok_or_else(|| "floor server: exited".to_owned())
+    };
+    let port = next_line().await?;
     let port: u16 = port
         .trim()
         .parse()
@@ -114,8 +130,10 @@ async fn drive(
         bar.inc(1);
     }
     bar.finish();
-    // Let the server's accept loop catch up before the baseline is taken.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The baseline is taken once the server has accepted every connection.
+    if next_line().await? != "ready" {
+        return Err("floor server: expected `ready`".into());
+    }
     let connected = proc::sample(pid).ok_or("floor server: gone")?;
 
     let start = Instant::now();

@@ -114,7 +114,11 @@ enum Workload {
     HeartbeatFloor(Holding),
     /// The server side of `heartbeat-floor` (started by it).
     #[command(hide = true)]
-    FloorServer,
+    FloorServer {
+        /// Connections to accept before saying `ready`.
+        #[arg(long)]
+        connections: usize,
+    },
     /// One device offline while messages arrive; then the time to drain them on connect.
     Drain {
         /// Messages queued for the offline device.
@@ -191,8 +195,8 @@ fn is_chat_server(comm: &str, exe: Option<&str>) -> bool {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    if matches!(args.workload, Workload::FloorServer) {
-        return floor::serve();
+    if let Workload::FloorServer { connections } = args.workload {
+        return floor::serve(connections);
     }
     if !args.server.ip().is_loopback() {
         eprintln!("chat-bench only drives servers on loopback addresses");

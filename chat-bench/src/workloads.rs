@@ -39,7 +39,7 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
         Workload::HeartbeatFloor(ref h) => {
             crate::floor::measure(h.connections, h.hold, h.heartbeat).await
         }
-        Workload::FloorServer => Err("floor-server runs on its own".to_owned()),
+        Workload::FloorServer { .. } => Err("floor-server runs on its own".to_owned()),
         Workload::OneToOne {
             users,
             rate,
