@@ -114,9 +114,9 @@ impl SqliteOptions {
     }
 
     /// Sets the size past which the write-ahead log is brought back to its start (default
-    /// 64 MiB, at least 64 KiB): the checkpointer then runs a checkpoint that briefly holds
-    /// new writes until every reader has moved past the log, and the file is cut back to
-    /// this size. Under constant load the log would otherwise grow without end (see the
+    /// 64 MiB, at least 64 KiB): the writer then runs a checkpoint between two transactions
+    /// that briefly holds new writes until every reader has moved past the log, and the file
+    /// is cut back to this size. Under constant load the log would otherwise grow without end (see the
     /// checkpointer's module docs). Smaller means more of those short holds.
     pub fn max_wal_bytes(mut self, bytes: u64) -> Self {
         self.max_wal_bytes = bytes.max(64 * 1024);
@@ -148,8 +148,9 @@ pub struct SqliteStats {
     pub reruns: u64,
     /// Checkpoints run by the checkpointer thread (off the writer).
     pub checkpoints: u64,
-    /// Of those, the ones that brought the write-ahead log back to its start because it
-    /// had passed [`SqliteOptions::max_wal_bytes`] (each holds new writes briefly).
+    /// Checkpoints run by the writer, between two transactions, that brought the
+    /// write-ahead log back to its start because it had passed
+    /// [`SqliteOptions::max_wal_bytes`] (each holds new writes briefly).
     pub wal_restarts: u64,
 }
 
