@@ -59,31 +59,15 @@ impl ConnSink {
 
     /// Resolves once the queue has overflowed: the connection is a slow consumer.
     pub(super) async fn overflowed(&self) {
-        loop {
-            // Registered before the flag is read, so a notification in between is not lost.
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.lagged.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
+        wait_for(&self.wake, || {
+            self.lagged.load(Ordering::Acquire).then_some(())
+        })
+        .await
     }
 
     /// The next event, waiting for one. Only the connection takes events off its queue.
     pub(super) async fn recv(&self) -> BusMessage {
-        loop {
-            // Registered before the queue is looked at, so an event queued in between wakes
-            // it.
-            let notified = self.ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(message) = self.try_recv() {
-                return message;
-            }
-            notified.await;
-        }
+        wait_for(&self.ready, || self.try_recv()).await
     }
 
     /// The next event if one is queued.
@@ -120,6 +104,20 @@ impl ConnSink {
         self.lagged.store(true, Ordering::Release);
         // Several futures may wait (the live loop and a blocked write); wake all.
         self.wake.notify_waiters();
+    }
+}
+
+/// Waits until `ready` gives a value, checking it again each time `notify` is woken.
+async fn wait_for<T>(notify: &Notify, mut ready: impl FnMut() -> Option<T>) -> T {
+    loop {
+        // Registered before `ready` looks, so a notification in between is not lost.
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(value) = ready() {
+            return value;
+        }
+        notified.await;
     }
 }
 
