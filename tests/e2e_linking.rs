@@ -180,7 +180,7 @@ async fn a_verified_contacts_new_identity_blocks_sending_until_accepted() {
         number,
         "the number stays the verified one until the change is accepted"
     );
-    alice.accept_identity(new_bob.user()).expect("accept");
+    alice.accept_identity(new_bob.user()).await.expect("accept");
     assert!(!alice.is_verified(new_bob.user()).expect("state"));
     assert_ne!(
         alice.safety_number(new_bob.user()).await.expect("number"),
@@ -231,7 +231,7 @@ async fn the_strict_policy_confirms_every_account_change() {
         alice_chat.send_text("still you?").await,
         Err(Error::IdentityNotAccepted(u)) if u == bob_user
     ));
-    alice.accept_identity(bob_user).expect("accept");
+    alice.accept_identity(bob_user).await.expect("accept");
     alice_chat.send_text("ok").await.expect("send");
 }
 

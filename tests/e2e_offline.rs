@@ -112,3 +112,84 @@ async fn offline_device_catches_up_in_order_once_across_a_restart() {
         .await;
     assert!(matches!(again, Err(chat::client::Error::Invalid(_))));
 }
+
+/// The same on a current-thread runtime (tokio's default for `#[tokio::main]` in many apps):
+/// both devices on durable stores, whose fsyncs the client runs on the blocking pool. A
+/// backlog, a send made while it is stored, and a restart that finds everything on disk.
+#[tokio::test(flavor = "current_thread")]
+async fn a_client_on_a_current_thread_runtime_stores_a_backlog_durably() {
+    const BACKLOG: usize = 200;
+    let server = TestServer::start(config("memory:")).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bob.db");
+    let alice = Client::builder(server.url())
+        .store(SqliteStore::open(dir.path().join("alice.db")).expect("store"))
+        .register(&Credentials::new("alice", PASSWORD))
+        .await
+        .expect("register alice");
+    let mut a = alice.events();
+    let bob = Client::builder(server.url())
+        .store(SqliteStore::open(&path).expect("store"))
+        .register(&Credentials::new("bob", PASSWORD))
+        .await
+        .expect("register bob");
+    let bob_user = bob.user();
+    bob.close().await;
+    drop(bob);
+
+    let chat = alice.open_direct(bob_user).await.expect("open");
+    let alice_chat = alice.conversation(chat);
+    for i in 0..BACKLOG {
+        alice_chat.send_text(&format!("m{i}")).await.expect("send");
+    }
+
+    let bob = Client::builder(server.url())
+        .store(SqliteStore::open(&path).expect("store"))
+        .open()
+        .await
+        .expect("open bob");
+    let mut events = bob.events();
+    let mut got = 0;
+    let mut replied = false;
+    while got < BACKLOG {
+        match tokio::time::timeout(WAIT, events.next())
+            .await
+            .expect("in time")
+        {
+            Some(Event::Message(m)) => {
+                assert_eq!(m.text(), Some(format!("m{got}").as_str()));
+                got += 1;
+                if !replied {
+                    // A send while the rest of the backlog is being stored.
+                    bob.conversation(chat).send_text("hi").await.expect("reply");
+                    replied = true;
+                }
+            }
+            Some(_) => {}
+            None => panic!("stream ended"),
+        }
+    }
+    loop {
+        match tokio::time::timeout(WAIT, a.next()).await.expect("in time") {
+            Some(Event::Message(m)) if m.text() == Some("hi") => break,
+            Some(_) => {}
+            None => panic!("stream ended"),
+        }
+    }
+    bob.close().await;
+    drop(bob);
+
+    let reopened = SqliteStore::open(&path).expect("reopen");
+    let bob = Client::builder(server.url())
+        .store(reopened)
+        .open()
+        .await
+        .expect("open bob again");
+    let stored = bob
+        .conversation(chat)
+        .history(None, 2 * BACKLOG)
+        .expect("history");
+    assert_eq!(stored.len(), BACKLOG + 1, "the backlog and the reply");
+    bob.close().await;
+    alice.close().await;
+}

@@ -1,9 +1,9 @@
 //! A device that comes back to a 10,000-message backlog (issue 19): how fast its client
 //! stores the backlog (decrypt, commit, acknowledge each message), and whether the client's
 //! runtime stalls meanwhile. The stall figure is the lateness of a 1 ms ticker on the client's
-//! runtime (2 workers, `BACKLOG_WORKERS` for another number): the longest time no worker
-//! could run it, an upper bound on the longest poll (stable tokio exposes no per-poll
-//! metrics). The node runs on a runtime of its own.
+//! runtime (2 workers, `BACKLOG_WORKERS` for another number, 0 for a current-thread runtime):
+//! the longest time no worker could run it, an upper bound on the longest poll (stable tokio
+//! exposes no per-poll metrics). The node runs on a runtime of its own.
 //!
 //! `cargo bench -p chat-client --bench backlog` (`BACKLOG_MESSAGES`, default 10,000;
 //! `BACKLOG_ENCRYPTED=1` for an encrypted store; `BACKLOG_CONCURRENCY`, default 200, sends
@@ -64,11 +64,17 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = match workers {
+        0 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    }
+    .enable_all()
+    .build()
+    .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bob.db");
     let open = |path: &std::path::Path| {

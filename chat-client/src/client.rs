@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::event::{Event, Events, Message};
 use crate::http::Http;
 use crate::nodes::{IntoNodes, Nodes};
-use crate::store::{ClientStore, ConversationRecord, DeviceRecord, Write};
+use crate::store::{ClientStore, ConversationRecord, DeviceRecord, Store, Write};
 
 /// One-time prekeys uploaded at a time, and the pool size below which the client refills.
 const PREKEY_BATCH: usize = 100;
@@ -82,7 +82,7 @@ pub(crate) struct Inner {
     /// The cluster's nodes and the one in use, shared with `http`.
     pub(crate) nodes: Nodes,
     pub(crate) token: String,
-    pub(crate) store: Arc<dyn ClientStore>,
+    pub(crate) store: Store,
     pub(crate) crypto: Crypto,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) commands: mpsc::UnboundedSender<Command>,
@@ -217,6 +217,7 @@ impl Client {
     ) -> Result<Self> {
         let nodes = server.into_nodes()?;
         refuse_used(&store)?;
+        let store = Store::new(Arc::new(store));
         nodes.refresh().await;
         let http = Http::new(nodes.clone(), None);
         let login: LoginResponse = http.call(Method::POST, "/v1/login", Some(&body)).await?;
@@ -229,15 +230,17 @@ impl Client {
         let keys = e2e::device_keys(&account)?;
         // Saved before anything is published: a key the server hands out must have its
         // secret on this device.
-        store.commit(vec![
-            Write::Device(DeviceRecord {
-                server: nodes.current().as_url(),
-                address: me,
-                token: login.token.clone(),
-            }),
-            Write::Account(account.pickle()),
-            Write::SignedPrekeyMadeAt(now()),
-        ])?;
+        store
+            .commit(vec![
+                Write::Device(DeviceRecord {
+                    server: nodes.current().as_url(),
+                    address: me,
+                    token: login.token.clone(),
+                }),
+                Write::Account(account.pickle()),
+                Write::SignedPrekeyMadeAt(now()),
+            ])
+            .await?;
         let http = http.with_token(login.token.clone());
         http.send(Method::PUT, "/v1/keys", Some(&keys)).await?;
         http.send(
@@ -246,7 +249,6 @@ impl Client {
             Some(&json!({"keys": e2e::one_time_keys(&otks)})),
         )
         .await?;
-        let store: Arc<dyn ClientStore> = Arc::new(store);
         let crypto = Crypto::new(me, store.clone(), account);
         // The same connections serve the client from now on.
         let client = Self::start(nodes, http, me, login.token, store, crypto);
@@ -259,7 +261,7 @@ impl Client {
     pub(crate) async fn open(server: impl IntoNodes, store: impl ClientStore) -> Result<Self> {
         let nodes = server.into_nodes()?;
         let record = store.device()?.ok_or(Error::NotLoggedIn)?;
-        let store: Arc<dyn ClientStore> = Arc::new(store);
+        let store = Store::new(Arc::new(store));
         let crypto = Crypto::load(record.address, store.clone())?;
         let http = Http::new(nodes.clone(), Some(record.token.clone()));
         Ok(Self::start(
@@ -277,7 +279,7 @@ impl Client {
         http: Http,
         me: DeviceAddress,
         token: String,
-        store: Arc<dyn ClientStore>,
+        store: Store,
         crypto: Crypto,
     ) -> Self {
         let (events, first) = broadcast::channel(EVENT_BUFFER);
@@ -366,7 +368,7 @@ impl Client {
                 Some(&json!({"user_id": user})),
             )
             .await?;
-        self.remember(&c)?;
+        self.remember(&c).await?;
         Ok(c.id)
     }
 
@@ -402,7 +404,7 @@ impl Client {
             if !known.contains(&c.id) {
                 self.inner.learn_read_position(c.id).await?;
             }
-            self.remember(c)?;
+            self.remember(c).await?;
         }
         Ok(list.into_iter().map(|c| c.id).collect())
     }
@@ -429,13 +431,14 @@ impl Client {
         Ok(self.inner.store.outbox()?.len())
     }
 
-    pub(crate) fn remember(&self, c: &Conversation) -> Result<()> {
+    pub(crate) async fn remember(&self, c: &Conversation) -> Result<()> {
         self.inner
             .store
             .commit(vec![Write::Conversation(ConversationRecord {
                 id: c.id,
                 kind: c.kind,
             })])
+            .await
     }
 
     /// Raises this user's delivered or read position in a conversation.
@@ -583,12 +586,12 @@ fn refuse_used(store: &impl ClientStore) -> Result<()> {
 }
 
 impl Inner {
-    pub(crate) fn forget_devices(&self, conversation: ConversationId) {
+    pub(crate) async fn forget_devices(&self, conversation: ConversationId) {
         let forget = Write::ConversationDevices {
             conversation,
             devices: None,
         };
-        if let Err(e) = self.store.commit(vec![forget]) {
+        if let Err(e) = self.store.commit(vec![forget]).await {
             tracing::warn!(cause = %e, "could not drop a device list");
         }
     }
@@ -606,7 +609,8 @@ impl Inner {
             .commit(vec![Write::Conversation(ConversationRecord {
                 id: c.id,
                 kind: c.kind,
-            })])?;
+            })])
+            .await?;
         Ok(c.kind)
     }
 
@@ -663,10 +667,12 @@ impl Inner {
             .into_iter()
             .find(|p| p.user == self.me.user && p.kind == ReceiptKind::Read);
         if let Some(p) = mine {
-            self.store.commit(vec![Write::ReadPosition {
-                conversation,
-                up_to: p.up_to,
-            }])?;
+            self.store
+                .commit(vec![Write::ReadPosition {
+                    conversation,
+                    up_to: p.up_to,
+                }])
+                .await?;
         }
         Ok(())
     }
@@ -694,14 +700,14 @@ impl Inner {
         if made
             .is_none_or(|t| now.as_millis().saturating_sub(t.as_millis()) >= SIGNED_PREKEY_AGE_MS)
         {
-            let keys = self.crypto.rotate_signed_prekey(now)?;
+            let keys = self.crypto.rotate_signed_prekey(now).await?;
             self.http.send(Method::PUT, "/v1/keys", Some(&keys)).await?;
         }
         let c: Count = self.http.get("/v1/keys/count").await?;
         if c.count >= PREKEY_LOW {
             return Ok(());
         }
-        let keys = self.crypto.new_one_time_keys(PREKEY_BATCH)?;
+        let keys = self.crypto.new_one_time_keys(PREKEY_BATCH).await?;
         self.http
             .send(
                 Method::POST,

@@ -165,10 +165,14 @@ impl Client {
     /// Marks a conversation read up to and including `up_to`: raises the read position here
     /// (never lowers it) and sends it to the server, which keeps the highest and passes it to
     /// this user's other devices (their unread counts follow) and to the other members.
+    ///
+    /// The position is staged, not fsynced (an app calls this as the user scrolls): it is
+    /// durable with the next acknowledgement or send. A power cut before then can lose it
+    /// here; the server still has it.
     pub(crate) fn mark_read(&self, conversation: ConversationId, up_to: MessageId) -> Result<()> {
         self.inner
             .store
-            .commit(vec![crate::store::Write::ReadPosition {
+            .stage(vec![crate::store::Write::ReadPosition {
                 conversation,
                 up_to,
             }])?;

@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chat_core::protocol::{
     Ack, Auth, ClientFrame, Deliver, ErrorFrame, Heartbeat, PROTOCOL_VERSION, SUBPROTOCOL,
@@ -52,6 +52,8 @@ const BASE_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Ack on this timer, and sooner after `bookkeeping::ACK_EVERY` entries.
 const ACK_INTERVAL: Duration = Duration::from_millis(250);
+/// How long the driver runs through ready frames before it lets the runtime's other tasks in.
+const MAX_RUN: Duration = Duration::from_micros(500);
 /// How long the server's answer to a normal close may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long the key upkeep after the first backlog may take.
@@ -221,7 +223,7 @@ impl Conn {
         };
         // An entry read above may have been staged a moment ago (`ClientStore::stage`) and
         // not be on disk yet; nothing leaves the device before it is.
-        if let Err(e) = self.inner.store.sync() {
+        if let Err(e) = self.inner.store.sync().await {
             return lost(e, false);
         }
         for entry in outbox {
@@ -249,7 +251,10 @@ impl Conn {
         }
         let period = Duration::from_millis(u64::from(heartbeat_ms.max(100)));
         let mut heartbeat = tokio::time::interval(period);
-        let mut ack = tokio::time::interval(ACK_INTERVAL);
+        // Not at once, as `interval` would: there is nothing to acknowledge yet.
+        let mut ack =
+            tokio::time::interval_at(tokio::time::Instant::now() + ACK_INTERVAL, ACK_INTERVAL);
+        let mut ran_since = Instant::now();
         loop {
             let typing_expiry = self.inner.typing_wait();
             let step = tokio::select! {
@@ -282,9 +287,15 @@ impl Conn {
                 return end;
             }
             // Frames already buffered by the WebSocket never make the task yield on their
-            // own; this keeps a long backlog from hogging a worker thread (and lets a
-            // dropped client stop promptly).
-            tokio::task::consume_budget().await;
+            // own, and tokio's budget (128 steps) would let a backlog hold the thread for
+            // 128 decrypt-and-stores: yield once the task has run `MAX_RUN`, so the app's
+            // other tasks wait at most that and one frame's work (and a dropped client stops
+            // promptly). Not after every step: on a multi-threaded runtime that costs a
+            // quarter of the backlog's storing rate.
+            if ran_since.elapsed() >= MAX_RUN {
+                tokio::task::yield_now().await;
+                ran_since = Instant::now();
+            }
         }
     }
 
@@ -403,7 +414,7 @@ impl Conn {
     async fn close(&mut self, ws: &mut Ws) -> End {
         let _ = self.ack(ws).await;
         // Sends the server stored since the last ack (`sent`) are staged too.
-        if let Err(e) = self.inner.store.sync() {
+        if let Err(e) = self.inner.store.sync().await {
             tracing::warn!(cause = %e, "could not sync the store on close");
         }
         let frame = CloseFrame {
@@ -423,7 +434,11 @@ impl Conn {
         };
         // Deliveries are staged (`Crypto::open`): one fsync makes all since the last ack
         // durable before the server may drop them.
-        self.inner.store.sync().map_err(|e| lost(e, self.synced))?;
+        self.inner
+            .store
+            .sync()
+            .await
+            .map_err(|e| lost(e, self.synced))?;
         self.send(ws, &Ack { up_to }.into()).await
     }
 
@@ -455,7 +470,7 @@ impl Conn {
             }
             ServerFrame::ResyncRequired(r) => {
                 tracing::warn!(reason = ?r.reason, head = r.head.get(), "server cannot serve from our cursor");
-                // Where each conversation stood, kept with the new cursor in one commit: the
+                // Where each conversation stood, kept with the new cursor in one batch: the
                 // recovery after the backlog reads history after these points, even if the
                 // app stops before it runs.
                 {
@@ -469,10 +484,16 @@ impl Conn {
                     let points = self.recovery_points().map_err(|e| lost(e, self.synced))?;
                     self.inner
                         .store
-                        .commit(vec![Write::Cursor(r.head), Write::Recovery(Some(points))])
+                        .stage(vec![Write::Cursor(r.head), Write::Recovery(Some(points))])
                         .map_err(|e| lost(e, self.synced))?;
                     self.inner.resyncs.fetch_add(1, Ordering::AcqRel);
                 }
+                // Synced outside the lock: none is held across an fsync.
+                self.inner
+                    .store
+                    .sync()
+                    .await
+                    .map_err(|e| lost(e, self.synced))?;
                 self.cursor = SyncCursor::new(r.head);
                 self.acks.restart(r.head);
                 self.inner.emit(Event::ResyncRequired { reason: r.reason });
@@ -502,6 +523,7 @@ impl Conn {
                     self.inner
                         .store
                         .commit(vec![raise])
+                        .await
                         .map_err(|e| lost(e, self.synced))?;
                 }
                 self.inner.emit(Event::Receipt {
@@ -640,7 +662,7 @@ impl Conn {
                     // member who left no longer holds the sender key it uses (rotation),
                     // and the group's signed changes are fetched and verified now, so the
                     // app hears of them (`Event::GroupChanged`) with the announcement.
-                    self.inner.forget_devices(m.conversation);
+                    self.inner.forget_devices(m.conversation).await;
                     if let Err(e) = self.inner.sync_group(m.conversation).await {
                         tracing::warn!(cause = %e, conversation = %m.conversation, "could not fetch a group's changes");
                     }
@@ -772,7 +794,9 @@ impl Conn {
     }
 }
 
-/// Drops an entry the server refused for good and tells the waiter and the app.
+/// Drops an entry the server refused for good and tells the waiter and the app. The removal
+/// is staged (durable with the next sync): if a power cut loses it, the entry goes again and
+/// is refused again.
 fn fail(
     inner: &Inner,
     key: ClientKey,
@@ -780,7 +804,7 @@ fn fail(
     code: ErrorCode,
     err: Error,
 ) {
-    if let Err(e) = inner.store.commit(vec![Write::OutboxRemove(key)]) {
+    if let Err(e) = inner.store.stage(vec![Write::OutboxRemove(key)]) {
         tracing::warn!(cause = %e, "could not drop a refused send");
     }
     inner.finish(key, Err(err));

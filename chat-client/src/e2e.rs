@@ -15,7 +15,6 @@
 //!   over in a conversation must be for that conversation's group.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -30,7 +29,7 @@ use chat_crypto::{
 
 use crate::error::{Error, Result};
 use crate::event::Message;
-use crate::store::{ClientStore, OutboxEntry, Secret, StoredMessage, Write, blocking};
+use crate::store::{OutboxEntry, Secret, Store, StoredMessage, Write, blocking};
 use crate::thread::{self, Derived};
 
 /// What one delivery produced, once committed.
@@ -50,7 +49,7 @@ pub(crate) enum Opened {
 /// The device's crypto state: the account in memory, everything else in the store.
 pub(crate) struct Crypto {
     me: DeviceAddress,
-    store: Arc<dyn ClientStore>,
+    store: Store,
     /// A fair mutex (parking_lot's), held only around synchronous crypto and staging one
     /// batch (no fsync).
     account: Mutex<Account>,
@@ -184,7 +183,7 @@ pub(crate) fn one_time_keys(keys: &[OneTimePrekey]) -> Vec<chat_core::OneTimePre
 }
 
 impl Crypto {
-    pub(crate) fn new(me: DeviceAddress, store: Arc<dyn ClientStore>, account: Account) -> Self {
+    pub(crate) fn new(me: DeviceAddress, store: Store, account: Account) -> Self {
         Self {
             me,
             store,
@@ -194,7 +193,7 @@ impl Crypto {
     }
 
     /// Loads the account from the store.
-    pub(crate) fn load(me: DeviceAddress, store: Arc<dyn ClientStore>) -> Result<Self> {
+    pub(crate) fn load(me: DeviceAddress, store: Store) -> Result<Self> {
         let pickle = store.account()?.ok_or(Error::NotLoggedIn)?;
         let account = Account::from_pickle(&pickle)?;
         Ok(Self::new(me, store, account))
@@ -203,9 +202,9 @@ impl Crypto {
     /// Runs `f` under the lock, then waits outside it until what `f` staged is durable:
     /// the next load-change-stage goes on during this one's fsync (one fsync covers both),
     /// and nothing `f` made leaves the device before it is on disk.
-    fn durably<T>(&self, f: impl FnOnce(&mut Account) -> Result<T>) -> Result<T> {
+    async fn durably<T>(&self, f: impl FnOnce(&mut Account) -> Result<T>) -> Result<T> {
         let out = self.staged(f);
-        self.store.sync()?;
+        self.store.sync().await?;
         out
     }
 
@@ -231,17 +230,21 @@ impl Crypto {
 
     /// Adds `count` one-time prekeys to the account and saves it; returns what to upload.
     /// Saved first: an uploaded key whose secret a crash lost would make first messages fail.
-    pub(crate) fn new_one_time_keys(&self, count: usize) -> Result<Vec<OneTimePrekey>> {
+    pub(crate) async fn new_one_time_keys(&self, count: usize) -> Result<Vec<OneTimePrekey>> {
         self.durably(|account| {
             let keys = account.generate_one_time_prekeys(&mut rand::rng(), count);
             self.store.stage(vec![Write::Account(account.pickle())])?;
             Ok(keys)
         })
+        .await
     }
 
     /// Makes a new signed prekey and saves the account with the time; returns the keys to
     /// publish. The previous ones stay usable for first messages still in flight.
-    pub(crate) fn rotate_signed_prekey(&self, now: Timestamp) -> Result<chat_core::DeviceKeys> {
+    pub(crate) async fn rotate_signed_prekey(
+        &self,
+        now: Timestamp,
+    ) -> Result<chat_core::DeviceKeys> {
         self.durably(|account| {
             account.rotate_signed_prekey(&mut rand::rng());
             self.store.stage(vec![
@@ -250,6 +253,7 @@ impl Crypto {
             ])?;
             device_keys(account)
         })
+        .await
     }
 
     /// This device's identity.
@@ -263,7 +267,10 @@ impl Crypto {
     }
 
     /// Keeps (or, with `None`, forgets) the user's account identity, saved with the account.
-    pub(crate) fn set_account_identity(&self, identity: Option<AccountIdentity>) -> Result<()> {
+    pub(crate) async fn set_account_identity(
+        &self,
+        identity: Option<AccountIdentity>,
+    ) -> Result<()> {
         self.durably(|account| {
             match identity {
                 Some(identity) => account.set_account_identity(identity),
@@ -271,6 +278,7 @@ impl Crypto {
             }
             self.store.stage(vec![Write::Account(account.pickle())])
         })
+        .await
     }
 
     /// Runs `f` with the account identity this device holds ([`Error::NotLinked`] without).
@@ -325,7 +333,7 @@ impl Crypto {
     /// with the identity they are trusted with (replacing sessions with another identity).
     /// Returns the devices whose bundle carries another identity than the trusted one: the
     /// server swapped it; nothing is started with them.
-    pub(crate) fn add_bundles(
+    pub(crate) async fn add_bundles(
         &self,
         bundles: &[chat_core::PrekeyBundle],
         wanted: &BTreeMap<DeviceAddress, IdentityPublic>,
@@ -361,11 +369,12 @@ impl Crypto {
             self.store.stage(writes)?;
             Ok(refused)
         })
+        .await
     }
 
     /// Encrypts a one-to-one message for `devices` and commits it to the outbox with the
     /// advanced sessions; `unreadable` devices get an empty header.
-    pub(crate) fn encrypt_direct(
+    pub(crate) async fn encrypt_direct(
         &self,
         client_key: ClientKey,
         conversation: ConversationId,
@@ -403,12 +412,13 @@ impl Crypto {
             self.store.stage(writes)?;
             Ok(entry)
         })
+        .await
     }
 
     /// Encrypts a group message with this device's sender key, handing the key to devices
     /// that lack it and rotating it first if a device that holds it is no longer a recipient;
     /// `unreadable` devices get an empty header (and never the key).
-    pub(crate) fn encrypt_group(
+    pub(crate) async fn encrypt_group(
         &self,
         client_key: ClientKey,
         conversation: ConversationId,
@@ -471,6 +481,7 @@ impl Crypto {
             self.store.stage(writes)?;
             Ok(entry)
         })
+        .await
     }
 
     /// Wraps `key`'s distribution for each of `devices` that has a session; returns them.
@@ -503,7 +514,7 @@ impl Crypto {
     /// not trusted), none for `extra` ones. A group message with `extra` devices is
     /// encrypted again, under a new sender key if any of them held the current one (a device
     /// that left must not read it). Commits the entry, the sessions and the key.
-    pub(crate) fn repair(
+    pub(crate) async fn repair(
         &self,
         client_key: ClientKey,
         missing: &[DeviceAddress],
@@ -589,6 +600,7 @@ impl Crypto {
             writes.push(Write::OutboxPut(entry));
             self.store.stage(writes)
         })
+        .await
     }
 
     /// Encrypts a queued group message again for `recipients`, under the current sender key
@@ -739,7 +751,7 @@ impl Crypto {
     /// Decrypts a message read from history (no per-device header: only group messages under
     /// a sender key this device holds can be opened) and stores it. `Ok(None)`: it was stored
     /// already.
-    pub(crate) fn open_history(
+    pub(crate) async fn open_history(
         &self,
         envelope: StoredMessage,
         body: &[u8],
@@ -779,6 +791,7 @@ impl Crypto {
             self.store.stage(writes)?;
             Ok(Some((message, derived)))
         })
+        .await
     }
 
     fn decrypt(

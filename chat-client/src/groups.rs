@@ -134,7 +134,7 @@ impl Client {
             .http
             .call(Method::POST, "/v1/conversations/groups", Some(&body))
             .await?;
-        self.remember(&c)?;
+        self.remember(&c).await?;
         // The signed creation names the members as the server ordered them (by user ID,
         // once each, without the creator), so that both reach the same state.
         let mut others: Vec<UserId> = members
@@ -174,7 +174,7 @@ impl Client {
             return Ok(());
         }
         self.inner.change_group(group, GroupOp::Add(new)).await?;
-        self.inner.forget_devices(group);
+        self.inner.forget_devices(group).await;
         self.announce(group, GroupAction::Added, members, None)
             .await?;
         Ok(())
@@ -190,7 +190,7 @@ impl Client {
         self.inner
             .change_group(group, GroupOp::Remove(user))
             .await?;
-        self.inner.forget_devices(group);
+        self.inner.forget_devices(group).await;
         self.announce(group, GroupAction::Removed, &[user], None)
             .await?;
         Ok(())
@@ -237,7 +237,7 @@ impl Client {
         self.announce(group, GroupAction::Left, &[self.user()], None)
             .await?;
         self.inner.change_group(group, GroupOp::Leave).await?;
-        self.inner.forget_devices(group);
+        self.inner.forget_devices(group).await;
         Ok(())
     }
 
@@ -352,10 +352,12 @@ impl Inner {
         let stored = self.stored_group(group)?;
         // Unless a fetch in the meantime went past it.
         if stored.as_ref().map(VerifiedGroup::hash) == current.as_ref().map(VerifiedGroup::hash) {
-            self.store.commit(vec![Write::VerifiedGroup {
-                conversation: group,
-                pickle: next.pickle(),
-            }])?;
+            self.store
+                .commit(vec![Write::VerifiedGroup {
+                    conversation: group,
+                    pickle: next.pickle(),
+                }])
+                .await?;
             self.emit(Event::GroupChanged {
                 conversation: group,
                 actor: self.me.user,
@@ -396,10 +398,12 @@ impl Inner {
         if state != stored
             && let Some(verified) = &state
         {
-            self.store.commit(vec![Write::VerifiedGroup {
-                conversation: group,
-                pickle: verified.pickle(),
-            }])?;
+            self.store
+                .commit(vec![Write::VerifiedGroup {
+                    conversation: group,
+                    pickle: verified.pickle(),
+                }])
+                .await?;
         }
         for event in events {
             self.emit(event);

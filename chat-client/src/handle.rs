@@ -319,6 +319,8 @@ impl Conversation {
     /// Marks the conversation read up to and including `up_to`: raises the read position
     /// here (never lowers it) and sends it to the server, which keeps the highest and passes
     /// it to this user's other devices (their unread counts follow) and to the other members.
+    /// It does not wait for the disk: the position is durable with the next acknowledgement
+    /// or send (a power cut before then can lose it on this device, not on the server).
     pub fn mark_read(&self, up_to: MessageId) -> Result<()> {
         self.client.mark_read(self.id, up_to)
     }

@@ -136,10 +136,12 @@ impl Inner {
             .get(&format!("/v1/conversations/{conversation}/devices"))
             .await?;
         let list: Vec<_> = v.devices.into_iter().filter(|d| *d != self.me).collect();
-        self.store.commit(vec![Write::ConversationDevices {
-            conversation,
-            devices: Some(list.clone()),
-        }])?;
+        self.store
+            .commit(vec![Write::ConversationDevices {
+                conversation,
+                devices: Some(list.clone()),
+            }])
+            .await?;
         Ok(list)
     }
 
@@ -176,7 +178,7 @@ impl Inner {
                     Err(e) => return Err(e),
                 }
             }
-            for device in self.crypto.add_bundles(&bundles, &wanted)? {
+            for device in self.crypto.add_bundles(&bundles, &wanted).await? {
                 self.refuse(device);
             }
         }
@@ -225,23 +227,15 @@ impl Inner {
                     .map(|(d, i)| (*d, *i))
                     .collect();
                 self.ensure_sessions(&need).await?;
-                self.crypto.encrypt_group(
-                    client_key,
-                    conversation,
-                    &devices,
-                    &unreadable,
-                    plaintext,
-                )
+                self.crypto
+                    .encrypt_group(client_key, conversation, &devices, &unreadable, plaintext)
+                    .await
             }
             ConversationKind::Direct => {
                 self.ensure_sessions(&trusted).await?;
-                self.crypto.encrypt_direct(
-                    client_key,
-                    conversation,
-                    &devices,
-                    &unreadable,
-                    plaintext,
-                )
+                self.crypto
+                    .encrypt_direct(client_key, conversation, &devices, &unreadable, plaintext)
+                    .await
             }
         }
     }
@@ -283,14 +277,17 @@ impl Inner {
                     .copied()
                     .collect::<Vec<_>>(),
             );
-            self.store.commit(vec![Write::ConversationDevices {
-                conversation: entry.conversation,
-                devices: Some(list),
-            }])?;
+            self.store
+                .commit(vec![Write::ConversationDevices {
+                    conversation: entry.conversation,
+                    devices: Some(list),
+                }])
+                .await?;
         }
         self.ensure_sessions(&trusted).await?;
         self.crypto
             .repair(entry.client_key, &missing, &unreadable, &extra)
+            .await
     }
 
     /// Reports the end of a send to its waiter, if one is still waiting.

@@ -76,7 +76,8 @@ async fn once(inner: &Inner, seen: u64) -> Result<bool> {
                 .commit(vec![Write::Conversation(ConversationRecord {
                     id: c.id,
                     kind: c.kind,
-                })])?;
+                })])
+                .await?;
             inner.emit(Event::NewConversation {
                 id: c.id,
                 kind: c.kind,
@@ -119,10 +120,14 @@ async fn once(inner: &Inner, seen: u64) -> Result<bool> {
             .map_err(|_| Error::poisoned("recovery lock"))?;
         let done = inner.resyncs.load(Ordering::Acquire) == seen;
         if done {
-            inner.store.commit(vec![Write::Recovery(None)])?;
+            // Staged under the lock, synced after it: no lock is held across an fsync.
+            inner.store.stage(vec![Write::Recovery(None)])?;
         }
         done
     };
+    if done {
+        inner.store.sync().await?;
+    }
     inner.emit(Event::Recovered {
         recovered,
         missed: still_missed,
@@ -158,7 +163,7 @@ async fn conversation(
             if inner.closed.load(Ordering::Acquire) {
                 return Ok(());
             }
-            open(inner, c, m, recovered, missed)?;
+            open(inner, c, m, recovered, missed).await?;
         }
         if !full && !first_page {
             break;
@@ -207,7 +212,7 @@ fn next(id: MessageId) -> MessageId {
 }
 
 /// Opens one message read from history, unless it is stored here already.
-fn open(
+async fn open(
     inner: &Inner,
     conversation: ConversationId,
     m: HistoryMessage,
@@ -231,7 +236,7 @@ fn open(
         sent_at: m.sent_at,
         plaintext: Vec::new(),
     };
-    match inner.crypto.open_history(envelope, &body) {
+    match inner.crypto.open_history(envelope, &body).await {
         Ok(Some((message, derived))) => {
             *recovered += 1;
             inner.report(conversation, m.id, Some(message), derived);

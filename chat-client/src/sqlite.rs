@@ -79,10 +79,11 @@ CREATE INDEX IF NOT EXISTS messages_by_target ON messages (conversation, target,
 
 /// A [`ClientStore`] in one SQLite file, encrypted or not.
 ///
-/// Two connections: commits go through one (on a multi-threaded tokio runtime inside
-/// `block_in_place`, so the worker's other tasks move to another thread while SQLite
-/// fsyncs), reads through the other, which WAL lets read the last commit while the next one
-/// is being written: a read never waits for a commit's fsync.
+/// Two connections: writes go through one (on a multi-threaded tokio runtime inside
+/// `block_in_place`, so the worker's other tasks move to another thread while SQLite works;
+/// the client runs [`sync`](ClientStore::sync) on tokio's blocking pool), reads through the
+/// other, which WAL lets read the last commit while the next one is being written: a read
+/// never waits for a commit's fsync.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     reader: Mutex<Connection>,

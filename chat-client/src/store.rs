@@ -11,8 +11,10 @@
 //! crash can neither skip a message nor store it twice; an outgoing message and the ratchet
 //! state that produced it are one batch too, so a retry never re-encrypts.
 //!
-//! Calls are synchronous (an embedded database); the client makes them inside
-//! `block_in_place` on a multi-threaded runtime and never holds a lock across an `.await`.
+//! Calls are synchronous (an embedded database). The client reaches its store through
+//! [`Store`], which runs every fsync ([`ClientStore::sync`]) on tokio's blocking pool; it
+//! stages batches inside `block_in_place` on a multi-threaded runtime, and never holds a lock
+//! across an `.await`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -374,6 +376,50 @@ pub use memory::MemoryStore;
 
 #[cfg(test)]
 pub(crate) mod conformance;
+
+/// The client's handle on its store: the store's calls (through `Deref`), except the two
+/// that wait for the disk. [`sync`](Self::sync) and [`commit`](Self::commit) are async and
+/// run the fsync on tokio's blocking pool, so it never holds a runtime thread, on a
+/// current-thread runtime as on a multi-threaded one. What stays on the caller's task is
+/// short: point reads, and staging a batch (written to the WAL, no fsync).
+#[derive(Clone)]
+pub(crate) struct Store(std::sync::Arc<dyn ClientStore>);
+
+impl Store {
+    pub(crate) fn new(store: std::sync::Arc<dyn ClientStore>) -> Self {
+        Self(store)
+    }
+
+    /// Makes every batch staged before the call durable ([`ClientStore::sync`]), off the
+    /// runtime. Dropping the future does not stop the fsync; it only stops waiting for it.
+    pub(crate) async fn sync(&self) -> Result<()> {
+        let store = std::sync::Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || store.sync())
+            .await
+            .map_err(|_| Error::poisoned("store sync"))?
+    }
+
+    /// Applies `writes` atomically, durable when it returns: staged, then synced off the
+    /// runtime (one fsync may cover batches staged meanwhile by other tasks).
+    pub(crate) async fn commit(&self, writes: Vec<Write>) -> Result<()> {
+        self.0.stage(writes)?;
+        self.sync().await
+    }
+}
+
+impl AsRef<dyn ClientStore> for Store {
+    fn as_ref(&self) -> &(dyn ClientStore + 'static) {
+        &*self.0
+    }
+}
+
+impl std::ops::Deref for Store {
+    type Target = dyn ClientStore;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
 
 /// Runs a call that blocks (a store's I/O, or waiting for the crypto lock and the work under
 /// it): on a multi-threaded tokio runtime inside `block_in_place`, so the worker's other tasks

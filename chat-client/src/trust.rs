@@ -154,12 +154,12 @@ impl Inner {
         Ok(record)
     }
 
-    fn save_trust(&self, user: UserId, record: &TrustRecord) -> Result<()> {
-        self.commit_trust(user, record, Vec::new())
+    async fn save_trust(&self, user: UserId, record: &TrustRecord) -> Result<()> {
+        self.commit_trust(user, record, Vec::new()).await
     }
 
     /// Commits `record` with `writes`, then keeps it in memory.
-    fn commit_trust(
+    async fn commit_trust(
         &self,
         user: UserId,
         record: &TrustRecord,
@@ -173,7 +173,7 @@ impl Inner {
         if let Ok(mut cache) = self.trusted.lock() {
             cache.remove(&user);
         }
-        self.store.commit(writes)?;
+        self.store.commit(writes).await?;
         if let Ok(mut cache) = self.trusted.lock() {
             cache.insert(user, record.clone());
         }
@@ -217,7 +217,7 @@ impl Inner {
         };
         let Some(mut record) = stored else {
             let record = TrustRecord::first(fetched);
-            self.save_trust(user, &record)?;
+            self.save_trust(user, &record).await?;
             return Ok(record);
         };
         match fetched.update_from(&record.list) {
@@ -234,7 +234,8 @@ impl Inner {
                     return Ok(record);
                 }
                 record.list = fetched;
-                self.commit_trust(user, &record, self.forget_sessions(user, &changed))?;
+                self.commit_trust(user, &record, self.forget_sessions(user, &changed))
+                    .await?;
                 self.emit(Event::DevicesChanged {
                     user,
                     added,
@@ -250,9 +251,9 @@ impl Inner {
                 let verified = record.verified;
                 if blocked {
                     record.pending = Some(fetched);
-                    self.save_trust(user, &record)?;
+                    self.save_trust(user, &record).await?;
                 } else {
-                    record = self.accept(user, record.list.clone(), fetched)?;
+                    record = self.accept(user, record.list.clone(), fetched).await?;
                 }
                 self.emit(Event::AccountChanged {
                     user,
@@ -266,7 +267,7 @@ impl Inner {
 
     /// Replaces `old` (the list under the previous account key) by `new`, unverified: the
     /// sessions with the old devices go (their identities are not the new account's).
-    fn accept(
+    async fn accept(
         &self,
         user: UserId,
         old: SignedDeviceList,
@@ -274,7 +275,8 @@ impl Inner {
     ) -> Result<TrustRecord> {
         let gone: Vec<DeviceId> = old.devices().iter().map(|(d, _)| *d).collect();
         let record = TrustRecord::first(new);
-        self.commit_trust(user, &record, self.forget_sessions(user, &gone))?;
+        self.commit_trust(user, &record, self.forget_sessions(user, &gone))
+            .await?;
         Ok(record)
     }
 
@@ -401,20 +403,20 @@ impl Inner {
     async fn establish_account(&self) -> Result<()> {
         let me = self.me;
         if let Some(list) = self.fetch_list(me.user).await? {
-            return self.save_trust(me.user, &TrustRecord::first(list));
+            return self.save_trust(me.user, &TrustRecord::first(list)).await;
         }
         let identity = AccountIdentity::generate(&mut rand::rng());
         let list =
             identity.sign_device_list(me.user, 1, &[(me.device, self.crypto.identity()?)])?;
         // Kept before the list is published: a list the server holds must have its secret.
-        self.crypto.set_account_identity(Some(identity))?;
+        self.crypto.set_account_identity(Some(identity)).await?;
         match self.publish(&list).await {
-            Ok(()) => self.save_trust(me.user, &own(list)),
+            Ok(()) => self.save_trust(me.user, &own(list)).await,
             Err(e) if e.code() == Some(ErrorCode::Conflict) => {
                 // Another device of this user published first: this one waits to be linked.
-                self.crypto.set_account_identity(None)?;
+                self.crypto.set_account_identity(None).await?;
                 match self.fetch_list(me.user).await? {
-                    Some(list) => self.save_trust(me.user, &TrustRecord::first(list)),
+                    Some(list) => self.save_trust(me.user, &TrustRecord::first(list)).await,
                     None => Ok(()),
                 }
             }
@@ -470,7 +472,7 @@ impl Inner {
         let old = current.list.devices();
         let added = diff(list.devices(), old);
         let removed = diff(old, list.devices());
-        self.save_trust(me, &own(list.clone()))?;
+        self.save_trust(me, &own(list.clone())).await?;
         self.emit(Event::DevicesChanged {
             user: me,
             added,
@@ -617,8 +619,13 @@ impl Client {
                 return Ok(false);
             }
         };
-        self.inner.crypto.set_account_identity(Some(account))?;
-        self.inner.save_trust(self.inner.me.user, &own(list))?;
+        self.inner
+            .crypto
+            .set_account_identity(Some(account))
+            .await?;
+        self.inner
+            .save_trust(self.inner.me.user, &own(list))
+            .await?;
         Ok(true)
     }
 
@@ -647,9 +654,12 @@ impl Client {
             version,
             &[(me.device, self.inner.crypto.identity()?)],
         )?;
-        self.inner.crypto.set_account_identity(Some(identity))?;
+        self.inner
+            .crypto
+            .set_account_identity(Some(identity))
+            .await?;
         self.inner.publish(&list).await?;
-        self.inner.save_trust(me.user, &own(list))
+        self.inner.save_trust(me.user, &own(list)).await
     }
 
     /// Removes another device of this user: signs a list without it (contacts stop
@@ -700,7 +710,7 @@ impl Client {
     pub async fn verify(&self, user: UserId) -> Result<()> {
         let mut record = self.inner.trust_of(user, false).await?;
         record.verified = true;
-        self.inner.save_trust(user, &record)
+        self.inner.save_trust(user, &record).await
     }
 
     /// Whether `user` is verified (and their trusted account identity unchanged since).
@@ -710,12 +720,12 @@ impl Client {
 
     /// Accepts `user`'s new account identity after [`Event::AccountChanged`] blocked
     /// sending to them: it becomes the trusted one, unverified.
-    pub fn accept_identity(&self, user: UserId) -> Result<()> {
+    pub async fn accept_identity(&self, user: UserId) -> Result<()> {
         let Some(record) = self.inner.trust(user)? else {
             return Err(Error::NoDeviceList(user));
         };
         if let Some(pending) = record.pending {
-            self.inner.accept(user, record.list, pending)?;
+            self.inner.accept(user, record.list, pending).await?;
         }
         Ok(())
     }

@@ -689,7 +689,7 @@ impl App {
             }
             "/accept" => {
                 let user = self.user_named(words.next(), "/accept NAME").await?;
-                self.client.accept_identity(user)?;
+                self.client.accept_identity(user).await?;
                 self.screen.print(format!(
                     "{}'s new identity is trusted (not verified)",
                     self.names.of(user)

@@ -1,11 +1,26 @@
+use std::sync::Arc;
+
 use super::*;
 use crate::store::MemoryStore;
+
+/// Runs a future of the crypto API to its end on this thread's runtime.
+trait Now: std::future::Future + Sized {
+    fn now(self) -> Self::Output {
+        thread_local! {
+            static RUNTIME: tokio::runtime::Runtime =
+                tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        }
+        RUNTIME.with(|r| r.block_on(self))
+    }
+}
+
+impl<F: std::future::Future> Now for F {}
 use chat_core::{Content, Delete, InboxPos, MessageId, Text};
 
 /// One device's crypto over an in-memory store.
 struct Dev {
     crypto: Crypto,
-    store: Arc<dyn ClientStore>,
+    store: Store,
     addr: DeviceAddress,
 }
 
@@ -24,9 +39,10 @@ fn wanted(devs: &[&Dev]) -> BTreeMap<DeviceAddress, IdentityPublic> {
 }
 
 fn device(user: u64) -> Dev {
-    let store: Arc<dyn ClientStore> = Arc::new(MemoryStore::new());
+    let store = Store::new(Arc::new(MemoryStore::new()));
     let account = Account::new(&mut rand::rng());
     store
+        .as_ref()
         .commit(vec![Write::Account(account.pickle())])
         .unwrap();
     let addr = dev(user, 1);
@@ -40,7 +56,7 @@ fn device(user: u64) -> Dev {
 /// `to`'s bundle as the directory would serve it, with a one-time prekey.
 fn bundle(to: &Dev) -> chat_core::PrekeyBundle {
     let keys = to.crypto.staged(|account| device_keys(account)).unwrap();
-    let otk = to.crypto.new_one_time_keys(1).unwrap();
+    let otk = to.crypto.new_one_time_keys(1).now().unwrap();
     chat_core::PrekeyBundle {
         device: to.addr,
         identity: keys.identity,
@@ -106,10 +122,12 @@ fn a_sender_with_another_identity_than_the_trusted_one_is_refused() {
     alice
         .crypto
         .add_bundles(&[bundle(&bob)], &wanted(&[&bob]))
+        .now()
         .unwrap();
     let entry = alice
         .crypto
         .encrypt_direct(random_client_key(), conv(1), &[bob.addr], &[], text("hi"))
+        .now()
         .unwrap();
     let d = deliver(&entry, &alice, &bob, conv(1), 1);
     assert_eq!(
@@ -133,11 +151,13 @@ fn a_message_refiled_into_another_conversation_is_refused() {
     alice
         .crypto
         .add_bundles(&[bundle(&bob)], &wanted(&[&bob]))
+        .now()
         .unwrap();
     let key = random_client_key();
     let entry = alice
         .crypto
         .encrypt_direct(key, conv(1), &[bob.addr], &[], text("private"))
+        .now()
         .unwrap();
     // The server files the one-to-one message under a group Bob shares with others.
     let opened = bob
@@ -172,6 +192,7 @@ fn a_sender_key_handout_refiled_under_another_group_is_refused() {
     alice
         .crypto
         .add_bundles(&[bundle(&bob)], &wanted(&[&bob]))
+        .now()
         .unwrap();
     let entry = alice
         .crypto
@@ -182,6 +203,7 @@ fn a_sender_key_handout_refiled_under_another_group_is_refused() {
             &[],
             text("group 1"),
         )
+        .now()
         .unwrap();
     let opened = bob
         .crypto
@@ -202,12 +224,14 @@ fn a_server_renumbering_messages_cannot_aim_a_delete_at_another_message() {
     alice
         .crypto
         .add_bundles(&[bundle(&bob)], &wanted(&[&bob]))
+        .now()
         .unwrap();
     let c = conv(1);
     let send = |content: Vec<u8>| {
         alice
             .crypto
             .encrypt_direct(random_client_key(), c, &[bob.addr], &[], content)
+            .now()
             .unwrap()
     };
     let first = send(text("first"));
@@ -304,6 +328,7 @@ fn a_repaired_group_message_is_encrypted_again_under_a_new_key() {
     alice
         .crypto
         .add_bundles(&[bundle(&bob), bundle(&carol)], &wanted(&[&bob, &carol]))
+        .now()
         .unwrap();
     let c = conv(1);
     let first = alice
@@ -315,6 +340,7 @@ fn a_repaired_group_message_is_encrypted_again_under_a_new_key() {
             &[],
             text("one"),
         )
+        .now()
         .unwrap();
     for (to, id) in [(&bob, 1), (&carol, 1)] {
         let opened = to
@@ -328,8 +354,13 @@ fn a_repaired_group_message_is_encrypted_again_under_a_new_key() {
     alice
         .crypto
         .encrypt_group(key, c, &[bob.addr, carol.addr], &[], text("two"))
+        .now()
         .unwrap();
-    alice.crypto.repair(key, &[], &[], &[carol.addr]).unwrap();
+    alice
+        .crypto
+        .repair(key, &[], &[], &[carol.addr])
+        .now()
+        .unwrap();
     let second = queued(&alice, key);
     let (_, headers) = Payload::decode(&second.payload).unwrap().wire();
     assert_eq!(
@@ -351,6 +382,7 @@ fn a_repaired_group_message_is_encrypted_again_under_a_new_key() {
     let third = alice
         .crypto
         .encrypt_group(random_client_key(), c, &[bob.addr], &[], text("three"))
+        .now()
         .unwrap();
     let (_, headers) = Payload::decode(&third.payload).unwrap().wire();
     assert!(headers.iter().all(|(_, h)| h.is_empty()));
@@ -405,7 +437,7 @@ proptest::proptest! {
         alice
             .crypto
             .add_bundles(&bundles, &wanted(&others.iter().collect::<Vec<_>>()))
-            .unwrap();
+            .now().unwrap();
         let c = conv(1);
         // Key ids each device was handed; the ids it held when it last left.
         let mut handed: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); 3];
@@ -442,7 +474,7 @@ proptest::proptest! {
                     }
                     let list: Vec<_> = members.iter().map(|i| addrs[*i]).collect();
                     let key = random_client_key();
-                    let entry = alice.crypto.encrypt_group(key, c, &list, &[], text("m")).unwrap();
+                    let entry = alice.crypto.encrypt_group(key, c, &list, &[], text("m")).now().unwrap();
                     record(&entry, &mut handed, &left);
                     last = Some((key, members));
                 }
@@ -453,7 +485,7 @@ proptest::proptest! {
                     }
                     members.retain(|m| *m != i);
                     left[i] = Some(handed[i].clone());
-                    alice.crypto.repair(*key, &[], &[], &[addrs[i]]).unwrap();
+                    alice.crypto.repair(*key, &[], &[], &[addrs[i]]).now().unwrap();
                     let entry = queued(&alice, *key);
                     record(&entry, &mut handed, &left);
                 }
