@@ -34,6 +34,9 @@ pub struct Config {
     /// Connections to PostgreSQL held open by this node (ignored by other stores). With
     /// PostgreSQL's default of 100 connections, nodes x pool size must stay below it.
     pub store_pool_size: usize,
+    /// The size in MiB past which an SQLite store's write-ahead log is brought back to its
+    /// start (ignored by other stores); see docs/STORAGE.md, "Checkpoints".
+    pub store_max_wal_mib: u64,
     /// Redis (`redis://…` or `rediss://…`) shared by every node of a cluster: cross-node
     /// routing, presence, the node registry, shared rate limits and leases. Absent (the
     /// default) for a single node, which keeps all of that in memory. Needs a store the
@@ -475,6 +478,7 @@ impl Default for Config {
             store: "sqlite://data/chat.db".into(),
             durability: Durability::Fsync,
             store_pool_size: 16,
+            store_max_wal_mib: 64,
             redis_url: None,
             redis_prefix: "chat:".into(),
             tls: None,
@@ -617,6 +621,9 @@ impl Config {
         }
         if self.store_pool_size == 0 {
             return bad("store_pool_size must be positive");
+        }
+        if !(1..=1 << 20).contains(&self.store_max_wal_mib) {
+            return bad("store_max_wal_mib must be between 1 and 1048576");
         }
         if self.outbound_queue_bytes < chat_core::limits::MAX_FRAME_BYTES {
             return bad(
@@ -893,6 +900,16 @@ mod tests {
             age > Duration::from_secs(100 * 1024 * 1024 / 1024),
             "{age:?}"
         );
+    }
+
+    #[test]
+    fn the_wal_bound_is_64_mib_unless_asked_and_never_zero() {
+        assert_eq!(Config::default().store_max_wal_mib, 64);
+        let config: Config = serde_json::from_str(r#"{"store_max_wal_mib": 16}"#).unwrap();
+        assert_eq!(config.store_max_wal_mib, 16);
+        config.validate().unwrap();
+        let config: Config = serde_json::from_str(r#"{"store_max_wal_mib": 0}"#).unwrap();
+        assert!(config.validate().is_err());
     }
 
     #[test]

@@ -42,6 +42,10 @@ struct Args {
     /// PostgreSQL connections held open by this node.
     #[arg(long, env = "CHAT_STORE_POOL_SIZE")]
     store_pool_size: Option<usize>,
+    /// The size in MiB past which an SQLite store's write-ahead log is brought back to its
+    /// start (default 64).
+    #[arg(long, env = "CHAT_STORE_MAX_WAL_MIB")]
+    store_max_wal_mib: Option<u64>,
     /// Redis URL shared by the nodes of a cluster (redis://…); needs a postgres:// store.
     #[arg(long, env = "CHAT_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
@@ -182,6 +186,9 @@ fn config(args: &Args) -> Result<Config, Box<dyn std::error::Error>> {
     }
     if let Some(size) = args.store_pool_size {
         config.store_pool_size = size;
+    }
+    if let Some(mib) = args.store_max_wal_mib {
+        config.store_max_wal_mib = mib;
     }
     if let Some(url) = &args.redis_url {
         config.redis_url = Some(url.as_str().into());

@@ -152,7 +152,8 @@ impl Server {
         }
         let options = chat_storage::OpenOptions::default()
             .durability(config.durability)
-            .pool_size(config.store_pool_size);
+            .pool_size(config.store_pool_size)
+            .max_wal_bytes(config.store_max_wal_mib * 1024 * 1024);
         let store = chat_storage::open_with(config.store.as_str(), &options)
             .await
             .map_err(|source| ServerError::StoreOpen {

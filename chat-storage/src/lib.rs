@@ -98,6 +98,7 @@ impl std::str::FromStr for Durability {
 pub struct OpenOptions {
     durability: Durability,
     pool_size: Option<usize>,
+    max_wal_bytes: Option<u64>,
 }
 
 impl OpenOptions {
@@ -110,6 +111,13 @@ impl OpenOptions {
     /// Sets the PostgreSQL connection pool size (default 16); other backends ignore it.
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = Some(size);
+        self
+    }
+
+    /// Sets the size past which SQLite's write-ahead log is brought back to its start
+    /// (default 64 MiB; see `SqliteOptions::max_wal_bytes`); other backends ignore it.
+    pub fn max_wal_bytes(mut self, bytes: u64) -> Self {
+        self.max_wal_bytes = Some(bytes);
         self
     }
 }
@@ -128,8 +136,11 @@ pub async fn open_with(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store
             Durability::Fsync => Synchronous::Full,
             Durability::Os => Synchronous::Normal,
         };
-        let store =
-            SqliteStore::open(path, SqliteOptions::default().synchronous(synchronous)).await?;
+        let mut sqlite = SqliteOptions::default().synchronous(synchronous);
+        if let Some(bytes) = options.max_wal_bytes {
+            sqlite = sqlite.max_wal_bytes(bytes);
+        }
+        let store = SqliteStore::open(path, sqlite).await?;
         return Ok(Arc::new(store));
     }
     #[cfg(feature = "postgres")]
