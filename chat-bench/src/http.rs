@@ -24,10 +24,30 @@ pub(crate) async fn request(
     token: Option<&str>,
     body: Option<Value>,
 ) -> Result<(u16, Value)> {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let (status, text) = raw(addr, method, path, token, &body).await?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+/// The node's `/metrics` page, if it serves one.
+pub(crate) async fn metrics(addr: SocketAddr) -> Option<String> {
+    match raw(addr, "GET", "/metrics", None, "").await {
+        Ok((200, text)) => Some(text),
+        _ => None,
+    }
+}
+
+/// One request on a fresh connection; the status and the body as text.
+async fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -52,7 +72,7 @@ pub(crate) async fn request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+    Ok((status, body.to_owned()))
 }
 
 async fn expect(

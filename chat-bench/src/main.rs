@@ -6,6 +6,7 @@
 //! time and talks only to the address it is given.
 #![forbid(unsafe_code)]
 
+mod commits;
 mod floor;
 mod http;
 mod proc;

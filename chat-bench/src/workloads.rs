@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::commits::{self, Histogram};
 use crate::http::{self, Account, Result};
 use crate::proc::{self, Sample};
 use crate::stats::{Rng, Stats};
@@ -143,6 +144,16 @@ struct Env {
 }
 
 impl Env {
+    /// The store's commit and the append histograms from the first node's `/metrics`, if
+    /// it serves one.
+    async fn histograms(&self) -> Option<(Option<Histogram>, Option<Histogram>)> {
+        let page = http::metrics(self.server).await?;
+        Some((
+            Histogram::parse(&page, commits::COMMITS),
+            Histogram::parse(&page, commits::APPENDS),
+        ))
+    }
+
     /// The node connection `i` goes to.
     fn node(&self, i: usize) -> SocketAddr {
         self.nodes
@@ -345,6 +356,10 @@ struct RunResult {
     server_rss_kib: Option<u64>,
     /// Where the server's time went (see [`proc::breakdown`]).
     server_threads: Option<Value>,
+    /// The store's commits during the run (see [`Histogram::report`]).
+    store_commits: Option<Value>,
+    /// The node's appends during the run, as its `chat_append_seconds` measured them.
+    server_appends: Option<Value>,
 }
 
 impl RunResult {
@@ -403,6 +418,8 @@ impl RunResult {
             "server_cpu_us_per_delivery": per_msg.map(|v| (v * 10.0).round() / 10.0),
             "server_rss_kib": self.server_rss_kib,
             "server_time": self.server_threads,
+            "store_commits": self.store_commits,
+            "server_appends": self.server_appends,
         })
     }
 }
@@ -529,6 +546,7 @@ impl Mesh {
         let mut rng = Rng::new(0x5eed ^ rate);
         let before = env.sample();
         let threads_before = env.threads();
+        let (commits_before, appends_before) = env.histograms().await.unwrap_or_default();
         let bar = bar(duration.as_secs().max(1), "seconds");
         let start = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -568,6 +586,11 @@ impl Mesh {
         let server_threads = threads_before
             .zip(env.threads())
             .map(|(b, a)| proc::breakdown(&b, &a, delivered));
+        let (commits_after, appends_after) = env.histograms().await.unwrap_or_default();
+        let store_commits =
+            commits_after.and_then(|a| Histogram::report(commits_before.as_ref(), &a, delivered));
+        let server_appends =
+            appends_after.and_then(|a| Histogram::report(appends_before.as_ref(), &a, delivered));
         Ok(RunResult {
             sent: Stats::get(&stats.sent) - base.0,
             acked: Stats::get(&stats.acked) - base.1,
@@ -580,6 +603,8 @@ impl Mesh {
             server_cpu_us: before.zip(after).map(|(b, a)| a.cpu_us - b.cpu_us),
             server_rss_kib: after.map(|a| a.rss_kib),
             server_threads,
+            store_commits,
+            server_appends,
         })
     }
 }

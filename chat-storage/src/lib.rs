@@ -41,6 +41,13 @@ mod sqlite;
 pub mod testing;
 
 pub use memory::MemoryStore;
+
+/// The histogram (in seconds, through the `metrics` facade) of the durable stores' commits:
+/// SQLite's `COMMIT` (its WAL writes and, with `synchronous=FULL`, its fsync) of every write
+/// transaction, and PostgreSQL's transaction of each append batch (its round trip and the
+/// server's WAL flush). Its count is the number of those commits. Recorded only if the
+/// application installed a `metrics` recorder.
+pub const COMMIT_SECONDS: &str = "chat_store_commit_seconds";
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]

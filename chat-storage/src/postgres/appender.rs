@@ -114,8 +114,12 @@ async fn connection<'c>(config: &Config, conn: &'c mut Option<PgConn>) -> StoreR
 async fn commit(conn: &PgConn, batch: &[&NewMessage]) -> Vec<StoreResult<Appended>> {
     let mut attempt = 0;
     let error = loop {
+        let started = std::time::Instant::now();
         match ops::append_batch(&conn.client, &conn.statements, batch).await {
-            Ok(outcomes) => return answers(conn, batch, outcomes).await,
+            Ok(outcomes) => {
+                metrics::histogram!(crate::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+                return answers(conn, batch, outcomes).await;
+            }
             Err(e) if attempt < MAX_RETRIES && ops::should_retry(&e) => attempt += 1,
             Err(e) => break e,
         }

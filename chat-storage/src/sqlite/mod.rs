@@ -152,6 +152,11 @@ pub struct SqliteStats {
     /// write-ahead log back to its start because it had passed
     /// [`SqliteOptions::max_wal_bytes`] (each holds new writes briefly).
     pub wal_restarts: u64,
+    /// Microseconds new writes were held by those checkpoints, in all (failed attempts
+    /// included).
+    pub wal_restart_micros: u64,
+    /// The longest of those holds, in microseconds.
+    pub wal_restart_max_micros: u64,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -263,6 +268,8 @@ impl SqliteStore {
             reruns: self.counters.reruns.load(Ordering::Relaxed),
             checkpoints: self.counters.checkpoints.load(Ordering::Relaxed),
             wal_restarts: self.counters.wal_restarts.load(Ordering::Relaxed),
+            wal_restart_micros: self.counters.wal_restart_micros.load(Ordering::Relaxed),
+            wal_restart_max_micros: self.counters.wal_restart_max_micros.load(Ordering::Relaxed),
         }
     }
 

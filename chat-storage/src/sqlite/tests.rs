@@ -234,7 +234,9 @@ async fn the_wal_stays_bounded_under_steady_load() {
         r.await.expect("reader");
     }
     let written = (APPENDS * BODY) as u64;
-    let restarts = store.stats().wal_restarts;
+    let stats = store.stats();
+    let restarts = stats.wal_restarts;
+    assert!(stats.wal_restart_max_micros <= stats.wal_restart_micros);
     // The bound, plus what is written between two checkpoints and the pages beside each
     // body: far below the 6.4 MB written.
     assert!(

@@ -97,6 +97,10 @@ pub(crate) struct Counters {
     pub(crate) checkpoints: AtomicU64,
     /// Checkpoints that restarted the WAL because it had passed its bound.
     pub(crate) wal_restarts: AtomicU64,
+    /// Microseconds the writer spent in those checkpoints (new writes waited), in all and
+    /// the longest.
+    pub(crate) wal_restart_micros: AtomicU64,
+    pub(crate) wal_restart_max_micros: AtomicU64,
     /// Set by the checkpointer when the WAL has passed its bound: the writer restarts it
     /// after its current transaction.
     pub(crate) restart_wanted: AtomicBool,
@@ -143,9 +147,19 @@ pub(crate) fn run(
 /// what the last passive checkpoint left; new writes wait that long, and for the readers
 /// still on the WAL to finish.
 fn restart_wal(conn: &Connection, counters: &Counters) {
-    match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
+    let started = std::time::Instant::now();
+    let result = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
+    let held = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    counters
+        .wal_restart_micros
+        .fetch_add(held, Ordering::Relaxed);
+    counters
+        .wal_restart_max_micros
+        .fetch_max(held, Ordering::Relaxed);
+    match result {
         Ok(0) => {
             counters.wal_restarts.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(held_us = held, "WAL brought back to its start");
         }
         // A reader outlasted the busy timeout: asked again after the next passive one.
         Ok(_) => tracing::warn!("WAL past its bound and readers still on it; will try again"),
@@ -191,7 +205,11 @@ fn run_batch(
             batch.push(job);
         }
     }
-    exec_cached(conn, "COMMIT")
+    // The commit's WAL writes and (with `synchronous=FULL`) its fsync.
+    let started = std::time::Instant::now();
+    exec_cached(conn, "COMMIT")?;
+    metrics::histogram!(crate::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// Runs one job without a savepoint. `Ok(false)` when it failed after writing, so the
