@@ -54,6 +54,7 @@ const MIGRATIONS: &[&str] = &[
         id          INTEGER PRIMARY KEY AUTOINCREMENT,
         kind        INTEGER NOT NULL,
         created_at  INTEGER NOT NULL,
+        -- No longer written: a message's ID is its conversation's MAX(messages.id) + 1.
         last_id     INTEGER NOT NULL DEFAULT 0,
         direct_low  INTEGER,
         direct_high INTEGER

@@ -77,8 +77,8 @@ pub(crate) fn open_direct(
     let (low, high) = (a.min(b), a.max(b));
     let mut stmt = conn
         .prepare_cached(
-            "SELECT id, kind, created_at, last_id FROM conversations
-             WHERE direct_low = ?1 AND direct_high = ?2",
+            "SELECT c.id, c.kind, c.created_at, (SELECT COALESCE(MAX(id), 0) FROM messages WHERE conversation_id = c.id)
+             FROM conversations c WHERE c.direct_low = ?1 AND c.direct_high = ?2",
         )
         .map_err(backend)?;
     let found = stmt
@@ -330,7 +330,10 @@ pub(crate) fn conversation(
     conversation: ConversationId,
 ) -> StoreResult<Option<Conversation>> {
     let mut stmt = conn
-        .prepare_cached("SELECT id, kind, created_at, last_id FROM conversations WHERE id = ?1")
+        .prepare_cached(
+            "SELECT c.id, c.kind, c.created_at, (SELECT COALESCE(MAX(id), 0) FROM messages WHERE conversation_id = c.id)
+             FROM conversations c WHERE c.id = ?1",
+        )
         .map_err(backend)?;
     let row = stmt
         .query_row([to_sql(conversation.get())], conversation_from_row)
@@ -366,7 +369,8 @@ pub(crate) fn is_member(
 pub(crate) fn conversations_of(conn: &Connection, user: UserId) -> StoreResult<Vec<Conversation>> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT c.id, c.kind, c.created_at, c.last_id FROM members m
+            "SELECT c.id, c.kind, c.created_at, (SELECT COALESCE(MAX(id), 0) FROM messages WHERE conversation_id = c.id)
+             FROM members m
              JOIN conversations c ON c.id = m.conversation_id
              WHERE m.user_id = ?1 ORDER BY c.id",
         )
@@ -448,10 +452,12 @@ pub(crate) fn append(conn: &Connection, message: &NewMessage) -> StoreResult<App
     check_coverage(&devices, message)?;
     let withheld_from = super::people::withheld_from(conn, message)?;
 
+    // The next ID from the conversation's highest, read from the `messages_by_id` leaf the
+    // insert below writes anyway: no counter row to dirty per message (`conversations.last_id`
+    // is no longer kept). Messages are never deleted, so an ID is never handed out twice; a
+    // deletion would have to leave the conversation's highest row in place.
     let mut allocate = conn
-        .prepare_cached(
-            "UPDATE conversations SET last_id = last_id + 1 WHERE id = ?1 RETURNING last_id",
-        )
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM messages WHERE conversation_id = ?1")
         .map_err(backend)?;
     let id_sql: i64 = allocate.query_row([conv], |r| r.get(0)).map_err(backend)?;
     let id: MessageId = from_sql(id_sql, "message ID")?;
