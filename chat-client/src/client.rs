@@ -428,7 +428,7 @@ impl Client {
 
     /// Messages written to the outbox and not yet acknowledged by the server.
     pub fn pending(&self) -> Result<usize> {
-        Ok(self.inner.store.outbox()?.len())
+        self.inner.store.outbox_len()
     }
 
     pub(crate) async fn remember(&self, c: &Conversation) -> Result<()> {
@@ -537,6 +537,12 @@ impl Client {
         };
         for tx in waiting {
             let _ = tx.send(Err(Error::Closed));
+        }
+        // What was staged and not yet synced (a `sent` answer, a read position, a refused
+        // send's removal) is made durable now, also when the client was offline and the
+        // driver never got to its own sync on close.
+        if let Err(e) = self.inner.store.sync().await {
+            tracing::warn!(cause = %e, "could not sync the store on close");
         }
     }
 
@@ -716,5 +722,60 @@ impl Inner {
             )
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chat_core::{ConversationId, DeviceId, MessageId, UserId};
+
+    use super::*;
+    use crate::SqliteStore;
+
+    /// A client that never reached its server stages a read position; `close` must make it
+    /// durable itself (the driver's own sync on close needs a connection).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_makes_what_was_staged_offline_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(SqliteStore::open(dir.path().join("c.db")).expect("store"));
+        // Nothing listens on port 1 of the loopback: every connection is refused.
+        let server = "http://127.0.0.1:1";
+        store
+            .commit(vec![
+                Write::Device(DeviceRecord {
+                    server: server.into(),
+                    address: DeviceAddress {
+                        user: UserId::new(1).unwrap(),
+                        device: DeviceId::new(1).unwrap(),
+                    },
+                    token: "token".into(),
+                }),
+                Write::Account(Account::new(&mut rand::rng()).pickle()),
+            ])
+            .expect("seed");
+        let client = Client::builder(server)
+            .store(store.clone())
+            .open()
+            .await
+            .expect("open");
+        let conversation = ConversationId::new(3).unwrap();
+        let up_to = MessageId::new(5).unwrap();
+        client
+            .conversation(conversation)
+            .mark_read(up_to)
+            .expect("mark read");
+        let before = store.fsyncs();
+        client.close().await;
+        assert_eq!(
+            store.fsyncs(),
+            before + 1,
+            "close synced the staged position"
+        );
+        assert_eq!(
+            store.read_position(conversation).unwrap(),
+            chat_core::ReadPosition::up_to(up_to)
+        );
     }
 }

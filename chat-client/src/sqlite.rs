@@ -26,7 +26,7 @@ use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use chat_core::{
     ClientKey, ConversationId, ConversationKind, DeviceAddress, DeviceId, InboxPos, MessageId,
@@ -89,6 +89,64 @@ pub struct SqliteStore {
     reader: Mutex<Connection>,
     values: Values,
     wal: Wal,
+    /// `None` for an in-memory database (no WAL).
+    checkpointer: Option<Arc<Checkpointer>>,
+}
+
+/// The WAL is copied into the database past this size.
+const CHECKPOINT_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Copies the WAL into the database on a connection of its own, off the write path: a
+/// commit never checkpoints (SQLite's automatic checkpoint is off), so neither the writer's
+/// mutex nor the crypto lock around a staged batch is held across a checkpoint's copying
+/// and fsyncs. A sync that finds the WAL past [`CHECKPOINT_BYTES`] starts one on tokio's
+/// blocking pool (in place outside a runtime) and does not wait for it. It is `PASSIVE`:
+/// it copies what no reader still needs and never holds up the writer; SQLite writes the
+/// WAL from its start again at the next commit once everything is copied, and cuts the file
+/// back to [`CHECKPOINT_BYTES`] (`journal_size_limit`).
+struct Checkpointer {
+    db: PathBuf,
+    /// Opened at the first checkpoint.
+    conn: Mutex<Option<Connection>>,
+    running: AtomicBool,
+    #[cfg(test)]
+    runs: AtomicU64,
+}
+
+impl Checkpointer {
+    /// Starts a checkpoint if the WAL at `wal` is past its size and none is running.
+    fn start_if_due(self: &Arc<Self>, wal: &Path) {
+        let due = std::fs::metadata(wal).is_ok_and(|m| m.len() > CHECKPOINT_BYTES);
+        if !due || self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = Arc::clone(self);
+        let run = move || {
+            if let Err(e) = this.run() {
+                tracing::debug!(cause = %e, "checkpoint");
+            }
+            this.running.store(false, Ordering::Release);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(run)),
+            Err(_) => run(),
+        }
+    }
+
+    fn run(&self) -> Result<()> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| Error::poisoned("sqlite checkpointer"))?;
+        let conn = match &mut *conn {
+            Some(conn) => conn,
+            slot => slot.insert(Connection::open(&self.db)?),
+        };
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        #[cfg(test)]
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// The group commit's bookkeeping: batches written to the WAL, and how many of them an fsync
@@ -257,11 +315,30 @@ impl SqliteStore {
             wal.push("-wal");
             PathBuf::from(wal)
         });
+        let checkpointer = match wal {
+            Some(_) => {
+                // Commits never checkpoint; the checkpointer does (see `Checkpointer`). When
+                // the WAL starts over, its file is cut back to the checkpoint size, so the
+                // file's length says when the next checkpoint is due.
+                conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+                let limit = i64::try_from(CHECKPOINT_BYTES).unwrap_or(i64::MAX);
+                conn.pragma_update(None, "journal_size_limit", limit)?;
+                Some(Arc::new(Checkpointer {
+                    db: path.to_owned(),
+                    conn: Mutex::new(None),
+                    running: AtomicBool::new(false),
+                    #[cfg(test)]
+                    runs: AtomicU64::new(0),
+                }))
+            }
+            None => None,
+        };
         Ok(Self {
             conn: Mutex::new(conn),
             reader: Mutex::new(reader),
             values,
             wal: Wal::new(wal),
+            checkpointer,
         })
     }
 
@@ -335,6 +412,21 @@ impl SqliteStore {
     #[cfg(test)]
     pub(crate) fn fsyncs(&self) -> u64 {
         self.wal.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// Checkpoints run by the checkpointer so far.
+    #[cfg(test)]
+    pub(crate) fn checkpoints(&self) -> u64 {
+        self.checkpointer
+            .as_ref()
+            .map_or(0, |c| c.runs.load(Ordering::Relaxed))
+    }
+
+    /// After a sync: copies the WAL into the database if it has grown (without waiting).
+    fn checkpoint_if_due(&self) {
+        if let (Some(checkpointer), Some(wal)) = (&self.checkpointer, &self.wal.path) {
+            checkpointer.start_if_due(wal);
+        }
     }
 
     /// The connection that commits. A std mutex: every use is a synchronous call, never
@@ -855,13 +947,17 @@ impl ClientStore for SqliteStore {
         blocking(|| {
             self.write(writes)?;
             self.wal.sync()
-        })
+        })?;
+        self.checkpoint_if_due();
+        Ok(())
     }
     fn stage(&self, writes: Vec<Write>) -> Result<()> {
         blocking(|| self.write(writes))
     }
     fn sync(&self) -> Result<()> {
-        blocking(|| self.wal.sync())
+        blocking(|| self.wal.sync())?;
+        self.checkpoint_if_due();
+        Ok(())
     }
     fn device(&self) -> Result<Option<DeviceRecord>> {
         let Some(bytes) = self.secret_meta("device")? else {
@@ -967,6 +1063,13 @@ impl ClientStore for SqliteStore {
                 .and_then(|r| outbox_entry(&self.values, r))
         })
         .collect()
+    }
+
+    fn outbox_len(&self) -> Result<usize> {
+        let conn = self.read()?;
+        let mut stmt = conn.prepare_cached("SELECT COUNT(*) FROM outbox")?;
+        let n: i64 = stmt.query_row([], |r| r.get(0))?;
+        Ok(usize::try_from(n).unwrap_or(0))
     }
 
     fn outbox_entry(&self, client_key: ClientKey) -> Result<Option<OutboxEntry>> {

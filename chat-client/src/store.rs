@@ -171,6 +171,11 @@ pub trait ClientStore: Send + Sync + 'static {
     fn cursor(&self) -> Result<InboxPos>;
     /// Every outbox entry, oldest first.
     fn outbox(&self) -> Result<Vec<OutboxEntry>>;
+    /// How many entries the outbox holds. The default reads the whole outbox; the stores here
+    /// count without reading (or decrypting) the entries.
+    fn outbox_len(&self) -> Result<usize> {
+        Ok(self.outbox()?.len())
+    }
     /// One outbox entry, by its client key. The default reads the whole outbox; the stores
     /// here read the one row.
     fn outbox_entry(&self, client_key: ClientKey) -> Result<Option<OutboxEntry>> {
@@ -277,6 +282,9 @@ impl<S: ClientStore + ?Sized> ClientStore for std::sync::Arc<S> {
     }
     fn outbox(&self) -> Result<Vec<OutboxEntry>> {
         (**self).outbox()
+    }
+    fn outbox_len(&self) -> Result<usize> {
+        (**self).outbox_len()
     }
     fn outbox_entry(&self, client_key: ClientKey) -> Result<Option<OutboxEntry>> {
         (**self).outbox_entry(client_key)

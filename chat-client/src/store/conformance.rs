@@ -159,6 +159,7 @@ pub(crate) fn run(store: &dyn ClientStore) {
         Some(entry(2, 1))
     );
     assert_eq!(store.outbox_entry(entry(9, 9).client_key).unwrap(), None);
+    assert_eq!(store.outbox_len().unwrap(), 2);
     let o = store.outbox().unwrap();
     assert_eq!(o, vec![entry(1, 9), entry(2, 1)]);
     store
@@ -509,6 +510,40 @@ fn sqlite_staged_batches_share_one_fsync() {
     for user in users {
         assert_eq!(again.trust(user).unwrap(), Some(vec![24]));
     }
+}
+
+/// Commits never checkpoint (the database file stays as it was while 5 MB of WAL is
+/// written); the sync that finds the WAL past its size does, on the checkpointer's own
+/// connection (in place here: no runtime), and the data reads back after it.
+#[test]
+fn sqlite_checkpoints_after_a_sync_not_inside_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let store = crate::SqliteStore::open(&path).unwrap();
+    let db_size = || std::fs::metadata(&path).unwrap().len();
+    let empty = db_size();
+    for id in 1..=1_250 {
+        store
+            .stage(vec![Write::Message(msg(1, id, &[b'x'; 4_000]))])
+            .unwrap();
+    }
+    assert_eq!(db_size(), empty, "a commit checkpointed");
+    assert_eq!(store.checkpoints(), 0);
+    store.sync().unwrap();
+    assert_eq!(store.checkpoints(), 1);
+    assert!(
+        db_size() > 4_000_000,
+        "the WAL was copied: {} bytes",
+        db_size()
+    );
+    let m = store.message(msg(1, 1, b"").conversation, msg(1, 1, b"").id);
+    assert_eq!(m.unwrap().unwrap().plaintext, vec![b'x'; 4_000]);
+    // The next sync finds the WAL written from its start again: nothing to do.
+    store
+        .stage(vec![Write::Message(msg(1, 1_251, b"y"))])
+        .unwrap();
+    store.sync().unwrap();
+    assert_eq!(store.checkpoints(), 1);
 }
 
 const KEY: [u8; 32] = [0x5A; 32];

@@ -262,6 +262,10 @@ impl ClientStore for MemoryStore {
         Ok(self.lock()?.outbox.clone())
     }
 
+    fn outbox_len(&self) -> Result<usize> {
+        Ok(self.lock()?.outbox.len())
+    }
+
     fn outbox_entry(&self, client_key: ClientKey) -> Result<Option<OutboxEntry>> {
         Ok(self
             .lock()?
