@@ -513,8 +513,8 @@ fn sqlite_staged_batches_share_one_fsync() {
 }
 
 /// Commits never checkpoint (the database file stays as it was while 5 MB of WAL is
-/// written); the sync that finds the WAL past its size does, on the checkpointer's own
-/// connection (in place here: no runtime), and the data reads back after it.
+/// written); the sync after enough batches does, on the checkpointer's own connection (in
+/// place here: no runtime), and the data reads back after it.
 #[test]
 fn sqlite_checkpoints_after_a_sync_not_inside_commits() {
     let dir = tempfile::tempdir().unwrap();
@@ -538,7 +538,7 @@ fn sqlite_checkpoints_after_a_sync_not_inside_commits() {
     );
     let m = store.message(msg(1, 1, b"").conversation, msg(1, 1, b"").id);
     assert_eq!(m.unwrap().unwrap().plaintext, vec![b'x'; 4_000]);
-    // The next sync finds the WAL written from its start again: nothing to do.
+    // One batch later there is nothing to copy yet.
     store
         .stage(vec![Write::Message(msg(1, 1_251, b"y"))])
         .unwrap();
