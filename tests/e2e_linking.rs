@@ -23,6 +23,12 @@ async fn a_linked_device_reads_and_sends_in_direct_and_group_chats() {
         alice.is_linked().expect("state"),
         "the first device is linked"
     );
+    // A linked device shows no link code, and removes itself only by logging out.
+    assert!(matches!(alice.link_code(), Err(Error::AlreadyLinked)));
+    assert!(matches!(
+        alice.remove_device(alice.device().device).await,
+        Err(Error::ThisDevice)
+    ));
 
     // Bob's tablet logs in: unlinked, it can send nothing and is sent nothing.
     let tablet = Client::builder(server.url())

@@ -110,7 +110,7 @@ async fn offline_device_catches_up_in_order_once_across_a_restart() {
         .device_name("tablet")
         .login(&Credentials::new("bob", PASSWORD))
         .await;
-    assert!(matches!(again, Err(chat::client::Error::Invalid(_))));
+    assert!(matches!(again, Err(chat::client::Error::StoreInUse)));
 }
 
 /// The same on a current-thread runtime (tokio's default for `#[tokio::main]` in many apps):

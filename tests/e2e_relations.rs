@@ -83,7 +83,7 @@ async fn relations_read_positions_and_search_across_devices() {
 
     // Only the sender may edit; Alice's edit shows everywhere and search follows it.
     let refused = bob_chat.edit(m1, "hacked").await;
-    assert!(matches!(refused, Err(Error::Invalid(_))), "{refused:?}");
+    assert!(matches!(refused, Err(Error::NotSender(_))), "{refused:?}");
     alice_chat.edit(m1, "hello there").await.expect("edit");
     for events in [&mut b, &mut b2] {
         let item = updated(events, m1, TimelineItem::is_edited).await;

@@ -584,9 +584,7 @@ pub(crate) fn now() -> chat_core::Timestamp {
 /// A store holds one device; logging another in would mix their keys and sessions.
 fn refuse_used(store: &impl ClientStore) -> Result<()> {
     if store.device()?.is_some() {
-        return Err(Error::Invalid(
-            "this store already holds a device: resume it with ClientBuilder::open".into(),
-        ));
+        return Err(Error::StoreInUse);
     }
     Ok(())
 }

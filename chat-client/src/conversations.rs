@@ -127,9 +127,7 @@ impl Client {
     /// through: it may not have synced yet, and receivers check the sender anyway).
     fn own_target(&self, conversation: ConversationId, target: MessageId) -> Result<()> {
         match self.inner.store.message(conversation, target)? {
-            Some(m) if m.sender.user != self.user() => Err(Error::Invalid(format!(
-                "message {target} was sent by another user; only its sender may change it"
-            ))),
+            Some(m) if m.sender.user != self.user() => Err(Error::NotSender(target)),
             _ => Ok(()),
         }
     }

@@ -90,6 +90,26 @@ pub enum Error {
     /// device cannot sign a change to it.
     #[error("the group's signed changes do not verify: {0}")]
     GroupChain(#[from] chat_crypto::ChainError),
+    /// An edit, delete or unreaction aimed at a message another user sent: only its sender
+    /// may change it.
+    #[error("message {0} was sent by another user; only its sender may change it")]
+    NotSender(chat_core::MessageId),
+    /// The store given to register or log in already holds a device: resume it with
+    /// [`ClientBuilder::open`](crate::ClientBuilder::open) (a store holds one device).
+    #[error("this store already holds a device; resume it with ClientBuilder::open")]
+    StoreInUse,
+    /// This device is linked to its user's account identity already, so it shows no link
+    /// code.
+    #[error("this device is linked already")]
+    AlreadyLinked,
+    /// A link code was confirmed on a device that has not shown one
+    /// ([`crate::Client::link_code`] first).
+    #[error("no link code shown on this device; show one first")]
+    NoLinkCode,
+    /// `remove_device` was given this device; it signs off with
+    /// [`crate::Client::logout`] instead.
+    #[error("this is the device itself; use logout")]
+    ThisDevice,
 }
 
 /// Which limit [`Error::LimitExceeded`] hit, with the limit where it is fixed.

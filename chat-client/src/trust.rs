@@ -535,7 +535,7 @@ impl Client {
     /// same code is returned until the client is dropped.
     pub fn link_code(&self) -> Result<Zeroizing<String>> {
         if self.inner.linked()? {
-            return Err(Error::Invalid("this device is linked already".into()));
+            return Err(Error::AlreadyLinked);
         }
         let mut slot = self
             .inner
@@ -596,7 +596,7 @@ impl Client {
             .map_err(|_| Error::poisoned("link state"))?
             .take()
         else {
-            return Err(Error::Invalid("show a link code first".into()));
+            return Err(Error::NoLinkCode);
         };
         let view: LinkView = match self.inner.http.get("/v1/link").await {
             Ok(v) => v,
@@ -667,7 +667,7 @@ impl Client {
     /// group message), then removes it on the server (its token stops working).
     pub async fn remove_device(&self, device: DeviceId) -> Result<()> {
         if device == self.inner.me.device {
-            return Err(Error::Invalid("use logout for this device".into()));
+            return Err(Error::ThisDevice);
         }
         self.inner
             .change_own_list(|devices| devices.retain(|(d, _)| *d != device))
