@@ -79,11 +79,13 @@ CREATE INDEX IF NOT EXISTS messages_by_target ON messages (conversation, target,
 
 /// A [`ClientStore`] in one SQLite file, encrypted or not.
 ///
-/// Two connections: writes go through one (on a multi-threaded tokio runtime inside
+/// Three connections: writes go through one (on a multi-threaded tokio runtime inside
 /// `block_in_place`, so the worker's other tasks move to another thread while SQLite works;
 /// the client runs [`sync`](ClientStore::sync) on tokio's blocking pool), reads through the
-/// other, which WAL lets read the last commit while the next one is being written: a read
-/// never waits for a commit's fsync.
+/// second, which WAL lets read the last commit while the next one is being written (so a
+/// read never waits for a write, its fsync or a checkpoint; only the encrypted store's
+/// search reads on the writer, whose in-memory schema holds its index), and checkpoints run
+/// on the third (see `Checkpointer`).
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     reader: Mutex<Connection>,
@@ -1002,7 +1004,7 @@ impl ClientStore for SqliteStore {
 
     fn sessions(&self, device: DeviceAddress) -> Result<Option<Secret>> {
         Ok(self
-            .conn()?
+            .read()?
             .query_row(
                 "SELECT pickle FROM sessions WHERE user = ?1 AND device = ?2",
                 [id(device.user.get()), id(device.device.get())],
@@ -1019,7 +1021,7 @@ impl ClientStore for SqliteStore {
         conversation: ConversationId,
     ) -> Result<Option<(Secret, Vec<DeviceAddress>)>> {
         let row = self
-            .conn()?
+            .read()?
             .query_row(
                 "SELECT pickle, distributed FROM sender_keys WHERE conversation = ?1",
                 [id(conversation.get())],
@@ -1043,7 +1045,7 @@ impl ClientStore for SqliteStore {
         sender: DeviceAddress,
     ) -> Result<Option<Secret>> {
         Ok(self
-            .conn()?
+            .read()?
             .query_row(
                 "SELECT pickle FROM receivers WHERE conversation = ?1 AND user = ?2 AND device = ?3",
                 [
@@ -1181,7 +1183,7 @@ impl ClientStore for SqliteStore {
 
     fn read_position(&self, conversation: ConversationId) -> Result<ReadPosition> {
         let up_to: Option<i64> = self
-            .conn()?
+            .read()?
             .query_row(
                 "SELECT up_to FROM read_positions WHERE conversation = ?1",
                 [id(conversation.get())],
@@ -1272,7 +1274,7 @@ impl ClientStore for SqliteStore {
         conversation: ConversationId,
     ) -> Result<Option<Vec<DeviceAddress>>> {
         let row = self
-            .conn()?
+            .read()?
             .query_row(
                 "SELECT devices FROM conversation_devices WHERE conversation = ?1",
                 [id(conversation.get())],
@@ -1284,7 +1286,7 @@ impl ClientStore for SqliteStore {
 
     fn trust(&self, user: UserId) -> Result<Option<Vec<u8>>> {
         Ok(self
-            .conn()?
+            .read()?
             .query_row(
                 "SELECT record FROM trust WHERE user = ?1",
                 [id(user.get())],
@@ -1295,7 +1297,7 @@ impl ClientStore for SqliteStore {
 
     fn verified_group(&self, conversation: ConversationId) -> Result<Option<Vec<u8>>> {
         Ok(self
-            .conn()?
+            .read()?
             .query_row(
                 "SELECT state FROM groups WHERE conversation = ?1",
                 [id(conversation.get())],
