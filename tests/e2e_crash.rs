@@ -139,7 +139,7 @@ async fn acknowledged_and_retried_sends_survive_a_killed_server() {
     let last = *ids.iter().max().expect("ids");
     assert_eq!(last.get(), total as u64 + 1);
     let token = {
-        use chat::client::ClientStore;
+        use chat::client::store::ClientStore;
         SqliteStore::open(dir.path().join("bob.db"))
             .expect("store")
             .device()

@@ -86,7 +86,8 @@ async fn linked_devices_receive_and_device_changes_are_reported() {
 async fn a_week_old_signed_prekey_is_rotated_and_published() {
     use std::sync::Arc;
 
-    use chat::client::{ClientStore, SqliteStore, Write};
+    use chat::client::SqliteStore;
+    use chat::client::store::{ClientStore, Write};
     use chat::core::Timestamp;
 
     let server = TestServer::start(config("memory:")).await;

@@ -127,7 +127,7 @@ async fn clients_move_to_another_node_when_theirs_dies_and_lose_nothing() {
     let last = *ids.iter().max().expect("ids");
     assert_eq!(last.get(), total as u64 + 1);
     let token = {
-        use chat::client::ClientStore as _;
+        use chat::client::store::ClientStore as _;
         SqliteStore::open(dir.path().join("bob.db"))
             .expect("store")
             .device()

@@ -6,7 +6,8 @@ mod common;
 
 use std::sync::Arc;
 
-use chat::client::{Client, ClientStore, Credentials, ErrorCode, Events, GroupAction, MemoryStore};
+use chat::client::store::ClientStore;
+use chat::client::{Client, Credentials, ErrorCode, Events, GroupAction, MemoryStore};
 use chat::crypto::{Error as CryptoError, SenderKeyReceiver};
 use common::{PASSWORD, TestServer, config, http_get, next_change, next_text, synced};
 use futures::future::join_all;

@@ -6,7 +6,8 @@ mod common;
 
 use std::sync::Arc;
 
-use chat::client::{Client, ClientStore, Credentials, Error, Event, MemoryStore, TrustPolicy};
+use chat::client::store::ClientStore;
+use chat::client::{Client, Credentials, Error, Event, MemoryStore, TrustPolicy};
 use chat::core::{Direction, MessageId, Store};
 use common::{PASSWORD, TestServer, config, link, next_text, synced, user, wait_for};
 
@@ -316,7 +317,7 @@ async fn removing_a_device_rotates_the_group_keys_it_held() {
 /// device at registration does, and can then send to contacts who require lists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_from_before_device_lists_makes_the_account_identity() {
-    use chat::client::{DeviceRecord, Write};
+    use chat::client::store::{DeviceRecord, Write};
     use common::http_call;
     use serde_json::json;
 

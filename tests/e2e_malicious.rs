@@ -5,7 +5,8 @@
 mod common;
 mod malicious;
 
-use chat::client::{Client, ClientStore, ConversationId, Credentials, Event, Events, MemoryStore};
+use chat::client::store::ClientStore;
+use chat::client::{Client, ConversationId, Credentials, Event, Events, MemoryStore};
 use chat::core::{DeviceAddress, DeviceId};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};

@@ -11,7 +11,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use chat_client::{ConversationId, MessageId, SearchIndex, SearchPage};
+use chat_client::store::SearchIndex;
+use chat_client::{ConversationId, MessageId, SearchPage};
 
 const WORDS: &[&str] = &[
     "meet", "library", "noon", "tomorrow", "project", "deadline", "coffee", "review", "release",

@@ -9,9 +9,10 @@
 
 use std::time::Instant;
 
+use chat_client::store::{ClientStore, SearchWrite, StoredMessage, Write};
 use chat_client::{
-    ClientKey, ClientStore, Content, ConversationId, DeviceAddress, DeviceId, MessageId,
-    SearchWrite, SqliteStore, StoredMessage, Text, UserId, Write,
+    ClientKey, Content, ConversationId, DeviceAddress, DeviceId, MessageId, SqliteStore, Text,
+    UserId,
 };
 use chat_core::{InboxPos, Timestamp};
 

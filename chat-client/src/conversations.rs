@@ -230,7 +230,7 @@ impl Client {
 
     /// Searches this device's history (decrypted text, current after edits, deleted
     /// messages forgotten): every whitespace-separated term must occur; newest first, a
-    /// page at a time. See [`SearchIndex`](crate::SearchIndex) for what matches.
+    /// page at a time. See [`SearchIndex`](crate::store::SearchIndex) for what matches.
     pub fn search(&self, query: &str, page: SearchPage) -> Result<SearchResults> {
         let mut results = self.inner.store.search(query, page)?;
         if let Ok(blocked) = self.inner.blocked.lock()

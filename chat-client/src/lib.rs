@@ -18,7 +18,7 @@ mod people;
 mod recovery;
 mod search;
 mod sqlite;
-mod store;
+pub mod store;
 mod thread;
 mod trust;
 
@@ -39,13 +39,10 @@ pub use net::{IntoServer, Server};
 pub use nodes::{IntoNodes, Nodes};
 pub use people::{Profile, UserPage};
 pub use search::{
-    MAX_SEARCH_PAGE, SearchError, SearchHit, SearchIndex, SearchPage, SearchPosition, SearchResults,
+    MAX_SEARCH_PAGE, SearchError, SearchHit, SearchPage, SearchPosition, SearchResults,
 };
 pub use sqlite::SqliteStore;
-pub use store::{
-    ClientStore, ConversationRecord, DeviceRecord, MemoryStore, OutboxEntry, RecoveryPoint,
-    SearchWrite, Secret, StoredMessage, Write,
-};
+pub use store::MemoryStore;
 pub use thread::TimelineItem;
 /// rustls' error and certificate reasons, as [`NetworkError::tls`] gives them.
 pub use tokio_rustls::rustls::{CertificateError, Error as TlsError};

@@ -2,6 +2,12 @@
 //! (`records.rs`), the in-memory implementation (`memory.rs`) and the conformance suite every
 //! implementation passes (`conformance.rs`).
 //!
+//! An app does not need this module: it gives the client a
+//! [`SqliteStore`](crate::SqliteStore) or a [`MemoryStore`], and reads everything through the
+//! client. It is for implementing a store of one's own (another database, a platform's
+//! storage): the trait, the records it keeps, and [`SearchIndex`], the full-text engine a
+//! store can use for [`ClientStore::search`].
+//!
 //! The store owns everything a device must not lose: its account keys, token, sessions,
 //! sender keys, inbox cursor, outbox, conversation list and decrypted history. Reads are
 //! small lookups; every write is a batch of [`Write`]s applied atomically, either durably at
@@ -12,7 +18,7 @@
 //! state that produced it are one batch too, so a retry never re-encrypts.
 //!
 //! Calls are synchronous (an embedded database). The client reaches its store through
-//! [`Store`], which runs every fsync ([`ClientStore::sync`]) on tokio's blocking pool; it
+//! `Store`, which runs every fsync ([`ClientStore::sync`]) on tokio's blocking pool; it
 //! stages batches inside `block_in_place` on a multi-threaded runtime, and never holds a lock
 //! across an `.await`.
 
@@ -29,6 +35,7 @@ use crate::search::{SearchPage, SearchResults};
 
 mod records;
 
+pub use crate::search::SearchIndex;
 pub use records::{
     ConversationRecord, DeviceRecord, OutboxEntry, RecoveryPoint, SearchWrite, Secret,
     StoredMessage,
@@ -221,7 +228,7 @@ pub trait ClientStore: Send + Sync + 'static {
         conversation: ConversationId,
         read: ReadPosition,
     ) -> Result<Vec<(MessageId, UserId)>>;
-    /// Full-text search over the indexed text (see [`SearchIndex`](crate::SearchIndex)).
+    /// Full-text search over the indexed text (see [`SearchIndex`]).
     fn search(&self, query: &str, page: SearchPage) -> Result<SearchResults>;
     /// The history recovery still to do after a resync, if any.
     fn recovery(&self) -> Result<Option<Vec<RecoveryPoint>>>;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chat_client::{Client, ClientStore, DeviceRecord, Event, MemoryStore, Write};
+use chat_client::store::{ClientStore, DeviceRecord, Write};
+use chat_client::{Client, Event, MemoryStore};
 use chat_core::protocol::{ClientFrame, Deliver, ServerFrame, SyncEnd, Welcome};
 use chat_core::{
     ClientKey, ConversationId, DeviceAddress, DeviceId, InboxPos, MessageId, Timestamp, UserId,

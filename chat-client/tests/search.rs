@@ -3,7 +3,8 @@
 //! the first version is upgraded, and one- and two-character terms match exactly what the
 //! rule in the module docs says, checked against a naive model.
 
-use chat_client::{ConversationId, MessageId, SearchIndex, SearchPage};
+use chat_client::store::SearchIndex;
+use chat_client::{ConversationId, MessageId, SearchPage};
 
 fn conv(n: u64) -> ConversationId {
     ConversationId::new(n).unwrap()
