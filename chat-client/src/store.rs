@@ -389,8 +389,8 @@ pub(crate) fn apply_search(
 mod memory;
 pub use memory::MemoryStore;
 
-#[cfg(test)]
-pub(crate) mod conformance;
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
 
 /// The client's handle on its store: the store's calls (through `Deref`), except the two
 /// that wait for the disk. [`sync`](Self::sync) and [`commit`](Self::commit) are async and

@@ -1,4 +1,5 @@
-//! The behaviour every [`ClientStore`] must have, run against each implementation.
+//! The behaviour every [`ClientStore`] must have, run against each implementation (with the
+//! `testing` feature, also against a store of one's own: call [`run`] from its tests).
 
 use chat_core::{
     ClientKey, ConversationId, ConversationKind, DeviceAddress, InboxPos, MessageId, Timestamp,
@@ -24,7 +25,12 @@ fn msg(c: u64, id: u64, text: &[u8]) -> StoredMessage {
     }
 }
 
-pub(crate) fn run(store: &dyn ClientStore) {
+/// Checks a new, empty `store` against the behaviour the client relies on (atomic batches,
+/// point reads, history pages, relations, read positions, unread counts, search, the
+/// outbox, recovery points); panics at the first difference. Leaves the store holding what
+/// it wrote (the inbox cursor at 41 and one outbox entry), so a test can reopen a durable
+/// store and check that it kept them.
+pub fn run(store: &dyn ClientStore) {
     let conv = ConversationId::new(3).unwrap();
     assert!(store.device().unwrap().is_none());
     let someone = chat_core::UserId::new(4).unwrap();
@@ -546,6 +552,7 @@ fn sqlite_checkpoints_after_a_sync_not_inside_commits() {
     assert_eq!(store.checkpoints(), 1);
 }
 
+#[cfg(test)]
 const KEY: [u8; 32] = [0x5A; 32];
 
 #[test]
