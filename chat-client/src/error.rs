@@ -120,9 +120,11 @@ pub enum Limit {
     GroupMembers(usize),
     /// A user has at most this many devices.
     DevicesPerUser(usize),
-    /// A message body is larger than the server takes.
-    MessageSize,
-    /// A file is larger than the server's attachment limit.
+    /// A message body (its ciphertext) is larger than this many bytes.
+    MessageSize(usize),
+    /// A message's header for one device is larger than this many bytes.
+    HeaderSize(usize),
+    /// A file is larger than the server's attachment limit (each deployment sets its own).
     AttachmentSize,
 }
 
@@ -131,7 +133,8 @@ impl fmt::Display for Limit {
         match self {
             Self::GroupMembers(n) => write!(f, "a group has at most {n} members"),
             Self::DevicesPerUser(n) => write!(f, "a user has at most {n} devices"),
-            Self::MessageSize => f.write_str("the message is larger than the server takes"),
+            Self::MessageSize(n) => write!(f, "a message body has at most {n} bytes"),
+            Self::HeaderSize(n) => write!(f, "a message header has at most {n} bytes per device"),
             Self::AttachmentSize => f.write_str("the file is larger than the server takes"),
         }
     }
@@ -338,7 +341,8 @@ impl Error {
             Self::RateLimited { .. } => Some(ErrorCode::RateLimited),
             Self::LimitExceeded(Limit::GroupMembers(_)) => Some(ErrorCode::GroupFull),
             Self::LimitExceeded(Limit::DevicesPerUser(_)) => Some(ErrorCode::TooManyDevices),
-            Self::LimitExceeded(Limit::MessageSize) => Some(ErrorCode::BodyTooLarge),
+            Self::LimitExceeded(Limit::MessageSize(_)) => Some(ErrorCode::BodyTooLarge),
+            Self::LimitExceeded(Limit::HeaderSize(_)) => Some(ErrorCode::HeaderTooLarge),
             Self::LimitExceeded(Limit::AttachmentSize) => Some(ErrorCode::PayloadTooLarge),
             _ => None,
         }
@@ -346,7 +350,9 @@ impl Error {
 
     /// The error for a server's refusal: its own variant where the code has one.
     pub(crate) fn server(code: ErrorCode, message: impl Into<String>) -> Self {
-        use chat_core::limits::{MAX_DEVICES_PER_USER, MAX_GROUP_MEMBERS};
+        use chat_core::limits::{
+            MAX_BODY_BYTES, MAX_DEVICE_HEADER_BYTES, MAX_DEVICES_PER_USER, MAX_GROUP_MEMBERS,
+        };
         match code {
             ErrorCode::InvalidToken => Self::Unauthorized,
             ErrorCode::NotMember => Self::NotMember,
@@ -355,8 +361,9 @@ impl Error {
             ErrorCode::TooManyDevices => {
                 Self::LimitExceeded(Limit::DevicesPerUser(MAX_DEVICES_PER_USER))
             }
-            ErrorCode::BodyTooLarge | ErrorCode::HeaderTooLarge => {
-                Self::LimitExceeded(Limit::MessageSize)
+            ErrorCode::BodyTooLarge => Self::LimitExceeded(Limit::MessageSize(MAX_BODY_BYTES)),
+            ErrorCode::HeaderTooLarge => {
+                Self::LimitExceeded(Limit::HeaderSize(MAX_DEVICE_HEADER_BYTES))
             }
             ErrorCode::PayloadTooLarge => Self::LimitExceeded(Limit::AttachmentSize),
             code => Self::Server {
@@ -424,18 +431,18 @@ mod tests {
             ErrorCode::GroupFull,
             ErrorCode::TooManyDevices,
             ErrorCode::BodyTooLarge,
+            ErrorCode::HeaderTooLarge,
             ErrorCode::PayloadTooLarge,
             ErrorCode::NotFound,
             ErrorCode::Conflict,
         ] {
             let e = Error::server(code, "x");
-            let expected = if code == ErrorCode::HeaderTooLarge {
-                ErrorCode::BodyTooLarge
-            } else {
-                code
-            };
-            assert_eq!(e.code(), Some(expected), "{e:?}");
+            assert_eq!(e.code(), Some(code), "{e:?}");
         }
+        assert!(matches!(
+            Error::server(ErrorCode::BodyTooLarge, ""),
+            Error::LimitExceeded(Limit::MessageSize(n)) if n == chat_core::limits::MAX_BODY_BYTES
+        ));
         assert!(matches!(
             Error::server(ErrorCode::GroupFull, ""),
             Error::LimitExceeded(Limit::GroupMembers(100))
