@@ -10,6 +10,15 @@ use common::{PASSWORD, TestServer, WAIT, config, synced, user};
 
 const MESSAGES: usize = 1_000;
 
+/// Bob's app starting again on the store at `path`.
+async fn resume(server: &TestServer, path: &std::path::Path) -> Client {
+    Client::builder(server.url())
+        .store(SqliteStore::open(path).expect("store"))
+        .open()
+        .await
+        .expect("open bob")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_device_catches_up_in_order_once_across_a_restart() {
     let server = TestServer::start(config("memory:")).await;
@@ -38,11 +47,7 @@ async fn offline_device_catches_up_in_order_once_across_a_restart() {
     // Bob's app starts, processes part of the backlog, and is killed.
     let mut seen = Vec::new();
     {
-        let bob = Client::builder(server.url())
-            .store(SqliteStore::open(&path).expect("store"))
-            .open()
-            .await
-            .expect("open bob");
+        let bob = resume(&server, &path).await;
         let mut events = bob.events();
         // Killed as soon as the first message is in: the driver is mid-backlog.
         while seen.is_empty() {
@@ -72,11 +77,7 @@ async fn offline_device_catches_up_in_order_once_across_a_restart() {
     eprintln!("first run processed {first_run} messages");
 
     // The restarted app resumes from its stored cursor.
-    let bob = Client::builder(server.url())
-        .store(SqliteStore::open(&path).expect("store"))
-        .open()
-        .await
-        .expect("reopen bob");
+    let bob = resume(&server, &path).await;
     let mut events = bob.events();
     while seen.len() < MESSAGES {
         match tokio::time::timeout(WAIT, events.next())
@@ -143,11 +144,7 @@ async fn a_client_on_a_current_thread_runtime_stores_a_backlog_durably() {
         alice_chat.send_text(&format!("m{i}")).await.expect("send");
     }
 
-    let bob = Client::builder(server.url())
-        .store(SqliteStore::open(&path).expect("store"))
-        .open()
-        .await
-        .expect("open bob");
+    let bob = resume(&server, &path).await;
     let mut events = bob.events();
     let mut got = 0;
     let mut replied = false;
@@ -179,12 +176,7 @@ async fn a_client_on_a_current_thread_runtime_stores_a_backlog_durably() {
     bob.close().await;
     drop(bob);
 
-    let reopened = SqliteStore::open(&path).expect("reopen");
-    let bob = Client::builder(server.url())
-        .store(reopened)
-        .open()
-        .await
-        .expect("open bob again");
+    let bob = resume(&server, &path).await;
     let stored = bob
         .conversation(chat)
         .history(None, 2 * BACKLOG)
