@@ -65,10 +65,11 @@ pub enum Error {
     /// The content is refused before encryption (for example text over 100,000 characters).
     #[error("content: {0}")]
     Content(#[from] chat_core::ContentError),
-    /// An argument the app passed is not valid (an address, a name, a code); the message
-    /// says which and why. A programming or input error: retrying does not help.
-    #[error("invalid argument: {0}")]
-    Invalid(String),
+    /// An argument the app passed is not valid (an address, a certificate, a name, a code):
+    /// [`InvalidArgument::what`] says which and why, the parse error is the source. A
+    /// programming or input error: retrying does not help.
+    #[error(transparent)]
+    Invalid(#[from] InvalidArgument),
     /// The store holds no device; register or log in first.
     #[error("no device in the local store; register or log in first")]
     NotLoggedIn,
@@ -285,6 +286,51 @@ impl StdError for ProtocolError {
     }
 }
 
+/// An argument the app passed is not valid: `what` says which and why; the parse error, if
+/// any, is the source.
+#[derive(Debug)]
+pub struct InvalidArgument {
+    what: String,
+    source: Option<Source>,
+}
+
+impl InvalidArgument {
+    pub(crate) fn new(what: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn with_source(what: impl Into<String>, source: impl Into<Source>) -> Self {
+        Self {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// Which argument, and why it is not valid.
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+}
+
+impl fmt::Display for InvalidArgument {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid argument: {}", self.what)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for InvalidArgument {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source.as_deref().map(|s| s as _)
+    }
+}
+
 /// The local store failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -373,6 +419,16 @@ impl Error {
         }
     }
 
+    /// An argument the app passed that is not valid.
+    pub(crate) fn invalid(what: impl Into<String>) -> Self {
+        Self::Invalid(InvalidArgument::new(what))
+    }
+
+    /// An argument the app passed that does not parse, with the parse error.
+    pub(crate) fn invalid_because(what: impl Into<String>, source: impl Into<Source>) -> Self {
+        Self::Invalid(InvalidArgument::with_source(what, source))
+    }
+
     /// A malformed answer or frame.
     pub(crate) fn protocol(what: impl Into<String>) -> Self {
         Self::Protocol(ProtocolError::new(what))
@@ -411,7 +467,7 @@ impl From<crate::SearchError> for Error {
 
 impl From<chat_core::IdError> for Error {
     fn from(e: chat_core::IdError) -> Self {
-        Self::Invalid(e.to_string())
+        Self::invalid_because("an ID", e)
     }
 }
 
@@ -451,6 +507,26 @@ mod tests {
             Error::server(ErrorCode::NotFound, "no such user"),
             Error::Server { code: ErrorCode::NotFound, message } if message == "no such user"
         ));
+    }
+
+    #[test]
+    fn an_invalid_argument_keeps_its_parse_error() {
+        let e = Error::from(chat_core::IdError::OutOfRange);
+        assert!(
+            matches!(&e, Error::Invalid(a) if a.what() == "an ID"),
+            "{e:?}"
+        );
+        let source = StdError::source(&e).expect("the id error");
+        assert!(source.downcast_ref::<chat_core::IdError>().is_some());
+        assert_eq!(
+            e.to_string(),
+            "invalid argument: an ID: identifier out of range"
+        );
+        let e = crate::Server::parse("ftp://example.com").unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid(a) if a.what().contains("ftp")),
+            "{e:?}"
+        );
     }
 
     #[test]

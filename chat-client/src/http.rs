@@ -82,9 +82,9 @@ impl Http {
         body: Option<&impl Serialize>,
     ) -> Result<T> {
         let body = match body {
-            Some(b) => {
-                Bytes::from(serde_json::to_vec(b).map_err(|e| Error::Invalid(e.to_string()))?)
-            }
+            Some(b) => Bytes::from(
+                serde_json::to_vec(b).map_err(|e| Error::invalid_because("a request body", e))?,
+            ),
             None => Bytes::new(),
         };
         let bytes = self
@@ -409,7 +409,7 @@ impl Http {
         }
         request
             .body(body)
-            .map_err(|e| Error::Invalid(e.to_string()))
+            .map_err(|e| Error::invalid_because("a request (path or token)", e))
     }
 
     /// Sends one request on a connection of its own (streamed bodies); the connection lives
@@ -450,7 +450,7 @@ fn lost(addr: &Server, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -
 /// Points a request that goes to another node than it was built for at that node.
 fn set_host<B>(request: &mut Request<B>, addr: &Server) -> Result<()> {
     let host = hyper::header::HeaderValue::from_str(addr.authority())
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+        .map_err(|e| Error::invalid_because("a server address", e))?;
     request.headers_mut().insert(HOST, host);
     Ok(())
 }

@@ -31,7 +31,10 @@ pub use chat_core::{
 pub use chat_crypto::{ChainError, SafetyNumber};
 pub use client::Client;
 pub use conversations::{ConversationSummary, MAX_TIMELINE_PAGE};
-pub use error::{Error, Limit, NetworkError, NetworkErrorKind, ProtocolError, Result, StoreError};
+pub use error::{
+    Error, InvalidArgument, Limit, NetworkError, NetworkErrorKind, ProtocolError, Result,
+    StoreError,
+};
 pub use event::{ConnectionState, Event, Events, Message};
 pub use groups::GroupInfo;
 pub use handle::{ClientBuilder, Conversation, Credentials};

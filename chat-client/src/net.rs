@@ -56,17 +56,17 @@ impl Server {
             Some(("https" | "wss", rest)) => (true, rest),
             Some(("http" | "ws", rest)) => (false, rest),
             Some((scheme, _)) => {
-                return Err(Error::Invalid(format!("unsupported scheme {scheme}://")));
+                return Err(Error::invalid(format!("unsupported scheme {scheme}://")));
             }
             None => (false, server),
         };
         let authority = rest.trim_end_matches('/');
         if authority.is_empty() || authority.contains('/') || authority.contains('@') {
-            return Err(Error::Invalid(format!("not a server address: {server}")));
+            return Err(Error::invalid(format!("not a server address: {server}")));
         }
         let (host, has_port) = split_host(authority);
         if host.is_empty() {
-            return Err(Error::Invalid(format!("not a server address: {server}")));
+            return Err(Error::invalid(format!("not a server address: {server}")));
         }
         let authority = match (has_port, tls) {
             (true, _) => authority.to_owned(),
@@ -89,19 +89,19 @@ impl Server {
     /// server certificate. An error if `pem` holds no certificate or this is not `https`.
     pub fn with_root_certificates(mut self, pem: &[u8]) -> Result<Self> {
         if self.tls.is_none() {
-            return Err(Error::Invalid(
-                "root certificates apply to https:// servers".into(),
+            return Err(Error::invalid(
+                "root certificates apply to https:// servers",
             ));
         }
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.map_err(|e| Error::Invalid(format!("root certificate: {e}")))?;
+            let cert = cert.map_err(|e| Error::invalid_because("a root certificate", e))?;
             roots
                 .add(cert)
-                .map_err(|e| Error::Invalid(format!("root certificate: {e}")))?;
+                .map_err(|e| Error::invalid_because("a root certificate", e))?;
         }
         if roots.is_empty() {
-            return Err(Error::Invalid("no certificate in the PEM data".into()));
+            return Err(Error::invalid("no certificate in the PEM data"));
         }
         self.tls = Some(Arc::new(config(roots)?));
         Ok(self)
@@ -149,7 +149,7 @@ impl Server {
             return Ok(Stream::Plain(tcp));
         };
         let name = ServerName::try_from(self.host.clone())
-            .map_err(|e| Error::Invalid(format!("{}: {e}", self.host)))?;
+            .map_err(|e| Error::invalid_because(format!("server name {}", self.host), e))?;
         let tls = TlsConnector::from(config.clone())
             .connect(name, tcp)
             .await
@@ -193,7 +193,7 @@ fn config(roots: RootCertStore) -> Result<ClientConfig> {
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Invalid(format!("TLS configuration: {e}")))?;
+        .map_err(|e| Error::invalid_because("the TLS configuration", e))?;
     Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 

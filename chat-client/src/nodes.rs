@@ -74,7 +74,7 @@ impl Nodes {
             }
         }
         let Some(current) = list.first().cloned() else {
-            return Err(Error::Invalid("no node address given".into()));
+            return Err(Error::invalid("no node address given"));
         };
         Ok(Self {
             state: Arc::new(Mutex::new(State { list, current })),

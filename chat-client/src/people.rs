@@ -90,11 +90,11 @@ impl Client {
         avatar: Option<AttachmentId>,
     ) -> Result<Profile> {
         let name = DisplayName::new(display_name)
-            .map_err(|e| Error::Invalid(format!("display name: {e}")))?;
+            .map_err(|e| Error::invalid_because("the display name", e))?;
         let status = match status.map(str::trim) {
             None | Some("") => None,
             Some(s) => {
-                Some(StatusText::new(s).map_err(|e| Error::Invalid(format!("status: {e}")))?)
+                Some(StatusText::new(s).map_err(|e| Error::invalid_because("the status", e))?)
             }
         };
         let body = json!({"display_name": name, "status": status, "avatar": avatar});

@@ -559,7 +559,7 @@ impl Client {
     /// device then calls [`Client::finish_link`].
     pub async fn link_device(&self, code: &str) -> Result<DeviceId> {
         let bytes = Zeroizing::new(
-            hex::decode(code.trim()).map_err(|_| Error::Invalid("a link code is hex".into()))?,
+            hex::decode(code.trim()).map_err(|e| Error::invalid_because("a link code (hex)", e))?,
         );
         let code = LinkCode::from_bytes(&bytes)?;
         let (device, identity) = (code.device(), code.identity());
