@@ -6,8 +6,8 @@
 //! time and talks only to the address it is given.
 #![forbid(unsafe_code)]
 
-mod commits;
 mod floor;
+mod histogram;
 mod http;
 mod proc;
 mod stats;

@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::commits::{self, Histogram};
+use crate::histogram::{self, Histogram};
 use crate::http::{self, Account, Result};
 use crate::proc::{self, Sample};
 use crate::stats::{Rng, Stats};
@@ -149,8 +149,8 @@ impl Env {
     async fn histograms(&self) -> Option<(Option<Histogram>, Option<Histogram>)> {
         let page = http::metrics(self.server).await?;
         Some((
-            Histogram::parse(&page, commits::COMMITS),
-            Histogram::parse(&page, commits::APPENDS),
+            Histogram::parse(&page, histogram::COMMITS),
+            Histogram::parse(&page, histogram::APPENDS),
         ))
     }
 

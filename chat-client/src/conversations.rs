@@ -142,7 +142,7 @@ impl Client {
         before: Option<MessageId>,
         limit: usize,
     ) -> Result<Vec<TimelineItem>> {
-        let store = self.inner.store.as_ref();
+        let store = &*self.inner.store;
         let page = store.standalone(conversation, before, limit.min(MAX_TIMELINE_PAGE))?;
         let mut items = Vec::with_capacity(page.len());
         for m in page.iter().filter(|m| !self.inner.hides(m.sender.user)) {
@@ -157,7 +157,7 @@ impl Client {
         conversation: ConversationId,
         id: MessageId,
     ) -> Result<Option<TimelineItem>> {
-        thread::item(self.inner.store.as_ref(), conversation, id)
+        thread::item(&*self.inner.store, conversation, id)
     }
 
     /// Marks a conversation read up to and including `up_to`: raises the read position here
@@ -236,7 +236,7 @@ impl Client {
         if let Ok(blocked) = self.inner.blocked.lock()
             && !blocked.is_empty()
         {
-            let store = self.inner.store.as_ref();
+            let store = &*self.inner.store;
             results.hits.retain(|h| {
                 store
                     .message(h.conversation, h.message)

@@ -413,10 +413,8 @@ impl Conn {
     /// the server's close in answer.
     async fn close(&mut self, ws: &mut Ws) -> End {
         let _ = self.ack(ws).await;
-        // Sends the server stored since the last ack (`sent`) are staged too.
-        if let Err(e) = self.inner.store.sync().await {
-            tracing::warn!(cause = %e, "could not sync the store on close");
-        }
+        // What is staged besides (a `sent` answer, a read position) is synced by
+        // `Client::close` once the driver has stopped, connected or not.
         let frame = CloseFrame {
             code: CloseCode::Normal,
             reason: "signed off".into(),
@@ -715,7 +713,7 @@ impl Conn {
         // message it stored. The next ack (or `close`) syncs it.
         let derived = self.inner.crypto.serialized(|| {
             let stored = store.message(s.conversation, s.id)?;
-            let mut derived = thread::derive(store.as_ref(), &message, stored.as_ref())?;
+            let mut derived = thread::derive(&**store, &message, stored.as_ref())?;
             let mut writes = vec![Write::OutboxRemove(key)];
             writes.extend(thread::store_writes(message, &mut derived));
             store.stage(writes)?;

@@ -698,8 +698,7 @@ impl Crypto {
                         sent_at: deliver.sent_at,
                         plaintext,
                     };
-                    let mut derived = match thread::derive(self.store.as_ref(), &m, stored.as_ref())
-                    {
+                    let mut derived = match thread::derive(&*self.store, &m, stored.as_ref()) {
                         Ok(d) => d,
                         Err(e) => {
                             // Decryption changed the account in memory (a one-time prekey used):
@@ -780,7 +779,7 @@ impl Crypto {
                 ..envelope
             };
             // Nothing is stored under this ID (checked above).
-            let mut derived = thread::derive(self.store.as_ref(), &m, None)?;
+            let mut derived = thread::derive(&*self.store, &m, None)?;
             let mut writes = vec![Write::Receiver {
                 conversation: m.conversation,
                 sender: m.sender,

@@ -241,95 +241,72 @@ impl StdError for NetworkError {
     }
 }
 
-/// The server sent something that does not follow the protocol: `what` names it; the parse
-/// error, if any, is the source.
-#[derive(Debug)]
-pub struct ProtocolError {
-    what: String,
-    source: Option<Source>,
+/// An error described in words (`what`) with, if there is one, the parse error that caused
+/// it as its source. Written as a macro: [`ProtocolError`] and [`InvalidArgument`] differ only
+/// in their prefix and docs.
+macro_rules! described_error {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $(#[$what_doc:meta])*) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name {
+            what: String,
+            source: Option<Source>,
+        }
+
+        impl $name {
+            pub(crate) fn new(what: impl Into<String>) -> Self {
+                Self {
+                    what: what.into(),
+                    source: None,
+                }
+            }
+
+            pub(crate) fn with_source(what: impl Into<String>, source: impl Into<Source>) -> Self {
+                Self {
+                    what: what.into(),
+                    source: Some(source.into()),
+                }
+            }
+
+            $(#[$what_doc])*
+            pub fn what(&self) -> &str {
+                &self.what
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!($prefix, ": {}"), self.what)?;
+                if let Some(source) = &self.source {
+                    write!(f, ": {source}")?;
+                }
+                Ok(())
+            }
+        }
+
+        impl StdError for $name {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                self.source.as_deref().map(|s| s as _)
+            }
+        }
+    };
 }
 
-impl ProtocolError {
-    pub(crate) fn new(what: impl Into<String>) -> Self {
-        Self {
-            what: what.into(),
-            source: None,
-        }
-    }
-
-    pub(crate) fn with_source(what: impl Into<String>, source: impl Into<Source>) -> Self {
-        Self {
-            what: what.into(),
-            source: Some(source.into()),
-        }
-    }
-
+described_error!(
+    /// The server sent something that does not follow the protocol: `what` names it; the
+    /// parse error, if any, is the source.
+    ProtocolError,
+    "protocol",
     /// What was malformed.
-    pub fn what(&self) -> &str {
-        &self.what
-    }
-}
+);
 
-impl fmt::Display for ProtocolError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "protocol: {}", self.what)?;
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
-        Ok(())
-    }
-}
-
-impl StdError for ProtocolError {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source.as_deref().map(|s| s as _)
-    }
-}
-
-/// An argument the app passed is not valid: `what` says which and why; the parse error, if
-/// any, is the source.
-#[derive(Debug)]
-pub struct InvalidArgument {
-    what: String,
-    source: Option<Source>,
-}
-
-impl InvalidArgument {
-    pub(crate) fn new(what: impl Into<String>) -> Self {
-        Self {
-            what: what.into(),
-            source: None,
-        }
-    }
-
-    pub(crate) fn with_source(what: impl Into<String>, source: impl Into<Source>) -> Self {
-        Self {
-            what: what.into(),
-            source: Some(source.into()),
-        }
-    }
-
+described_error!(
+    /// An argument the app passed is not valid: `what` says which and why; the parse error,
+    /// if any, is the source.
+    InvalidArgument,
+    "invalid argument",
     /// Which argument, and why it is not valid.
-    pub fn what(&self) -> &str {
-        &self.what
-    }
-}
-
-impl fmt::Display for InvalidArgument {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid argument: {}", self.what)?;
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
-        Ok(())
-    }
-}
-
-impl StdError for InvalidArgument {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source.as_deref().map(|s| s as _)
-    }
-}
+);
 
 /// The local store failed.
 #[derive(Debug, thiserror::Error)]

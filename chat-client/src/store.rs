@@ -422,12 +422,6 @@ impl Store {
     }
 }
 
-impl AsRef<dyn ClientStore> for Store {
-    fn as_ref(&self) -> &(dyn ClientStore + 'static) {
-        &*self.0
-    }
-}
-
 impl std::ops::Deref for Store {
     type Target = dyn ClientStore;
 

@@ -41,10 +41,7 @@ fn wanted(devs: &[&Dev]) -> BTreeMap<DeviceAddress, IdentityPublic> {
 fn device(user: u64) -> Dev {
     let store = Store::new(Arc::new(MemoryStore::new()));
     let account = Account::new(&mut rand::rng());
-    store
-        .as_ref()
-        .commit(vec![Write::Account(account.pickle())])
-        .unwrap();
+    crate::store::ClientStore::commit(&*store, vec![Write::Account(account.pickle())]).unwrap();
     let addr = dev(user, 1);
     Dev {
         crypto: Crypto::new(addr, store.clone(), account),
@@ -251,7 +248,7 @@ fn a_server_renumbering_messages_cannot_aim_a_delete_at_another_message() {
             .unwrap();
         assert!(matches!(opened, Opened::Message(_)));
     }
-    let one = thread::item(bob.store.as_ref(), c, MessageId::new(1).unwrap())
+    let one = thread::item(&*bob.store, c, MessageId::new(1).unwrap())
         .unwrap()
         .unwrap();
     assert!(!one.is_deleted(), "the delete hit another message");

@@ -6,7 +6,8 @@
 
 use serde_json::{Value, json};
 
-/// The store's commits (chat-storage's `COMMIT_SECONDS`).
+/// The store's commits (chat-storage's `COMMIT_SECONDS`, spelled out: the bench does not
+/// link the storage crate for one name).
 pub(crate) const COMMITS: &str = "chat_store_commit_seconds";
 /// The node's appends.
 pub(crate) const APPENDS: &str = "chat_append_seconds";
