@@ -112,13 +112,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .login(&Credentials::new("bob", "battery staple"))
         .await?;
     let mut tablet_events = tablet.events();
-    println!("bob's tablet is linked: {}", tablet.is_linked()?);
-    let code = tablet.link_code()?;
+    println!("bob's tablet is linked: {}", tablet.is_linked().await?);
+    let code = tablet.link_code().await?;
     bob.link_device(&code).await?;
     tablet.finish_link().await?;
     println!(
         "after entering its code on the phone: {}",
-        tablet.is_linked()?
+        tablet.is_linked().await?
     );
     chat.send_text("Both of your devices can read this.")
         .await?;

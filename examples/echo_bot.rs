@@ -101,9 +101,9 @@ async fn run(args: Args) -> Result<(), String> {
             }
         }
     };
-    if !bot.is_linked().map_err(|e| e.to_string())? {
+    if !bot.is_linked().await.map_err(|e| e.to_string())? {
         // The account has a linked device already: this one must be added by it.
-        let code = bot.link_code().map_err(|e| e.to_string())?;
+        let code = bot.link_code().await.map_err(|e| e.to_string())?;
         println!(
             "this device is not linked to {}'s account yet; on a linked device, run\n  \
              /link {}\nthe bot goes on once it is linked",

@@ -129,7 +129,7 @@ async fn acknowledged_and_retried_sends_survive_a_killed_server() {
     *backend.lock().expect("lock") = node_addr;
     let ids = burst.acknowledged(&mut a).await;
     assert_eq!(ids.len(), total, "one message per send");
-    assert_eq!(alice.pending().expect("outbox"), 0);
+    assert_eq!(alice.pending().await.expect("outbox"), 0);
 
     // Bob gets each exactly once.
     common::assert_burst_received_once(&bob.conversation(chat), &mut b, total).await;

@@ -57,9 +57,9 @@ async fn text_reaches_every_device_and_the_server_stores_no_plaintext() {
     }
     let too_long = to_bob.send_text(&"x".repeat(100_001)).await;
     assert!(matches!(too_long, Err(chat::client::Error::Content(_))));
-    assert_eq!(alice1.pending().expect("outbox"), 0);
+    assert_eq!(alice1.pending().await.expect("outbox"), 0);
 
-    let history = to_bob.history(None, 10).expect("history");
+    let history = to_bob.history(None, 10).await.expect("history");
     let texts: Vec<_> = history.iter().filter_map(|m| m.text()).collect();
     assert_eq!(texts, [canary, reply, longest.as_str()]);
 

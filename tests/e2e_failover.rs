@@ -112,7 +112,7 @@ async fn clients_move_to_another_node_when_theirs_dies_and_lose_nothing() {
     let total = burst.total;
     let ids = burst.acknowledged(&mut a).await;
     assert_eq!(ids.len(), total, "one message per send");
-    assert_eq!(alice.pending().expect("outbox"), 0);
+    assert_eq!(alice.pending().await.expect("outbox"), 0);
     assert_eq!(
         alice_nodes.current(),
         Server::parse(&url2).expect("url"),

@@ -171,6 +171,7 @@ async fn a_group_of_100() {
             .client
             .conversation(group)
             .history(Some(id2), 10)
+            .await
             .expect("history")
             .is_empty()
     );

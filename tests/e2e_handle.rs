@@ -34,11 +34,11 @@ async fn the_builder_and_a_conversation_handle_carry_a_chat() {
     let first = chat.send_text("hi Bob").await.expect("send");
     let to_bob = bob.conversation(chat.id());
     assert_eq!(next_text(&mut b, chat.id()).await.id, first);
-    assert_eq!(to_bob.unread_count().expect("unread"), 1);
+    assert_eq!(to_bob.unread_count().await.expect("unread"), 1);
     to_bob.reply(first, "hi Alice").await.expect("reply");
     to_bob.react(first, "👍").await.expect("react");
-    to_bob.mark_read(first).expect("read");
-    assert_eq!(to_bob.unread_count().expect("unread"), 0);
+    to_bob.mark_read(first).await.expect("read");
+    assert_eq!(to_bob.unread_count().await.expect("unread"), 0);
     let edited = chat.edit(first, "hello Bob").await.expect("edit");
     assert_ne!(edited, first);
 
@@ -61,7 +61,7 @@ async fn the_builder_and_a_conversation_handle_carry_a_chat() {
         next_text(&mut b, chat.id()).await.text(),
         Some("still here")
     );
-    let items = chat.timeline(None, 10).expect("timeline");
+    let items = chat.timeline(None, 10).await.expect("timeline");
     let mine = items.iter().find(|i| i.id() == first).expect("first");
     assert_eq!(mine.text(), Some("hello Bob"));
     assert!(mine.is_edited());
@@ -89,7 +89,7 @@ async fn the_builder_and_a_conversation_handle_carry_a_chat() {
 
 /// The user Bob's one conversation is with.
 async fn bob_peer(bob: &Client) -> chat::client::UserId {
-    let conversation = bob.conversation_list().expect("list")[0].id;
+    let conversation = bob.conversation_list().await.expect("list")[0].id;
     let members = bob
         .conversation(conversation)
         .members()
@@ -125,7 +125,7 @@ async fn close_flushes_the_outbox_and_stops_every_clone() {
     let clone = alice.clone();
     alice.close().await;
     assert_eq!(
-        alice.pending().expect("pending"),
+        alice.pending().await.expect("pending"),
         0,
         "the outbox was sent first"
     );

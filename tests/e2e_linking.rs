@@ -21,11 +21,11 @@ async fn a_linked_device_reads_and_sends_in_direct_and_group_chats() {
         synced(events).await;
     }
     assert!(
-        alice.is_linked().expect("state"),
+        alice.is_linked().await.expect("state"),
         "the first device is linked"
     );
     // A linked device shows no link code, and removes itself only by logging out.
-    assert!(matches!(alice.link_code(), Err(Error::AlreadyLinked)));
+    assert!(matches!(alice.link_code().await, Err(Error::AlreadyLinked)));
     assert!(matches!(
         alice.remove_device(alice.device().device).await,
         Err(Error::ThisDevice)
@@ -148,7 +148,7 @@ async fn a_verified_contacts_new_identity_blocks_sending_until_accepted() {
         number
     );
     alice.verify(bob.user()).await.expect("verify");
-    assert!(alice.is_verified(bob.user()).expect("state"));
+    assert!(alice.is_verified(bob.user()).await.expect("state"));
     drop(bob);
 
     let new_bob = Client::builder(server.url())
@@ -157,9 +157,9 @@ async fn a_verified_contacts_new_identity_blocks_sending_until_accepted() {
         .await
         .expect("login");
     let mut nb = new_bob.events();
-    assert!(!new_bob.is_linked().expect("state"));
+    assert!(!new_bob.is_linked().await.expect("state"));
     new_bob.recover_account().await.expect("recover");
-    assert!(new_bob.is_linked().expect("state"));
+    assert!(new_bob.is_linked().await.expect("state"));
     synced(&mut nb).await;
 
     let blocked = alice_bob.send_text("are you there?").await;
@@ -188,7 +188,7 @@ async fn a_verified_contacts_new_identity_blocks_sending_until_accepted() {
         "the number stays the verified one until the change is accepted"
     );
     alice.accept_identity(new_bob.user()).await.expect("accept");
-    assert!(!alice.is_verified(new_bob.user()).expect("state"));
+    assert!(!alice.is_verified(new_bob.user()).await.expect("state"));
     assert_ne!(
         alice.safety_number(new_bob.user()).await.expect("number"),
         number
@@ -378,7 +378,7 @@ async fn a_device_from_before_device_lists_makes_the_account_identity() {
         .expect("open");
     let mut o = olga.events();
     synced(&mut o).await;
-    assert!(olga.is_linked().expect("state"));
+    assert!(olga.is_linked().await.expect("state"));
     let direct = olga.open_direct(alice.user()).await.expect("direct");
     olga.conversation(direct)
         .send_text("still here")

@@ -222,6 +222,7 @@ async fn renumbering_messages_for_one_recipient_cannot_aim_a_delete() {
     let timeline = bob
         .conversation(direct)
         .timeline(None, 10)
+        .await
         .expect("timeline");
     assert!(
         timeline

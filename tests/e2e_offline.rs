@@ -100,6 +100,7 @@ async fn offline_device_catches_up_in_order_once_across_a_restart() {
     let stored = bob
         .conversation(chat)
         .history(None, 2 * MESSAGES)
+        .await
         .expect("history");
     assert_eq!(stored.len(), MESSAGES);
     let unique: BTreeSet<_> = stored.iter().map(|m| m.id).collect();
@@ -180,6 +181,7 @@ async fn a_client_on_a_current_thread_runtime_stores_a_backlog_durably() {
     let stored = bob
         .conversation(chat)
         .history(None, 2 * BACKLOG)
+        .await
         .expect("history");
     assert_eq!(stored.len(), BACKLOG + 1, "the backlog and the reply");
     bob.close().await;

@@ -47,7 +47,7 @@ async fn the_outbox_survives_an_app_restart() {
                 .expect("queue"),
         );
     }
-    assert_eq!(alice.pending().expect("outbox"), 3);
+    assert_eq!(alice.pending().await.expect("outbox"), 3);
     drop((alice_chat, alice, a)); // the handle too: it is a clone of the client
 
     // Restarted while still offline: writing works from what the store knows.
@@ -65,7 +65,7 @@ async fn the_outbox_survives_an_app_restart() {
                 .expect("queue offline after a restart"),
         );
     }
-    assert_eq!(alice.pending().expect("outbox"), 5);
+    assert_eq!(alice.pending().await.expect("outbox"), 5);
 
     // Back online: the outbox goes out.
     proxy.up(server.addr);
@@ -80,17 +80,21 @@ async fn the_outbox_survives_an_app_restart() {
         sent.insert(key);
     }
     assert_eq!(sent, keys.iter().copied().collect());
-    assert_eq!(alice.pending().expect("outbox"), 0);
+    assert_eq!(alice.pending().await.expect("outbox"), 0);
     for (i, key) in keys.iter().enumerate() {
         let m = next_text(&mut b, chat).await;
         assert_eq!(m.text(), Some(format!("offline {i}").as_str()));
         assert_eq!(m.client_key, *key);
     }
     // Exactly once: Alice's history and Bob's both hold six messages.
-    assert_eq!(alice_chat.history(None, 100).expect("history").len(), 6);
+    assert_eq!(
+        alice_chat.history(None, 100).await.expect("history").len(),
+        6
+    );
     assert_eq!(
         bob.conversation(chat)
             .history(None, 100)
+            .await
             .expect("history")
             .len(),
         6

@@ -75,6 +75,7 @@ async fn profiles_search_and_blocks_through_the_client() {
         alice
             .conversation(group)
             .history(None, 100)
+            .await
             .expect("history")
             .iter()
             .all(|m| m.sender.user != bob.user())

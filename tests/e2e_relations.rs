@@ -25,9 +25,10 @@ async fn updated(
     .await
 }
 
-fn found(client: &chat::client::Client, query: &str) -> Vec<MessageId> {
+async fn found(client: &chat::client::Client, query: &str) -> Vec<MessageId> {
     client
         .search(query, SearchPage::first(20))
+        .await
         .expect("search")
         .hits
         .into_iter()
@@ -67,10 +68,14 @@ async fn relations_read_positions_and_search_across_devices() {
             next_text(events, chat).await;
         }
     }
-    assert_eq!(bob_chat.unread_count().expect("unread"), 3);
-    assert_eq!(bob2_chat.unread_count().expect("unread"), 3);
-    assert_eq!(alice_chat.unread_count().expect("own"), 0, "own messages");
-    assert_eq!(found(&bob, "世界"), [m1], "CJK text is found");
+    assert_eq!(bob_chat.unread_count().await.expect("unread"), 3);
+    assert_eq!(bob2_chat.unread_count().await.expect("unread"), 3);
+    assert_eq!(
+        alice_chat.unread_count().await.expect("own"),
+        0,
+        "own messages"
+    );
+    assert_eq!(found(&bob, "世界").await, [m1], "CJK text is found");
 
     // Bob reacts twice with the same emoji: one reaction, on Alice's side too.
     bob_chat.react(m1, "👍").await.expect("react");
@@ -95,51 +100,58 @@ async fn relations_read_positions_and_search_across_devices() {
             "reactions survive an edit"
         );
     }
-    assert_eq!(found(&bob, "there"), [m1]);
-    assert!(found(&bob, "world").is_empty(), "the edited-away text");
-    assert_eq!(found(&alice, "there"), [m1], "the sender's own index too");
+    assert_eq!(found(&bob, "there").await, [m1]);
+    assert!(
+        found(&bob, "world").await.is_empty(),
+        "the edited-away text"
+    );
+    assert_eq!(
+        found(&alice, "there").await,
+        [m1],
+        "the sender's own index too"
+    );
 
     // Bob reads up to m2 on his phone; his other device's count follows.
-    bob_chat.mark_read(m2).expect("read");
+    bob_chat.mark_read(m2).await.expect("read");
     wait_for(&mut b2, |e| match e {
         Event::Receipt { user, up_to, .. } if *user == bob.user() && *up_to == m2 => Some(()),
         _ => None,
     })
     .await;
     assert_eq!(
-        bob2_chat.read_position().expect("pos"),
+        bob2_chat.read_position().await.expect("pos"),
         ReadPosition::up_to(m2)
     );
-    assert_eq!(bob_chat.unread_count().expect("unread"), 1);
-    assert_eq!(bob2_chat.unread_count().expect("unread"), 1);
+    assert_eq!(bob_chat.unread_count().await.expect("unread"), 1);
+    assert_eq!(bob2_chat.unread_count().await.expect("unread"), 1);
     // A lower position never moves it back.
-    bob2_chat.mark_read(m1).expect("lower");
+    bob2_chat.mark_read(m1).await.expect("lower");
     assert_eq!(
-        bob2_chat.read_position().expect("pos"),
+        bob2_chat.read_position().await.expect("pos"),
         ReadPosition::up_to(m2)
     );
     // A device added later learns the position with the conversation.
     let (bob3, _b3) = device(&server, "bob", &bob).await;
     assert_eq!(
-        bob3.conversation(chat).read_position().expect("pos"),
+        bob3.conversation(chat).read_position().await.expect("pos"),
         ReadPosition::NONE
     );
     bob3.sync_conversations()
         .await
         .expect("bob3 learns the chat");
     assert_eq!(
-        bob3.conversation(chat).read_position().expect("pos"),
+        bob3.conversation(chat).read_position().await.expect("pos"),
         ReadPosition::up_to(m2)
     );
 
     // Alice deletes m3: a tombstone everywhere, no longer unread, no longer found.
-    assert_eq!(found(&bob, "third"), [m3]);
+    assert_eq!(found(&bob, "third").await, [m3]);
     alice_chat.delete(m3).await.expect("delete");
     let item = updated(&mut b, m3, TimelineItem::is_deleted).await;
     assert!(item.is_deleted());
     assert_eq!(item.view.content, None);
-    assert_eq!(bob_chat.unread_count().expect("unread"), 0);
-    assert!(found(&bob, "third").is_empty());
+    assert_eq!(bob_chat.unread_count().await.expect("unread"), 0);
+    assert!(found(&bob, "third").await.is_empty());
 
     // A reply points at its message.
     let reply = bob_chat.reply(m1, "replying").await.expect("reply");
@@ -152,11 +164,11 @@ async fn relations_read_positions_and_search_across_devices() {
 
     // The views as a conversation shows them, newest first; edits, deletes and reactions are
     // not messages of their own.
-    let timeline = bob_chat.timeline(None, 10).expect("timeline");
+    let timeline = bob_chat.timeline(None, 10).await.expect("timeline");
     let ids: Vec<_> = timeline.iter().map(TimelineItem::id).collect();
     assert_eq!(ids, [reply, m3, m2, m1]);
     assert_eq!(timeline[3].text(), Some("hello there"));
-    let list = alice.conversation_list().expect("list");
+    let list = alice.conversation_list().await.expect("list");
     assert_eq!(list.len(), 1);
     assert_eq!((list[0].id, list[0].unread), (chat, 1), "Bob's reply");
     assert_eq!(list[0].last.as_ref().map(TimelineItem::id), Some(reply));
@@ -208,7 +220,7 @@ async fn a_conversation_started_by_someone_else_joins_the_list() {
     let (bob, mut b) = user(&server, "bob").await;
     synced(&mut a).await;
     synced(&mut b).await;
-    assert!(bob.conversation_list().expect("list").is_empty());
+    assert!(bob.conversation_list().await.expect("list").is_empty());
 
     let group = alice.create_group(&[bob.user()]).await.expect("group");
     alice
@@ -228,7 +240,7 @@ async fn a_conversation_started_by_someone_else_joins_the_list() {
     })
     .await;
     assert_eq!(kind, Some(chat::client::ConversationKind::Group));
-    let list = bob.conversation_list().expect("list");
+    let list = bob.conversation_list().await.expect("list");
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].id, group);
     assert_eq!(

@@ -102,8 +102,11 @@ async fn messages_after_a_restore_replace_the_lost_ones() {
         _ => None,
     })
     .await;
-    bob.conversation(chat).mark_read(edit).expect("read");
-    assert_eq!(bob.conversation(chat).unread_count().expect("unread"), 0);
+    bob.conversation(chat).mark_read(edit).await.expect("read");
+    assert_eq!(
+        bob.conversation(chat).unread_count().await.expect("unread"),
+        0
+    );
     stop(alice, a).await;
     stop(bob, b).await;
     server.shutdown().await;
@@ -158,6 +161,7 @@ async fn messages_after_a_restore_replace_the_lost_ones() {
         let shown: Vec<_> = client
             .conversation(chat)
             .timeline(None, 10)
+            .await
             .expect("timeline")
             .iter()
             .map(|i| (i.id(), i.text().map(str::to_owned), i.is_deleted()))
@@ -172,14 +176,19 @@ async fn messages_after_a_restore_replace_the_lost_ones() {
         );
         let found = client
             .search("edited", chat::client::SearchPage::first(5))
+            .await
             .expect("search");
         assert!(found.hits.is_empty(), "{who}: the lost edit is not found");
     }
-    assert_eq!(bob.conversation(chat).unread_count().expect("unread"), 1);
+    assert_eq!(
+        bob.conversation(chat).unread_count().await.expect("unread"),
+        1
+    );
     for (who, client) in [("bob", &bob), ("alice", &alice)] {
         let texts: Vec<_> = client
             .conversation(chat)
             .history(None, 10)
+            .await
             .expect("history")
             .into_iter()
             .map(|m| m.text().map(str::to_owned))
@@ -195,6 +204,7 @@ async fn messages_after_a_restore_replace_the_lost_ones() {
     }
     assert!(
         bob.search("lost", chat::client::SearchPage::first(5))
+            .await
             .expect("search")
             .hits
             .is_empty(),

@@ -92,6 +92,7 @@ async fn a_trimmed_inbox_is_resynced_and_recovered_from_history() {
     let group_history: Vec<_> = bob
         .conversation(group)
         .history(None, 100)
+        .await
         .expect("history")
         .into_iter()
         .filter_map(|m| m.text().map(|t| (m.id, t.to_owned())))

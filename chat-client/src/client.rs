@@ -427,8 +427,21 @@ impl Client {
     }
 
     /// Messages written to the outbox and not yet acknowledged by the server.
-    pub fn pending(&self) -> Result<usize> {
-        self.inner.store.outbox_len()
+    pub async fn pending(&self) -> Result<usize> {
+        self.local(|c| c.inner.store.outbox_len()).await
+    }
+
+    /// Runs `call`, a call into the local store (a read, or a small staged write), on
+    /// tokio's blocking pool, so the caller's runtime never waits for the disk or for a
+    /// store lock. Dropping the future does not stop the call; it only stops waiting for it.
+    pub(crate) async fn local<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Self) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let client = self.clone();
+        tokio::task::spawn_blocking(move || call(&client))
+            .await
+            .map_err(|_| Error::poisoned("store call"))?
     }
 
     pub(crate) async fn remember(&self, c: &Conversation) -> Result<()> {
@@ -549,7 +562,7 @@ impl Client {
     /// Waits until the outbox is empty (every send acknowledged or failed), or `deadline`.
     async fn flush_outbox(&self, deadline: tokio::time::Instant) {
         let mut events = self.inner.events.subscribe();
-        while self.pending().is_ok_and(|n| n > 0) {
+        while self.pending().await.is_ok_and(|n| n > 0) {
             if tokio::time::timeout_at(deadline, events.recv())
                 .await
                 .is_err()
@@ -738,7 +751,50 @@ mod tests {
     async fn close_makes_what_was_staged_offline_durable() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(SqliteStore::open(dir.path().join("c.db")).expect("store"));
-        // Nothing listens on port 1 of the loopback: every connection is refused.
+        let client = offline(&store).await;
+        let conversation = ConversationId::new(3).unwrap();
+        let up_to = MessageId::new(5).unwrap();
+        client
+            .conversation(conversation)
+            .mark_read(up_to)
+            .await
+            .expect("mark read");
+        let before = store.fsyncs();
+        client.close().await;
+        assert_eq!(
+            store.fsyncs(),
+            before + 1,
+            "close synced the staged position"
+        );
+        assert_eq!(
+            store.read_position(conversation).unwrap(),
+            chat_core::ReadPosition::up_to(up_to)
+        );
+    }
+
+    /// A local call that blocks (a slow disk, a store lock) leaves the caller's runtime
+    /// running, even a current-thread one: the call below waits for a task on that runtime.
+    /// Run inline, it would block the only thread and time out.
+    #[tokio::test(flavor = "current_thread")]
+    async fn local_calls_leave_the_runtime_running() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(SqliteStore::open(dir.path().join("c.db")).expect("store"));
+        let client = offline(&store).await;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (waited, ()) = tokio::join!(
+            client.local(move |_| Ok(rx.recv_timeout(std::time::Duration::from_secs(10)))),
+            async {
+                tokio::task::yield_now().await;
+                tx.send(()).expect("send");
+            }
+        );
+        assert_eq!(waited.expect("call"), Ok(()), "the runtime ran meanwhile");
+        client.close().await;
+    }
+
+    /// A client opened on `store` for a server that cannot be reached: nothing listens on
+    /// port 1 of the loopback, so every connection is refused.
+    async fn offline(store: &Arc<SqliteStore>) -> Client {
         let server = "http://127.0.0.1:1";
         store
             .commit(vec![
@@ -753,27 +809,10 @@ mod tests {
                 Write::Account(Account::new(&mut rand::rng()).pickle()),
             ])
             .expect("seed");
-        let client = Client::builder(server)
+        Client::builder(server)
             .store(store.clone())
             .open()
             .await
-            .expect("open");
-        let conversation = ConversationId::new(3).unwrap();
-        let up_to = MessageId::new(5).unwrap();
-        client
-            .conversation(conversation)
-            .mark_read(up_to)
-            .expect("mark read");
-        let before = store.fsyncs();
-        client.close().await;
-        assert_eq!(
-            store.fsyncs(),
-            before + 1,
-            "close synced the staged position"
-        );
-        assert_eq!(
-            store.read_position(conversation).unwrap(),
-            chat_core::ReadPosition::up_to(up_to)
-        );
+            .expect("open")
     }
 }

@@ -209,7 +209,11 @@ impl Client {
     /// The conversations stored on this device with their unread counts and newest message,
     /// most recent first (call [`Client::sync_conversations`] first on a new device to learn them
     /// from the server).
-    pub fn conversation_list(&self) -> Result<Vec<ConversationSummary>> {
+    pub async fn conversation_list(&self) -> Result<Vec<ConversationSummary>> {
+        self.local(Self::summaries).await
+    }
+
+    fn summaries(&self) -> Result<Vec<ConversationSummary>> {
         let mut list = Vec::new();
         for c in self.inner.store.conversations()? {
             let read = self.read_position(c.id)?;
@@ -231,7 +235,12 @@ impl Client {
     /// Searches this device's history (decrypted text, current after edits, deleted
     /// messages forgotten): every whitespace-separated term must occur; newest first, a
     /// page at a time. See [`SearchIndex`](crate::store::SearchIndex) for what matches.
-    pub fn search(&self, query: &str, page: SearchPage) -> Result<SearchResults> {
+    pub async fn search(&self, query: &str, page: SearchPage) -> Result<SearchResults> {
+        let query = query.to_owned();
+        self.local(move |c| c.search_here(&query, page)).await
+    }
+
+    fn search_here(&self, query: &str, page: SearchPage) -> Result<SearchResults> {
         let mut results = self.inner.store.search(query, page)?;
         if let Ok(blocked) = self.inner.blocked.lock()
             && !blocked.is_empty()

@@ -295,25 +295,38 @@ impl Conversation {
         self.client.send_receipt(self.id, kind, up_to)
     }
 
-    // ---- reading (local, no request) ----------------------------------------------------
+    // ---- reading (local, no request; on tokio's blocking pool) ---------------------------
 
     /// A page of the conversation as it should be shown: messages that stand on their own,
     /// before `before` (exclusive; `None`: the newest), newest first, at most `limit`
     /// (capped at [`MAX_TIMELINE_PAGE`](crate::MAX_TIMELINE_PAGE)), each with its edits,
     /// reactions and delete applied. Messages of users this user blocks are left out.
-    pub fn timeline(&self, before: Option<MessageId>, limit: usize) -> Result<Vec<TimelineItem>> {
-        self.client.timeline(self.id, before, limit)
+    pub async fn timeline(
+        &self,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<TimelineItem>> {
+        let id = self.id;
+        self.client
+            .local(move |c| c.timeline(id, before, limit))
+            .await
     }
 
     /// One message in its current state, if it is stored here.
-    pub fn message(&self, id: MessageId) -> Result<Option<TimelineItem>> {
-        self.client.message(self.id, id)
+    pub async fn message(&self, id: MessageId) -> Result<Option<TimelineItem>> {
+        let conversation = self.id;
+        self.client
+            .local(move |c| c.message(conversation, id))
+            .await
     }
 
     /// The stored messages after `after` (exclusive), oldest first, as received (edits and
     /// reactions as messages of their own).
-    pub fn history(&self, after: Option<MessageId>, limit: usize) -> Result<Vec<Message>> {
-        self.client.history(self.id, after, limit)
+    pub async fn history(&self, after: Option<MessageId>, limit: usize) -> Result<Vec<Message>> {
+        let id = self.id;
+        self.client
+            .local(move |c| c.history(id, after, limit))
+            .await
     }
 
     /// Marks the conversation read up to and including `up_to`: raises the read position
@@ -321,20 +334,23 @@ impl Conversation {
     /// it to this user's other devices (their unread counts follow) and to the other members.
     /// It does not wait for the disk: the position is durable with the next acknowledgement
     /// or send (a power cut before then can lose it on this device, not on the server).
-    pub fn mark_read(&self, up_to: MessageId) -> Result<()> {
-        self.client.mark_read(self.id, up_to)
+    pub async fn mark_read(&self, up_to: MessageId) -> Result<()> {
+        let id = self.id;
+        self.client.local(move |c| c.mark_read(id, up_to)).await
     }
 
     /// This user's read position (raised by [`Self::mark_read`] here and by read receipts
     /// from this user's other devices).
-    pub fn read_position(&self) -> Result<ReadPosition> {
-        self.client.read_position(self.id)
+    pub async fn read_position(&self) -> Result<ReadPosition> {
+        let id = self.id;
+        self.client.local(move |c| c.read_position(id)).await
     }
 
     /// The unread count, computed from IDs: messages after the read position that others
     /// sent, deleted ones left out.
-    pub fn unread_count(&self) -> Result<usize> {
-        self.client.unread_count(self.id)
+    pub async fn unread_count(&self) -> Result<usize> {
+        let id = self.id;
+        self.client.local(move |c| c.unread_count(id)).await
     }
 
     /// The users typing here now (indicators expire by themselves).

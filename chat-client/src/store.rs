@@ -17,10 +17,10 @@
 //! crash can neither skip a message nor store it twice; an outgoing message and the ratchet
 //! state that produced it are one batch too, so a retry never re-encrypts.
 //!
-//! Calls are synchronous (an embedded database). The client reaches its store through
-//! `Store`, which runs every fsync ([`ClientStore::sync`]) on tokio's blocking pool; it
-//! stages batches inside `block_in_place` on a multi-threaded runtime, and never holds a lock
-//! across an `.await`.
+//! Calls are synchronous (an embedded database). The client runs every fsync
+//! ([`ClientStore::sync`]) and every read an app asks for (a timeline page, the conversation
+//! list, a search) on tokio's blocking pool; its driver stages batches inside
+//! `block_in_place` on a multi-threaded runtime; it never holds a lock across an `.await`.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -525,15 +525,19 @@ impl Client {
     /// at registration; a device logged in later waits until a linked device adds it
     /// ([`Client::link_code`], [`Client::link_device`]) or the user recovers the account on
     /// it ([`Client::recover_account`]). An unlinked device cannot send.
-    pub fn is_linked(&self) -> Result<bool> {
-        self.inner.linked()
+    pub async fn is_linked(&self) -> Result<bool> {
+        self.local(|c| c.inner.linked()).await
     }
 
     /// The code this unlinked device shows (as a QR code or text) for a linked device of the
     /// same user to add it: its device ID, its identity and a fresh secret, hex-encoded.
     /// Treat it as a secret: whoever holds it can hand this device an account identity. The
     /// same code is returned until the client is dropped.
-    pub fn link_code(&self) -> Result<Zeroizing<String>> {
+    pub async fn link_code(&self) -> Result<Zeroizing<String>> {
+        self.local(Self::make_link_code).await
+    }
+
+    fn make_link_code(&self) -> Result<Zeroizing<String>> {
         if self.inner.linked()? {
             return Err(Error::AlreadyLinked);
         }
@@ -714,8 +718,9 @@ impl Client {
     }
 
     /// Whether `user` is verified (and their trusted account identity unchanged since).
-    pub fn is_verified(&self, user: UserId) -> Result<bool> {
-        Ok(self.inner.trust(user)?.is_some_and(|r| r.verified))
+    pub async fn is_verified(&self, user: UserId) -> Result<bool> {
+        self.local(move |c| Ok(c.inner.trust(user)?.is_some_and(|r| r.verified)))
+            .await
     }
 
     /// Accepts `user`'s new account identity after [`Event::AccountChanged`] blocked

@@ -121,8 +121,8 @@ async fn run(args: Args) -> Result<(), String> {
     let (screen, keyboard, mut inputs) = screen::start();
     let mut app = App::new(client.clone(), screen.clone()).await;
     let mut events = client.events();
-    if !client.is_linked().map_err(|e| words::error(&e))? {
-        let code = client.link_code().map_err(|e| words::error(&e))?;
+    if !client.is_linked().await.map_err(|e| words::error(&e))? {
+        let code = client.link_code().await.map_err(|e| words::error(&e))?;
         screen.print(format!(
             "this device is not linked to your account yet. On a device that is, type\n  \
              /link {}\nthen type /linked here. (No device left? /recover makes a new account \
@@ -327,7 +327,7 @@ impl App {
                 self.learn(id).await?;
             }
         }
-        for c in self.client.conversation_list()? {
+        for c in self.client.conversation_list().await? {
             self.kinds.insert(c.id, c.kind);
         }
         Ok(())
@@ -339,7 +339,7 @@ impl App {
         self.learn_names(members.iter().copied()).await;
         self.members.insert(id, members);
         if !self.kinds.contains_key(&id) {
-            let list = self.client.conversation_list()?;
+            let list = self.client.conversation_list().await?;
             if let Some(c) = list.iter().find(|c| c.id == id) {
                 self.kinds.insert(id, c.kind);
             }
@@ -422,7 +422,7 @@ impl App {
 
     /// Prints a conversation's latest messages and marks them read.
     async fn history(&mut self, id: ConversationId) -> Result<(), Failure> {
-        let mut page = self.client.conversation(id).timeline(None, 20)?;
+        let mut page = self.client.conversation(id).timeline(None, 20).await?;
         page.reverse();
         let users: Vec<UserId> = page.iter().flat_map(words::users_in).collect();
         self.learn_names(users).await;
@@ -434,7 +434,7 @@ impl App {
                 .print(format!("  {}", words::item(&self.names, m)));
         }
         if let Some(last) = page.last() {
-            self.client.conversation(id).mark_read(last.id())?;
+            self.client.conversation(id).mark_read(last.id()).await?;
         }
         Ok(())
     }
@@ -601,7 +601,7 @@ impl App {
                     .parse()
                     .map_err(|_| format!("{message} is not a message number"))?;
                 let rest: Vec<&str> = words.collect();
-                self.save(id, message, &rest.join(" "))?;
+                self.save(id, message, &rest.join(" ")).await?;
             }
             cmd @ ("/reply" | "/edit" | "/delete" | "/react" | "/unreact") => {
                 let id = self.here()?;
@@ -623,7 +623,7 @@ impl App {
             }
             "/search" => {
                 let query = line.strip_prefix("/search").unwrap_or_default().trim();
-                let results = self.client.search(query, SearchPage::first(20))?;
+                let results = self.client.search(query, SearchPage::first(20)).await?;
                 for hit in &results.hits {
                     self.screen.print(format!(
                         "  {} #{}: {}",
@@ -667,7 +667,7 @@ impl App {
             "/safety" => {
                 let user = self.user_named(words.next(), "/safety NAME").await?;
                 let number = self.client.safety_number(user).await?;
-                let verified = if self.client.is_verified(user)? {
+                let verified = if self.client.is_verified(user).await? {
                     "verified"
                 } else {
                     "not verified: compare it in person or on a call, then /verify NAME"
@@ -757,7 +757,7 @@ impl App {
 
     async fn list(&mut self) -> Result<(), Failure> {
         self.refresh().await?;
-        let list = self.client.conversation_list()?;
+        let list = self.client.conversation_list().await?;
         let users: Vec<UserId> = list
             .iter()
             .filter_map(|c| c.last.as_ref())
@@ -829,11 +829,17 @@ impl App {
         Ok(())
     }
 
-    fn save(&self, id: ConversationId, message: MessageId, path: &str) -> Result<(), Failure> {
+    async fn save(
+        &self,
+        id: ConversationId,
+        message: MessageId,
+        path: &str,
+    ) -> Result<(), Failure> {
         let item = self
             .client
             .conversation(id)
-            .message(message)?
+            .message(message)
+            .await?
             .ok_or_else(|| format!("there is no message #{message} in this conversation"))?;
         let Some(Content::Attachment(pointer)) = item.view.content else {
             return Err(format!("message #{message} is not a file").into());
@@ -886,13 +892,18 @@ impl App {
                 if Some(m.conversation) == self.current {
                     self.screen.print(format!("  {line}"));
                     if m.sender.user != me {
-                        let _ = self.client.conversation(m.conversation).mark_read(m.id);
+                        let _ = self
+                            .client
+                            .conversation(m.conversation)
+                            .mark_read(m.id)
+                            .await;
                     }
                 } else {
                     let unread = self
                         .client
                         .conversation(m.conversation)
                         .unread_count()
+                        .await
                         .unwrap_or(0);
                     self.screen.print(format!(
                         "  [{}] {line}   ({unread} unread; /to {})",

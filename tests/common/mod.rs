@@ -165,14 +165,14 @@ pub async fn device(server: &TestServer, name: &str, linker: &Client) -> (Client
 /// code goes from one to the other as the user would carry it.
 pub async fn link(linker: &Client, new: &Client) {
     assert!(
-        !new.is_linked().expect("state"),
+        !new.is_linked().await.expect("state"),
         "a new device starts unlinked"
     );
-    let code = new.link_code().expect("code");
+    let code = new.link_code().await.expect("code");
     let device = linker.link_device(&code).await.expect("link");
     assert_eq!(device, new.device().device);
     assert!(new.finish_link().await.expect("finish link"), "linked");
-    assert!(new.is_linked().expect("state"));
+    assert!(new.is_linked().await.expect("state"));
 }
 
 /// One authenticated `GET` on a fresh connection; the JSON answer.
@@ -410,5 +410,8 @@ pub async fn assert_burst_received_once(chat: &Conversation, events: &mut Events
     let expected: std::collections::BTreeSet<_> =
         (0..total).map(|i| format!("burst {i}")).collect();
     assert_eq!(texts, expected);
-    assert_eq!(chat.history(None, 1000).expect("history").len(), total + 1);
+    assert_eq!(
+        chat.history(None, 1000).await.expect("history").len(),
+        total + 1
+    );
 }
