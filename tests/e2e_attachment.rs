@@ -138,4 +138,17 @@ async fn files_stream_both_ways_and_a_tampered_one_leaves_nothing_behind() {
     }
     assert!(!again.exists());
     assert!(!dir.path().join("again.raw.part").exists());
+
+    // A file that cannot be read is the app's error, named with its path, whether it
+    // fails to open or fails part-way (a directory opens, then refuses to be read).
+    for path in [dir.path().join("missing.raw"), dir.path().to_owned()] {
+        match alice
+            .conversation(chat)
+            .send_file(&path, "image/x-raw")
+            .await
+        {
+            Err(Error::Io { path: p, .. }) => assert_eq!(p, path),
+            other => panic!("{path:?}: expected Error::Io, got {other:?}"),
+        }
+    }
 }

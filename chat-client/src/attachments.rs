@@ -28,12 +28,6 @@ impl Client {
         name: Option<&str>,
     ) -> Result<MessageId> {
         let (ciphertext, pointer) = chat_crypto::attachment::encrypt(&mut rand::rng(), file)?;
-        // `to_bytes` is `01 || key (32) || size (u64) || SHA-256 of the ciphertext (32)`.
-        let encoded = pointer.to_bytes();
-        let sha256: [u8; 32] = encoded
-            .get(41..73)
-            .and_then(|d| d.try_into().ok())
-            .ok_or_else(|| Error::protocol("attachment pointer layout"))?;
         let uploaded: Uploaded = self
             .inner
             .http
@@ -42,15 +36,7 @@ impl Client {
                 ciphertext.into(),
             )
             .await?;
-        let content = Content::Attachment(chat_core::AttachmentPointer {
-            id: uploaded.id,
-            key: chat_core::AttachmentKey(*pointer.key()),
-            size: file.len() as u64,
-            sha256,
-            mime: mime.to_owned(),
-            name: name.map(str::to_owned),
-            caption: None,
-        });
+        let content = attachment(uploaded.id, &pointer, mime, name.map(str::to_owned));
         self.send(conversation, &content).await
     }
 
@@ -71,11 +57,7 @@ impl Client {
                 usize::try_from(max).unwrap_or(usize::MAX),
             )
             .await?;
-        let key = chat_crypto::attachment::AttachmentPointer::from_parts(
-            pointer.key.0,
-            pointer.size,
-            pointer.sha256,
-        );
+        let key = decryption_key(pointer);
         Ok(chat_crypto::attachment::decrypt(&key, &ciphertext)?)
     }
 
@@ -133,23 +115,15 @@ impl Client {
             Ok((pointer, size))
         };
         let (uploaded, produced) = tokio::join!(upload, produce);
-        // The upload's error first: when it fails, the file reader only sees the body end.
+        // A file that could not be read aborted the upload: that is the error to report.
+        // Otherwise the upload's error first: when it fails, the reader only sees the body end.
+        if let Err(e @ Error::Io { .. }) = produced {
+            return Err(e);
+        }
         let uploaded = uploaded?;
         let (pointer, size) = produced?;
-        let encoded = pointer.to_bytes();
-        let sha256: [u8; 32] = encoded
-            .get(41..73)
-            .and_then(|d| d.try_into().ok())
-            .ok_or_else(|| Error::protocol("attachment pointer layout"))?;
-        let content = Content::Attachment(chat_core::AttachmentPointer {
-            id: uploaded.id,
-            key: chat_core::AttachmentKey(*pointer.key()),
-            size,
-            sha256,
-            mime: mime.to_owned(),
-            name,
-            caption: None,
-        });
+        debug_assert_eq!(pointer.size, size, "the encryptor counts what it was given");
+        let content = attachment(uploaded.id, &pointer, mime, name);
         self.send(conversation, &content).await
     }
 
@@ -192,11 +166,7 @@ impl Client {
             .download_stream(&format!("/v1/attachments/{}", pointer.id))
             .await?;
         let mut file = tokio::fs::File::create(part).await.map_err(io)?;
-        let key = chat_crypto::attachment::AttachmentPointer::from_parts(
-            pointer.key.0,
-            pointer.size,
-            pointer.sha256,
-        );
+        let key = decryption_key(pointer);
         let mut decryptor = chat_crypto::attachment::Decryptor::new(&key);
         let max = chat_crypto::attachment::encrypted_size(pointer.size)
             .ok_or(chat_crypto::Error::AttachmentSize)?;
@@ -230,4 +200,34 @@ impl Client {
 /// report; this one only ends the file reader).
 fn ended_early() -> Error {
     Error::protocol("the upload ended before the file was read")
+}
+
+/// The message content that hands an uploaded attachment to the other members: the blob's
+/// ID on the server and what decrypts and checks it.
+fn attachment(
+    id: chat_core::AttachmentId,
+    pointer: &chat_crypto::attachment::AttachmentPointer,
+    mime: &str,
+    name: Option<String>,
+) -> Content {
+    Content::Attachment(chat_core::AttachmentPointer {
+        id,
+        key: chat_core::AttachmentKey(*pointer.key()),
+        size: pointer.size,
+        sha256: pointer.sha256,
+        mime: mime.to_owned(),
+        name,
+        caption: None,
+    })
+}
+
+/// What decrypts and checks the attachment a received message points to.
+fn decryption_key(
+    pointer: &chat_core::AttachmentPointer,
+) -> chat_crypto::attachment::AttachmentPointer {
+    chat_crypto::attachment::AttachmentPointer::from_parts(
+        pointer.key.0,
+        pointer.size,
+        pointer.sha256,
+    )
 }
