@@ -6,15 +6,10 @@ use bytes::Bytes;
 use chat_core::{Content, ConversationId, MessageId};
 use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::Frame;
-use serde::Deserialize;
 
 use crate::client::Client;
 use crate::error::{Error, NetworkError, NetworkErrorKind, Result};
-
-#[derive(Deserialize)]
-struct Uploaded {
-    id: chat_core::AttachmentId,
-}
+use crate::wire;
 
 impl Client {
     /// Encrypts a file with a fresh key, uploads the ciphertext, and sends the pointer (id,
@@ -28,7 +23,7 @@ impl Client {
         name: Option<&str>,
     ) -> Result<MessageId> {
         let (ciphertext, pointer) = chat_crypto::attachment::encrypt(&mut rand::rng(), file)?;
-        let uploaded: Uploaded = self
+        let uploaded: wire::Uploaded = self
             .inner
             .http
             .upload(
@@ -84,7 +79,7 @@ impl Client {
         let upload = self
             .inner
             .http
-            .upload_stream::<Uploaded, _>(&route, StreamBody::new(frames));
+            .upload_stream::<wire::Uploaded, _>(&route, StreamBody::new(frames));
         let produce = async move {
             let mut encryptor = chat_crypto::attachment::Encryptor::new(&mut rand::rng());
             let mut buf = vec![0u8; chat_crypto::attachment::CHUNK_SIZE];

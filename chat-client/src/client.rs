@@ -12,7 +12,6 @@ use chat_core::{
 };
 use chat_crypto::Account;
 use hyper::Method;
-use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -24,6 +23,7 @@ use crate::event::{Event, Events, Message};
 use crate::http::Http;
 use crate::nodes::{IntoNodes, Nodes};
 use crate::store::{ClientStore, ConversationRecord, DeviceRecord, Store, Write};
+use crate::wire;
 
 /// One-time prekeys uploaded at a time, and the pool size below which the client refills.
 const PREKEY_BATCH: usize = 100;
@@ -134,28 +134,6 @@ impl std::fmt::Debug for Inner {
     }
 }
 
-#[derive(Deserialize)]
-struct LoginResponse {
-    token: String,
-    user_id: UserId,
-    device_id: DeviceId,
-}
-
-#[derive(Deserialize)]
-struct UserView {
-    user_id: UserId,
-}
-
-#[derive(Deserialize)]
-struct MembersView {
-    members: Vec<UserId>,
-}
-
-#[derive(Deserialize)]
-struct Count {
-    count: u64,
-}
-
 impl Client {
     /// Registers `username`, logs in a first device named `device_name`, creates its keys and
     /// publishes them ([`ClientBuilder::register`](crate::ClientBuilder::register)).
@@ -220,7 +198,7 @@ impl Client {
         let store = Store::new(Arc::new(store));
         nodes.refresh().await;
         let http = Http::new(nodes.clone(), None);
-        let login: LoginResponse = http.call(Method::POST, "/v1/login", Some(&body)).await?;
+        let login: wire::Login = http.call(Method::POST, "/v1/login", Some(&body)).await?;
         let me = DeviceAddress {
             user: login.user_id,
             device: login.device_id,
@@ -349,7 +327,7 @@ impl Client {
     /// Finds a user by exact username.
     pub async fn user_by_name(&self, username: &str) -> Result<UserId> {
         let name = Username::new(username)?;
-        let v: UserView = self
+        let v: wire::User = self
             .inner
             .http
             .get(&format!("/v1/users/by-name/{name}"))
@@ -374,7 +352,7 @@ impl Client {
 
     /// The members of a conversation.
     pub(crate) async fn members(&self, conversation: ConversationId) -> Result<Vec<UserId>> {
-        let m: MembersView = self
+        let m: wire::Members = self
             .inner
             .http
             .get(&format!("/v1/conversations/{conversation}/members"))
@@ -671,11 +649,7 @@ impl Inner {
     /// Takes this user's read position in a conversation new to this device from the server
     /// (read on other devices before this one knew the conversation).
     pub(crate) async fn learn_read_position(&self, conversation: ConversationId) -> Result<()> {
-        #[derive(Deserialize)]
-        struct Receipts {
-            receipts: Vec<chat_core::ReceiptPosition>,
-        }
-        let r: Receipts = self
+        let r: wire::Receipts = self
             .http
             .get(&format!("/v1/conversations/{conversation}/receipts"))
             .await?;
@@ -720,7 +694,7 @@ impl Inner {
             let keys = self.crypto.rotate_signed_prekey(now).await?;
             self.http.send(Method::PUT, "/v1/keys", Some(&keys)).await?;
         }
-        let c: Count = self.http.get("/v1/keys/count").await?;
+        let c: wire::Count = self.http.get("/v1/keys/count").await?;
         if c.count >= PREKEY_LOW {
             return Ok(());
         }

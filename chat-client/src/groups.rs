@@ -22,7 +22,6 @@ use chat_core::{
 };
 use chat_crypto::{AccountKey, ChainError, SignedGroupChange, StateHash, VerifiedGroup};
 use hyper::Method;
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::client::{Client, Inner};
@@ -30,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::store::Write;
 use crate::trust::Recipients;
+use crate::wire;
 
 /// Changes asked for per page of a group's chain.
 const CHANGES_PAGE: usize = 100;
@@ -71,33 +71,6 @@ impl GroupInfo {
             .find(|(u, _)| *u == user)
             .map(|(_, r)| *r)
     }
-}
-
-#[derive(Deserialize)]
-struct MembersView {
-    members: Vec<UserId>,
-    #[serde(default)]
-    roles: Option<Vec<RoleView>>,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    settings: Option<GroupSettings>,
-}
-
-#[derive(Deserialize)]
-struct RoleView {
-    user_id: UserId,
-    role: Role,
-}
-
-#[derive(Deserialize)]
-struct ChangesView {
-    changes: Vec<ChangeView>,
-}
-
-#[derive(Deserialize)]
-struct ChangeView {
-    change: String,
 }
 
 impl Client {
@@ -201,7 +174,7 @@ impl Client {
     /// them ([`GroupInfo::verified`] says which). For a one-to-one conversation, both
     /// members, neither an admin.
     pub(crate) async fn group_info(&self, group: ConversationId) -> Result<GroupInfo> {
-        let v: MembersView = self
+        let v: wire::Members = self
             .inner
             .http
             .get(&format!("/v1/conversations/{group}/members"))
@@ -419,7 +392,7 @@ impl Inner {
     ) -> Result<()> {
         loop {
             let after = state.as_ref().map_or(0, VerifiedGroup::epoch);
-            let page: ChangesView = self
+            let page: wire::Changes = self
                 .http
                 .get(&format!(
                     "/v1/conversations/{group}/changes?after={after}&limit={CHANGES_PAGE}"

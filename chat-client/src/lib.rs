@@ -21,6 +21,7 @@ mod sqlite;
 pub mod store;
 mod thread;
 mod trust;
+mod wire;
 
 pub use chat_core::protocol::ResyncReason;
 pub use chat_core::{

@@ -19,11 +19,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use serde::Deserialize;
-
 use crate::error::{Error, Result};
 use crate::http::Http;
 use crate::net::{IntoServer, Server};
+use crate::wire;
 
 /// The nodes of a cluster a client may connect to; clones share which one is current.
 ///
@@ -160,7 +159,7 @@ impl Nodes {
         ask.extend(self.list().into_iter().filter(|s| *s != current));
         for server in ask {
             let http = Http::new(Self::one(server.clone()), None);
-            let found: Result<Discovery> = http.get("/v1/discovery").await;
+            let found: Result<wire::Discovery> = http.get("/v1/discovery").await;
             match found {
                 Ok(found) => {
                     let mut list: Vec<Server> = Vec::new();
@@ -191,18 +190,6 @@ impl Nodes {
         // The state is a list and an index, never left half-updated by a panic.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-#[derive(Deserialize)]
-struct Discovery {
-    recommended: DiscoveredNode,
-    #[serde(default)]
-    nodes: Vec<DiscoveredNode>,
-}
-
-#[derive(Deserialize)]
-struct DiscoveredNode {
-    url: String,
 }
 
 /// Anything the client constructors take as where the cluster is: one address (`&str`,

@@ -10,7 +10,6 @@ use chat_core::{
     Text, UserId,
 };
 use chat_crypto::IdentityPublic;
-use serde::Deserialize;
 use tokio::sync::oneshot;
 
 use crate::client::{Client, Inner};
@@ -18,16 +17,7 @@ use crate::driver::Command;
 use crate::e2e;
 use crate::error::{Error, Result};
 use crate::store::{OutboxEntry, Write};
-
-#[derive(Deserialize)]
-struct DevicesView {
-    devices: Vec<DeviceAddress>,
-}
-
-#[derive(Deserialize)]
-struct BundlesView {
-    bundles: Vec<chat_core::PrekeyBundle>,
-}
+use crate::wire;
 
 impl Client {
     /// Sends a text message; returns its ID once the server has stored it.
@@ -121,7 +111,7 @@ impl Client {
 }
 
 impl Inner {
-    async fn bundles(&self, user: UserId) -> Result<BundlesView> {
+    async fn bundles(&self, user: UserId) -> Result<wire::Bundles> {
         self.http.get(&format!("/v1/users/{user}/bundles")).await
     }
 
@@ -131,7 +121,7 @@ impl Inner {
         if let Some(d) = self.store.conversation_devices(conversation)? {
             return Ok(d);
         }
-        let v: DevicesView = self
+        let v: wire::Devices = self
             .http
             .get(&format!("/v1/conversations/{conversation}/devices"))
             .await?;

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::wire;
 
 /// A user's public profile as the server shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -49,16 +50,6 @@ pub struct UserPage {
     /// Pass to [`Client::search_users`] as `after` for the next page; `None` on the last.
     #[serde(default)]
     pub next: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct BlockView {
-    user_id: UserId,
-}
-
-#[derive(Deserialize)]
-struct Blocks {
-    blocks: Vec<BlockView>,
 }
 
 /// Percent-encodes a query value (everything but RFC 3986's unreserved characters).
@@ -153,7 +144,7 @@ impl Client {
     /// The users this user blocks (by user ID); also refreshes the list this client hides
     /// group messages by.
     pub async fn blocks(&self) -> Result<Vec<UserId>> {
-        let list: Blocks = self.inner.http.get("/v1/blocks").await?;
+        let list: wire::Blocks = self.inner.http.get("/v1/blocks").await?;
         let users: Vec<UserId> = list.blocks.into_iter().map(|b| b.user_id).collect();
         self.inner.replace_blocked(&users);
         Ok(users)

@@ -19,33 +19,19 @@
 
 use std::sync::atomic::Ordering;
 
-use chat_core::{ClientKey, ConversationId, DeviceAddress, MessageId, Timestamp};
-use serde::Deserialize;
+use chat_core::{ConversationId, MessageId};
 
 use crate::client::Inner;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::store::{ConversationRecord, RecoveryPoint, StoredMessage, Write};
+use crate::wire::{History, HistoryMessage};
 
 /// Messages read from history per request.
 const PAGE: usize = 100;
 /// The most messages recovery reads per conversation; older ones stay in history, where the
 /// app can page them (they are not reported as missed).
 const MAX_PER_CONVERSATION: usize = 5_000;
-
-#[derive(Deserialize)]
-struct HistoryMessage {
-    id: MessageId,
-    sender: DeviceAddress,
-    client_key: ClientKey,
-    sent_at: Timestamp,
-    body: String,
-}
-
-#[derive(Deserialize)]
-struct History {
-    messages: Vec<HistoryMessage>,
-}
 
 /// Runs the pending recovery, if any, and clears it.
 pub(crate) async fn run(inner: &Inner) -> Result<()> {

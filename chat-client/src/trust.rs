@@ -24,13 +24,13 @@ use chat_crypto::{
     Zeroizing,
 };
 use hyper::Method;
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::client::{Client, Inner};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::store::Write;
+use crate::wire;
 
 const RECORD_TAG: u8 = 0x54;
 const RECORD_VERSION: u8 = 1;
@@ -126,16 +126,6 @@ impl TrustRecord {
     }
 }
 
-#[derive(Deserialize)]
-struct ListView {
-    list: String,
-}
-
-#[derive(Deserialize)]
-struct LinkView {
-    sealed: String,
-}
-
 impl Inner {
     /// What this device trusts of `user`: from memory, or read (and its signature checked)
     /// from the store once per client.
@@ -183,7 +173,7 @@ impl Inner {
     /// The user's list as the server has it, checked: signed by the key it names and the
     /// user's (`None`: the user published none).
     async fn fetch_list(&self, user: UserId) -> Result<Option<SignedDeviceList>> {
-        let view: ListView = match self
+        let view: wire::DeviceList = match self
             .http
             .get(&format!("/v1/users/{user}/device-list"))
             .await
@@ -602,7 +592,7 @@ impl Client {
         else {
             return Err(Error::NoLinkCode);
         };
-        let view: LinkView = match self.inner.http.get("/v1/link").await {
+        let view: wire::Link = match self.inner.http.get("/v1/link").await {
             Ok(v) => v,
             Err(e) if e.code() == Some(ErrorCode::NotFound) => {
                 self.put_back(code)?;
