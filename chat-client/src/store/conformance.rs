@@ -573,13 +573,14 @@ fn an_encrypted_store_keeps_no_secret_in_its_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.db");
     let conv = ConversationId::new(3).unwrap();
-    let secrets: [&[u8]; 6] = [
+    let secrets: [&[u8]; 7] = [
         b"token-SECRET-7f3a",
         b"ACCOUNT-PICKLE-SECRET",
         b"SESSION-PICKLE-SECRET",
         b"SENDERKEY-PICKLE-SECRET",
         b"meet me at the old mill",
         b"outgoing private words",
+        b"RECEIVER-PICKLE-SECRET",
     ];
     {
         let store = crate::SqliteStore::open_encrypted(&path, &KEY).unwrap();
@@ -596,6 +597,11 @@ fn an_encrypted_store_keeps_no_secret_in_its_files() {
                     conversation: conv,
                     pickle: Secret::new(secrets[3].to_vec()),
                     distributed: vec![dev(2, 1)],
+                },
+                Write::Receiver {
+                    conversation: conv,
+                    sender: dev(2, 1),
+                    pickle: Secret::new(secrets[6].to_vec()),
                 },
                 Write::Message(content_msg(3, 1, 2, &text("meet me at the old mill"))),
                 Write::Search(SearchWrite::Index {
@@ -640,6 +646,12 @@ fn an_encrypted_store_keeps_no_secret_in_its_files() {
         secrets[2]
     );
     assert_eq!(store.outbox().unwrap()[0].plaintext, secrets[5]);
+    let held = store.sender_key(conv).unwrap().unwrap();
+    assert_eq!(held.0.as_slice(), secrets[3]);
+    assert_eq!(
+        store.receiver(conv, dev(2, 1)).unwrap().unwrap().as_slice(),
+        secrets[6]
+    );
     let hits = store
         .search("old mill", crate::search::SearchPage::first(5))
         .unwrap()
