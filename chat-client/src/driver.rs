@@ -43,7 +43,7 @@ use crate::thread;
 
 mod bookkeeping;
 
-use bookkeeping::{Acks, Sends};
+use bookkeeping::{Acks, Refusal, Sends};
 
 /// How long connecting and the `welcome` may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -753,20 +753,24 @@ impl Conn {
     }
 
     fn error(&mut self, e: ErrorFrame) {
-        let Some(key) = e.req.and_then(|r| self.sends.answered(r)) else {
-            tracing::debug!(code = e.code.name(), message = %e.message, "server error");
-            return;
+        let refusal = e
+            .req
+            .and_then(|r| self.sends.refused(r, e.code, e.retry_after_ms));
+        let key = match refusal {
+            None => {
+                tracing::debug!(code = e.code.name(), message = %e.message, "server error");
+                return;
+            }
+            Some(Refusal::RetryAfter(key, wait)) => {
+                let commands = self.inner.commands.clone();
+                self.inner.spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let _ = commands.send(Command::Retry(key));
+                });
+                return;
+            }
+            Some(Refusal::Failed(key)) => key,
         };
-        if e.code.is_retryable() {
-            let wait = Duration::from_millis(u64::from(e.retry_after_ms.unwrap_or(1000)));
-            let commands = self.inner.commands.clone();
-            self.inner.spawn(async move {
-                tokio::time::sleep(wait).await;
-                let _ = commands.send(Command::Retry(key));
-            });
-            return;
-        }
-        self.sends.settle(key);
         let conversation = self
             .inner
             .store

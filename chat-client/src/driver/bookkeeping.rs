@@ -3,8 +3,9 @@
 //! what to do and does the I/O; the tests here drive them directly.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
-use chat_core::{ClientKey, InboxPos};
+use chat_core::{ClientKey, ErrorCode, InboxPos};
 
 /// Ack at least every this many processed entries (and otherwise on the driver's timer).
 pub(super) const ACK_EVERY: u64 = 64;
@@ -80,6 +81,39 @@ impl Sends {
     pub(super) fn settle(&mut self, key: ClientKey) {
         self.busy.remove(&key);
     }
+
+    /// The server answered `req` with an error: what to do with the entry. A retryable
+    /// error ([`ErrorCode::is_retryable`]: `rate_limited`, `unavailable`, ...) keeps it busy for the wait the
+    /// server asked for (or [`DEFAULT_RETRY_WAIT`]); any other refuses it for good, settled.
+    /// `None` for a request this connection is not waiting for.
+    pub(super) fn refused(
+        &mut self,
+        req: u32,
+        code: ErrorCode,
+        retry_after_ms: Option<u32>,
+    ) -> Option<Refusal> {
+        let key = self.answered(req)?;
+        if code.is_retryable() {
+            let wait = retry_after_ms.map_or(DEFAULT_RETRY_WAIT, |ms| {
+                Duration::from_millis(u64::from(ms))
+            });
+            return Some(Refusal::RetryAfter(key, wait));
+        }
+        self.settle(key);
+        Some(Refusal::Failed(key))
+    }
+}
+
+/// How long a send refused with a retryable error waits when the server named no wait.
+pub(super) const DEFAULT_RETRY_WAIT: Duration = Duration::from_secs(1);
+
+/// What an error answer to a send means for its entry ([`Sends::refused`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// Send it again after the wait (it stays busy until [`Sends::retry`]).
+    RetryAfter(ClientKey, Duration),
+    /// Refused for good: drop it from the outbox and tell the app.
+    Failed(ClientKey),
 }
 
 fn next(req: u32) -> u32 {
@@ -151,6 +185,32 @@ mod tests {
         assert_eq!(sends.stored(again), Some(key(1)));
         assert!(sends.wants(key(1)));
         assert_eq!(sends.stored(again), None, "a second `sent` is ignored");
+    }
+
+    #[test]
+    fn a_retryable_error_waits_and_keeps_the_entry_any_other_refuses_it() {
+        let mut sends = Sends::default();
+        let req = sends.start(key(1));
+        assert_eq!(
+            sends.refused(req, ErrorCode::RateLimited, Some(250)),
+            Some(Refusal::RetryAfter(key(1), Duration::from_millis(250)))
+        );
+        assert!(!sends.wants(key(1)), "busy while it waits");
+        assert_eq!(sends.refused(req, ErrorCode::RateLimited, None), None);
+        sends.retry(key(1));
+        let req = sends.start(key(1));
+        assert_eq!(
+            sends.refused(req, ErrorCode::Unavailable, None),
+            Some(Refusal::RetryAfter(key(1), DEFAULT_RETRY_WAIT)),
+            "no wait named: the default"
+        );
+        sends.retry(key(1));
+        let req = sends.start(key(1));
+        assert_eq!(
+            sends.refused(req, ErrorCode::NotMember, Some(250)),
+            Some(Refusal::Failed(key(1)))
+        );
+        assert!(sends.wants(key(1)), "settled");
     }
 
     #[test]
