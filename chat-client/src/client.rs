@@ -488,11 +488,11 @@ impl Client {
     }
 
     /// Signs off: waits for the outbox to be sent, acknowledges what was received, closes
-    /// the connection with a normal WebSocket close, stops the client and joins every task
-    /// it started. The server counts a cleanly closed device as gone at once, so contacts see
-    /// this user offline without waiting for the heartbeat window (a dropped client, or a
-    /// lost connection, is seen as offline only when the window ends). Takes at most a few
-    /// seconds in all: what is still unsent then stays in the store, and
+    /// the connection with a normal WebSocket close, stops the client, joins every task it
+    /// started and closes its idle HTTP connections. The server counts a cleanly closed
+    /// device as gone at once, so contacts see this user offline without waiting for the
+    /// heartbeat window (a dropped client, or a lost connection, is seen as offline only when
+    /// the window ends). Takes at most a few seconds in all: what is still unsent then stays in the store, and
     /// [`ClientBuilder::open`](crate::ClientBuilder::open) resumes it. Other calls (on every
     /// clone and handle) fail with [`Error::Closed`] afterwards.
     pub async fn close(&self) {
@@ -535,6 +535,7 @@ impl Client {
         if let Err(e) = self.inner.store.sync().await {
             tracing::warn!(cause = %e, "could not sync the store on close");
         }
+        self.inner.http.close_idle();
     }
 
     /// Waits until the outbox is empty (every send acknowledged or failed), or `deadline`.

@@ -329,6 +329,15 @@ impl Http {
         None
     }
 
+    /// Drops the idle connections: each one's task sees its last sender go and closes the
+    /// socket. [`Client::close`](crate::Client::close) calls it last, so no keep-alive
+    /// connection (or its task) outlives a closed client.
+    pub(crate) fn close_idle(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+
     fn put_idle(&self, addr: Server, sender: Sender) {
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE
@@ -478,4 +487,49 @@ struct ErrorBody {
     code: u16,
     #[serde(default)]
     message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// A keep-alive connection stays open after its answer, and closes when the idle
+    /// connections are dropped: the server reads the end of the stream.
+    #[tokio::test]
+    async fn closing_the_idle_connections_closes_their_sockets() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (answered_tx, answered_rx) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the request ended early");
+                request.extend_from_slice(&buf[..n]);
+            }
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+                .await
+                .unwrap();
+            let _ = answered_tx.send(());
+            // Nothing more comes on this connection; it ends when the client closes it.
+            socket.read(&mut buf).await.unwrap()
+        });
+        let http = Http::new(Nodes::new([addr.to_string()]).unwrap(), None);
+        let _: serde::de::IgnoredAny = http.get("/v1/anything").await.expect("answer");
+        answered_rx.await.unwrap();
+        assert_eq!(http.idle.lock().unwrap().len(), 1, "kept for the next call");
+        http.close_idle();
+        let read = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the socket was closed")
+            .unwrap();
+        assert_eq!(read, 0, "end of stream, no other request");
+    }
 }
