@@ -117,6 +117,12 @@ const CHECKPOINT_BATCHES: u64 = 256;
 /// writer; SQLite writes the WAL from its start again at the next commit once everything is
 /// copied. The file keeps its largest size (no `journal_size_limit`: cutting it back is an
 /// `ftruncate` in the commit, measured at 45 to 60 ms while the checkpoint's fsyncs ran).
+///
+/// A batch that erases text ([`Write::Redact`], [`Write::Forget`]) starts one at once, in
+/// `TRUNCATE` mode: the WAL still holds the erased text in earlier frames, so everything is
+/// copied into the database (whose freed pages `secure_delete` overwrote) and the WAL is
+/// emptied. It waits for readers and holds off writers while it runs, but on its own
+/// connection, so the erasing call (and the locks around it) do not wait for its fsyncs.
 struct Checkpointer {
     db: PathBuf,
     /// Opened at the first checkpoint.
@@ -124,16 +130,21 @@ struct Checkpointer {
     running: AtomicBool,
     /// The batches written (`Wal::written`) when the last checkpoint started.
     started_at: AtomicU64,
+    /// A batch erased text since the last `TRUNCATE` checkpoint (or that one was kept from
+    /// finishing by a reader).
+    erased: AtomicBool,
+    /// Checkpoints run so far (a test waits on it).
     #[cfg(test)]
-    runs: AtomicU64,
+    runs: tokio::sync::watch::Sender<u64>,
 }
 
 impl Checkpointer {
     /// Starts a checkpoint if `written` (batches so far) is far enough past the last one and
     /// none is running.
     fn start_if_due(self: &Arc<Self>, written: u64) {
-        let due =
-            written.saturating_sub(self.started_at.load(Ordering::Acquire)) >= CHECKPOINT_BATCHES;
+        let due = self.erased.load(Ordering::Acquire)
+            || written.saturating_sub(self.started_at.load(Ordering::Acquire))
+                >= CHECKPOINT_BATCHES;
         if !due || self.running.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -164,10 +175,26 @@ impl Checkpointer {
                 slot.insert(conn)
             }
         };
-        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-        #[cfg(test)]
-        self.runs.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        loop {
+            let truncate = self.erased.swap(false, Ordering::AcqRel);
+            let sql = if truncate {
+                "PRAGMA wal_checkpoint(TRUNCATE)"
+            } else {
+                "PRAGMA wal_checkpoint(PASSIVE)"
+            };
+            let busy: i64 = conn.query_row(sql, [], |r| r.get(0))?;
+            #[cfg(test)]
+            self.runs.send_modify(|n| *n += 1);
+            if truncate && busy != 0 {
+                // A reader outlasted the busy handler: the next start tries again.
+                self.erased.store(true, Ordering::Release);
+                return Ok(());
+            }
+            // An erasure that came while this one ran found it running: do it now.
+            if !self.erased.load(Ordering::Acquire) {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -346,8 +373,9 @@ impl SqliteStore {
                     conn: Mutex::new(None),
                     running: AtomicBool::new(false),
                     started_at: AtomicU64::new(0),
+                    erased: AtomicBool::new(false),
                     #[cfg(test)]
-                    runs: AtomicU64::new(0),
+                    runs: tokio::sync::watch::Sender::new(0),
                 }))
             }
             None => None,
@@ -436,9 +464,19 @@ impl SqliteStore {
     /// Checkpoints run by the checkpointer so far.
     #[cfg(test)]
     pub(crate) fn checkpoints(&self) -> u64 {
-        self.checkpointer
-            .as_ref()
-            .map_or(0, |c| c.runs.load(Ordering::Relaxed))
+        self.checkpointer.as_ref().map_or(0, |c| *c.runs.borrow())
+    }
+
+    /// Waits until `n` checkpoints have run.
+    #[cfg(test)]
+    pub(crate) async fn checkpointed(&self, n: u64) {
+        let checkpointer = self.checkpointer.as_ref().expect("a WAL store");
+        let mut runs = checkpointer.runs.subscribe();
+        let wait = runs.wait_for(|runs| *runs >= n);
+        tokio::time::timeout(std::time::Duration::from_secs(10), wait)
+            .await
+            .expect("the checkpoint ran")
+            .expect("the store is open");
     }
 
     /// After a sync: copies the WAL into the database if it has grown (without waiting).
@@ -948,14 +986,12 @@ impl SqliteStore {
             }
         }
         tx.commit()?;
-        self.wal.written.fetch_add(1, Ordering::AcqRel);
-        if erases {
-            // The WAL still holds the erased text in earlier frames: copy everything into the
-            // database (whose freed pages secure_delete overwrote) and empty it. Best effort:
-            // a reader in the way only delays it to the next erasure or checkpoint.
-            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
-                tracing::debug!(cause = %e, "checkpoint after an erasure");
-            }
+        let written = self.wal.written.fetch_add(1, Ordering::AcqRel) + 1;
+        drop(conn);
+        if erases && let Some(checkpointer) = &self.checkpointer {
+            // The erased text is still in the WAL's earlier frames (see `Checkpointer`).
+            checkpointer.erased.store(true, Ordering::Release);
+            checkpointer.start_if_due(written);
         }
         Ok(())
     }

@@ -469,11 +469,11 @@ mod tests {
         assert_eq!(counted.writes.len(), 1, "the index follows the edit");
     }
 
-    #[test]
-    fn a_deleted_text_leaves_no_trace_in_the_file() {
+    /// Stores a secret text and an edit of it, then deletes it: returns the directory, the
+    /// open store and the secret.
+    fn delete_a_secret() -> (tempfile::TempDir, crate::SqliteStore, &'static str) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.db");
-        let store = crate::SqliteStore::open(&path).unwrap();
+        let store = crate::SqliteStore::open(dir.path().join("c.db")).unwrap();
         let secret = "zebra-passphrase-correct-horse";
         let text = Content::Text(Text {
             body: format!("the code is {secret}"),
@@ -491,14 +491,36 @@ mod tests {
         );
         let (item, ..) = arrive(&store, &[stored(3, 1, delete)]);
         assert!(item.is_deleted());
-        // Read while the store is open, as someone with a copy of the device's files would.
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes.extend(std::fs::read(dir.path().join("c.db-wal")).unwrap_or_default());
+        (dir, store, secret)
+    }
+
+    /// Reads the files while the store is open, as someone with a copy of the device's
+    /// files would.
+    fn assert_no_trace(dir: &std::path::Path, secret: &str) {
+        let mut bytes = std::fs::read(dir.join("c.db")).unwrap();
+        bytes.extend(std::fs::read(dir.join("c.db-wal")).unwrap_or_default());
         let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
         assert!(
             !found,
             "the deleted text is still in the database or its WAL"
         );
+    }
+
+    /// Without a runtime the erasure's checkpoint runs in place, before the delete returns.
+    #[test]
+    fn a_deleted_text_leaves_no_trace_in_the_file() {
+        let (dir, store, secret) = delete_a_secret();
+        assert_no_trace(dir.path(), secret);
+        drop(store);
+    }
+
+    /// On a runtime it runs on the blocking pool, off the writer: the trace is gone once it
+    /// has run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deleted_text_is_erased_off_the_writer_on_a_runtime() {
+        let (dir, store, secret) = delete_a_secret();
+        store.checkpointed(1).await;
+        assert_no_trace(dir.path(), secret);
         drop(store);
     }
 
