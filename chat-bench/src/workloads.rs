@@ -230,10 +230,13 @@ fn address(a: &Account) -> Result<DeviceAddress> {
 
 /// Connects every account (spreading source addresses), waits for each backlog to end,
 /// and spawns a reader per connection that counts acks and deliveries and acks the cursor.
+/// Connects every account (with the writer's heartbeats when `keepalive`: see
+/// [`ws::connect`]) and runs a read loop for each.
 async fn connect_all(
     env: &Env,
     accounts: &[Account],
     stats: &Arc<Stats>,
+    keepalive: bool,
 ) -> Result<Vec<mpsc::Sender<Bytes>>> {
     let bar = bar(accounts.len() as u64, "connections");
     let results: Vec<Result<mpsc::Sender<Bytes>>> =
@@ -244,7 +247,7 @@ async fn connect_all(
                 let server = env.node(i);
                 async move {
                     let (tx, mut reader) =
-                        ws::connect(server, ws::source_address(i), account, 0).await?;
+                        ws::connect(server, ws::source_address(i), account, 0, keepalive).await?;
                     loop {
                         match ws::next_frame(&mut reader).await {
                             Some(ServerFrame::SyncEnd(_)) => break,
@@ -476,7 +479,7 @@ impl Mesh {
             }
         }
         let stats = Arc::new(Stats::new());
-        let writers = connect_all(env, &accounts, &stats).await?;
+        let writers = connect_all(env, &accounts, &stats, true).await?;
         Ok(Self {
             stats,
             writers,
@@ -518,7 +521,7 @@ impl Mesh {
             });
         }
         let stats = Arc::new(Stats::new());
-        let writers = connect_all(env, &accounts, &stats).await?;
+        let writers = connect_all(env, &accounts, &stats, true).await?;
         Ok(Self {
             stats,
             writers,
@@ -632,7 +635,7 @@ async fn drain(env: &Env, messages: usize, size: usize) -> Result<()> {
         conversations.push(ConversationId::new(c).map_err(|e| e.to_string())?);
     }
     let stats = Arc::new(Stats::new());
-    let writers = connect_all(env, senders, &stats).await?;
+    let writers = connect_all(env, senders, &stats, true).await?;
     let bar = bar(messages as u64, "filling inbox");
     let mut queued = 0u64;
     while Stats::get(&stats.acked) < messages as u64 {
@@ -657,7 +660,8 @@ async fn drain(env: &Env, messages: usize, size: usize) -> Result<()> {
     bar.finish();
     let before = env.sample();
     let start = Instant::now();
-    let (_tx, mut reader) = ws::connect(env.server, ws::source_address(1), receiver, 0).await?;
+    let (_tx, mut reader) =
+        ws::connect(env.server, ws::source_address(1), receiver, 0, true).await?;
     let mut got = 0usize;
     let mut last = InboxPos::ZERO;
     while got < messages {
@@ -698,7 +702,8 @@ async fn idle(env: &Env, connections: usize, hold: Duration, heartbeat: Duration
         .collect();
     let stats = Arc::new(Stats::new());
     let before_connect = env.sample();
-    let writers = connect_all(env, &accounts, &stats).await?;
+    // This workload sends its own heartbeats, counted, at the interval asked for.
+    let writers = connect_all(env, &accounts, &stats, false).await?;
     let connected = env.sample();
     let beat = Bytes::from(ClientFrame::from(Heartbeat {}).encode());
     let start = Instant::now();

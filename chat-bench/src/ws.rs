@@ -2,10 +2,13 @@
 //! authenticate, and split into a writer channel and a frame stream.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chat_core::InboxPos;
-use chat_core::protocol::{Auth, ClientFrame, PROTOCOL_VERSION, SUBPROTOCOL, ServerFrame};
+use chat_core::protocol::{
+    Auth, ClientFrame, Heartbeat, PROTOCOL_VERSION, SUBPROTOCOL, ServerFrame,
+};
 use futures::stream::SplitStream;
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -26,13 +29,20 @@ pub(crate) fn source_address(i: usize) -> IpAddr {
     IpAddr::from([127, 0, 0, 2 + (i % 253) as u8])
 }
 
+/// How long a writer with `keepalive` on stays silent before it sends a heartbeat: the
+/// node's default heartbeat interval. The node closes a connection silent for three.
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(5);
+
 /// Connects, authenticates and returns a writer channel (a task owns the sink) and the
-/// reader, positioned after `welcome`.
+/// reader, positioned after `welcome`. With `keepalive`, the writer sends a heartbeat
+/// whenever it has sent nothing for [`KEEPALIVE`], so a connection that a workload leaves
+/// idle (a user who sends nothing for a while at a low rate) is not closed by the node.
 pub(crate) async fn connect(
     server: SocketAddr,
     source: IpAddr,
     account: &Account,
     cursor: u64,
+    keepalive: bool,
 ) -> Result<(mpsc::Sender<Bytes>, Reader)> {
     let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     socket
@@ -73,8 +83,18 @@ pub(crate) async fn connect(
         other => return Err(format!("expected welcome, got {other:?}")),
     }
     let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+    let beat = Bytes::from(ClientFrame::from(Heartbeat {}).encode());
     tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
+        loop {
+            let next = if keepalive {
+                match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => Some(beat.clone()),
+                }
+            } else {
+                rx.recv().await
+            };
+            let Some(frame) = next else { break };
             if sink.feed(Message::Binary(frame)).await.is_err() {
                 return;
             }
