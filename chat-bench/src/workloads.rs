@@ -228,10 +228,9 @@ fn address(a: &Account) -> Result<DeviceAddress> {
     })
 }
 
-/// Connects every account (spreading source addresses), waits for each backlog to end,
-/// and spawns a reader per connection that counts acks and deliveries and acks the cursor.
-/// Connects every account (with the writer's heartbeats when `keepalive`: see
-/// [`ws::connect`]) and runs a read loop for each.
+/// Connects every account (spreading source addresses, with the writer's heartbeats when
+/// `keepalive`: see [`ws::connect`]), waits for each backlog to end, and spawns a reader per
+/// connection that counts acks and deliveries and acks the cursor.
 async fn connect_all(
     env: &Env,
     accounts: &[Account],

@@ -29,14 +29,11 @@ pub(crate) fn source_address(i: usize) -> IpAddr {
     IpAddr::from([127, 0, 0, 2 + (i % 253) as u8])
 }
 
-/// How long a writer with `keepalive` on stays silent before it sends a heartbeat: the
-/// node's default heartbeat interval. The node closes a connection silent for three.
-pub(crate) const KEEPALIVE: Duration = Duration::from_secs(5);
-
 /// Connects, authenticates and returns a writer channel (a task owns the sink) and the
 /// reader, positioned after `welcome`. With `keepalive`, the writer sends a heartbeat
-/// whenever it has sent nothing for [`KEEPALIVE`], so a connection that a workload leaves
-/// idle (a user who sends nothing for a while at a low rate) is not closed by the node.
+/// whenever it has sent nothing for the heartbeat interval the node's `welcome` names, so a
+/// connection that a workload leaves idle (a user who sends nothing for a while at a low
+/// rate) is not closed by the node (which closes one silent for a few intervals).
 pub(crate) async fn connect(
     server: SocketAddr,
     source: IpAddr,
@@ -78,16 +75,16 @@ pub(crate) async fn connect(
     )))
     .await
     .map_err(|e| e.to_string())?;
-    match next_frame(&mut reader).await {
-        Some(ServerFrame::Welcome(_)) => {}
+    let interval = match next_frame(&mut reader).await {
+        Some(ServerFrame::Welcome(w)) => Duration::from_millis(u64::from(w.heartbeat_ms.max(1))),
         other => return Err(format!("expected welcome, got {other:?}")),
-    }
+    };
     let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
     let beat = Bytes::from(ClientFrame::from(Heartbeat {}).encode());
     tokio::spawn(async move {
         loop {
             let next = if keepalive {
-                match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
+                match tokio::time::timeout(interval, rx.recv()).await {
                     Ok(next) => next,
                     Err(_) => Some(beat.clone()),
                 }

@@ -411,15 +411,19 @@ impl Client {
 
     /// Runs `call`, a call into the local store (a read, or a small staged write), on
     /// tokio's blocking pool, so the caller's runtime never waits for the disk or for a
-    /// store lock. Dropping the future does not stop the call; it only stops waiting for it.
+    /// store lock. Once polled, dropping the future does not stop the call; it only stops
+    /// waiting for it. A panic in `call` is resumed here; a call the runtime's shutdown
+    /// cancelled is [`Error::Closed`].
     pub(crate) async fn local<T: Send + 'static>(
         &self,
         call: impl FnOnce(&Self) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let client = self.clone();
-        tokio::task::spawn_blocking(move || call(&client))
-            .await
-            .map_err(|_| Error::poisoned("store call"))?
+        match tokio::task::spawn_blocking(move || call(&client)).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(Error::Closed),
+        }
     }
 
     pub(crate) async fn remember(&self, c: &Conversation) -> Result<()> {

@@ -43,13 +43,17 @@ const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
+/// An idle keep-alive connection: since when, the node it reaches, its sender.
+type Idle = (tokio::time::Instant, Server, Sender);
+
 /// Calls the HTTP API with an optional bearer token.
 #[derive(Clone)]
 pub(crate) struct Http {
     nodes: Nodes,
     token: Option<String>,
-    /// Idle keep-alive connections, with when they became idle and the node they reach.
-    idle: Arc<Mutex<Vec<(tokio::time::Instant, Server, Sender)>>>,
+    /// Idle keep-alive connections, with when they became idle and the node they reach;
+    /// `None` once [`Http::close_idle`] ran (no connection is kept after that).
+    idle: Arc<Mutex<Option<Vec<Idle>>>>,
 }
 
 impl std::fmt::Debug for Http {
@@ -66,7 +70,7 @@ impl Http {
         Self {
             nodes,
             token,
-            idle: Arc::default(),
+            idle: Arc::new(Mutex::new(Some(Vec::new()))),
         }
     }
 
@@ -320,6 +324,7 @@ impl Http {
     fn take_idle(&self) -> Option<(Server, Sender)> {
         let current = self.nodes.current();
         let mut idle = self.idle.lock().ok()?;
+        let idle = idle.as_mut()?;
         let now = tokio::time::Instant::now();
         while let Some((since, addr, sender)) = idle.pop() {
             if addr == current && now.duration_since(since) < IDLE_FOR && !sender.is_closed() {
@@ -329,17 +334,19 @@ impl Http {
         None
     }
 
-    /// Drops the idle connections: each one's task sees its last sender go and closes the
-    /// socket. [`Client::close`](crate::Client::close) calls it last, so no keep-alive
-    /// connection (or its task) outlives a closed client.
+    /// Drops the idle connections, and every connection a request finishes with from now
+    /// on: each one's task sees its last sender go and closes the socket.
+    /// [`Client::close`](crate::Client::close) calls it last, so no keep-alive connection
+    /// (or its task) outlives a closed client.
     pub(crate) fn close_idle(&self) {
         if let Ok(mut idle) = self.idle.lock() {
-            idle.clear();
+            *idle = None;
         }
     }
 
     fn put_idle(&self, addr: Server, sender: Sender) {
         if let Ok(mut idle) = self.idle.lock()
+            && let Some(idle) = idle.as_mut()
             && idle.len() < MAX_IDLE
         {
             idle.push((tokio::time::Instant::now(), addr, sender));
@@ -524,7 +531,11 @@ mod tests {
         let http = Http::new(Nodes::new([addr.to_string()]).unwrap(), None);
         let _: serde::de::IgnoredAny = http.get("/v1/anything").await.expect("answer");
         answered_rx.await.unwrap();
-        assert_eq!(http.idle.lock().unwrap().len(), 1, "kept for the next call");
+        assert_eq!(
+            http.idle.lock().unwrap().as_ref().map(Vec::len),
+            Some(1),
+            "kept for the next call"
+        );
         http.close_idle();
         let read = tokio::time::timeout(Duration::from_secs(10), server)
             .await

@@ -121,8 +121,11 @@ const CHECKPOINT_BATCHES: u64 = 256;
 /// A batch that erases text ([`Write::Redact`], [`Write::Forget`]) starts one at once, in
 /// `TRUNCATE` mode: the WAL still holds the erased text in earlier frames, so everything is
 /// copied into the database (whose freed pages `secure_delete` overwrote) and the WAL is
-/// emptied. It waits for readers and holds off writers while it runs, but on its own
-/// connection, so the erasing call (and the locks around it) do not wait for its fsyncs.
+/// emptied. It runs on its own connection, so the erasing call (and the locks around it)
+/// does not wait for it; but it holds SQLite's write lock while it copies and while it waits
+/// for readers to leave the WAL, so a write that comes meanwhile waits for it (in
+/// `retry_busy`). One that a reader or an error kept from finishing is tried again at the
+/// next start.
 struct Checkpointer {
     db: PathBuf,
     /// Opened at the first checkpoint.
@@ -139,22 +142,34 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts a checkpoint if `written` (batches so far) is far enough past the last one and
-    /// none is running.
+    /// Starts a checkpoint if `written` (batches so far) is far enough past the last one, or
+    /// an erasure waits for one, and none is running.
     fn start_if_due(self: &Arc<Self>, written: u64) {
-        let due = self.erased.load(Ordering::Acquire)
+        let due = self.erased.load(Ordering::SeqCst)
             || written.saturating_sub(self.started_at.load(Ordering::Acquire))
                 >= CHECKPOINT_BATCHES;
-        if !due || self.running.swap(true, Ordering::AcqRel) {
+        if !due || self.running.swap(true, Ordering::SeqCst) {
             return;
         }
         self.started_at.store(written, Ordering::Release);
         let this = Arc::clone(self);
         let run = move || {
-            if let Err(e) = this.run() {
-                tracing::debug!(cause = %e, "checkpoint");
+            loop {
+                let blocked = this.run().unwrap_or_else(|e| {
+                    tracing::debug!(cause = %e, "checkpoint");
+                    true
+                });
+                this.running.store(false, Ordering::SeqCst);
+                // An erasure that came while this one ran found it running and left it to
+                // this thread: do it now (unless a reader or an error just stopped one; the
+                // next start tries again).
+                if blocked
+                    || !this.erased.load(Ordering::SeqCst)
+                    || this.running.swap(true, Ordering::SeqCst)
+                {
+                    return;
+                }
             }
-            this.running.store(false, Ordering::Release);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn_blocking(run)),
@@ -162,7 +177,20 @@ impl Checkpointer {
         }
     }
 
-    fn run(&self) -> Result<()> {
+    /// Runs one checkpoint: `TRUNCATE` if an erasure waits for one, else `PASSIVE`. Returns
+    /// whether an erasure's checkpoint could not finish (a reader outlasted the busy
+    /// handler); it is then still wanted, as it is after an error.
+    fn run(&self) -> Result<bool> {
+        let truncate = self.erased.swap(false, Ordering::SeqCst);
+        let result = self.checkpoint(truncate);
+        if truncate && !matches!(result, Ok(false)) {
+            self.erased.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
+    /// Whether the checkpoint was kept from finishing.
+    fn checkpoint(&self, truncate: bool) -> Result<bool> {
         let mut conn = self
             .conn
             .lock()
@@ -175,26 +203,17 @@ impl Checkpointer {
                 slot.insert(conn)
             }
         };
-        loop {
-            let truncate = self.erased.swap(false, Ordering::AcqRel);
-            let sql = if truncate {
-                "PRAGMA wal_checkpoint(TRUNCATE)"
-            } else {
-                "PRAGMA wal_checkpoint(PASSIVE)"
-            };
-            let busy: i64 = conn.query_row(sql, [], |r| r.get(0))?;
-            #[cfg(test)]
-            self.runs.send_modify(|n| *n += 1);
-            if truncate && busy != 0 {
-                // A reader outlasted the busy handler: the next start tries again.
-                self.erased.store(true, Ordering::Release);
-                return Ok(());
-            }
-            // An erasure that came while this one ran found it running: do it now.
-            if !self.erased.load(Ordering::Acquire) {
-                return Ok(());
-            }
-        }
+        let sql = if truncate {
+            "PRAGMA wal_checkpoint(TRUNCATE)"
+        } else {
+            "PRAGMA wal_checkpoint(PASSIVE)"
+        };
+        let busy: i64 = conn.query_row(sql, [], |r| r.get(0))?;
+        #[cfg(test)]
+        self.runs.send_modify(|n| *n += 1);
+        // A passive checkpoint that could not copy everything is not held up: it copies
+        // the rest next time.
+        Ok(truncate && busy != 0)
     }
 }
 
@@ -990,7 +1009,7 @@ impl SqliteStore {
         drop(conn);
         if erases && let Some(checkpointer) = &self.checkpointer {
             // The erased text is still in the WAL's earlier frames (see `Checkpointer`).
-            checkpointer.erased.store(true, Ordering::Release);
+            checkpointer.erased.store(true, Ordering::SeqCst);
             checkpointer.start_if_due(written);
         }
         Ok(())

@@ -1,6 +1,7 @@
 //! The JSON bodies the client reads from the server's HTTP API (docs/PROTOCOL.md), in one
 //! place: each type names the route that answers with it. Only the fields the client uses
-//! are read; the server may add others (old clients keep working). Request bodies are built
+//! are read; the server may add others (old clients keep working). Binary values are hex
+//! strings, decoded where they are used. Request bodies are built
 //! where they are sent; error bodies are read by `http.rs`.
 
 use chat_core::{
@@ -61,7 +62,7 @@ pub(crate) struct Changes {
     pub(crate) changes: Vec<Change>,
 }
 
-/// One signed group change in [`Changes`], base64.
+/// One signed group change in [`Changes`], hex.
 #[derive(Deserialize)]
 pub(crate) struct Change {
     pub(crate) change: String,
@@ -73,7 +74,8 @@ pub(crate) struct History {
     pub(crate) messages: Vec<HistoryMessage>,
 }
 
-/// One stored message in [`History`]; `body` is this device's ciphertext, base64.
+/// One stored message in [`History`]; `body` is its shared body (hex): per-device headers
+/// reach a device only through its inbox.
 #[derive(Deserialize)]
 pub(crate) struct HistoryMessage {
     pub(crate) id: MessageId,
@@ -95,13 +97,13 @@ pub(crate) struct Bundles {
     pub(crate) bundles: Vec<PrekeyBundle>,
 }
 
-/// `GET /v1/users/{id}/device-list`: the user's signed device list, base64.
+/// `GET /v1/users/{id}/device-list`: the user's signed device list, hex.
 #[derive(Deserialize)]
 pub(crate) struct DeviceList {
     pub(crate) list: String,
 }
 
-/// `GET /v1/link`: the account identity a linked device sealed for this one, base64.
+/// `GET /v1/link`: the account identity a linked device sealed for this one, hex.
 #[derive(Deserialize)]
 pub(crate) struct Link {
     pub(crate) sealed: String,
