@@ -104,6 +104,14 @@ fn retry_busy(attempt: i32) -> bool {
     attempt < 50_000
 }
 
+/// The checkpointer's busy handler: the same steps for 100 ms in all. Only a `TRUNCATE`
+/// waits at all (for readers to leave the WAL), and it holds SQLite's write lock while it
+/// does, so it gives up soon and is tried again at the next start.
+fn retry_busy_briefly(attempt: i32) -> bool {
+    std::thread::sleep(std::time::Duration::from_micros(100));
+    attempt < 1_000
+}
+
 /// The WAL is copied into the database after this many batches (a few pages each, so about
 /// SQLite's own default of 1,000 pages).
 const CHECKPOINT_BATCHES: u64 = 256;
@@ -123,9 +131,9 @@ const CHECKPOINT_BATCHES: u64 = 256;
 /// copied into the database (whose freed pages `secure_delete` overwrote) and the WAL is
 /// emptied. It runs on its own connection, so the erasing call (and the locks around it)
 /// does not wait for it; but it holds SQLite's write lock while it copies and while it waits
-/// for readers to leave the WAL, so a write that comes meanwhile waits for it (in
-/// `retry_busy`). One that a reader or an error kept from finishing is tried again at the
-/// next start.
+/// for readers to leave the WAL (100 ms at most), so a write that comes meanwhile waits for
+/// it (in `retry_busy`). One that a reader or an error kept from finishing is tried again at
+/// the next start.
 struct Checkpointer {
     db: PathBuf,
     /// Opened at the first checkpoint.
@@ -199,7 +207,7 @@ impl Checkpointer {
             Some(conn) => conn,
             slot => {
                 let mut conn = Connection::open(&self.db)?;
-                conn.busy_handler(Some(retry_busy))?;
+                conn.busy_handler(Some(retry_busy_briefly))?;
                 slot.insert(conn)
             }
         };

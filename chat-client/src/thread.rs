@@ -514,6 +514,43 @@ mod tests {
         drop(store);
     }
 
+    /// A reader that keeps its snapshot through the erasure keeps the text in the WAL (its
+    /// frames are still in use) and outlasts the checkpoint's busy handler (100 ms); the
+    /// erasure stays wanted, and the next sync's checkpoint empties the WAL.
+    #[test]
+    fn an_erasure_a_reader_held_up_is_done_at_the_next_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let store = crate::SqliteStore::open(&path).unwrap();
+        let secret = "zebra-passphrase-correct-horse";
+        let text = Content::Text(Text {
+            body: format!("the code is {secret}"),
+            reply_to: None,
+        });
+        arrive(&store, &[stored(1, 1, text)]);
+        let reader = rusqlite::Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let n: i64 = reader
+            .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        let delete = Content::Delete(Delete {
+            target: MessageId::new(1).unwrap(),
+        });
+        let before = store.checkpoints();
+        let (item, ..) = arrive(&store, &[stored(2, 1, delete)]);
+        assert!(item.is_deleted());
+        let tried = store.checkpoints();
+        assert!(tried > before, "it was tried");
+        reader.execute_batch("COMMIT").unwrap();
+        drop(reader);
+        store.sync().unwrap();
+        assert_eq!(store.checkpoints(), tried + 1, "and tried again");
+        assert_no_trace(dir.path(), secret);
+        store.sync().unwrap();
+        assert_eq!(store.checkpoints(), tried + 1, "once done, not again");
+    }
+
     /// On a runtime it runs on the blocking pool, off the writer: the trace is gone once it
     /// has run.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
