@@ -481,10 +481,11 @@ pub(crate) fn append(conn: &Connection, message: &NewMessage) -> StoreResult<App
         ])
         .map_err(backend)?;
     let seq = conn.last_insert_rowid();
+    // Each recipient's next position from its inbox's highest, read from the inbox leaf the
+    // insert below writes anyway (or from its floor, when trimming emptied it): no device row
+    // to dirty per delivery. See `HEAD`.
     let mut head = conn
-        .prepare_cached(
-            "UPDATE devices SET inbox_head = inbox_head + 1 WHERE id = ?1 RETURNING inbox_head",
-        )
+        .prepare_cached(&format!("SELECT {HEAD} + 1 FROM devices d WHERE d.id = ?1"))
         .map_err(backend)?;
     let mut entry = conn
         .prepare_cached(
@@ -585,8 +586,27 @@ fn device_column(conn: &Connection, device: DeviceAddress, column: &str) -> Stor
     from_sql(value.ok_or(StoreError::NotFound)?, column)
 }
 
+/// A device's inbox head, the highest position ever assigned (the `devices d` row): its
+/// inbox's highest entry, or, when trimming deleted every entry, the highest it deleted
+/// (`inbox_floor`). Entries go only by trimming (oldest first) and with the device, so that
+/// is the highest ever assigned. The `devices.inbox_head` column is no longer written.
+const HEAD: &str =
+    "max(COALESCE((SELECT MAX(pos) FROM inbox WHERE device_id = d.id), 0), d.inbox_floor)";
+
 pub(crate) fn inbox_head(conn: &Connection, device: DeviceAddress) -> StoreResult<InboxPos> {
-    device_column(conn, device, "inbox_head")
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {HEAD} FROM devices d WHERE d.id = ?1 AND d.user_id = ?2"
+        ))
+        .map_err(backend)?;
+    let value: Option<i64> = stmt
+        .query_row(
+            [to_sql(device.device.get()), to_sql(device.user.get())],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    from_sql(value.ok_or(StoreError::NotFound)?, "inbox head")
 }
 
 pub(crate) fn cursor(conn: &Connection, device: DeviceAddress) -> StoreResult<InboxPos> {
@@ -598,7 +618,8 @@ pub(crate) fn inbox_floor(conn: &Connection, device: DeviceAddress) -> StoreResu
 }
 
 /// Deletes up to `limit` of the oldest entries stored before `sent_before` (one range of
-/// `inbox_by_time`) and raises each affected device's floor. `inbox_head` is not touched.
+/// `inbox_by_time`) and raises each affected device's floor, which keeps its head (see
+/// `HEAD`) when every entry goes.
 pub(crate) fn trim_inboxes(
     conn: &Connection,
     sent_before: Timestamp,
