@@ -573,8 +573,14 @@ pub(crate) fn inbox(
     Ok(entries)
 }
 
-fn device_column(conn: &Connection, device: DeviceAddress, column: &str) -> StoreResult<InboxPos> {
-    let sql = format!("SELECT {column} FROM devices WHERE id = ?1 AND user_id = ?2");
+/// `value`, an expression over the device's row `devices d`, as an inbox position.
+fn device_value(
+    conn: &Connection,
+    device: DeviceAddress,
+    value: &str,
+    what: &str,
+) -> StoreResult<InboxPos> {
+    let sql = format!("SELECT {value} FROM devices d WHERE d.id = ?1 AND d.user_id = ?2");
     let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
     let value: Option<i64> = stmt
         .query_row(
@@ -583,7 +589,7 @@ fn device_column(conn: &Connection, device: DeviceAddress, column: &str) -> Stor
         )
         .optional()
         .map_err(backend)?;
-    from_sql(value.ok_or(StoreError::NotFound)?, column)
+    from_sql(value.ok_or(StoreError::NotFound)?, what)
 }
 
 /// A device's inbox head, the highest position ever assigned (the `devices d` row): its
@@ -594,27 +600,15 @@ const HEAD: &str =
     "max(COALESCE((SELECT MAX(pos) FROM inbox WHERE device_id = d.id), 0), d.inbox_floor)";
 
 pub(crate) fn inbox_head(conn: &Connection, device: DeviceAddress) -> StoreResult<InboxPos> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT {HEAD} FROM devices d WHERE d.id = ?1 AND d.user_id = ?2"
-        ))
-        .map_err(backend)?;
-    let value: Option<i64> = stmt
-        .query_row(
-            [to_sql(device.device.get()), to_sql(device.user.get())],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(backend)?;
-    from_sql(value.ok_or(StoreError::NotFound)?, "inbox head")
+    device_value(conn, device, HEAD, "inbox head")
 }
 
 pub(crate) fn cursor(conn: &Connection, device: DeviceAddress) -> StoreResult<InboxPos> {
-    device_column(conn, device, "cursor")
+    device_value(conn, device, "d.cursor", "cursor")
 }
 
 pub(crate) fn inbox_floor(conn: &Connection, device: DeviceAddress) -> StoreResult<InboxPos> {
-    device_column(conn, device, "inbox_floor")
+    device_value(conn, device, "d.inbox_floor", "inbox floor")
 }
 
 /// Deletes up to `limit` of the oldest entries stored before `sent_before` (one range of
