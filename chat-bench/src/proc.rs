@@ -40,6 +40,8 @@ pub(crate) struct ThreadSample {
     pub(crate) name: String,
     /// User plus system CPU time, in microseconds.
     pub(crate) cpu_us: u64,
+    /// The part of `cpu_us` spent in the kernel (system time), in microseconds.
+    pub(crate) system_us: u64,
     /// Voluntary plus involuntary context switches.
     pub(crate) switches: u64,
 }
@@ -87,6 +89,7 @@ pub(crate) fn threads(pid: u32) -> Option<Threads> {
             ThreadSample {
                 name,
                 cpu_us: (ticks(11) + ticks(12)) * TICK_US,
+                system_us: ticks(12) * TICK_US,
                 switches: field("voluntary_ctxt_switches:") + field("nonvoluntary_ctxt_switches:"),
             },
         );
@@ -95,11 +98,13 @@ pub(crate) fn threads(pid: u32) -> Option<Threads> {
 }
 
 /// Where the server's time went between two snapshots, per delivery: CPU by kind of thread
-/// (the SQLite writer, the checkpointer, tokio's workers and blocking pool, the rest)
-/// and context switches. A thread that ended between the snapshots is not counted; one that
+/// (the SQLite writer, the checkpointer, tokio's workers and blocking pool, the rest), the
+/// part of it spent in the kernel (system calls: socket reads and writes, WAL writes and
+/// fsyncs, wake-ups), and context switches. A thread that ended between the snapshots is not counted; one that
 /// started is counted whole.
 pub(crate) fn breakdown(before: &Threads, after: &Threads, deliveries: u64) -> serde_json::Value {
     let mut cpu: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    let mut kernel: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     let mut switches = 0;
     for (tid, now) in after {
         let then = before.get(tid).cloned().unwrap_or_default();
@@ -114,15 +119,18 @@ pub(crate) fn breakdown(before: &Threads, after: &Threads, deliveries: u64) -> s
             _ => "other",
         };
         *cpu.entry(kind).or_default() += now.cpu_us.saturating_sub(then.cpu_us);
+        *kernel.entry(kind).or_default() += now.system_us.saturating_sub(then.system_us);
         switches += now.switches.saturating_sub(then.switches);
     }
     let per = |v: u64| (v as f64 / deliveries.max(1) as f64 * 10.0).round() / 10.0;
-    let cpu: serde_json::Map<String, serde_json::Value> = cpu
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), serde_json::json!(per(v))))
-        .collect();
+    let by_kind = |m: std::collections::BTreeMap<&str, u64>| {
+        m.into_iter()
+            .map(|(k, v)| (k.to_owned(), serde_json::json!(per(v))))
+            .collect::<serde_json::Map<String, serde_json::Value>>()
+    };
     serde_json::json!({
-        "cpu_us_per_delivery_by_thread": cpu,
+        "cpu_us_per_delivery_by_thread": by_kind(cpu),
+        "kernel_us_per_delivery_by_thread": by_kind(kernel),
         "context_switches_per_delivery": per(switches),
         "threads": after.len(),
     })
