@@ -410,20 +410,13 @@ impl Client {
     }
 
     /// Runs `call`, a call into the local store (a read, or a small staged write), on
-    /// tokio's blocking pool, so the caller's runtime never waits for the disk or for a
-    /// store lock. Once polled, dropping the future does not stop the call; it only stops
-    /// waiting for it. A panic in `call` is resumed here; a call the runtime's shutdown
-    /// cancelled is [`Error::Closed`].
+    /// tokio's blocking pool ([`store::off_runtime`](crate::store::off_runtime)).
     pub(crate) async fn local<T: Send + 'static>(
         &self,
         call: impl FnOnce(&Self) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let client = self.clone();
-        match tokio::task::spawn_blocking(move || call(&client)).await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(Error::Closed),
-        }
+        crate::store::off_runtime(move || call(&client)).await
     }
 
     pub(crate) async fn remember(&self, c: &Conversation) -> Result<()> {
@@ -496,8 +489,8 @@ impl Client {
     /// started and closes its idle HTTP connections. The server counts a cleanly closed
     /// device as gone at once, so contacts see this user offline without waiting for the
     /// heartbeat window (a dropped client, or a lost connection, is seen as offline only when
-    /// the window ends). Takes at most a few seconds in all: what is still unsent then stays in the store, and
-    /// [`ClientBuilder::open`](crate::ClientBuilder::open) resumes it. Other calls (on every
+    /// the window ends). Takes at most a few seconds in all: what is still unsent then stays
+    /// in the store, and [`ClientBuilder::open`](crate::ClientBuilder::open) resumes it. Other calls (on every
     /// clone and handle) fail with [`Error::Closed`] afterwards.
     pub async fn close(&self) {
         let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;

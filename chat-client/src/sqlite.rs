@@ -100,16 +100,20 @@ pub struct SqliteStore {
 /// timeout sleeps in growing steps (1, 2, 5 … 100 ms), so a lock held for a millisecond
 /// could cost the waiting connection 50 ms or more.
 fn retry_busy(attempt: i32) -> bool {
-    std::thread::sleep(std::time::Duration::from_micros(100));
-    attempt < 50_000
+    busy_step(attempt, 50_000)
 }
 
 /// The checkpointer's busy handler: the same steps for 100 ms in all. Only a `TRUNCATE`
 /// waits at all (for readers to leave the WAL), and it holds SQLite's write lock while it
 /// does, so it gives up soon and is tried again at the next start.
 fn retry_busy_briefly(attempt: i32) -> bool {
+    busy_step(attempt, 1_000)
+}
+
+/// Waits 100 µs; whether to try again (fewer than `attempts` so far).
+fn busy_step(attempt: i32, attempts: i32) -> bool {
     std::thread::sleep(std::time::Duration::from_micros(100));
-    attempt < 1_000
+    attempt < attempts
 }
 
 /// The WAL is copied into the database after this many batches (a few pages each, so about

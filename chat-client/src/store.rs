@@ -409,9 +409,7 @@ impl Store {
     /// runtime. Dropping the future does not stop the fsync; it only stops waiting for it.
     pub(crate) async fn sync(&self) -> Result<()> {
         let store = std::sync::Arc::clone(&self.0);
-        tokio::task::spawn_blocking(move || store.sync())
-            .await
-            .map_err(|_| Error::poisoned("store sync"))?
+        off_runtime(move || store.sync()).await
     }
 
     /// Applies `writes` atomically, durable when it returns: staged, then synced off the
@@ -427,6 +425,20 @@ impl std::ops::Deref for Store {
 
     fn deref(&self) -> &Self::Target {
         &*self.0
+    }
+}
+
+/// Runs `call` on tokio's blocking pool and waits for it, so the caller's runtime never waits
+/// for the disk or a store lock. Once polled, dropping the future does not stop `call`; it
+/// only stops waiting for it. A panic in `call` is resumed here; a call the runtime's
+/// shutdown cancelled is [`Error::Closed`].
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(call).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(Error::Closed),
     }
 }
 

@@ -4,6 +4,11 @@ use super::*;
 
 // ---- conversations --------------------------------------------------------------------
 
+/// What [`conversation_from_row`] reads from a `conversations c` row: the last message ID is
+/// the conversation's highest (`conversations.last_id` is no longer written; see `append`).
+const CONVERSATION_COLUMNS: &str = "c.id, c.kind, c.created_at, \
+     (SELECT COALESCE(MAX(id), 0) FROM messages WHERE conversation_id = c.id)";
+
 fn conversation_from_row(r: &Row<'_>) -> rusqlite::Result<(i64, i64, i64, i64)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
 }
@@ -76,10 +81,10 @@ pub(crate) fn open_direct(
     require_users(conn, &[a, b])?;
     let (low, high) = (a.min(b), a.max(b));
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT c.id, c.kind, c.created_at, (SELECT COALESCE(MAX(id), 0) FROM messages WHERE conversation_id = c.id)
-             FROM conversations c WHERE c.direct_low = ?1 AND c.direct_high = ?2",
-        )
+        .prepare_cached(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations c
+             WHERE c.direct_low = ?1 AND c.direct_high = ?2"
+        ))
         .map_err(backend)?;
     let found = stmt
         .query_row(
@@ -330,10 +335,9 @@ pub(crate) fn conversation(
     conversation: ConversationId,
 ) -> StoreResult<Option<Conversation>> {
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT c.id, c.kind, c.created_at, (SELECT COALESCE(MAX(id), 0) FROM messages WHERE conversation_id = c.id)
-             FROM conversations c WHERE c.id = ?1",
-        )
+        .prepare_cached(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.id = ?1"
+        ))
         .map_err(backend)?;
     let row = stmt
         .query_row([to_sql(conversation.get())], conversation_from_row)
@@ -368,12 +372,11 @@ pub(crate) fn is_member(
 
 pub(crate) fn conversations_of(conn: &Connection, user: UserId) -> StoreResult<Vec<Conversation>> {
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT c.id, c.kind, c.created_at, (SELECT COALESCE(MAX(id), 0) FROM messages WHERE conversation_id = c.id)
-             FROM members m
+        .prepare_cached(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM members m
              JOIN conversations c ON c.id = m.conversation_id
-             WHERE m.user_id = ?1 ORDER BY c.id",
-        )
+             WHERE m.user_id = ?1 ORDER BY c.id"
+        ))
         .map_err(backend)?;
     let rows = stmt
         .query_map([to_sql(user.get())], conversation_from_row)
