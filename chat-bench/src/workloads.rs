@@ -24,6 +24,11 @@ use crate::{Args, Workload};
 /// Setup requests in flight at once.
 const SETUP_CONCURRENCY: usize = 32;
 /// How long a run waits for the last acks and deliveries after it stops sending.
+/// Deliveries acknowledged at once, as chat-client does (`bookkeeping::ACK_EVERY`).
+const ACK_EVERY: u32 = 64;
+/// How soon a delivery is acknowledged at the latest; chat-client acks on a timer of this
+/// period, so within it.
+const ACK_WITHIN: Duration = Duration::from_millis(250);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub(crate) async fn run(args: &Args) -> Result<()> {
@@ -266,17 +271,37 @@ async fn connect_all(
     results.into_iter().collect()
 }
 
+/// Counts acks and deliveries, and acknowledges deliveries the way chat-client does: after
+/// [`ACK_EVERY`] entries, or [`ACK_WITHIN`] after the first one not yet acknowledged.
 async fn read_loop(mut reader: ws::Reader, tx: mpsc::Sender<Bytes>, stats: Arc<Stats>) {
     let mut unacked = 0u32;
-    while let Some(frame) = ws::next_frame(&mut reader).await {
+    let mut last = InboxPos::ZERO;
+    let due = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(due);
+    loop {
+        let frame = tokio::select! {
+            frame = ws::next_frame(&mut reader) => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+            () = &mut due, if unacked > 0 => {
+                unacked = 0;
+                let _ = tx.try_send(Bytes::from(ClientFrame::from(Ack { up_to: last }).encode()));
+                continue;
+            }
+        };
         match frame {
             ServerFrame::Sent(_) => {
                 stats.acked.fetch_add(1, Ordering::Relaxed);
             }
             ServerFrame::Deliver(d) => {
                 stats.delivered(&d.body);
+                if unacked == 0 {
+                    due.as_mut().reset(tokio::time::Instant::now() + ACK_WITHIN);
+                }
                 unacked += 1;
-                if unacked >= 64 {
+                last = d.pos;
+                if unacked >= ACK_EVERY {
                     unacked = 0;
                     let _ = tx.try_send(Bytes::from(
                         ClientFrame::from(Ack { up_to: d.pos }).encode(),

@@ -49,6 +49,11 @@ pub(crate) async fn connect(
         .connect(server)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    // As chat-client does: without it, a small frame written right after another (a send
+    // after an ack) waits for the node's delayed ACK, tens of milliseconds (Nagle).
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("nodelay: {e}"))?;
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)

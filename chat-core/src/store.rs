@@ -389,6 +389,22 @@ pub trait MessageStore: Send + Sync {
     /// cursor.
     async fn ack(&self, device: DeviceAddress, up_to: InboxPos) -> StoreResult<InboxPos>;
 
+    /// Moves several devices' cursors forward at once, each as [`ack`](Self::ack) would,
+    /// and skips devices that no longer exist (removed since they acknowledged). The
+    /// gateway stores the acknowledgements it gathered this way, a batch at a time: one
+    /// write for many devices instead of one per `ack` frame.
+    ///
+    /// The default calls `ack` for each; backends override it with one transaction.
+    async fn ack_all(&self, acks: &[(DeviceAddress, InboxPos)]) -> StoreResult<()> {
+        for &(device, up_to) in acks {
+            match self.ack(device, up_to).await {
+                Ok(_) | Err(StoreError::NotFound) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
     /// The device's acknowledged cursor.
     async fn cursor(&self, device: DeviceAddress) -> StoreResult<InboxPos>;
 

@@ -183,6 +183,11 @@ pub struct Config {
     pub discovery_ttl_ms: u64,
     /// How often the node refreshes its registration (connections, CPU), in ms.
     pub discovery_refresh_ms: u64,
+    /// How often the cursors devices acknowledged are stored, in ms: each `ack` is
+    /// recorded in memory and stored with every other device's in one batch per interval
+    /// (and once more at shutdown). The stored cursor is a record nothing waits for (a
+    /// device names its own when it connects), so a crash only leaves it this far behind.
+    pub cursor_flush_ms: u64,
     /// How many days inbox entries are kept (R-SYNC-2); 0 (the default) keeps them
     /// forever. When set, a background task deletes older entries every few minutes, and a
     /// device that comes back with a cursor below what was trimmed gets
@@ -530,6 +535,7 @@ impl Default for Config {
             region: None,
             discovery_ttl_ms: 30_000,
             discovery_refresh_ms: 10_000,
+            cursor_flush_ms: 1_000,
             inbox_retention_days: 0,
         }
     }
@@ -549,6 +555,9 @@ impl Config {
         }
         if self.heartbeat_interval_ms == 0 || self.missed_heartbeats == 0 {
             return bad("heartbeat_interval_ms and missed_heartbeats must be positive");
+        }
+        if self.cursor_flush_ms == 0 {
+            return bad("cursor_flush_ms must be positive");
         }
         if self.send_burst_per_account == 0 || self.sends_per_account_per_second <= 0.0 {
             return bad("send_burst_per_account and sends_per_account_per_second must be positive");

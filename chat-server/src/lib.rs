@@ -22,6 +22,7 @@ mod blob;
 mod bus;
 mod cluster;
 mod config;
+mod cursors;
 mod discovery;
 mod gateway;
 mod hashing;

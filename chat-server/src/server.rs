@@ -6,8 +6,9 @@
 //! Shutdown: the signal flips a watch channel; the listener stops accepting; every
 //! connection finishes the request it is handling (an append in flight completes and is
 //! acknowledged), sends `closing {shutting_down}` and closes; the node then waits, up to
-//! `shutdown_grace_ms`, until every holder of the shared state is gone. Acknowledged
-//! messages are already durable, so nothing acknowledged is lost.
+//! `shutdown_grace_ms`, until every holder of the shared state is gone, and stores the
+//! cursors devices acknowledged since the last flush (`cursors.rs`). Acknowledged messages
+//! are already durable, so nothing acknowledged is lost.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -285,6 +286,7 @@ impl Server {
             store,
             bus,
             presence,
+            cursors: Arc::default(),
             config,
             hasher,
             dummy_hash,
@@ -390,6 +392,13 @@ impl Server {
             shared.shutdown.clone(),
         ));
         tokio::spawn(push.run());
+        tokio::spawn(shared.cursors.clone().run(
+            shared.store.clone(),
+            Duration::from_millis(shared.config.cursor_flush_ms),
+            shared.shutdown.clone(),
+        ));
+        // Stores the acknowledgements of the last moments once every connection is gone.
+        let (cursors, store) = (shared.cursors.clone(), shared.store.clone());
         tokio::spawn(collect_blob_garbage(
             shared.blobs.clone(),
             shared.config.blob_orphan_age(),
@@ -420,6 +429,7 @@ impl Server {
         // The listener only returns once the shutdown started; this hands back the sender.
         let _shutdown = stopper.await;
         wait_for_connections(&mut alive, grace).await;
+        cursors.flush_logged(&*store).await;
         // The announcer deregisters as the shutdown starts; this covers a node whose state
         // was already gone by then.
         if let Err(err) = registry.deregister(&node_id).await {

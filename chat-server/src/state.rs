@@ -12,6 +12,7 @@ use crate::cluster::Redis;
 use crate::cluster::lease::Leases;
 use crate::cluster::limits::SharedLimiter;
 use crate::config::Config;
+use crate::cursors::Cursors;
 use crate::hashing::Hasher;
 use crate::health::StoreHealth;
 use crate::limiter::{InFlight, KeyedLimiter, Rate};
@@ -125,6 +126,8 @@ pub(crate) struct Shared {
     pub(crate) alive: mpsc::Sender<()>,
     /// Presence of the devices connected to this node.
     pub(crate) presence: Arc<Presence>,
+    /// Acknowledged cursors waiting for the next batch to the store.
+    pub(crate) cursors: Arc<Cursors>,
     /// Live WebSocket connections on this node.
     pub(crate) connections: AtomicUsize,
     /// Attachment ciphertext.

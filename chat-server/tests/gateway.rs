@@ -4,11 +4,15 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chat_core::protocol::{Ack, ServerFrame, SyncRequest};
-use chat_core::{ConversationId, DeviceAddress, DeviceId, ErrorCode, InboxPos, Recipient, UserId};
+use chat_core::{
+    ConversationId, DeviceAddress, DeviceId, ErrorCode, InboxPos, Recipient, Store, UserId,
+};
+use chat_storage::MemoryStore;
 use common::{
     Account, Client, TestServer, backlog, conversation_id, direct, recipients, send_frame,
     test_config,
@@ -815,4 +819,96 @@ async fn upgrade_without_the_subprotocol_is_refused() {
         .await
         .expect("offering chat.v1 among others is served");
     assert_eq!(response.headers()["sec-websocket-protocol"], "chat.v1");
+}
+
+/// Three messages from alice that bob's live connection has received; returns bob's
+/// connection.
+async fn bob_received_three(server: &TestServer, alice: &Account, bob: &Account) -> Client {
+    let conversation = direct(server, alice, bob).await;
+    let to_bob = recipients(server, alice, conversation, b"").await;
+    let mut sender = server.online(alice).await;
+    let mut bob_client = server.online(bob).await;
+    for i in 1..=3u8 {
+        sender
+            .send(send_frame(
+                u32::from(i),
+                conversation,
+                i,
+                &[i],
+                to_bob.clone(),
+            ))
+            .await;
+        assert!(matches!(sender.recv().await, ServerFrame::Sent(_)));
+        assert!(
+            matches!(bob_client.recv().await, ServerFrame::Deliver(d) if d.pos.get() == u64::from(i))
+        );
+    }
+    bob_client
+}
+
+/// Sends `ack {up_to}`, then waits for the answer to a sync: frames of one connection are
+/// handled in order, so the ack has been handled by then.
+async fn ack_handled(client: &mut Client, up_to: u64) {
+    client
+        .send(
+            Ack {
+                up_to: InboxPos::new(up_to).unwrap(),
+            }
+            .into(),
+        )
+        .await;
+    client
+        .send(
+            SyncRequest {
+                after: InboxPos::new(3).unwrap(),
+            }
+            .into(),
+        )
+        .await;
+    client.until(|f| matches!(f, ServerFrame::SyncEnd(_))).await;
+}
+
+#[tokio::test]
+async fn acknowledged_cursors_are_stored_behind_the_acks_and_at_shutdown() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let config = chat_server::Config {
+        cursor_flush_ms: 3_600_000,
+        ..test_config()
+    };
+    let server = TestServer::with_store(config, store.clone()).await;
+    let alice = server.account("alice").await;
+    let bob = server.account("bob").await;
+    let mut bob_client = bob_received_three(&server, &alice, &bob).await;
+    ack_handled(&mut bob_client, 2).await;
+    // Past what the connection sent: stored as what it sent.
+    ack_handled(&mut bob_client, 9).await;
+    assert_eq!(
+        store.cursor(bob.device).await.unwrap(),
+        InboxPos::ZERO,
+        "the hour-long interval has not passed"
+    );
+    server.shutdown().await;
+    assert_eq!(store.cursor(bob.device).await.unwrap().get(), 3);
+}
+
+#[tokio::test]
+async fn acknowledged_cursors_are_stored_every_flush_interval() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let config = chat_server::Config {
+        cursor_flush_ms: 20,
+        ..test_config()
+    };
+    let server = TestServer::with_store(config, store.clone()).await;
+    let alice = server.account("alice").await;
+    let bob = server.account("bob").await;
+    let mut bob_client = bob_received_three(&server, &alice, &bob).await;
+    ack_handled(&mut bob_client, 2).await;
+    let stored = async {
+        while store.cursor(bob.device).await.unwrap().get() != 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(common::WAIT, stored)
+        .await
+        .expect("stored by a flush while the node runs");
 }

@@ -450,12 +450,10 @@ impl Conn {
         match frame {
             ClientFrame::Send(send) => self.send(device, send, pipeline).await,
             ClientFrame::Ack(ack) => {
+                // Stored with other devices' in the next batch (`cursors.rs`): nothing
+                // waits for it, and a failing store does not end the connection.
                 let up_to = self.stream.ackable(ack.up_to);
-                // A cursor that is not stored now is stored with a later ack; the client
-                // loses nothing, so a failing store does not end the connection.
-                if let Err(err) = self.shared.store.ack(device, up_to).await {
-                    store_failed(&self.shared, "cursor ack", &err);
-                }
+                self.shared.cursors.record(device, up_to);
                 Ok(())
             }
             ClientFrame::Sync(sync) => {

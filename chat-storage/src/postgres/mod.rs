@@ -39,6 +39,9 @@ const MAX_RETRIES: u32 = 8;
 /// Most appends in one group commit.
 const MAX_BATCH: usize = 512;
 
+/// Most devices whose cursors one statement of [`MessageStore::ack_all`] raises.
+const ACK_CHUNK: usize = 256;
+
 /// Settings for [`PostgresStore::connect`].
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
@@ -427,6 +430,15 @@ impl MessageStore for PostgresStore {
 
     async fn ack(&self, device: DeviceAddress, up_to: InboxPos) -> StoreResult<InboxPos> {
         on_conn!(self, |db| ops::ack(&db, device, up_to).await)
+    }
+
+    /// A statement per [`ACK_CHUNK`] devices, each its own transaction, so appends to
+    /// those devices (which lock the same rows) never wait behind a whole batch.
+    async fn ack_all(&self, acks: &[(DeviceAddress, InboxPos)]) -> StoreResult<()> {
+        for chunk in acks.chunks(ACK_CHUNK) {
+            on_conn!(self, |db| ops::ack_all(&db, chunk).await)?;
+        }
+        Ok(())
     }
 
     async fn cursor(&self, device: DeviceAddress) -> StoreResult<InboxPos> {

@@ -312,6 +312,18 @@ const TRIM: &str = "WITH gone AS (
     SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM raised)";
 const ACK: &str = "UPDATE devices SET cursor = GREATEST(cursor, $3)
     WHERE id = $1 AND user_id = $2 RETURNING cursor";
+/// Raises the cursors of many devices ($1 device IDs, $2 their users, $3 positions; a
+/// device listed twice takes its highest), their rows locked in ID order (the global lock
+/// order) first. Devices that do not exist are skipped.
+const ACK_ALL: &str = "WITH t AS (
+        SELECT id, u, max(c) AS c FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])
+            AS t (id, u, c)
+        GROUP BY id, u),
+    locked AS (
+        SELECT d.id FROM devices d JOIN t ON d.id = t.id AND d.user_id = t.u
+        ORDER BY d.id FOR UPDATE OF d)
+    UPDATE devices d SET cursor = GREATEST(d.cursor, t.c)
+    FROM locked JOIN t ON t.id = locked.id WHERE d.id = locked.id";
 const HISTORY_BEFORE: &str = "SELECT conversation_id, id, sender_user, sender_device,
         client_key, sent_at, body
     FROM messages WHERE conversation_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3";
@@ -413,6 +425,7 @@ pub(crate) const STATEMENTS: &[&str] = &[
     LOCK_DEVICES,
     TRIM,
     ACK,
+    ACK_ALL,
     HISTORY_BEFORE,
     HISTORY_AFTER,
     MESSAGE,

@@ -606,6 +606,11 @@ impl MessageStore for SqliteStore {
         self.write(move |c| ops::ack(c, device, up_to)).await
     }
 
+    async fn ack_all(&self, acks: &[(DeviceAddress, InboxPos)]) -> StoreResult<()> {
+        let acks = acks.to_vec();
+        self.write(move |c| ops::ack_all(c, &acks)).await
+    }
+
     async fn cursor(&self, device: DeviceAddress) -> StoreResult<InboxPos> {
         self.read(move |c| ops::cursor(c, device)).await
     }

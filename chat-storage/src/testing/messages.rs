@@ -542,3 +542,39 @@ pub async fn cursor_ack_is_monotonic(store: Arc<dyn Store>) {
         Err(StoreError::NotFound)
     ));
 }
+
+/// A batch of acknowledgements moves each device's cursor as single acks would: forward
+/// only, the highest of a device's entries, devices that do not exist (or are named with
+/// the wrong user) skipped, batches larger than a backend's chunk included.
+pub async fn batched_acks_move_each_cursor_forward(store: Arc<dyn Store>) {
+    let (_, a) = user_with_devices(&*store, 2).await;
+    let (_, b) = user_with_devices(&*store, 1).await;
+    let (a1, a2, b1) = (a[0], a[1], b[0]);
+    store.ack(a2, pos(10)).await.expect("ack");
+    store.ack_all(&[]).await.expect("empty batch");
+    let ghost = DeviceAddress {
+        user: a1.user,
+        device: chat_core::DeviceId::new(MAX_ID).expect("id"),
+    };
+    let wrong_user = DeviceAddress {
+        user: b1.user,
+        device: a1.device,
+    };
+    let mut batch = vec![
+        (a1, pos(5)),
+        (ghost, pos(7)),
+        (a2, pos(4)),
+        (wrong_user, pos(99)),
+    ];
+    // More entries than any backend sends in one statement, the highest in the middle.
+    batch.extend((1..=600).map(|n| (b1, pos(if n == 300 { 1_000 } else { n }))));
+    batch.push((a1, pos(3)));
+    store.ack_all(&batch).await.expect("batch");
+    assert_eq!(store.cursor(a1).await.expect("cursor"), pos(5));
+    assert_eq!(
+        store.cursor(a2).await.expect("cursor"),
+        pos(10),
+        "never backwards"
+    );
+    assert_eq!(store.cursor(b1).await.expect("cursor"), pos(1_000));
+}

@@ -424,6 +424,15 @@ pub(crate) async fn ack(
     from_sql(get(&row, 0)?, "cursor")
 }
 
+/// One statement (its own transaction) for a batch of acknowledgements; see [`ACK_ALL`].
+pub(crate) async fn ack_all(db: &Db<'_>, acks: &[(DeviceAddress, InboxPos)]) -> StoreResult<()> {
+    let devices: Vec<i64> = acks.iter().map(|(d, _)| to_sql(d.device.get())).collect();
+    let users: Vec<i64> = acks.iter().map(|(d, _)| to_sql(d.user.get())).collect();
+    let positions: Vec<i64> = acks.iter().map(|(_, p)| to_sql(p.get())).collect();
+    db.exec(ACK_ALL, &[&devices, &users, &positions]).await?;
+    Ok(())
+}
+
 pub(crate) async fn history(
     db: &Db<'_>,
     conversation: ConversationId,

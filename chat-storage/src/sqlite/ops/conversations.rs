@@ -650,17 +650,17 @@ pub(crate) fn trim_inboxes(
     Ok(deleted)
 }
 
+/// Raises a device's cursor; `RETURNING cursor` gives the stored value (no row: no such
+/// device).
+const ACK: &str = "UPDATE devices SET cursor = max(cursor, ?3) WHERE id = ?1 AND user_id = ?2
+     RETURNING cursor";
+
 pub(crate) fn ack(
     conn: &Connection,
     device: DeviceAddress,
     up_to: InboxPos,
 ) -> StoreResult<InboxPos> {
-    let mut stmt = conn
-        .prepare_cached(
-            "UPDATE devices SET cursor = max(cursor, ?3) WHERE id = ?1 AND user_id = ?2
-             RETURNING cursor",
-        )
-        .map_err(backend)?;
+    let mut stmt = conn.prepare_cached(ACK).map_err(backend)?;
     let value: Option<i64> = stmt
         .query_row(
             [
@@ -673,6 +673,18 @@ pub(crate) fn ack(
         .optional()
         .map_err(backend)?;
     from_sql(value.ok_or(StoreError::NotFound)?, "cursor")
+}
+
+/// [`ack`] for each device, in the one transaction the writer runs it in; devices that no
+/// longer exist are skipped.
+pub(crate) fn ack_all(conn: &Connection, acks: &[(DeviceAddress, InboxPos)]) -> StoreResult<()> {
+    for &(device, up_to) in acks {
+        match ack(conn, device, up_to) {
+            Ok(_) | Err(StoreError::NotFound) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn history(

@@ -1,0 +1,149 @@
+//! Acknowledged cursors, stored behind the acks.
+//!
+//! An `ack {up_to}` frame is recorded here, and every `cursor_flush_ms` the node stores all
+//! the cursors recorded since the last flush in one batch ([`MessageStore::ack_all`]), and
+//! once more after its connections closed at shutdown. Before, each `ack` was its own
+//! write, one per delivered message for a client that acks each, which the connection
+//! waited for before reading its next frame.
+//!
+//! Nothing waits for the stored cursor, so it may lag: a device names its own cursor when
+//! it connects and the node serves from that, so a crash that loses the last interval's
+//! acknowledgements only leaves the record behind by that much (it never moves backwards,
+//! nor past what the device acknowledged). No message is lost or delivered out of order.
+//!
+//! [`MessageStore::ack_all`]: chat_core::MessageStore::ack_all
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chat_core::{DeviceAddress, InboxPos, Store, StoreResult};
+use tokio::sync::watch;
+
+/// The acknowledged cursors not stored yet, at most one per device.
+#[derive(Debug, Default)]
+pub(crate) struct Cursors {
+    pending: Mutex<HashMap<DeviceAddress, InboxPos>>,
+}
+
+impl Cursors {
+    /// Records that `device` acknowledged everything up to `up_to` (a lower position than
+    /// one recorded before changes nothing).
+    pub(crate) fn record(&self, device: DeviceAddress, up_to: InboxPos) {
+        let mut pending = self.lock();
+        let cursor = pending.entry(device).or_insert(up_to);
+        *cursor = (*cursor).max(up_to);
+    }
+
+    /// Stores every cursor recorded so far and returns how many devices that was. On
+    /// failure they stay recorded (merged with any recorded meanwhile) for the next flush.
+    pub(crate) async fn flush(&self, store: &dyn Store) -> StoreResult<usize> {
+        let batch = self.take();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        match store.ack_all(&batch).await {
+            Ok(()) => Ok(batch.len()),
+            Err(err) => {
+                self.restore(batch);
+                Err(err)
+            }
+        }
+    }
+
+    /// Takes every recorded cursor, leaving none.
+    fn take(&self) -> Vec<(DeviceAddress, InboxPos)> {
+        std::mem::take(&mut *self.lock()).into_iter().collect()
+    }
+
+    /// Records a batch again that could not be stored.
+    fn restore(&self, batch: Vec<(DeviceAddress, InboxPos)>) {
+        for (device, up_to) in batch {
+            self.record(device, up_to);
+        }
+    }
+
+    /// Flushes every `every` until the node starts shutting down (the node flushes once
+    /// more after its connections closed).
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        every: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = shutdown.wait_for(|down| *down) => return,
+            }
+            self.flush_logged(&*store).await;
+        }
+    }
+
+    /// [`flush`](Self::flush), logging a failure (at most one line per flush interval).
+    pub(crate) async fn flush_logged(&self, store: &dyn Store) {
+        match self.flush(store).await {
+            Ok(0) => {}
+            Ok(devices) => tracing::trace!(devices, "stored acknowledged cursors"),
+            Err(err) => {
+                metrics::counter!("chat_store_failures_total").increment(1);
+                tracing::warn!(cause = %err, "storing acknowledged cursors failed; kept for the next flush");
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<DeviceAddress, InboxPos>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_storage::MemoryStore;
+    use chat_storage::testing::user_with_devices;
+
+    fn pos(n: u64) -> InboxPos {
+        InboxPos::new(n).expect("position")
+    }
+
+    #[tokio::test]
+    async fn a_flush_stores_the_highest_recorded_cursor_of_each_device_once() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let (_, devices) = user_with_devices(&*store, 2).await;
+        let (a, b) = (devices[0], devices[1]);
+        let cursors = Cursors::default();
+        cursors.record(a, pos(3));
+        cursors.record(a, pos(7));
+        cursors.record(a, pos(5));
+        cursors.record(b, pos(1));
+        assert_eq!(store.cursor(a).await.expect("cursor"), pos(0), "not yet");
+        assert_eq!(cursors.flush(&*store).await.expect("flush"), 2);
+        assert_eq!(store.cursor(a).await.expect("cursor"), pos(7));
+        assert_eq!(store.cursor(b).await.expect("cursor"), pos(1));
+        assert_eq!(cursors.flush(&*store).await.expect("flush"), 0, "drained");
+    }
+
+    #[test]
+    fn a_batch_that_failed_is_merged_with_what_came_meanwhile() {
+        let (a, b) = (address(1, 1), address(2, 2));
+        let cursors = Cursors::default();
+        cursors.record(a, pos(4));
+        cursors.record(b, pos(1));
+        let failed = cursors.take();
+        assert!(cursors.take().is_empty());
+        cursors.record(a, pos(2));
+        cursors.record(b, pos(6));
+        cursors.restore(failed);
+        let mut again = cursors.take();
+        again.sort();
+        assert_eq!(again, vec![(a, pos(4)), (b, pos(6))]);
+    }
+
+    fn address(user: u64, device: u64) -> DeviceAddress {
+        DeviceAddress {
+            user: chat_core::UserId::new(user).expect("id"),
+            device: chat_core::DeviceId::new(device).expect("id"),
+        }
+    }
+}
