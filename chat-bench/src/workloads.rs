@@ -380,6 +380,8 @@ struct RunResult {
     delivery_seconds: f64,
     latency: Option<[f64; 4]>,
     server_cpu_us: Option<u64>,
+    /// This load generator's own CPU time during the run.
+    bench_cpu_us: Option<u64>,
     server_rss_kib: Option<u64>,
     /// Where the server's time went (see [`proc::breakdown`]).
     server_threads: Option<Value>,
@@ -427,6 +429,15 @@ impl RunResult {
         let per_msg = self
             .server_cpu_us
             .map(|c| c as f64 / self.delivered.max(1) as f64);
+        let bench_per_msg = self
+            .bench_cpu_us
+            .map(|c| c as f64 / self.delivered.max(1) as f64);
+        // What the machine's CPUs could deliver per second if the node cost nothing and this
+        // load generator had them all: a ceiling no node on this machine can pass.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let ceiling = bench_per_msg
+            .filter(|us| *us > 0.0)
+            .map(|us| (cores * 1e6 / us).round());
         json!({
             "target_rate": rate,
             "sent": self.sent,
@@ -444,6 +455,8 @@ impl RunResult {
             "max_ms": self.latency.map(|l| l[3]),
             "server_cpu_us_per_delivery": per_msg.map(|v| (v * 10.0).round() / 10.0),
             "server_rss_kib": self.server_rss_kib,
+            "bench_cpu_us_per_delivery": bench_per_msg.map(|v| (v * 10.0).round() / 10.0),
+            "bench_ceiling_deliveries_per_s": ceiling,
             "server_time": self.server_threads,
             "store_commits": self.store_commits,
             "server_appends": self.server_appends,
@@ -572,6 +585,7 @@ impl Mesh {
         let senders: Vec<&Vec<Route>> = self.routes.iter().filter(|r| !r.is_empty()).collect();
         let mut rng = Rng::new(0x5eed ^ rate);
         let before = env.sample();
+        let bench_before = proc::sample(std::process::id());
         let threads_before = env.threads();
         let (commits_before, appends_before) = env.histograms().await.unwrap_or_default();
         let bar = bar(duration.as_secs().max(1), "seconds");
@@ -609,6 +623,7 @@ impl Mesh {
         }
         let delivery_seconds = start.elapsed().as_secs_f64();
         let after = env.sample();
+        let bench_after = proc::sample(std::process::id());
         let delivered = Stats::get(&stats.delivered) - base.2;
         let server_threads = threads_before
             .zip(env.threads())
@@ -628,6 +643,9 @@ impl Mesh {
             delivery_seconds,
             latency: stats.percentiles(),
             server_cpu_us: before.zip(after).map(|(b, a)| a.cpu_us - b.cpu_us),
+            bench_cpu_us: bench_before
+                .zip(bench_after)
+                .map(|(b, a)| a.cpu_us - b.cpu_us),
             server_rss_kib: after.map(|a| a.rss_kib),
             server_threads,
             store_commits,
