@@ -320,10 +320,11 @@ const ACK_ALL: &str = "WITH t AS (
             AS t (id, u, c)
         GROUP BY id, u),
     locked AS (
-        SELECT d.id FROM devices d JOIN t ON d.id = t.id AND d.user_id = t.u
+        SELECT d.id, d.user_id FROM devices d JOIN t ON d.id = t.id AND d.user_id = t.u
         ORDER BY d.id FOR UPDATE OF d)
     UPDATE devices d SET cursor = GREATEST(d.cursor, t.c)
-    FROM locked JOIN t ON t.id = locked.id WHERE d.id = locked.id";
+    FROM locked JOIN t ON t.id = locked.id AND t.u = locked.user_id
+    WHERE d.id = locked.id";
 const HISTORY_BEFORE: &str = "SELECT conversation_id, id, sender_user, sender_device,
         client_key, sent_at, body
     FROM messages WHERE conversation_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3";
