@@ -23,12 +23,12 @@ use crate::{Args, Workload};
 
 /// Setup requests in flight at once.
 const SETUP_CONCURRENCY: usize = 32;
-/// How long a run waits for the last acks and deliveries after it stops sending.
 /// Deliveries acknowledged at once, as chat-client does (`bookkeeping::ACK_EVERY`).
 const ACK_EVERY: u32 = 64;
 /// How soon a delivery is acknowledged at the latest; chat-client acks on a timer of this
 /// period, so within it.
 const ACK_WITHIN: Duration = Duration::from_millis(250);
+/// How long a run waits for the last acks and deliveries after it stops sending.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub(crate) async fn run(args: &Args) -> Result<()> {
@@ -433,7 +433,8 @@ impl RunResult {
             .bench_cpu_us
             .map(|c| c as f64 / self.delivered.max(1) as f64);
         // What the machine's CPUs could deliver per second if the node cost nothing and this
-        // load generator had them all: a ceiling no node on this machine can pass.
+        // load generator had them all: a ceiling no node on this machine can pass (meaningful
+        // only with the node on the same machine, sharing its CPUs).
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let ceiling = bench_per_msg
             .filter(|us| *us > 0.0)

@@ -394,7 +394,8 @@ pub trait MessageStore: Send + Sync {
     /// gateway stores the acknowledgements it gathered this way, a batch at a time: one
     /// write for many devices instead of one per `ack` frame.
     ///
-    /// The default calls `ack` for each; backends override it with one transaction.
+    /// The default calls `ack` for each; SQLite overrides it with one transaction,
+    /// PostgreSQL with one statement per 256 devices.
     async fn ack_all(&self, acks: &[(DeviceAddress, InboxPos)]) -> StoreResult<()> {
         for &(device, up_to) in acks {
             match self.ack(device, up_to).await {

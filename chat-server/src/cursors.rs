@@ -10,6 +10,8 @@
 //! it connects and the node serves from that, so a crash that loses the last interval's
 //! acknowledgements only leaves the record behind by that much (it never moves backwards,
 //! nor past what the device acknowledged). No message is lost or delivered out of order.
+//! The same holds for what a shutdown cannot store (the store failing, or slower than the
+//! shutdown grace period).
 //!
 //! [`MessageStore::ack_all`]: chat_core::MessageStore::ack_all
 
@@ -20,10 +22,15 @@ use std::time::Duration;
 use chat_core::{DeviceAddress, InboxPos, Store, StoreResult};
 use tokio::sync::watch;
 
+use crate::health::{self, StoreHealth};
+
 /// The acknowledged cursors not stored yet, at most one per device.
 #[derive(Debug, Default)]
 pub(crate) struct Cursors {
     pending: Mutex<HashMap<DeviceAddress, InboxPos>>,
+    /// Held across a flush, so the last one (at shutdown) waits for one in progress and
+    /// then takes what a failed one put back.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 impl Cursors {
@@ -37,7 +44,10 @@ impl Cursors {
 
     /// Stores every cursor recorded so far and returns how many devices that was. On
     /// failure they stay recorded (merged with any recorded meanwhile) for the next flush.
+    /// A batch the store refuses (not a backend failure) is dropped: kept, it would block
+    /// every later flush.
     pub(crate) async fn flush(&self, store: &dyn Store) -> StoreResult<usize> {
+        let _flushing = self.flushing.lock().await;
         let batch = self.take();
         if batch.is_empty() {
             return Ok(0);
@@ -45,15 +55,18 @@ impl Cursors {
         match store.ack_all(&batch).await {
             Ok(()) => Ok(batch.len()),
             Err(err) => {
-                self.restore(batch);
+                if health::is_backend(&err) {
+                    self.restore(batch);
+                }
                 Err(err)
             }
         }
     }
 
-    /// Takes every recorded cursor, leaving none.
+    /// Takes every recorded cursor, leaving none (the lock is held only for the swap).
     fn take(&self) -> Vec<(DeviceAddress, InboxPos)> {
-        std::mem::take(&mut *self.lock()).into_iter().collect()
+        let pending = std::mem::take(&mut *self.lock());
+        pending.into_iter().collect()
     }
 
     /// Records a batch again that could not be stored.
@@ -68,6 +81,7 @@ impl Cursors {
     pub(crate) async fn run(
         self: Arc<Self>,
         store: Arc<dyn Store>,
+        health: Arc<StoreHealth>,
         every: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {
@@ -76,18 +90,19 @@ impl Cursors {
                 () = tokio::time::sleep(every) => {}
                 _ = shutdown.wait_for(|down| *down) => return,
             }
-            self.flush_logged(&*store).await;
+            self.flush_logged(&*store, &health).await;
         }
     }
 
-    /// [`flush`](Self::flush), logging a failure (at most one line per flush interval).
-    pub(crate) async fn flush_logged(&self, store: &dyn Store) {
+    /// [`flush`](Self::flush), reporting a backend failure to the node's store health
+    /// (throttled logging, readiness) and logging a refusal.
+    pub(crate) async fn flush_logged(&self, store: &dyn Store, health: &StoreHealth) {
         match self.flush(store).await {
             Ok(0) => {}
             Ok(devices) => tracing::trace!(devices, "stored acknowledged cursors"),
+            Err(err) if health::is_backend(&err) => health.failed("cursor flush", &err),
             Err(err) => {
-                metrics::counter!("chat_store_failures_total").increment(1);
-                tracing::warn!(cause = %err, "storing acknowledged cursors failed; kept for the next flush");
+                tracing::warn!(cause = %err, "the store refused a batch of cursors; dropped");
             }
         }
     }

@@ -32,7 +32,6 @@ use crate::cluster::registry::RedisRegistry;
 use crate::config::{BlobStoreKind, Config, ConfigError, TlsConfig};
 use crate::discovery::{self, Identity, LocalRegistry};
 use crate::hashing::Hasher;
-use crate::health::StoreHealth;
 use crate::listener::{self, HttpLimits};
 use crate::presence::Presence;
 use crate::push::{PushDispatcher, Worker};
@@ -298,7 +297,7 @@ impl Server {
             push,
             registry,
             leases,
-            health: StoreHealth::default(),
+            health: Arc::default(),
             failed_logins: LogThrottle::new(crate::health::LOG_INTERVAL),
             metrics: None,
         });
@@ -394,11 +393,16 @@ impl Server {
         tokio::spawn(push.run());
         tokio::spawn(shared.cursors.clone().run(
             shared.store.clone(),
+            shared.health.clone(),
             Duration::from_millis(shared.config.cursor_flush_ms),
             shared.shutdown.clone(),
         ));
         // Stores the acknowledgements of the last moments once every connection is gone.
-        let (cursors, store) = (shared.cursors.clone(), shared.store.clone());
+        let last_flush = (
+            shared.cursors.clone(),
+            shared.store.clone(),
+            shared.health.clone(),
+        );
         tokio::spawn(collect_blob_garbage(
             shared.blobs.clone(),
             shared.config.blob_orphan_age(),
@@ -429,7 +433,13 @@ impl Server {
         // The listener only returns once the shutdown started; this hands back the sender.
         let _shutdown = stopper.await;
         wait_for_connections(&mut alive, grace).await;
-        cursors.flush_logged(&*store).await;
+        let (cursors, store, health) = last_flush;
+        if tokio::time::timeout(grace, cursors.flush_logged(&*store, &health))
+            .await
+            .is_err()
+        {
+            tracing::warn!("acknowledged cursors not stored within the shutdown grace period");
+        }
         // The announcer deregisters as the shutdown starts; this covers a node whose state
         // was already gone by then.
         if let Err(err) = registry.deregister(&node_id).await {

@@ -135,7 +135,7 @@ pub(crate) struct Shared {
     /// Wakes devices that have messages waiting and no live connection.
     pub(crate) push: PushDispatcher,
     /// Store failures seen by this node: throttled logging and readiness.
-    pub(crate) health: StoreHealth,
+    pub(crate) health: Arc<StoreHealth>,
     /// Failed log-ins: a warning with the address, at most one per interval (a guessing
     /// attack would otherwise flood the log).
     pub(crate) failed_logins: LogThrottle,

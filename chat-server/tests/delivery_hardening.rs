@@ -403,7 +403,8 @@ async fn a_full_disk_makes_the_node_unready_and_loses_no_connection() {
     }
     let (status, _) = server.http("GET", "/readyz", None, None).await;
     assert_eq!(status, 503, "not ready while the store cannot take writes");
-    // Acks that cannot be stored do not end the connection: it still answers a sync.
+    // An ack while the store cannot write does not end the connection (acks are stored
+    // later, in batches): it still answers a sync.
     alice_ws
         .send(
             chat_core::protocol::Ack {

@@ -204,7 +204,7 @@ async fn offline_device_catches_up_in_order_without_duplicates() {
         ))
         .await;
     assert!(matches!(bob_client.recv().await, ServerFrame::Deliver(d) if d.pos.get() == 31));
-    // Acked cursor is stored; a sync from an old cursor re-sends (the client dedupes).
+    // An ack does not stop a sync from an older cursor re-sending (the client dedupes).
     bob_client
         .send(
             Ack {
@@ -868,17 +868,24 @@ async fn ack_handled(client: &mut Client, up_to: u64) {
     client.until(|f| matches!(f, ServerFrame::SyncEnd(_))).await;
 }
 
-#[tokio::test]
-async fn acknowledged_cursors_are_stored_behind_the_acks_and_at_shutdown() {
+/// A node on a memory store flushing cursors every `flush_ms`, with bob's connection after
+/// three messages from alice; returns the node, its store, bob and his connection.
+async fn bob_online_with_three(flush_ms: u64) -> (TestServer, Arc<dyn Store>, Account, Client) {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let config = chat_server::Config {
-        cursor_flush_ms: 3_600_000,
+        cursor_flush_ms: flush_ms,
         ..test_config()
     };
     let server = TestServer::with_store(config, store.clone()).await;
     let alice = server.account("alice").await;
     let bob = server.account("bob").await;
-    let mut bob_client = bob_received_three(&server, &alice, &bob).await;
+    let bob_client = bob_received_three(&server, &alice, &bob).await;
+    (server, store, bob, bob_client)
+}
+
+#[tokio::test]
+async fn acknowledged_cursors_are_stored_behind_the_acks_and_at_shutdown() {
+    let (server, store, bob, mut bob_client) = bob_online_with_three(3_600_000).await;
     ack_handled(&mut bob_client, 2).await;
     // Past what the connection sent: stored as what it sent.
     ack_handled(&mut bob_client, 9).await;
@@ -893,15 +900,7 @@ async fn acknowledged_cursors_are_stored_behind_the_acks_and_at_shutdown() {
 
 #[tokio::test]
 async fn acknowledged_cursors_are_stored_every_flush_interval() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let config = chat_server::Config {
-        cursor_flush_ms: 20,
-        ..test_config()
-    };
-    let server = TestServer::with_store(config, store.clone()).await;
-    let alice = server.account("alice").await;
-    let bob = server.account("bob").await;
-    let mut bob_client = bob_received_three(&server, &alice, &bob).await;
+    let (_server, store, bob, mut bob_client) = bob_online_with_three(20).await;
     ack_handled(&mut bob_client, 2).await;
     let stored = async {
         while store.cursor(bob.device).await.unwrap().get() != 2 {
