@@ -432,7 +432,7 @@ impl MessageStore for PostgresStore {
         on_conn!(self, |db| ops::ack(&db, device, up_to).await)
     }
 
-    /// A statement per [`ACK_CHUNK`] devices, each its own transaction, so appends to
+    /// A statement per 256 devices (`ACK_CHUNK`), each its own transaction, so appends to
     /// those devices (which lock the same rows) never wait behind a whole batch.
     async fn ack_all(&self, acks: &[(DeviceAddress, InboxPos)]) -> StoreResult<()> {
         for chunk in acks.chunks(ACK_CHUNK) {
