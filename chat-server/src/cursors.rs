@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use chat_core::{DeviceAddress, InboxPos, Store, StoreResult};
+use chat_core::{DeviceAddress, InboxPos, MessageStore, Store, StoreResult};
 use tokio::sync::watch;
 
 use crate::health::{self, StoreHealth};
@@ -46,7 +46,7 @@ impl Cursors {
     /// failure they stay recorded (merged with any recorded meanwhile) for the next flush.
     /// A batch the store refuses (not a backend failure) is dropped: kept, it would block
     /// every later flush.
-    pub(crate) async fn flush(&self, store: &dyn Store) -> StoreResult<usize> {
+    pub(crate) async fn flush(&self, store: &dyn MessageStore) -> StoreResult<usize> {
         let _flushing = self.flushing.lock().await;
         let batch = self.take();
         if batch.is_empty() {
@@ -96,7 +96,7 @@ impl Cursors {
 
     /// [`flush`](Self::flush), reporting a backend failure to the node's store health
     /// (throttled logging, readiness) and logging a refusal.
-    pub(crate) async fn flush_logged(&self, store: &dyn Store, health: &StoreHealth) {
+    pub(crate) async fn flush_logged(&self, store: &dyn MessageStore, health: &StoreHealth) {
         match self.flush(store).await {
             Ok(0) => {}
             Ok(devices) => tracing::trace!(devices, "stored acknowledged cursors"),
@@ -115,6 +115,10 @@ impl Cursors {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chat_core::{
+        Appended, ConversationId, Direction, Envelope, InboxEntry, MessageId, NewMessage,
+        StoreError, Timestamp,
+    };
     use chat_storage::MemoryStore;
     use chat_storage::testing::user_with_devices;
 
@@ -153,6 +157,116 @@ mod tests {
         let mut again = cursors.take();
         again.sort();
         assert_eq!(again, vec![(a, pos(4)), (b, pos(6))]);
+    }
+
+    /// A message store that fails (or refuses) the next `fail` batches of cursors.
+    struct Failing {
+        inner: MemoryStore,
+        fail: std::sync::Mutex<Vec<StoreError>>,
+    }
+
+    impl Failing {
+        fn new(inner: MemoryStore, fail: Vec<StoreError>) -> Self {
+            Self {
+                inner,
+                fail: std::sync::Mutex::new(fail),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MessageStore for Failing {
+        async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
+            self.inner.append(message).await
+        }
+        async fn inbox(
+            &self,
+            device: DeviceAddress,
+            after: InboxPos,
+            limit: usize,
+        ) -> StoreResult<Vec<InboxEntry>> {
+            self.inner.inbox(device, after, limit).await
+        }
+        async fn inbox_head(&self, device: DeviceAddress) -> StoreResult<InboxPos> {
+            self.inner.inbox_head(device).await
+        }
+        async fn trim_inboxes(&self, sent_before: Timestamp, limit: usize) -> StoreResult<u64> {
+            self.inner.trim_inboxes(sent_before, limit).await
+        }
+        async fn inbox_floor(&self, device: DeviceAddress) -> StoreResult<InboxPos> {
+            self.inner.inbox_floor(device).await
+        }
+        async fn ack(&self, device: DeviceAddress, up_to: InboxPos) -> StoreResult<InboxPos> {
+            self.inner.ack(device, up_to).await
+        }
+        async fn ack_all(&self, acks: &[(DeviceAddress, InboxPos)]) -> StoreResult<()> {
+            let failure = self.fail.lock().expect("lock").pop();
+            match failure {
+                Some(err) => Err(err),
+                None => self.inner.ack_all(acks).await,
+            }
+        }
+        async fn cursor(&self, device: DeviceAddress) -> StoreResult<InboxPos> {
+            self.inner.cursor(device).await
+        }
+        async fn history(
+            &self,
+            conversation: ConversationId,
+            anchor: MessageId,
+            direction: Direction,
+            limit: usize,
+        ) -> StoreResult<Vec<Envelope>> {
+            self.inner
+                .history(conversation, anchor, direction, limit)
+                .await
+        }
+        async fn message(
+            &self,
+            conversation: ConversationId,
+            id: MessageId,
+        ) -> StoreResult<Option<Envelope>> {
+            self.inner.message(conversation, id).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backend_failure_keeps_the_batch_and_marks_the_store_unhealthy() {
+        let memory = MemoryStore::new();
+        let (_, devices) = user_with_devices(&memory, 1).await;
+        let a = devices[0];
+        let unavailable = StoreError::backend(std::io::Error::other("disk full"));
+        let store = Failing::new(memory, vec![unavailable]);
+        let (cursors, health) = (Cursors::default(), StoreHealth::default());
+        cursors.record(a, pos(4));
+        cursors.flush_logged(&store, &health).await;
+        assert!(health.failed_within(Duration::from_secs(60)), "reported");
+        assert_eq!(store.cursor(a).await.expect("cursor"), pos(0));
+        cursors.record(a, pos(2));
+        cursors.flush_logged(&store, &health).await;
+        assert_eq!(
+            store.cursor(a).await.expect("cursor"),
+            pos(4),
+            "kept, then stored"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_is_dropped_and_does_not_block_the_next() {
+        let memory = MemoryStore::new();
+        let (_, devices) = user_with_devices(&memory, 2).await;
+        let (a, b) = (devices[0], devices[1]);
+        let store = Failing::new(memory, vec![StoreError::Invalid("refused")]);
+        let (cursors, health) = (Cursors::default(), StoreHealth::default());
+        cursors.record(a, pos(4));
+        cursors.flush_logged(&store, &health).await;
+        assert!(
+            !health.failed_within(Duration::from_secs(60)),
+            "not a backend failure"
+        );
+        cursors.record(b, pos(1));
+        assert_eq!(cursors.flush(&store).await.expect("flush"), 1, "only b's");
+        assert_eq!(store.cursor(a).await.expect("cursor"), pos(0));
+        assert_eq!(store.cursor(b).await.expect("cursor"), pos(1));
     }
 
     fn address(user: u64, device: u64) -> DeviceAddress {
