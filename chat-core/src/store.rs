@@ -349,6 +349,22 @@ pub trait MessageStore: Send + Sync {
     /// Returns only after the commit is durable. Concurrent appends share commits.
     async fn append(&self, message: NewMessage) -> StoreResult<Appended>;
 
+    /// Appends several messages, each as [`append`](Self::append) would, in the order
+    /// given: of two messages to one conversation, the later in `messages` gets the higher
+    /// ID. Returns each message's result, in that order; a refused message writes nothing
+    /// and does not affect the others. The gateway appends the sends a connection queued
+    /// to one conversation this way, so they share a commit and keep the sender's order.
+    ///
+    /// The default appends them one after another; SQLite queues them to its writer
+    /// together, PostgreSQL runs them in one batch.
+    async fn append_all(&self, messages: Vec<NewMessage>) -> Vec<StoreResult<Appended>> {
+        let mut results = Vec::with_capacity(messages.len());
+        for message in messages {
+            results.push(self.append(message).await);
+        }
+        results
+    }
+
     /// Up to `limit` entries of the device's inbox after `after`, in order.
     async fn inbox(
         &self,

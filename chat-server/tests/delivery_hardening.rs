@@ -476,6 +476,68 @@ async fn sends_in_flight_are_answered_in_order_and_keep_each_conversations_order
     }
 }
 
+/// A burst of sends to one conversation is not appended one commit at a time: the sends
+/// queued behind the first are appended together, in order (the SQLite writer's commits
+/// are counted).
+#[tokio::test]
+async fn a_burst_to_one_conversation_shares_commits_and_keeps_its_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = chat_storage::SqliteStore::open(
+        dir.path().join("chat.db"),
+        chat_storage::SqliteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let store = Arc::new(store);
+    let server = TestServer::with_store(test_config(), store.clone()).await;
+    let alice = server.account("alice").await;
+    let bob = server.account("bob").await;
+    let conversation = direct(&server, &alice, &bob).await;
+    let to_bob = recipients(&server, &alice, conversation, b"").await;
+    let mut alice_ws = server.online(&alice).await;
+
+    const SENDS: u32 = 32;
+    let before = store.stats();
+    for req in 0..SENDS {
+        let body = req.to_be_bytes();
+        alice_ws
+            .send(send_frame(
+                req,
+                conversation,
+                req as u8,
+                &body,
+                to_bob.clone(),
+            ))
+            .await;
+    }
+    for req in 0..SENDS {
+        match alice_ws.recv().await {
+            ServerFrame::Sent(sent) => {
+                assert_eq!(sent.req, req, "answers come in the order the sends came");
+                assert_eq!(sent.id, MessageId::new(u64::from(req) + 1).unwrap());
+            }
+            other => panic!("expected sent, got {other:?}"),
+        }
+    }
+    let after = store.stats();
+    let (writes, commits) = (after.writes - before.writes, after.commits - before.commits);
+    assert!(writes >= u64::from(SENDS), "{writes} writes");
+    assert!(commits < writes, "{commits} commits for {writes} writes");
+
+    let mut bob_ws = server.connect(&bob, 0).await;
+    let got: Vec<Bytes> = backlog(&mut bob_ws)
+        .await
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
+    let sent: Vec<Bytes> = (0..SENDS)
+        .map(|req| Bytes::copy_from_slice(&req.to_be_bytes()))
+        .collect();
+    assert_eq!(got, sent, "bob's inbox holds them in send order");
+    drop((alice_ws, bob_ws));
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_store_that_cannot_take_writes_is_refused_at_start() {
     let Some((disk, config)) = node_on_tmpfs() else {

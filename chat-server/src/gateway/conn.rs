@@ -484,8 +484,7 @@ impl Conn {
     }
 
     /// Validates a send and starts it (see [`Pipeline`]): refused ones are answered in
-    /// turn; one to a conversation with a send in flight, or past the in-flight limit,
-    /// waits for earlier answers first.
+    /// turn; one past the in-flight limit waits for earlier answers first.
     async fn send(
         &mut self,
         device: DeviceAddress,
@@ -518,7 +517,7 @@ impl Conn {
             return Ok(());
         }
         metrics::counter!("chat_messages_in_total").increment(1);
-        while pipeline.must_wait(send.conversation) {
+        while pipeline.is_full() {
             if let Some(answer) = pipeline.next().await {
                 self.send_frame(&answer).await?;
             }

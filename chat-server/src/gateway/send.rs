@@ -1,14 +1,16 @@
 //! Sends: appended and fanned out on tasks of their own, answered in the order they came.
 //!
 //! A connection keeps up to [`MAX_IN_FLIGHT`] sends in flight, so a busy sender is not
-//! bound by its own commit latency: its sends share group commits. At most one send per
-//! conversation is in flight, so a sender's messages to one conversation get IDs in the
-//! order it sent them on every store (PostgreSQL's row locks do not queue in arrival order).
-//! Answers (`sent`, `stale_devices`, `error`) go out in the order the sends came.
+//! bound by its own commit latency: its sends share group commits. Its sends to one
+//! conversation go to one task of their own (a sequencer), which appends all those queued
+//! at once with [`MessageStore::append_all`](chat_core::MessageStore::append_all), so they
+//! get IDs in the order they were sent on every store, and share a commit, without waiting
+//! for one another. Answers (`sent`, `stale_devices`, `error`) go out in the order the
+//! sends came.
 //!
-//! Each send's task appends, then hands the message to its recipients' connections and
-//! decides on push, and only then returns the answer: it runs to its end on its own,
-//! whatever happens to the sender's connection (R-ABUSE-3).
+//! A sequencer appends, then hands the messages to their recipients' connections and
+//! decides on push, and only then answers: it runs to its end on its own, whatever happens
+//! to the sender's connection (R-ABUSE-3).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -19,11 +21,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chat_core::protocol::{self, Deliver, ErrorFrame, Sent, ServerFrame, StaleDevices};
 use chat_core::{
-    BusMessage, ConversationId, DeviceAddress, Envelope, ErrorCode, InboxEntry, InboxPos,
-    NewMessage, Recipient, StoreError, Topic,
+    Appended, BusMessage, ConversationId, DeviceAddress, Envelope, ErrorCode, InboxEntry, InboxPos,
+    NewMessage, Recipient, StoreError, StoreResult, Topic,
 };
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::health::{self, PeerError};
 use crate::state::{Shared, now};
@@ -33,6 +36,12 @@ pub(super) const MAX_IN_FLIGHT: usize = 32;
 
 type Answer = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
 
+/// A send waiting for its sequencer, and where its answer goes.
+struct Queued {
+    send: protocol::Send,
+    reply: oneshot::Sender<ServerFrame>,
+}
+
 /// A connection's sends in flight and the answers queued behind them, in arrival order.
 /// Allocated on the first send: most connections are idle, and a queue of futures costs a
 /// few hundred bytes even when empty.
@@ -40,6 +49,8 @@ pub(super) struct Pipeline {
     answers: Option<FuturesOrdered<Answer>>,
     /// The conversation of each entry of `answers` (none for an answer that was ready).
     conversations: VecDeque<Option<ConversationId>>,
+    /// The queue of each conversation's sequencer, while a send to it is unanswered.
+    sequencers: Vec<(ConversationId, mpsc::UnboundedSender<Queued>)>,
 }
 
 impl Pipeline {
@@ -47,6 +58,7 @@ impl Pipeline {
         Self {
             answers: None,
             conversations: VecDeque::new(),
+            sequencers: Vec::new(),
         }
     }
 
@@ -55,11 +67,9 @@ impl Pipeline {
         self.answers.as_ref().is_none_or(FuturesOrdered::is_empty)
     }
 
-    /// Whether a send to `conversation` must wait for an earlier one to be answered: one to
-    /// the same conversation is in flight, or the pipeline is full.
-    pub(super) fn must_wait(&self, conversation: ConversationId) -> bool {
+    /// Whether the next send must wait for the oldest answer: the pipeline is full.
+    pub(super) fn is_full(&self) -> bool {
         self.conversations.len() >= MAX_IN_FLIGHT
-            || self.conversations.contains(&Some(conversation))
     }
 
     /// Queues an answer that is ready (a refusal) behind the sends in flight.
@@ -74,7 +84,7 @@ impl Pipeline {
         self.conversations.push_back(conversation);
     }
 
-    /// Starts a send on a task of its own.
+    /// Hands a send to its conversation's sequencer, started if there is none.
     pub(super) fn start(
         &mut self,
         shared: Arc<Shared>,
@@ -82,9 +92,35 @@ impl Pipeline {
         send: protocol::Send,
     ) {
         let (conversation, req) = (send.conversation, send.req);
-        let task = tokio::spawn(append(shared, device, send));
+        let (reply, answer) = oneshot::channel();
+        let mut queued = Queued { send, reply };
+        let running = self.sequencers.iter().position(|(c, _)| *c == conversation);
+        if let Some(i) = running {
+            match self.sequencers[i].1.send(queued) {
+                Ok(()) => return self.wait_for(answer, conversation, req),
+                // It ended early (a panic); its sends are answered with an error.
+                Err(mpsc::error::SendError(back)) => {
+                    self.sequencers.swap_remove(i);
+                    queued = back;
+                }
+            }
+        }
+        let (queue, sends) = mpsc::unbounded_channel();
+        // Cannot fail: `sends` is alive.
+        let _ = queue.send(queued);
+        tokio::spawn(sequence(shared, device, sends));
+        self.sequencers.push((conversation, queue));
+        self.wait_for(answer, conversation, req);
+    }
+
+    fn wait_for(
+        &mut self,
+        answer: oneshot::Receiver<ServerFrame>,
+        conversation: ConversationId,
+        req: u32,
+    ) {
         let answer = Box::pin(async move {
-            task.await.unwrap_or_else(|_| {
+            answer.await.unwrap_or_else(|_| {
                 error_frame(Some(req), ErrorCode::Internal, "send failed; retry it")
             })
         });
@@ -94,7 +130,12 @@ impl Pipeline {
     /// The next answer, in arrival order; `None` when nothing is in flight. Cancel-safe.
     pub(super) async fn next(&mut self) -> Option<ServerFrame> {
         let answer = self.answers.as_mut()?.next().await?;
-        self.conversations.pop_front();
+        if let Some(Some(done)) = self.conversations.pop_front()
+            && !self.conversations.contains(&Some(done))
+        {
+            // Its sequencer has answered everything: it ends when its queue is dropped.
+            self.sequencers.retain(|(c, _)| *c != done);
+        }
         Some(answer)
     }
 }
@@ -121,21 +162,49 @@ pub(super) fn rate_limited_frame(req: Option<u32>, wait: Duration, message: &str
     .into()
 }
 
-/// Appends durably, fans out, and returns the answer for the sender.
-async fn append(shared: Arc<Shared>, device: DeviceAddress, send: protocol::Send) -> ServerFrame {
+/// A sequencer: appends the sends queued to one conversation, a batch at a time in their
+/// order, fans out what was stored and answers each, until the queue is dropped and empty.
+async fn sequence(
+    shared: Arc<Shared>,
+    device: DeviceAddress,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
+) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, MAX_IN_FLIGHT).await > 0 {
+        let mut sends = Vec::with_capacity(batch.len());
+        let mut messages = Vec::with_capacity(batch.len());
+        for Queued { send, reply } in batch.drain(..) {
+            messages.push(NewMessage {
+                conversation: send.conversation,
+                sender: device,
+                client_key: send.client_key,
+                body: send.body.clone(),
+                recipients: send.recipients.clone(),
+                sent_at: now(),
+            });
+            sends.push((send, reply));
+        }
+        let started = Instant::now();
+        let results = shared.store.append_all(messages).await;
+        let took = started.elapsed().as_secs_f64();
+        for ((send, reply), result) in sends.into_iter().zip(results) {
+            let frame = answer(&shared, device, send, result, took).await;
+            // The sender may have gone; what was stored stands either way.
+            let _ = reply.send(frame);
+        }
+    }
+}
+
+/// Fans out a stored message and returns the answer for the sender; or the refusal.
+async fn answer(
+    shared: &Shared,
+    device: DeviceAddress,
+    send: protocol::Send,
+    result: StoreResult<Appended>,
+    took: f64,
+) -> ServerFrame {
     let req = Some(send.req);
-    let headers = send.recipients.clone();
-    let message = NewMessage {
-        conversation: send.conversation,
-        sender: device,
-        client_key: send.client_key,
-        body: send.body,
-        recipients: send.recipients,
-        sent_at: now(),
-    };
-    let body = message.body.clone();
-    let started = Instant::now();
-    let appended = match shared.store.append(message).await {
+    let appended = match result {
         Ok(appended) => appended,
         Err(StoreError::StaleDevices(mismatch)) => {
             return StaleDevices {
@@ -159,16 +228,16 @@ async fn append(shared: Arc<Shared>, device: DeviceAddress, send: protocol::Send
             return error_frame(req, code, &message);
         }
     };
-    metrics::histogram!("chat_append_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("chat_append_seconds").record(took);
     let envelope = Envelope {
         conversation: send.conversation,
         id: appended.id,
         sender: device,
         client_key: send.client_key,
         sent_at: appended.sent_at,
-        body,
+        body: send.body,
     };
-    fan_out(&shared, &envelope, &headers, &appended.deliveries).await;
+    fan_out(shared, &envelope, &send.recipients, &appended.deliveries).await;
     Sent {
         req: send.req,
         conversation: send.conversation,

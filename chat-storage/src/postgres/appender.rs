@@ -1,9 +1,10 @@
 //! Group commit for appends, across the callers of one store.
 //!
 //! `append` queues its message and waits. A few appender tasks (`PostgresOptions::appenders`),
-//! each with its own connection, take the first queued message and everything queued behind
+//! each with its own connection, take the first queued request and everything queued behind
 //! it (up to a batch limit), run them in one transaction ([`ops::append_batch`]) and answer
-//! every caller once the commit is durable. So a commit's WAL flush, its round trips and the
+//! every caller once the commit is durable. A request of several messages (`append_all`)
+//! goes into one batch whole, in its order, so they get IDs in that order. So a commit's WAL flush, its round trips and the
 //! per-statement work are shared by the whole batch, and while one appender waits for its
 //! flush another runs the next batch.
 //!
@@ -27,10 +28,10 @@ use crate::common::failure;
 /// Most messages queued before `append` waits for room.
 const QUEUE: usize = 4096;
 
-/// A queued append and where to answer it.
+/// Queued appends, run in this order in one batch, and where to answer them.
 struct Request {
-    message: NewMessage,
-    reply: oneshot::Sender<StoreResult<Appended>>,
+    messages: Vec<NewMessage>,
+    reply: oneshot::Sender<Vec<StoreResult<Appended>>>,
 }
 
 /// The queue the appender tasks take batches from. The tasks stop when it is dropped.
@@ -51,16 +52,19 @@ impl Appender {
         Self { queue }
     }
 
-    /// Appends `message` in the next batch; returns once its commit is durable.
-    pub(crate) async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
+    /// Appends `messages` in the next batch, in their order; returns once its commit is
+    /// durable, with each message's result.
+    pub(crate) async fn append(&self, messages: Vec<NewMessage>) -> Vec<StoreResult<Appended>> {
+        let count = messages.len();
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Request { message, reply })
-            .await
-            .map_err(|_| failure("the appenders have stopped"))?;
-        answer
-            .await
-            .map_err(|_| failure("the appender stopped before answering"))?
+        let why = match self.queue.send(Request { messages, reply }).await {
+            Ok(()) => match answer.await {
+                Ok(results) => return results,
+                Err(_) => "the appender stopped before answering",
+            },
+            Err(_) => "the appenders have stopped",
+        };
+        (0..count).map(|_| Err(failure(why))).collect()
     }
 }
 
@@ -71,15 +75,17 @@ async fn run(config: Arc<Config>, queue: Arc<Mutex<mpsc::Receiver<Request>>>, ma
         let batch = {
             let mut rx = queue.lock().await;
             let Some(first) = rx.recv().await else { return };
+            let mut taken = first.messages.len();
             let mut batch = vec![first];
-            while batch.len() < max_batch
+            while taken < max_batch
                 && let Ok(next) = rx.try_recv()
             {
+                taken += next.messages.len();
                 batch.push(next);
             }
             batch
         };
-        let messages: Vec<&NewMessage> = batch.iter().map(|r| &r.message).collect();
+        let messages: Vec<&NewMessage> = batch.iter().flat_map(|r| &r.messages).collect();
         let results = match connection(&config, &mut conn).await {
             Ok(c) => commit(c, &messages).await,
             Err(e) => {
@@ -93,9 +99,11 @@ async fn run(config: Arc<Config>, queue: Arc<Mutex<mpsc::Receiver<Request>>>, ma
         if conn.as_ref().is_some_and(|c| c.client.is_closed()) {
             conn = None;
         }
-        for (request, result) in batch.into_iter().zip(results) {
-            // The caller may have gone away; the append stands either way.
-            let _ = request.reply.send(result);
+        let mut results = results.into_iter();
+        for request in batch {
+            let answers = results.by_ref().take(request.messages.len()).collect();
+            // The caller may have gone away; the appends stand either way.
+            let _ = request.reply.send(answers);
         }
     }
 }

@@ -23,6 +23,7 @@ use chat_core::{
 use tokio_postgres::Config;
 
 use crate::Durability;
+use crate::common::failure;
 
 use appender::Appender;
 use ops::Db;
@@ -404,7 +405,15 @@ impl HealthStore for PostgresStore {
 #[async_trait]
 impl MessageStore for PostgresStore {
     async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
-        self.appender.append(message).await
+        let mut results = self.appender.append(vec![message]).await;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(failure("the appender gave no answer")))
+    }
+
+    /// One request to the appenders: the messages run in one batch, in their order.
+    async fn append_all(&self, messages: Vec<NewMessage>) -> Vec<StoreResult<Appended>> {
+        self.appender.append(messages).await
     }
 
     async fn inbox(

@@ -24,7 +24,7 @@ use chat_core::{
 };
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::common::failure;
 
@@ -281,12 +281,23 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnMut(&Connection) -> StoreResult<T> + Send + 'static,
     {
+        let reply = self.submit(op).await?;
+        reply.await.map_err(|_| writer::writer_gone())?
+    }
+
+    /// Queues a write and returns the receiver of its answer: writes queued one after
+    /// another run in that order (the writer takes its queue first in, first out).
+    async fn submit<T, F>(&self, op: F) -> StoreResult<oneshot::Receiver<StoreResult<T>>>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> StoreResult<T> + Send + 'static,
+    {
         let (job, reply) = writer::Pending::job(op);
         self.queue
             .send(job)
             .await
             .map_err(|_| writer::writer_gone())?;
-        reply.await.map_err(|_| writer::writer_gone())?
+        Ok(reply)
     }
 
     /// Runs a read on a read-only connection on the blocking pool.
@@ -577,6 +588,22 @@ impl HealthStore for SqliteStore {
 impl MessageStore for SqliteStore {
     async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
         self.write(move |c| ops::append(c, &message)).await
+    }
+
+    /// All queued before any is awaited, so they share commits and run in order.
+    async fn append_all(&self, messages: Vec<NewMessage>) -> Vec<StoreResult<Appended>> {
+        let mut replies = Vec::with_capacity(messages.len());
+        for message in messages {
+            replies.push(self.submit(move |c| ops::append(c, &message)).await);
+        }
+        let mut results = Vec::with_capacity(replies.len());
+        for reply in replies {
+            results.push(match reply {
+                Ok(reply) => reply.await.unwrap_or_else(|_| Err(writer::writer_gone())),
+                Err(err) => Err(err),
+            });
+        }
+        results
     }
 
     async fn inbox(

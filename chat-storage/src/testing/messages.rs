@@ -64,6 +64,64 @@ pub async fn concurrent_appends_are_gapless_and_ordered(store: Arc<dyn Store>) {
     }
 }
 
+/// `append_all` from several senders at once: each list's messages get IDs in list order, a
+/// refused message (stale devices) and a retry of an earlier key in the same list are
+/// answered alone, and the conversation's IDs stay gapless.
+pub async fn append_all_keeps_order_and_answers_each(store: Arc<dyn Store>) {
+    let (conv, _, all) = group(&*store, 3, 1).await;
+    const ROUNDS: usize = 4;
+    const PER_LIST: usize = 8;
+    let mut tasks = JoinSet::new();
+    for &sender in &all {
+        let store = Arc::clone(&store);
+        let recipients = others(&all, sender);
+        tasks.spawn(async move {
+            let mut written = Vec::new();
+            for _ in 0..ROUNDS {
+                let mut list: Vec<NewMessage> = (0..PER_LIST)
+                    .map(|_| message(conv, sender, &recipients))
+                    .collect();
+                list[3].recipients.pop();
+                list[6] = list[1].clone();
+                let results = store.append_all(list).await;
+                assert_eq!(results.len(), PER_LIST, "one result per message");
+                for (i, result) in results.into_iter().enumerate() {
+                    match (i, result) {
+                        (3, Err(StoreError::StaleDevices(m))) => assert_eq!(m.missing.len(), 1),
+                        (3, other) => panic!("expected stale devices: {other:?}"),
+                        (6, Ok(done)) => {
+                            assert!(done.duplicate, "a retry within the list");
+                            assert_eq!(Some(&done.id.get()), written.get(written.len() - 4));
+                        }
+                        (_, Ok(done)) => {
+                            assert!(!done.duplicate);
+                            written.push(done.id.get());
+                        }
+                        (_, Err(err)) => panic!("append {i}: {err:?}"),
+                    }
+                }
+            }
+            written
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(written) = tasks.join_next().await {
+        let written = written.expect("task");
+        assert!(
+            written.windows(2).all(|w| w[0] < w[1]),
+            "a list's IDs follow its order: {written:?}"
+        );
+        ids.extend(written);
+    }
+    ids.sort_unstable();
+    let total = (all.len() * ROUNDS * (PER_LIST - 2)) as u64;
+    assert_eq!(ids, (1..=total).collect::<Vec<_>>(), "gapless");
+    for &d in &all {
+        let entries = store.inbox(d, InboxPos::ZERO, 10_000).await.expect("inbox");
+        assert_eq!(entries.len() as u64, total / 3 * 2);
+    }
+}
+
 /// A retry with the same client key returns the first ID and writes nothing.
 pub async fn idempotent_retries_write_nothing(store: Arc<dyn Store>) {
     let (conv, _, all) = group(&*store, 2, 2).await;

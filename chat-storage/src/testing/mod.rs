@@ -121,6 +121,7 @@ macro_rules! conformance_tests {
             fallback_bundles_claim_nothing,
             new_identity_empties_the_prekey_pool,
             concurrent_appends_are_gapless_and_ordered,
+            append_all_keeps_order_and_answers_each,
             idempotent_retries_write_nothing,
             client_key_reuse_in_another_conversation_is_refused,
             probe_write_commits,
@@ -305,7 +306,8 @@ pub use conversations::{
     member_limit_is_all_or_nothing,
 };
 pub use messages::{
-    batched_acks_move_each_cursor_forward, client_key_reuse_in_another_conversation_is_refused,
+    append_all_keeps_order_and_answers_each, batched_acks_move_each_cursor_forward,
+    client_key_reuse_in_another_conversation_is_refused,
     concurrent_appends_are_gapless_and_ordered, concurrent_retries_make_one_message,
     cursor_ack_is_monotonic, history_paging_edges, idempotent_retries_write_nothing,
     inbox_paging_edges, message_lookup, non_members_cannot_send, probe_write_commits,
