@@ -46,6 +46,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// written before, which a client that reads slowly needs time to drain first.
 const SLOW_CONSUMER_GRACE: Duration = Duration::from_secs(5);
 
+/// The most bus events a connection handles before it flushes what they wrote.
+const BURST: usize = 64;
+
 /// How long a typing indicator lasts unless renewed or stopped.
 const TYPING_TTL_MS: u32 = 6_000;
 
@@ -216,7 +219,7 @@ impl Conn {
                 Some(answer) = pipeline.next(), if !pipeline.is_empty() => {
                     Box::pin(self.send_frame(&answer)).await
                 }
-                message = sink.recv() => Box::pin(self.outbound(device, message)).await,
+                message = sink.recv() => Box::pin(self.outbound_burst(device, message, &sink)).await,
                 () = &mut idle => {
                     // Frames move the deadline without touching the timer; check it now.
                     if self.deadline <= TokioInstant::now() {
@@ -329,7 +332,25 @@ impl Conn {
         Ok(())
     }
 
-    /// Handles one event from the bus.
+    /// Handles an event from the bus and those queued behind it (up to [`BURST`]), the
+    /// deliveries among them written with one flush: a group message batch reaches a member
+    /// as several deliveries at once, and one socket write for them all costs one syscall
+    /// on each side instead of one per message.
+    async fn outbound_burst(
+        &mut self,
+        device: DeviceAddress,
+        first: BusMessage,
+        sink: &ConnSink,
+    ) -> Step {
+        self.outbound(device, first).await?;
+        for _ in 1..BURST {
+            let Some(next) = sink.try_recv() else { break };
+            self.outbound(device, next).await?;
+        }
+        self.flush().await
+    }
+
+    /// Handles one event from the bus; a delivery is fed to the socket, not flushed.
     async fn outbound(&mut self, device: DeviceAddress, message: BusMessage) -> Step {
         let (pos, frame) = match message {
             BusMessage::Deliver { pos, frame } => (pos, frame),
@@ -346,7 +367,7 @@ impl Conn {
         match self.stream.handle_live(pos) {
             Live::Send => {
                 metrics::counter!("chat_deliveries_total").increment(1);
-                self.send_bytes(frame.to_bytes()).await
+                self.feed(frame.to_bytes()).await
             }
             Live::Duplicate | Live::Covered => Ok(()),
             Live::Gap => self.drive(device).await,

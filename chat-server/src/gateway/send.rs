@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chat_core::protocol::{self, Deliver, ErrorFrame, Sent, ServerFrame, StaleDevices};
 use chat_core::{
-    Appended, BusMessage, ConversationId, DeviceAddress, Envelope, ErrorCode, InboxEntry, InboxPos,
-    NewMessage, Recipient, StoreError, StoreResult, Topic,
+    Appended, BusMessage, ConversationId, DeviceAddress, Envelope, ErrorCode, InboxEntry,
+    NewMessage, Recipient, StoreError, Topic,
 };
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
@@ -171,6 +171,7 @@ async fn sequence(
 ) {
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, MAX_IN_FLIGHT).await > 0 {
+        let mut replies = Vec::with_capacity(batch.len());
         let mut sends = Vec::with_capacity(batch.len());
         let mut messages = Vec::with_capacity(batch.len());
         for Queued { send, reply } in batch.drain(..) {
@@ -182,111 +183,146 @@ async fn sequence(
                 recipients: send.recipients.clone(),
                 sent_at: now(),
             });
-            sends.push((send, reply));
+            sends.push(send);
+            replies.push(reply);
         }
         let started = Instant::now();
         let results = shared.store.append_all(messages).await;
         let took = started.elapsed().as_secs_f64();
-        for ((send, reply), result) in sends.into_iter().zip(results) {
-            let frame = answer(&shared, device, send, result, took).await;
+        let mut stored = Vec::with_capacity(sends.len());
+        let mut answers = Vec::with_capacity(sends.len());
+        for (send, result) in sends.into_iter().zip(results) {
+            answers.push(match result {
+                Ok(appended) => {
+                    metrics::histogram!("chat_append_seconds").record(took);
+                    let message = Stored::new(device, send, appended);
+                    let sent = message.sent();
+                    stored.push(message);
+                    sent
+                }
+                Err(err) => refusal(&shared, send.req, err),
+            });
+        }
+        // One publish for the batch: a recipient's connection finds its deliveries queued
+        // together and writes them with one flush.
+        fan_out(&shared, &stored).await;
+        for (reply, answer) in replies.into_iter().zip(answers) {
             // The sender may have gone; what was stored stands either way.
-            let _ = reply.send(frame);
+            let _ = reply.send(answer);
         }
     }
 }
 
-/// Fans out a stored message and returns the answer for the sender; or the refusal.
-async fn answer(
-    shared: &Shared,
-    device: DeviceAddress,
-    send: protocol::Send,
-    result: StoreResult<Appended>,
-    took: f64,
-) -> ServerFrame {
-    let req = Some(send.req);
-    let appended = match result {
-        Ok(appended) => appended,
-        Err(StoreError::StaleDevices(mismatch)) => {
-            return StaleDevices {
-                req: send.req,
-                missing: mismatch.missing,
-                extra: mismatch.extra,
-            }
-            .into();
+/// A message the store appended, with what its fan-out needs.
+struct Stored {
+    envelope: Envelope,
+    recipients: Vec<Recipient>,
+    req: u32,
+    appended: Appended,
+}
+
+impl Stored {
+    fn new(sender: DeviceAddress, send: protocol::Send, appended: Appended) -> Self {
+        let envelope = Envelope {
+            conversation: send.conversation,
+            id: appended.id,
+            sender,
+            client_key: send.client_key,
+            sent_at: appended.sent_at,
+            body: send.body,
+        };
+        Self {
+            envelope,
+            recipients: send.recipients,
+            req: send.req,
+            appended,
         }
+    }
+
+    /// The sender's answer.
+    fn sent(&self) -> ServerFrame {
+        Sent {
+            req: self.req,
+            conversation: self.envelope.conversation,
+            id: self.appended.id,
+            sent_at: self.appended.sent_at,
+            duplicate: self.appended.duplicate,
+        }
+        .into()
+    }
+}
+
+/// The answer to a send the store refused.
+fn refusal(shared: &Shared, req: u32, err: StoreError) -> ServerFrame {
+    match err {
+        StoreError::StaleDevices(mismatch) => StaleDevices {
+            req,
+            missing: mismatch.missing,
+            extra: mismatch.extra,
+        }
+        .into(),
         // A conversation that does not exist is answered like one the sender is not in:
         // conversation IDs are sequential, and the difference would count them.
-        Err(StoreError::NotFound) => {
+        StoreError::NotFound => {
             let PeerError { code, message } = health::peer_error(&StoreError::NotMember);
-            return error_frame(req, code, &message);
+            error_frame(Some(req), code, &message)
         }
-        Err(err) => {
+        err => {
             if health::is_backend(&err) {
                 shared.health.failed("append", &err);
             }
             let PeerError { code, message } = health::peer_error(&err);
-            return error_frame(req, code, &message);
+            error_frame(Some(req), code, &message)
         }
-    };
-    metrics::histogram!("chat_append_seconds").record(took);
-    let envelope = Envelope {
-        conversation: send.conversation,
-        id: appended.id,
-        sender: device,
-        client_key: send.client_key,
-        sent_at: appended.sent_at,
-        body: send.body,
-    };
-    fan_out(shared, &envelope, &send.recipients, &appended.deliveries).await;
-    Sent {
-        req: send.req,
-        conversation: send.conversation,
-        id: appended.id,
-        sent_at: appended.sent_at,
-        duplicate: appended.duplicate,
     }
-    .into()
 }
 
-/// Publishes a stored message to each recipient device's connections, its body encoded once
-/// and shared, in one batch (one round trip on a network bus, whatever the group's size); a
-/// device no connection took (or that the bus could not reach) is woken by push.
-async fn fan_out(
-    shared: &Shared,
-    envelope: &Envelope,
-    headers: &[Recipient],
-    deliveries: &[(DeviceAddress, InboxPos)],
-) {
-    let events = deliveries
+/// Publishes stored messages to each recipient device's connections, in order, each body
+/// encoded once and shared, in one batch (one round trip on a network bus, whatever the
+/// group's size); a device no connection took (or that the bus could not reach) is woken
+/// by push.
+async fn fan_out(shared: &Shared, stored: &[Stored]) {
+    let events = stored
         .iter()
-        .map(|&(recipient, pos)| {
-            let header = headers
-                .iter()
-                .find(|r| r.device == recipient)
-                .map_or_else(Bytes::new, |r| r.header.clone());
-            let entry = InboxEntry {
-                pos,
-                envelope: envelope.clone(),
-                header,
-            };
-            let frame = Deliver::from(entry).encode_shared();
-            let event = BusMessage::Deliver {
-                pos,
-                frame: Arc::new(frame),
-            };
-            (Topic::Device(recipient.device), event)
+        .flat_map(|message| {
+            message.appended.deliveries.iter().map(|&(recipient, pos)| {
+                let header = message
+                    .recipients
+                    .iter()
+                    .find(|r| r.device == recipient)
+                    .map_or_else(Bytes::new, |r| r.header.clone());
+                let entry = InboxEntry {
+                    pos,
+                    envelope: message.envelope.clone(),
+                    header,
+                };
+                let frame = Deliver::from(entry).encode_shared();
+                let event = BusMessage::Deliver {
+                    pos,
+                    frame: Arc::new(frame),
+                };
+                (Topic::Device(recipient.device), event)
+            })
         })
         .collect();
     let counts = shared.bus.publish_many(events).await;
-    for (&(recipient, _), count) in deliveries.iter().zip(counts) {
+    let deliveries = stored.iter().flat_map(|message| {
+        let conversation = message.envelope.conversation;
+        message
+            .appended
+            .deliveries
+            .iter()
+            .map(move |&(recipient, _)| (recipient, conversation))
+    });
+    for ((recipient, conversation), count) in deliveries.zip(counts) {
         match count {
-            Ok(0) => shared.push.offline(recipient, envelope.conversation),
+            Ok(0) => shared.push.offline(recipient, conversation),
             Ok(_) => {}
             // The entry is in the inbox; whether a connection has it is unknown, so the
             // device is woken rather than forgotten.
             Err(err) => {
                 tracing::warn!(cause = %err, "live delivery failed");
-                shared.push.offline(recipient, envelope.conversation);
+                shared.push.offline(recipient, conversation);
             }
         }
     }
