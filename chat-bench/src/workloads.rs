@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use chat_core::protocol::{Ack, ClientFrame, Heartbeat, Send, ServerFrame};
+use chat_core::protocol::{ACK_EVERY, ACK_WITHIN, Ack, ClientFrame, Heartbeat, Send, ServerFrame};
 use chat_core::{ClientKey, ConversationId, DeviceAddress, DeviceId, InboxPos, Recipient, UserId};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -23,11 +23,6 @@ use crate::{Args, Workload};
 
 /// Setup requests in flight at once.
 const SETUP_CONCURRENCY: usize = 32;
-/// Deliveries acknowledged at once, as chat-client does (`bookkeeping::ACK_EVERY`).
-const ACK_EVERY: u32 = 64;
-/// How soon a delivery is acknowledged at the latest; chat-client acks on a timer of this
-/// period, so within it.
-const ACK_WITHIN: Duration = Duration::from_millis(250);
 /// How long a run waits for the last acks and deliveries after it stops sending.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -274,7 +269,7 @@ async fn connect_all(
 /// Counts acks and deliveries, and acknowledges deliveries the way chat-client does: after
 /// [`ACK_EVERY`] entries, or [`ACK_WITHIN`] after the first one not yet acknowledged.
 async fn read_loop(mut reader: ws::Reader, tx: mpsc::Sender<Bytes>, stats: Arc<Stats>) {
-    let mut unacked = 0u32;
+    let mut unacked = 0u64;
     let mut last = InboxPos::ZERO;
     let due = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(due);

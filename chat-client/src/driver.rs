@@ -21,8 +21,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chat_core::protocol::{
-    Ack, Auth, ClientFrame, Deliver, ErrorFrame, Heartbeat, PROTOCOL_VERSION, SUBPROTOCOL,
-    ServerFrame, StaleDevices, SyncRequest,
+    ACK_WITHIN, Ack, Auth, ClientFrame, Deliver, ErrorFrame, Heartbeat, PROTOCOL_VERSION,
+    SUBPROTOCOL, ServerFrame, StaleDevices, SyncRequest,
 };
 use chat_core::{ClientKey, ErrorCode, Recipient, SyncCursor, Verdict};
 use futures::{SinkExt, StreamExt};
@@ -50,8 +50,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first reconnect delay; doubled per failed attempt up to [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Ack on this timer, and sooner after `bookkeeping::ACK_EVERY` entries.
-const ACK_INTERVAL: Duration = Duration::from_millis(250);
+/// Ack on this timer, and sooner after [`ACK_EVERY`](chat_core::protocol::ACK_EVERY)
+/// entries: so within [`ACK_WITHIN`].
+const ACK_INTERVAL: Duration = ACK_WITHIN;
 /// How long the driver runs through ready frames before it lets the runtime's other tasks in.
 const MAX_RUN: Duration = Duration::from_micros(500);
 /// How long the server's answer to a normal close may take before the socket is dropped.

@@ -5,10 +5,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use chat_core::protocol::ACK_EVERY;
 use chat_core::{ClientKey, ErrorCode, InboxPos};
-
-/// Ack at least every this many processed entries (and otherwise on the driver's timer).
-pub(super) const ACK_EVERY: u64 = 64;
 
 /// The outbox entries sent on one connection.
 ///

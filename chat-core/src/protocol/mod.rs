@@ -31,6 +31,14 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// The WebSocket subprotocol name for [`PROTOCOL_VERSION`].
 pub const SUBPROTOCOL: &str = "chat.v1";
 
+/// When a client should acknowledge: once this many delivered entries are unacknowledged,
+/// or [`ACK_WITHIN`] after the first of them, whichever comes first. chat-client acks so,
+/// and chat-bench does the same to load a node as real clients would.
+pub const ACK_EVERY: u64 = 64;
+
+/// How long a client lets a delivered entry go unacknowledged at most; see [`ACK_EVERY`].
+pub const ACK_WITHIN: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Why bytes did not decode to a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
