@@ -147,6 +147,7 @@ macro_rules! conformance_tests {
             receipts_are_monotonic,
             cursor_ack_is_monotonic,
             batched_acks_move_each_cursor_forward,
+            batched_acks_and_appends_run_together,
             attachments_and_push_tokens,
             profiles_round_trip,
             search_pages_by_prefix,
@@ -306,8 +307,8 @@ pub use conversations::{
     member_limit_is_all_or_nothing,
 };
 pub use messages::{
-    append_all_keeps_order_and_answers_each, batched_acks_move_each_cursor_forward,
-    client_key_reuse_in_another_conversation_is_refused,
+    append_all_keeps_order_and_answers_each, batched_acks_and_appends_run_together,
+    batched_acks_move_each_cursor_forward, client_key_reuse_in_another_conversation_is_refused,
     concurrent_appends_are_gapless_and_ordered, concurrent_retries_make_one_message,
     cursor_ack_is_monotonic, history_paging_edges, idempotent_retries_write_nothing,
     inbox_paging_edges, message_lookup, non_members_cannot_send, probe_write_commits,
