@@ -242,11 +242,7 @@ pub async fn direct_conversation_is_one_per_pair_concurrently(store: Arc<dyn Sto
 /// Conversation records, membership queries and listings.
 pub async fn conversation_records(store: Arc<dyn Store>) {
     let (conv, users, all) = group(&*store, 3, 1).await;
-    let record = store
-        .conversation(conv)
-        .await
-        .expect("conversation")
-        .expect("exists");
+    let record = conversation_record(&*store, conv).await;
     assert_eq!(
         (record.id, record.kind, record.created_at),
         (conv, ConversationKind::Group, NOW)
@@ -272,11 +268,7 @@ pub async fn conversation_records(store: Arc<dyn Store>) {
         .append(message(conv, all[0], &all[1..]))
         .await
         .expect("append");
-    let record = store
-        .conversation(conv)
-        .await
-        .expect("conversation")
-        .expect("exists");
+    let record = conversation_record(&*store, conv).await;
     assert_eq!(record.last_message, Some(mid(1)));
     let ghost = ConversationId::new(MAX_ID).expect("id");
     assert_eq!(store.conversation(ghost).await.expect("conversation"), None);

@@ -37,11 +37,7 @@ pub async fn concurrent_appends_are_gapless_and_ordered(store: Arc<dyn Store>) {
     ids.sort_unstable();
     let total = (all.len() * PER_TASK) as u64;
     assert_eq!(ids, (1..=total).collect::<Vec<_>>());
-    let record = store
-        .conversation(conv)
-        .await
-        .expect("conversation")
-        .expect("exists");
+    let record = conversation_record(&*store, conv).await;
     assert_eq!(record.last_message, Some(mid(total)));
 
     for &d in &all {
@@ -258,11 +254,7 @@ pub async fn stale_devices_are_reported_exactly(store: Arc<dyn Store>) {
     for &d in &all {
         assert_eq!(store.inbox_head(d).await.expect("head"), InboxPos::ZERO);
     }
-    let record = store
-        .conversation(conv)
-        .await
-        .expect("conversation")
-        .expect("exists");
+    let record = conversation_record(&*store, conv).await;
     assert_eq!(record.last_message, None);
     let mut fixed = failed;
     fixed.recipients = message(conv, sender, &others(&all, sender)).recipients;
@@ -684,11 +676,7 @@ pub async fn batched_acks_and_appends_run_together(store: Arc<dyn Store>) {
         };
         assert_eq!(store.inbox_head(d).await.expect("head"), pos(received));
     }
-    let record = store
-        .conversation(conv)
-        .await
-        .expect("conversation")
-        .expect("exists");
+    let record = conversation_record(&*store, conv).await;
     assert_eq!(
         record.last_message,
         Some(mid(total)),

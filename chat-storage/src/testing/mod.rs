@@ -258,6 +258,15 @@ fn mid(n: u64) -> MessageId {
     MessageId::new(n).expect("valid message ID")
 }
 
+/// The conversation's record, which must exist.
+async fn conversation_record(store: &dyn Store, conv: ConversationId) -> chat_core::Conversation {
+    store
+        .conversation(conv)
+        .await
+        .expect("conversation")
+        .expect("exists")
+}
+
 /// A group of `users` users with `devices` devices each; returns it and all devices.
 async fn group(
     store: &dyn Store,
