@@ -4,13 +4,20 @@
 //! - durable 1:1 appends/s with 1, 16 and 256 concurrent writers (each writer its own
 //!   one-to-one conversation; every append is acknowledged only after its commit);
 //! - 100-member group appends/s (one message and 99 inbox entries each; 16 writers);
-//! - inbox catch-up entries/s for a device 100,000 messages behind (pages of 1,000).
+//! - inbox catch-up entries/s for a device 100,000 messages behind (pages of 1,000);
+//! - latency of 1:1 appends offered at a steady 2,000/s among 500 conversations (one
+//!   started every 0.5 ms whether or not earlier ones were answered, as a node's users
+//!   send): the store's share of the node's one-to-one latency target, without the network,
+//!   the gateway or a load generator on the same cores.
 //!
-//! `CHAT_BENCH_ONLY=sqlite` or `=postgres` runs one backend;
+//! `CHAT_BENCH_ONLY=sqlite` or `=postgres` runs one backend; `CHAT_BENCH_PACED_ONLY=1` only
+//! the paced latency case; `CHAT_BENCH_SQLITE_SYNC=os` runs SQLite with
+//! `Synchronous::Normal` and `CHAT_BENCH_SQLITE_WAL_MIB` sets its WAL bound;
 //! `CHAT_BENCH_PG_APPENDERS` overrides `PostgresOptions::appenders` (default 2).
 //!
 //! Each figure is the median of `CHAT_BENCH_RUNS` runs (default 3) of `CHAT_BENCH_SECS`
-//! seconds each (default 2). Prints a table and one JSON line.
+//! seconds each (default 2); the paced latency runs `CHAT_BENCH_PACED_SECS` (default 10)
+//! each and reports the median run's p50, p99 and maximum. Prints a table and one JSON line.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +26,7 @@ use bytes::Bytes;
 use chat_core::limits::{MAX_GROUP_MEMBERS, MAX_SYNC_PAGE};
 use chat_core::{ConversationId, DeviceAddress, InboxPos, NewMessage, Recipient, Store, Timestamp};
 use chat_storage::testing::{self, NOW};
-use chat_storage::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
+use chat_storage::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Synchronous};
 
 /// The SQLite store under test, to report its group-commit batch size.
 static LAST_SQLITE: std::sync::Mutex<Option<Arc<SqliteStore>>> = std::sync::Mutex::new(None);
@@ -34,7 +41,12 @@ const BEHIND: usize = 100_000;
 struct Settings {
     runs: usize,
     secs: f64,
+    paced_secs: f64,
 }
+
+/// The paced case's offered rate (appends/s) and conversations.
+const PACED_RATE: f64 = 2_000.0;
+const PACED_PAIRS: usize = 500;
 
 #[derive(Debug)]
 struct Figure {
@@ -45,10 +57,20 @@ struct Figure {
     unit: &'static str,
 }
 
+/// Latency of appends offered at a steady rate: the median run's quantiles, milliseconds.
+#[derive(Debug)]
+struct Paced {
+    backend: &'static str,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
 fn main() {
     let settings = Settings {
         runs: env_or("CHAT_BENCH_RUNS", 3.0) as usize,
         secs: env_or("CHAT_BENCH_SECS", 2.0),
+        paced_secs: env_or("CHAT_BENCH_PACED_SECS", 10.0),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -56,6 +78,7 @@ fn main() {
         .expect("runtime");
     let only = std::env::var("CHAT_BENCH_ONLY").ok();
     let mut figures = Vec::new();
+    let mut paced = Vec::new();
     rt.block_on(async {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut n = 0;
@@ -63,16 +86,23 @@ fn main() {
             n += 1;
             let path = dir.path().join(format!("bench{n}.db"));
             async move {
-                let store = SqliteStore::open(path, SqliteOptions::default())
-                    .await
-                    .expect("open");
+                let mut options = SqliteOptions::default();
+                if std::env::var("CHAT_BENCH_SQLITE_SYNC").as_deref() == Ok("os") {
+                    options = options.synchronous(Synchronous::Normal);
+                }
+                if let Some(mib) = env_usize("CHAT_BENCH_SQLITE_WAL_MIB") {
+                    options = options.max_wal_bytes(mib as u64 * 1024 * 1024);
+                }
+                let store = SqliteStore::open(path, options).await.expect("open");
                 let store = Arc::new(store);
                 *LAST_SQLITE.lock().expect("lock") = Some(Arc::clone(&store));
                 store as Arc<dyn Store>
             }
         };
         if only.as_deref().is_none_or(|b| b == "sqlite") {
-            figures.extend(run_backend("sqlite", sqlite, &settings).await);
+            let (f, p) = run_backend("sqlite", sqlite, &settings).await;
+            figures.extend(f);
+            paced.push(p);
             *LAST_SQLITE.lock().expect("lock") = None;
         }
 
@@ -95,7 +125,9 @@ fn main() {
                         Arc::new(store) as Arc<dyn Store>
                     }
                 };
-                figures.extend(run_backend("postgres", postgres, &settings).await);
+                let (f, p) = run_backend("postgres", postgres, &settings).await;
+                figures.extend(f);
+                paced.push(p);
                 *LAST_PG.lock().expect("lock") = None;
                 drop_bench_schemas(&url, &schema).await;
             }
@@ -111,6 +143,26 @@ fn main() {
             f.backend, f.case, f.writers, f.per_sec, f.unit
         );
     }
+    for p in &paced {
+        let case = format!("1:1 latency at {PACED_RATE}/s");
+        let quantiles = format!(
+            "p50 {:.2} p99 {:.2} max {:.1} ms",
+            p.p50_ms, p.p99_ms, p.max_ms
+        );
+        println!(
+            "| {:<8} | {case:<25} | {PACED_PAIRS:>7} | {quantiles} |",
+            p.backend
+        );
+    }
+    let paced_json: Vec<String> = paced
+        .iter()
+        .map(|p| {
+            format!(
+                "{{\"backend\":\"{}\",\"rate\":{PACED_RATE},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3}}}",
+                p.backend, p.p50_ms, p.p99_ms, p.max_ms
+            )
+        })
+        .collect();
     let json: Vec<String> = figures
         .iter()
         .map(|f| {
@@ -121,10 +173,11 @@ fn main() {
         })
         .collect();
     println!(
-        "{{\"bench\":\"chat-storage\",\"runs\":{},\"secs\":{},\"results\":[{}]}}",
+        "{{\"bench\":\"chat-storage\",\"runs\":{},\"secs\":{},\"results\":[{}],\"paced\":[{}]}}",
         settings.runs,
         settings.secs,
-        json.join(",")
+        json.join(","),
+        paced_json.join(",")
     );
 }
 
@@ -143,12 +196,42 @@ async fn run_backend<F, Fut>(
     backend: &'static str,
     mut fresh: F,
     settings: &Settings,
-) -> Vec<Figure>
+) -> (Vec<Figure>, Paced)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Arc<dyn Store>>,
 {
     let mut figures = Vec::new();
+    let store = fresh().await;
+    let pairs = direct_pairs(&*store, PACED_PAIRS).await;
+    let before = sqlite_stats();
+    let cpu_before = writer_cpu_secs();
+    let mut runs = Vec::new();
+    for _ in 0..settings.runs.max(1) {
+        runs.push(paced_run(&store, &pairs, settings.paced_secs).await);
+    }
+    let each: Vec<String> = runs
+        .iter()
+        .map(|(p50, p99, max)| format!("{p50:.2}/{p99:.2}/{max:.1}"))
+        .collect();
+    // The median run by p99, reported whole.
+    runs.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let (p50_ms, p99_ms, max_ms) = runs[runs.len() / 2];
+    println!(
+        "{backend}: 1:1 appends offered at {PACED_RATE}/s: p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms, max {max_ms:.1} ms{}",
+        batch_note(before, cpu_before)
+    );
+    println!("  runs (p50/p99/max ms): {}", each.join(", "));
+    let paced = Paced {
+        backend,
+        p50_ms,
+        p99_ms,
+        max_ms,
+    };
+    if std::env::var_os("CHAT_BENCH_PACED_ONLY").is_some() {
+        return (figures, paced);
+    }
+
     for writers in [1, 16, 256] {
         let store = fresh().await;
         let pairs = direct_pairs(&*store, writers).await;
@@ -235,7 +318,7 @@ where
         per_sec,
         unit: "entry",
     });
-    figures
+    (figures, paced)
 }
 
 /// The counters of the SQLite store under test, if the backend is SQLite.
@@ -420,6 +503,44 @@ async fn append_for(
         total += done.expect("writer");
     }
     total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Starts one append every 1/[`PACED_RATE`] s for `secs` seconds, whether or not earlier
+/// ones were answered, taking the pairs in a scattered order (consecutive pairs have
+/// neighbouring IDs, so in order they would share B-tree pages a random mix of users does
+/// not); returns the p50, p99 and maximum of start-to-acknowledged, in milliseconds.
+async fn paced_run(
+    store: &Arc<dyn Store>,
+    pairs: &[(ConversationId, DeviceAddress, Vec<DeviceAddress>)],
+    secs: f64,
+) -> (f64, f64, f64) {
+    // Coprime to PACED_PAIRS: every pair once per round, neighbours far apart.
+    const STRIDE: usize = 211;
+    let total = (PACED_RATE * secs) as usize;
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / PACED_RATE));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..total {
+        ticks.tick().await;
+        let (conv, sender, to) = pairs[k * STRIDE % pairs.len()].clone();
+        let store = Arc::clone(store);
+        tasks.spawn(async move {
+            let started = Instant::now();
+            store
+                .append(message(conv, sender, &to))
+                .await
+                .expect("append");
+            started.elapsed()
+        });
+    }
+    let mut latencies = Vec::with_capacity(total);
+    while let Some(latency) = tasks.join_next().await {
+        latencies.push(latency.expect("append task"));
+    }
+    latencies.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let at = |q: f64| ms(latencies[((latencies.len() - 1) as f64 * q) as usize]);
+    (at(0.5), at(0.99), ms(latencies[latencies.len() - 1]))
 }
 
 /// Appends `count` messages to the pair's receiving device from 256 concurrent tasks.
