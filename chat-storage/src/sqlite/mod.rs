@@ -130,8 +130,8 @@ pub struct SqliteStore {
     queue: mpsc::Sender<writer::Job>,
     readers: Arc<Readers>,
     counters: Arc<writer::Counters>,
-    /// Dropped with the store, which stops the checkpointer thread.
-    _checkpointer: std::sync::mpsc::Sender<()>,
+    /// Dropped with the store; with the writer's copy gone too, the checkpointer thread stops.
+    _checkpointer: std::sync::mpsc::SyncSender<()>,
 }
 
 /// What the writer thread has done since the store was opened: with many concurrent
@@ -194,15 +194,17 @@ impl SqliteStore {
         let max_batch = options.max_batch;
         let counters = Arc::new(writer::Counters::default());
         let writer_counters = Arc::clone(&counters);
+        // The writer wakes the checkpointer after its commits; one wake-up waiting is enough.
+        let (committed, commits) = std::sync::mpsc::sync_channel(1);
+        let writer_committed = committed.clone();
         std::thread::Builder::new()
             .name("chat-sqlite-writer".into())
-            .spawn(move || writer::run(conn, rx, max_batch, &writer_counters))
+            .spawn(move || writer::run(conn, rx, max_batch, &writer_counters, &writer_committed))
             .map_err(StoreError::backend)?;
         let checkpoint_conn =
             checkpointer::open(&path, sync.pragma()).map_err(StoreError::backend)?;
         let max_wal_frames =
             checkpointer::frames(&checkpoint_conn, max_wal).map_err(StoreError::backend)?;
-        let (stop, stopped) = std::sync::mpsc::channel();
         let checkpoint_counters = Arc::clone(&counters);
         std::thread::Builder::new()
             .name("chat-sqlite-checkpointer".into())
@@ -211,7 +213,7 @@ impl SqliteStore {
                     checkpoint_conn,
                     max_wal_frames,
                     checkpoint_counters,
-                    stopped,
+                    commits,
                 )
             })
             .map_err(StoreError::backend)?;
@@ -224,7 +226,7 @@ impl SqliteStore {
             queue: tx,
             readers: Arc::new(readers),
             counters,
-            _checkpointer: stop,
+            _checkpointer: committed,
         })
     }
 

@@ -110,12 +110,15 @@ pub(crate) struct Counters {
     pub(crate) reruns: AtomicU64,
 }
 
-/// Runs the writer loop until every sender is dropped, then closes the connection.
+/// Runs the writer loop until every sender is dropped, then closes the connection. After
+/// each commit, once its callers are answered, the checkpointer is woken through
+/// `checkpointer` (never blocking: a full channel means a wake-up is already waiting).
 pub(crate) fn run(
     conn: Connection,
     mut queue: mpsc::Receiver<Job>,
     max_batch: usize,
     counters: &Counters,
+    checkpointer: &std::sync::mpsc::SyncSender<()>,
 ) {
     while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
@@ -133,6 +136,9 @@ pub(crate) fn run(
         }
         let committed = outcome.as_ref().map(|_| ()).map_err(String::as_str);
         batch.into_iter().for_each(|job| job.finish(committed));
+        if outcome.is_ok() {
+            let _ = checkpointer.try_send(());
+        }
         if counters.restart_wanted.swap(false, Ordering::Relaxed) {
             restart_wal(&conn, counters);
         }
@@ -273,7 +279,10 @@ mod tests {
         let (tx, rx) = mpsc::channel(1024);
         let counters = std::sync::Arc::new(Counters::default());
         let thread_counters = std::sync::Arc::clone(&counters);
-        let writer = std::thread::spawn(move || run(conn, rx, 1024, &thread_counters));
+        // No checkpointer here: its wake-ups go nowhere (a dropped receiver is ignored).
+        let (checkpointer, _) = std::sync::mpsc::sync_channel(1);
+        let writer =
+            std::thread::spawn(move || run(conn, rx, 1024, &thread_counters, &checkpointer));
 
         // The first job holds the writer until every other request is queued (only on its
         // first run: the batch runs again after request 50 fails).
