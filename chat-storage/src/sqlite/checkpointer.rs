@@ -16,7 +16,9 @@
 //! checkpoint every 100 ms put p99 at 4.6–5.4 ms and the maximum at 13 ms; every 25 ms,
 //! 3.2–3.8 ms; every 10 ms, 2.2–2.4 ms; every 5 ms, 1.2–1.4 ms and 4–7 ms. The writer's CPU
 //! per append did not change, and a hot page is now written to the database file up to
-//! 200 times a second instead of 10: disk bandwidth is not what runs out first here.
+//! 200 times a second instead of 10: disk bandwidth is not what runs out first here. The
+//! costs: this thread's CPU, and a worse maximum through the node on a disk whose flushes
+//! are sometimes slow (more database fsyncs, more chances for a slow one).
 //!
 //! Copying the frames is not enough to bound the file. SQLite writes the WAL from its start
 //! again only when a write begins at a moment when every frame has been copied *and* no
