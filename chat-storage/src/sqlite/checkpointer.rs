@@ -9,16 +9,9 @@
 //! readers) after commits, at most once every [`SPACING`].
 //!
 //! Often and small, because the checkpoint's fsync of the database file is what the
-//! writer's commits wait behind. A checkpoint writes the pages the commits since the last
-//! one changed, at random places in the file, and syncs them; a commit's own WAL fsync
-//! issued meanwhile waits for the disk to take those first. Measured with the storage
-//! bench's paced case (one-to-one appends offered at 2,000/s, docs/BENCHMARKS.md), a
-//! checkpoint every 100 ms put p99 at 4.6–5.4 ms and the maximum at 13 ms; every 25 ms,
-//! 3.2–3.8 ms; every 10 ms, 2.2–2.4 ms; every 5 ms, 1.2–1.4 ms and 4–7 ms. The writer's CPU
-//! per append did not change, and a hot page is now written to the database file up to
-//! 200 times a second instead of 10: disk bandwidth is not what runs out first here. The
-//! costs: this thread's CPU, and a worse maximum through the node on a disk whose flushes
-//! are sometimes slow (more database fsyncs, more chances for a slow one).
+//! writer's commits wait behind: a commit's own WAL fsync issued meanwhile waits for the
+//! disk to take the checkpoint's pages first, and smaller checkpoints make shorter waits
+//! (measured, with what it costs: docs/STORAGE.md, "Checkpoints").
 //!
 //! Copying the frames is not enough to bound the file. SQLite writes the WAL from its start
 //! again only when a write begins at a moment when every frame has been copied *and* no
@@ -55,8 +48,8 @@ use super::writer::Counters;
 pub(crate) const SPACING: Duration = Duration::from_millis(5);
 
 /// Runs a checkpoint after commits (the writer sends on `commits` after each; at most one
-/// wake-up waits), at most one every [`SPACING`], until every sender is dropped (the store
-/// and its writer are gone), then a last one. A WAL longer than `max_frames` is restarted.
+/// wake-up waits), at most one every [`SPACING`], until the writer has ended and dropped
+/// its sender, then a last one. A WAL longer than `max_frames` is restarted.
 pub(crate) fn run(
     conn: Connection,
     max_frames: i64,

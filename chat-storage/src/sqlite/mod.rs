@@ -130,8 +130,6 @@ pub struct SqliteStore {
     queue: mpsc::Sender<writer::Job>,
     readers: Arc<Readers>,
     counters: Arc<writer::Counters>,
-    /// Dropped with the store; with the writer's copy gone too, the checkpointer thread stops.
-    _checkpointer: std::sync::mpsc::SyncSender<()>,
 }
 
 /// What the writer thread has done since the store was opened: with many concurrent
@@ -194,12 +192,12 @@ impl SqliteStore {
         let max_batch = options.max_batch;
         let counters = Arc::new(writer::Counters::default());
         let writer_counters = Arc::clone(&counters);
-        // The writer wakes the checkpointer after its commits; one wake-up waiting is enough.
+        // The writer wakes the checkpointer after its commits (one wake-up waiting is
+        // enough); the checkpointer stops once the writer has ended with the store.
         let (committed, commits) = std::sync::mpsc::sync_channel(1);
-        let writer_committed = committed.clone();
         std::thread::Builder::new()
             .name("chat-sqlite-writer".into())
-            .spawn(move || writer::run(conn, rx, max_batch, &writer_counters, &writer_committed))
+            .spawn(move || writer::run(conn, rx, max_batch, &writer_counters, &committed))
             .map_err(StoreError::backend)?;
         let checkpoint_conn =
             checkpointer::open(&path, sync.pragma()).map_err(StoreError::backend)?;
@@ -226,7 +224,6 @@ impl SqliteStore {
             queue: tx,
             readers: Arc::new(readers),
             counters,
-            _checkpointer: committed,
         })
     }
 
