@@ -6,6 +6,7 @@
 //! time and talks only to the address it is given.
 #![forbid(unsafe_code)]
 
+mod disk;
 mod floor;
 mod histogram;
 mod http;
@@ -113,6 +114,34 @@ enum Workload {
     /// frames, at the same rate, sent to a minimal tokio server (a child process) that only
     /// reads and discards them. Needs no node.
     HeartbeatFloor(Holding),
+    /// The floor under a durable commit's latency on this machine's disk, with no node:
+    /// WAL-like commits (a sequential write and an fsync each) alone, then beside
+    /// checkpoint-like writes (random 4 KiB pages and an fsync) at each spacing. Writes two
+    /// files in `--dir` and removes them. The defaults are what a node wrote at one-to-one
+    /// 2,000 msg/s (`disk_write_bytes_per_delivery_by_thread`; docs/BENCHMARKS.md).
+    DiskFloor {
+        /// Where to write (the node's store directory, for its disk).
+        #[arg(long, value_name = "PATH")]
+        dir: std::path::PathBuf,
+        /// Bytes each commit appends and fsyncs, in KiB.
+        #[arg(long, value_name = "KIB", default_value_t = 44)]
+        commit_kib: usize,
+        /// Commits per second.
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        commits: u64,
+        /// Pages the checkpoints write per second.
+        #[arg(long, value_name = "N", default_value_t = 7000)]
+        checkpoint_pages: u64,
+        /// Pauses between checkpoints, a run each (comma-separated).
+        #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_duration, default_value = "0ms,1ms,5ms,25ms,100ms")]
+        checkpoint_every: Vec<Duration>,
+        /// The database file's size, in MiB.
+        #[arg(long, value_name = "MIB", default_value_t = 16)]
+        span_mib: u64,
+        /// How long each run lasts (with a unit).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+    },
     /// The server side of `heartbeat-floor` (started by it).
     #[command(hide = true)]
     FloorServer {
@@ -196,8 +225,35 @@ fn is_chat_server(comm: &str, exe: Option<&str>) -> bool {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    if let Workload::FloorServer { connections } = args.workload {
-        return floor::serve(connections);
+    match args.workload {
+        Workload::FloorServer { connections } => return floor::serve(connections),
+        Workload::DiskFloor {
+            ref dir,
+            commit_kib,
+            commits,
+            checkpoint_pages,
+            ref checkpoint_every,
+            span_mib,
+            duration,
+        } => {
+            let pattern = disk::Pattern {
+                dir: dir.clone(),
+                commit_kib,
+                commits_per_s: commits,
+                checkpoint_pages_per_s: checkpoint_pages,
+                spacings: checkpoint_every.clone(),
+                span_mib,
+                duration,
+            };
+            return match disk::run_and_report(&pattern) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("chat-bench: disk-floor in {}: {e}", dir.display());
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
     if !args.server.ip().is_loopback() {
         eprintln!("chat-bench only drives servers on loopback addresses");

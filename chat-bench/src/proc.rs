@@ -44,6 +44,10 @@ pub(crate) struct ThreadSample {
     pub(crate) system_us: u64,
     /// Voluntary plus involuntary context switches.
     pub(crate) switches: u64,
+    /// Bytes the thread sent towards the disk (`write_bytes` of `/proc/PID/task/TID/io`:
+    /// page-cache pages it dirtied, counted once per page until written back), 0 where the
+    /// kernel does not say.
+    pub(crate) disk_write_bytes: u64,
 }
 
 /// Every thread of the process, by thread ID.
@@ -84,6 +88,14 @@ pub(crate) fn threads(pid: u32) -> Option<Threads> {
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .unwrap_or(0)
         };
+        let disk_write_bytes = std::fs::read_to_string(dir.join("io"))
+            .ok()
+            .and_then(|io| {
+                io.lines()
+                    .find_map(|l| l.strip_prefix("write_bytes:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0);
         threads.insert(
             tid,
             ThreadSample {
@@ -91,6 +103,7 @@ pub(crate) fn threads(pid: u32) -> Option<Threads> {
                 cpu_us: (ticks(11) + ticks(12)) * TICK_US,
                 system_us: ticks(12) * TICK_US,
                 switches: field("voluntary_ctxt_switches:") + field("nonvoluntary_ctxt_switches:"),
+                disk_write_bytes,
             },
         );
     }
@@ -100,11 +113,13 @@ pub(crate) fn threads(pid: u32) -> Option<Threads> {
 /// Where the server's time went between two snapshots, per delivery: CPU by kind of thread
 /// (the SQLite writer, the checkpointer, tokio's workers and blocking pool, the rest), the
 /// part of it spent in the kernel (system calls: socket reads and writes, WAL writes and
-/// fsyncs, wake-ups), and context switches. A thread that ended between the snapshots is not counted; one that
+/// fsyncs, wake-ups), context switches, and the bytes each kind of thread gave the disk (the
+/// writer's WAL frames, the checkpointer's database pages). A thread that ended between the snapshots is not counted; one that
 /// started is counted whole.
 pub(crate) fn breakdown(before: &Threads, after: &Threads, deliveries: u64) -> serde_json::Value {
     let mut cpu: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     let mut kernel: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    let mut disk: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     let mut switches = 0;
     for (tid, now) in after {
         let then = before.get(tid).cloned().unwrap_or_default();
@@ -120,6 +135,8 @@ pub(crate) fn breakdown(before: &Threads, after: &Threads, deliveries: u64) -> s
         };
         *cpu.entry(kind).or_default() += now.cpu_us.saturating_sub(then.cpu_us);
         *kernel.entry(kind).or_default() += now.system_us.saturating_sub(then.system_us);
+        *disk.entry(kind).or_default() +=
+            now.disk_write_bytes.saturating_sub(then.disk_write_bytes);
         switches += now.switches.saturating_sub(then.switches);
     }
     let per = |v: u64| (v as f64 / deliveries.max(1) as f64 * 10.0).round() / 10.0;
@@ -132,6 +149,7 @@ pub(crate) fn breakdown(before: &Threads, after: &Threads, deliveries: u64) -> s
         "cpu_us_per_delivery_by_thread": by_kind(cpu),
         "kernel_us_per_delivery_by_thread": by_kind(kernel),
         "context_switches_per_delivery": per(switches),
+        "disk_write_bytes_per_delivery_by_thread": by_kind(disk),
         "threads": after.len(),
     })
 }

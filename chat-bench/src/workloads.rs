@@ -40,7 +40,9 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
         Workload::HeartbeatFloor(ref h) => {
             crate::floor::measure(h.connections, h.hold, h.heartbeat).await
         }
-        Workload::FloorServer { .. } => Err("floor-server runs on its own".to_owned()),
+        Workload::FloorServer { .. } | Workload::DiskFloor { .. } => {
+            Err("this workload runs on its own, without a node".to_owned())
+        }
         Workload::OneToOne {
             users,
             rate,

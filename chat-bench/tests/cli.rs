@@ -33,6 +33,7 @@ async fn every_option_has_help() {
         vec!["group", "--help"],
         vec!["drain", "--help"],
         vec!["heartbeat-floor", "--help"],
+        vec!["disk-floor", "--help"],
     ] {
         let out = bench(&command).await;
         assert!(out.status.success(), "{command:?}");
