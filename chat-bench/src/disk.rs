@@ -104,9 +104,12 @@ impl Files {
                 .open(path)
         };
         let log = open(&paths[0])?;
+        let db = open(&paths[1]).inspect_err(|_| {
+            let _ = std::fs::remove_file(&paths[0]);
+        })?;
         let files = Self {
-            db: Arc::new(open(&paths[1])?),
             log,
+            db: Arc::new(db),
             paths,
             span_pages: (span_mib.max(1) << 20) / PAGE as u64,
         };
