@@ -1,16 +1,23 @@
-//! Two of the node's latency histograms during a run, from its `/metrics` page: the store's
-//! commits (`chat_store_commit_seconds`: how many per delivery, which shows how well commits
-//! are grouped, and how long they took; on SQLite with `durability = fsync`, mostly the WAL's
-//! fsync) and the appends (`chat_append_seconds`: a send stored durably, queueing for the
-//! writer included). Beside the end-to-end latency they show where a tail comes from.
+//! Three of the node's latency histograms during a run, from its `/metrics` page: the
+//! store's commits (`chat_store_commit_seconds`: how many per delivery, which shows how well
+//! commits are grouped, and how long they took; on SQLite with `durability = fsync`, mostly
+//! the WAL's fsync), SQLite's checkpoints (`chat_store_checkpoint_seconds`: the commits
+//! issued during one wait behind its fsync of the database file) and the appends
+//! (`chat_append_seconds`: a send stored durably, queueing for the writer included). Beside
+//! the end-to-end latency they show where a tail comes from.
 
 use serde_json::{Value, json};
 
 /// The store's commits (chat-storage's `COMMIT_SECONDS`, spelled out: the bench does not
 /// link the storage crate for one name).
 pub(crate) const COMMITS: &str = "chat_store_commit_seconds";
+/// SQLite's checkpoints (chat-storage's `CHECKPOINT_SECONDS`).
+pub(crate) const CHECKPOINTS: &str = "chat_store_checkpoint_seconds";
 /// The node's appends.
 pub(crate) const APPENDS: &str = "chat_append_seconds";
+/// The histograms a run reports, in the order of its `store_commits`, `store_checkpoints`
+/// and `server_appends` fields.
+pub(crate) const NAMES: [&str; 3] = [COMMITS, CHECKPOINTS, APPENDS];
 
 /// One reading of a histogram.
 #[derive(Debug, Clone, PartialEq)]

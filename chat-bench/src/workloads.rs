@@ -146,14 +146,11 @@ struct Env {
 }
 
 impl Env {
-    /// The store's commit and the append histograms from the first node's `/metrics`, if
-    /// it serves one.
-    async fn histograms(&self) -> Option<(Option<Histogram>, Option<Histogram>)> {
-        let page = http::metrics(self.server).await?;
-        Some((
-            Histogram::parse(&page, histogram::COMMITS),
-            Histogram::parse(&page, histogram::APPENDS),
-        ))
+    /// The [`histogram::NAMES`] histograms from the first node's `/metrics`, each if it
+    /// serves it.
+    async fn histograms(&self) -> [Option<Histogram>; 3] {
+        let page = http::metrics(self.server).await.unwrap_or_default();
+        histogram::NAMES.map(|name| Histogram::parse(&page, name))
     }
 
     /// The node connection `i` goes to.
@@ -382,10 +379,9 @@ struct RunResult {
     server_rss_kib: Option<u64>,
     /// Where the server's time went (see [`proc::breakdown`]).
     server_threads: Option<Value>,
-    /// The store's commits during the run (see [`Histogram::report`]).
-    store_commits: Option<Value>,
-    /// The node's appends during the run, as its `chat_append_seconds` measured them.
-    server_appends: Option<Value>,
+    /// The store's commits, the SQLite checkpoints and the node's appends during the run,
+    /// in the order of [`histogram::NAMES`] (see [`Histogram::report`]).
+    histograms: [Option<Value>; 3],
 }
 
 impl RunResult {
@@ -456,8 +452,9 @@ impl RunResult {
             "bench_cpu_us_per_delivery": bench_per_msg.map(|v| (v * 10.0).round() / 10.0),
             "bench_ceiling_deliveries_per_s": ceiling,
             "server_time": self.server_threads,
-            "store_commits": self.store_commits,
-            "server_appends": self.server_appends,
+            "store_commits": self.histograms[0],
+            "store_checkpoints": self.histograms[1],
+            "server_appends": self.histograms[2],
         })
     }
 }
@@ -585,7 +582,7 @@ impl Mesh {
         let before = env.sample();
         let bench_before = proc::sample(std::process::id());
         let threads_before = env.threads();
-        let (commits_before, appends_before) = env.histograms().await.unwrap_or_default();
+        let histograms_before = env.histograms().await;
         let bar = bar(duration.as_secs().max(1), "seconds");
         let start = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -626,11 +623,13 @@ impl Mesh {
         let server_threads = threads_before
             .zip(env.threads())
             .map(|(b, a)| proc::breakdown(&b, &a, delivered));
-        let (commits_after, appends_after) = env.histograms().await.unwrap_or_default();
-        let store_commits =
-            commits_after.and_then(|a| Histogram::report(commits_before.as_ref(), &a, delivered));
-        let server_appends =
-            appends_after.and_then(|a| Histogram::report(appends_before.as_ref(), &a, delivered));
+        let mut histograms_after = env.histograms().await.into_iter();
+        let histograms = histograms_before.map(|before| {
+            histograms_after
+                .next()
+                .flatten()
+                .and_then(|after| Histogram::report(before.as_ref(), &after, delivered))
+        });
         Ok(RunResult {
             sent: Stats::get(&stats.sent) - base.0,
             acked: Stats::get(&stats.acked) - base.1,
@@ -646,8 +645,7 @@ impl Mesh {
                 .map(|(b, a)| a.cpu_us - b.cpu_us),
             server_rss_kib: after.map(|a| a.rss_kib),
             server_threads,
-            store_commits,
-            server_appends,
+            histograms,
         })
     }
 }

@@ -202,6 +202,11 @@ pub(crate) const HISTOGRAMS: &[(&str, &str)] = &[
         "Time of one store commit: SQLite's COMMIT of a write transaction (its WAL writes and \
          fsync), PostgreSQL's transaction of an append batch.",
     ),
+    (
+        chat_storage::CHECKPOINT_SECONDS,
+        "Time of one SQLite checkpoint: copying committed WAL frames into the database file, \
+         with its fsyncs (commits issued meanwhile wait behind it).",
+    ),
 ];
 
 /// The `process_*` metrics [`render`] adds (on Linux), for the tests: one checks that each
@@ -222,8 +227,8 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Buckets of the store's commit times, finer below a millisecond, where an fsync on an SSD
-/// lands: 50 µs to 1 s.
+/// Buckets of the store's commit and checkpoint times, finer below a millisecond, where an
+/// fsync on an SSD lands: 50 µs to 1 s.
 const COMMIT_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01,
     0.025, 0.05, 0.1, 0.25, 1.0,
@@ -238,6 +243,10 @@ pub fn install_prometheus() -> Result<PrometheusHandle, BuildError> {
         .set_buckets(BUCKETS)?
         .set_buckets_for_metric(
             Matcher::Full(chat_storage::COMMIT_SECONDS.into()),
+            COMMIT_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(chat_storage::CHECKPOINT_SECONDS.into()),
             COMMIT_BUCKETS,
         )?
         .install_recorder()?;

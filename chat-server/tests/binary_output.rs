@@ -406,3 +406,37 @@ async fn metrics_are_described_zeroed_and_histograms() {
     assert_eq!(sample(&page, bucket), Some(1.0), "{page}");
     assert!(!page.contains("quantile="), "no summaries: {page}");
 }
+
+/// On SQLite the store's commits and the checkpoints behind them are both timed, in the
+/// commit buckets (from 50 µs), so a commit tail can be set beside the checkpoints.
+#[tokio::test]
+async fn sqlite_commits_and_checkpoints_are_histograms() {
+    let node = Node::start(&["--store", "sqlite://chat.db"], &[]);
+    let banner = node
+        .lines_until(|l| l.starts_with("chat-server listening"))
+        .pop()
+        .unwrap();
+    let addr = banner_addr(&banner);
+    let body = serde_json::json!({"username": "alice", "password": "correct horse"});
+    let (status, _) = common::http(addr, "POST", "/v1/register", None, Some(body)).await;
+    assert_eq!(status, 201);
+    // The checkpointer runs after the commit, on its own thread: wait for it to be counted.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        let (_, page) = common::raw_get(addr, "/metrics").await;
+        if sample(&page, "chat_store_checkpoint_seconds_count").is_some_and(|n| n >= 1.0) {
+            break page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no checkpoint counted: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(sample(&page, "chat_store_commit_seconds_count").unwrap() >= 1.0);
+    for name in ["chat_store_commit_seconds", "chat_store_checkpoint_seconds"] {
+        assert!(page.contains(&format!("# TYPE {name} histogram")), "{page}");
+        let finest = format!("{name}_bucket{{le=\"0.00005\"}}");
+        assert!(sample(&page, &finest).is_some(), "{finest} in {page}");
+    }
+}

@@ -48,6 +48,13 @@ pub use memory::MemoryStore;
 /// server's WAL flush). Its count is the number of those commits. Recorded only if the
 /// application installed a `metrics` recorder.
 pub const COMMIT_SECONDS: &str = "chat_store_commit_seconds";
+
+/// The histogram (in seconds, through the `metrics` facade) of the SQLite checkpointer's
+/// passive checkpoints: copying the WAL frames committed since the last one into the
+/// database file, with its fsyncs. Commits issued meanwhile wait behind its fsync of the
+/// database file (docs/STORAGE.md, "Checkpoints"), so a slow one here explains slow ones in
+/// [`COMMIT_SECONDS`]. Recorded only if the application installed a `metrics` recorder.
+pub const CHECKPOINT_SECONDS: &str = "chat_store_checkpoint_seconds";
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]

@@ -57,7 +57,10 @@ pub(crate) fn run(
     commits: Receiver<()>,
 ) {
     while commits.recv().is_ok() {
-        match checkpoint(&conn) {
+        let started = std::time::Instant::now();
+        let result = checkpoint(&conn);
+        metrics::histogram!(crate::CHECKPOINT_SECONDS).record(started.elapsed().as_secs_f64());
+        match result {
             Ok(frames) if frames > max_frames => {
                 counters.restart_wanted.store(true, Ordering::Relaxed);
             }
