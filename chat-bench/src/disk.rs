@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::stats::{Rng, quantile};
 use crate::workloads::report;
 
 /// A database page, and the unit of the checkpoint-like writes.
@@ -27,15 +28,31 @@ const PAGE: usize = 4096;
 /// Where the commit log wraps, like a WAL brought back to its start.
 const LOG_BYTES: u64 = 4 << 20;
 
-/// What to write; see the module docs.
-#[derive(Debug, Clone)]
+/// What to write (the `disk-floor` options); see the module docs. The defaults are what a
+/// node wrote at one-to-one 2,000 msg/s (`disk_write_bytes_per_delivery_by_thread`;
+/// docs/BENCHMARKS.md).
+#[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Pattern {
+    /// Where to write (the node's store directory, for its disk).
+    #[arg(long, value_name = "PATH")]
     pub(crate) dir: PathBuf,
+    /// Bytes each commit appends and fsyncs, in KiB.
+    #[arg(long, value_name = "KIB", default_value_t = 44)]
     pub(crate) commit_kib: usize,
-    pub(crate) commits_per_s: u64,
-    pub(crate) checkpoint_pages_per_s: u64,
-    pub(crate) spacings: Vec<Duration>,
+    /// Commits per second.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub(crate) commits: u64,
+    /// Pages the checkpoints write per second.
+    #[arg(long, value_name = "N", default_value_t = 7000)]
+    pub(crate) checkpoint_pages: u64,
+    /// Pauses between checkpoints, a run each (comma-separated).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = crate::parse_duration, default_value = "0ms,1ms,5ms,25ms,100ms")]
+    pub(crate) checkpoint_every: Vec<Duration>,
+    /// The database file's size, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 16)]
     pub(crate) span_mib: u64,
+    /// How long each run lasts (with a unit).
+    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
     pub(crate) duration: Duration,
 }
 
@@ -61,8 +78,8 @@ pub(crate) fn run_and_report(pattern: &Pattern) -> std::io::Result<()> {
         "disk-floor",
         &json!({
             "commit_kib": pattern.commit_kib,
-            "commits_per_s": pattern.commits_per_s,
-            "checkpoint_pages_per_s": pattern.checkpoint_pages_per_s,
+            "commits_per_s": pattern.commits,
+            "checkpoint_pages_per_s": pattern.checkpoint_pages,
             "span_mib": pattern.span_mib,
             "seconds_each": pattern.duration.as_secs_f64(),
             "runs": results,
@@ -75,7 +92,7 @@ pub(crate) fn run_and_report(pattern: &Pattern) -> std::io::Result<()> {
 pub(crate) fn run(pattern: &Pattern) -> std::io::Result<Vec<Run>> {
     let files = Files::create(&pattern.dir, pattern.span_mib)?;
     let mut runs = vec![measure(pattern, &files, None)?];
-    for spacing in &pattern.spacings {
+    for spacing in &pattern.checkpoint_every {
         runs.push(measure(pattern, &files, Some(*spacing))?);
     }
     Ok(runs)
@@ -86,7 +103,7 @@ struct Files {
     log: File,
     db: Arc<File>,
     paths: [PathBuf; 2],
-    span_pages: u64,
+    span_pages: usize,
 }
 
 impl Files {
@@ -111,7 +128,7 @@ impl Files {
             log,
             db: Arc::new(db),
             paths,
-            span_pages: (span_mib.max(1) << 20) / PAGE as u64,
+            span_pages: usize::try_from(span_mib.max(1) << 20).unwrap_or(usize::MAX) / PAGE,
         };
         // Written, not just sized: the measured writes overwrite allocated blocks, as a
         // WAL that has wrapped and a database file's existing pages do.
@@ -141,10 +158,10 @@ fn measure(pattern: &Pattern, files: &Files, spacing: Option<Duration>) -> std::
     let checkpointer = spacing.map(|spacing| {
         let (db, stop) = (Arc::clone(&files.db), Arc::clone(&stop));
         let (count, written) = (Arc::clone(&checkpoints), Arc::clone(&pages));
-        let (rate, span) = (pattern.checkpoint_pages_per_s, files.span_pages);
+        let (rate, span) = (pattern.checkpoint_pages, files.span_pages);
         std::thread::spawn(move || -> std::io::Result<()> {
             let page = [0x5au8; PAGE];
-            let mut random = SplitMix(0x2545_f491_4f6c_dd1d);
+            let mut random = Rng::new(0x2545_f491_4f6c_dd1d);
             let mut owed = 0.0;
             let mut last = Instant::now();
             while !stop.load(Ordering::Relaxed) {
@@ -154,10 +171,10 @@ fn measure(pattern: &Pattern, files: &Files, spacing: Option<Duration>) -> std::
                 last = now;
                 let n = owed as u64;
                 owed -= n as f64;
-                let mut at: Vec<u64> = (0..n).map(|_| random.next() % span).collect();
+                let mut at: Vec<usize> = (0..n).map(|_| random.below(span)).collect();
                 at.sort_unstable();
                 for p in &at {
-                    db.write_all_at(&page, p * PAGE as u64)?;
+                    db.write_all_at(&page, (p * PAGE) as u64)?;
                 }
                 db.sync_all()?;
                 count.fetch_add(1, Ordering::Relaxed);
@@ -176,16 +193,13 @@ fn measure(pattern: &Pattern, files: &Files, spacing: Option<Duration>) -> std::
     }
     result?;
     times.sort_unstable();
-    let ms = |q: f64| {
-        let i = ((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1));
-        times.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e3)
-    };
+    let ms = |q: f64| quantile(&times, q).map_or(0.0, |d| d.as_secs_f64() * 1e3);
     Ok(Run {
         spacing,
         commits: times.len(),
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
-        max_ms: times.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        max_ms: ms(1.0),
         checkpoints: checkpoints.load(Ordering::Relaxed),
         pages: pages.load(Ordering::Relaxed),
     })
@@ -195,7 +209,7 @@ fn measure(pattern: &Pattern, files: &Files, spacing: Option<Duration>) -> std::
 fn commit_loop(pattern: &Pattern, log: &File, times: &mut Vec<Duration>) -> std::io::Result<()> {
     let commit = vec![0xa5u8; pattern.commit_kib.max(1) * 1024];
     let len = commit.len() as u64;
-    let interval = Duration::from_secs_f64(1.0 / pattern.commits_per_s.max(1) as f64);
+    let interval = Duration::from_secs_f64(1.0 / pattern.commits.max(1) as f64);
     let start = Instant::now();
     let mut next = start;
     let mut offset = 0;
@@ -232,20 +246,6 @@ impl Run {
     }
 }
 
-/// Where the checkpoint-like pages land: SplitMix64, enough to scatter benchmark writes
-/// (nothing here needs unpredictability).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,9 +257,9 @@ mod tests {
         let pattern = Pattern {
             dir: dir.clone(),
             commit_kib: 8,
-            commits_per_s: 200,
-            checkpoint_pages_per_s: 2_000,
-            spacings: vec![Duration::ZERO, Duration::from_millis(5)],
+            commits: 200,
+            checkpoint_pages: 2_000,
+            checkpoint_every: vec![Duration::ZERO, Duration::from_millis(5)],
             span_mib: 1,
             duration: Duration::from_millis(200),
         };
@@ -280,12 +280,5 @@ mod tests {
         );
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "files removed");
         std::fs::remove_dir(&dir).unwrap();
-    }
-
-    #[test]
-    fn splitmix_scatters() {
-        let mut r = SplitMix(1);
-        let pages: std::collections::HashSet<u64> = (0..1000).map(|_| r.next() % 256).collect();
-        assert!(pages.len() > 200, "{}", pages.len());
     }
 }

@@ -117,31 +117,8 @@ enum Workload {
     /// The floor under a durable commit's latency on this machine's disk, with no node:
     /// WAL-like commits (a sequential write and an fsync each) alone, then beside
     /// checkpoint-like writes (random 4 KiB pages and an fsync) at each spacing. Writes two
-    /// files in `--dir` and removes them. The defaults are what a node wrote at one-to-one
-    /// 2,000 msg/s (`disk_write_bytes_per_delivery_by_thread`; docs/BENCHMARKS.md).
-    DiskFloor {
-        /// Where to write (the node's store directory, for its disk).
-        #[arg(long, value_name = "PATH")]
-        dir: std::path::PathBuf,
-        /// Bytes each commit appends and fsyncs, in KiB.
-        #[arg(long, value_name = "KIB", default_value_t = 44)]
-        commit_kib: usize,
-        /// Commits per second.
-        #[arg(long, value_name = "N", default_value_t = 1000)]
-        commits: u64,
-        /// Pages the checkpoints write per second.
-        #[arg(long, value_name = "N", default_value_t = 7000)]
-        checkpoint_pages: u64,
-        /// Pauses between checkpoints, a run each (comma-separated).
-        #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_duration, default_value = "0ms,1ms,5ms,25ms,100ms")]
-        checkpoint_every: Vec<Duration>,
-        /// The database file's size, in MiB.
-        #[arg(long, value_name = "MIB", default_value_t = 16)]
-        span_mib: u64,
-        /// How long each run lasts (with a unit).
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        duration: Duration,
-    },
+    /// files in `--dir` and removes them.
+    DiskFloor(disk::Pattern),
     /// The server side of `heartbeat-floor` (started by it).
     #[command(hide = true)]
     FloorServer {
@@ -227,28 +204,11 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     match args.workload {
         Workload::FloorServer { connections } => return floor::serve(connections),
-        Workload::DiskFloor {
-            ref dir,
-            commit_kib,
-            commits,
-            checkpoint_pages,
-            ref checkpoint_every,
-            span_mib,
-            duration,
-        } => {
-            let pattern = disk::Pattern {
-                dir: dir.clone(),
-                commit_kib,
-                commits_per_s: commits,
-                checkpoint_pages_per_s: checkpoint_pages,
-                spacings: checkpoint_every.clone(),
-                span_mib,
-                duration,
-            };
-            return match disk::run_and_report(&pattern) {
+        Workload::DiskFloor(ref pattern) => {
+            return match disk::run_and_report(pattern) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("chat-bench: disk-floor in {}: {e}", dir.display());
+                    eprintln!("chat-bench: disk-floor in {}: {e}", pattern.dir.display());
                     std::process::ExitCode::FAILURE
                 }
             };

@@ -79,16 +79,8 @@ impl Stats {
             return None;
         }
         l.sort_unstable();
-        let at = |q: f64| {
-            let i = ((l.len() as f64 * q) as usize).min(l.len() - 1);
-            f64::from(l[i]) / 1000.0
-        };
-        Some([
-            at(0.50),
-            at(0.95),
-            at(0.99),
-            f64::from(l[l.len() - 1]) / 1000.0,
-        ])
+        let at = |q: f64| quantile(&l, q).map_or(0.0, |us| f64::from(us) / 1000.0);
+        Some([at(0.50), at(0.95), at(0.99), at(1.0)])
     }
 
     pub(crate) fn reset_latencies(&self) {
@@ -97,6 +89,13 @@ impl Stats {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
     }
+}
+
+/// The value at quantile `q` (0 to 1; 1 is the maximum) of `sorted`, ascending; `None` if
+/// it is empty.
+pub(crate) fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    let i = ((sorted.len() as f64 * q) as usize).min(sorted.len().checked_sub(1)?);
+    sorted.get(i).copied()
 }
 
 /// A tiny deterministic random number generator (xorshift64*), so runs need no extra crate.

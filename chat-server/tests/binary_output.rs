@@ -73,6 +73,17 @@ impl Node {
         }
     }
 
+    /// The address the node listens on, from its banner line; fails after 30 s.
+    fn addr(&self) -> std::net::SocketAddr {
+        let banner = self.lines_until(|l| l.starts_with("chat-server listening"));
+        banner
+            .last()
+            .and_then(|line| line.split("://").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .expect("the banner names the address")
+    }
+
     /// Every line until the process closes its output (it exited); fails after 30 s.
     fn output_until_exit(&self) -> Vec<String> {
         let mut seen = Vec::new();
@@ -281,16 +292,7 @@ fn an_invalid_log_filter_is_reported() {
 #[tokio::test]
 async fn a_failed_log_in_is_a_warning_with_the_address() {
     let node = Node::start(&["--store", "memory:"], &[]);
-    let banner = node
-        .lines_until(|l| l.starts_with("chat-server listening"))
-        .pop()
-        .unwrap();
-    let addr: std::net::SocketAddr = banner
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .expect("the banner names the address");
+    let addr = node.addr();
     let body = serde_json::json!({"username": "alice", "password": "correct horse"});
     let (status, _) = common::http(addr, "POST", "/v1/register", None, Some(body)).await;
     assert_eq!(status, 201);
@@ -309,16 +311,6 @@ async fn a_failed_log_in_is_a_warning_with_the_address() {
     );
 }
 
-/// The address in the banner line.
-fn banner_addr(banner: &str) -> std::net::SocketAddr {
-    banner
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .expect("the banner names the address")
-}
-
 /// The value of the sample `series` (name and labels, as rendered) on a metrics page.
 fn sample(page: &str, series: &str) -> Option<f64> {
     page.lines()
@@ -328,11 +320,7 @@ fn sample(page: &str, series: &str) -> Option<f64> {
 #[tokio::test]
 async fn metrics_are_described_zeroed_and_histograms() {
     let node = Node::start(&["--store", "memory:"], &[]);
-    let banner = node
-        .lines_until(|l| l.starts_with("chat-server listening"))
-        .pop()
-        .unwrap();
-    let addr = banner_addr(&banner);
+    let addr = node.addr();
     let (status, page) = common::raw_get(addr, "/metrics").await;
     assert_eq!(status, 200, "{page}");
 
@@ -412,11 +400,7 @@ async fn metrics_are_described_zeroed_and_histograms() {
 #[tokio::test]
 async fn sqlite_commits_and_checkpoints_are_histograms() {
     let node = Node::start(&["--store", "sqlite://chat.db"], &[]);
-    let banner = node
-        .lines_until(|l| l.starts_with("chat-server listening"))
-        .pop()
-        .unwrap();
-    let addr = banner_addr(&banner);
+    let addr = node.addr();
     let body = serde_json::json!({"username": "alice", "password": "correct horse"});
     let (status, _) = common::http(addr, "POST", "/v1/register", None, Some(body)).await;
     assert_eq!(status, 201);
